@@ -1,0 +1,150 @@
+"""Checkpoint I/O in the official Qwen3-TTS directory layout.
+
+A model directory holds:
+
+    config.json  generation_config.json  model.safetensors
+    vocab.json  merges.txt  tokenizer_config.json
+    speech_tokenizer/{config.json, model.safetensors, preprocessor_config.json}
+
+`load_talker` reads config.json + model.safetensors into our modules; tensor
+names match upstream one to one (no renaming table is needed). A wrong or
+incomplete directory is refused with an error that names what is missing or
+unexpected. `write_checkpoint` writes random-init checkpoints of a preset
+geometry in the same layout, so loading always goes through the one real path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .model.configs import GENERATION_CONFIG, TTSModelConfig, parse_model_config, preset_config
+from .model.layers import RotaryTable
+from .model.talker import Qwen3TTSModel
+
+MODEL_FILES = (
+    "config.json", "generation_config.json", "model.safetensors",
+    "vocab.json", "merges.txt", "tokenizer_config.json",
+)
+SPEECH_TOKENIZER_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
+PRESETS = ("tiny", "0.6b", "1.7b")
+
+
+class CheckpointError(ValueError):
+    """A model directory that cannot be loaded; the message says why."""
+
+
+def check_model_dir(model_dir: str | Path) -> Path:
+    """Refuse a directory that lacks any file of the official layout."""
+    root = Path(model_dir)
+    if not root.is_dir():
+        raise CheckpointError(f"model directory {str(root)!r} does not exist")
+    missing = [name for name in MODEL_FILES if not (root / name).is_file()]
+    missing += [f"speech_tokenizer/{n}" for n in SPEECH_TOKENIZER_FILES if not (root / "speech_tokenizer" / n).is_file()]
+    if missing:
+        raise CheckpointError(
+            f"model directory {str(root)!r} is incomplete; missing: {', '.join(missing)} "
+            f"(expected the Qwen3-TTS-12Hz CustomVoice layout: {', '.join(MODEL_FILES)}, "
+            f"speech_tokenizer/{{{', '.join(SPEECH_TOKENIZER_FILES)}}})"
+        )
+    return root
+
+
+def read_model_config(model_dir: str | Path) -> TTSModelConfig:
+    path = Path(model_dir) / "config.json"
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+    return parse_model_config(raw)
+
+
+def _describe_keys(keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(sorted(keys)[:limit])
+    return shown + (f" ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_talker(
+    model_dir: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> Qwen3TTSModel:
+    """Build the talker + code predictor from config.json and load model.safetensors."""
+    root = check_model_dir(model_dir)
+    config = read_model_config(root)
+    with torch.device("meta"):
+        model = Qwen3TTSModel(config)
+    expected = model.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    with safe_open(str(root / "model.safetensors"), framework="pt", device="cpu") as f:
+        found = set(f.keys())
+        missing = sorted(set(expected) - found)
+        unexpected = sorted(found - set(expected))
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(f"missing tensors: {_describe_keys(missing)}")
+            if unexpected:
+                parts.append(f"unexpected tensors: {_describe_keys(unexpected)}")
+            raise CheckpointError(f"{root / 'model.safetensors'} does not match config.json; " + "; ".join(parts))
+        for name, ref in expected.items():
+            t = f.get_tensor(name)
+            if tuple(t.shape) != tuple(ref.shape):
+                raise CheckpointError(f"tensor {name} has shape {tuple(t.shape)}, config.json implies {tuple(ref.shape)}")
+            tensors[name] = t.to(device=device, dtype=dtype)
+    model.load_state_dict(tensors, strict=True, assign=True)
+    for module in model.modules():
+        if isinstance(module, RotaryTable):
+            module.materialize(device)
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------
+# Random-init checkpoints
+
+
+def random_state_dict(config: TTSModelConfig, seed: int) -> dict[str, torch.Tensor]:
+    """Upstream's init: N(0, 0.02) for linear and embedding weights, zero biases, unit norms."""
+    with torch.device("meta"):
+        model = Qwen3TTSModel(config)
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    for name, ref in model.state_dict().items():
+        if name.endswith("norm.weight"):
+            out[name] = torch.ones(ref.shape)
+        elif name.endswith(".bias"):
+            out[name] = torch.zeros(ref.shape)
+        else:
+            out[name] = torch.empty(ref.shape).normal_(0.0, 0.02, generator=gen)
+    return out
+
+
+def write_checkpoint(model_dir: str | Path, preset: str, seed: int = 0) -> Path:
+    """Write a complete random-init model directory of a preset geometry."""
+    from .codec_checkpoint import write_speech_tokenizer
+    from .text_tokenizer import write_tokenizer_files
+    from .tiny_shaping import shape_tiny_weights
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    root = Path(model_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    raw = preset_config(preset)
+    config = parse_model_config(raw)
+    weights = random_state_dict(config, seed)
+    if preset == "tiny":
+        shape_tiny_weights(weights, config)
+    store_dtype = torch.float32 if preset == "tiny" else torch.bfloat16
+    save_file({k: v.to(store_dtype).contiguous() for k, v in weights.items()}, str(root / "model.safetensors"))
+    (root / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
+    (root / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2) + "\n")
+    write_tokenizer_files(root)
+    write_speech_tokenizer(root, "tiny" if preset == "tiny" else "full", seed)
+    return root
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

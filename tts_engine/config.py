@@ -1,0 +1,193 @@
+"""EngineConfig: every engine knob in one place, read from TTS_* environment variables.
+
+Defaults are the golden configuration (seed-digest section 4), except that the
+device defaults to `auto` (cuda:0 when present, else cpu) and the dtype to
+bfloat16 on CUDA, float32 on CPU. The README's configuration table is
+generated from FIELDS below (`python -m tts_engine config --markdown`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("STREAMTALK_HOME") or Path.home() / ".cache" / "streamtalk")
+
+
+def default_model_dir() -> Path:
+    return cache_root() / "checkpoints" / "tiny"
+
+
+class ConfigValueError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Knob:
+    env: str
+    attr: str
+    help: str
+
+
+FIELDS: tuple[Knob, ...] = (
+    Knob("TTS_DEEP_STREAM_MODEL_DIR", "model_dir", "model directory (official layout); empty = the tiny checkpoint in the cache root"),
+    Knob("TTS_DEEP_STREAM_DEVICE", "device", "auto, cpu, cuda, cuda:N"),
+    Knob("TTS_DEEP_STREAM_CODEGEN_DEVICE", "codegen_device", "device of talker + code predictor (auto = TTS_DEEP_STREAM_DEVICE)"),
+    Knob("TTS_DEEP_STREAM_DTYPE", "dtype", "auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16"),
+    Knob("TTS_DEEP_STREAM_DECODE_MODE", "decode_mode", "incremental (exact stateful decoder), windowed (re-decode left_context frames)"),
+    Knob("TTS_DEEP_STREAM_PACKET_TOKENS", "packet_tokens", "codec frames per streamed packet (80 ms each)"),
+    Knob("TTS_DEEP_STREAM_LEFT_CONTEXT", "left_context", "frames of left context in windowed decode mode"),
+    Knob("TTS_DEEP_STREAM_PROCESS", "process", "0 = codegen and decode in one process (the only mode)"),
+    Knob("TTS_CODEGEN_GROUP_PARALLEL", "group_parallel", "must be 0: parallel codebook prediction ruins audio"),
+    Knob("TTS_DEEP_STREAM_DETERMINISTIC", "deterministic", "1 = requests without an explicit sample flag decode by the policy below"),
+    Knob("TTS_DEEP_STREAM_DETERMINISTIC_POLICY", "deterministic_policy", "greedy, sample (seeded sampling with the official defaults)"),
+    Knob("TTS_DEEP_STREAM_SEED_MODE", "seed_mode", "fixed (every request uses TTS_DEEP_STREAM_SEED unless it sends one), request"),
+    Knob("TTS_DEEP_STREAM_SEED", "seed", "seed for sampled decoding"),
+    Knob("TTS_CODEGEN_CUDAGRAPH_TALKER", "cudagraph_talker", "CUDA graph for the talker decode step"),
+    Knob("TTS_CODEGEN_CUDAGRAPH_CP", "cudagraph_cp", "CUDA graph for the code-predictor loop"),
+    Knob("TTS_DECODER_CUDAGRAPH", "cudagraph_decoder", "CUDA graph for the incremental codec decoder step"),
+    Knob("TTS_DEEP_STREAM_SILENCE_PACKETS", "silence_packets", "stop after N consecutive silent packets (0 = off)"),
+    Knob("TTS_DEEP_STREAM_METRICS", "packet_metrics", "per-packet timing metrics"),
+    Knob("TTS_DEEP_STREAM_PACKET_TRACE", "packet_trace", "log one line per packet"),
+    Knob("TTS_CODE_DUMP_ENABLE", "code_dump", "write each request's codes to TTS_CODE_DUMP_DIR"),
+    Knob("TTS_CODE_DUMP_DIR", "code_dump_dir", "codes dump folder (default: $STREAMTALK_OUTPUT/code_dumps)"),
+    Knob("TTS_MAX_NEW_TOKENS", "max_new_tokens", "hard cap on frames per request (2048 = 164 s)"),
+    Knob("TTS_MAX_TEXT_CHARS", "max_text_chars", "longest accepted text, in characters"),
+    Knob("TTS_MIN_FREE_GPU_MIB", "min_free_gpu_mib", "start-up refuses a GPU with less free memory than this"),
+    Knob("TTS_HOST", "host", "HTTP server address"),
+    Knob("TTS_PORT", "port", "HTTP server port"),
+    Knob("TTS_API_KEY", "api_key", "when set, every route but health needs `Authorization: Bearer <key>`"),
+)
+
+_INT_ATTRS = {
+    "packet_tokens", "left_context", "process", "group_parallel", "deterministic", "seed",
+    "cudagraph_talker", "cudagraph_cp", "cudagraph_decoder", "silence_packets", "packet_metrics",
+    "packet_trace", "code_dump", "max_new_tokens", "max_text_chars", "min_free_gpu_mib", "port",
+}
+_CHOICES = {
+    "decode_mode": ("incremental", "windowed"),
+    "deterministic_policy": ("greedy", "sample"),
+    "seed_mode": ("fixed", "request"),
+    "dtype": ("auto", "float32", "bfloat16", "float16"),
+}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model_dir: str = ""
+    device: str = "auto"
+    codegen_device: str = "auto"
+    dtype: str = "auto"
+    decode_mode: str = "incremental"
+    packet_tokens: int = 2
+    left_context: int = 72
+    process: int = 0
+    group_parallel: int = 0
+    deterministic: int = 1
+    deterministic_policy: str = "greedy"
+    seed_mode: str = "fixed"
+    seed: int = 42
+    cudagraph_talker: int = 1
+    cudagraph_cp: int = 1
+    cudagraph_decoder: int = 1
+    silence_packets: int = 0
+    packet_metrics: int = 1
+    packet_trace: int = 0
+    code_dump: int = 0
+    code_dump_dir: str = ""
+    max_new_tokens: int = 2048
+    max_text_chars: int = 2000
+    min_free_gpu_mib: int = 8000
+    host: str = "127.0.0.1"
+    port: int = 9000
+    api_key: str = ""
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> EngineConfig:
+        env = dict(os.environ if env is None else env)
+        values: dict[str, object] = {}
+        for knob in FIELDS:
+            raw = env.get(knob.env, "").strip()
+            if not raw:
+                continue
+            if knob.attr in _INT_ATTRS:
+                try:
+                    values[knob.attr] = int(raw)
+                except ValueError:
+                    raise ConfigValueError(f"{knob.env}={raw!r} is not an integer ({knob.help})") from None
+            else:
+                values[knob.attr] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        env_of = {k.attr: k.env for k in FIELDS}
+        for attr, choices in _CHOICES.items():
+            if getattr(self, attr) not in choices:
+                raise ConfigValueError(f"{env_of[attr]}={getattr(self, attr)!r}; valid: {', '.join(choices)}")
+        if self.group_parallel != 0:
+            raise ConfigValueError("TTS_CODEGEN_GROUP_PARALLEL must be 0: parallel codebook prediction ruins audio")
+        if self.process != 0:
+            raise ConfigValueError("TTS_DEEP_STREAM_PROCESS must be 0 (codegen and decode share one process)")
+        if not 1 <= self.packet_tokens <= 64:
+            raise ConfigValueError(f"TTS_DEEP_STREAM_PACKET_TOKENS={self.packet_tokens}; valid: 1..64")
+        if not 1 <= self.left_context <= 512:
+            raise ConfigValueError(f"TTS_DEEP_STREAM_LEFT_CONTEXT={self.left_context}; valid: 1..512")
+        if self.max_new_tokens < 1 or self.max_text_chars < 1:
+            raise ConfigValueError("TTS_MAX_NEW_TOKENS and TTS_MAX_TEXT_CHARS must be positive")
+
+    @property
+    def resolved_model_dir(self) -> Path:
+        return Path(self.model_dir) if self.model_dir else default_model_dir()
+
+    @property
+    def torch_device(self) -> torch.device:
+        return resolve_device(self.device)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return resolve_dtype(self.dtype, self.torch_device)
+
+    @property
+    def sample_by_default(self) -> bool:
+        return self.deterministic_policy == "sample"
+
+    @property
+    def resolved_code_dump_dir(self) -> Path:
+        if self.code_dump_dir:
+            return Path(self.code_dump_dir)
+        return Path(os.environ.get("STREAMTALK_OUTPUT", "output")) / "code_dumps"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigValueError(f"device {name!r} requested but CUDA is not available; use cpu or auto")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigValueError(f"device {name!r}; valid: auto, cpu, cuda, cuda:N")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def markdown_table() -> str:
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    defaults = EngineConfig()
+    rows += [f"| `{k.env}` | `{getattr(defaults, k.attr)}` | {k.help} |" for k in FIELDS]
+    return "\n".join(rows)
+
+
+assert {f.name for f in fields(EngineConfig)} == {k.attr for k in FIELDS}

@@ -1,0 +1,172 @@
+"""Transformer building blocks shared by the talker and the code predictor.
+
+Plain torch in the style of gpt-fast. The arithmetic mirrors the official
+implementation op for op (float32 RMSNorm, float32 RoPE tables cast to the
+model dtype, SDPA with grouped KV heads and no explicit mask when every cached
+position is visible) so that float32 greedy decoding reproduces its codes.
+
+Shapes: B batch, S new positions, T cached positions, H query heads,
+Hkv key/value heads, D head_dim, C hidden size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configs import TransformerGeometry
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.to(torch.float32)
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+class RotaryTable(nn.Module):
+    """cos/sin tables for 1-D RoPE (the talker's MRoPE reduces to this for TTS)."""
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        self.head_dim, self.theta = head_dim, theta
+        self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
+
+    def _inv_freq(self, device: torch.device | str | None = None) -> torch.Tensor:
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device).to(torch.float32)
+        return 1.0 / (self.theta ** (exponents / self.head_dim))
+
+    def materialize(self, device: torch.device | str) -> None:
+        """Recompute the table on `device` (after building the model on the meta device)."""
+        self.inv_freq = self._inv_freq(device)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        # positions [B, S] -> cos, sin [B, S, D]
+        freqs = positions.to(torch.float32)[..., None] * self.inv_freq.to(positions.device)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x [B, H, S, D]; cos/sin [B, S, D]
+    cos, sin = cos[:, None], sin[:, None]
+    return x * cos + _rotate_half(x) * sin
+
+
+class KVCache:
+    """Preallocated keys/values of one transformer stack for a batch of streams.
+
+    `length` is the number of valid positions; attention reads the first
+    `length` rows, so no mask is needed while all streams share a length.
+    """
+
+    def __init__(
+        self, geometry: TransformerGeometry, batch: int, capacity: int,
+        device: torch.device, dtype: torch.dtype,
+    ) -> None:
+        shape = (geometry.num_hidden_layers, batch, geometry.num_key_value_heads, capacity, geometry.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.capacity = capacity
+        self.length = 0
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append k/v [B, Hkv, S, D] at the current length; return all valid k/v."""
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.capacity:
+            raise RuntimeError(f"KV cache overflow: {end} positions > capacity {self.capacity}")
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+class Attention(nn.Module):
+    def __init__(self, g: TransformerGeometry, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv, self.head_dim = g.num_attention_heads, g.num_key_value_heads, g.head_dim
+        self.q_proj = nn.Linear(g.hidden_size, g.num_attention_heads * g.head_dim, bias=False)
+        self.k_proj = nn.Linear(g.hidden_size, g.num_key_value_heads * g.head_dim, bias=False)
+        self.v_proj = nn.Linear(g.hidden_size, g.num_key_value_heads * g.head_dim, bias=False)
+        self.o_proj = nn.Linear(g.num_attention_heads * g.head_dim, g.hidden_size, bias=False)
+        self.q_norm = RMSNorm(g.head_dim, g.rms_norm_eps)  # per head, before RoPE
+        self.k_norm = RMSNorm(g.head_dim, g.rms_norm_eps)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache
+    ) -> torch.Tensor:
+        b, s, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(b, s, self.n_heads, self.head_dim)).transpose(1, 2)
+        k = self.k_norm(self.k_proj(x).view(b, s, self.n_kv, self.head_dim)).transpose(1, 2)
+        v = self.v_proj(x).view(b, s, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k_all, v_all = cache.write(self.layer_idx, k, v)  # [B, Hkv, T, D]
+        out = F.scaled_dot_product_attention(
+            q, k_all, v_all, is_causal=s > 1, enable_gqa=self.n_heads != self.n_kv
+        )  # [B, H, S, D]; causal prefill assumes an empty cache (asserted by the callers)
+        return self.o_proj(out.transpose(1, 2).reshape(b, s, self.n_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, g: TransformerGeometry) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(g.hidden_size, g.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(g.hidden_size, g.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(g.intermediate_size, g.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, g: TransformerGeometry, layer_idx: int) -> None:
+        super().__init__()
+        self.self_attn = Attention(g, layer_idx)
+        self.mlp = MLP(g)
+        self.input_layernorm = RMSNorm(g.hidden_size, g.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(g.hidden_size, g.rms_norm_eps)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DecoderStack(nn.Module):
+    """`layers` + final `norm` + a RoPE table: the `*.model` part of talker and predictor."""
+
+    def __init__(self, g: TransformerGeometry) -> None:
+        super().__init__()
+        self.geometry = g
+        self.layers = nn.ModuleList(DecoderLayer(g, i) for i in range(g.num_hidden_layers))
+        self.norm = RMSNorm(g.hidden_size, g.rms_norm_eps)
+        self.rotary = RotaryTable(g.head_dim, g.rope_theta)
+
+    def forward(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """x [B, S, C] at positions cache.length.. -> normed hidden [B, S, C]; advances the cache."""
+        b, s, _ = x.shape
+        if s > 1 and cache.length != 0:
+            raise RuntimeError("multi-position steps are only supported as the first (prefill) step")
+        positions = torch.arange(cache.length, cache.length + s, device=x.device).expand(b, s)
+        cos, sin = self.rotary(positions, x.dtype)
+        for layer in self.layers:
+            x = layer(x, cos, sin, cache)
+        cache.advance(s)
+        return self.norm(x)
