@@ -39,13 +39,10 @@ class CheckpointError(ValueError):
     """A model directory that cannot be loaded; the message says why."""
 
 
-def check_model_dir(model_dir: str | Path) -> Path:
-    """Refuse a directory that lacks any file of the official layout."""
-    root = Path(model_dir)
+def _require(root: Path, names: list[str]) -> Path:
     if not root.is_dir():
         raise CheckpointError(f"model directory {str(root)!r} does not exist")
-    missing = [name for name in MODEL_FILES if not (root / name).is_file()]
-    missing += [f"speech_tokenizer/{n}" for n in SPEECH_TOKENIZER_FILES if not (root / "speech_tokenizer" / n).is_file()]
+    missing = [name for name in names if not (root / name).is_file()]
     if missing:
         raise CheckpointError(
             f"model directory {str(root)!r} is incomplete; missing: {', '.join(missing)} "
@@ -53,6 +50,12 @@ def check_model_dir(model_dir: str | Path) -> Path:
             f"speech_tokenizer/{{{', '.join(SPEECH_TOKENIZER_FILES)}}})"
         )
     return root
+
+
+def check_model_dir(model_dir: str | Path) -> Path:
+    """Refuse a directory that lacks any file of the official layout."""
+    names = list(MODEL_FILES) + [f"speech_tokenizer/{n}" for n in SPEECH_TOKENIZER_FILES]
+    return _require(Path(model_dir), names)
 
 
 def read_model_config(model_dir: str | Path) -> TTSModelConfig:
@@ -73,7 +76,7 @@ def load_talker(
     model_dir: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> Qwen3TTSModel:
     """Build the talker + code predictor from config.json and load model.safetensors."""
-    root = check_model_dir(model_dir)
+    root = _require(Path(model_dir), ["config.json", "model.safetensors"])
     config = read_model_config(root)
     with torch.device("meta"):
         model = Qwen3TTSModel(config)
@@ -122,25 +125,39 @@ def random_state_dict(config: TTSModelConfig, seed: int) -> dict[str, torch.Tens
     return out
 
 
-def write_checkpoint(model_dir: str | Path, preset: str, seed: int = 0) -> Path:
-    """Write a complete random-init model directory of a preset geometry."""
-    from .codec_checkpoint import write_speech_tokenizer
-    from .text_tokenizer import write_tokenizer_files
-    from .tiny_shaping import shape_tiny_weights
+def write_talker_files(
+    model_dir: str | Path, preset: str, seed: int = 0, frames_per_text: float | None = None
+) -> TTSModelConfig:
+    """config.json, generation_config.json and model.safetensors of a preset geometry.
 
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    The tiny preset gets the duration counter of `tiny_shaping` (frames_per_text
+    overrides its rate; tests use 0 to make EOS win at min_new_tokens).
+    """
+    from .tiny_shaping import FRAMES_PER_TEXT, shape_tiny_weights
+
     root = Path(model_dir)
     root.mkdir(parents=True, exist_ok=True)
     raw = preset_config(preset)
     config = parse_model_config(raw)
     weights = random_state_dict(config, seed)
     if preset == "tiny":
-        shape_tiny_weights(weights, config)
-    store_dtype = torch.float32 if preset == "tiny" else torch.bfloat16
+        shape_tiny_weights(weights, config, FRAMES_PER_TEXT if frames_per_text is None else frames_per_text)
+    store_dtype = torch.bfloat16 if preset in ("0.6b", "1.7b") else torch.float32
     save_file({k: v.to(store_dtype).contiguous() for k, v in weights.items()}, str(root / "model.safetensors"))
     (root / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
     (root / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2) + "\n")
+    return config
+
+
+def write_checkpoint(model_dir: str | Path, preset: str, seed: int = 0) -> Path:
+    """Write a complete random-init model directory of a preset geometry."""
+    from .codec_checkpoint import write_speech_tokenizer
+    from .text_tokenizer import write_tokenizer_files
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    root = Path(model_dir)
+    write_talker_files(root, preset, seed)
     write_tokenizer_files(root)
     write_speech_tokenizer(root, "tiny" if preset == "tiny" else "full", seed)
     return root

@@ -32,7 +32,9 @@ EOS_GAIN = 40.0  # sharpness of the EOS switch relative to the random logits
 COUNT_GAIN = 4.0
 
 
-def shape_tiny_weights(w: dict[str, torch.Tensor], cfg: TTSModelConfig) -> None:
+def shape_tiny_weights(
+    w: dict[str, torch.Tensor], cfg: TTSModelConfig, frames_per_text: float = FRAMES_PER_TEXT
+) -> None:
     t = cfg.talker
     g = t.geometry
     hidden = g.hidden_size
@@ -76,4 +78,4 @@ def shape_tiny_weights(w: dict[str, torch.Tensor], cfg: TTSModelConfig) -> None:
     head[:, reserved] = 0.0
     head[t.codec_eos_id, :] = 0.0
     head[t.codec_eos_id, gen_count] = EOS_GAIN
-    head[t.codec_eos_id, text_count] = -EOS_GAIN * FRAMES_PER_TEXT
+    head[t.codec_eos_id, text_count] = -EOS_GAIN * frames_per_text

@@ -18,6 +18,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+CONFIG_JSON_TRANSFORMERS_VERSION = "5.24.0"
 MODEL_TYPE = "qwen3_tts"
 TOKENIZER_TYPE = "qwen3_tts_tokenizer_12hz"
 SUPPORTED_MODEL_KINDS = ("custom_voice",)
@@ -238,6 +239,10 @@ def preset_config(preset: str) -> dict[str, Any]:
         "talker_config": talker,
         "speaker_encoder_config": {"enc_dim": talker_dims[0], "sample_rate": 24000},
         "torch_dtype": "bfloat16" if preset in ("0.6b", "1.7b") else "float32",
+        # transformers 4.57.3 swaps in a Mistral pre-tokenizer regex under
+        # fix_mistral_regex=True unless the version recorded here is >= 5.0.0;
+        # with it, the official processor tokenizes exactly like Qwen's BPE.
+        "transformers_version": CONFIG_JSON_TRANSFORMERS_VERSION,
     }
 
 
