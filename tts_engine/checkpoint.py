@@ -163,5 +163,30 @@ def write_checkpoint(model_dir: str | Path, preset: str, seed: int = 0) -> Path:
     return root
 
 
+def _generator_fingerprint(preset: str, seed: int) -> str:
+    """Changes whenever the code that writes checkpoints changes."""
+    import hashlib
+
+    here = Path(__file__).parent
+    sources = ["checkpoint.py", "tiny_shaping.py", "codec_checkpoint.py", "text_tokenizer.py",
+               "model/configs.py", "model/codec_decoder.py"]
+    h = hashlib.sha256(f"{preset}:{seed}".encode())
+    for name in sources:
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def ensure_checkpoint(model_dir: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
+    """Write the checkpoint unless an identical one (same preset, seed and writer code) is there."""
+    root = Path(model_dir)
+    stamp = root / ".streamtalk-checkpoint"
+    want = _generator_fingerprint(preset, seed)
+    if stamp.is_file() and stamp.read_text().strip() == want:
+        return root
+    write_checkpoint(root, preset, seed)
+    stamp.write_text(want + "\n")
+    return root
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

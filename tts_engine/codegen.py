@@ -21,7 +21,13 @@ from .model.configs import TTSModelConfig
 from .model.layers import KVCache
 from .model.talker import Talker
 from .prompt import Prompt
-from .sampling import SamplingParams, choose_codebook0, choose_subcode, suppressed_token_mask
+from .sampling import (
+    SamplingParams,
+    choose_codebook0,
+    choose_subcode,
+    greedy_codebook0_masked,
+    suppressed_token_mask,
+)
 
 # Runaway guard: no utterance may run longer than this many frames for its text.
 # Real speech needs about 3-5 frames per text token; this allows about 2 s per token.
@@ -70,8 +76,10 @@ class CodeGenerator:
         return self.talker.codec_head.weight.dtype
 
     def start(
-        self, prompt: Prompt, params: SamplingParams, max_frames: int, seed: int | None = None
+        self, prompt: Prompt, params: SamplingParams, max_frames: int, seed: int | None = None,
+        talker_cache: KVCache | None = None,
     ) -> CodegenStream:
+        """A new stream; `talker_cache` lets a caller supply preallocated memory (graph slots)."""
         if max_frames < 1:
             raise ValueError(f"max_frames must be >= 1, got {max_frames}")
         batch = prompt.embeds.shape[0]
@@ -84,8 +92,9 @@ class CodeGenerator:
             prompt=prompt,
             params=params,
             max_frames=max_frames,
-            talker_cache=KVCache(self.config.talker.geometry, batch, capacity, self.device, self.dtype),
-            predictor_cache=KVCache(
+            talker_cache=talker_cache or KVCache.allocate(
+                self.config.talker.geometry, batch, capacity, self.device, self.dtype),
+            predictor_cache=KVCache.allocate(
                 self.config.talker.code_predictor.geometry, batch, self.num_groups, self.device, self.dtype
             ),
             generator=generator,
@@ -110,27 +119,35 @@ class CodeGenerator:
         if int(cb0[0]) == self.eos_id:
             s.finished, s.stop_reason = True, "eos"
             return None
-        codes = self._predict_rest(hidden, cb0, s)
+        codes = self.predict_rest(hidden, cb0, s.predictor_cache, s.params, s.generator)
         s.history = torch.cat((s.history, cb0[:, None]), dim=1)
         s.next_input = (self.talker.frame_embedding(codes) + s.prompt.tts_pad_embed[:, 0])[:, None]
         s.frames_done += 1
         s.codes.append(codes)
         return codes
 
-    def _predict_rest(self, hidden: torch.Tensor, cb0: torch.Tensor, s: CodegenStream) -> torch.Tensor:
+    def predict_rest(
+        self, hidden: torch.Tensor, cb0: torch.Tensor, cache: KVCache, params: SamplingParams,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
         """Codebooks 1..15 for one frame: hidden [B, C], cb0 [B] -> codes [B, 16]."""
         predictor = self.talker.code_predictor
-        cache = s.predictor_cache
         cache.reset()
         embeds = torch.stack((hidden, self.talker.embed_codec(cb0)), dim=1)  # [B, 2, C]
         codes = [cb0]
         for group in range(1, self.num_groups):
             logits = predictor.step(embeds, cache, group)
-            code = choose_subcode(logits, s.params, s.generator)
+            code = choose_subcode(logits, params, generator)
             codes.append(code)
             if group < self.num_groups - 1:
                 embeds = predictor.model.codec_embedding[group - 1](code)[:, None]
         return torch.stack(codes, dim=1)
+
+    def choose_codebook0_static(
+        self, logits: torch.Tensor, seen: torch.Tensor, frames_done: torch.Tensor, params: SamplingParams
+    ) -> torch.Tensor:
+        """Greedy codebook 0 from device-side state only (graph-safe); equals choose_codebook0."""
+        return greedy_codebook0_masked(logits, seen, frames_done, params, self._suppress, self.eos_id)
 
     def generate(self, prompt: Prompt, params: SamplingParams, max_frames: int, seed: int | None = None):
         """All frames of one stream: (codes [T, 16] for batch row 0, stop reason)."""

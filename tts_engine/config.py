@@ -48,8 +48,10 @@ FIELDS: tuple[Knob, ...] = (
     Knob("TTS_DEEP_STREAM_DETERMINISTIC_POLICY", "deterministic_policy", "greedy, sample (seeded sampling with the official defaults)"),
     Knob("TTS_DEEP_STREAM_SEED_MODE", "seed_mode", "fixed (every request uses TTS_DEEP_STREAM_SEED unless it sends one), request"),
     Knob("TTS_DEEP_STREAM_SEED", "seed", "seed for sampled decoding"),
-    Knob("TTS_CODEGEN_CUDAGRAPH_TALKER", "cudagraph_talker", "CUDA graph for the talker decode step"),
-    Knob("TTS_CODEGEN_CUDAGRAPH_CP", "cudagraph_cp", "CUDA graph for the code-predictor loop"),
+    Knob("TTS_CODEGEN_CUDAGRAPH_TALKER", "cudagraph_talker", "frame graph (talker step + predictor loop); 0 with the next = same static step, eager"),
+    Knob("TTS_CODEGEN_CUDAGRAPH_CP", "cudagraph_cp", "the predictor loop runs inside the frame graph; both must be 1 for graphs"),
+    Knob("TTS_GRAPH_SLOTS", "graph_slots", "streams that can run on captured graphs at once (CUDA only)"),
+    Knob("TTS_GRAPH_MAX_POSITIONS", "graph_max_positions", "talker positions per graph slot (prompt + frames)"),
     Knob("TTS_DECODER_CUDAGRAPH", "cudagraph_decoder", "CUDA graph for the incremental codec decoder step"),
     Knob("TTS_DEEP_STREAM_SILENCE_PACKETS", "silence_packets", "stop after N consecutive silent packets (0 = off)"),
     Knob("TTS_DEEP_STREAM_METRICS", "packet_metrics", "per-packet timing metrics"),
@@ -66,7 +68,7 @@ FIELDS: tuple[Knob, ...] = (
 
 _INT_ATTRS = {
     "packet_tokens", "left_context", "process", "group_parallel", "deterministic", "seed",
-    "cudagraph_talker", "cudagraph_cp", "cudagraph_decoder", "silence_packets", "packet_metrics",
+    "cudagraph_talker", "cudagraph_cp", "cudagraph_decoder", "graph_slots", "graph_max_positions", "silence_packets", "packet_metrics",
     "packet_trace", "code_dump", "max_new_tokens", "max_text_chars", "min_free_gpu_mib", "port",
 }
 _CHOICES = {
@@ -95,6 +97,8 @@ class EngineConfig:
     cudagraph_talker: int = 1
     cudagraph_cp: int = 1
     cudagraph_decoder: int = 1
+    graph_slots: int = 4
+    graph_max_positions: int = 4096
     silence_packets: int = 0
     packet_metrics: int = 1
     packet_trace: int = 0
@@ -140,6 +144,8 @@ class EngineConfig:
             raise ConfigValueError(f"TTS_DEEP_STREAM_PACKET_TOKENS={self.packet_tokens}; valid: 1..64")
         if not 1 <= self.left_context <= 512:
             raise ConfigValueError(f"TTS_DEEP_STREAM_LEFT_CONTEXT={self.left_context}; valid: 1..512")
+        if not 0 <= self.graph_slots <= 256 or self.graph_max_positions < 256:
+            raise ConfigValueError("TTS_GRAPH_SLOTS must be 0..256 and TTS_GRAPH_MAX_POSITIONS >= 256")
         if self.max_new_tokens < 1 or self.max_text_chars < 1:
             raise ConfigValueError("TTS_MAX_NEW_TOKENS and TTS_MAX_TEXT_CHARS must be positive")
 

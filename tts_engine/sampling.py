@@ -96,3 +96,24 @@ def choose_subcode(logits: torch.Tensor, params: SamplingParams, generator: torc
         logits.float(), params.subtalker_do_sample, params.subtalker_temperature,
         params.subtalker_top_k, params.subtalker_top_p, generator,
     )
+
+
+def greedy_codebook0_masked(
+    logits: torch.Tensor, seen: torch.Tensor, frames_done: torch.Tensor, params: SamplingParams,
+    suppress_mask: torch.Tensor, eos_id: int,
+) -> torch.Tensor:
+    """choose_codebook0 for greedy decoding with the history as a `seen` mask [B, V].
+
+    Penalising each seen token once equals upstream's gather/scatter over the
+    history (duplicates write the same value). Only device tensors are read,
+    so this runs inside a CUDA graph.
+    """
+    logits = logits.float()
+    p = params.repetition_penalty
+    penalised = torch.where(logits < 0, logits * p, logits / p)
+    logits = torch.where(seen, penalised, logits)
+    too_early = (frames_done < params.min_new_tokens)[:, None]  # [B, 1]
+    eos_column = torch.zeros_like(seen)
+    eos_column[:, eos_id] = True
+    logits = logits.masked_fill(suppress_mask | (eos_column & too_early), float("-inf"))
+    return torch.argmax(logits, dim=-1)

@@ -66,36 +66,74 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class KVCache:
-    """Preallocated keys/values of one transformer stack for a batch of streams.
+    """Keys/values of one transformer stack for a batch of streams, appended in order.
 
-    `length` is the number of valid positions; attention reads the first
-    `length` rows, so no mask is needed while all streams share a length.
+    `length` (a Python int) is the number of valid positions; attention reads
+    the first `length` rows, so no mask is needed while all rows share a length.
+    The prefill and the exact float32 path use this cache.
     """
 
-    def __init__(
-        self, geometry: TransformerGeometry, batch: int, capacity: int,
-        device: torch.device, dtype: torch.dtype,
-    ) -> None:
-        shape = (geometry.num_hidden_layers, batch, geometry.num_key_value_heads, capacity, geometry.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.capacity = capacity
+    def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.k, self.v = k, v  # [layers, B, Hkv, capacity, D]
+        self.capacity = k.shape[3]
         self.length = 0
 
-    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append k/v [B, Hkv, S, D] at the current length; return all valid k/v."""
+    @classmethod
+    def allocate(
+        cls, geometry: TransformerGeometry, batch: int, capacity: int, device: torch.device, dtype: torch.dtype,
+    ) -> KVCache:
+        shape = (geometry.num_hidden_layers, batch, geometry.num_key_value_heads, capacity, geometry.head_dim)
+        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+
+    def positions(self, batch: int, s: int, device: torch.device) -> torch.Tensor:
+        if s > 1 and self.length != 0:
+            raise RuntimeError("multi-position steps are only supported as the first (prefill) step")
+        return torch.arange(self.length, self.length + s, device=device).expand(batch, s)
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        """Append k/v [B, Hkv, S, D] at the current length; return all valid k/v (no mask)."""
         start, end = self.length, self.length + k.shape[2]
         if end > self.capacity:
             raise RuntimeError(f"KV cache overflow: {end} positions > capacity {self.capacity}")
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end], None
 
     def advance(self, n: int) -> None:
         self.length += n
 
     def reset(self) -> None:
         self.length = 0
+
+
+class StaticKVCache:
+    """A shape-static view of a KV cache for single-position decode steps.
+
+    The next position of each row lives in a device tensor, keys/values are
+    scattered there, and attention reads a fixed `span` of rows under a mask:
+    no Python-side state changes between steps, so the step can be captured
+    once as a CUDA graph and replayed. Rows may be at different positions.
+    """
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, span: int) -> None:
+        self.k, self.v, self.pos, self.span = k, v, pos, span  # pos: LongTensor [B]
+        self._mask: torch.Tensor | None = None
+
+    def positions(self, batch: int, s: int, device: torch.device) -> torch.Tensor:
+        if s != 1:
+            raise RuntimeError("the static cache takes one position per step")
+        visible = torch.arange(self.span, device=device)[None, :] <= self.pos[:, None]  # [B, span]
+        self._mask = visible[:, None, None, :]
+        return self.pos[:, None]
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        index = self.pos.view(-1, 1, 1, 1).expand(-1, k.shape[1], 1, k.shape[3])
+        self.k[layer].scatter_(2, index, k)
+        self.v[layer].scatter_(2, index, v)
+        return self.k[layer, :, :, : self.span], self.v[layer, :, :, : self.span], self._mask
+
+    def advance(self, n: int) -> None:
+        self.pos.add_(n)
 
 
 class Attention(nn.Module):
@@ -111,17 +149,18 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(g.head_dim, g.rms_norm_eps)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | StaticKVCache
     ) -> torch.Tensor:
         b, s, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(b, s, self.n_heads, self.head_dim)).transpose(1, 2)
         k = self.k_norm(self.k_proj(x).view(b, s, self.n_kv, self.head_dim)).transpose(1, 2)
         v = self.v_proj(x).view(b, s, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        k_all, v_all = cache.write(self.layer_idx, k, v)  # [B, Hkv, T, D]
+        k_all, v_all, mask = cache.write(self.layer_idx, k, v)  # [B, Hkv, T, D]
         out = F.scaled_dot_product_attention(
-            q, k_all, v_all, is_causal=s > 1, enable_gqa=self.n_heads != self.n_kv
-        )  # [B, H, S, D]; causal prefill assumes an empty cache (asserted by the callers)
+            q, k_all, v_all, attn_mask=mask, is_causal=s > 1 and mask is None,
+            enable_gqa=self.n_heads != self.n_kv,
+        )  # [B, H, S, D]; a multi-position (causal) step is always the prefill of an empty cache
         return self.o_proj(out.transpose(1, 2).reshape(b, s, self.n_heads * self.head_dim))
 
 
@@ -144,7 +183,7 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(g.hidden_size, g.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(g.hidden_size, g.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | StaticKVCache) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -159,13 +198,10 @@ class DecoderStack(nn.Module):
         self.norm = RMSNorm(g.hidden_size, g.rms_norm_eps)
         self.rotary = RotaryTable(g.head_dim, g.rope_theta)
 
-    def forward(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """x [B, S, C] at positions cache.length.. -> normed hidden [B, S, C]; advances the cache."""
+    def forward(self, x: torch.Tensor, cache: KVCache | StaticKVCache) -> torch.Tensor:
+        """x [B, S, C] at the cache's next positions -> normed hidden [B, S, C]; advances the cache."""
         b, s, _ = x.shape
-        if s > 1 and cache.length != 0:
-            raise RuntimeError("multi-position steps are only supported as the first (prefill) step")
-        positions = torch.arange(cache.length, cache.length + s, device=x.device).expand(b, s)
-        cos, sin = self.rotary(positions, x.dtype)
+        cos, sin = self.rotary(cache.positions(b, s, x.device), x.dtype)
         for layer in self.layers:
             x = layer(x, cos, sin, cache)
         cache.advance(s)

@@ -1,0 +1,74 @@
+"""Fixtures for engine and TTS-server tests: the tiny checkpoint and a live server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tts_engine.checkpoint import ensure_checkpoint
+from tts_engine.config import cache_root
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """The tiny random checkpoint in the cache root (rewritten when its writer changes)."""
+    return ensure_checkpoint(cache_root() / "checkpoints" / "tiny-test", "tiny", seed=0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TTSServer:
+    def __init__(self, model_dir: Path, log_path: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "TTS_DEEP_STREAM_DEVICE": "cpu", **(extra_env or {})}
+        self.log_path = log_path
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tts_engine", "serve", "--model-dir", str(model_dir), "--port", str(self.port)],
+            cwd=REPO, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"TTS server exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"TTS server not ready in {timeout} s: {self.log_path.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def tts_server(tiny_model_dir, tmp_path_factory):
+    server = TTSServer(tiny_model_dir, tmp_path_factory.mktemp("tts") / "server.log")
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,98 @@
+"""TTSEngine in process: streaming == offline, cancellation, debug aids."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import wave
+
+import numpy as np
+import pytest
+
+from tts_engine.config import ConfigValueError, EngineConfig
+from tts_engine.engine import TTSEngine, load_codes
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir, tmp_path_factory):
+    dump = tmp_path_factory.mktemp("dumps")
+    eng = TTSEngine(EngineConfig.from_env(
+        {}, model_dir=str(tiny_model_dir), device="cpu", code_dump=1, code_dump_dir=str(dump)))
+    yield eng
+    eng.close()
+
+
+async def test_stream_equals_offline_decode(engine):
+    req = engine.make_request("Streaming must equal the offline decode.", "ryan", "english")
+    pcm, metrics = await engine.synthesize_pcm(req)
+    codes, reason = engine.model.generate_codes(req)
+    offline = engine.model.decode(codes)
+    assert metrics.frames == codes.shape[0] and reason == metrics.stop_reason == "eos"
+    assert pcm.shape == offline.shape
+    assert np.abs(pcm - offline).max() <= 1e-5
+    assert metrics.ttfa_ms is not None and metrics.ttfa_ms < metrics.wall_ms
+
+
+async def test_cancel_stops_within_one_packet(engine):
+    req = engine.make_request(" ".join(["A long answer nobody will hear to the end."] * 6), "serena")
+    handle = engine.open_stream(req, packet_tokens=2)
+    received = 0
+    async for _ in handle:
+        received += 1
+        if received == 2:
+            handle.cancel()
+            break
+    for _ in range(200):
+        if handle.session.finished:
+            break
+        await __import__("asyncio").sleep(0.01)
+    assert handle.metrics.stop_reason == "cancelled"
+    # Work stops before the next frame: at most one packet beyond what was read is made.
+    assert handle.metrics.packets <= received + 1
+    assert engine.active_sessions == 0
+
+
+async def test_code_dump_replays_to_the_same_audio(engine, tmp_path, tiny_model_dir):
+    req = engine.make_request("Dump my codes please.", "sohee", "korean")
+    pcm, metrics = await engine.synthesize_pcm(req)
+    dump = engine.config.resolved_code_dump_dir / f"{metrics.request_id}.npy"
+    assert load_codes(dump).shape == (metrics.frames, 16)
+    out = tmp_path / "replay.wav"
+    subprocess.run([sys.executable, "-m", "tts_engine", "decode-codes", str(dump), "--model-dir", str(tiny_model_dir),
+                    "--out", str(out), "--device", "cpu"], check=True, capture_output=True, timeout=120)
+    with wave.open(str(out)) as w:
+        replay = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32767
+    assert replay.shape == pcm.shape and np.abs(replay - pcm).max() <= 1.5 / 32767
+
+
+def test_golden_config_is_enforced():
+    with pytest.raises(ConfigValueError, match="TTS_CODEGEN_GROUP_PARALLEL"):
+        EngineConfig.from_env({"TTS_CODEGEN_GROUP_PARALLEL": "1"})
+    with pytest.raises(ConfigValueError, match="valid: incremental, windowed"):
+        EngineConfig.from_env({"TTS_DEEP_STREAM_DECODE_MODE": "magic"})
+    with pytest.raises(ConfigValueError, match="not an integer"):
+        EngineConfig.from_env({"TTS_DEEP_STREAM_PACKET_TOKENS": "two"})
+    cfg = EngineConfig.from_env({})
+    assert (cfg.packet_tokens, cfg.left_context, cfg.decode_mode, cfg.seed) == (2, 72, "incremental", 42)
+
+
+async def test_seeded_sampling_is_reproducible_and_differs_from_greedy(engine):
+    text = "Sampling with a seed."
+    a, _ = await engine.synthesize_pcm(engine.make_request(text, "serena", sample=True, seed=7))
+    b, _ = await engine.synthesize_pcm(engine.make_request(text, "serena", sample=True, seed=7))
+    c, _ = await engine.synthesize_pcm(engine.make_request(text, "serena", sample=True, seed=8))
+    g, _ = await engine.synthesize_pcm(engine.make_request(text, "serena", sample=False))
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c) and not np.array_equal(a[: len(g)], g[: len(a)])
+
+
+async def test_silence_early_stop(tiny_model_dir):
+    # Every packet of the tiny voice is audible, so a threshold that cannot be
+    # reached must never stop a stream early; that is the default (0 = off).
+    eng = TTSEngine(EngineConfig.from_env({}, model_dir=str(tiny_model_dir), device="cpu", silence_packets=1),
+                    warmup=False)
+    try:
+        _, metrics = await eng.synthesize_pcm(eng.make_request("Loud and clear.", "serena"))
+        assert metrics.stop_reason == "eos"
+    finally:
+        eng.close()

@@ -1,0 +1,142 @@
+"""A loaded Qwen3-TTS model: text -> code frames -> 24 kHz PCM.
+
+`TTSModel` bundles the three parts a request needs (text tokenizer, talker with
+code predictor, codec decoder) and validates input before any GPU work:
+unknown speaker or language, empty or oversized text are refused with a
+message that lists what is valid.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+
+from .checkpoint import check_model_dir, load_talker
+from .codegen import CodeGenerator, frame_limit
+from .model.codec_decoder import load_codec_decoder
+from .prompt import (
+    Prompt,
+    PromptError,
+    assistant_text,
+    build_prompt,
+    resolve_language,
+    resolve_speaker,
+)
+from .sampling import SamplingParams
+from .text_tokenizer import TextTokenizer
+
+SAMPLE_RATE = 24000
+SAMPLES_PER_FRAME = 1920  # 80 ms at 24 kHz
+DEFAULT_MAX_TEXT_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class Request:
+    """One validated synthesis request."""
+
+    text: str
+    speaker: str
+    language: str
+    params: SamplingParams
+    seed: int | None
+
+
+@dataclass
+class SynthesisResult:
+    pcm: np.ndarray  # float32 [samples] in [-1, 1]
+    codes: torch.Tensor  # [frames, 16]
+    stop_reason: str
+    wall_s: float
+
+    @property
+    def audio_s(self) -> float:
+        return len(self.pcm) / SAMPLE_RATE
+
+    @property
+    def rtf(self) -> float:
+        return self.wall_s / self.audio_s if self.audio_s else float("inf")
+
+
+class TTSModel:
+    def __init__(
+        self, model_dir: str | Path, device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32, max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
+    ) -> None:
+        root = check_model_dir(model_dir)
+        self.model_dir = root
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.max_text_chars = max_text_chars
+        self.tokenizer = TextTokenizer(root)
+        self.model = load_talker(root, self.device, dtype)
+        self.config = self.model.config
+        self.codegen = CodeGenerator(self.model.talker, self.config)
+        self.decoder = load_codec_decoder(root / "speech_tokenizer", self.device, dtype)
+
+    @property
+    def speakers(self) -> list[str]:
+        return self.config.speakers
+
+    @property
+    def languages(self) -> list[str]:
+        return self.config.languages
+
+    def make_request(
+        self, text: str, speaker: str, language: str | None = "auto", sample: bool = False,
+        seed: int | None = None,
+    ) -> Request:
+        if not isinstance(text, str) or not text.strip():
+            raise PromptError("text is empty; send at least one non-space character")
+        if len(text) > self.max_text_chars:
+            raise PromptError(f"text has {len(text)} characters; the limit is {self.max_text_chars}")
+        return Request(
+            text=text,
+            speaker=resolve_speaker(self.config, speaker),
+            language=resolve_language(self.config, language),
+            params=SamplingParams.sampled() if sample else SamplingParams(),
+            seed=seed,
+        )
+
+    def prompt(self, req: Request) -> Prompt:
+        ids = self.tokenizer.encode(assistant_text(req.text))
+        return build_prompt(self.model.talker, self.config, ids, req.speaker, req.language)
+
+    def generate_codes(self, req: Request, max_new_tokens: int = 2048) -> tuple[torch.Tensor, str]:
+        prompt = self.prompt(req)
+        limit = frame_limit(prompt.text_token_count, max_new_tokens)
+        return self.codegen.generate(prompt, req.params, limit, req.seed)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> np.ndarray:
+        """Offline decode: one full causal pass over all frames [T, 16] -> float32 PCM."""
+        if codes.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        wav = self.decoder(codes.T[None].to(self.device))  # [1, T*1920]
+        return wav[0].float().cpu().numpy()
+
+    def synthesize(self, req: Request, max_new_tokens: int = 2048) -> SynthesisResult:
+        start = time.perf_counter()
+        codes, reason = self.generate_codes(req, max_new_tokens)
+        pcm = self.decode(codes)
+        return SynthesisResult(pcm=pcm, codes=codes.cpu(), stop_reason=reason, wall_s=time.perf_counter() - start)
+
+
+def pcm16_bytes(pcm: np.ndarray) -> bytes:
+    """float PCM in [-1, 1] -> little-endian int16 bytes."""
+    return (np.clip(pcm, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
+
+
+def write_wav(target: str | Path | BinaryIO, pcm: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """16-bit mono WAV to a path or a binary file object."""
+    import wave
+
+    with wave.open(target if hasattr(target, "write") else str(target), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(pcm16_bytes(pcm))
