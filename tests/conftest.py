@@ -1,0 +1,3 @@
+"""Test configuration: registers the shared fixture modules."""
+
+pytest_plugins = ["infra_fixtures", "parity_fixtures", "engine_fixtures"]

@@ -1,0 +1,402 @@
+"""Shared pytest fixtures that run the real services on free loopback ports.
+
+Registered from tests/conftest.py through `pytest_plugins`. Fixtures:
+
+- `livekit_server` (session): the LiveKit server binary with fresh keys.
+- `token_server` (session): `python -m token_server` against that LiveKit server.
+- `start_token_server` (factory): another token server with extra env (access key...).
+- `omni_dev_server` (session): `python -m tools.omni_dev` (faster-whisper + scripted replies).
+- `make_speech_wav` (factory): a deterministic espeak-ng WAV.
+- `browser_env` (session): system chromium + node modules for playwright-core.
+
+A missing prerequisite (binary not built, chromium not installed) skips the test
+with the command that installs it; under CI (env CI=true) or with
+STREAMTALK_REQUIRE_INFRA=1 it fails instead, so CI never passes by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CACHE_ROOT = Path(os.environ.get("STREAMTALK_HOME") or Path.home() / ".cache" / "streamtalk")
+OUTPUT_ROOT = Path(os.environ.get("STREAMTALK_OUTPUT") or REPO_ROOT / "output")
+LOG_DIR = OUTPUT_ROOT / "test-logs"
+LIVEKIT_BIN = Path(os.environ.get("LIVEKIT_SERVER_BIN") or CACHE_ROOT / "bin" / "server")
+LIVEKIT_CONFIG = REPO_ROOT / "scripts" / "livekit-dev.yaml"
+NODE_MODULES = CACHE_ROOT / "node" / "node_modules"
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+
+# Variables of a user's own deployment that must not leak into test services.
+_SCRUBBED_ENV_PREFIXES = ("LIVEKIT_", "TOKEN_", "OMNI_", "NODE_IP", "UDP_PORT")
+
+
+def require(condition: bool, message: str) -> None:
+    """Skip when a prerequisite is missing; fail instead under CI."""
+    if condition:
+        return
+    if (
+        os.environ.get("CI", "").lower() in ("1", "true")
+        or os.environ.get("STREAMTALK_REQUIRE_INFRA") == "1"
+    ):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port that is free on 127.0.0.1 right now (TCP by default, or SOCK_DGRAM)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def service_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_ENV_PREFIXES)}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+class ServiceProcess:
+    """A child process in its own process group, logging to a file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_path, "wb")  # closed in stop()
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-n:])
+
+    def wait_http(self, url: str, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Poll `url` until it answers 200; fail fast if the process dies."""
+        deadline = time.monotonic() + timeout_s
+        last_error = "no answer"
+        while time.monotonic() < deadline:
+            code = self.proc.poll()
+            if code is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {code} during start-up; log {self.log_path}:\n"
+                    + self.log_tail()
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+                    last_error = f"HTTP {resp.status}"
+            except (urllib.error.URLError, OSError) as exc:
+                last_error = str(exc)
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(
+            f"{self.name} not ready at {url} after {timeout_s:.0f}s ({last_error}); "
+            f"log {self.log_path}:\n{self.log_tail()}"
+        )
+
+    def _signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM the process group, again after 2 s (LiveKit then stops draining
+        participants), SIGKILL what is left after `timeout_s`."""
+        if self.proc.poll() is None:
+            self._signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self._signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait(timeout=timeout_s)
+        self._log.close()
+
+
+# --------------------------------------------------------------------------- LiveKit
+
+
+@dataclass
+class LiveKitServer:
+    url: str  # ws://127.0.0.1:PORT, for clients
+    http_url: str  # http://127.0.0.1:PORT, for the server API
+    api_key: str
+    api_secret: str = field(repr=False)
+    port: int
+    udp_port: int
+    process: ServiceProcess
+
+    def token(
+        self,
+        identity: str,
+        room: str,
+        *,
+        kind: str | None = None,
+        ttl: timedelta = timedelta(minutes=10),
+        name: str | None = None,
+        **grants: object,
+    ) -> str:
+        """A join token for test bots, signed with this server's keys."""
+        from livekit import api
+
+        at = (
+            api.AccessToken(self.api_key, self.api_secret)
+            .with_identity(identity)
+            .with_name(name or identity)
+            .with_ttl(ttl)
+            .with_grants(api.VideoGrants(room_join=True, room=room, **grants))  # type: ignore[arg-type]
+        )
+        if kind is not None:
+            at = at.with_kind(kind)  # type: ignore[arg-type]
+        return at.to_jwt()
+
+
+def start_livekit_server(log_name: str = "livekit-server") -> LiveKitServer:
+    require(
+        LIVEKIT_BIN.is_file() and os.access(LIVEKIT_BIN, os.X_OK),
+        f"LiveKit server binary missing at {LIVEKIT_BIN}: run scripts/install_livekit_server.sh",
+    )
+    port = free_port()
+    udp_port = free_port(socket.SOCK_DGRAM)
+    api_key = "test" + secrets.token_hex(4)
+    api_secret = secrets.token_urlsafe(32)
+    argv = [
+        str(LIVEKIT_BIN),
+        "--config", str(LIVEKIT_CONFIG),
+        "--bind", "127.0.0.1",
+        "--node-ip", "127.0.0.1",
+        "--port", str(port),
+        "--udp-port", str(udp_port),
+        "--keys", f"{api_key}: {api_secret}",
+    ]  # fmt: skip
+    proc = ServiceProcess(log_name, argv, service_env(), LOG_DIR / f"{log_name}-{port}.log")
+    proc.wait_http(f"http://127.0.0.1:{port}/")
+    return LiveKitServer(
+        url=f"ws://127.0.0.1:{port}",
+        http_url=f"http://127.0.0.1:{port}",
+        api_key=api_key,
+        api_secret=api_secret,
+        port=port,
+        udp_port=udp_port,
+        process=proc,
+    )
+
+
+@pytest.fixture(scope="session")
+def livekit_server() -> Iterator[LiveKitServer]:
+    server = start_livekit_server()
+    try:
+        yield server
+    finally:
+        server.process.stop()
+
+
+# --------------------------------------------------------------------------- token server
+
+
+@dataclass
+class TokenServer:
+    base_url: str  # http://127.0.0.1:PORT
+    port: int
+    env: dict[str, str]
+    process: ServiceProcess
+
+
+def start_token_server_process(livekit: LiveKitServer, **env_extra: str) -> TokenServer:
+    port = free_port()
+    settings = {
+        "LIVEKIT_URL": livekit.url,
+        "LIVEKIT_API_KEY": livekit.api_key,
+        "LIVEKIT_API_SECRET": livekit.api_secret,
+        "STREAMTALK_HOME": str(CACHE_ROOT),
+        **env_extra,
+    }
+    env = service_env(**settings)
+    argv = [sys.executable, "-m", "token_server", "--host", "127.0.0.1", "--port", str(port)]
+    proc = ServiceProcess("token-server", argv, env, LOG_DIR / f"token-server-{port}.log")
+    proc.wait_http(f"http://127.0.0.1:{port}/healthz")
+    return TokenServer(base_url=f"http://127.0.0.1:{port}", port=port, env=env, process=proc)
+
+
+@pytest.fixture(scope="session")
+def token_server(livekit_server: LiveKitServer) -> Iterator[TokenServer]:
+    server = start_token_server_process(livekit_server)
+    try:
+        yield server
+    finally:
+        server.process.stop()
+
+
+@pytest.fixture
+def start_token_server(livekit_server: LiveKitServer) -> Iterator[Callable[..., TokenServer]]:
+    """Factory: `start_token_server(TOKEN_ACCESS_KEY="k")`; stopped after the test."""
+    started: list[TokenServer] = []
+
+    def start(**env_extra: str) -> TokenServer:
+        server = start_token_server_process(livekit_server, **env_extra)
+        started.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.process.stop()
+
+
+# --------------------------------------------------------------------------- Omni dev backend
+
+
+@dataclass
+class OmniDevServer:
+    base_url: str  # http://127.0.0.1:PORT/v1
+    model: str
+    port: int
+    process: ServiceProcess
+
+
+def start_omni_dev_process(**env_extra: str) -> OmniDevServer:
+    port = free_port()
+    model = env_extra.pop("OMNI_DEV_MODEL", "qwen3-omni-dev")
+    env = service_env(OMNI_DEV_MODEL=model, **env_extra)
+    argv = [sys.executable, "-m", "tools.omni_dev", "--host", "127.0.0.1", "--port", str(port)]
+    proc = ServiceProcess("omni-dev", argv, env, LOG_DIR / f"omni-dev-{port}.log")
+    proc.wait_http(f"http://127.0.0.1:{port}/health", timeout_s=120)
+    return OmniDevServer(
+        base_url=f"http://127.0.0.1:{port}/v1", model=model, port=port, process=proc
+    )
+
+
+@pytest.fixture(scope="session")
+def omni_dev_server() -> Iterator[OmniDevServer]:
+    # Fast replies keep tests short; the timing knobs get their own test.
+    server = start_omni_dev_process(
+        OMNI_DEV_FIRST_TOKEN_DELAY_S="0.05", OMNI_DEV_TOKENS_PER_S="200"
+    )
+    try:
+        yield server
+    finally:
+        server.process.stop()
+
+
+# --------------------------------------------------------------------------- speech and browser
+
+
+def make_speech_wav_file(
+    text: str,
+    out: Path,
+    *,
+    voice: str = "en-us",
+    words_per_minute: int = 150,
+    lead_silence_s: float = 0.0,
+    tail_silence_s: float = 0.0,
+    sample_rate: int = 48000,
+) -> Path:
+    """espeak-ng speech as 16-bit mono WAV at `sample_rate`, padded with silence."""
+    import wave
+
+    import numpy as np
+
+    require(
+        shutil.which("espeak-ng") is not None,
+        "espeak-ng missing: run scripts/install_system_deps.sh",
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    raw = out.with_suffix(".espeak.wav")
+    subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", str(words_per_minute), "-w", str(raw), text],
+        check=True,
+        timeout=60,
+        capture_output=True,
+    )
+    with wave.open(str(raw), "rb") as w:
+        sr = w.getframerate()
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+    raw.unlink()
+    if sr != sample_rate:
+        # linear interpolation is enough for test speech
+        n_out = int(round(len(pcm) * sample_rate / sr))
+        x = np.linspace(0, len(pcm) - 1, n_out)
+        pcm = np.interp(x, np.arange(len(pcm)), pcm.astype(np.float64)).astype(np.int16)
+    lead = np.zeros(int(lead_silence_s * sample_rate), dtype=np.int16)
+    tail = np.zeros(int(tail_silence_s * sample_rate), dtype=np.int16)
+    pcm = np.concatenate([lead, pcm, tail])
+    with wave.open(str(out), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(pcm.tobytes())
+    return out
+
+
+@pytest.fixture
+def make_speech_wav(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: `make_speech_wav("hello", tail_silence_s=2.0, sample_rate=16000)` -> Path."""
+    counter = iter(range(1_000_000))
+
+    def make(text: str, **kwargs: object) -> Path:
+        return make_speech_wav_file(text, tmp_path / f"speech-{next(counter)}.wav", **kwargs)  # type: ignore[arg-type]
+
+    return make
+
+
+@dataclass(frozen=True)
+class BrowserEnv:
+    chromium: Path
+    node: Path
+    node_modules: Path
+
+
+@pytest.fixture(scope="session")
+def browser_env() -> BrowserEnv:
+    chromium = (
+        os.environ.get("CHROMIUM_BIN")
+        or shutil.which("chromium")
+        or shutil.which("chromium-browser")
+    )
+    require(chromium is not None, "chromium missing: run scripts/install_system_deps.sh")
+    node = shutil.which("node")
+    require(node is not None, "node missing: run scripts/install_system_deps.sh")
+    require(
+        (NODE_MODULES / "playwright-core" / "package.json").is_file()
+        and (NODE_MODULES / "livekit-client" / "dist" / "livekit-client.umd.js").is_file(),
+        f"playwright-core/livekit-client missing in {NODE_MODULES}: run scripts/install_node_deps.sh",
+    )
+    return BrowserEnv(chromium=Path(chromium), node=Path(node), node_modules=NODE_MODULES)  # type: ignore[arg-type]

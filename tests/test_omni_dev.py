@@ -1,0 +1,411 @@
+"""The local Omni-compatible backend: real ASR, scripted replies, OpenAI wire format."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from infra_fixtures import REPO_ROOT, OmniDevServer, service_env, start_omni_dev_process
+
+from tools.omni_dev.responder import ScriptedResponder, paced, split_tokens
+
+pytestmark = pytest.mark.timeout(180)
+HTTP_TIMEOUT = aiohttp.ClientTimeout(total=60)
+RULES = json.loads((REPO_ROOT / "tools" / "omni_dev" / "responses.json").read_text())
+WEATHER_REPLY = next(r["reply"] for r in RULES["rules"] if "weather" in r["keywords"])
+HELLO_REPLY = next(r["reply"] for r in RULES["rules"] if "hello" in r["keywords"])
+
+
+@pytest.fixture(scope="module")
+def weather_wav(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    from infra_fixtures import make_speech_wav_file
+
+    path = tmp_path_factory.mktemp("omni") / "weather.wav"
+    make_speech_wav_file("What is the weather like today?", path, sample_rate=16000)
+    return path.read_bytes()
+
+
+def audio_part(wav: bytes) -> dict[str, Any]:
+    url = "data:audio/wav;base64," + base64.b64encode(wav).decode()
+    return {"type": "audio_url", "audio_url": {"url": url}}
+
+
+async def post_json(server: OmniDevServer, path: str, body: Any) -> tuple[int, Any]:
+    async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as s:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        async with s.post(
+            server.base_url + path, data=data, headers={"Content-Type": "application/json"}
+        ) as r:
+            return r.status, await r.json()
+
+
+async def stream_chat(
+    server: OmniDevServer, body: dict[str, Any], api_key: str = "EMPTY"
+) -> list[tuple[float, Any]]:
+    """POST with stream=true; returns (arrival time, parsed event) per SSE event."""
+    events: list[tuple[float, Any]] = []
+    headers = {"Authorization": f"Bearer {api_key}"}
+    async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as s:
+        async with s.post(server.base_url + "/chat/completions", json=body, headers=headers) as r:
+            assert r.status == 200, await r.text()
+            assert r.headers["Content-Type"].startswith("text/event-stream")
+            async for raw in r.content:
+                line = raw.decode().strip()
+                if not line:
+                    continue
+                assert line.startswith("data: "), line
+                payload = line[len("data: ") :]
+                events.append(
+                    (time.monotonic(), payload if payload == "[DONE]" else json.loads(payload))
+                )
+    return events
+
+
+# ----------------------------------------------------------------------------- unit
+
+
+def test_responder_rules_match_words_not_substrings() -> None:
+    r = ScriptedResponder.from_dict(
+        {
+            "default": "you said {transcript}",
+            "empty": "pardon?",
+            "rules": [
+                {"keywords": ["hi"], "reply": "greeting"},
+                {"keywords": ["your name"], "reply": "naming"},
+            ],
+        }
+    )
+    assert r.reply("Hi there") == "greeting"
+    assert r.reply("this is thin") == "you said this is thin"  # no 'hi' inside words
+    assert r.reply("What is YOUR   name?") == "naming"
+    assert r.reply("  ") == "pardon?"
+    assert r.reply("Good night.") == "you said Good night"
+
+
+def test_responder_file_errors(tmp_path: Path) -> None:
+    from tools.omni_dev.responder import ResponsesFileError
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"rules": []}')
+    with pytest.raises(ResponsesFileError, match="default"):
+        ScriptedResponder.from_file(bad)
+    bad.write_text('{"default": "x", "rules": [{"keywords": [], "reply": "y"}]}')
+    with pytest.raises(ResponsesFileError, match=r"rules\[0\]"):
+        ScriptedResponder.from_file(bad)
+    with pytest.raises(ResponsesFileError, match="cannot read"):
+        ScriptedResponder.from_file(tmp_path / "missing.json")
+
+
+def test_split_tokens_round_trips() -> None:
+    for text in ["Hello, world.", "  spaced  out  ", "one", "", "a\nb"]:
+        assert "".join(split_tokens(text)) == text
+    assert split_tokens("It is sunny.") == ["It", " is", " sunny."]
+
+
+async def test_paced_follows_delay_and_rate() -> None:
+    t0 = time.monotonic()
+    times = [time.monotonic() - t0 async for _ in paced(["a"] * 5, 0.2, 25.0)]
+    assert 0.19 <= times[0] < 0.3
+    assert 0.19 + 4 / 25 <= times[-1] < 0.2 + 4 / 25 + 0.1
+
+
+def test_bad_responses_file_refuses_to_start(tmp_path: Path) -> None:
+    bad = tmp_path / "rules.json"
+    bad.write_text("not json")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.omni_dev", "--port", "0", "--responses", str(bad)],
+        cwd=REPO_ROOT,
+        env=service_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "not JSON" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- HTTP
+
+
+async def test_models(omni_dev_server: OmniDevServer) -> None:
+    async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as s:
+        async with s.get(omni_dev_server.base_url + "/models") as r:
+            body = await r.json()
+        assert [m["id"] for m in body["data"]] == ["qwen3-omni-dev"]
+        async with s.get(omni_dev_server.base_url + "/models/qwen3-omni-dev") as r:
+            assert r.status == 200
+        async with s.get(omni_dev_server.base_url + "/models/gpt-4o") as r:
+            assert r.status == 404
+            assert (await r.json())["error"]["code"] == "model_not_found"
+
+
+async def test_text_chat_non_streaming(omni_dev_server: OmniDevServer) -> None:
+    status, body = await post_json(
+        omni_dev_server,
+        "/chat/completions",
+        {
+            "model": "qwen3-omni-dev",
+            "messages": [
+                {"role": "system", "content": "You are a helpful voice assistant."},
+                {"role": "user", "content": "Hello!"},
+            ],
+            "max_tokens": 150,
+            "temperature": 0.3,
+        },
+    )
+    assert status == 200, body
+    assert body["object"] == "chat.completion"
+    (choice,) = body["choices"]
+    assert choice["message"] == {"role": "assistant", "content": HELLO_REPLY}
+    assert choice["finish_reason"] == "stop"
+    assert body["usage"]["completion_tokens"] == len(split_tokens(HELLO_REPLY))
+
+
+async def test_text_chat_streaming_matches_non_streaming(omni_dev_server: OmniDevServer) -> None:
+    body = {
+        "model": "qwen3-omni-dev",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "tell me a story"}]}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    events = await stream_chat(omni_dev_server, body)
+    assert events[-1][1] == "[DONE]"
+    chunks = [e for _, e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    content = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert finishes[-1] == "stop" and all(f is None for f in finishes[:-1])
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 20
+    assert len({c["id"] for c in chunks}) == 1
+    _, full = await post_json(omni_dev_server, "/chat/completions", {**body, "stream": False})
+    assert content == full["choices"][0]["message"]["content"]
+    assert content.startswith("Once upon a time")
+
+
+async def test_max_tokens_truncates_with_length(omni_dev_server: OmniDevServer) -> None:
+    status, body = await post_json(
+        omni_dev_server,
+        "/chat/completions",
+        {
+            "model": "qwen3-omni-dev",
+            "messages": [{"role": "user", "content": "hello"}],
+            "max_tokens": 3,
+        },
+    )
+    assert status == 200
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["choices"][0]["message"]["content"] == "".join(split_tokens(HELLO_REPLY)[:3])
+
+
+async def test_audio_is_transcribed_then_answered(
+    omni_dev_server: OmniDevServer, weather_wav: bytes
+) -> None:
+    events = await stream_chat(
+        omni_dev_server,
+        {
+            "model": "qwen3-omni-dev",
+            "stream": True,
+            "messages": [
+                {"role": "system", "content": "Answer briefly."},
+                {"role": "user", "content": [audio_part(weather_wav)]},
+            ],
+        },
+    )
+    content = "".join(
+        e["choices"][0]["delta"].get("content", "") for _, e in events[:-1] if e["choices"]
+    )
+    assert content == WEATHER_REPLY
+
+
+async def test_transcribe_instruction_returns_the_words(
+    omni_dev_server: OmniDevServer, weather_wav: bytes
+) -> None:
+    status, body = await post_json(
+        omni_dev_server,
+        "/chat/completions",
+        {
+            "model": "qwen3-omni-dev",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "Transcribe this audio exactly."},
+                        {
+                            "type": "input_audio",
+                            "input_audio": {
+                                "data": base64.b64encode(weather_wav).decode(),
+                                "format": "wav",
+                            },
+                        },
+                    ],
+                }
+            ],
+        },
+    )
+    assert status == 200, body
+    text = body["choices"][0]["message"]["content"].lower()
+    assert "weather" in text and "today" in text
+
+
+async def test_audio_transcriptions_endpoint(
+    omni_dev_server: OmniDevServer, weather_wav: bytes
+) -> None:
+    async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as s:
+        for fmt in ("json", "text", "verbose_json"):
+            form = aiohttp.FormData()
+            form.add_field("file", weather_wav, filename="a.wav", content_type="audio/wav")
+            form.add_field("model", "qwen3-omni-dev")
+            form.add_field("response_format", fmt)
+            async with s.post(omni_dev_server.base_url + "/audio/transcriptions", data=form) as r:
+                assert r.status == 200, await r.text()
+                if fmt == "text":
+                    text = await r.text()
+                else:
+                    body = await r.json()
+                    text = body["text"]
+                    if fmt == "verbose_json":
+                        assert 1.0 < body["duration"] < 4.0 and body["segments"]
+            assert "weather" in text.lower(), (fmt, text)
+
+
+async def test_official_openai_client_works(
+    omni_dev_server: OmniDevServer, weather_wav: bytes
+) -> None:
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=omni_dev_server.base_url, api_key="EMPTY", timeout=60)
+    try:
+        models = await client.models.list()
+        assert [m.id for m in models.data] == ["qwen3-omni-dev"]
+        stream = await client.chat.completions.create(
+            model="qwen3-omni-dev",
+            messages=[{"role": "user", "content": [audio_part(weather_wav)]}],  # type: ignore[list-item]
+            stream=True,
+        )
+        parts = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+        assert "".join(parts) == WEATHER_REPLY
+        tr = await client.audio.transcriptions.create(
+            model="qwen3-omni-dev", file=("a.wav", weather_wav, "audio/wav")
+        )
+        assert "weather" in tr.text.lower()
+    finally:
+        await client.close()
+
+
+async def test_first_token_delay_and_rate_are_configurable() -> None:
+    server = start_omni_dev_process(
+        OMNI_DEV_FIRST_TOKEN_DELAY_S="0.4",
+        OMNI_DEV_TOKENS_PER_S="20",
+        OMNI_DEV_MODEL="custom-omni",
+        OMNI_DEV_API_KEY="sk-dev",
+    )
+    try:
+        async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as s:
+            async with s.get(server.base_url + "/models") as r:
+                assert r.status == 401
+                assert (await r.json())["error"]["code"] == "invalid_api_key"
+        t0 = time.monotonic()
+        events = await stream_chat(
+            server,
+            {
+                "model": "custom-omni",
+                "stream": True,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+            api_key="sk-dev",
+        )
+        content_times = [
+            t - t0
+            for t, e in events[:-1]
+            if e["choices"] and e["choices"][0]["delta"].get("content")
+        ]
+        n = len(content_times)
+        assert n == len(split_tokens(HELLO_REPLY))
+        assert 0.38 <= content_times[0] < 1.0
+        # n tokens at 20/s: the last arrives (n-1)/20 s after the first
+        span = content_times[-1] - content_times[0]
+        assert (n - 1) / 20 - 0.05 <= span <= (n - 1) / 20 + 0.5
+    finally:
+        server.process.stop()
+
+
+BAD_REQUESTS: list[tuple[str, Any, int, str | None]] = [
+    ("not json", b"{nope", 400, None),
+    ("array body", [], 400, None),
+    ("missing model", {"messages": [{"role": "user", "content": "hi"}]}, 400, "model"),
+    ("unknown model", {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
+    ("missing messages", {"model": "qwen3-omni-dev"}, 400, "messages"),
+    ("empty messages", {"model": "qwen3-omni-dev", "messages": []}, 400, "messages"),
+    ("no user message", {"model": "qwen3-omni-dev", "messages": [{"role": "system", "content": "x"}]}, 400, "messages"),
+    ("bad role", {"model": "qwen3-omni-dev", "messages": [{"role": "robot", "content": "hi"}]}, 400, "messages[0].role"),
+    ("content not list", {"model": "qwen3-omni-dev", "messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content"),
+    ("unknown part", {"model": "qwen3-omni-dev", "messages": [{"role": "user", "content": [{"type": "smell"}]}]}, 400, "messages[0].content[0].type"),
+    ("image part", {"model": "qwen3-omni-dev", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}, 400, "messages[0].content[0].type"),
+    ("remote audio url", {"model": "qwen3-omni-dev", "messages": [{"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": "http://127.0.0.1/a.wav"}}]}]}, 400, "messages[0].content[0].audio_url.url"),
+    ("bad base64", {"model": "qwen3-omni-dev", "messages": [{"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": "data:audio/wav;base64,@@@"}}]}]}, 400, "messages[0].content[0].audio_url.url"),
+    ("not audio", {"model": "qwen3-omni-dev", "messages": [{"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": "data:audio/wav;base64," + base64.b64encode(b"hello, not a wav file" * 10).decode()}}]}]}, 400, "messages"),
+    ("n=2", {"model": "qwen3-omni-dev", "n": 2, "messages": [{"role": "user", "content": "hi"}]}, 400, "n"),
+    ("max_tokens 0", {"model": "qwen3-omni-dev", "max_tokens": 0, "messages": [{"role": "user", "content": "hi"}]}, 400, "max_tokens"),
+    ("stream not bool", {"model": "qwen3-omni-dev", "stream": "yes", "messages": [{"role": "user", "content": "hi"}]}, 400, "stream"),
+    ("temperature", {"model": "qwen3-omni-dev", "temperature": 9, "messages": [{"role": "user", "content": "hi"}]}, 400, "temperature"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("label", "body", "status", "param"), BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS]
+)
+async def test_malformed_chat_requests_get_openai_errors(
+    omni_dev_server: OmniDevServer, label: str, body: Any, status: int, param: str | None
+) -> None:
+    got, resp = await post_json(omni_dev_server, "/chat/completions", body)
+    assert got == status, resp
+    err = resp["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["param"] == param
+    assert isinstance(err["message"], str) and err["message"]
+
+
+async def test_malformed_transcription_requests(
+    omni_dev_server: OmniDevServer, weather_wav: bytes
+) -> None:
+    url = omni_dev_server.base_url + "/audio/transcriptions"
+    async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as s:
+        async with s.post(url, json={"model": "qwen3-omni-dev"}) as r:
+            assert r.status == 400
+            assert (await r.json())["error"]["code"] == "invalid_content_type"
+        cases = [
+            ({"model": "qwen3-omni-dev"}, None, "file"),
+            ({}, weather_wav, "model"),
+            ({"model": "qwen3-omni-dev", "response_format": "srt"}, weather_wav, "response_format"),
+            ({"model": "qwen3-omni-dev", "language": "de"}, weather_wav, "language"),
+            ({"model": "qwen3-omni-dev"}, b"garbage bytes" * 10, "file"),
+        ]
+        for fields, data, param in cases:
+            form = aiohttp.FormData()
+            for k, v in fields.items():
+                form.add_field(k, v)
+            if data is not None:
+                form.add_field("file", data, filename="a.wav", content_type="audio/wav")
+            else:
+                form.add_field("note", "no file")
+            async with s.post(url, data=form) as r:
+                body = await r.json()
+                assert r.status == 400, (param, body)
+                assert body["error"]["param"] == param, body
+
+
+async def test_unknown_routes_and_methods(omni_dev_server: OmniDevServer) -> None:
+    async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as s:
+        async with s.get(omni_dev_server.base_url + "/embeddings") as r:
+            assert r.status == 404
+            assert "error" in await r.json()
+        async with s.get(omni_dev_server.base_url + "/chat/completions") as r:
+            assert r.status == 405
+            assert (await r.json())["error"]["type"] == "invalid_request_error"

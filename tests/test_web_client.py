@@ -1,0 +1,265 @@
+"""The browser client in real headless Chromium against the real LiveKit and token servers.
+
+A fake microphone plays an espeak-ng WAV in a loop; a Python bot in the same room
+(tests/lk_bots.py) answers each turn. The page must connect, publish, hear the bot,
+show its state and transcript, measure latency and reach the bot's stop RPC.
+Failures (wrong access key, unreachable LiveKit, refused token, no microphone)
+must show a clear message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from infra_fixtures import (
+    OUTPUT_ROOT,
+    REPO_ROOT,
+    BrowserEnv,
+    LiveKitServer,
+    TokenServer,
+    free_port,
+)
+from lk_bots import ResponderBot, read_wav
+
+DRIVER = REPO_ROOT / "tests" / "browser" / "drive_web.mjs"
+ARTIFACTS = OUTPUT_ROOT / "browser"
+
+pytestmark = pytest.mark.timeout(180)
+
+
+async def run_web_driver(
+    browser_env: BrowserEnv, tmp_path: Path, *, timeout_s: float = 90, **opts: Any
+) -> dict[str, Any]:
+    """Run the playwright driver; returns its JSON result (never hangs)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    options = {
+        "chromium": str(browser_env.chromium),
+        "nodeModules": str(browser_env.node_modules),
+        "userDataDir": str(tmp_path / f"chromium-profile-{uuid.uuid4().hex[:6]}"),
+        "timeoutMs": int((timeout_s - 15) * 1000),
+        **opts,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        str(browser_env.node),
+        str(DRIVER),
+        json.dumps(options),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        pytest.fail(f"browser driver did not finish within {timeout_s}s")
+    lines = out.decode(errors="replace").strip().splitlines()
+    assert lines, f"driver printed nothing; stderr:\n{err.decode(errors='replace')[-3000:]}"
+    result: dict[str, Any] = json.loads(lines[-1])
+    (ARTIFACTS / f"{Path(options.get('screenshot') or 'run').stem}.json").write_text(
+        json.dumps(result, indent=2)
+    )
+    return result
+
+
+def _room() -> str:
+    return "web-" + uuid.uuid4().hex[:8]
+
+
+async def test_page_talks_to_a_bot_and_measures_latency(
+    livekit_server: LiveKitServer,
+    token_server: TokenServer,
+    browser_env: BrowserEnv,
+    make_speech_wav: Any,
+    tmp_path: Path,
+) -> None:
+    room = _room()
+    # ~1.5 s of speech then 3 s of quiet, looped by Chromium: one user turn per loop
+    mic_wav = make_speech_wav(
+        "Hello there, what is the weather like today?",
+        lead_silence_s=0.3,
+        tail_silence_s=3.0,
+        sample_rate=48000,
+    )
+    reply_pcm, reply_rate = read_wav(make_speech_wav("It is sunny.", sample_rate=48000))
+    bot_token = livekit_server.token("agent-bot", room, kind="agent", can_update_own_metadata=True)
+    bot = ResponderBot(
+        livekit_server.url, bot_token, reply_pcm, reply_rate, reply_text="It is sunny today."
+    )
+    await bot.start()
+    try:
+        result = await run_web_driver(
+            browser_env,
+            tmp_path,
+            url=f"{token_server.base_url}/",
+            room=room,
+            fakeAudioWav=str(mic_wav),
+            untilLatencies=3,
+            clickStop=True,
+            screenshot=str(ARTIFACTS / "web-client.png"),
+        )
+    finally:
+        await bot.aclose()
+
+    snap = result.get("snapshot") or {}
+    diag = json.dumps({k: result.get(k) for k in ("reason", "errorText", "pageErrors", "console")})[
+        :4000
+    ]
+    assert result["ok"], f"page did not complete: {diag}\nbot: {bot.stats}"
+    assert snap["connection"] == "connected"
+    assert snap["micPublished"] is True
+    assert snap["agentIdentity"] == "agent-bot"
+    assert snap["agentAudioTracks"] >= 1
+    # the bot heard the browser's microphone and answered turns
+    assert bot.stats.heard_frames > 100
+    assert bot.stats.replies_started >= 3, bot.stats
+    # latency: bot's VAD hangover (0.4 s) + its reply delay (0.3 s) + transport, minus
+    # the page's own hangover offset; anything far outside means broken measurement
+    lat = snap["latenciesMs"]
+    t0 = bot.stats.events[0][0] if bot.stats.events else 0.0
+    timeline = {
+        "page": snap["events"],
+        "bot": [(round(t - t0, 3), what) for t, what in bot.stats.events],
+    }
+    assert len(lat) >= 3
+    # never earlier than the bot can answer, never later than the page's reply timeout
+    assert all(300 <= v <= 15000 for v in lat), (lat, timeline)
+    assert 300 <= sorted(lat)[len(lat) // 2] <= 3000, (lat, timeline)
+    stats = snap["stats"]
+    assert stats["p50"] is not None and stats["p95"] is not None
+    assert min(lat) <= stats["p50"] <= stats["p95"] <= max(lat)
+    ui = result["ui"]
+    assert ui["lat-p50"].endswith("ms") and ui["lat-p95"].endswith("ms")
+    assert int(ui["lat-count"]) >= 3
+    # agent state attributes and transcript reached the page
+    assert ui["agent-state"] in ("listening", "thinking", "speaking")
+    assert ui["duplex-state"] in ("LISTENING", "THINKING", "SPEAKING")
+    assert any("sunny" in t["text"] for t in snap["transcripts"]), snap["transcripts"]
+    # the stop button reached the bot's stop_reply RPC and got its answer
+    assert snap["stopResults"] and snap["stopResults"][0]["ok"], snap["stopResults"]
+    assert snap["stopResults"][0]["response"] == "stopped"
+    assert bot.stats.rpc_calls and json.loads(bot.stats.rpc_calls[0])["reason"] == "stop_button"
+    assert ui["stop-result"].startswith("stopped")
+    assert (ARTIFACTS / "web-client.png").stat().st_size > 10_000
+    assert not result["pageErrors"], result["pageErrors"]
+    assert result["leftCleanly"]  # the Disconnect button leaves the room
+
+
+async def test_wrong_access_key_shows_clear_message(
+    start_token_server: Any, browser_env: BrowserEnv, make_speech_wav: Any, tmp_path: Path
+) -> None:
+    server = start_token_server(TOKEN_ACCESS_KEY="open-sesame")
+    result = await run_web_driver(
+        browser_env,
+        tmp_path,
+        timeout_s=60,
+        url=f"{server.base_url}/",
+        room=_room(),
+        accessKey="wrong-key",
+        fakeAudioWav=str(make_speech_wav("hello", sample_rate=48000)),
+        untilError=True,
+        screenshot=str(ARTIFACTS / "web-error-access-key.png"),
+    )
+    assert result["ok"], result
+    assert "token server refused" in result["errorText"]
+    assert "X-Access-Key header is wrong" in result["errorText"]
+    assert result["snapshot"]["connection"] == "failed"
+
+
+async def test_unreachable_livekit_shows_clear_message(
+    start_token_server: Any, browser_env: BrowserEnv, make_speech_wav: Any, tmp_path: Path
+) -> None:
+    dead_url = f"ws://127.0.0.1:{free_port()}"  # nothing listens there
+    server = start_token_server(LIVEKIT_URL=dead_url)
+    result = await run_web_driver(
+        browser_env,
+        tmp_path,
+        timeout_s=60,
+        url=f"{server.base_url}/",
+        room=_room(),
+        fakeAudioWav=str(make_speech_wav("hello", sample_rate=48000)),
+        untilError=True,
+        screenshot=str(ARTIFACTS / "web-error-livekit-down.png"),
+    )
+    assert result["ok"], result
+    assert f"Cannot reach the LiveKit server at {dead_url}" in result["errorText"]
+
+
+async def test_token_refused_by_livekit_shows_clear_message(
+    start_token_server: Any, browser_env: BrowserEnv, make_speech_wav: Any, tmp_path: Path
+) -> None:
+    # signed with a secret the LiveKit server does not know
+    server = start_token_server(LIVEKIT_API_SECRET="not-the-server-secret-" + "x" * 20)
+    result = await run_web_driver(
+        browser_env,
+        tmp_path,
+        timeout_s=60,
+        url=f"{server.base_url}/",
+        room=_room(),
+        fakeAudioWav=str(make_speech_wav("hello", sample_rate=48000)),
+        untilError=True,
+        screenshot=str(ARTIFACTS / "web-error-token-refused.png"),
+    )
+    assert result["ok"], result
+    assert "refused the token" in result["errorText"]
+    assert "eyJ" not in result["errorText"]  # the token itself is not echoed
+
+
+async def test_missing_microphone_shows_clear_message(
+    livekit_server: LiveKitServer,
+    token_server: TokenServer,
+    browser_env: BrowserEnv,
+    tmp_path: Path,
+) -> None:
+    # no fake capture device: Chromium finds no microphone at all
+    result = await run_web_driver(
+        browser_env,
+        tmp_path,
+        timeout_s=60,
+        url=f"{token_server.base_url}/",
+        room=_room(),
+        fakeAudioWav=None,
+        untilError=True,
+        screenshot=str(ARTIFACTS / "web-error-no-microphone.png"),
+    )
+    assert result["ok"], result
+    assert "microphone" in result["errorText"].lower()
+    snap = result["snapshot"]
+    assert snap["micPublished"] is False
+    # the room itself stays joined: the user still hears the agent
+    assert snap["connection"] == "connected"
+
+
+async def test_token_server_gone_shows_clear_message(
+    start_token_server: Any, browser_env: BrowserEnv, make_speech_wav: Any, tmp_path: Path
+) -> None:
+    server = start_token_server()
+    handshake = tmp_path / "handshake"
+    handshake.mkdir()
+    driver = asyncio.ensure_future(
+        run_web_driver(
+            browser_env,
+            tmp_path,
+            timeout_s=60,
+            url=f"{server.base_url}/",
+            room=_room(),
+            fakeAudioWav=str(make_speech_wav("hello", sample_rate=48000)),
+            untilError=True,
+            handshakeDir=str(handshake),
+            screenshot=str(ARTIFACTS / "web-error-token-server-down.png"),
+        )
+    )
+    for _ in range(300):
+        if (handshake / "loaded").exists() or driver.done():
+            break
+        await asyncio.sleep(0.1)
+    server.process.stop()  # the page is loaded; now its server goes away
+    (handshake / "go").touch()
+    result = await driver
+    assert result["ok"], result
+    assert "Cannot reach the token server" in result["errorText"]

@@ -1,0 +1,51 @@
+"""`python -m token_server [--host H] [--port P]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from aiohttp import web
+
+from .app import create_app, web_root_problems
+from .config import ConfigError, TokenServerConfig
+
+log = logging.getLogger("token_server")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m token_server",
+        description="LiveKit join-token API and host of the streamtalk web client.",
+    )
+    parser.add_argument("--host", help="bind address (env TOKEN_SERVER_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (env TOKEN_SERVER_PORT, default 3000)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        config = TokenServerConfig.from_env(host=args.host, port=args.port)
+    except ConfigError as exc:
+        print(f"token_server: configuration error: {exc}", file=sys.stderr)
+        return 2
+    for problem in web_root_problems(config):
+        log.warning("%s", problem)
+    log.info(
+        "token server on http://%s:%d (LiveKit %s, agent %s, ttl %ds, access key %s)",
+        config.host,
+        config.port,
+        config.livekit_url,
+        config.agent_name,
+        config.ttl_s,
+        "required" if config.access_key else "off",
+    )
+    try:
+        web.run_app(create_app(config), host=config.host, port=config.port, print=None)
+    except OSError as exc:
+        print(f"token_server: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

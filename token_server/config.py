@@ -1,0 +1,97 @@
+"""Token server configuration: one dataclass, read from the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 3000
+DEFAULT_LIVEKIT_URL = "ws://127.0.0.1:7880"
+DEFAULT_API_KEY = "devkey"
+DEFAULT_API_SECRET = "secret"
+DEFAULT_AGENT_NAME = "streamtalk"
+DEFAULT_TTL_S = 3600
+MAX_TTL_S = 86400
+
+
+class ConfigError(ValueError):
+    """A setting has a value the server cannot run with."""
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("STREAMTALK_HOME") or Path.home() / ".cache" / "streamtalk")
+
+
+def _int_env(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class TokenServerConfig:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    # URL handed to clients (browsers connect to it); LIVEKIT_PUBLIC_URL overrides
+    # LIVEKIT_URL when the browser reaches LiveKit under another name (TLS proxy).
+    livekit_url: str = DEFAULT_LIVEKIT_URL
+    api_key: str = DEFAULT_API_KEY
+    api_secret: str = field(default=DEFAULT_API_SECRET, repr=False)
+    agent_name: str = DEFAULT_AGENT_NAME
+    ttl_s: int = DEFAULT_TTL_S
+    access_key: str | None = field(default=None, repr=False)
+    web_root: Path = REPO_ROOT / "web"
+    # Folder holding livekit-client/dist/livekit-client.umd.js (npm install).
+    node_modules: Path = field(default_factory=lambda: _cache_root() / "node" / "node_modules")
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.ttl_s <= MAX_TTL_S:
+            raise ConfigError(
+                f"TOKEN_TTL_S must be within 1..{MAX_TTL_S} seconds, got {self.ttl_s}"
+            )
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be within 0..65535, got {self.port}")
+        if not self.api_key or not self.api_secret:
+            raise ConfigError("LIVEKIT_API_KEY and LIVEKIT_API_SECRET must not be empty")
+        if not self.livekit_url.startswith(("ws://", "wss://")):
+            raise ConfigError(
+                f"LiveKit URL must start with ws:// or wss://, got {self.livekit_url!r}"
+            )
+        if not self.agent_name:
+            raise ConfigError("LIVEKIT_AGENT_NAME must not be empty")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> TokenServerConfig:
+        env = dict(os.environ if env is None else env)
+        values: dict[str, object] = {
+            "host": env.get("TOKEN_SERVER_HOST") or DEFAULT_HOST,
+            "port": _int_env(env, "TOKEN_SERVER_PORT", DEFAULT_PORT),
+            "livekit_url": env.get("LIVEKIT_PUBLIC_URL")
+            or env.get("LIVEKIT_URL")
+            or DEFAULT_LIVEKIT_URL,
+            "api_key": env.get("LIVEKIT_API_KEY") or DEFAULT_API_KEY,
+            "api_secret": env.get("LIVEKIT_API_SECRET") or DEFAULT_API_SECRET,
+            "agent_name": env.get("LIVEKIT_AGENT_NAME") or DEFAULT_AGENT_NAME,
+            "ttl_s": _int_env(env, "TOKEN_TTL_S", DEFAULT_TTL_S),
+            "access_key": env.get("TOKEN_ACCESS_KEY") or None,
+        }
+        if env.get("WEB_ROOT"):
+            values["web_root"] = Path(env["WEB_ROOT"])
+        if env.get("STREAMTALK_NODE_MODULES"):
+            values["node_modules"] = Path(env["STREAMTALK_NODE_MODULES"])
+        elif env.get("STREAMTALK_HOME"):
+            values["node_modules"] = Path(env["STREAMTALK_HOME"]) / "node" / "node_modules"
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def livekit_client_js(self) -> Path:
+        return self.node_modules / "livekit-client" / "dist" / "livekit-client.umd.js"

@@ -1,0 +1,83 @@
+"""Speech recognition with faster-whisper on CPU (int8), one request at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("omni_dev.asr")
+
+SAMPLE_RATE = 16000
+
+
+class AudioDecodeError(ValueError):
+    """The bytes are not audio that can be decoded."""
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    language: str
+    duration_s: float
+    segments: tuple[tuple[float, float, str], ...]
+
+
+class Transcriber:
+    """Loads the model once; transcribes in a single worker thread."""
+
+    def __init__(self, model_dir: Path, threads: int = 2) -> None:
+        from faster_whisper import WhisperModel
+
+        self.model_dir = model_dir
+        self._model = WhisperModel(
+            str(model_dir), device="cpu", compute_type="int8", cpu_threads=threads
+        )
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr")
+
+    @staticmethod
+    def decode(data: bytes) -> np.ndarray:
+        """Any container PyAV reads (wav, mp3, ogg, flac...) -> float32 mono 16 kHz."""
+        from faster_whisper.audio import decode_audio
+
+        if not data:
+            raise AudioDecodeError("the audio is empty")
+        try:
+            audio = decode_audio(io.BytesIO(data), sampling_rate=SAMPLE_RATE)
+        except Exception as exc:  # PyAV raises many error types for bad input
+            raise AudioDecodeError(f"cannot decode the audio: {exc}") from None
+        if audio.size == 0:
+            raise AudioDecodeError("the audio holds no samples")
+        return audio
+
+    def transcribe(self, data: bytes, prompt: str | None = None) -> Transcript:
+        audio = self.decode(data)
+        with self._lock:
+            segments, info = self._model.transcribe(
+                audio,
+                language="en",
+                beam_size=1,
+                temperature=0.0,
+                condition_on_previous_text=False,
+                vad_filter=False,
+                initial_prompt=prompt or None,
+            )
+            parts = tuple((s.start, s.end, s.text.strip()) for s in segments)
+        text = " ".join(p[2] for p in parts if p[2]).strip()
+        return Transcript(
+            text=text, language=info.language, duration_s=audio.size / SAMPLE_RATE, segments=parts
+        )
+
+    async def atranscribe(self, data: bytes, prompt: str | None = None) -> Transcript:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.transcribe, data, prompt)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
