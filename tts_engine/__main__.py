@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_flags(p)
     p.set_defaults(func=cmd_decode_codes)
 
+    from .bench import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
+
     p = sub.add_parser("config", help="print the effective configuration")
     p.add_argument("--markdown", action="store_true", help="print the README's configuration table")
     p.set_defaults(func=cmd_config)

@@ -144,10 +144,12 @@ class CodeGenerator:
         return torch.stack(codes, dim=1)
 
     def choose_codebook0_static(
-        self, logits: torch.Tensor, seen: torch.Tensor, frames_done: torch.Tensor, params: SamplingParams
+        self, logits: torch.Tensor, seen: torch.Tensor, frames_done: torch.Tensor, min_new_tokens: torch.Tensor,
+        repetition_penalty: float,
     ) -> torch.Tensor:
         """Greedy codebook 0 from device-side state only (graph-safe); equals choose_codebook0."""
-        return greedy_codebook0_masked(logits, seen, frames_done, params, self._suppress, self.eos_id)
+        return greedy_codebook0_masked(
+            logits, seen, frames_done, min_new_tokens, repetition_penalty, self._suppress, self.eos_id)
 
     def generate(self, prompt: Prompt, params: SamplingParams, max_frames: int, seed: int | None = None):
         """All frames of one stream: (codes [T, 16] for batch row 0, stop reason)."""

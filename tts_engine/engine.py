@@ -317,6 +317,8 @@ class TTSEngine:
             s.metrics.queue_wait_ms = (s.started_at - s.accepted_at) * 1000
             prompt = model.prompt(s.request)
             limit = frame_limit(prompt.text_token_count, self.config.max_new_tokens)
+            if s.request.max_frames is not None:
+                limit = min(limit, s.request.max_frames)
             s.codegen = self.frames.start(prompt, s.request.params, limit, s.request.seed)
             s.decoder_state = self.decoder.new_state(1)
         t0 = time.perf_counter()

@@ -70,6 +70,7 @@ class StaticFrameStep:
         self.pos = torch.zeros(1, dtype=torch.long, device=device)
         self.seen = torch.zeros(1, g.vocab_size, dtype=torch.bool, device=device)
         self.frames_done = torch.zeros(1, dtype=torch.long, device=device)
+        self.min_new_tokens = torch.zeros(1, dtype=torch.long, device=device)
         self.x = torch.zeros(1, 1, g.hidden_size, dtype=dtype, device=device)
         self.tts_pad = torch.zeros(1, g.hidden_size, dtype=dtype, device=device)
         self.codes = torch.zeros(1, cfg.talker.num_code_groups, dtype=torch.long, device=device)
@@ -84,6 +85,7 @@ class StaticFrameStep:
         self.seen.zero_()
         self.seen.scatter_(1, s.history, True)
         self.frames_done.fill_(s.frames_done)
+        self.min_new_tokens.fill_(s.params.min_new_tokens)
         self.x.copy_(s.next_input)
         self.tts_pad.copy_(s.prompt.tts_pad_embed[:, 0])
 
@@ -91,7 +93,8 @@ class StaticFrameStep:
         """One frame: reads x/pos/seen/frames_done, writes codes and the next x."""
         cache = StaticKVCache(self.kv.k, self.kv.v, self.pos, span)
         hidden, logits = self.talker.step(self.x, cache)
-        cb0 = self.codegen.choose_codebook0_static(logits, self.seen, self.frames_done, self.params)
+        cb0 = self.codegen.choose_codebook0_static(
+            logits, self.seen, self.frames_done, self.min_new_tokens, self.params.repetition_penalty)
         codes = self.codegen.predict_rest(hidden, cb0, self.predictor_cache, self.params, None)
         self.seen.scatter_(1, cb0[:, None], True)
         self.frames_done.add_(1)
@@ -153,6 +156,8 @@ class GraphedCodegen:
             reason = "no_graph_slots"
         elif params.do_sample or params.subtalker_do_sample:
             reason = "sampling"
+        elif params.repetition_penalty != self.slots[0].step.params.repetition_penalty:
+            reason = "repetition_penalty"
         elif prompt.embeds.shape[1] + max_frames > self.capacity:
             reason = "too_long"
         slot = None
@@ -183,10 +188,11 @@ class GraphedCodegen:
             return None
         step = gs.slot.step
         span = next(b for b in self.spans if b > s.talker_cache.length)
-        if self.use_graphs:
-            gs.slot.graphs[span].replay()
+        graph = gs.slot.graphs.get(span) if self.use_graphs else None
+        if graph is not None:
+            graph.replay()
             gs.stats.graph_steps += 1
-        else:
+        else:  # graphs off, or the warm-up before capture: the same step, eagerly
             step.run(span)
             gs.stats.eager_steps += 1
         codes = step.codes.clone()

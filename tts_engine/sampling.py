@@ -99,8 +99,8 @@ def choose_subcode(logits: torch.Tensor, params: SamplingParams, generator: torc
 
 
 def greedy_codebook0_masked(
-    logits: torch.Tensor, seen: torch.Tensor, frames_done: torch.Tensor, params: SamplingParams,
-    suppress_mask: torch.Tensor, eos_id: int,
+    logits: torch.Tensor, seen: torch.Tensor, frames_done: torch.Tensor, min_new_tokens: torch.Tensor,
+    repetition_penalty: float, suppress_mask: torch.Tensor, eos_id: int,
 ) -> torch.Tensor:
     """choose_codebook0 for greedy decoding with the history as a `seen` mask [B, V].
 
@@ -109,10 +109,10 @@ def greedy_codebook0_masked(
     so this runs inside a CUDA graph.
     """
     logits = logits.float()
-    p = params.repetition_penalty
+    p = repetition_penalty
     penalised = torch.where(logits < 0, logits * p, logits / p)
     logits = torch.where(seen, penalised, logits)
-    too_early = (frames_done < params.min_new_tokens)[:, None]  # [B, 1]
+    too_early = (frames_done < min_new_tokens)[:, None]  # [B, 1]
     eos_column = torch.zeros_like(seen)
     eos_column[:, eos_id] = True
     logits = logits.masked_fill(suppress_mask | (eos_column & too_early), float("-inf"))

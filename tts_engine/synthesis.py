@@ -44,6 +44,7 @@ class Request:
     language: str
     params: SamplingParams
     seed: int | None
+    max_frames: int | None = None  # a tighter cap than the engine's (benchmarks fix lengths with it)
 
 
 @dataclass

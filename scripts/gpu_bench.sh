@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Run the GPU benchmark set on a CUDA machine; results as JSON + a log.
+# Usage: scripts/gpu_bench.sh OUT_DIR [sections...]
+#   sections: check codegen decoder e2e launches cancel throughput peer (default: all)
+# Wheels for packages the GPU host lacks may sit in .whl/ (scripts/fetch_gpu_wheels.sh).
+set -uo pipefail
+OUT_DIR="${1:?usage: scripts/gpu_bench.sh OUT_DIR [sections...]}"
+shift
+SECTIONS="${*:-check codegen decoder e2e launches cancel throughput peer}"
+cd "$(dirname "$0")/.."
+mkdir -p "$OUT_DIR"
+RES="$OUT_DIR/parts"
+mkdir -p "$RES"
+export PYTHONUNBUFFERED=1 STREAMTALK_HOME="${STREAMTALK_HOME:-/tmp/streamtalk-home}"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH="/tmp/site:$PWD"
+else
+    export PYTHONPATH="$PWD"
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
+CK="$STREAMTALK_HOME/bench-0.6b"
+B="python3 -m tts_engine bench"
+step() { echo "=== $1 ($(date +%H:%M:%S))"; }
+has() { [[ " $SECTIONS " == *" $1 "* ]]; }
+
+step prepare
+$B prepare "$CK" --preset 0.6b --out "$RES/prepare.json" || exit 1
+if has check; then
+    step "graph == eager (pytest, tiny) and graph-check (0.6b)"
+    python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
+    $B graph-check --model-dir "$CK" --out "$RES/graph_check.json"
+fi
+has codegen && { step codegen; $B codegen --model-dir "$CK" --frames 200 --out "$RES/codegen.json"; }
+has decoder && { step decoder; $B decoder --model-dir "$CK" --frames 200 --out "$RES/decoder.json"; }
+has e2e && { step e2e; $B e2e --model-dir "$CK" --out "$RES/e2e.json"; }
+has launches && { step launches; $B launches --model-dir "$CK" --out "$RES/launches.json"; }
+has cancel && { step cancel; $B cancel --model-dir "$CK" --rounds 200 --out "$RES/cancel.json"; }
+if has throughput; then
+    step throughput
+    TTS_MAX_NEW_TOKENS=210 TTS_GRAPH_SLOTS=16 python3 -m tts_engine serve --model-dir "$CK" --port 9000 \
+        >"$OUT_DIR/server.log" 2>&1 &
+    SERVER=$!
+    for _ in $(seq 1 240); do
+        curl -sf http://127.0.0.1:9000/readyz >/dev/null && break
+        sleep 1
+    done
+    $B throughput --url http://127.0.0.1:9000 --concurrency 1 4 16 --duration 20 --out "$RES/throughput.json"
+    kill $SERVER; wait $SERVER 2>/dev/null
+fi
+has peer && { step peer; python3 tools/bench_peer.py --model-dir "$CK" --out "$RES/peer.json"; }
+step done
+python3 - "$RES" "$OUT_DIR/gpu_results.json" <<'PY'
+import json, sys, pathlib
+parts = {p.stem: json.loads(p.read_text()) for p in sorted(pathlib.Path(sys.argv[1]).glob("*.json"))}
+pathlib.Path(sys.argv[2]).write_text(json.dumps(parts, indent=2))
+print("merged", list(parts))
+PY
