@@ -1,0 +1,188 @@
+"""Incremental codec decoding == one full offline decode, for any packet sizes, lengths
+well past the 72-frame attention window and the official 300-frame chunking, and for
+batches of streams at different positions. Also the windowed (approximate) mode."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from tts_engine.codec_checkpoint import build_random_codec_decoder
+from tts_engine.codec_stream import (
+    CodecStreamDecoder,
+    CodecStreamState,
+    WindowedCodecDecoder,
+    WindowedStreamState,
+    decode_in_packets,
+)
+from tts_engine.model.codec_decoder import CodecDecoder
+
+SPF = 1920
+EXACT = 1e-5  # float32 max abs difference allowed between incremental and offline
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # small ops: one thread beats two on a shared 2-core machine
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> CodecDecoder:
+    return build_random_codec_decoder("tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def stream(tiny: CodecDecoder) -> CodecStreamDecoder:
+    return CodecStreamDecoder(tiny)
+
+
+def random_codes(batch: int, frames: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, 2048, (batch, 16, frames), generator=torch.Generator().manual_seed(seed))
+
+
+def offline(model: CodecDecoder, codes: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(codes)
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return (a - b).abs().max().item()
+
+
+@pytest.mark.parametrize("frames", [1, 13, 100])  # one frame, ~1 s, past the window
+@pytest.mark.parametrize("packet", [1, 2, 4])
+def test_incremental_equals_offline(tiny: CodecDecoder, stream: CodecStreamDecoder, frames: int, packet: int) -> None:
+    codes = random_codes(1, frames, seed=frames)
+    state = stream.new_state()
+    pieces = []
+    for start in range(0, frames, packet):
+        pcm = stream.step(state, codes[:, :, start : start + packet])
+        assert pcm.shape == (1, min(packet, frames - start) * SPF)  # exactly the new frames' samples
+        pieces.append(pcm)
+    assert state.frames.tolist() == [frames]
+    assert max_diff(torch.cat(pieces, -1), offline(tiny, codes)) <= EXACT
+
+
+def test_long_utterance_over_60_s(tiny: CodecDecoder, stream: CodecStreamDecoder) -> None:
+    frames = 800  # 64 s: past the 300-frame chunking of the official decode
+    codes = random_codes(1, frames, seed=800)
+    ref = offline(tiny, codes)
+    schedule = list(itertools.islice(itertools.cycle([1, 2, 3, 5, 8, 4, 1, 7]), 400))
+    irregular = schedule[: next(i for i in range(len(schedule)) if sum(schedule[: i + 1]) >= frames)]
+    irregular.append(frames - sum(irregular))
+    for packets in (2, irregular):  # the irregular schedule mixes sizes 1 to 8
+        assert max_diff(decode_in_packets(stream, codes, packets), ref) <= EXACT, packets
+
+
+def test_packets_larger_than_the_window(tiny: CodecDecoder, stream: CodecStreamDecoder) -> None:
+    codes = random_codes(1, 250, seed=250)
+    got = decode_in_packets(stream, codes, [100, 1, 149])
+    assert max_diff(got, offline(tiny, codes)) <= EXACT
+
+
+def test_repetitive_codes(tiny: CodecDecoder, stream: CodecStreamDecoder) -> None:
+    codes = random_codes(1, 3, seed=3).repeat(1, 1, 40)  # a 3-frame loop, 120 frames
+    assert max_diff(decode_in_packets(stream, codes, 2), offline(tiny, codes)) <= EXACT
+
+
+def test_the_carried_state_matters(tiny: CodecDecoder, stream: CodecStreamDecoder) -> None:
+    """Sensitivity check: restarting the state mid-stream is far off (so the exactness
+    tests above would notice a state that is carried wrongly)."""
+    codes = random_codes(1, 120, seed=120)
+    ref = offline(tiny, codes)
+    first = decode_in_packets(stream, codes[:, :, :100], 4)
+    restarted = decode_in_packets(stream, codes[:, :, 100:], 4)
+    assert max_diff(torch.cat([first, restarted], -1), ref) > 1e-2
+    # The attention alone reaches further than the convolutions: 40 frames of context
+    # still leave a visible error.
+    windowed = decode_in_packets(WindowedCodecDecoder(tiny, left_context=40), codes, 4)
+    assert max_diff(windowed, ref) > 1e-3
+
+
+def test_batch_of_streams_at_different_positions(tiny: CodecDecoder, stream: CodecStreamDecoder) -> None:
+    """Three streams, started at different times (0, 30 and 90 frames in), step together
+    as one batch for a while, then continue alone; each equals its own offline decode."""
+    codes = [random_codes(1, 110, seed=s) for s in (11, 12, 13)]
+    heads = [30, 0, 90]  # frames each stream decodes alone before joining the batch
+    together = 8  # frames decoded as a batch, in packets of 2
+    outputs: list[list[torch.Tensor]] = [[] for _ in codes]
+    states = []
+    for i, (c, head) in enumerate(zip(codes, heads, strict=True)):
+        state = stream.new_state()
+        if head:
+            outputs[i].append(stream.step(state, c[:, :, :head]))
+        states.append(state)
+
+    batch = CodecStreamState.stack(states)
+    assert batch.batch_size == 3 and batch.frames.tolist() == heads
+    for k in range(0, together, 2):
+        chunk = torch.cat([c[:, :, h + k : h + k + 2] for c, h in zip(codes, heads, strict=True)])
+        pcm = stream.step(batch, chunk)  # [3, 2 * 1920]
+        for i in range(3):
+            outputs[i].append(pcm[i : i + 1])
+
+    for i, state in enumerate(batch.split()):
+        rest = codes[i][:, :, heads[i] + together :]
+        for start in range(0, rest.shape[2], 3):
+            outputs[i].append(stream.step(state, rest[:, :, start : start + 3]))
+        assert state.frames.item() == 110
+        assert max_diff(torch.cat(outputs[i], -1), offline(tiny, codes[i])) <= EXACT, f"stream {i}"
+
+
+def test_batched_step_equals_single_steps(stream: CodecStreamDecoder) -> None:
+    codes = random_codes(4, 20, seed=20)
+    batched = decode_in_packets(stream, codes, 2)
+    for i in range(4):
+        assert max_diff(batched[i : i + 1], decode_in_packets(stream, codes[i : i + 1], 2)) <= EXACT
+
+
+def test_step_rejects_mismatched_batches_and_bad_codes(stream: CodecStreamDecoder) -> None:
+    state = stream.new_state(batch_size=2)
+    with pytest.raises(ValueError, match="3 streams, the state 2"):
+        stream.step(state, random_codes(3, 1, seed=0))
+    with pytest.raises(ValueError, match=r"\[0, 2048\)"):
+        stream.step(state, torch.full((2, 16, 1), 2150))
+    assert state.frames.tolist() == [0, 0]  # a refused step leaves the state untouched
+    with pytest.raises(ValueError, match="sum to 5"):
+        decode_in_packets(stream, random_codes(1, 5, seed=0), [2, 2])
+
+
+# --- windowed mode ----------------------------------------------------------------------
+
+
+def test_windowed_is_exact_while_the_stream_fits_the_context(tiny: CodecDecoder) -> None:
+    codes = random_codes(1, 40, seed=40)
+    got = decode_in_packets(WindowedCodecDecoder(tiny, left_context=72), codes, 2)
+    assert max_diff(got, offline(tiny, codes)) <= EXACT
+
+
+def test_windowed_is_approximate_beyond_the_context(tiny: CodecDecoder) -> None:
+    codes = random_codes(1, 100, seed=41)
+    ref = offline(tiny, codes)
+    err = {lc: max_diff(decode_in_packets(WindowedCodecDecoder(tiny, lc), codes, 2), ref) for lc in (0, 8, 72)}
+    assert err[0] > 1e-2 and err[8] > 1e-3  # too little context: clearly wrong
+    assert err[72] < err[8]  # more context, smaller error
+
+
+def test_windowed_batch_mixes_history_lengths(tiny: CodecDecoder) -> None:
+    windowed = WindowedCodecDecoder(tiny, left_context=6)
+    codes = random_codes(2, 14, seed=14)
+    states = [windowed.new_state(), windowed.new_state()]
+    first = windowed.step(states[0], codes[:1, :, :4])  # stream 0 is 4 frames ahead
+    batch = WindowedStreamState.stack(states)
+    chunk = torch.cat([codes[:1, :, 4:6], codes[1:, :, 0:2]])
+    pcm = windowed.step(batch, chunk)
+    single = [
+        decode_in_packets(windowed, codes[:1, :, :6], [4, 2])[:, 4 * SPF :],
+        decode_in_packets(windowed, codes[1:, :, :2], [2]),
+    ]
+    assert first.shape == (1, 4 * SPF)
+    assert max_diff(pcm[:1], single[0]) <= EXACT and max_diff(pcm[1:], single[1]) <= EXACT
+    assert batch.frames.tolist() == [6, 2]
