@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # Run the GPU benchmark set on a CUDA machine; results as JSON + a log.
 # Usage: scripts/gpu_bench.sh OUT_DIR [sections...]
-#   sections: check codegen decoder e2e launches cancel throughput peer (default: all)
+#   sections: check codegen decoder e2e launches cancel throughput peer compiled (default: all)
 # Wheels for packages the GPU host lacks may sit in .whl/ (scripts/fetch_gpu_wheels.sh).
 set -uo pipefail
 OUT_DIR="${1:?usage: scripts/gpu_bench.sh OUT_DIR [sections...]}"
 shift
-SECTIONS="${*:-check codegen decoder e2e launches cancel throughput peer}"
+SECTIONS="${*:-check codegen decoder e2e launches cancel throughput peer compiled}"
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT_DIR"
 RES="$OUT_DIR/parts"
 mkdir -p "$RES"
 export PYTHONUNBUFFERED=1 STREAMTALK_HOME="${STREAMTALK_HOME:-/tmp/streamtalk-home}"
-if compgen -G ".whl/*.whl" >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+WHEELS="${GPU_WHEELS:-.whl}"
+if compgen -G "$WHEELS/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl || exit 1
     export PYTHONPATH="/tmp/site:$PWD"
 else
     export PYTHONPATH="$PWD"
@@ -29,7 +30,7 @@ step prepare
 $B prepare "$CK" --preset 0.6b --out "$RES/prepare.json" || exit 1
 if has check; then
     step "graph == eager (pytest, tiny) and graph-check (0.6b)"
-    python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
+    python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_gpu*.py
     $B graph-check --model-dir "$CK" --out "$RES/graph_check.json"
 fi
 has codegen && { step codegen; $B codegen --model-dir "$CK" --frames 200 --out "$RES/codegen.json"; }
@@ -48,6 +49,12 @@ if has throughput; then
     done
     $B throughput --url http://127.0.0.1:9000 --concurrency 1 4 16 --duration 20 --out "$RES/throughput.json"
     kill $SERVER; wait $SERVER 2>/dev/null
+fi
+if has compiled; then
+    step "torch.compile variants"
+    export TORCHINDUCTOR_CACHE_DIR="$STREAMTALK_HOME/inductor-cache"
+    $B codegen --model-dir "$CK" --frames 200 --compile --out "$RES/codegen_compiled.json"
+    $B e2e --model-dir "$CK" --compile --out "$RES/e2e_compiled.json"
 fi
 has peer && { step peer; python3 tools/bench_peer.py --model-dir "$CK" --out "$RES/peer.json"; }
 step done

@@ -47,7 +47,9 @@ async def test_stream_headers_audio_and_metrics(tts_server):
     status, metrics = await get_json(tts_server, f"/tts/requests/{headers['X-Request-Id']}")
     assert status == 200
     assert metrics["frames"] * 1920 * 2 == len(body)
-    assert metrics["packets"] == -(-metrics["frames"] // 2)  # default packet_tokens 2
+    # A one-frame first packet (audio after 80 ms of codes), then packets of 2 frames.
+    assert metrics["packets"] == 1 + -(-(metrics["frames"] - 1) // 2)
+    assert [p["frames"] for p in metrics["packet_log"][:2]] == [1, 2]
     assert metrics["stop_reason"] == "eos" and metrics["ttfa_ms"] > 0 and metrics["rtf"] > 0
     assert len(metrics["packet_log"]) == metrics["packets"]
 
@@ -90,7 +92,7 @@ async def test_packet_sizes_give_the_same_audio(tts_server, packet_tokens):
     diff = np.abs(pcm_of(base[2]) - pcm_of(other[2])).max()
     assert diff <= 1.5 / 32767
     _, metrics = await get_json(tts_server, f"/tts/requests/{other[1]['X-Request-Id']}")
-    assert metrics["packets"] == -(-metrics["frames"] // packet_tokens)
+    assert metrics["packets"] == 1 + -(-(metrics["frames"] - 1) // packet_tokens)
 
 
 async def test_concurrent_streams_match_solo_runs(tts_server):

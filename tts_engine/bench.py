@@ -133,13 +133,16 @@ def cmd_prepare(args: argparse.Namespace) -> list[dict]:
 def cmd_codegen(args: argparse.Namespace) -> list[dict]:
     rows = []
     variants = [("graph", 1), ("static-eager", 0)] if torch.cuda.is_available() else [("eager", 0)]
+    if args.compile:
+        variants = [("graph+compile", 1)]
     for name, graphs in variants:
-        engine = make_engine(args, cudagraph_talker=graphs, cudagraph_cp=graphs)
+        engine = make_engine(args, cudagraph_talker=graphs, cudagraph_cp=graphs, compile_steps=int(args.compile))
         model, frames_api = engine.model, engine.frames
         req = fixed_request(engine, "medium", args.frames)
         prompt = model.prompt(req)
         per_frame = []
-        for rep in range(args.repeats + 1):
+        repeats = args.repeats if graphs else min(args.repeats, 2)  # eager launches are slow; fewer runs
+        for rep in range(repeats + 1):
             gs = frames_api.start(prompt, req.params, args.frames, None)
             frames_api.next_frame(gs)  # prefill + frame 0 (eager) outside the timing
             sync()
@@ -165,15 +168,25 @@ def cmd_codegen(args: argparse.Namespace) -> list[dict]:
 
 
 def cmd_decoder(args: argparse.Namespace) -> list[dict]:
-    from .codec_stream import CodecStreamDecoder
     from .config import resolve_device, resolve_dtype
     from .model.codec_decoder import load_codec_decoder
 
     device = resolve_device(args.device or "auto")
-    dtype = resolve_dtype(args.dtype or "auto", device)
+    torch.backends.cudnn.allow_tf32 = False  # the float32 reference and path are true float32
+    torch.backends.cuda.matmul.allow_tf32 = False
     st_dir = Path(args.model_dir) / "speech_tokenizer"
-    model = load_codec_decoder(st_dir, device, dtype)
     ref_model = load_codec_decoder(st_dir, device, torch.float32)
+    rows = []
+    for dtype_name in args.dtypes:
+        dtype = resolve_dtype(dtype_name, device)
+        rows += _decoder_rows(args, load_codec_decoder(st_dir, device, dtype), ref_model, dtype, device)
+    print_table(f"codec decoder ({args.frames} random frames)", rows)
+    return rows
+
+
+def _decoder_rows(args, model, ref_model, dtype, device) -> list[dict]:
+    from .codec_stream import CodecStreamDecoder
+
     gen = torch.Generator().manual_seed(0)
     frames = args.frames
     codes = torch.randint(0, 2048, (1, 16, frames), generator=gen).to(device)
@@ -212,7 +225,6 @@ def cmd_decoder(args: argparse.Namespace) -> list[dict]:
         rows.append({"mode": f"offline {frames} frames", "dtype": str(dtype).replace("torch.", ""),
                      "ms_per_packet_p50": statistics.median(times), "ms_per_frame": statistics.median(times) / frames,
                      "snr_vs_fp32_offline_db": float("nan"), "max_abs_err": float("nan")})
-    print_table(f"codec decoder ({frames} random frames)", rows)
     return rows
 
 
@@ -220,7 +232,7 @@ def cmd_decoder(args: argparse.Namespace) -> list[dict]:
 
 
 def cmd_e2e(args: argparse.Namespace) -> list[dict]:
-    engine = make_engine(args)
+    engine = make_engine(args, compile_steps=int(args.compile))
     rows = []
     for length in args.lengths:
         ttfa, rtf = [], []
@@ -230,7 +242,7 @@ def cmd_e2e(args: argparse.Namespace) -> list[dict]:
                 ttfa.append(m.ttfa_ms)
                 rtf.append(m.rtf)
             progress(f"e2e {length} run {rep}: TTFA {m.ttfa_ms:.1f} ms RTF {m.rtf:.3f} graphs {m.graph_stats}")
-        rows.append({"length": length, "frames": LENGTHS[length], "ttfa_ms_p50": pct(ttfa, 50), "ttfa_ms_p95": pct(ttfa, 95),
+        rows.append({"length": length, "frames": LENGTHS[length], "compiled": bool(args.compile), "ttfa_ms_p50": pct(ttfa, 50), "ttfa_ms_p95": pct(ttfa, 95),
                      "rtf_p50": pct(rtf, 50), "rtf_p95": pct(rtf, 95), "runs": len(ttfa)})
     engine.close()
     print_table("end to end in process (server-side TTFA = request accepted -> first PCM packet)", rows)
@@ -294,9 +306,9 @@ def cmd_cancel(args: argparse.Namespace) -> list[dict]:
     engine = make_engine(args)
     cuda = torch.cuda.is_available()
 
-    async def rounds() -> list[float]:
+    async def rounds(n: int) -> list[float]:
         latencies = []
-        for i in range(args.rounds):
+        for i in range(n):
             handle = engine.open_stream(fixed_request(engine, "long"))
             async for _ in handle:
                 break
@@ -309,10 +321,10 @@ def cmd_cancel(args: argparse.Namespace) -> list[dict]:
                 progress(f"cancel round {i}: {latencies[-1]:.2f} ms")
         return latencies
 
-    asyncio.run(rounds())  # warm-up of the same path (graphs, allocator)
+    asyncio.run(rounds(20))  # warm-up of the same path (graphs, allocator)
     sync()
     mem_before = torch.cuda.memory_allocated() if cuda else 0
-    latencies = asyncio.run(rounds())
+    latencies = asyncio.run(rounds(args.rounds))
     sync()
     mem_after = torch.cuda.memory_allocated() if cuda else 0
     rows = [{"rounds": len(latencies), "cancel_ms_p50": pct(latencies, 50), "cancel_ms_p95": pct(latencies, 95),
@@ -405,11 +417,14 @@ def add_parser(sub) -> None:
     q = bsub.add_parser("codegen")
     common(q)
     q.add_argument("--frames", type=int, default=200)
+    q.add_argument("--compile", action="store_true", help="time only the torch.compile'd graph variant")
     q = bsub.add_parser("decoder")
     common(q)
     q.add_argument("--frames", type=int, default=200)
+    q.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
     q = bsub.add_parser("e2e")
     common(q)
+    q.add_argument("--compile", action="store_true", help="fuse the frame steps with torch.compile")
     q.add_argument("--lengths", nargs="+", default=list(LENGTHS), choices=list(LENGTHS))
     q = bsub.add_parser("throughput")
     common(q, model=False)

@@ -102,7 +102,7 @@ def load_talker(
     for module in model.modules():
         if isinstance(module, RotaryTable):
             module.materialize(device)
-    return model.eval()
+    return model.eval().requires_grad_(False)
 
 
 # ---------------------------------------------------------------------------

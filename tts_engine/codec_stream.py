@@ -15,6 +15,13 @@ recomputing anything. Which state each layer needs:
 
 Everything else (RVQ lookup, SnakeBeta, norms, 1x1 convs, MLPs) is time-local.
 
+The step is shape-static and capture-safe, so `tts_engine.codec_graphs` records it
+as a CUDA graph as it is: every state tensor is preallocated at a fixed size and
+updated in place (`copy_` of the new tail/overlap/window, `add_` of the frame count);
+RoPE positions and the attention mask come from the device tensor `frames`; nothing
+reads a value back to the host (with `check_codes=False`), and every shape depends
+only on (B, n). The same step serves eager decoding and graph replay.
+
 `WindowedCodecDecoder` is the seed's approximate mode, kept for comparison: each
 packet re-decodes the last `left_context` frames plus the new ones from scratch and
 keeps the new samples. docs/CODEC_STREAMING.md gives its error.
@@ -37,6 +44,7 @@ from tts_engine.model.codec_decoder import (
     CausalConv1d,
     CausalTransConv1d,
     CodecDecoder,
+    strict_float32,
     sliding_window_mask,
 )
 
@@ -61,8 +69,9 @@ class TransConvOverlap:
 @dataclass
 class AttentionWindow:
     """One pre_transformer layer's KV cache: post-RoPE keys and values of the last
-    window-1 frames, [B, H_kv, window-1, D], oldest first. Slots before the stream's
-    first frame hold zeros and are masked out by position."""
+    window-1 frames, [B, H_kv, window-1, D], oldest first (shifted in place each
+    step). Slots before the stream's first frame hold zeros and are masked out by
+    position."""
 
     k: Tensor
     v: Tensor
@@ -71,7 +80,8 @@ class AttentionWindow:
 @dataclass
 class CodecStreamState:
     """All carried state of B streams. Conv entries are keyed by the module's
-    state-dict name in `CodecDecoder` (e.g. "decoder.1.block.2.conv1")."""
+    state-dict name in `CodecDecoder` (e.g. "decoder.1.block.2.conv1"). Steps update
+    every tensor in place: its storage never moves (what a CUDA graph needs)."""
 
     frames: Tensor  # LongTensor[B]: frames decoded so far = position of the next frame
     convs: dict[str, ConvTail]
@@ -82,9 +92,23 @@ class CodecStreamState:
     def batch_size(self) -> int:
         return self.frames.shape[0]
 
+    def tensors(self) -> list[Tensor]:
+        """Every state tensor (frames first)."""
+        return (
+            [self.frames]
+            + [c.x for c in self.convs.values()]
+            + [t.y for t in self.trans_convs.values()]
+            + [x for a in self.attention for x in (a.k, a.v)]
+        )
+
+    def zero_(self) -> CodecStreamState:
+        """Reset in place to B fresh streams at frame 0 (storage kept)."""
+        torch._foreach_zero_(self.tensors())
+        return self
+
     @classmethod
     def stack(cls, states: list[CodecStreamState]) -> CodecStreamState:
-        """Concatenate streams into one batch (their order is kept)."""
+        """Concatenate streams into one new batch (copies; their order is kept)."""
         if not states:
             raise ValueError("stack needs at least one state")
         first = states[0]
@@ -105,8 +129,8 @@ class CodecStreamState:
         )
 
     def select(self, index: int) -> CodecStreamState:
-        """Stream `index` as a batch-1 state (views; steps replace rather than mutate
-        state tensors, so the views stay valid)."""
+        """Stream `index` as a batch-1 state of views into this one: stepping it
+        updates this batch's row `index` in place."""
         sl = slice(index, index + 1)
         return CodecStreamState(
             frames=self.frames[sl],
@@ -116,7 +140,7 @@ class CodecStreamState:
         )
 
     def split(self) -> list[CodecStreamState]:
-        """One batch-1 state per stream."""
+        """One batch-1 state per stream (views, see `select`)."""
         return [self.select(i) for i in range(self.batch_size)]
 
 
@@ -166,63 +190,67 @@ class CodecStreamDecoder:
     @torch.no_grad()
     def step(self, state: CodecStreamState, codes: Tensor, check_codes: bool = True) -> Tensor:
         """Decode n new frames of each of the B streams in `state`: codes [B, 16, n]
-        -> PCM [B, n * 1920]. Updates `state` in place. `check_codes=False` skips the
-        range check (a device->host read) for callers that guarantee valid codes."""
+        -> PCM [B, n * 1920], a new tensor. Updates `state` in place. Runs under
+        `strict_float32` (TF32 off, deterministic cuDNN). `check_codes=False` skips the
+        range check (a device->host read; shape and dtype are always checked): required
+        under CUDA graph capture, and for callers that guarantee valid codes."""
         m = self.model
-        if check_codes:
-            m.check_codes(codes)
+        m.check_codes(codes, values=check_codes)
         if codes.shape[0] != state.batch_size:
             raise ValueError(f"codes carry {codes.shape[0]} streams, the state {state.batch_size}")
-        x = m.quantizer.decode(codes.long())  # [B, codebook_dim, n]
-        x = self._conv(m.pre_conv, x, state)  # [B, latent, n]
-        x = self._pre_transformer(x.transpose(1, 2), state).transpose(1, 2)  # [B, latent, n]
-        for trans_conv, convnext in m.upsample:
-            x = self._trans_conv(trans_conv, x, state)  # [B, latent, 2n], then 4n
-            x = x + convnext.pointwise(self._conv(convnext.dwconv, x, state))
-        x = self._conv(m.decoder_in_conv, x, state)  # [B, decoder_dim, 4n]
-        for block in m.decoder_blocks:
-            x = self._trans_conv(block.upsample, block.snake(x), state)
-            for unit in block.residual_units:
-                h = self._conv(unit.conv1, unit.act1(x), state)
-                x = x + unit.conv2(unit.act2(h))  # conv2 is 1x1: no state
-        x = self._conv(m.final_conv, m.final_snake(x), state)  # [B, 1, n * 1920]
-        state.frames = state.frames + codes.shape[2]
-        return x.clamp(-1.0, 1.0).squeeze(1)
+        with strict_float32():
+            x = m.quantizer.decode(codes.long())  # [B, codebook_dim, n]
+            x = self._conv(m.pre_conv, x, state)  # [B, latent, n]
+            x = self._pre_transformer(x.transpose(1, 2), state).transpose(1, 2)  # [B, latent, n]
+            for trans_conv, convnext in m.upsample:
+                x = self._trans_conv(trans_conv, x, state)  # [B, latent, 2n], then 4n
+                x = x + convnext.pointwise(self._conv(convnext.dwconv, x, state))
+            x = self._conv(m.decoder_in_conv, x, state)  # [B, decoder_dim, 4n]
+            for block in m.decoder_blocks:
+                x = self._trans_conv(block.upsample, block.snake(x), state)
+                for unit in block.residual_units:
+                    h = self._conv(unit.conv1, unit.act1(x), state)
+                    x = x + unit.conv2(unit.act2(h))  # conv2 is 1x1: no state
+            x = self._conv(m.final_conv, m.final_snake(x), state)  # [B, 1, n * 1920]
+            state.frames.add_(codes.shape[2])
+            return x.clamp(-1.0, 1.0).squeeze(1)
 
     def _conv(self, conv: CausalConv1d, x: Tensor, state: CodecStreamState) -> Tensor:
         """[B, C_in, L] -> [B, C_out, L], the tail standing in for the left padding."""
         if conv.context == 0:
             return conv(x)
-        tail = state.convs[self._names[id(conv)]]
-        full = torch.cat([tail.x, x], dim=-1)  # [B, C_in, context + L]
-        tail.x = full[..., -conv.context :]
+        tail = state.convs[self._names[id(conv)]].x
+        full = torch.cat([tail, x], dim=-1)  # [B, C_in, context + L], a new tensor
+        tail.copy_(full[..., full.shape[-1] - conv.context :])
         return conv.conv_valid(full)
 
     def _trans_conv(self, tc: CausalTransConv1d, x: Tensor, state: CodecStreamState) -> Tensor:
         """[B, C_in, L] -> [B, C_out, L*s] by overlap-add across calls."""
         if tc.overlap == 0:
             return tc(x)
-        n_out = x.shape[-1] * tc.stride
+        n_out = x.shape[-1] * tc.stride  # >= overlap: the two slices below are disjoint
         y = F.conv_transpose1d(x, tc.conv.weight, None, stride=tc.stride)  # [B, C, n_out + ov]
-        carried = state.trans_convs[self._names[id(tc)]]
-        y[..., : tc.overlap] += carried.y
-        carried.y = y[..., n_out:]
+        carried = state.trans_convs[self._names[id(tc)]].y
+        y[..., : tc.overlap] += carried
+        carried.copy_(y[..., n_out:])
         return y[..., :n_out] + tc.conv.bias[None, :, None]
 
     def _pre_transformer(self, x: Tensor, state: CodecStreamState) -> Tensor:
         """[B, n, latent] -> [B, n, latent] with each layer's sliding-window KV cache."""
         pt = self.model.pre_transformer
         n, past = x.shape[1], self.window - 1
-        start = state.frames[:, None]  # [B, 1]
+        start = state.frames[:, None]  # [B, 1], on the device
         q_pos = start + torch.arange(n, device=x.device)  # [B, n]
         k_pos = start - past + torch.arange(past + n, device=x.device)  # [B, past + n]
         mask = sliding_window_mask(q_pos, k_pos, self.window)  # [B, 1, n, past + n]
         cos, sin = pt.rope.cos_sin(q_pos, x.dtype)
         h = pt.input_proj(x)
         for layer, cache in zip(pt.layers, state.attention, strict=True):
-            h, k, v = layer(h, cos, sin, mask, past=(cache.k, cache.v))
-            keep = k.shape[2] - past  # (not `-past:`, which keeps everything when past == 0)
-            cache.k, cache.v = k[:, :, keep:], v[:, :, keep:]
+            h, k, v = layer(h, cos, sin, mask, past=(cache.k, cache.v))  # k, v: [B, H_kv, past + n, D]
+            # Shift the window: keep the newest `past` frames (a slice of the new k/v, so
+            # copy_ never reads what it overwrites; `-past:` would keep all when past == 0).
+            cache.k.copy_(k[:, :, n:])
+            cache.v.copy_(v[:, :, n:])
         return pt.output_proj(pt.norm(h))
 
 

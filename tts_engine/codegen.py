@@ -109,8 +109,10 @@ class CodeGenerator:
         if s.frames_done >= s.max_frames:
             s.finished, s.stop_reason = True, "max_frames"
             return None
-        embeds = s.prompt.embeds if s.next_input is None else s.next_input
-        hidden, logits = self.talker.step(embeds, s.talker_cache)
+        if s.next_input is None:
+            hidden, logits = self.prefill(s)
+        else:
+            hidden, logits = self.talker.step(s.next_input, s.talker_cache)
         cb0 = choose_codebook0(
             logits, s.history, s.frames_done, s.params, self._suppress, self.eos_id, s.generator
         )
@@ -125,6 +127,10 @@ class CodeGenerator:
         s.frames_done += 1
         s.codes.append(codes)
         return codes
+
+    def prefill(self, s: CodegenStream) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the prompt through the talker: (last hidden [B, C], codebook-0 logits [B, V])."""
+        return self.talker.step(s.prompt.embeds, s.talker_cache)
 
     def predict_rest(
         self, hidden: torch.Tensor, cb0: torch.Tensor, cache: KVCache, params: SamplingParams,

@@ -41,6 +41,7 @@ FIELDS: tuple[Knob, ...] = (
     Knob("TTS_DEEP_STREAM_DTYPE", "dtype", "auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16"),
     Knob("TTS_DEEP_STREAM_DECODE_MODE", "decode_mode", "incremental (exact stateful decoder), windowed (re-decode left_context frames)"),
     Knob("TTS_DEEP_STREAM_PACKET_TOKENS", "packet_tokens", "codec frames per streamed packet (80 ms each)"),
+    Knob("TTS_DEEP_STREAM_FIRST_PACKET_TOKENS", "first_packet_tokens", "frames in a reply's first packet (then packet_tokens); 1 = audio after one frame"),
     Knob("TTS_DEEP_STREAM_LEFT_CONTEXT", "left_context", "frames of left context in windowed decode mode"),
     Knob("TTS_DEEP_STREAM_PROCESS", "process", "0 = codegen and decode in one process (the only mode)"),
     Knob("TTS_CODEGEN_GROUP_PARALLEL", "group_parallel", "must be 0: parallel codebook prediction ruins audio"),
@@ -52,6 +53,7 @@ FIELDS: tuple[Knob, ...] = (
     Knob("TTS_CODEGEN_CUDAGRAPH_CP", "cudagraph_cp", "the predictor loop runs inside the frame graph; both must be 1 for graphs"),
     Knob("TTS_GRAPH_SLOTS", "graph_slots", "streams that can run on captured graphs at once (CUDA only)"),
     Knob("TTS_GRAPH_MAX_POSITIONS", "graph_max_positions", "talker positions per graph slot (prompt + frames)"),
+    Knob("TTS_COMPILE", "compile_steps", "fuse the frame steps with torch.compile before graph capture (slower start-up)"),
     Knob("TTS_DECODER_CUDAGRAPH", "cudagraph_decoder", "CUDA graph for the incremental codec decoder step"),
     Knob("TTS_DEEP_STREAM_SILENCE_PACKETS", "silence_packets", "stop after N consecutive silent packets (0 = off)"),
     Knob("TTS_DEEP_STREAM_METRICS", "packet_metrics", "per-packet timing metrics"),
@@ -67,7 +69,7 @@ FIELDS: tuple[Knob, ...] = (
 )
 
 _INT_ATTRS = {
-    "packet_tokens", "left_context", "process", "group_parallel", "deterministic", "seed",
+    "packet_tokens", "first_packet_tokens", "compile_steps", "left_context", "process", "group_parallel", "deterministic", "seed",
     "cudagraph_talker", "cudagraph_cp", "cudagraph_decoder", "graph_slots", "graph_max_positions", "silence_packets", "packet_metrics",
     "packet_trace", "code_dump", "max_new_tokens", "max_text_chars", "min_free_gpu_mib", "port",
 }
@@ -87,6 +89,7 @@ class EngineConfig:
     dtype: str = "auto"
     decode_mode: str = "incremental"
     packet_tokens: int = 2
+    first_packet_tokens: int = 1
     left_context: int = 72
     process: int = 0
     group_parallel: int = 0
@@ -98,6 +101,7 @@ class EngineConfig:
     cudagraph_cp: int = 1
     cudagraph_decoder: int = 1
     graph_slots: int = 4
+    compile_steps: int = 0
     graph_max_positions: int = 4096
     silence_packets: int = 0
     packet_metrics: int = 1
@@ -142,6 +146,8 @@ class EngineConfig:
             raise ConfigValueError("TTS_DEEP_STREAM_PROCESS must be 0 (codegen and decode share one process)")
         if not 1 <= self.packet_tokens <= 64:
             raise ConfigValueError(f"TTS_DEEP_STREAM_PACKET_TOKENS={self.packet_tokens}; valid: 1..64")
+        if not 1 <= self.first_packet_tokens <= 64:
+            raise ConfigValueError(f"TTS_DEEP_STREAM_FIRST_PACKET_TOKENS={self.first_packet_tokens}; valid: 1..64")
         if not 1 <= self.left_context <= 512:
             raise ConfigValueError(f"TTS_DEEP_STREAM_LEFT_CONTEXT={self.left_context}; valid: 1..512")
         if not 0 <= self.graph_slots <= 256 or self.graph_max_positions < 256:

@@ -184,7 +184,8 @@ class TTSEngine:
         self.model = TTSModel(config.resolved_model_dir, device, config.torch_dtype, config.max_text_chars)
         graphs_on = bool(config.cudagraph_talker and config.cudagraph_cp)
         slots = config.graph_slots if device.type == "cuda" else 0
-        self.frames = GraphedCodegen(self.model.codegen, slots, config.graph_max_positions, graphs_on)
+        self.frames = GraphedCodegen(self.model.codegen, slots, config.graph_max_positions, graphs_on,
+                                     compile_steps=bool(config.compile_steps))
         if config.decode_mode == "windowed":
             self.decoder = WindowedCodecDecoder(self.model.decoder, config.left_context)
         else:
@@ -328,7 +329,8 @@ class TTSEngine:
             s.pending.append(frame)
             s.all_codes.append(frame)
         done = frame is None
-        if s.pending and (len(s.pending) >= s.packet_tokens or done):
+        packet_frames = s.packet_tokens if s.metrics.packets else min(s.packet_tokens, self.config.first_packet_tokens)
+        if s.pending and (len(s.pending) >= packet_frames or done):
             self._emit_packet(s)
         if done or self._silence_stop(s):
             with self._lock:

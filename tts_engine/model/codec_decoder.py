@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -390,12 +392,20 @@ class Attention(nn.Module):
         if past is not None:
             k = torch.cat([past[0], k], dim=2)
             v = torch.cat([past[1], v], dim=2)
-        groups = self.n_heads // self.n_kv
-        k_h = k.repeat_interleave(groups, dim=1) if groups > 1 else k  # [B, H, P+T, D]
-        v_h = v.repeat_interleave(groups, dim=1) if groups > 1 else v
-        out = F.scaled_dot_product_attention(q, k_h, v_h, attn_mask=mask)  # [B, H, T, D]
+        out = F.scaled_dot_product_attention(
+            q, self._expand_kv(k), self._expand_kv(v), attn_mask=mask
+        )  # [B, H, T, D]
         out = out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)
         return self.o_proj(out), k, v
+
+    def _expand_kv(self, x: Tensor) -> Tensor:
+        """[B, H_kv, S, D] -> [B, H, S, D], each KV head shared by n_heads // n_kv query
+        heads (as repeat_interleave, but by expand + reshape: no host sync on CUDA)."""
+        groups = self.n_heads // self.n_kv
+        if groups == 1:
+            return x
+        b, h_kv, s, d = x.shape
+        return x[:, :, None].expand(b, h_kv, groups, s, d).reshape(b, h_kv * groups, s, d)
 
 
 class SwiGLU(nn.Module):
@@ -459,8 +469,30 @@ class PreTransformer(nn.Module):
 # ----------------------------------------------------------------------------------
 
 
+@contextmanager
+def strict_float32() -> Iterator[None]:
+    """The decoder's numerics inside the block: TF32 off for cuDNN convolutions and
+    cuBLAS matmuls (cuDNN convs default to TF32, which costs the decoder ~40 dB of SNR
+    against float32), and deterministic cuDNN algorithms (the transposed convs' fastest
+    backward-data algorithm uses atomics), so equal codes give equal PCM, eager or
+    graphed, run after run. The three flags are process-wide: set on entry, restored
+    on exit. They are read on the host when a kernel is chosen, so they matter for
+    eager calls and for CUDA graph *capture*; a replay runs the captured kernels
+    whatever the flags say then. Legacy flags, as the rest of the project uses (mixing
+    them with torch's `fp32_precision` API makes torch raise). No effect on CPU."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32, cudnn.deterministic
+    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    cudnn.deterministic = True
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32, cudnn.deterministic = saved
+
+
 class CodecDecoder(nn.Module):
-    """codes LongTensor[B, 16, T] -> PCM FloatTensor[B, T * 1920] in [-1, 1]."""
+    """codes LongTensor[B, 16, T] -> PCM FloatTensor[B, T * 1920] in [-1, 1].
+    A float32 model runs in true float32 (TF32 off, `strict_float32`)."""
 
     def __init__(self, cfg: CodecDecoderConfig, sample_rate: int = 24000) -> None:
         super().__init__()
@@ -500,21 +532,28 @@ class CodecDecoder(nn.Module):
     def final_conv(self) -> CausalConv1d:
         return self.decoder[-1]
 
-    def check_codes(self, codes: Tensor) -> None:
+    def check_codes(self, codes: Tensor, values: bool = True) -> None:
         """Clear errors instead of an index error (or a CUDA device-side assert).
-        The range check reads two scalars back from the device."""
+        The range check (`values`) reads two scalars back from the device; the shape
+        and dtype checks read nothing."""
         n_q, size = self.config.num_quantizers, self.config.codebook_size
         if codes.dim() != 3 or codes.shape[1] != n_q or codes.shape[2] < 1:
             raise ValueError(f"codes must be [batch, {n_q}, frames>=1], got {tuple(codes.shape)}")
         if codes.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"codes must be an integer tensor, got {codes.dtype}")
+        if not values:
+            return
         lo, hi = int(codes.min()), int(codes.max())
         if lo < 0 or hi >= size:
             raise ValueError(f"codes must lie in [0, {size}), got values in [{lo}, {hi}]")
 
     def forward(self, codes: Tensor) -> Tensor:
         self.check_codes(codes)
-        x = self.quantizer.decode(codes.long())  # [B, codebook_dim, T]
+        with strict_float32():
+            return self._decode(codes.long())
+
+    def _decode(self, codes: Tensor) -> Tensor:
+        x = self.quantizer.decode(codes)  # [B, codebook_dim, T]
         x = self.pre_conv(x)  # [B, latent, T]
         x = self.pre_transformer(x.transpose(1, 2)).transpose(1, 2)  # [B, latent, T]
         for trans_conv, convnext in self.upsample:
