@@ -30,7 +30,7 @@ step prepare
 $B prepare "$CK" --preset 0.6b --out "$RES/prepare.json" || exit 1
 if has check; then
     step "graph == eager (pytest, tiny) and graph-check (0.6b)"
-    python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_gpu*.py
+    PYTHONPATH="$PYTHONPATH:$PWD/tests" python3 -m pytest -q -s -p no:cacheprovider --noconftest -p engine_fixtures tests/test_gpu.py tests/test_gpu_codec.py
     $B graph-check --model-dir "$CK" --out "$RES/graph_check.json"
 fi
 has codegen && { step codegen; $B codegen --model-dir "$CK" --frames 200 --out "$RES/codegen.json"; }

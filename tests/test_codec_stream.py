@@ -1,16 +1,21 @@
 """Incremental codec decoding == one full offline decode, for any packet sizes, lengths
 well past the 72-frame attention window and the official 300-frame chunking, and for
-batches of streams at different positions. Also the windowed (approximate) mode."""
+batches of streams at different positions. The step is capture-safe: state updated in
+place, no host reads, shapes independent of position and data, TF32 off. Also the
+windowed (approximate) mode."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterator
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
-from tts_engine.codec_checkpoint import build_random_codec_decoder
+from tts_engine.codec_checkpoint import build_random_codec_decoder, decoder_config
 from tts_engine.codec_stream import (
     CodecStreamDecoder,
     CodecStreamState,
@@ -152,6 +157,97 @@ def test_step_rejects_mismatched_batches_and_bad_codes(stream: CodecStreamDecode
     assert state.frames.tolist() == [0, 0]  # a refused step leaves the state untouched
     with pytest.raises(ValueError, match="sum to 5"):
         decode_in_packets(stream, random_codes(1, 5, seed=0), [2, 2])
+
+
+def test_grouped_query_attention_incremental_equals_offline() -> None:
+    """Two query heads per KV head (as the `mid` preset has): the KV window is kept
+    per KV head and expanded for the attention."""
+    gqa = build_random_codec_decoder(dataclasses.replace(decoder_config("tiny"), num_key_value_heads=1), seed=5)
+    codes = random_codes(1, 90, seed=90)
+    assert max_diff(decode_in_packets(CodecStreamDecoder(gqa), codes, 4), offline(gqa, codes)) <= EXACT
+
+
+# --- capture safety -----------------------------------------------------------------------
+
+# Ops that read a value back to the host or whose output shape depends on data: none may
+# run inside a CUDA graph capture.
+HOST_READS = ("_local_scalar_dense", "nonzero", "unique", "masked_select", "repeat_interleave", "item")
+
+
+class _OpRecorder(TorchDispatchMode):
+    """Every aten op run, with the shapes of its outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[tuple[str, tuple[tuple[int, ...], ...]]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        out = func(*args, **(kwargs or {}))
+        leaves = tree_flatten(out)[0]
+        self.ops.append((str(func), tuple(tuple(t.shape) for t in leaves if isinstance(t, torch.Tensor))))
+        return out
+
+
+def test_step_updates_state_in_place(stream: CodecStreamDecoder) -> None:
+    state = stream.new_state(2)
+    before = [(t.data_ptr(), t.shape, t.stride()) for t in state.tensors()]
+    for n in (1, 3, 100):  # including a packet longer than the attention window
+        stream.step(state, random_codes(2, n, seed=n))
+        assert [(t.data_ptr(), t.shape, t.stride()) for t in state.tensors()] == before
+    assert state.frames.tolist() == [104, 104]
+
+
+def test_step_reads_nothing_back_and_its_shapes_do_not_depend_on_data() -> None:
+    """The same ops on the same shapes at frame 0 and at frame 97 (attention window
+    full, other codes), with no host read: what a CUDA graph replay needs."""
+    gqa = build_random_codec_decoder(dataclasses.replace(decoder_config("tiny"), num_key_value_heads=1), seed=5)
+    dec = CodecStreamDecoder(gqa)
+    state = dec.new_state(1)
+    traces = []
+    for frames_before in (0, 97):
+        if frames_before:
+            dec.step(state, random_codes(1, frames_before, seed=97))
+        with _OpRecorder() as rec:
+            dec.step(state, random_codes(1, 2, seed=frames_before), check_codes=False)
+        traces.append(rec.ops)
+    assert traces[0] == traces[1]
+    assert not [op for op, _ in traces[0] if any(bad in op for bad in HOST_READS)]
+    with _OpRecorder() as rec:  # the default range check is the one host read
+        dec.step(state, random_codes(1, 2, seed=1))
+    assert [op for op, _ in rec.ops if "_local_scalar_dense" in op]
+
+
+def test_zeroed_state_is_a_fresh_stream(tiny: CodecDecoder, stream: CodecStreamDecoder) -> None:
+    state = stream.new_state()
+    stream.step(state, random_codes(1, 30, seed=30))
+    state.zero_()
+    assert state.frames.tolist() == [0] and all(not t.any() for t in state.tensors())
+    codes = random_codes(1, 20, seed=31)
+    got = torch.cat([stream.step(state, codes[:, :, i : i + 2]) for i in range(0, 20, 2)], -1)
+    assert max_diff(got, offline(tiny, codes)) <= EXACT
+
+
+def test_step_and_offline_decode_run_strict_float32(tiny: CodecDecoder, stream: CodecStreamDecoder) -> None:
+    """Both paths run with TF32 off and deterministic cuDNN, and restore the caller's
+    flags after."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+
+    def flags() -> tuple[bool, bool, bool]:
+        return cudnn.allow_tf32, matmul.allow_tf32, cudnn.deterministic
+
+    seen = []
+    hook = tiny.final_conv.conv.register_forward_pre_hook(lambda *_: seen.append(flags()))
+    saved = flags()
+    try:
+        cudnn.allow_tf32 = matmul.allow_tf32 = True
+        cudnn.deterministic = False
+        stream.step(stream.new_state(), random_codes(1, 1, seed=0))
+        offline(tiny, random_codes(1, 1, seed=0))
+        assert flags() == (True, True, False)
+    finally:
+        hook.remove()
+        cudnn.allow_tf32, matmul.allow_tf32, cudnn.deterministic = saved
+    assert seen == [(False, False, True), (False, False, True)]
 
 
 # --- windowed mode ----------------------------------------------------------------------

@@ -44,8 +44,8 @@ from tts_engine.model.codec_decoder import (
     CausalConv1d,
     CausalTransConv1d,
     CodecDecoder,
-    strict_float32,
     sliding_window_mask,
+    strict_float32,
 )
 
 DEFAULT_LEFT_CONTEXT = 72  # the seed's TTS_DEEP_STREAM_LEFT_CONTEXT

@@ -39,6 +39,7 @@ FIELDS: tuple[Knob, ...] = (
     Knob("TTS_DEEP_STREAM_DEVICE", "device", "auto, cpu, cuda, cuda:N"),
     Knob("TTS_DEEP_STREAM_CODEGEN_DEVICE", "codegen_device", "device of talker + code predictor (auto = TTS_DEEP_STREAM_DEVICE)"),
     Knob("TTS_DEEP_STREAM_DTYPE", "dtype", "auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16"),
+    Knob("TTS_DECODER_DTYPE", "decoder_dtype", "codec decoder dtype: float32 (SNR > 100 dB vs the float32 offline decode) or bfloat16 (about 33 dB)"),
     Knob("TTS_DEEP_STREAM_DECODE_MODE", "decode_mode", "incremental (exact stateful decoder), windowed (re-decode left_context frames)"),
     Knob("TTS_DEEP_STREAM_PACKET_TOKENS", "packet_tokens", "codec frames per streamed packet (80 ms each)"),
     Knob("TTS_DEEP_STREAM_FIRST_PACKET_TOKENS", "first_packet_tokens", "frames in a reply's first packet (then packet_tokens); 1 = audio after one frame"),
@@ -78,6 +79,7 @@ _CHOICES = {
     "deterministic_policy": ("greedy", "sample"),
     "seed_mode": ("fixed", "request"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
+    "decoder_dtype": ("float32", "bfloat16"),
 }
 
 
@@ -87,6 +89,7 @@ class EngineConfig:
     device: str = "auto"
     codegen_device: str = "auto"
     dtype: str = "auto"
+    decoder_dtype: str = "float32"
     decode_mode: str = "incremental"
     packet_tokens: int = 2
     first_packet_tokens: int = 1

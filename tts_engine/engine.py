@@ -33,9 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .codec_stream import CodecStreamDecoder, WindowedCodecDecoder
+from .codec_graphs import CodecGraphRunner
+from .codec_stream import WindowedCodecDecoder
 from .codegen import frame_limit
-from .config import EngineConfig
+from .config import EngineConfig, resolve_dtype
 from .graphs import GraphedCodegen, GraphStream
 from .scheduler import pick_next
 from .synthesis import SAMPLE_RATE, Request, TTSModel
@@ -181,15 +182,19 @@ class TTSEngine:
         device = config.torch_device
         check_device_memory(device, config.min_free_gpu_mib)
         load_start = time.perf_counter()
-        self.model = TTSModel(config.resolved_model_dir, device, config.torch_dtype, config.max_text_chars)
+        self.model = TTSModel(config.resolved_model_dir, device, config.torch_dtype, config.max_text_chars,
+                              resolve_dtype(config.decoder_dtype, device))
         graphs_on = bool(config.cudagraph_talker and config.cudagraph_cp)
         slots = config.graph_slots if device.type == "cuda" else 0
         self.frames = GraphedCodegen(self.model.codegen, slots, config.graph_max_positions, graphs_on,
                                      compile_steps=bool(config.compile_steps))
         if config.decode_mode == "windowed":
-            self.decoder = WindowedCodecDecoder(self.model.decoder, config.left_context)
+            self.codec: CodecGraphRunner | WindowedRunner = WindowedRunner(
+                WindowedCodecDecoder(self.model.decoder, config.left_context))
         else:
-            self.decoder = CodecStreamDecoder(self.model.decoder)
+            packet_sizes = sorted({1, config.first_packet_tokens, config.packet_tokens})
+            self.codec = CodecGraphRunner(self.model.decoder, slots=max(slots, 1), packet_frames=packet_sizes,
+                                          use_graphs=bool(config.cudagraph_decoder), check_codes=False)
         self.load_s = time.perf_counter() - load_start
         self._sessions: list[StreamSession] = []
         self._lock = threading.Condition()
@@ -257,6 +262,7 @@ class TTSEngine:
         warm = self.model.make_request("Warm up the engine.", self.speakers[0], "auto")
         self.synthesize_blocking(warm)
         self.frames.capture(self.model.prompt(warm))
+        self.codec.capture()
         self.warmup_s = time.perf_counter() - start
         self.ready = True
         log.info("engine ready: load %.1f s, warm-up %.1f s", self.load_s, self.warmup_s)
@@ -321,7 +327,7 @@ class TTSEngine:
             if s.request.max_frames is not None:
                 limit = min(limit, s.request.max_frames)
             s.codegen = self.frames.start(prompt, s.request.params, limit, s.request.seed)
-            s.decoder_state = self.decoder.new_state(1)
+            s.decoder_state = self.codec.open()
         t0 = time.perf_counter()
         frame = self.frames.next_frame(s.codegen)
         s.pending_codegen_ms += (time.perf_counter() - t0) * 1000
@@ -339,7 +345,7 @@ class TTSEngine:
     def _emit_packet(self, s: StreamSession) -> None:
         t0 = time.perf_counter()
         codes = torch.cat(s.pending, dim=0).T[None]  # [1, 16, n]
-        pcm = self.decoder.step(s.decoder_state, codes)[0]
+        pcm = self.codec.decode(s.decoder_state, codes)[0]
         t1 = time.perf_counter()
         pcm_np = pcm.float().cpu().numpy()
         m = s.metrics
@@ -384,6 +390,9 @@ class TTSEngine:
         if s.codegen is not None:
             m.graph_stats = s.codegen.stats.to_dict()
             self.frames.release(s.codegen)
+        if s.decoder_state is not None:
+            m.graph_stats["decoder_graph_stats"] = s.decoder_state.stats.to_dict()
+            self.codec.close(s.decoder_state)
         if self.config.code_dump and s.all_codes:
             self._dump_codes(s)
         s.codegen = s.decoder_state = None  # free caches now, not when the consumer lets go
@@ -397,6 +406,38 @@ class TTSEngine:
         meta = {"request_id": s.id, "text": s.request.text, "speaker": s.request.speaker,
                 "language": s.request.language, "frames": int(codes.shape[0]), "model_dir": str(self.model.model_dir)}
         (folder / f"{s.id}.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2))
+
+
+class WindowedRunner:
+    """The seed's windowed decoder behind the same open/decode/close calls as CodecGraphRunner."""
+
+    @dataclass
+    class Stream:
+        state: object
+        stats: object
+
+    class _Stats:
+        def __init__(self) -> None:
+            self.eager_steps = 0
+
+        def to_dict(self) -> dict:
+            return {"graph_steps": 0, "eager_steps": self.eager_steps, "fallback_reasons_topk": {"windowed_mode": 1}}
+
+    def __init__(self, decoder: WindowedCodecDecoder) -> None:
+        self.decoder = decoder
+
+    def capture(self) -> None:
+        pass
+
+    def open(self) -> WindowedRunner.Stream:
+        return WindowedRunner.Stream(self.decoder.new_state(1), WindowedRunner._Stats())
+
+    def decode(self, stream: WindowedRunner.Stream, codes: torch.Tensor) -> torch.Tensor:
+        stream.stats.eager_steps += 1
+        return self.decoder.step(stream.state, codes)
+
+    def close(self, stream: WindowedRunner.Stream) -> None:
+        pass
 
 
 def check_device_memory(device: torch.device, min_free_mib: int) -> None:
