@@ -1,0 +1,336 @@
+"""Agent configuration: one process-wide AgentConfig (env) and per-room RoomSettings.
+
+AgentConfig is read once per worker process from the environment; every knob
+has the name the seed uses where one exists (LLM_MAX_TOKENS, TTS_FRAME_MS,
+VAD_SILENCE_MS, MIN_ENDPOINTING, ENABLE_CONTINUATION ...). RoomSettings are the
+per-conversation choices (system prompt, voice, language, LLM sampling, AutoRTC
+ids): dispatch metadata JSON wins over the environment, a bad value falls back
+to the default with a warning instead of failing the room.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from . import AGENT_NAME_DEFAULT
+
+log = logging.getLogger("streamtalk.agent")
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are streamtalk, a friendly voice assistant. You are heard, not read: answer in "
+    "short, natural spoken sentences, without markdown, lists, code or emoji."
+)
+DEFAULT_BACKEND_DOWN_MESSAGE = "Sorry, my language model is not reachable right now. Please try again in a moment."
+DEFAULT_STT_DOWN_MESSAGE = "Sorry, I could not reach the speech recognizer. Please try again in a moment."
+
+
+class AgentConfigError(ValueError):
+    """An environment variable has a value the agent cannot run with."""
+
+
+def output_root(env: dict[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(env.get("STREAMTALK_OUTPUT") or "output")
+
+
+def _get(env: dict[str, str], name: str) -> str | None:
+    raw = env.get(name)
+    if raw is None:
+        return None
+    raw = raw.strip()
+    return raw or None
+
+
+def _float(env: dict[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise AgentConfigError(f"{name}={raw!r} is not a number") from None
+    if not lo <= value <= hi:
+        raise AgentConfigError(f"{name}={value} is out of range [{lo}, {hi}]")
+    return value
+
+
+def _int(env: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise AgentConfigError(f"{name}={raw!r} is not an integer") from None
+    if not lo <= value <= hi:
+        raise AgentConfigError(f"{name}={value} is out of range [{lo}, {hi}]")
+    return value
+
+
+def _bool(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise AgentConfigError(f"{name}={raw!r} is not a boolean (use 1/0)")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Process-wide settings of the worker (see docs/AGENT.md for the table)."""
+
+    agent_name: str = AGENT_NAME_DEFAULT
+    # Omni backend (OpenAI-compatible)
+    omni_base_url: str = "http://127.0.0.1:8000/v1"
+    omni_model: str = ""  # empty: the first model the backend lists, else "qwen3-omni"
+    omni_api_key: str = field(default="EMPTY", repr=False)
+    stt_mode: str = "chat"  # chat (audio_url in chat completions) | transcriptions
+    connect_timeout_s: float = 3.0
+    stt_timeout_s: float = 15.0
+    llm_first_token_timeout_s: float = 10.0
+    llm_idle_timeout_s: float = 10.0
+    max_retries: int = 2
+    # LLM
+    llm_max_tokens: int = 150
+    llm_temperature: float = 0.3
+    enable_continuation: bool = True
+    llm_first_max_tokens: int = 32
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    backend_down_message: str = DEFAULT_BACKEND_DOWN_MESSAGE
+    stt_down_message: str = DEFAULT_STT_DOWN_MESSAGE
+    greeting: str = ""
+    # TTS
+    tts_speaker: str = "serena"
+    tts_language: str = "auto"
+    tts_frame_ms: int = 20
+    slow_lane_slack_s: float = 1.0
+    # turn taking (local only)
+    vad_silence_ms: int = 200
+    vad_threshold: float = 0.5
+    min_endpointing_s: float = 0.3
+    max_endpointing_s: float = 3.0
+    min_interruption_s: float = 0.3
+    false_interruption_timeout_s: float = 2.0
+    aec_warmup_s: float = 0.0  # 0: off (clients cancel their own echo)
+    # room audio
+    audio_queue_ms: int = 200
+    # worker
+    max_rooms: int = 8
+    idle_jobs: int = 2
+    http_port: int = 8081
+    drain_timeout_s: int = 60
+    empty_room_grace_s: float = 10.0
+    torch_threads: int = 0  # 0: leave torch's default
+    # outputs
+    output_dir: Path = Path("output")
+    save_pre_rtc: bool = False
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> AgentConfig:
+        env = dict(os.environ if env is None else env)
+        stt_mode = (_get(env, "OMNI_STT_MODE") or "chat").lower()
+        if stt_mode not in ("chat", "transcriptions"):
+            raise AgentConfigError(f"OMNI_STT_MODE={stt_mode!r}; valid: chat, transcriptions")
+        values: dict[str, Any] = {
+            "agent_name": _get(env, "LIVEKIT_AGENT_NAME") or AGENT_NAME_DEFAULT,
+            "omni_base_url": (_get(env, "OMNI_BASE_URL") or cls.omni_base_url).rstrip("/"),
+            "omni_model": _get(env, "OMNI_MODEL") or "",
+            "omni_api_key": _get(env, "OMNI_API_KEY") or "EMPTY",
+            "stt_mode": stt_mode,
+            "connect_timeout_s": _float(env, "OMNI_CONNECT_TIMEOUT_S", cls.connect_timeout_s, 0.1, 60),
+            "stt_timeout_s": _float(env, "OMNI_STT_TIMEOUT_S", cls.stt_timeout_s, 0.5, 300),
+            "llm_first_token_timeout_s": _float(
+                env, "OMNI_LLM_FIRST_TOKEN_TIMEOUT_S", cls.llm_first_token_timeout_s, 0.5, 300
+            ),
+            "llm_idle_timeout_s": _float(env, "OMNI_LLM_IDLE_TIMEOUT_S", cls.llm_idle_timeout_s, 0.5, 300),
+            "max_retries": _int(env, "OMNI_MAX_RETRIES", cls.max_retries, 0, 10),
+            "llm_max_tokens": _int(env, "LLM_MAX_TOKENS", cls.llm_max_tokens, 1, 4096),
+            "llm_temperature": _float(env, "LLM_TEMPERATURE", cls.llm_temperature, 0.0, 2.0),
+            "enable_continuation": _bool(env, "ENABLE_CONTINUATION", cls.enable_continuation),
+            "llm_first_max_tokens": _int(env, "LLM_FIRST_MAX_TOKENS", cls.llm_first_max_tokens, 1, 4096),
+            "system_prompt": _get(env, "AGENT_SYSTEM_PROMPT") or DEFAULT_SYSTEM_PROMPT,
+            "backend_down_message": _get(env, "AGENT_BACKEND_DOWN_MESSAGE") or DEFAULT_BACKEND_DOWN_MESSAGE,
+            "stt_down_message": _get(env, "AGENT_STT_DOWN_MESSAGE") or DEFAULT_STT_DOWN_MESSAGE,
+            "greeting": _get(env, "AGENT_GREETING") or "",
+            "tts_speaker": _get(env, "TTS_SPEAKER") or cls.tts_speaker,
+            "tts_language": _get(env, "TTS_LANGUAGE") or cls.tts_language,
+            "tts_frame_ms": _int(env, "TTS_FRAME_MS", cls.tts_frame_ms, 10, 100),
+            "slow_lane_slack_s": _float(env, "AGENT_SLOW_LANE_SLACK_S", cls.slow_lane_slack_s, 0.0, 60),
+            "vad_silence_ms": _int(env, "VAD_SILENCE_MS", cls.vad_silence_ms, 32, 5000),
+            "vad_threshold": _float(env, "VAD_THRESHOLD", cls.vad_threshold, 0.05, 0.95),
+            "min_endpointing_s": _float(env, "MIN_ENDPOINTING", cls.min_endpointing_s, 0.0, 10),
+            "max_endpointing_s": _float(env, "MAX_ENDPOINTING", cls.max_endpointing_s, 0.1, 30),
+            "min_interruption_s": _float(env, "AGENT_MIN_INTERRUPTION_S", cls.min_interruption_s, 0.05, 5),
+            "false_interruption_timeout_s": _float(
+                env, "AGENT_FALSE_INTERRUPTION_TIMEOUT_S", cls.false_interruption_timeout_s, 0.2, 30
+            ),
+            "aec_warmup_s": _float(env, "AGENT_AEC_WARMUP_S", cls.aec_warmup_s, 0.0, 30),
+            "audio_queue_ms": _int(env, "AGENT_AUDIO_QUEUE_MS", cls.audio_queue_ms, 20, 2000),
+            "max_rooms": _int(env, "AGENT_MAX_ROOMS", cls.max_rooms, 1, 10_000),
+            "idle_jobs": _int(env, "AGENT_IDLE_JOBS", cls.idle_jobs, 0, 64),
+            "http_port": _int(env, "AGENT_HTTP_PORT", cls.http_port, 0, 65535),
+            "drain_timeout_s": _int(env, "AGENT_DRAIN_TIMEOUT_S", cls.drain_timeout_s, 0, 86400),
+            "empty_room_grace_s": _float(env, "AGENT_EMPTY_ROOM_GRACE_S", cls.empty_room_grace_s, 0, 3600),
+            "torch_threads": _int(env, "AGENT_TORCH_THREADS", 0, 0, 256),
+            "output_dir": output_root(env),
+            "save_pre_rtc": _bool(env, "AGENT_SAVE_PRE_RTC", False),
+        }
+        if values["tts_frame_ms"] % 10:
+            raise AgentConfigError(f"TTS_FRAME_MS={values['tts_frame_ms']} must be a multiple of 10")
+        if values["max_endpointing_s"] < values["min_endpointing_s"]:
+            raise AgentConfigError("MAX_ENDPOINTING must not be below MIN_ENDPOINTING")
+        values.update(overrides)
+        return cls(**values)
+
+    def with_overrides(self, **changes: Any) -> AgentConfig:
+        return replace(self, **changes)
+
+
+# Dispatch metadata keys: a short name and the env name are both accepted.
+_META_KEYS: dict[str, tuple[str, ...]] = {
+    "system_prompt": ("system_prompt", "AGENT_SYSTEM_PROMPT"),
+    "speaker": ("speaker", "TTS_SPEAKER"),
+    "language": ("language", "TTS_LANGUAGE"),
+    "max_tokens": ("max_tokens", "LLM_MAX_TOKENS"),
+    "temperature": ("temperature", "LLM_TEMPERATURE"),
+    "trace_id": ("trace_id",),
+    "case_id": ("case_id",),
+    "user_identity": ("user_identity",),
+    "save_pre_rtc": ("save_pre_rtc", "AGENT_SAVE_PRE_RTC"),
+}
+_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+
+
+@dataclass(frozen=True)
+class RoomSettings:
+    """What one conversation uses; `warnings` lists metadata values that were ignored."""
+
+    room: str
+    system_prompt: str
+    speaker: str
+    language: str
+    max_tokens: int
+    temperature: float
+    trace_id: str
+    case_id: str = ""
+    user_identity: str = ""
+    save_pre_rtc: bool = False
+    trace_id_from_metadata: bool = False
+    warnings: tuple[str, ...] = ()
+
+    @classmethod
+    def resolve(
+        cls,
+        room: str,
+        metadata: str | None,
+        config: AgentConfig,
+        *,
+        speakers: list[str] | None = None,
+        languages: list[str] | None = None,
+    ) -> RoomSettings:
+        warnings: list[str] = []
+        meta: dict[str, Any] = {}
+        if metadata and metadata.strip():
+            try:
+                parsed = json.loads(metadata)
+            except json.JSONDecodeError as exc:
+                warnings.append(f"dispatch metadata is not JSON ({exc}); using defaults")
+            else:
+                if isinstance(parsed, dict):
+                    meta = parsed
+                else:
+                    warnings.append("dispatch metadata is not a JSON object; using defaults")
+
+        def pick(name: str) -> Any:
+            for key in _META_KEYS[name]:
+                if key in meta and meta[key] is not None:
+                    return meta[key]
+            return None
+
+        def text(name: str, default: str, limit: int = 8000) -> str:
+            value = pick(name)
+            if value is None:
+                return default
+            if not isinstance(value, str) or not value.strip() or len(value) > limit:
+                warnings.append(f"metadata {name}={value!r:.80} ignored (a non-empty string of at most {limit} chars)")
+                return default
+            return value.strip()
+
+        def ident(name: str) -> str:
+            value = pick(name)
+            if value is None:
+                return ""
+            value = str(value)
+            if not value or len(value) > 128 or not set(value) <= _ID_CHARS:
+                warnings.append(f"metadata {name}={value!r:.80} ignored (1-128 of [A-Za-z0-9_.-])")
+                return ""
+            return value
+
+        speaker = text("speaker", config.tts_speaker, 64).lower()
+        if speakers and speaker not in speakers:
+            fallback = config.tts_speaker if config.tts_speaker in speakers else speakers[0]
+            warnings.append(f"unknown speaker {speaker!r}; valid: {', '.join(speakers)}; using {fallback!r}")
+            speaker = fallback
+        language = text("language", config.tts_language, 32).lower()
+        if languages and language not in languages:
+            warnings.append(f"unknown language {language!r}; valid: {', '.join(languages)}; using 'auto'")
+            language = "auto" if "auto" in languages else languages[0]
+
+        max_tokens = config.llm_max_tokens
+        raw = pick("max_tokens")
+        if raw is not None:
+            if isinstance(raw, int | str) and str(raw).strip().isdigit() and 1 <= int(raw) <= 4096:
+                max_tokens = int(raw)
+            else:
+                warnings.append(f"metadata max_tokens={raw!r:.40} ignored (an integer 1..4096)")
+        temperature = config.llm_temperature
+        raw = pick("temperature")
+        if raw is not None:
+            try:
+                value = float(raw)
+                if not 0.0 <= value <= 2.0:
+                    raise ValueError
+                temperature = value
+            except (TypeError, ValueError):
+                warnings.append(f"metadata temperature={raw!r:.40} ignored (a number 0..2)")
+
+        trace_id = ident("trace_id")
+        from_meta = bool(trace_id)
+        if not trace_id:
+            safe_room = "".join(c if c in _ID_CHARS else "_" for c in room)[:80] or "room"
+            trace_id = f"{safe_room}-{uuid.uuid4().hex[:8]}"
+        save = config.save_pre_rtc
+        raw = pick("save_pre_rtc")
+        if raw is not None:
+            save = str(raw).strip().lower() in ("1", "true", "yes", "on")
+        return cls(
+            room=room,
+            system_prompt=text("system_prompt", config.system_prompt),
+            speaker=speaker,
+            language=language,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            trace_id=trace_id,
+            case_id=ident("case_id"),
+            user_identity=ident("user_identity"),
+            save_pre_rtc=save or from_meta,
+            trace_id_from_metadata=from_meta,
+            warnings=tuple(warnings),
+        )
+
+    def public_dict(self) -> dict[str, Any]:
+        """For logs: everything but the (possibly long) prompt."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("system_prompt", "warnings")
+        }

@@ -1,0 +1,292 @@
+"""Drives the duplex state machine from one room's live events and runs the barge-in cascade.
+
+Inputs (observed, never polled): the session's agent/user state changes,
+false-interruption events and speech handles; the audio sink's pause /
+resume / clear / first frame; the `stop_reply` RPC. Each becomes a
+`DuplexEvent`; the machine decides the transition. Every transition is
+published as the participant attribute `streamtalk.duplex` (latest state
+wins) and logged.
+
+The cascade (`stop()`): silence the room audio first (the sink drops what is
+queued, here and inside the WebRTC source), then cancel the engine streams
+(`handle.cancel()`: the engine stops before its next frame), the LLM stream
+(the HTTP response is closed) and the framework's speech. Each step is timed;
+`cancel_cascade` on the event bus carries the numbers, `interrupted` is the
+trace point. A barge-in the framework confirms (audio paused, then the user's
+words arrive) ends in the same cascade; one it rejects (no words: a cough)
+resumes the paused audio, and the machine goes back to SPEAKING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from livekit.agents.voice import AgentSession
+from livekit.agents.voice.events import (
+    AgentFalseInterruptionEvent,
+    AgentStateChangedEvent,
+    SpeechCreatedEvent,
+    UserStateChangedEvent,
+)
+from livekit.agents.voice.speech_handle import SpeechHandle
+
+from .audio_output import RoomAudioSink
+from .duplex import DuplexEvent, DuplexState, DuplexStateMachine, Transition
+from .events import AgentEvent, EventBus
+from .llm import OmniLLM
+from .tts import StreamtalkTTS
+
+log = logging.getLogger("streamtalk.duplex")
+
+PublishState = Callable[[str], Awaitable[None]]
+
+
+class DuplexController:
+    def __init__(
+        self,
+        session: AgentSession,
+        *,
+        sink: RoomAudioSink,
+        tts: StreamtalkTTS,
+        llm: OmniLLM,
+        bus: EventBus,
+        publish_state: PublishState | None = None,
+        machine: DuplexStateMachine | None = None,
+    ) -> None:
+        self.session = session
+        self.sink = sink
+        self.tts = tts
+        self.llm = llm
+        self.bus = bus
+        self.machine = machine or DuplexStateMachine()
+        self._publish_state = publish_state
+        self._published: str | None = None
+        self._publish_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._barge_in_at: float | None = None  # perf_counter of the last INTERRUPTING entry
+        self._cascade_at: float | None = None
+        self._speech_audio: dict[str, bool] = {}
+        self._reported: set[str] = set()  # speech ids whose interruption was reported
+        self._reply_id: str | None = None
+        self._playing_id: str | None = None
+        self.interruptions: collections.deque[dict[str, Any]] = collections.deque(maxlen=100)
+        self.machine.subscribe(self._on_transition)
+
+    @property
+    def state(self) -> DuplexState:
+        return self.machine.state
+
+    # -- wiring ---------------------------------------------------------------------
+
+    def attach(self) -> None:
+        s = self.session
+        s.on("agent_state_changed", self._on_agent_state)
+        s.on("user_state_changed", self._on_user_state)
+        s.on("agent_false_interruption", self._on_false_interruption)
+        s.on("speech_created", self._on_speech_created)
+        self.bus.subscribe(self._on_bus)
+        self._schedule_publish()
+
+    def detach(self) -> None:
+        s = self.session
+        for name, fn in (("agent_state_changed", self._on_agent_state),
+                         ("user_state_changed", self._on_user_state),
+                         ("agent_false_interruption", self._on_false_interruption),
+                         ("speech_created", self._on_speech_created)):
+            with contextlib.suppress(Exception):
+                s.off(name, fn)
+        self.bus.unsubscribe(self._on_bus)
+        for t in list(self._tasks):
+            t.cancel()
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- inputs -----------------------------------------------------------------------
+
+    def _resumable(self) -> bool:
+        """A paused reply may resume only while no cascade runs and it was not interrupted."""
+        if self._cascade_at is not None:
+            return False
+        speech = self.session.current_speech
+        return speech is None or not speech.interrupted
+
+    def _on_agent_state(self, ev: AgentStateChangedEvent) -> None:
+        if ev.new_state == "thinking":
+            self.machine.handle(DuplexEvent.TURN_COMMITTED, "agent thinking")
+        elif ev.new_state == "speaking":
+            if self.machine.state is DuplexState.INTERRUPTING:
+                if self._resumable():
+                    self.machine.handle(DuplexEvent.RESUMED, "agent speaking again")
+            else:
+                self.machine.handle(DuplexEvent.AUDIO_STARTED, "playback started")
+
+    def _on_user_state(self, ev: UserStateChangedEvent) -> None:
+        state = self.machine.state
+        if ev.new_state == "speaking" and state in (DuplexState.SPEAKING, DuplexState.THINKING):
+            self._barge_in_at = time.perf_counter()
+            self.machine.handle(DuplexEvent.USER_SPEECH, "user talks over the agent")
+            self.bus.emit("barge_in", during=state.value)
+        elif ev.new_state != "speaking" and state is DuplexState.INTERRUPTING:
+            if not self.sink.paused and self._resumable():
+                # too short to pause anything: the reply never stopped
+                self.bus.emit("false_interruption", paused=False)
+                self.machine.handle(DuplexEvent.RESUMED, "user speech too short to interrupt")
+
+    def _on_false_interruption(self, ev: AgentFalseInterruptionEvent) -> None:
+        if ev.resumed and self.machine.state is DuplexState.INTERRUPTING and self._resumable():
+            self.bus.emit("false_interruption", paused=True)
+            self.machine.handle(DuplexEvent.RESUMED, "false interruption: playback resumed")
+
+    def _on_speech_created(self, ev: SpeechCreatedEvent) -> None:
+        handle = ev.speech_handle
+        self.sink.unmute()
+        self.tts.release()
+        self._reply_id = handle.id
+        self._speech_audio[handle.id] = False
+        self.bus.emit("reply_begin", speech_id=handle.id, source=ev.source,
+                      user_initiated=ev.user_initiated)
+        handle.add_done_callback(self._on_speech_done)
+
+    def _on_speech_done(self, handle: SpeechHandle) -> None:
+        had_audio = self._speech_audio.pop(handle.id, False)
+        if handle.id != self._reply_id:
+            return  # an older reply wound down after a newer one began: not the current state
+        if handle.interrupted:
+            self._finish_interruption("speech interrupted", handle.id)
+            if not had_audio:
+                self.bus.emit("reply_end", speech_id=handle.id, audio=False, interrupted=True)
+        elif not had_audio:
+            self.bus.emit("reply_end", speech_id=handle.id, audio=False, interrupted=False)
+            self.machine.handle(DuplexEvent.REPLY_FAILED, "reply without audio")
+        elif self.machine.state is DuplexState.SPEAKING:
+            self.machine.handle(DuplexEvent.REPLY_DONE, "reply finished")
+
+    def _on_bus(self, ev: AgentEvent) -> None:
+        name = ev.name
+        if name == "first_audio_published":
+            speech = self.session.current_speech
+            self._playing_id = speech.id if speech is not None else self._reply_id
+            if self._playing_id is not None:
+                self._speech_audio[self._playing_id] = True
+        elif name == "playback_finished":
+            self.bus.emit("reply_end", speech_id=self._playing_id, audio=True,
+                          interrupted=bool(ev.data.get("interrupted")),
+                          position_s=ev.data.get("position_s"))
+            self._playing_id = None
+        elif name == "audio_paused":
+            if self.machine.state in (DuplexState.SPEAKING, DuplexState.INTERRUPTING):
+                if self._barge_in_at is None:
+                    self._barge_in_at = time.perf_counter()
+                self.machine.handle(DuplexEvent.PAUSED, "playback paused for a barge-in")
+                self.tts.hold()
+                self.bus.emit("barge_in_paused",
+                              detect_to_pause_ms=round((time.perf_counter() - self._barge_in_at) * 1000, 3))
+        elif name == "audio_resumed":
+            self.tts.release()
+            if self.machine.state is DuplexState.INTERRUPTING and self._resumable():
+                self.machine.handle(DuplexEvent.RESUMED, "playback resumed")
+        elif name == "audio_cleared":
+            if self.machine.state is DuplexState.INTERRUPTING and self._cascade_at is None:
+                # the framework confirmed the barge-in and is cancelling: finish the cascade
+                begun = self._begin("barge-in confirmed")
+                self._spawn(self._cascade(begun, already_silent=True))
+
+    # -- the cascade --------------------------------------------------------------------
+
+    async def stop(self, reason: str) -> dict[str, Any]:
+        """Cancel the current reply in one cascade: queued audio, TTS generation, LLM stream."""
+        state = self.machine.state
+        if state is DuplexState.LISTENING and not self.tts.active_handles \
+                and not self.llm.active_streams:
+            return {"stopped": False, "state": state.value}
+        if self._cascade_at is not None:
+            return {"stopped": True, "state": state.value, "already": True}
+        return await self._cascade(self._begin(reason), already_silent=False)
+
+    def _begin(self, reason: str) -> tuple[float, str, str | None]:
+        """The synchronous start of a cascade: the reply is given up now (trace point)."""
+        t0 = time.perf_counter()
+        self._cascade_at = t0
+        speech_id = self._playing_id or self._reply_id
+        self.machine.handle(DuplexEvent.STOP_REQUESTED, reason)
+        self._report_interrupted(reason, speech_id)
+        return t0, reason, speech_id
+
+    async def _cascade(self, begun: tuple[float, str, str | None], *,
+                       already_silent: bool) -> dict[str, Any]:
+        t0, reason, speech_id = begun
+        timings: dict[str, Any] = {"reason": reason}
+        if not already_silent:
+            self.sink.interrupt_now()
+        timings["audio_stop_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        timings["tts_streams"] = self.tts.cancel_active()
+        timings["tts_cancel_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        fut: asyncio.Future[None] | None = None
+        with contextlib.suppress(RuntimeError):
+            fut = self.session.interrupt(force=True)
+        timings["llm_streams"] = await self.llm.cancel_active()
+        timings["llm_cancel_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        if fut is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(fut), 3.0)
+        timings["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        if self._barge_in_at is not None:
+            timings["detect_to_cascade_ms"] = round((t0 - self._barge_in_at) * 1000, 3)
+        self.bus.emit("cancel_cascade", speech_id=speech_id, **timings)
+        self.interruptions.append(timings)
+        log.info("reply cancelled (%s): audio %.1f ms, tts %d stream(s) %.1f ms, "
+                 "llm %d stream(s) %.1f ms, total %.1f ms", reason, timings["audio_stop_ms"],
+                 timings["tts_streams"], timings["tts_cancel_ms"], timings["llm_streams"],
+                 timings["llm_cancel_ms"], timings["total_ms"])
+        self._finish_interruption(reason, speech_id)
+        return {"stopped": True, "state": self.machine.state.value, **timings}
+
+    def _report_interrupted(self, reason: str, speech_id: str | None) -> None:
+        """The trace point, once per reply, at the moment the reply is given up."""
+        key = speech_id or ""
+        if key not in self._reported:
+            self._reported.add(key)
+            self.bus.emit("interrupted", speech_id=speech_id, reason=reason)
+
+    def _finish_interruption(self, reason: str, speech_id: str | None) -> None:
+        self.tts.release()
+        if self.machine.state in (DuplexState.INTERRUPTING, DuplexState.SPEAKING,
+                                  DuplexState.THINKING):
+            if self.machine.handle(DuplexEvent.INTERRUPTED, reason) is not None:
+                self._report_interrupted(reason, speech_id)
+        self._cascade_at = None
+        self._barge_in_at = None
+
+    # -- outputs ------------------------------------------------------------------------
+
+    def _on_transition(self, tr: Transition) -> None:
+        self.bus.emit("duplex", **tr.to_dict())
+        self._schedule_publish()
+
+    def _schedule_publish(self) -> None:
+        if self._publish_state is None:
+            return
+        if self._publish_task is None or self._publish_task.done():
+            self._publish_task = self._spawn(self._publish_loop())
+
+    async def _publish_loop(self) -> None:
+        """Publish the latest state; states that changed meanwhile are coalesced."""
+        assert self._publish_state is not None
+        while self._published != self.machine.state.value:
+            value = self.machine.state.value
+            try:
+                await asyncio.wait_for(self._publish_state(value), 5.0)
+                self._published = value
+            except Exception as exc:
+                log.warning("cannot publish the duplex state %s: %s", value, exc)
+                return

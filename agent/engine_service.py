@@ -1,0 +1,101 @@
+"""The worker process's shared services: one TTS engine, one Silero VAD, one GPU scheduler.
+
+Loaded once, before the worker registers (so the first room never waits for a
+model load), and shared by every room the process serves: rooms run as
+threads of this process (the thread job executor), each with its own event
+loop, and all of them call the same `TTSEngine` (thread-safe: its worker
+thread owns the model and round-robins concurrent streams) and the same VAD
+model (one ONNX session; each room opens its own streams on it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from livekit.agents import vad as lk_vad
+
+from tts_engine.config import EngineConfig, default_model_dir
+from tts_engine.engine import TTSEngine
+
+from .config import AgentConfig
+from .gpu_scheduler import GpuScheduler
+
+log = logging.getLogger("streamtalk.agent")
+
+
+@dataclass
+class SharedServices:
+    engine: TTSEngine
+    vad: lk_vad.VAD
+    scheduler: GpuScheduler
+    engine_config: EngineConfig
+    load_s: float
+
+
+_lock = threading.Lock()
+_services: SharedServices | None = None
+
+
+def load_vad(config: AgentConfig) -> lk_vad.VAD:
+    from livekit.plugins import silero
+
+    return silero.VAD.load(
+        min_silence_duration=config.vad_silence_ms / 1000.0,
+        activation_threshold=config.vad_threshold,
+        sample_rate=16000,
+        force_cpu=True,
+    )
+
+
+def load_engine(engine_config: EngineConfig | None = None) -> TTSEngine:
+    """The engine of TTS_DEEP_STREAM_* settings; the default tiny checkpoint is written if missing."""
+    cfg = engine_config or EngineConfig.from_env()
+    if not cfg.model_dir and not (default_model_dir() / "config.json").is_file():
+        from tts_engine.checkpoint import ensure_checkpoint
+
+        log.warning("no TTS checkpoint configured (TTS_DEEP_STREAM_MODEL_DIR): writing the tiny "
+                    "random test checkpoint to %s; it sounds like noise", default_model_dir())
+        ensure_checkpoint(default_model_dir(), "tiny", seed=0)
+    return TTSEngine(cfg)
+
+
+def get_services(config: AgentConfig | None = None) -> SharedServices:
+    """The process's services, loading them on first use (thread-safe; later calls are free)."""
+    global _services
+    with _lock:
+        if _services is not None:
+            return _services
+        config = config or AgentConfig.from_env()
+        t0 = time.monotonic()
+        if config.torch_threads:
+            import torch
+
+            torch.set_num_threads(config.torch_threads)
+        engine_config = EngineConfig.from_env()
+        vad = load_vad(config)
+        engine = load_engine(engine_config)
+        _services = SharedServices(
+            engine=engine, vad=vad, scheduler=GpuScheduler(), engine_config=engine_config,
+            load_s=time.monotonic() - t0,
+        )
+        log.info(
+            "shared services ready in %.1f s: TTS engine on %s (model %s, load %.1f s, warm-up %.1f s, "
+            "speakers %s), Silero VAD", _services.load_s, engine_config.torch_device,
+            engine_config.resolved_model_dir, engine.load_s, engine.warmup_s, ", ".join(engine.speakers),
+        )
+        return _services
+
+
+def loaded() -> SharedServices | None:
+    return _services
+
+
+def close_services() -> None:
+    global _services
+    with _lock:
+        if _services is not None:
+            _services.engine.close()
+            _services = None

@@ -1,0 +1,331 @@
+"""One room's conversation: the job entrypoint's wiring.
+
+Per room: settings (dispatch metadata over env), an event bus with the trace
+collector, the Omni STT/LLM and the TTS plugin over the shared engine, the
+room audio sink, an `AgentSession` with local turn taking (VAD turn detection,
+VAD interruption: nothing goes to LiveKit Cloud), the duplex controller, the
+AutoRTC responder, the `stop_reply` RPC, the backend status attribute and the
+pre_rtc recorder. The job ends when the room is left empty (after
+AGENT_EMPTY_ROOM_GRACE_S) or closes; the cleanup runs in a `finally` block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+from livekit import rtc
+from livekit.agents import Agent, AgentSession, AutoSubscribe, JobContext, room_io
+from livekit.agents.voice.agent_session import SessionConnectOptions
+from livekit.agents.voice.events import CloseEvent, ErrorEvent
+from livekit.agents.voice.speech_handle import SpeechHandle
+
+from .audio_output import RoomAudioSink
+from .autortc import AutoRTCResponder
+from .config import AgentConfig, RoomSettings
+from .duplex import DUPLEX_ATTRIBUTE
+from .duplex_controller import DuplexController
+from .engine_service import SharedServices
+from .events import AgentEvent, EventBus
+from .llm import OmniLLM
+from .omni_client import OmniClient
+from .pre_rtc import PreRtcRecorder
+from .stt import OmniSTT
+from .trace import TraceCollector
+from .tts import SAMPLE_RATE, StreamtalkTTS
+
+log = logging.getLogger("streamtalk.agent")
+
+BACKEND_ATTRIBUTE = "streamtalk.backend"
+STOP_RPC = "stop_reply"
+
+
+class BackendStatus:
+    """Shows the Omni backend's health in the room: attribute `streamtalk.backend`
+    (`ok` or `down: <component>: <why>`) and, when speech recognition fails, a short
+    spoken notice (the LLM speaks its own when it is the one down)."""
+
+    def __init__(self, room: rtc.Room, session: AgentSession, stt_notice: str) -> None:
+        self.room = room
+        self.session = session
+        self.stt_notice = stt_notice
+        self.state = "unknown"
+        self._notice: SpeechHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def __call__(self, ev: AgentEvent) -> None:
+        if ev.name == "backend_down":
+            detail = str(ev.data.get("detail", ""))[:200]
+            component = ev.data.get("component", "?")
+            self._set(f"down: {component}: {detail}")
+            speaking = self._notice is not None and not self._notice.done()
+            if component == "stt" and not speaking:  # one notice at a time, never a queue of them
+                with contextlib.suppress(RuntimeError):
+                    self._notice = self.session.say(self.stt_notice, add_to_chat_ctx=False)
+        elif ev.name == "backend_ok":
+            self._set("ok")
+
+    def _set(self, value: str) -> None:
+        if value == self.state:
+            return
+        previous, self.state = self.state, value
+        if value != "ok":
+            log.error("Omni backend problem, shown in the room: %s", value)
+        elif previous.startswith("down"):
+            log.info("Omni backend is answering again")
+        self._task = asyncio.ensure_future(self._publish(value))
+
+    async def _publish(self, value: str) -> None:
+        try:
+            await asyncio.wait_for(
+                self.room.local_participant.set_attributes({BACKEND_ATTRIBUTE: value}), 5.0)
+        except Exception as exc:
+            log.warning("cannot publish %s=%r: %s", BACKEND_ATTRIBUTE, value, exc)
+
+
+class ParticipantLinker:
+    """Which participant the agent listens to: the metadata's `user_identity` if given; else the
+    first one that publishes a microphone (a listen-only probe never captures the agent); when
+    that one leaves mid-reply, the reply is cancelled and the next speaker is linked."""
+
+    def __init__(self, room: rtc.Room, session: AgentSession, controller: DuplexController,
+                 fixed_identity: str = "") -> None:
+        self.room = room
+        self.session = session
+        self.controller = controller
+        self.fixed = fixed_identity
+        room.on("track_published", self._on_track_published)
+        room.on("participant_disconnected", self._on_left)
+        self.reconcile()
+
+    def reconcile(self) -> None:
+        """Link a participant that publishes a microphone if the linked one does not."""
+        if self.fixed:
+            return
+        linked = self._linked()
+        if linked is not None and self._has_mic(linked):
+            return
+        for p in self.room.remote_participants.values():
+            if self._has_mic(p) and p.kind != rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
+                log.info("listening to %s (it publishes a microphone)", p.identity)
+                with contextlib.suppress(RuntimeError):
+                    self.session.room_io.set_participant(p.identity)
+                return
+
+    def _linked(self) -> rtc.RemoteParticipant | None:
+        try:
+            return self.session.room_io.linked_participant
+        except RuntimeError:
+            return None
+
+    @staticmethod
+    def _has_mic(p: rtc.RemoteParticipant) -> bool:
+        return any(pub.kind == rtc.TrackKind.KIND_AUDIO for pub in p.track_publications.values())
+
+    def _on_track_published(self, pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant) -> None:
+        if self.fixed or pub.kind != rtc.TrackKind.KIND_AUDIO:
+            return
+        self.reconcile()
+
+    def _on_left(self, p: rtc.RemoteParticipant) -> None:
+        linked = self._linked()
+        if linked is not None and linked.identity != p.identity:
+            return
+        log.info("participant %s left; cancelling any reply to it", p.identity)
+        asyncio.ensure_future(self.controller.stop("participant left"))
+        if self.fixed:
+            return
+        others = [o for o in self.room.remote_participants.values()
+                  if o.identity != p.identity and self._has_mic(o)]
+        if others:
+            with contextlib.suppress(RuntimeError):
+                self.session.room_io.set_participant(others[0].identity)
+
+
+def turn_handling(config: AgentConfig) -> dict[str, Any]:
+    """Local-only turn taking. Left unset, dev mode would pick LiveKit Cloud models
+    (the v1 turn detector, adaptive interruption): both are pinned to VAD here."""
+    return {
+        "turn_detection": "vad",
+        "endpointing": {"mode": "fixed", "min_delay": config.min_endpointing_s,
+                        "max_delay": config.max_endpointing_s},
+        "interruption": {
+            "enabled": True,
+            "mode": "vad",
+            "min_duration": config.min_interruption_s,
+            "resume_false_interruption": True,
+            "false_interruption_timeout": config.false_interruption_timeout_s,
+            "discard_audio_if_uninterruptible": True,
+        },
+        "preemptive_generation": {"enabled": False},
+    }
+
+
+class RoomAgent:
+    """Set up with `start()`; `cleanup()` (a job shutdown callback) tears down and saves."""
+
+    def __init__(self, ctx: JobContext, services: SharedServices, config: AgentConfig) -> None:
+        self.ctx = ctx
+        self.services = services
+        self.config = config
+        self.settings = RoomSettings.resolve(
+            ctx.room.name, ctx.job.metadata, config,
+            speakers=services.engine.speakers, languages=services.engine.languages,
+        )
+        self.bus = EventBus()
+        self.trace = TraceCollector(config.output_dir / "traces", ctx.room.name,
+                                    self.settings.trace_id)
+        self.bus.subscribe(self.trace)
+        self.recorder = (PreRtcRecorder(config.output_dir, self.settings.trace_id, SAMPLE_RATE)
+                         if self.settings.save_pre_rtc else None)
+        self.client = OmniClient(config.omni_base_url, api_key=config.omni_api_key,
+                                 model=config.omni_model, connect_timeout_s=config.connect_timeout_s,
+                                 max_retries=config.max_retries)
+        self.sink: RoomAudioSink | None = None
+        self.session: AgentSession | None = None
+        self.controller: DuplexController | None = None
+        self.autortc: AutoRTCResponder | None = None
+        self.done = asyncio.Event()
+        self._watch: asyncio.Task[None] | None = None
+        self._cleaned = False
+
+    async def start(self) -> None:
+        ctx, config, settings, bus = self.ctx, self.config, self.settings, self.bus
+        for w in settings.warnings:
+            log.warning("room %s: %s", ctx.room.name, w)
+        log.info("room %s: %s", ctx.room.name, json.dumps(settings.public_dict()))
+        await ctx.connect(auto_subscribe=AutoSubscribe.AUDIO_ONLY)
+        room = ctx.room
+        sink = self.sink = RoomAudioSink(room, sample_rate=SAMPLE_RATE, frame_ms=config.tts_frame_ms,
+                                         queue_ms=config.audio_queue_ms, bus=bus)
+        await sink.start()
+        if self.recorder is not None:
+            recorder = self.recorder
+            sink.add_frame_tap(recorder.on_frame)
+
+            def save_after_reply(ev: AgentEvent) -> None:
+                if ev.name == "playback_finished":
+                    asyncio.ensure_future(recorder.save())
+
+            bus.subscribe(save_after_reply)
+
+        stt = OmniSTT(self.client, vad=self.services.vad, mode=config.stt_mode,
+                      timeout_s=config.stt_timeout_s, bus=bus)
+        llm = OmniLLM(self.client, max_tokens=settings.max_tokens, temperature=settings.temperature,
+                      first_token_timeout_s=config.llm_first_token_timeout_s,
+                      idle_timeout_s=config.llm_idle_timeout_s,
+                      continuation=config.enable_continuation,
+                      first_max_tokens=config.llm_first_max_tokens,
+                      backend_down_message=config.backend_down_message, bus=bus)
+        tts = StreamtalkTTS(self.services.engine, speaker=settings.speaker,
+                            language=settings.language, frame_ms=config.tts_frame_ms,
+                            scheduler=self.services.scheduler, bus=bus,
+                            slow_lane_slack_s=config.slow_lane_slack_s)
+        session = self.session = AgentSession(
+            stt=stt, llm=llm, tts=tts, vad=self.services.vad,
+            turn_handling=turn_handling(config),  # type: ignore[arg-type]
+            user_away_timeout=None,
+            # the framework's default AEC warm-up feeds silence to the STT and ignores barge-ins
+            # for the first 3 s of every reply; browsers cancel their own echo
+            aec_warmup_duration=config.aec_warmup_s or None,
+            conn_options=SessionConnectOptions(max_unrecoverable_errors=1_000_000),
+        )
+        session.output.audio = sink
+
+        async def publish_state(value: str) -> None:
+            await room.local_participant.set_attributes({DUPLEX_ATTRIBUTE: value})
+
+        controller = self.controller = DuplexController(
+            session, sink=sink, tts=tts, llm=llm, bus=bus, publish_state=publish_state)
+        controller.attach()
+        self.autortc = AutoRTCResponder(room, bus, trace_id=settings.trace_id,
+                                        case_id=settings.case_id, published=sink.published,
+                                        trace_id_fixed=settings.trace_id_from_metadata)
+        bus.subscribe(BackendStatus(room, session, config.stt_down_message))
+
+        async def on_stop_rpc(data: rtc.RpcInvocationData) -> str:
+            log.info("stop_reply from %s", data.caller_identity)
+            result = await controller.stop(f"stop_reply from {data.caller_identity}")
+            return json.dumps(result)
+
+        room.local_participant.register_rpc_method(STOP_RPC, on_stop_rpc)
+
+        def on_error(ev: ErrorEvent) -> None:
+            log.error("session error (%s): %s", type(ev.source).__name__, ev.error)
+
+        def on_close(ev: CloseEvent) -> None:
+            log.info("room %s: session closed (%s)", room.name, ev.reason)
+            self.done.set()
+
+        session.on("error", on_error)
+        session.on("close", on_close)
+        room.on("reconnecting", lambda: log.warning("room %s: connection lost, reconnecting",
+                                                    room.name))
+        room.on("reconnected", lambda: log.info("room %s: reconnected", room.name))
+        room.on("disconnected", lambda *_: self.done.set())
+
+        options: dict[str, Any] = {
+            "audio_input": room_io.AudioInputOptions(sample_rate=16000, pre_connect_audio=False),
+            "audio_output": False,  # the sink above is the agent's voice
+            "text_output": room_io.TextOutputOptions(sync_transcription=True),
+            "close_on_disconnect": False,
+        }
+        if settings.user_identity:
+            options["participant_identity"] = settings.user_identity
+        await session.start(agent=Agent(instructions=settings.system_prompt), room=room,
+                            room_options=room_io.RoomOptions(**options), record=False)
+        ParticipantLinker(room, session, controller, settings.user_identity)
+        if config.greeting:
+            session.say(config.greeting)
+        self._watch = asyncio.create_task(self._watch_room(), name="streamtalk_room_watch")
+        log.info("room %s: agent ready (trace %s)", room.name, settings.trace_id)
+
+    async def _watch_room(self) -> None:
+        """End the job once only agents have been in the room for AGENT_EMPTY_ROOM_GRACE_S."""
+        room = self.ctx.room
+        grace = self.config.empty_room_grace_s
+        empty_since: float | None = None
+        while not self.done.is_set():
+            humans = [p for p in room.remote_participants.values()
+                      if p.kind != rtc.ParticipantKind.PARTICIPANT_KIND_AGENT]
+            if humans:
+                empty_since = None
+            elif empty_since is None:
+                empty_since = time.monotonic()
+            elif time.monotonic() - empty_since >= grace:
+                log.info("room %s has been empty for %.0f s: ending the job", room.name, grace)
+                self.ctx.shutdown("room empty")
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.done.wait(), 0.5)
+
+    async def cleanup(self, reason: str = "") -> None:
+        if self._cleaned:
+            return
+        self._cleaned = True
+        log.info("room %s: cleaning up (%s)", self.ctx.room.name, reason or "job end")
+        try:
+            if self._watch is not None:
+                self._watch.cancel()
+            if self.controller is not None:
+                self.controller.detach()
+            if self.autortc is not None:
+                self.autortc.close()
+            if self.session is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.session.aclose(), 5.0)
+            await self.client.aclose()
+            if self.sink is not None:
+                await self.sink.aclose()
+        except Exception:
+            log.exception("room %s: cleanup failed", self.ctx.room.name)
+        finally:
+            if self.recorder is not None:
+                path = await self.recorder.save()
+                if path is not None:
+                    log.info("pre_rtc audio (%.1f s) saved to %s", self.recorder.seconds, path)
+            self.trace.close()

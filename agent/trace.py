@@ -1,0 +1,166 @@
+"""Turn traces: an observer of the room's event bus that writes the nine timing points.
+
+One JSON object per line in `${STREAMTALK_OUTPUT}/traces/<room>.jsonl`:
+`{"trace_id", "room", "turn", "point", "t_wall_ms", "t_mono_ms"}`. A turn is
+one user utterance and the reply to it; each point is written once per turn
+(the first time it happens). `vad_end`, `stt_start` and `stt_end` belong to
+the user's turn; the reply points (`llm_request` ... `reply_end`,
+`interrupted`) belong to the turn whose reply they are, which is the turn that
+was current when the reply began, even if the user has started the next turn
+by talking over it. A reply without a user turn (a greeting) is turn 0.
+
+Next to the trace, `<room>.metrics.jsonl` gets one line per finished reply with
+what the points do not show: lane waits, TTS first-packet time, cancel
+latencies of an interruption.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+from .events import INTERRUPTED_POINT, TRACE_POINTS, AgentEvent
+
+log = logging.getLogger("streamtalk.trace")
+
+USER_POINTS = frozenset({"vad_end", "stt_start", "stt_end"})
+REPLY_POINTS = frozenset(TRACE_POINTS) - USER_POINTS | {INTERRUPTED_POINT}
+# events (not trace points) whose data goes into the reply's metrics line
+METRIC_EVENTS = frozenset(
+    {"lane_wait", "tts_segment", "cancel_cascade", "llm_done", "llm_cancelled", "tts_cancelled",
+     "audio_cleared", "backend_down", "stt_result", "barge_in", "false_interruption",
+     "barge_in_paused", "audio_paused", "audio_resumed", "tts_error", "vad_start", "tts_held", "gpu_lanes"}
+)
+
+
+def safe_name(name: str) -> str:
+    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip(".")
+    return keep[:120] or "room"
+
+
+class TraceCollector:
+    """Observer: `bus.subscribe(collector)`; `close()` at the end of the room."""
+
+    def __init__(self, directory: Path, room: str, trace_id: str) -> None:
+        self.room = room
+        self.trace_id = trace_id
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / f"{safe_name(room)}.jsonl"
+        self.metrics_path = directory / f"{safe_name(room)}.metrics.jsonl"
+        self._file: IO[str] | None = self.path.open("a", encoding="utf-8")
+        self._metrics_file: IO[str] | None = self.metrics_path.open("a", encoding="utf-8")
+        self._lock = threading.Lock()
+        self.user_turn = 0
+        self.reply_turn: int | None = None
+        self._seen: set[tuple[int, str]] = set()
+        self._reply_metrics: dict[int, dict[str, Any]] = {}
+        self._pending: dict[int, tuple[AgentEvent, asyncio.TimerHandle]] = {}
+        self._speech_turn: dict[str, int] = {}
+        self.metrics_delay_s = 1.0
+        self.points_written = 0
+
+    # -- observer --------------------------------------------------------------
+
+    def __call__(self, ev: AgentEvent) -> None:
+        name = ev.name
+        if name == "reply_begin":
+            self.reply_turn = self.user_turn
+            if ev.data.get("speech_id"):
+                self._speech_turn[str(ev.data["speech_id"])] = self.user_turn
+            return
+        if name == "vad_end":
+            self.user_turn += 1
+            self._write(self.user_turn, name, ev)
+            return
+        if name in USER_POINTS:
+            self._write(self.user_turn, name, ev)
+            return
+        if name in REPLY_POINTS:
+            turn = self._turn_of(ev)
+            self._write(turn, name, ev)
+            if name == "reply_end":
+                self._schedule_metrics(turn, ev)
+            return
+        if name in METRIC_EVENTS:
+            turn = self.user_turn if name.startswith("stt_") else self._turn_of(ev)
+            m = self._reply_metrics.setdefault(turn, {})
+            m.setdefault(name, []).append({"t_mono_ms": round(ev.t_mono_ms, 3), **ev.data})
+
+    def _turn_of(self, ev: AgentEvent) -> int:
+        """A reply event's turn: by the speech it names, else the reply in progress."""
+        sid = ev.data.get("speech_id")
+        if sid and str(sid) in self._speech_turn:
+            return self._speech_turn[str(sid)]
+        return self.reply_turn if self.reply_turn is not None else self.user_turn
+
+    # -- output ----------------------------------------------------------------
+
+    def _write(self, turn: int, point: str, ev: AgentEvent) -> None:
+        key = (turn, point)
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        line = {
+            "trace_id": self.trace_id,
+            "room": self.room,
+            "turn": turn,
+            "point": point,
+            "t_wall_ms": round(ev.t_wall_ms, 3),
+            "t_mono_ms": round(ev.t_mono_ms, 3),
+        }
+        self._append(self._file, line)
+        self.points_written += 1
+
+    def _schedule_metrics(self, turn: int, ev: AgentEvent) -> None:
+        """Write the reply's metrics a moment after it ended: the cancel cascade of an
+        interrupted reply reports just after its audio stopped."""
+        if turn in self._pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._flush_metrics(turn, ev)
+            return
+        self._pending[turn] = (ev, loop.call_later(self.metrics_delay_s, self._flush_metrics, turn, ev))
+
+    def _flush_pending(self) -> None:
+        for turn, (ev, handle) in list(self._pending.items()):
+            handle.cancel()
+            self._flush_metrics(turn, ev)
+
+    def _flush_metrics(self, turn: int, ev: AgentEvent) -> None:
+        self._pending.pop(turn, None)
+        m = self._reply_metrics.pop(turn, {})
+        line = {"trace_id": self.trace_id, "room": self.room, "turn": turn,
+                "t_wall_ms": round(ev.t_wall_ms, 3), **ev.data, **m}
+        self._append(self._metrics_file, line)
+
+    def _append(self, f: IO[str] | None, obj: dict[str, Any]) -> None:
+        if f is None:
+            return
+        try:
+            with self._lock:
+                f.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
+                f.flush()
+        except OSError as exc:
+            log.warning("cannot write trace %s: %s", getattr(f, "name", "?"), exc)
+
+    def seen(self, turn: int, point: str) -> bool:
+        return (turn, point) in self._seen
+
+    def close(self) -> None:
+        self._flush_pending()
+        for turn in list(self._reply_metrics):  # metrics of replies that never ended
+            self._flush_metrics(turn, AgentEvent("close", 0.0, 0.0))
+        with self._lock:
+            for f in (self._file, self._metrics_file):
+                if f is not None:
+                    try:
+                        f.close()
+                    except OSError:
+                        pass
+            self._file = self._metrics_file = None

@@ -1,0 +1,120 @@
+"""P50/P95 of the agent's turn traces: `python -m agent.trace_summary FILE... [--json OUT]`.
+
+Reads trace JSONL files (`output/traces/<room>.jsonl`), groups the points by
+(trace_id, room, turn) and reports each interval over all turns that have both
+ends: count, P50, P95, max, in milliseconds (monotonic clock). Prints a table
+last; `--json` also writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from .gpu_scheduler import percentile
+
+# (name, from point, to point)
+INTERVALS: tuple[tuple[str, str, str], ...] = (
+    ("eot_to_first_audio", "vad_end", "first_audio_published"),
+    ("vad_end_to_stt_start", "vad_end", "stt_start"),
+    ("stt", "stt_start", "stt_end"),
+    ("stt_end_to_llm_request", "stt_end", "llm_request"),
+    ("fast_lane_ttft", "llm_request", "llm_first_token"),
+    ("first_token_to_first_segment", "llm_first_token", "first_segment"),
+    ("first_segment_to_tts_first_packet", "first_segment", "tts_first_packet"),
+    ("tts_first_to_publish", "tts_first_packet", "first_audio_published"),
+    ("reply_audio", "first_audio_published", "reply_end"),
+    ("interrupt_to_reply_end", "interrupted", "reply_end"),
+)
+
+
+class TraceFormatError(ValueError):
+    pass
+
+
+def load_points(paths: list[Path]) -> dict[tuple[str, str, int], dict[str, float]]:
+    """{(trace_id, room, turn): {point: t_mono_ms}}; the first value of a point wins."""
+    turns: dict[tuple[str, str, int], dict[str, float]] = defaultdict(dict)
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise TraceFormatError(f"cannot read {path}: {exc}") from None
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                ev = json.loads(line)
+                key = (str(ev["trace_id"]), str(ev["room"]), int(ev["turn"]))
+                point, t = str(ev["point"]), float(ev["t_mono_ms"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise TraceFormatError(f"{path}:{n}: not a trace event ({exc})") from None
+            turns[key].setdefault(point, t)
+    return dict(turns)
+
+
+def summarize(turns: dict[tuple[str, str, int], dict[str, float]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"turns": len(turns), "intervals": {}}
+    for name, a, b in INTERVALS:
+        values = [p[b] - p[a] for p in turns.values() if a in p and b in p]
+        out["intervals"][name] = {
+            "from": a,
+            "to": b,
+            "n": len(values),
+            "p50_ms": _r(percentile(values, 50)),
+            "p95_ms": _r(percentile(values, 95)),
+            "max_ms": _r(max(values) if values else None),
+        }
+    out["interrupted_turns"] = sum(1 for p in turns.values() if "interrupted" in p)
+    return out
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    rows = [("interval", "n", "P50 ms", "P95 ms", "max ms")]
+    for name, v in summary["intervals"].items():
+        rows.append((name, str(v["n"]), _fmt(v["p50_ms"]), _fmt(v["p95_ms"]), _fmt(v["max_ms"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = [
+        f"turns: {summary['turns']}  interrupted: {summary['interrupted_turns']}",
+        "  ".join(h.ljust(widths[i]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(rows[0])),
+    ]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in rows[1:]:
+        lines.append("  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i])
+                               for i, c in enumerate(r)))
+    return "\n".join(lines)
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agent.trace_summary",
+                                     description="P50/P95 of agent turn traces (JSONL).")
+    parser.add_argument("files", nargs="+", type=Path, help="trace files (output/traces/*.jsonl)")
+    parser.add_argument("--json", type=Path, help="also write the summary as JSON here")
+    args = parser.parse_args(argv)
+    files = [f for f in args.files if not f.name.endswith(".metrics.jsonl")]
+    try:
+        summary = summarize(load_points(files))
+    except TraceFormatError as exc:
+        print(f"trace_summary: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    print(format_table(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

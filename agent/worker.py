@@ -1,0 +1,135 @@
+"""The LiveKit worker: `python -m agent start|dev|connect ...` (the livekit-agents CLI).
+
+- Registers as agent `streamtalk` (LIVEKIT_AGENT_NAME) for explicit dispatch
+  only: tokens from the token server carry a RoomAgentDispatch, AutoRTC
+  creates its rooms with one. One job per room.
+- Jobs run on the thread executor (JobExecutorType.THREAD): every room is a
+  thread of this one process, so the single TTS engine (one model copy on the
+  GPU, one worker thread that schedules all streams) and the Silero VAD are
+  loaded once, before the worker registers, and shared by all rooms. With
+  the default process executor each job process would load its own engine.
+- Capacity: at most AGENT_MAX_ROOMS rooms (further job requests are declined,
+  so the server tries another worker); the reported load is rooms/max_rooms.
+- The worker's health endpoint listens on 127.0.0.1:AGENT_HTTP_PORT.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import threading
+from typing import Any
+
+from livekit.agents import AgentServer, JobContext, JobExecutorType, JobProcess, JobRequest, cli
+
+from . import engine_service
+from .config import AgentConfig, AgentConfigError
+from .room_agent import RoomAgent
+
+log = logging.getLogger("streamtalk.agent")
+
+_config: AgentConfig | None = None
+_rooms_lock = threading.Lock()
+_rooms: set[str] = set()  # job ids accepted and not yet finished
+
+
+def config() -> AgentConfig:
+    global _config
+    if _config is None:
+        _config = AgentConfig.from_env()
+    return _config
+
+
+def prewarm(proc: JobProcess) -> None:
+    """Runs in each job runner before it takes a job: the shared services are already loaded by
+    `main()`; this only hands them over (and loads them if a caller skipped `main()`)."""
+    proc.userdata["services"] = engine_service.get_services(config())
+
+
+async def on_request(req: JobRequest) -> None:
+    cfg = config()
+    with _rooms_lock:
+        if len(_rooms) >= cfg.max_rooms:
+            full = True
+        else:
+            full = False
+            _rooms.add(req.id)
+    if full:
+        log.warning("declining room %s: this worker already serves %d rooms (AGENT_MAX_ROOMS)",
+                    req.room.name, cfg.max_rooms)
+        await req.reject(terminate=False)
+        return
+    await req.accept(name="streamtalk", attributes={"streamtalk.agent": "1"})
+
+
+async def entrypoint(ctx: JobContext) -> None:
+    services = ctx.proc.userdata.get("services") or engine_service.get_services(config())
+    room_agent = RoomAgent(ctx, services, config())
+
+    async def release(reason: str) -> None:
+        try:
+            await room_agent.cleanup(reason)
+        finally:
+            with _rooms_lock:
+                _rooms.discard(ctx.job.id)
+
+    ctx.add_shutdown_callback(release)
+    try:
+        await room_agent.start()
+    except Exception:
+        log.exception("room %s: the agent could not start", ctx.room.name)
+        await release("start failed")
+        raise
+
+
+def load() -> float:
+    with _rooms_lock:
+        return min(1.0, len(_rooms) / max(1, config().max_rooms))
+
+
+def build_server(cfg: AgentConfig) -> AgentServer:
+    server = AgentServer(
+        job_executor_type=JobExecutorType.THREAD,
+        num_idle_processes=cfg.idle_jobs,
+        load_fnc=load,
+        load_threshold=math.inf,  # capacity is enforced by on_request (AGENT_MAX_ROOMS)
+        setup_fnc=prewarm,
+        initialize_process_timeout=120.0,
+        shutdown_process_timeout=20.0,
+        drain_timeout=cfg.drain_timeout_s,
+        host="127.0.0.1",
+        port=cfg.http_port,
+    )
+    server.rtc_session(entrypoint, agent_name=cfg.agent_name, on_request=on_request)
+    return server
+
+
+def main(argv: list[str] | None = None) -> Any:
+    global _config
+    try:
+        _config = AgentConfig.from_env()
+    except AgentConfigError as exc:
+        print(f"agent: configuration error: {exc}", file=sys.stderr)
+        return 2
+    args = sys.argv[1:] if argv is None else argv
+    command = next((a for a in args if not a.startswith("-")), "")
+    if command in ("start", "dev", "connect") and not {"--help", "-h"} & set(args):
+        # the CLI installs its own log handler later; until then log loading to stderr
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        root.setLevel(min(root.level, logging.INFO) if root.level else logging.INFO)
+        try:
+            engine_service.get_services(_config)  # before registering: no room waits for a load
+        except Exception as exc:
+            log.exception("cannot load the TTS engine / VAD")
+            print(f"agent: cannot start: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            root.removeHandler(handler)
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    cli.run_app(build_server(_config))
+    return 0
