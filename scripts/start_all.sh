@@ -37,7 +37,7 @@ OMNI_DEV_PORT="${OMNI_DEV_PORT:-8000}"
 OMNI_DEV_URL="http://127.0.0.1:$OMNI_DEV_PORT/v1"
 TTS_CHECKPOINT="${TTS_DEEP_STREAM_MODEL_DIR:-$STREAMTALK_HOME/checkpoints/tiny}"
 
-SERVICES=(livekit omni_dev token_server)
+SERVICES=(livekit omni_dev token_server agent)
 
 # ------------------------------------------------------------------ helpers
 
@@ -180,18 +180,17 @@ install_missing() {
 }
 
 tts_demo() {
-    if [[ "${STREAMTALK_SKIP_TTS_DEMO:-0}" == "1" || ! -f "$REPO_ROOT/tts_engine/__main__.py" ]]; then
+    if [[ ! -f "$REPO_ROOT/tts_engine/__main__.py" ]]; then
         return 0
     fi
-    if [[ ! -f "$TTS_CHECKPOINT/config.json" && -n "${TTS_DEEP_STREAM_MODEL_DIR:-}" ]]; then
-        log "WARNING: no checkpoint at TTS_DEEP_STREAM_MODEL_DIR=$TTS_CHECKPOINT; no demo WAV"
-        return 0
+    if [[ -n "${TTS_DEEP_STREAM_MODEL_DIR:-}" ]]; then
+        [[ -f "$TTS_CHECKPOINT/config.json" ]] || die "no checkpoint at TTS_DEEP_STREAM_MODEL_DIR=$TTS_CHECKPOINT"
+    else
+        # The embedded default: the tiny random checkpoint, rewritten when its writer changed.
+        "$PY" -m tts_engine make-checkpoint --preset tiny --reuse "$TTS_CHECKPOINT" >/dev/null \
+            || die "could not write the tiny TTS checkpoint to $TTS_CHECKPOINT"
     fi
-    if [[ ! -f "$TTS_CHECKPOINT/config.json" ]]; then
-        log "making the tiny TTS checkpoint in $TTS_CHECKPOINT"
-        "$PY" -m tts_engine make-checkpoint --preset tiny "$TTS_CHECKPOINT" \
-            || { log "WARNING: make-checkpoint failed; no demo WAV"; return 0; }
-    fi
+    [[ "${STREAMTALK_SKIP_TTS_DEMO:-0}" == "1" ]] && return 0
     local demo="$STREAMTALK_OUTPUT/demo.wav"
     if [[ -f "$demo" && "$demo" -nt "$TTS_CHECKPOINT/config.json" ]]; then
         log "demo WAV present: $demo"
@@ -243,10 +242,11 @@ cmd_start() {
         "$PY" -m token_server --host "$TOKEN_SERVER_HOST" --port "$TOKEN_SERVER_PORT"
 
     # ---------------------------------------------------------------- AGENT WORKER
-    # The LiveKit agent worker (agent/) starts here once it exists, e.g.:
-    #   start_agent_worker   ->  "$PY" -m agent start   (registers as $LIVEKIT_AGENT_NAME
-    #   against $LIVEKIT_URL, talks to $OMNI_BASE_URL); add "agent" to SERVICES for stop/status.
-    # -----------------------------------------------------------------------------
+    # Registers as $LIVEKIT_AGENT_NAME against $LIVEKIT_URL and talks to $OMNI_BASE_URL.
+    # Its health endpoint answers once the TTS engine and VAD are loaded and warm.
+    export AGENT_HTTP_PORT="${AGENT_HTTP_PORT:-8081}"
+    is_running agent || require_port agent tcp 127.0.0.1 "$AGENT_HTTP_PORT" AGENT_HTTP_PORT
+    start_service agent "http://127.0.0.1:$AGENT_HTTP_PORT/" 180 "$PY" -m agent start
 
     log "stack is up"
     echo
@@ -271,6 +271,7 @@ health_url() {
         livekit) echo "http://127.0.0.1:$LIVEKIT_PORT/" ;;
         omni_dev) echo "http://127.0.0.1:$OMNI_DEV_PORT/health" ;;
         token_server) echo "http://$TOKEN_SERVER_HOST:$TOKEN_SERVER_PORT/healthz" ;;
+        agent) echo "http://127.0.0.1:${AGENT_HTTP_PORT:-8081}/" ;;
     esac
 }
 

@@ -52,6 +52,7 @@ def stack_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         LIVEKIT_UDP_PORT=str(free_port(socket.SOCK_DGRAM)),
         TOKEN_SERVER_PORT=str(free_port()),
         OMNI_DEV_PORT=str(free_port()),
+        AGENT_HTTP_PORT=str(free_port()),
         STOP_GRACE_S="5",
     )
     try:
@@ -70,12 +71,12 @@ async def test_start_status_stop(stack_env: dict[str, str], tmp_path: Path) -> N
     status = run_script(env, "status", timeout=30)
     assert status.returncode == 0, status.stdout + status.stderr
     lines = status.stdout.splitlines()
-    assert len(lines) == 3 and all("healthy" in line for line in lines), status.stdout
+    assert len(lines) == 4 and all("healthy" in line for line in lines), status.stdout
 
     run_dir = Path(env["STREAMTALK_OUTPUT"]) / "run"
     pids = {
         name: int((run_dir / f"{name}.pid").read_text())
-        for name in ("livekit", "omni_dev", "token_server")
+        for name in ("livekit", "omni_dev", "token_server", "agent")
     }
     assert all((run_dir / f"{name}.log").stat().st_size > 0 for name in pids)
     for pid in pids.values():
