@@ -150,6 +150,17 @@ class StreamtalkTTS(tts.TTS):
 
     # -- used by both stream kinds ---------------------------------------------
 
+    def _init_emitter(self, output_emitter: tts.AudioEmitter, stream: bool) -> None:
+        """Every reply's emitter: 24 kHz mono PCM in TTS_FRAME_MS frames (initialised even if silent)."""
+        output_emitter.initialize(
+            request_id=uuid.uuid4().hex[:12],
+            sample_rate=SAMPLE_RATE,
+            num_channels=NUM_CHANNELS,
+            mime_type="audio/pcm",
+            frame_size_ms=self.opts.frame_ms,
+            stream=stream,
+        )
+
     def _segment_audio(self, emitter: tts.AudioEmitter, streaming: bool) -> _ReplyAudio:
         reply = _ReplyAudio(self, emitter, streaming)
         self._replies.add(reply)
@@ -293,14 +304,7 @@ class StreamtalkSynthesizeStream(tts.SynthesizeStream):
 
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
         owner = self._owner
-        output_emitter.initialize(
-            request_id=uuid.uuid4().hex[:12],
-            sample_rate=SAMPLE_RATE,
-            num_channels=NUM_CHANNELS,
-            mime_type="audio/pcm",
-            frame_size_ms=owner.opts.frame_ms,
-            stream=True,
-        )
+        owner._init_emitter(output_emitter, stream=True)
         bridge = TextBridge(owner.bridge_options)
         segments: asyncio.Queue[Segment | None] = asyncio.Queue()
 
@@ -345,14 +349,7 @@ class StreamtalkChunkedStream(tts.ChunkedStream):
 
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
         owner = self._owner
-        output_emitter.initialize(
-            request_id=uuid.uuid4().hex[:12],
-            sample_rate=SAMPLE_RATE,
-            num_channels=NUM_CHANNELS,
-            mime_type="audio/pcm",
-            frame_size_ms=owner.opts.frame_ms,
-            stream=False,
-        )
+        owner._init_emitter(output_emitter, stream=False)
         bridge = TextBridge(owner.bridge_options)
         audio = owner._segment_audio(output_emitter, streaming=False)
         segs = bridge.push(self._input_text) + bridge.flush()
