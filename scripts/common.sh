@@ -28,6 +28,6 @@ ensure_venv() {
     fi
     log "installing Python packages into $VENV (first run downloads torch, several GB)"
     "$PY" -m pip install -q --upgrade pip
-    "$PY" -m pip install -q -e "$REPO_ROOT[agent,omni-dev,dev]"
+    "$PY" -m pip install -q -e "$REPO_ROOT[agent,omni-dev,autortc,dev]"
     echo "$want" >"$stamp"
 }

@@ -1,0 +1,417 @@
+"""Run the TTS regression cases through the engine and evaluate the six gates."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import time
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import metrics as M
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parent.parent
+CASES_PATH = HERE / "cases.json"
+PROFILES_PATH = HERE / "profiles.json"
+DEFAULT_BASELINE = REPO_ROOT / "golden" / "tts"
+RUNS_PER_MODE = {"fast": 3, "full": 10}
+SAMPLE_RATE = 24000
+GATES = ["determinism", "abs_duration_diff_ms", "repeat", "SNR_vs_baseline", "TTFA", "stream_bad_audio"]
+
+
+class RegressionError(RuntimeError):
+    """The suite cannot run (bad arguments, missing files)."""
+
+
+def load_cases(path: Path = CASES_PATH, only: list[str] | None = None) -> list[dict]:
+    cases = json.loads(path.read_text(encoding="utf-8"))["cases"]
+    if only:
+        known = {c["id"] for c in cases}
+        unknown = [c for c in only if c not in known]
+        if unknown:
+            raise RegressionError(f"unknown case id(s) {unknown}; valid: {sorted(known)}")
+        cases = [c for c in cases if c["id"] in only]
+    return cases
+
+
+def load_profiles(path: Path = PROFILES_PATH) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def thresholds_for(profile: str, profiles: dict | None = None) -> dict:
+    profiles = profiles or load_profiles()
+    if profile not in profiles["profiles"]:
+        raise RegressionError(f"unknown profile {profile!r}; valid: {sorted(profiles['profiles'])}")
+    merged = dict(profiles["common"])
+    merged.update({k: v for k, v in profiles["profiles"][profile].items() if k not in ("calibration", "description")})
+    return merged
+
+
+def read_wav_int16(path: Path) -> np.ndarray:
+    with wave.open(str(path), "rb") as w:
+        if w.getsampwidth() != 2 or w.getnchannels() != 1:
+            raise RegressionError(f"{path.name}: expected 16-bit mono WAV")
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.int16)
+
+
+def write_wav_int16(path: Path, pcm16: np.ndarray) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(np.asarray(pcm16, dtype="<i2").tobytes())
+
+
+@dataclass
+class CaseResult:
+    case: dict
+    hashes: list[str] = field(default_factory=list)
+    ttfa_ms: list[float] = field(default_factory=list)
+    wall_ms: list[float] = field(default_factory=list)
+    stream_pcm: np.ndarray | None = None
+    offline_pcm: np.ndarray | None = None
+    codes0: list[int] = field(default_factory=list)
+    packet_frames: list[int] = field(default_factory=list)
+    frames: int = 0
+    stop_reason: str = ""
+    offline_stop_reason: str = ""
+    error: str | None = None
+
+
+def open_engine(model_dir: str | None):
+    from tts_engine.checkpoint import ensure_checkpoint
+    from tts_engine.config import EngineConfig, cache_root
+    from tts_engine.engine import TTSEngine
+
+    if model_dir is None:
+        model_dir = str(ensure_checkpoint(cache_root() / "checkpoints" / "tiny", "tiny", seed=0))
+    if not Path(model_dir).is_dir():
+        raise RegressionError(f"model directory {model_dir} does not exist")
+    return TTSEngine(EngineConfig.from_env(model_dir=str(model_dir), device="cpu", packet_metrics=1))
+
+
+def checkpoint_stamp(model_dir: Path) -> str | None:
+    stamp = model_dir / ".streamtalk-checkpoint"
+    return stamp.read_text().strip() if stamp.is_file() else None
+
+
+def run_cases(engine, cases: list[dict], runs: int, log=print) -> list[CaseResult]:
+    results = []
+    for case in cases:
+        r = CaseResult(case=case)
+        try:
+            req = engine.make_request(case["text"], case["speaker"], case["language"])
+            for i in range(runs):
+                t0 = time.perf_counter()
+                pcm, m = engine.synthesize_blocking(req)
+                r.wall_ms.append((time.perf_counter() - t0) * 1000)
+                r.hashes.append(M.pcm_sha256(pcm))
+                if m.ttfa_ms is not None:
+                    r.ttfa_ms.append(float(m.ttfa_ms))
+                if i == 0:
+                    r.stream_pcm = np.asarray(pcm, dtype=np.float32)
+                    r.packet_frames = [int(p["frames"]) for p in m.packet_log]
+                    r.frames = int(m.frames)
+                    r.stop_reason = m.stop_reason
+            codes, reason = engine.model.generate_codes(req)
+            r.offline_stop_reason = reason
+            r.codes0 = [int(x) for x in codes[:, 0].tolist()]
+            r.offline_pcm = np.asarray(engine.model.decode(codes), dtype=np.float32)
+        except Exception as exc:  # noqa: BLE001 - a crashing case is a gate failure, reported per case
+            r.error = f"{type(exc).__name__}: {exc}"
+        log(f"  {case['id']}: runs={len(r.hashes)} unique={len(set(r.hashes))} "
+            f"ttfa={[round(t) for t in r.ttfa_ms]} frames={r.frames} stop={r.stop_reason}"
+            + (f" ERROR {r.error}" if r.error else ""))
+        results.append(r)
+    return results
+
+
+def load_baseline(baseline_dir: Path) -> dict:
+    meta_path = baseline_dir / "baseline.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"baseline missing: {meta_path} not found; create it with --update-baseline")
+    return json.loads(meta_path.read_text(encoding="utf-8"))
+
+
+def write_baseline(baseline_dir: Path, results: list[CaseResult], info: dict) -> None:
+    baseline_dir.mkdir(parents=True, exist_ok=True)
+    entries = {}
+    for r in results:
+        if r.stream_pcm is None:
+            raise RegressionError(f"cannot write a baseline: case {r.case['id']} produced no audio ({r.error})")
+        pcm16 = M.to_int16(r.stream_pcm)
+        name = f"{r.case['id']}.wav"
+        write_wav_int16(baseline_dir / name, pcm16)
+        entries[r.case["id"]] = {
+            "wav": name, "samples": int(len(pcm16)), "frames": r.frames,
+            "pcm_float32_sha256": r.hashes[0], "text": r.case["text"],
+            "speaker": r.case["speaker"], "language": r.case["language"],
+        }
+    meta = dict(info)
+    meta["cases"] = entries
+    (baseline_dir / "baseline.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_baseline_readme(baseline_dir: Path, info: dict, gates: dict, overall: bool) -> None:
+    lines = [
+        "# TTS regression golden baseline",
+        "",
+        f"Produced by `{info['produced_by']}` on {info['created_utc']} (UTC), CPU, checkpoint `{info['checkpoint']}`",
+        f"(fingerprint `{info['checkpoint_fingerprint']}`), {info['runs_per_case']} runs per case.",
+        "One 16-bit 24 kHz mono WAV per case of tools/tts_regression/cases.json (the first streamed run);",
+        "baseline.json holds each case's float32 PCM sha256, length and text.",
+        "",
+        f"Gates of the producing run (overall {'PASS' if overall else 'FAIL'}):",
+        "",
+        "| gate | pass | value |",
+        "|---|---|---|",
+    ]
+    value = {
+        "determinism": lambda g: f"max unique hashes {g['max_unique_pcm_sha256']}",
+        "abs_duration_diff_ms": lambda g: f"max {g['max_ms']} ms",
+        "repeat": lambda g: f"{g['total']} repeats",
+        "SNR_vs_baseline": lambda g: f"vs baseline min {g['min_vs_baseline_db']} dB (cap {g['snr_cap_db']}), "
+                                     f"stream vs offline min {g['min_stream_vs_offline_db']:.1f} dB",
+        "TTFA": lambda g: f"P95 {g.get('p95_ms', float('nan')):.1f} ms over {g['samples']} requests (this CPU)",
+        "stream_bad_audio": lambda g: f"{g['silent_packets']} silent packets, {g['nonfinite_samples']} NaN/inf",
+    }
+    for name in GATES:
+        lines.append(f"| {name} | {'yes' if gates[name]['pass'] else 'NO'} | {value[name](gates[name])} |")
+    lines += ["", "Regenerate (only after an intended change of the engine's output):",
+              "`python -m tools.tts_regression --mode full --profile ci --update-baseline`", ""]
+    (baseline_dir / "README.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def evaluate(results: list[CaseResult], th: dict, baseline_dir: Path) -> tuple[dict, dict]:
+    """Per-case metrics and per-gate verdicts (each failing gate with readable reasons)."""
+    per_case: dict[str, dict] = {}
+    reasons: dict[str, list[str]] = {g: [] for g in GATES}
+    baseline = None
+    try:
+        baseline = load_baseline(baseline_dir)
+    except FileNotFoundError as exc:
+        reasons["SNR_vs_baseline"].append(str(exc))
+    all_ttfa: list[float] = []
+    for r in results:
+        cid = r.case["id"]
+        c: dict = {"text": r.case["text"], "speaker": r.case["speaker"], "language": r.case["language"],
+                   "runs": len(r.hashes), "error": r.error}
+        per_case[cid] = c
+        if r.error or r.stream_pcm is None or r.offline_pcm is None:
+            for g in GATES:
+                reasons[g].append(f"{cid}: case crashed ({r.error})")
+            continue
+        all_ttfa.extend(r.ttfa_ms)
+        unique = len(set(r.hashes))
+        c["determinism"] = {"unique_pcm_sha256": unique, "sha256": sorted(set(r.hashes))}
+        if unique > th["determinism_unique_max"]:
+            reasons["determinism"].append(f"{cid}: {unique} different PCM hashes over {len(r.hashes)} runs")
+
+        dur_diff = abs(len(r.stream_pcm) - len(r.offline_pcm)) / SAMPLE_RATE * 1000
+        n = min(len(r.stream_pcm), len(r.offline_pcm))
+        stream_vs_offline = M.snr_db(r.offline_pcm[:n], r.stream_pcm[:n]) if n else -M.SNR_CAP_DB
+        c["duration"] = {"stream_ms": len(r.stream_pcm) / SAMPLE_RATE * 1000,
+                         "offline_ms": len(r.offline_pcm) / SAMPLE_RATE * 1000,
+                         "abs_duration_diff_ms": dur_diff, "stream_stop_reason": r.stop_reason,
+                         "offline_stop_reason": r.offline_stop_reason}
+        if dur_diff > th["abs_duration_diff_ms_max"]:
+            reasons["abs_duration_diff_ms"].append(
+                f"{cid}: stream {c['duration']['stream_ms']:.0f} ms vs offline {c['duration']['offline_ms']:.0f} ms "
+                f"(diff {dur_diff:.0f} > {th['abs_duration_diff_ms_max']} ms; stream stop={r.stop_reason})")
+
+        crep = M.code_repeats(r.codes0)
+        arep = M.audio_repeats(r.stream_pcm)
+        c["repeat"] = {"code_repeats": crep, "audio_repeats": arep, "count": len(crep) + len(arep)}
+        if len(crep) + len(arep) > th["repeat_max"]:
+            reasons["repeat"].append(f"{cid}: {len(crep)} codebook-0 loop(s) {crep[:3]}, "
+                                     f"{len(arep)} repeated audio block(s) {arep[:3]}")
+
+        snr: dict = {"stream_vs_offline_db": stream_vs_offline}
+        if stream_vs_offline < th["snr_db_min"]:
+            reasons["SNR_vs_baseline"].append(
+                f"{cid}: stream vs offline decode SNR {stream_vs_offline:.1f} dB < {th['snr_db_min']} dB")
+        if baseline is not None:
+            entry = baseline["cases"].get(cid)
+            wav = baseline_dir / entry["wav"] if entry else None
+            if entry is None or not wav.is_file():
+                reasons["SNR_vs_baseline"].append(
+                    f"{cid}: baseline missing ({wav if wav else 'no entry in baseline.json'}); "
+                    "re-create it with --update-baseline")
+            else:
+                ref = M.from_int16(read_wav_int16(wav))
+                cur = M.from_int16(M.to_int16(r.stream_pcm))
+                v = M.snr_db(ref, cur)
+                snr["vs_baseline_db"] = v
+                snr["baseline_samples"] = int(len(ref))
+                snr["samples"] = int(len(cur))
+                snr["bit_exact_vs_baseline"] = r.hashes[0] == entry.get("pcm_float32_sha256")
+                if v < th["snr_db_min"]:
+                    reasons["SNR_vs_baseline"].append(
+                        f"{cid}: SNR vs golden baseline {v:.1f} dB < {th['snr_db_min']} dB "
+                        f"({len(cur)} samples vs baseline {len(ref)})")
+        c["snr"] = snr
+
+        c["ttfa_ms"] = r.ttfa_ms
+        c["wall_ms"] = r.wall_ms
+        bad = M.bad_audio(r.stream_pcm, r.packet_frames)
+        c["stream_bad_audio"] = bad
+        problems = []
+        if bad["empty"]:
+            problems.append("empty stream audio")
+        if bad["nonfinite_samples"]:
+            problems.append(f"{bad['nonfinite_samples']} NaN/inf samples")
+        if bad["all_zero"]:
+            problems.append("all-zero audio")
+        if bad["silent_packets"] > th["silent_packets_max"]:
+            problems.append(f"{bad['silent_packets']} silent packet(s) of {bad['packets']}")
+        if bad["empty_packets"]:
+            problems.append(f"{bad['empty_packets']} empty packet(s)")
+        if bad["packet_samples_mismatch"]:
+            problems.append(f"joined PCM differs from the packets' frames by {bad['packet_samples_mismatch']} samples")
+        if bad["clipped_fraction"] > th["clipped_fraction_max"]:
+            problems.append(f"clipped fraction {bad['clipped_fraction']:.4f} > {th['clipped_fraction_max']}")
+        if problems:
+            reasons["stream_bad_audio"].append(f"{cid}: " + "; ".join(problems))
+
+    ttfa: dict = {"samples": len(all_ttfa), "threshold_ms": th["ttfa_p95_ms_max"]}
+    if all_ttfa:
+        ttfa.update({"p50_ms": M.percentile(all_ttfa, 50), "p95_ms": M.percentile(all_ttfa, 95),
+                     "max_ms": max(all_ttfa), "mean_ms": float(np.mean(all_ttfa))})
+        if ttfa["p95_ms"] > th["ttfa_p95_ms_max"]:
+            reasons["TTFA"].append(f"TTFA P95 {ttfa['p95_ms']:.1f} ms > {th['ttfa_p95_ms_max']} ms "
+                                   f"over {len(all_ttfa)} requests")
+    else:
+        reasons["TTFA"].append("no TTFA measured (no request produced a packet)")
+
+    def values(key, sub):
+        return [per_case[k][key][sub] for k in per_case if key in per_case[k] and sub in per_case[k][key]]
+
+    summaries = {
+        "determinism": {"max_unique_pcm_sha256": max(values("determinism", "unique_pcm_sha256"), default=None),
+                        "threshold": th["determinism_unique_max"]},
+        "abs_duration_diff_ms": {"max_ms": max(values("duration", "abs_duration_diff_ms"), default=None),
+                                 "threshold_ms": th["abs_duration_diff_ms_max"]},
+        "repeat": {"total": sum(values("repeat", "count")), "threshold": th["repeat_max"]},
+        "SNR_vs_baseline": {"min_vs_baseline_db": min(values("snr", "vs_baseline_db"), default=None),
+                            "min_stream_vs_offline_db": min(values("snr", "stream_vs_offline_db"), default=None),
+                            "threshold_db": th["snr_db_min"], "snr_cap_db": M.SNR_CAP_DB},
+        "TTFA": ttfa,
+        "stream_bad_audio": {"silent_packets": sum(values("stream_bad_audio", "silent_packets")),
+                             "nonfinite_samples": sum(values("stream_bad_audio", "nonfinite_samples")),
+                             "max_clipped_fraction": max(values("stream_bad_audio", "clipped_fraction"), default=None),
+                             "threshold_clipped_fraction": th["clipped_fraction_max"]},
+    }
+    gates = {g: {"pass": not reasons[g], "reasons": reasons[g], **summaries[g]} for g in GATES}
+    return per_case, gates
+
+
+def _update_latest(root: Path, run_id: str) -> None:
+    link = root / "latest"
+    try:
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(run_id, target_is_directory=True)
+    except OSError:
+        pass
+    (root / "LATEST").write_text(run_id + "\n")
+
+
+def run_suite(mode: str, profile: str, model_dir: str | None = None, out: str | None = None,
+              baseline: str | None = None, update_baseline: bool = False, only: list[str] | None = None,
+              runs: int | None = None, log=print) -> dict:
+    if mode not in RUNS_PER_MODE:
+        raise RegressionError(f"unknown mode {mode!r}; valid: {sorted(RUNS_PER_MODE)}")
+    th = thresholds_for(profile)
+    cases = load_cases(only=only)
+    runs = runs or RUNS_PER_MODE[mode]
+    baseline_dir = Path(baseline) if baseline else DEFAULT_BASELINE
+    started = _dt.datetime.now(_dt.UTC)
+    run_id = started.strftime("%Y%m%dT%H%M%S") + f"Z-{mode}-{profile}-{os.getpid()}"
+    out_root = Path(out) if out else Path(os.environ.get("STREAMTALK_OUTPUT", "output")) / "tts_regression"
+    run_dir = out_root / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.perf_counter()
+    engine = open_engine(model_dir)
+    load_s = time.perf_counter() - t0
+    model_path = Path(engine.config.resolved_model_dir)
+    log(f"tts_regression {run_id}: {len(cases)} cases x {runs} runs, profile {profile}, engine load {load_s:.1f} s")
+    try:
+        results = run_cases(engine, cases, runs, log)
+    finally:
+        engine.close()
+    info = {
+        "produced_by": f"python -m tools.tts_regression --mode {mode} --profile {profile} --update-baseline",
+        "created_utc": started.isoformat(timespec="seconds"),
+        "checkpoint": model_path.name,
+        "checkpoint_fingerprint": checkpoint_stamp(model_path),
+        "device": "cpu", "torch_threads": _torch_threads(), "machine": platform.machine(),
+        "runs_per_case": runs, "mode": mode,
+    }
+    if update_baseline:
+        write_baseline(baseline_dir, results, info)
+        log(f"baseline written to {baseline_dir}")
+
+    per_case, gates = evaluate(results, th, baseline_dir)
+    base_meta = None
+    try:
+        base_meta = load_baseline(baseline_dir)
+    except FileNotFoundError:
+        pass
+    base_fp = base_meta.get("checkpoint_fingerprint") if base_meta else None
+    run_fp = checkpoint_stamp(model_path)
+    if base_fp and run_fp != base_fp and not gates["SNR_vs_baseline"]["pass"]:
+        gates["SNR_vs_baseline"]["reasons"].append(
+            f"note: the model's checkpoint fingerprint {run_fp} differs from the baseline's {base_fp}")
+    wav_dir = None
+    if mode == "full":
+        wav_dir = run_dir / "wav"
+        wav_dir.mkdir(exist_ok=True)
+        for r in results:
+            if r.stream_pcm is not None:
+                write_wav_int16(wav_dir / f"{r.case['id']}.stream.wav", M.to_int16(r.stream_pcm))
+            if r.offline_pcm is not None:
+                write_wav_int16(wav_dir / f"{r.case['id']}.offline.wav", M.to_int16(r.offline_pcm))
+    overall = all(g["pass"] for g in gates.values())
+    if update_baseline:
+        write_baseline_readme(baseline_dir, info, gates, overall)
+    wall_s = time.perf_counter() - t0
+    summary = {
+        "run_id": run_id, "mode": mode, "profile": profile, "runs_per_case": runs,
+        "started_utc": started.isoformat(timespec="seconds"), "wall_s": round(wall_s, 2),
+        "engine_load_s": round(load_s, 2), "thresholds": th,
+        "model": {"dir_name": model_path.name, "checkpoint_fingerprint": checkpoint_stamp(model_path)},
+        "baseline": {"dir": _display(baseline_dir), "updated_this_run": update_baseline,
+                     "checkpoint_fingerprint": base_meta.get("checkpoint_fingerprint") if base_meta else None,
+                     "created_utc": base_meta.get("created_utc") if base_meta else None},
+        "gates": gates, "cases": per_case, "wav_dir": wav_dir.name if wav_dir else None,
+        "pass": overall,
+        "failed_gates": [g for g in GATES if not gates[g]["pass"]],
+    }
+    brief = {"run_id": run_id, "mode": mode, "profile": profile, "pass": overall,
+             "gates": {g: {"pass": gates[g]["pass"], "reasons": gates[g]["reasons"]} for g in GATES}}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (run_dir / "summary_brief.json").write_text(json.dumps(brief, indent=2, ensure_ascii=False) + "\n",
+                                                encoding="utf-8")
+    _update_latest(out_root, run_id)
+    summary["run_dir"] = str(run_dir)
+    return summary
+
+
+def _display(p: Path) -> str:
+    try:
+        return str(p.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(p)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
