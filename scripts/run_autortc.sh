@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# AutoRTC end-to-end regression (docs/AUTORTC.md).
+#   scripts/run_autortc.sh --tier mini|fast|nightly|stability [--profile ci|gpu]
+#       [--out DIR] [--baseline golden/autortc/summary.json] [-- extra run_suite args]
+# Starts its own LiveKit server, dev backend and agent worker (tiny checkpoint) on
+# loopback ports unless extra args say otherwise; exit 0 = all gates pass.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+HOME_DIR="${STREAMTALK_HOME:-$HOME/.cache/streamtalk}"
+PY="${PYTHON:-$HOME_DIR/venv/bin/python}"
+[ -x "$PY" ] || PY=python3
+TIER=mini; PROFILE=ci; OUT=""; BASELINE="golden/autortc/summary.json"; EXTRA=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --tier) TIER="$2"; shift 2;;
+    --profile) PROFILE="$2"; shift 2;;
+    --out) OUT="$2"; shift 2;;
+    --baseline) BASELINE="$2"; shift 2;;
+    --) shift; EXTRA=("$@"); break;;
+    *) echo "unknown argument $1" >&2; exit 2;;
+  esac
+done
+OUTPUT_ROOT="${STREAMTALK_OUTPUT:-output}"
+OUT="${OUT:-$OUTPUT_ROOT/autortc/$TIER-$(date +%Y%m%d-%H%M%S)}"
+BASE_ARGS=()
+[ -f "$BASELINE" ] && BASE_ARGS=(--baseline "$BASELINE")
+run() {  # run DIR TIMEOUT ARGS...
+  local dir="$1" limit="$2"; shift 2
+  timeout --kill-after=20 "$limit" "$PY" -m tools.autortc.run_suite --start-stack \
+    --profile "$PROFILE" --out "$dir" "${BASE_ARGS[@]}" "$@" "${EXTRA[@]}"
+}
+case "$TIER" in
+  mini) run "$OUT" 420 --tier mini --cases tools/autortc/cases/mini_cases.json --total-timeout-s 360;;
+  fast) run "$OUT" 1500 --tier fast --cases tools/autortc/cases/all_cases.json --total-timeout-s 1400;;
+  nightly) run "$OUT" 1800 --tier nightly --cases tools/autortc/cases/all_cases.json --turns 20 \
+             --between-s 20 --total-timeout-s 1700;;
+  stability)
+    for k in $(seq 1 "${AUTORTC_STABILITY_RUNS:-5}"); do
+      run "$OUT/run-$k" 420 --tier stability --cases tools/autortc/cases/mini_cases.json \
+        --total-timeout-s 360 || true
+    done
+    "$PY" -m tools.autortc.baseline_stability "$OUT"/run-* --out "$OUT"
+    echo "stability report: $OUT/stability.md (gate results above are informational)"
+    exit 0;;
+  *) echo "unknown tier $TIER" >&2; exit 2;;
+esac

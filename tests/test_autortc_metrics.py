@@ -1,0 +1,171 @@
+"""AutoRTC metrics and gates on synthetic signals (no services needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tools.autortc import audio_metrics as am
+from tools.autortc import gates, report
+from tools.autortc.common import write_json, write_wav
+
+RATE = 48000
+
+
+def tone(seconds: float, rate: int = RATE, amp: float = 0.3, f: float = 440.0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (amp * np.sin(2 * np.pi * f * t)).astype(np.float32)
+
+
+def speechlike(seconds: float, rate: int = RATE, seed: int = 0) -> np.ndarray:
+    """Broadband noise with a 4 Hz envelope that never falls silent."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.2 * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t)) * rng.standard_normal(len(t))
+            ).astype(np.float32).clip(-0.9, 0.9)
+
+
+def test_planted_gap_is_seen_and_edges_are_not_gaps() -> None:
+    x = np.concatenate([np.zeros(RATE), tone(1.0), np.zeros(int(0.4 * RATE)), tone(1.0),
+                        np.zeros(RATE)])
+    gap = am.max_gap_ms(x, RATE)
+    assert 380 <= gap <= 420, gap  # the 400 ms hole, not the 1 s lead/tail silences
+    assert am.max_gap_ms(tone(2.0), RATE) == 0.0
+
+
+def test_dropout_counts_only_holes_the_agent_did_not_send() -> None:
+    post = speechlike(2.0)
+    post[RATE // 2: RATE // 2 + int(0.06 * RATE)] = 0.0  # 60 ms digital hole
+    pre = speechlike(2.0, rate=24000, seed=1)
+    assert am.audible_dropout(post, RATE, pre, 24000) == 1
+    pre_with_hole = pre.copy()
+    pre_with_hole[12000: 12000 + int(0.06 * 24000)] = 0.0
+    assert am.audible_dropout(post, RATE, pre_with_hole, 24000) == 0
+    assert am.audible_dropout(speechlike(2.0), RATE, None) == 0
+
+
+def test_clipping_ratio() -> None:
+    x = tone(1.0)
+    assert am.clipping_ratio(x) == 0.0
+    x[:480] = 1.0
+    assert am.clipping_ratio(x) == pytest.approx(0.01, rel=0.01)
+
+
+def test_mel_distance_and_hf_drop() -> None:
+    pre = speechlike(2.0, rate=24000)
+    same = np.interp(np.linspace(0, len(pre) - 1, 2 * len(pre)), np.arange(len(pre)), pre)
+    assert 0 <= am.mel_distance(pre, 24000, same.astype(np.float32), RATE) < 1.5
+    # a low-pass (moving average) removes the 4-8 kHz band
+    lp = np.convolve(same, np.ones(24) / 24, mode="same").astype(np.float32)
+    assert am.hf_ratio_drop(pre, 24000, lp, RATE) > 0.8
+    assert am.mel_distance(pre, 24000, lp, RATE) > 3.0
+    assert am.mel_distance(pre, 24000, np.zeros(RATE, np.float32), RATE) == -1.0
+
+
+def _case_dir(tmp: Path, *, silent: bool = False) -> Path:
+    d = tmp / "case"
+    reply = np.zeros(RATE, np.float32) if silent else speechlike(1.5)
+    write_wav(d / "post_rtc_reply.wav", reply, RATE)
+    write_wav(d / "pre_rtc.wav", speechlike(1.5, rate=24000, seed=3), 24000)
+    t0 = 1_000_000.0
+    frames = [[t0 + 10 * i, 0.2] for i in range(150)]
+    write_json(d / "probe_result.json", {
+        "ok": True, "reply_rms": 0.0 if silent else 0.15, "full_rms": 0.0 if silent else 0.1,
+        "first_audio_wall_ms": t0 + 25, "reply_start": {"reply_seq": 1},
+        "reply_frames": [0, 150], "frames": frames, "agent_events": []})
+    write_json(d / "user_result.json", {"ok": True, "eot_wall_ms": t0 - 300, "wav": "in.wav"})
+    (d / "agent_trace.jsonl").write_text("\n".join(json.dumps(e) for e in [
+        {"turn": 1, "point": "llm_request", "t_wall_ms": t0 - 200},
+        {"turn": 1, "point": "llm_first_token", "t_wall_ms": t0 - 150},
+        {"turn": 1, "point": "tts_first_packet", "t_wall_ms": t0 - 40},
+        {"turn": 1, "point": "first_audio_published", "t_wall_ms": t0 - 39}]) + "\n")
+    return d
+
+
+def test_case_metrics_rings(tmp_path: Path) -> None:
+    row = am.case_metrics(_case_dir(tmp_path), {"id": "c", "priority": "P0"})
+    assert row["capture_status"] == "OK"
+    assert row["eot_to_first_audio_ms"] == pytest.approx(325)
+    assert row["fast_lane_ttft_ms"] == pytest.approx(50)
+    assert row["tts_first_to_publish_ms"] == pytest.approx(1)
+    assert row["inter_arrival_p95_ms"] == pytest.approx(10)
+    assert row["mel_distance"] >= 0 and row["audible_dropout"] == 0
+
+
+def test_silent_capture_is_classified_first(tmp_path: Path) -> None:
+    row = am.case_metrics(_case_dir(tmp_path, silent=True), {"id": "c", "priority": "P0"})
+    assert row["capture_status"] == "POST_SILENT"
+    assert row["mel_distance"] == -1.0 and "max_gap_ms" not in row
+
+
+def _row(**kw: object) -> dict[str, object]:
+    base = {"case_id": "c", "priority": "P0", "capture_status": "OK", "audio_valid": True,
+            "eot_to_first_audio_ms": 400.0, "tts_first_to_publish_ms": 1.0,
+            "audible_dropout": 0, "max_gap_ms": 40.0, "clipping_ratio": 0.0,
+            "fast_lane_ttft_ms": 50.0, "inter_arrival_p95_ms": 12.0, "post_rms": 0.1}
+    base.update(kw)
+    return base
+
+
+def test_gates_pass_fail_and_primary_kpi(tmp_path: Path) -> None:
+    prof = gates.load_profile("gpu")
+    res = gates.evaluate([_row(), _row()], prof, {"primary_kpi": {"value": 390.0}})
+    assert res["verdict"] == "PASS", res["fail_reasons"]
+    assert res["primary_kpi"]["delta"] == pytest.approx(10.0)
+    res = gates.evaluate([_row(), _row(max_gap_ms=500.0)], prof, {"primary_kpi": {"value": 300.0}})
+    assert res["verdict"] == "FAIL"
+    failed = {g["gate"] for g in res["gates"] if g["status"] == "FAIL"}
+    assert failed == {"max_gap", "primary_kpi_regression"}
+    assert any("max_gap" in r and "TTS" in r for r in res["fail_reasons"])
+    res = gates.evaluate([_row(capture_status="POST_SILENT", audio_valid=False)], prof, None)
+    assert "p0_audio_valid_rate" in " ".join(res["fail_reasons"])
+    report.write_all(tmp_path, [_row()], {**gates.evaluate([_row()], prof, None), "run": {}})
+    md = (tmp_path / "report.md").read_text()
+    assert md.index("PRIMARY_KPI") < md.index("## Gates")
+    assert (tmp_path / "metrics.csv").read_text().startswith("case_id,")
+
+
+def test_ci_profile_is_never_looser_on_quality_gates() -> None:
+    gpu, ci = gates.load_profile("gpu")["thresholds"], gates.load_profile("ci")["thresholds"]
+    for k in ("audible_dropout", "clipping_ratio", "p0_audio_valid_rate", "max_gap_ms",
+              "tts_first_to_publish_p95_ms", "inter_arrival_p95_ms"):
+        assert ci[k] == gpu[k], k
+    assert "calibration" in gates.load_profile("ci")  # the data behind the ci numbers
+
+
+def _run_dir(tmp: Path, name: str, e2a: list[float], verdict_rows: list[dict] | None = None) -> Path:
+    d = tmp / name
+    rows = verdict_rows or [_row(eot_to_first_audio_ms=v, case_id=f"c{i}", case_dir=f"cases/c{i}")
+                            for i, v in enumerate(e2a)]
+    res = gates.evaluate(rows, gates.load_profile("ci"), None)
+    res["run"] = {"run_id": name}
+    d.mkdir(parents=True)
+    report.write_all(d, rows, res)
+    return d
+
+
+def test_stability_tool_reports_spread_and_suggestions(tmp_path: Path) -> None:
+    from tools.autortc import baseline_stability as bs
+
+    runs = [_run_dir(tmp_path, f"run-{k}", [1000.0 + 10 * k, 1100.0 + 20 * k]) for k in range(5)]
+    a = bs.analyse(runs)
+    m = a["metrics"]["eot_to_first_audio_p95_ms"]
+    assert a["n_runs"] == 5 and len(m["run_values"]) == 5
+    assert m["sigma"] > 0 and m["suggested"] >= max(m["run_values"])
+    assert "| eot_to_first_audio_p95_ms |" in bs.render(a)
+
+
+def test_only_a_passing_run_becomes_the_golden_baseline(tmp_path: Path) -> None:
+    good = _run_dir(tmp_path, "good", [1000.0, 1200.0])
+    golden = report.promote(good, tmp_path / "golden", "v-test", "ci", wav_cases=0)
+    summary = json.loads((golden / "summary.json").read_text())
+    assert summary["baseline_version"] == "v-test"
+    assert summary["primary_kpi"]["value"] == pytest.approx(1190.0)
+    assert gates.load_baseline(golden / "summary.json")["primary_kpi"]["value"] == summary[
+        "primary_kpi"]["value"]
+    bad = _run_dir(tmp_path, "bad", [], [_row(max_gap_ms=900.0, case_dir="cases/x")])
+    with pytest.raises(SystemExit, match="max_gap"):
+        report.promote(bad, tmp_path / "golden2", "v-bad", "ci", wav_cases=0)

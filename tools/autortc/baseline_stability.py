@@ -1,0 +1,88 @@
+"""Turn several AutoRTC run folders (e.g. the stability tier: mini x 5) into a fluctuation
+report: per gate metric the median, P95 and sigma over runs, and a suggested threshold.
+
+    python -m tools.autortc.baseline_stability RUN_DIR [RUN_DIR ...] --out DIR
+
+Suggested threshold = max over runs + 3 sigma, rounded up (a calibration aid: a
+profile is changed by a person, with the data, never to make one run pass).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .common import read_json, write_json
+
+METRICS = {  # run-level statistic of each gate metric
+    "eot_to_first_audio_p95_ms": ("eot_to_first_audio_ms", "p95"),
+    "tts_first_to_publish_p95_ms": ("tts_first_to_publish_ms", "p95"),
+    "max_gap_ms": ("max_gap_ms", "max"),
+    "fast_lane_ttft_p95_ms": ("fast_lane_ttft_ms", "p95"),
+    "inter_arrival_p95_ms": ("inter_arrival_p95_ms", "p95"),
+    "clipping_ratio": ("clipping_ratio", "max"),
+    "audible_dropout": ("audible_dropout", "sum"),
+}
+
+
+def run_stat(rows: list[dict[str, Any]], key: str, how: str) -> float | None:
+    v = [float(r[key]) for r in rows if r.get(key) is not None and r.get("capture_status") == "OK"]
+    if not v:
+        return None
+    return {"p95": lambda: float(np.percentile(v, 95)), "max": lambda: max(v),
+            "sum": lambda: sum(v)}[how]()
+
+
+def analyse(run_dirs: list[Path]) -> dict[str, Any]:
+    runs = [read_json(d / "summary.json") for d in run_dirs]
+    out: dict[str, Any] = {"runs": [str(d.name) for d in run_dirs], "n_runs": len(runs),
+                           "samples": sum(len(r["rows"]) for r in runs), "metrics": {}}
+    for name, (key, how) in METRICS.items():
+        vals = [x for x in (run_stat(r["rows"], key, how) for r in runs) if x is not None]
+        per_case = [float(row[key]) for r in runs for row in r["rows"]
+                    if row.get(key) is not None and row.get("capture_status") == "OK"]
+        if not vals:
+            continue
+        sigma = float(np.std(vals))
+        sug = max(vals) + 3 * sigma
+        out["metrics"][name] = {
+            "run_values": [round(v, 3) for v in vals], "median": round(float(np.median(vals)), 3),
+            "p95": round(float(np.percentile(vals, 95)), 3), "sigma": round(sigma, 3),
+            "case_median": round(float(np.median(per_case)), 3),
+            "case_p95": round(float(np.percentile(per_case, 95)), 3),
+            "suggested": sug if sug < 1 else math.ceil(sug / 5) * 5}
+    out["retries"] = sum(r["counts"]["retries"] for r in runs)
+    out["capture_status"] = [r["counts"]["capture_status"] for r in runs]
+    return out
+
+
+def render(a: dict[str, Any]) -> str:
+    lines = [f"# AutoRTC stability: {a['n_runs']} runs, {a['samples']} case samples, "
+             f"{a['retries']} retries", "", "| metric | runs | median | P95 | sigma | "
+             "case median | case P95 | suggested |", "|---|---|---|---|---|---|---|---|"]
+    for k, m in a["metrics"].items():
+        lines.append(f"| {k} | {m['run_values']} | {m['median']} | {m['p95']} | {m['sigma']} | "
+                     f"{m['case_median']} | {m['case_p95']} | {m['suggested']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    a = p.parse_args(argv)
+    res = analyse([d for d in a.runs if (d / "summary.json").exists()])
+    a.out.mkdir(parents=True, exist_ok=True)
+    write_json(a.out / "stability.json", res)
+    (a.out / "stability.md").write_text(render(res))
+    print(render(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

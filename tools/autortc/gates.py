@@ -1,0 +1,140 @@
+"""The nine AutoRTC gates, evaluated per profile (profiles.json: `gpu` = the seed's
+thresholds, `ci` = a 2-core CPU machine), plus P1 WARN fingerprints.
+
+PRIMARY_KPI = eot_to_probe_first_audio_p95_ms; the run fails when it is worse than
+the golden baseline by more than `primary_kpi_max_regression_ms`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .common import percentile, read_json
+
+PROFILES = Path(__file__).with_name("profiles.json")
+PRIMARY_KPI = "eot_to_probe_first_audio_p95_ms"
+
+FIXES = {
+    "eot_to_first_audio_p95": "check VAD end-of-speech silence, STT/LLM latency in the agent "
+                              "trace (eot_to_vad_end_ms, fast_lane_ttft_ms) and TTS TTFA",
+    "tts_first_to_publish_p95": "the audio sink queues too much: lower AGENT_AUDIO_QUEUE_MS, "
+                                "check that TTS packets are pushed without batching",
+    "audible_dropout": "holes in the received reply: check the TTS producer keeps up (RTF < 1) "
+                       "and the event loop is not blocked (executor for blocking calls)",
+    "max_gap": "long silence inside the reply: TTS stalls between segments or packets; "
+               "check the engine's RTF and packet pacing",
+    "clipping_ratio": "the reply clips: lower the TTS output gain / check int16 conversion",
+    "fast_lane_ttft_p95": "the backend's first token is slow: check the Omni server load "
+                          "and prompt length",
+    "p0_audio_valid_rate": "the probe heard silence: check the agent published its track, "
+                           "the TTS produced audio (pre_rtc.wav) and the barrier ordering",
+    "inter_arrival_p95": "frames arrive in bursts: CPU starvation or a blocked loop in the "
+                         "probe/agent; check load on the machine",
+    "primary_kpi_regression": "end-to-end latency regressed vs the golden baseline: compare "
+                              "the agent trace points turn by turn with the baseline run",
+}
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    profiles = read_json(PROFILES)["profiles"]
+    if name not in profiles:
+        raise SystemExit(f"unknown gate profile {name!r}; known: {sorted(profiles)}")
+    return {"name": name, **profiles[name]}
+
+
+def load_baseline(path: Path) -> dict[str, Any] | None:
+    return read_json(path) if path and path.exists() else None
+
+
+def _vals(rows: list[dict[str, Any]], key: str, p0_only: bool = False) -> list[float]:
+    return [float(r[key]) for r in rows if r.get(key) is not None
+            and r.get("capture_status") == "OK" and (not p0_only or r.get("priority") == "P0")]
+
+
+def evaluate(rows: list[dict[str, Any]], profile: dict[str, Any],
+             baseline: dict[str, Any] | None) -> dict[str, Any]:
+    th = profile["thresholds"]
+    p0 = [r for r in rows if r.get("priority") == "P0"]
+    gates: list[dict[str, Any]] = []
+
+    def gate(name: str, value: float | None, limit: float, op: str, unit: str = "",
+             n: int = 0) -> None:
+        if value is None:
+            status = "FAIL"  # no data is not a pass
+        else:
+            ok = {"<=": value <= limit, "<": value < limit, "==": value == limit,
+                  ">=": value >= limit}[op]
+            status = "PASS" if ok else "FAIL"
+        gates.append({"gate": name, "value": None if value is None else round(value, 4),
+                      "threshold": f"{op} {limit}{unit}", "status": status, "n": n,
+                      "fix": "" if status == "PASS" else FIXES.get(name, "")})
+
+    e2a = _vals(rows, "eot_to_first_audio_ms")
+    gate("eot_to_first_audio_p95", percentile(e2a, 95), th["eot_to_first_audio_p95_ms"], "<=",
+         " ms", len(e2a))
+    t2p = _vals(rows, "tts_first_to_publish_ms")
+    gate("tts_first_to_publish_p95", percentile(t2p, 95), th["tts_first_to_publish_p95_ms"], "<=",
+         " ms", len(t2p))
+    drop = _vals(rows, "audible_dropout", p0_only=True)
+    gate("audible_dropout", sum(drop) if drop else None, th["audible_dropout"], "==", "",
+         len(drop))
+    gaps = _vals(rows, "max_gap_ms", p0_only=True)
+    gate("max_gap", max(gaps) if gaps else None, th["max_gap_ms"], "<", " ms", len(gaps))
+    clip = _vals(rows, "clipping_ratio")
+    gate("clipping_ratio", max(clip) if clip else None, th["clipping_ratio"], "<", "", len(clip))
+    ttft = _vals(rows, "fast_lane_ttft_ms")
+    gate("fast_lane_ttft_p95", percentile(ttft, 95), th["fast_lane_ttft_p95_ms"], "<=", " ms",
+         len(ttft))
+    valid = [bool(r.get("audio_valid")) and r.get("capture_status") == "OK" for r in p0]
+    gate("p0_audio_valid_rate", (sum(valid) / len(valid)) if valid else None,
+         th["p0_audio_valid_rate"], ">=", "", len(valid))
+    ia = _vals(rows, "inter_arrival_p95_ms")
+    gate("inter_arrival_p95", percentile(ia, 95), th["inter_arrival_p95_ms"], "<=", " ms", len(ia))
+
+    current = percentile(e2a, 95)
+    base = (baseline or {}).get("primary_kpi", {}).get("value")
+    delta = None if current is None or base is None else current - base
+    max_reg = th["primary_kpi_max_regression_ms"]
+    if base is None:
+        gates.append({"gate": "primary_kpi_regression", "value": None,
+                      "threshold": f"<= baseline + {max_reg} ms", "status": "WARN",
+                      "n": len(e2a), "fix": "no golden baseline given"})
+    else:
+        gate("primary_kpi_regression", delta, max_reg, "<=", " ms", len(e2a))
+        gates[-1]["threshold"] = f"delta <= {max_reg} ms (baseline {base:.1f} ms)"
+
+    warns: list[str] = []
+    p1 = profile.get("p1_warn", {})
+    for r in rows:
+        if r.get("priority") != "P1":
+            continue
+        if r.get("input_spikes", 0) > 0:
+            warns.append(f"{r['case_id']}: boom: {r['input_spikes']} spike samples in the input")
+        sd = r.get("speed_drift")
+        if sd is not None and abs(sd) > p1.get("speed_drift", 0.02):
+            warns.append(f"{r['case_id']}: speed drift {sd:+.1%}")
+        hf = r.get("hf_ratio_drop")
+        if hf is not None and hf > p1.get("hf_ratio_drop", 0.5):
+            warns.append(f"{r['case_id']}: distortion: 4-8 kHz share dropped {hf:.0%}")
+        if r.get("capture_status") != "OK":
+            warns.append(f"{r['case_id']}: P1 capture {r.get('capture_status')}")
+    failed = [g for g in gates if g["status"] == "FAIL"]
+    statuses: dict[str, int] = {}
+    for r in rows:
+        statuses[r.get("capture_status", "?")] = statuses.get(r.get("capture_status", "?"), 0) + 1
+    return {
+        "verdict": "FAIL" if failed else "PASS",
+        "profile": profile["name"],
+        "gates": gates,
+        "fail_reasons": [f"{g['gate']}: {g['value']} (needs {g['threshold']}) -> {g['fix']}"
+                         for g in failed],
+        "warnings": warns,
+        "primary_kpi": {"name": PRIMARY_KPI, "value": None if current is None else round(current, 2),
+                        "baseline": base, "delta": None if delta is None else round(delta, 2),
+                        "baseline_version": (baseline or {}).get("baseline_version")},
+        "counts": {"cases": len(rows), "p0": len(p0), "capture_status": statuses,
+                   "reply_wavs": sum(1 for r in rows if r.get("post_rms") is not None),
+                   "pre_rtc_wavs": sum(1 for r in rows if r.get("pre_status") == "OK"),
+                   "retries": sum(int(r.get("retries", 0)) for r in rows)},
+    }

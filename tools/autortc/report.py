@@ -1,0 +1,156 @@
+"""AutoRTC outputs: report.md (KPI current/baseline/delta first, gates, counts, fixes),
+summary.json, metrics.csv, and PNG charts when matplotlib is installed."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from .common import write_json
+
+COLUMNS = ["case_id", "priority", "capture_status", "retries", "audio_valid", "reply_rms",
+           "full_rms", "post_rms", "max_gap_ms", "audible_dropout", "clipping_ratio",
+           "mel_distance", "hf_ratio_drop", "speed_drift", "eot_to_first_audio_ms",
+           "eot_to_vad_end_ms", "tts_first_to_publish_ms", "fast_lane_ttft_ms",
+           "inter_arrival_p95_ms", "input_spikes", "trace_id", "error"]
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k) for k in COLUMNS})
+
+
+def render_md(rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
+    kpi, run = result["primary_kpi"], result.get("run", {})
+    lines = [f"# AutoRTC report: {result['verdict']}", "",
+             f"Run `{run.get('run_id')}`, tier {run.get('tier')}, cases {run.get('cases_file')}, "
+             f"profile `{result['profile']}`, wall {run.get('wall_s')} s.", "",
+             f"**PRIMARY_KPI {kpi['name']}: current {_fmt(kpi['value'])} ms, baseline "
+             f"{_fmt(kpi['baseline'])} ms ({_fmt(kpi['baseline_version'])}), delta "
+             f"{_fmt(kpi['delta'])} ms**", "", "## Gates", "",
+             "| gate | value | threshold | n | status |", "|---|---|---|---|---|"]
+    for g in result["gates"]:
+        lines.append(f"| {g['gate']} | {_fmt(g['value'])} | {g['threshold']} | {g['n']} | "
+                     f"{g['status']} |")
+    c = result["counts"]
+    lines += ["", "## Counts", "",
+              f"- cases: {c['cases']} (P0 {c['p0']}), retries: {c['retries']}",
+              f"- reply WAVs analysed: {c['reply_wavs']}, pre_rtc WAVs: {c['pre_rtc_wavs']}",
+              "- capture_status: " + ", ".join(f"{k} {v}" for k, v in
+                                               sorted(c["capture_status"].items()))]
+    if result.get("warnings"):
+        lines += ["", "## Warnings (P1 fingerprints, not gating)", ""]
+        lines += [f"- {w}" for w in result["warnings"]]
+    fails = [g for g in result["gates"] if g["status"] != "PASS"]
+    if fails:
+        lines += ["", "## Suggested fixes", ""]
+        lines += [f"- **{g['gate']}** ({g['status']}): {g['fix']}" for g in fails]
+    lines += ["", "## Cases", "", "| case | P | capture | eot->first audio ms | max gap ms | "
+              "dropout | mel dB | tts->publish ms | ttft ms | retries |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(k)) for k in (
+            "case_id", "priority", "capture_status", "eot_to_first_audio_ms", "max_gap_ms",
+            "audible_dropout", "mel_distance", "tts_first_to_publish_ms", "fast_lane_ttft_ms",
+            "retries")) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_pngs(out: Path, rows: list[dict[str, Any]]) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    ok = [r for r in rows if r.get("eot_to_first_audio_ms") is not None]
+    if not ok:
+        return []
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.bar([r["case_id"] for r in ok], [r["eot_to_first_audio_ms"] for r in ok])
+    ax.set_ylabel("EoT -> first audio (ms)")
+    ax.tick_params(axis="x", rotation=45, labelsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "eot_to_first_audio.png", dpi=80)
+    plt.close(fig)
+    return ["eot_to_first_audio.png"]
+
+
+def write_all(out: Path, rows: list[dict[str, Any]], result: dict[str, Any]) -> None:
+    write_csv(out / "metrics.csv", rows)
+    result["pngs"] = write_pngs(out, rows)
+    write_json(out / "summary.json", {**result, "rows": rows})
+    (out / "report.md").write_text(render_md(rows, result))
+
+
+GOLDEN_CASE_FILES = ("pre_rtc.wav", "post_rtc_reply.wav", "probe_result.json", "user_result.json")
+
+
+def promote(run: Path, golden: Path, version: str, profile: str = "ci",
+            wav_cases: int = 1) -> Path:
+    """Copy a run into the golden baseline folder: summary.json (gates re-evaluated with
+    `profile`, plus baseline_version and the PRIMARY_KPI value), metrics.csv, report.md, and
+    the per-case files of the first `wav_cases` cases (binaries kept small)."""
+    import json
+    import shutil
+
+    from . import gates
+
+    old = json.loads((run / "summary.json").read_text())
+    rows = old["rows"]
+    result = gates.evaluate(rows, gates.load_profile(profile), None)
+    if result["verdict"] != "PASS":
+        raise SystemExit(f"{run}: the run does not pass profile {profile}; a failing run is no "
+                         f"baseline: {result['fail_reasons']}")
+    result["run"] = old.get("run", {})
+    result["baseline_version"] = version
+    result["primary_kpi"]["baseline_version"] = version
+    golden.mkdir(parents=True, exist_ok=True)
+    write_all(golden, rows, result)
+    summary = json.loads((golden / "summary.json").read_text())
+    summary["baseline_version"] = version
+    write_json(golden / "summary.json", summary)
+    for row in summary["rows"][:wav_cases]:
+        src = run / row["case_dir"]
+        dst = golden / "cases" / row["case_id"]
+        dst.mkdir(parents=True, exist_ok=True)
+        for name in GOLDEN_CASE_FILES:
+            if (src / name).exists():
+                shutil.copy(src / name, dst / name)
+        user = dst / "user_result.json"
+        if user.exists():  # keep no path of the machine that made the run
+            data = json.loads(user.read_text())
+            data["wav"] = Path(str(data.get("wav", ""))).name
+            write_json(user, data)
+    return golden
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description="promote an AutoRTC run to the golden baseline")
+    p.add_argument("run", type=Path)
+    p.add_argument("--golden", type=Path, default=Path("golden/autortc"))
+    p.add_argument("--version", required=True)
+    p.add_argument("--profile", default="ci")
+    p.add_argument("--wav-cases", type=int, default=1)
+    a = p.parse_args(argv)
+    print(promote(a.run, a.golden, a.version, a.profile, a.wav_cases))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
