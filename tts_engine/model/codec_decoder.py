@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .layers import RMSNorm, apply_rope
+
 MODEL_TYPE = "qwen3_tts_tokenizer_12hz"
 REQUIRED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 DECODER_PREFIX = "decoder."
@@ -300,19 +302,6 @@ class SplitResidualVQ(nn.Module):
 # pre_transformer: sliding-window causal attention over frames, RoPE, RMSNorm, LayerScale.
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: Tensor) -> Tensor:
-        # Normalise in float32, scale in the input dtype (as the official layer does).
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
-
-
 class LayerScale(nn.Module):
     def __init__(self, dim: int, init: float) -> None:
         super().__init__()
@@ -341,16 +330,6 @@ class RotaryEmbedding:
         freqs = positions.float()[..., None] * inv_freq  # [B, T, D/2]
         emb = torch.cat([freqs, freqs], dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
-
-
-def _rotate_half(x: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x [B, H, T, D], cos/sin [B, T, D]."""
-    return x * cos[:, None] + _rotate_half(x) * sin[:, None]
 
 
 def sliding_window_mask(q_pos: Tensor, k_pos: Tensor, window: int) -> Tensor:
