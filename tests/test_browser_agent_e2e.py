@@ -1,0 +1,117 @@
+"""A person in the browser talks to the real agent.
+
+Everything real: the LiveKit server (loopback), the dev Omni backend (faster-whisper
+ASR, scripted replies), the token server serving web/, the agent worker
+(`python -m agent start`, tiny TTS checkpoint on CPU) and headless Chromium whose
+fake microphone loops an espeak-ng WAV. The page must connect and publish, show the
+agent's scripted answer, hear the agent's audio and measure at least one
+end-of-turn -> first agent audio latency. The screenshot stays in
+${STREAMTALK_OUTPUT:-output}/browser/.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent_fixtures import AgentWorker
+from infra_fixtures import BrowserEnv, LiveKitServer
+from test_web_client import ARTIFACTS, run_web_driver
+
+pytestmark = pytest.mark.timeout(240)
+
+SCREENSHOT = ARTIFACTS / "web-agent-e2e.png"
+# the dev backend's scripted answer to a greeting (tools/omni_dev/responses.json)
+SCRIPTED_REPLY = "Hello! I am the streamtalk demo assistant. How can I help you today?"
+
+
+async def test_browser_user_talks_to_the_real_agent(
+    livekit_server: LiveKitServer,
+    agent_worker: AgentWorker,
+    start_token_server: Any,
+    browser_env: BrowserEnv,
+    make_speech_wav: Any,
+    tmp_path: Path,
+) -> None:
+    # the page's tokens dispatch the worker started for this session, on the same keys
+    token_server = start_token_server(LIVEKIT_AGENT_NAME=agent_worker.agent_name)
+    room = "web-agent-" + uuid.uuid4().hex[:8]
+    # Chromium loops the fake microphone: one greeting every ~12 s, with quiet long
+    # enough for the whole reply. Two measured turns mean the first reply (and its
+    # transcript, complete only when the reply ends) is over before the driver stops.
+    mic_wav = make_speech_wav(
+        "Hello, how are you today?",
+        lead_silence_s=0.5,
+        tail_silence_s=10.0,
+        sample_rate=48000,
+    )
+    result = await run_web_driver(
+        browser_env,
+        tmp_path,
+        timeout_s=75,
+        url=f"{token_server.base_url}/",
+        room=room,
+        fakeAudioWav=str(mic_wav),
+        untilLatencies=2,
+        screenshot=str(SCREENSHOT),
+    )
+    snap = result.get("snapshot") or {}
+    diag = json.dumps({k: result.get(k) for k in ("reason", "errorText", "pageErrors", "console")})[
+        :4000
+    ]
+    assert result["ok"], (
+        f"page did not complete: {diag}\nagent log:\n{agent_worker.process.log_tail(20)}"
+    )
+    print(
+        "page:",
+        json.dumps(
+            {
+                k: snap.get(k)
+                for k in (
+                    "connection",
+                    "micPublished",
+                    "agentIdentity",
+                    "agentAudioTracks",
+                    "userTurns",
+                    "latenciesMs",
+                    "stats",
+                    "transcripts",
+                )
+            }
+        ),
+    )
+    print("ui:", json.dumps(result.get("ui")))
+    print("events:", json.dumps(snap.get("events")))
+
+    ui = result["ui"]
+    # connected and publishing the microphone
+    assert snap["connection"] == "connected"
+    assert snap["micPublished"] is True
+    # the real agent joined and its audio track reached the page
+    assert snap["agentIdentity"], snap
+    assert snap["agentAudioTracks"] >= 1
+    # the agent recognised the greeting and gave the scripted answer
+    agent_texts = [t["text"] for t in snap["transcripts"] if t["who"] == snap["agentIdentity"]]
+    user_texts = [t["text"].lower() for t in snap["transcripts"] if t["who"] == "you"]
+    assert any("hello" in t for t in user_texts), snap["transcripts"]
+    assert SCRIPTED_REPLY in agent_texts, snap["transcripts"]
+    assert SCRIPTED_REPLY in ui["transcript"], ui  # what the person sees
+    # the page heard the agent and measured end of turn -> first agent audio
+    lat = snap["latenciesMs"]
+    assert len(lat) >= 1, snap["events"]
+    assert all(0 < v < 15000 for v in lat), (lat, snap["events"])
+    assert any(e["type"] == "agent_audible" for e in snap["events"]), snap["events"]
+    assert int(ui["lat-count"]) >= 1
+    assert ui["lat-p50"].endswith("ms")
+    assert SCREENSHOT.stat().st_size > 10_000
+    assert not result["pageErrors"], result["pageErrors"]
+    assert result["leftCleanly"]
+    # the agent's own trace: the first reply was played to its end, not cut off by the
+    # next loop of the microphone
+    events = await agent_worker.wait_trace(room, 1, ["first_audio_published", "reply_end"])
+    turn1 = {e["point"] for e in events if e["turn"] == 1}
+    assert {"vad_end", "stt_end", "first_audio_published", "reply_end"} <= turn1, sorted(turn1)
+    assert "interrupted" not in turn1, sorted(turn1)
