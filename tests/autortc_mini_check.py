@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from infra_fixtures import require
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "golden" / "autortc" / "summary.json"
@@ -32,11 +33,7 @@ def _require_stack() -> None:
     if not GOLDEN.exists():
         missing.append(f"golden baseline {GOLDEN.relative_to(REPO)}")
     if missing:
-        msg = "AutoRTC prerequisites missing: " + ", ".join(missing)
-        if os.environ.get("CI", "").lower() in ("1", "true") or \
-                os.environ.get("STREAMTALK_REQUIRE_INFRA") == "1":
-            pytest.fail(msg, pytrace=False)
-        pytest.skip(msg)
+        require(False, "AutoRTC prerequisites missing: " + ", ".join(missing))
 
 
 def run_suite(out: Path, *extra: str, timeout_s: float = 200) -> tuple[int, dict, str]:

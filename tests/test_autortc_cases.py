@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
+from infra_fixtures import require
 
 from tools.autortc.common import read_wav
 from tools.autortc.make_cases import RATE, load_cases, make_case
@@ -28,8 +28,8 @@ def test_recipes_have_the_promised_shape() -> None:
     assert {c["id"] for c in mini} <= {c["id"] for c in every}
 
 
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng missing")
 def test_rendering_is_deterministic_and_knows_its_eot(tmp_path: Path) -> None:
+    require(shutil.which("espeak-ng") is not None, "espeak-ng missing: run scripts/install_system_deps.sh")
     case = {"id": "t", "text": "Hello there.", "lead_s": 0.3, "tail_s": 1.0,
             "noise": {"kind": "pink", "rms": 0.004, "seed": 1},
             "spikes": {"count": 2, "amplitude": 0.95, "seed": 2}}

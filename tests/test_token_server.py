@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
-from infra_fixtures import REPO_ROOT, LiveKitServer, TokenServer, service_env
+from infra_fixtures import REPO_ROOT, LiveKitServer, TokenServer, require, service_env
 from livekit import api, rtc
 
 pytestmark = pytest.mark.timeout(120)
@@ -288,8 +288,7 @@ async def test_health_page_and_client_library(
                 assert r.status == 200, path
                 served += await r.text()
         async with s.get(f"{token_server.base_url}/vendor/livekit-client.umd.js") as r:
-            if r.status == 404:
-                pytest.skip("livekit-client not installed: run scripts/install_node_deps.sh")
+            require(r.status != 404, "livekit-client not installed: run scripts/install_node_deps.sh")
             assert r.status == 200
             assert "LivekitClient" in (await r.text())[:5000]
         async with s.get(f"{token_server.base_url}/api/config") as r:
