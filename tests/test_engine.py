@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import wave
@@ -9,6 +10,7 @@ import wave
 import numpy as np
 import pytest
 
+import tts_engine.engine as engine_module
 from tts_engine.config import ConfigValueError, EngineConfig
 from tts_engine.engine import TTSEngine, load_codes
 
@@ -45,7 +47,7 @@ async def test_cancel_stops_within_one_packet(engine):
     for _ in range(200):
         if handle.session.finished:
             break
-        await __import__("asyncio").sleep(0.01)
+        await asyncio.sleep(0.01)
     assert handle.metrics.stop_reason == "cancelled"
     # Work stops before the next frame: at most one packet beyond what was read is made.
     assert handle.metrics.packets <= received + 1
@@ -86,13 +88,33 @@ async def test_seeded_sampling_is_reproducible_and_differs_from_greedy(engine):
     assert not np.array_equal(a, c) and not np.array_equal(a[: len(g)], g[: len(a)])
 
 
-async def test_silence_early_stop(tiny_model_dir):
-    # Every packet of the tiny voice is audible, so a threshold that cannot be
-    # reached must never stop a stream early; that is the default (0 = off).
-    eng = TTSEngine(EngineConfig.from_env({}, model_dir=str(tiny_model_dir), device="cpu", silence_packets=1),
+async def test_silence_early_stop(tiny_model_dir, monkeypatch):
+    """TTS_DEEP_STREAM_SILENCE_PACKETS=N stops a stream after N silent packets, not before."""
+    eng = TTSEngine(EngineConfig.from_env({}, model_dir=str(tiny_model_dir), device="cpu", silence_packets=2),
                     warmup=False)
     try:
-        _, metrics = await eng.synthesize_pcm(eng.make_request("Loud and clear.", "serena"))
-        assert metrics.stop_reason == "eos"
+        text = "Loud and clear, for a good while longer than two packets."
+        _, audible = await eng.synthesize_pcm(eng.make_request(text, "serena"))
+        assert audible.stop_reason == "eos" and audible.packets > 2  # the tiny voice is never silent
+        # Count every packet as silent: the stream must end after exactly two.
+        monkeypatch.setattr(engine_module, "SILENCE_RMS", float("inf"))
+        _, silent = await eng.synthesize_pcm(eng.make_request(text, "serena"))
+        assert silent.stop_reason == "silence" and silent.packets == 2
+    finally:
+        eng.close()
+
+
+async def test_windowed_decode_mode(tiny_model_dir):
+    """The seed's windowed mode streams the same length as the exact mode, approximately the same audio."""
+    eng = TTSEngine(EngineConfig.from_env({}, model_dir=str(tiny_model_dir), device="cpu",
+                                          decode_mode="windowed", left_context=72), warmup=False)
+    try:
+        req = eng.make_request("Windowed decoding, packet by packet.", "ryan", "english")
+        pcm, metrics = await eng.synthesize_pcm(req)
+        offline = eng.model.decode(eng.model.generate_codes(req)[0])
+        assert metrics.graph_stats["decoder_graph_stats"]["fallback_reasons_topk"] == {"windowed_mode": metrics.packets}
+        assert pcm.shape == offline.shape
+        # Exact while the utterance fits in the 72-frame window (this one does).
+        assert np.abs(pcm - offline).max() <= 1e-5
     finally:
         eng.close()

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import platform
 import statistics
 import sys
@@ -49,7 +50,7 @@ def pct(values: list[float], q: float) -> float:
 
 def environment() -> dict:
     env = {"python": platform.python_version(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-           "host_cpus": __import__("os").cpu_count()}
+           "host_cpus": os.cpu_count()}
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
     return env

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from tts_engine.codec_stream import CodecStreamDecoder, CodecStreamState
+from tts_engine.codec_stream import CodecStreamDecoder, CodecStreamState, WindowedCodecDecoder
 from tts_engine.model.codec_decoder import CodecDecoder, strict_float32
 
 log = logging.getLogger("tts_engine.codec_graphs")
@@ -103,19 +103,25 @@ class CodecGraphRunner:
         packet_frames: Sequence[int] = DEFAULT_PACKET_FRAMES,
         use_graphs: bool = True,
         check_codes: bool = True,
+        windowed_left_context: int | None = None,
     ) -> None:
+        """`windowed_left_context` selects the seed's windowed decoder instead of the
+        exact one; it always runs eagerly (fallback reason `windowed_mode`)."""
         if slots < 0:
             raise ValueError(f"slots must be >= 0, got {slots}")
         if not packet_frames or min(packet_frames) < 1:
             raise ValueError(f"packet_frames must be sizes >= 1, got {packet_frames}")
-        self.decoder = CodecStreamDecoder(model)
+        self.decoder: CodecStreamDecoder | WindowedCodecDecoder = (
+            CodecStreamDecoder(model) if windowed_left_context is None
+            else WindowedCodecDecoder(model, windowed_left_context))
         self.model = model
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.packet_frames = tuple(sorted(set(packet_frames), reverse=True))
         self.check_codes = check_codes  # range-check codes (one device->host read per packet)
         can_capture = self._can_capture()
-        self.use_graphs = use_graphs and can_capture
+        windowed = windowed_left_context is not None
+        self.use_graphs = use_graphs and can_capture and not windowed
         self.captured = False
         self.fallbacks: Counter[str] = Counter()  # totals over all streams
         self._plans: dict[int, tuple[int, ...] | None] = {}
@@ -130,7 +136,8 @@ class CodecGraphRunner:
             for i in range(slots if self.use_graphs else 0)
         ]
         self._no_slots_reason = (
-            "no_cuda" if not can_capture
+            "windowed_mode" if windowed
+            else "no_cuda" if not can_capture
             else "graphs_disabled" if not use_graphs
             else "no_graph_slots" if not self._slots
             else None

@@ -299,9 +299,9 @@ class WindowedCodecDecoder:
         return WindowedStreamState(history, torch.zeros(batch_size, dtype=torch.long, device=dev))
 
     @torch.no_grad()
-    def step(self, state: WindowedStreamState, codes: Tensor) -> Tensor:
+    def step(self, state: WindowedStreamState, codes: Tensor, check_codes: bool = True) -> Tensor:
         """codes [B, 16, n] -> PCM [B, n * 1920]; updates `state` in place."""
-        self.model.check_codes(codes)
+        self.model.check_codes(codes, values=check_codes)
         b, _, n = codes.shape
         if b != state.batch_size:
             raise ValueError(f"codes carry {b} streams, the state {state.batch_size}")

@@ -34,7 +34,6 @@ import numpy as np
 import torch
 
 from .codec_graphs import CodecGraphRunner
-from .codec_stream import WindowedCodecDecoder
 from .codegen import frame_limit
 from .config import EngineConfig, resolve_dtype
 from .graphs import GraphedCodegen, GraphStream
@@ -107,7 +106,7 @@ class StreamSession:
         self.accepted_at = time.perf_counter()
         self.started_at: float | None = None
         self.codegen: GraphStream | None = None
-        self.decoder_state = None
+        self.decoder_stream = None
         self.pending: list[torch.Tensor] = []  # frames of the packet being built, each [1, 16]
         self.pending_codegen_ms = 0.0
         self.silent_packets = 0
@@ -188,13 +187,11 @@ class TTSEngine:
         slots = config.graph_slots if device.type == "cuda" else 0
         self.frames = GraphedCodegen(self.model.codegen, slots, config.graph_max_positions, graphs_on,
                                      compile_steps=bool(config.compile_steps))
-        if config.decode_mode == "windowed":
-            self.codec: CodecGraphRunner | WindowedRunner = WindowedRunner(
-                WindowedCodecDecoder(self.model.decoder, config.left_context))
-        else:
-            packet_sizes = sorted({1, config.first_packet_tokens, config.packet_tokens})
-            self.codec = CodecGraphRunner(self.model.decoder, slots=max(slots, 1), packet_frames=packet_sizes,
-                                          use_graphs=bool(config.cudagraph_decoder), check_codes=False)
+        packet_sizes = sorted({1, config.first_packet_tokens, config.packet_tokens})
+        windowed = config.left_context if config.decode_mode == "windowed" else None
+        self.codec = CodecGraphRunner(self.model.decoder, slots=max(slots, 1), packet_frames=packet_sizes,
+                                      use_graphs=bool(config.cudagraph_decoder), check_codes=False,
+                                      windowed_left_context=windowed)
         self.load_s = time.perf_counter() - load_start
         self._sessions: list[StreamSession] = []
         self._lock = threading.Condition()
@@ -327,7 +324,7 @@ class TTSEngine:
             if s.request.max_frames is not None:
                 limit = min(limit, s.request.max_frames)
             s.codegen = self.frames.start(prompt, s.request.params, limit, s.request.seed)
-            s.decoder_state = self.codec.open()
+            s.decoder_stream = self.codec.open()
         t0 = time.perf_counter()
         frame = self.frames.next_frame(s.codegen)
         s.pending_codegen_ms += (time.perf_counter() - t0) * 1000
@@ -345,7 +342,7 @@ class TTSEngine:
     def _emit_packet(self, s: StreamSession) -> None:
         t0 = time.perf_counter()
         codes = torch.cat(s.pending, dim=0).T[None]  # [1, 16, n]
-        pcm = self.codec.decode(s.decoder_state, codes)[0]
+        pcm = self.codec.decode(s.decoder_stream, codes)[0]
         t1 = time.perf_counter()
         pcm_np = pcm.float().cpu().numpy()
         m = s.metrics
@@ -390,12 +387,12 @@ class TTSEngine:
         if s.codegen is not None:
             m.graph_stats = s.codegen.stats.to_dict()
             self.frames.release(s.codegen)
-        if s.decoder_state is not None:
-            m.graph_stats["decoder_graph_stats"] = s.decoder_state.stats.to_dict()
-            self.codec.close(s.decoder_state)
+        if s.decoder_stream is not None:
+            m.graph_stats["decoder_graph_stats"] = s.decoder_stream.stats.to_dict()
+            self.codec.close(s.decoder_stream)
         if self.config.code_dump and s.all_codes:
             self._dump_codes(s)
-        s.codegen = s.decoder_state = None  # free caches now, not when the consumer lets go
+        s.codegen = s.decoder_stream = None  # free caches now, not when the consumer lets go
         s.emit(_DONE)
 
     def _dump_codes(self, s: StreamSession) -> None:
@@ -406,38 +403,6 @@ class TTSEngine:
         meta = {"request_id": s.id, "text": s.request.text, "speaker": s.request.speaker,
                 "language": s.request.language, "frames": int(codes.shape[0]), "model_dir": str(self.model.model_dir)}
         (folder / f"{s.id}.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2))
-
-
-class WindowedRunner:
-    """The seed's windowed decoder behind the same open/decode/close calls as CodecGraphRunner."""
-
-    @dataclass
-    class Stream:
-        state: object
-        stats: object
-
-    class _Stats:
-        def __init__(self) -> None:
-            self.eager_steps = 0
-
-        def to_dict(self) -> dict:
-            return {"graph_steps": 0, "eager_steps": self.eager_steps, "fallback_reasons_topk": {"windowed_mode": 1}}
-
-    def __init__(self, decoder: WindowedCodecDecoder) -> None:
-        self.decoder = decoder
-
-    def capture(self) -> None:
-        pass
-
-    def open(self) -> WindowedRunner.Stream:
-        return WindowedRunner.Stream(self.decoder.new_state(1), WindowedRunner._Stats())
-
-    def decode(self, stream: WindowedRunner.Stream, codes: torch.Tensor) -> torch.Tensor:
-        stream.stats.eager_steps += 1
-        return self.decoder.step(stream.state, codes)
-
-    def close(self, stream: WindowedRunner.Stream) -> None:
-        pass
 
 
 def check_device_memory(device: torch.device, min_free_mib: int) -> None:

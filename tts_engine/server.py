@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import socket
 import threading
@@ -58,8 +59,6 @@ class ApiError(web.HTTPException):
 
 
 def _json_text(obj: Any) -> str:
-    import json
-
     return json.dumps(obj, ensure_ascii=False)
 
 
