@@ -243,6 +243,17 @@ class OmniClient:
                 if resp is not None:
                     resp.close()  # drop the connection: a cancelled stream stops the backend's work
 
+    async def _post_for_text(self, path: str, timeout_s: float, **request: Any) -> str:
+        """POST to the backend; the body as text, or the classified BackendError for a non-200."""
+        async with self._http().post(
+            f"{self.base_url}{path}", **request,
+            timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=self.connect_timeout_s),
+        ) as resp:
+            text = await resp.text()
+            if resp.status != 200:
+                raise self._classify(resp.status, text)
+            return text
+
     async def complete_chat(
         self, messages: list[dict[str, Any]], *, max_tokens: int, temperature: float,
         timeout_s: float,
@@ -251,19 +262,12 @@ class OmniClient:
                 "max_tokens": max_tokens, "temperature": temperature}
 
         async def call() -> str:
-            async with self._http().post(
-                f"{self.base_url}/chat/completions", json=body,
-                timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=self.connect_timeout_s),
-            ) as resp:
-                text = await resp.text()
-                if resp.status != 200:
-                    raise self._classify(resp.status, text)
-                try:
-                    data = json.loads(text)
-                    return str(data["choices"][0]["message"].get("content") or "")
-                except (json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
-                    raise BackendError(f"unexpected chat response: {text[:200]}",
-                                       retryable=False) from None
+            text = await self._post_for_text("/chat/completions", timeout_s, json=body)
+            try:
+                data = json.loads(text)
+                return str(data["choices"][0]["message"].get("content") or "")
+            except (json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+                raise BackendError(f"unexpected chat response: {text[:200]}", retryable=False) from None
 
         return await self._with_retries(call, "chat", timeout_s)
 
@@ -277,18 +281,11 @@ class OmniClient:
             form.add_field("response_format", "json")
             if language:
                 form.add_field("language", language)
-            async with self._http().post(
-                f"{self.base_url}/audio/transcriptions", data=form,
-                timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=self.connect_timeout_s),
-            ) as resp:
-                text = await resp.text()
-                if resp.status != 200:
-                    raise self._classify(resp.status, text)
-                try:
-                    return str(json.loads(text).get("text") or "")
-                except (json.JSONDecodeError, AttributeError):
-                    raise BackendError(f"unexpected transcription response: {text[:200]}",
-                                       retryable=False) from None
+            text = await self._post_for_text("/audio/transcriptions", timeout_s, data=form)
+            try:
+                return str(json.loads(text).get("text") or "")
+            except (json.JSONDecodeError, AttributeError):
+                raise BackendError(f"unexpected transcription response: {text[:200]}", retryable=False) from None
 
         return await self._with_retries(call, "transcription", timeout_s)
 
