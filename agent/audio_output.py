@@ -12,6 +12,8 @@ the source (the rest waits here, where it can be dropped at once).
   source; the playback reports `interrupted` with the position that was heard.
 - Observers: `first_audio_published` and `audio_cleared` on the event bus,
   `add_frame_tap(fn)` for every frame that goes to the room (pre_rtc.wav).
+- `mute_output=True` (debug, AGENT_DEBUG_MUTE_TTS): the room gets silence of the
+  same length while taps still see the real frames: a deliberately broken agent.
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ class _Item:
     tapped: bool = False
 
 
+def _silent_copy(frame: rtc.AudioFrame) -> rtc.AudioFrame:
+    n = frame.samples_per_channel
+    return rtc.AudioFrame(b"\x00\x00" * n * frame.num_channels, frame.sample_rate,
+                          frame.num_channels, n)
+
+
 class RoomAudioSink(io.AudioOutput):
     def __init__(
         self,
@@ -54,6 +62,7 @@ class RoomAudioSink(io.AudioOutput):
         bus: EventBus | None = None,
         subscribe_timeout_s: float = 10.0,
         keepalive: bool = True,
+        mute_output: bool = False,
     ) -> None:
         super().__init__(
             label="StreamtalkRoomAudio",
@@ -67,6 +76,7 @@ class RoomAudioSink(io.AudioOutput):
         self.bus = bus or EventBus()
         self._subscribe_timeout_s = subscribe_timeout_s
         self.keepalive = keepalive
+        self.mute_output = mute_output
         self._source = rtc.AudioSource(sample_rate, 1, queue_size_ms=queue_ms)
         self._bstream = AudioByteStream(sample_rate, 1, samples_per_channel=self._frame_samples)
         self._queue: collections.deque[_Item] = collections.deque()
@@ -271,7 +281,8 @@ class RoomAudioSink(io.AudioOutput):
                 self.on_playback_started(created_at=time.time())
                 self.bus.emit("first_audio_published")
             try:
-                await self._source.capture_frame(item.frame)
+                await self._source.capture_frame(_silent_copy(item.frame) if self.mute_output
+                                                 else item.frame)
             except Exception as exc:  # the room went away: drop, do not die
                 log.warning("audio frame not sent: %s", exc)
                 continue

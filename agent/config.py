@@ -133,6 +133,9 @@ class AgentConfig:
     # outputs
     output_dir: Path = Path("output")
     save_pre_rtc: bool = False
+    # debug: publish silence in place of the TTS audio (pre_rtc.wav keeps the real audio);
+    # AutoRTC uses it to prove that a broken agent fails the suite
+    debug_mute_tts: bool = False
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> AgentConfig:
@@ -183,6 +186,7 @@ class AgentConfig:
             "torch_threads": _int(env, "AGENT_TORCH_THREADS", 0, 0, 256),
             "output_dir": output_root(env),
             "save_pre_rtc": _bool(env, "AGENT_SAVE_PRE_RTC", False),
+            "debug_mute_tts": _bool(env, "AGENT_DEBUG_MUTE_TTS", False),
         }
         if values["tts_frame_ms"] % 10:
             raise AgentConfigError(f"TTS_FRAME_MS={values['tts_frame_ms']} must be a multiple of 10")

@@ -201,7 +201,11 @@ class RoomAgent:
         await ctx.connect(auto_subscribe=AutoSubscribe.AUDIO_ONLY)
         room = ctx.room
         sink = self.sink = RoomAudioSink(room, sample_rate=SAMPLE_RATE, frame_ms=config.tts_frame_ms,
-                                         queue_ms=config.audio_queue_ms, bus=bus)
+                                         queue_ms=config.audio_queue_ms, bus=bus,
+                                         mute_output=config.debug_mute_tts)
+        if config.debug_mute_tts:
+            log.warning("room %s: AGENT_DEBUG_MUTE_TTS=1: the room hears silence instead of "
+                        "the TTS audio (a debug switch; unset it for real use)", ctx.room.name)
         await sink.start()
         if self.recorder is not None:
             recorder = self.recorder

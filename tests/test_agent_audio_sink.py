@@ -42,6 +42,13 @@ class Harness:
         self.sink.on("playback_started", self.started.append)
         self.sink.start_forwarding()
 
+    async def play(self, clip: list[rtc.AudioFrame]) -> None:
+        """Capture a whole reply and wait until it has been played out."""
+        for f in clip:
+            await self.sink.capture_frame(f)
+        self.sink.flush()
+        await asyncio.wait_for(self.sink.wait_for_playout(), 5)
+
     def sent_samples(self) -> int:
         return sum(f.samples_per_channel for _, f in self.sent)
 
@@ -59,10 +66,7 @@ async def test_frames_to_the_room_are_20_ms_and_playback_is_reported() -> None:
     h = Harness()
     try:
         clip = tone(0.5, n_frames=7)
-        for f in clip:
-            await h.sink.capture_frame(f)
-        h.sink.flush()
-        await asyncio.wait_for(h.sink.wait_for_playout(), 5)
+        await h.play(clip)
         sizes = [f.samples_per_channel for _, f in h.sent]
         assert set(sizes[:-1]) == {480} and sizes[-1] <= 480  # exact 20 ms frames
         assert h.sent_samples() == sum(f.samples_per_channel for f in clip)
@@ -168,3 +172,26 @@ async def test_an_idle_sink_sends_silence_but_taps_only_replies() -> None:
         assert quiet.sink._source.queued_duration == 0
     finally:
         await quiet.sink.aclose()
+
+
+@pytest.mark.parametrize("muted", [False, True])
+async def test_debug_mute_sends_silence_and_taps_keep_the_real_audio(muted: bool) -> None:
+    h = Harness(mute_output=muted)
+    to_source: list[rtc.AudioFrame] = []
+    real_capture = h.sink._source.capture_frame
+
+    async def spy(frame: rtc.AudioFrame) -> None:
+        to_source.append(frame)
+        await real_capture(frame)
+
+    h.sink._source.capture_frame = spy  # type: ignore[method-assign]
+    try:
+        clip = tone(0.3, n_frames=3)
+        await h.play(clip)
+        tapped = np.concatenate([np.frombuffer(f.data, np.int16) for _, f in h.sent])
+        assert len(tapped) == sum(f.samples_per_channel for f in clip)
+        assert np.abs(tapped).max() > 7000  # pre_rtc.wav keeps the real reply either way
+        loudest = max(int(np.abs(np.frombuffer(f.data, np.int16)).max()) for f in to_source)
+        assert (loudest == 0) if muted else (loudest > 7000)
+    finally:
+        await h.sink.aclose()
