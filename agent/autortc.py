@@ -6,7 +6,10 @@ and `autortc.agent` (agent -> bots):
 
 - `probe_ready` from the probe (it hears the agent's track): once the agent's
   own track is published the agent answers `agent_ready` (the two-way ACK
-  barrier before the user bot speaks).
+  barrier before the user bot speaks). Data packets are not kept for late
+  joiners, so `agent_ready` is repeated every READY_REPEAT_S until the first
+  reply starts (at most `ready_timeout_s`): a user bot that joins after the
+  probe still sees it.
 - Every reply is marked `reply_start` (its first audio frame went to the room)
   and `reply_end` (its playback finished or was interrupted) with the same
   `reply_seq`, counting from 1 per room.
@@ -32,6 +35,7 @@ log = logging.getLogger("streamtalk.autortc")
 
 TOPIC_PROBE = "autortc.probe"
 TOPIC_AGENT = "autortc.agent"
+READY_REPEAT_S = 1.0
 
 
 class AutoRTCResponder:
@@ -46,6 +50,7 @@ class AutoRTCResponder:
         self._ready_timeout_s = ready_timeout_s
         self.reply_seq = 0
         self._open_reply: int | None = None
+        self._ready_announced = False
         self.sent: list[dict[str, Any]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         room.on("data_received", self._on_data)
@@ -88,6 +93,16 @@ class AutoRTCResponder:
             log.error("probe_ready: the agent track is still not published after %.0f s",
                       self._ready_timeout_s)
             return
+        if self._ready_announced:  # the probe resends probe_ready until it hears us
+            await self._send_ready(msg)
+            return
+        self._ready_announced = True
+        deadline = time.monotonic() + self._ready_timeout_s
+        while self.reply_seq == 0 and time.monotonic() < deadline:
+            await self._send_ready(msg)
+            await asyncio.sleep(READY_REPEAT_S)
+
+    async def _send_ready(self, msg: dict[str, Any]) -> None:
         await self._send("agent_ready", reply_seq=self.reply_seq,
                          trace_id=msg.get("trace_id") or self.trace_id,
                          case_id=msg.get("case_id") or self.case_id)
