@@ -99,6 +99,47 @@ def test_silent_capture_is_classified_first(tmp_path: Path) -> None:
     row = am.case_metrics(_case_dir(tmp_path, silent=True), {"id": "c", "priority": "P0"})
     assert row["capture_status"] == "POST_SILENT"
     assert row["mel_distance"] == -1.0 and "max_gap_ms" not in row
+    # the agent sent audible audio (pre_rtc.wav) that the room did not carry
+    assert "lost between the agent's sink and the room" in row["diagnosis"], row["diagnosis"]
+    res = gates.evaluate([row], gates.load_profile("ci"), None)
+    reasons = res["fail_reasons"]
+    # the measured failure leads, the gates without data share one line, the case says why
+    assert reasons[0].startswith("p0_audio_valid_rate: 0.0 (needs >= 1.0)"), reasons
+    assert reasons[1].startswith("no data for eot_to_first_audio_p95, "), reasons
+    assert reasons[2].startswith("c (POST_SILENT): the agent's TTS made audible audio"), reasons
+    assert len(reasons) == 3
+
+
+def test_silent_tts_is_told_apart_from_lost_audio(tmp_path: Path) -> None:
+    d = _case_dir(tmp_path, silent=True)
+    write_wav(d / "pre_rtc.wav", np.zeros(24000, np.float32), 24000)
+    row = am.case_metrics(d, {"id": "c", "priority": "P0"})
+    assert "the TTS produced no audio" in row["diagnosis"], row["diagnosis"]
+
+
+def test_waveform_picture_marks_reply_window_and_gaps(tmp_path: Path) -> None:
+    from tools.autortc import plots
+
+    d = tmp_path / "cases" / "t1"
+    x = np.concatenate([np.zeros(RATE), tone(1.0), np.zeros(int(0.3 * RATE)), tone(1.0),
+                        np.zeros(RATE)])
+    write_wav(d / "post_rtc_full.wav", x, RATE)
+    t0 = 5_000_000.0
+    write_json(d / "probe_result.json", {"first_frame_wall_ms": t0,
+                                         "reply_window_wall_ms": [t0 + 900, t0 + 3500],
+                                         "first_audio_wall_ms": t0 + 1000})
+    write_json(d / "user_result.json", {"turns": [{"eot_wall_ms": t0 + 400}]})
+    gaps = plots.reply_gaps(x, RATE, 0.9, 3.5)
+    assert len(gaps) == 1 and gaps[0][0] == pytest.approx(2.0, abs=0.03)
+    assert gaps[0][1] - gaps[0][0] == pytest.approx(0.3, abs=0.04)
+    assert plots.reply_gaps(x, RATE, 0.9, 1.9) == []  # edges of the window are no gaps
+    rows = [_row(case_dir="cases/t1", eot_to_vad_end_ms=350.0)]
+    report.write_all(tmp_path, rows, {**gates.evaluate(rows, gates.load_profile("ci"), None),
+                                      "run": {}})
+    assert (d / "waveform.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "latency.png").read_bytes()[:4] == b"\x89PNG"
+    md = (tmp_path / "report.md").read_text()
+    assert "](latency.png)" in md and "](cases/t1/waveform.png)" in md
 
 
 def _row(**kw: object) -> dict[str, object]:
@@ -156,6 +197,9 @@ def test_stability_tool_reports_spread_and_suggestions(tmp_path: Path) -> None:
     assert a["n_runs"] == 5 and len(m["run_values"]) == 5
     assert m["sigma"] > 0 and m["suggested"] >= max(m["run_values"])
     assert "| eot_to_first_audio_p95_ms |" in bs.render(a)
+    # run P95s 1095..1173 ms: sigma 27.6 ms -> 3 sigma 82.7 -> 90; the median run is run-2
+    assert a["suggested_primary_kpi_max_regression_ms"] == 90
+    assert a["suggested_golden_run"].endswith("run-2")
 
 
 def test_only_a_passing_run_becomes_the_golden_baseline(tmp_path: Path) -> None:

@@ -1,8 +1,10 @@
 """AutoRTC mini tier on the real stack (LiveKit server, dev backend, agent worker with the
-tiny checkpoint), `ci` gate profile, against the golden baseline in golden/autortc/.
+tiny checkpoint), run the way users run it: `scripts/run_autortc.sh --tier mini`, with the
+`ci` gate profile against the golden baseline in golden/autortc/.
 
-A deliberately broken agent (its backend answers 1.5 s late: OMNI_DEV_FIRST_TOKEN_DELAY_S)
-must fail with a readable reason naming the gates it broke.
+Deliberately broken agents must fail with a readable reason: one whose TTS output is muted
+(AGENT_DEBUG_MUTE_TTS=1: the room hears silence while pre_rtc.wav keeps the real audio),
+and one whose backend answers 1.5 s late (OMNI_DEV_FIRST_TOKEN_DELAY_S).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "golden" / "autortc" / "summary.json"
 CACHE = Path(os.environ.get("STREAMTALK_HOME") or Path.home() / ".cache" / "streamtalk")
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(480)
 
 
 def _require_stack() -> None:
@@ -30,43 +32,72 @@ def _require_stack() -> None:
         missing.append("LiveKit server (scripts/install_livekit_server.sh)")
     if shutil.which("espeak-ng") is None:
         missing.append("espeak-ng (scripts/install_system_deps.sh)")
-    if not GOLDEN.exists():
-        missing.append(f"golden baseline {GOLDEN.relative_to(REPO)}")
-    if missing:
-        require(False, "AutoRTC prerequisites missing: " + ", ".join(missing))
+    require(not missing, "AutoRTC prerequisites missing: " + ", ".join(missing))
 
 
-def run_suite(out: Path, *extra: str, timeout_s: float = 200) -> tuple[int, dict, str]:
-    argv = [sys.executable, "-m", "tools.autortc.run_suite", "--start-stack", "--profile", "ci",
-            "--baseline", str(GOLDEN), "--out", str(out), "--wav-cache", str(out.parent / "wavs"),
-            "--total-timeout-s", str(timeout_s - 30), *extra]
-    env = {**os.environ, "STREAMTALK_OUTPUT": str(out.parent / "output")}
-    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout_s)
-    summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+def run_tier(out: Path, *extra: str) -> tuple[int, dict, str]:
+    """scripts/run_autortc.sh --tier mini [-- extra run_suite args]; rc, summary, log."""
+    argv = ["bash", "scripts/run_autortc.sh", "--tier", "mini", "--out", str(out)]
+    if extra:
+        argv += ["--", *extra]
+    env = {**os.environ, "PYTHON": sys.executable, "STREAMTALK_OUTPUT": str(out.parent / "output")}
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=460)
+    summary_path = out / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     return proc.returncode, summary, proc.stdout + proc.stderr
 
 
 def test_mini_tier_passes_against_the_golden_baseline(tmp_path: Path) -> None:
     _require_stack()
-    rc, summary, log = run_suite(tmp_path / "mini", "--tier", "mini")
-    report = (tmp_path / "mini" / "report.md").read_text() if summary else log
+    out = tmp_path / "mini"
+    rc, summary, log = run_tier(out)
+    report = (out / "report.md").read_text() if summary else ""
     assert rc == 0 and summary.get("verdict") == "PASS", report + "\n" + log[-3000:]
     assert summary["counts"]["capture_status"] == {"OK": 4}, report
-    assert summary["primary_kpi"]["baseline"] is not None
-    assert summary["primary_kpi"]["delta"] is not None
+    assert summary["counts"]["reply_wavs"] == 4 and summary["counts"]["pre_rtc_wavs"] == 4
+    kpi = summary["primary_kpi"]
+    assert kpi["baseline"] == json.loads(GOLDEN.read_text())["primary_kpi"]["value"]
+    assert kpi["delta"] == pytest.approx(kpi["value"] - kpi["baseline"], abs=0.02)
+    assert len(summary["gates"]) == 9 and {g["status"] for g in summary["gates"]} == {"PASS"}
+    # the pictures exist and report.md links them
+    assert "latency.png" in summary["pngs"] and len(summary["pngs"]) == 5, summary["pngs"]
+    for png in summary["pngs"]:
+        assert (out / png).read_bytes()[:4] == b"\x89PNG", png
+        assert f"]({png})" in report
+    for row in summary["rows"]:
+        case_dir = out / row["case_dir"]
+        for name in ("post_rtc_full.wav", "post_rtc_reply.wav", "pre_rtc.wav",
+                     "probe_result.json", "user_result.json"):
+            assert (case_dir / name).exists(), (row["case_id"], name)
+    assert (out / "metrics.csv").read_text().count("\n") == 5
 
 
-def test_slow_agent_fails_with_a_readable_reason(tmp_path: Path) -> None:
+def run_broken(out: Path, *extra: str) -> tuple[dict, str, set[str]]:
+    """A mini run that must fail: its summary, log and the gates that failed."""
+    rc, summary, log = run_tier(out, "--only", "p0_hello_endpoint", *extra)
+    assert rc == 1 and summary.get("verdict") == "FAIL", log[-3000:]
+    report = (out / "report.md").read_text()
+    assert report.startswith("# AutoRTC report: FAIL") and "## Suggested fixes" in report
+    return summary, log, {g["gate"] for g in summary["gates"] if g["status"] == "FAIL"}
+
+
+def test_muted_agent_fails_with_a_readable_reason(tmp_path: Path) -> None:
     _require_stack()
-    rc, summary, log = run_suite(tmp_path / "slow", "--tier", "broken",
-                                 "--only", "p0_hello_endpoint",
-                                 "--omni-env", "OMNI_DEV_FIRST_TOKEN_DELAY_S=1.5")
-    assert rc == 1, log[-3000:]
-    assert summary["verdict"] == "FAIL"
-    failed = {g["gate"] for g in summary["gates"] if g["status"] == "FAIL"}
+    out = tmp_path / "muted"
+    summary, log, failed = run_broken(out, "--agent-env", "AGENT_DEBUG_MUTE_TTS=1")
+    assert "p0_audio_valid_rate" in failed, summary["gates"]
+    assert summary["counts"]["capture_status"] == {"POST_SILENT": 1}
+    assert summary["counts"]["retries"] == 1  # retried once in a fresh room, still silent
+    assert summary["rows"][0]["pre_rms"] > 0.01  # the agent did speak: only the room heard nothing
+    assert "FAIL p0_audio_valid_rate" in log
+    assert "lost between the agent's sink and the room" in log, log[-3000:]
+    assert "## Cases without a valid capture" in (out / "report.md").read_text()
+
+
+def test_slow_agent_fails_the_primary_kpi_with_a_readable_reason(tmp_path: Path) -> None:
+    _require_stack()
+    summary, log, failed = run_broken(tmp_path / "slow", "--omni-env",
+                                      "OMNI_DEV_FIRST_TOKEN_DELAY_S=1.5")
     assert {"primary_kpi_regression", "fast_lane_ttft_p95"} <= failed, summary["gates"]
     assert summary["primary_kpi"]["delta"] > 1000
     assert "FAIL primary_kpi_regression" in log, log[-3000:]
-    report = (tmp_path / "slow" / "report.md").read_text()
-    assert "# AutoRTC report: FAIL" in report and "Suggested fixes" in report

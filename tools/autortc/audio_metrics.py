@@ -42,18 +42,11 @@ def active_span(e: np.ndarray, level: float = SILENCE_RMS) -> tuple[int, int] | 
     return (int(idx[0]), int(idx[-1]) + 1) if idx.size else None
 
 
-def runs_below(e: np.ndarray, level: float) -> list[int]:
-    """Lengths (frames) of the runs of frames below `level`."""
-    out, n = [], 0
-    for v in e:
-        if v < level:
-            n += 1
-        elif n:
-            out.append(n)
-            n = 0
-    if n:
-        out.append(n)
-    return out
+def silent_runs(e: np.ndarray, level: float) -> list[tuple[int, int]]:
+    """The runs of frames below `level`, as [start, end) frame indices."""
+    below = np.concatenate(([False], np.asarray(e) < level, [False]))
+    edges = np.flatnonzero(np.diff(below.astype(np.int8)))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
 def max_gap_ms(x: np.ndarray, rate: int) -> float:
@@ -62,8 +55,8 @@ def max_gap_ms(x: np.ndarray, rate: int) -> float:
     span = active_span(e)
     if span is None:
         return 0.0
-    runs = runs_below(e[span[0]:span[1]], GAP_RMS)
-    return max(runs, default=0) * FRAME_S * 1000
+    runs = silent_runs(e[span[0]:span[1]], GAP_RMS)
+    return max((b - a for a, b in runs), default=0) * FRAME_S * 1000
 
 
 def dropout_count(x: np.ndarray, rate: int) -> int:
@@ -72,7 +65,8 @@ def dropout_count(x: np.ndarray, rate: int) -> int:
     if span is None:
         return 0
     min_frames = int(DROPOUT_MIN_MS / 10)
-    return sum(1 for r in runs_below(e[span[0]:span[1]], DROPOUT_RMS) if r >= min_frames)
+    return sum(1 for a, b in silent_runs(e[span[0]:span[1]], DROPOUT_RMS)
+               if b - a >= min_frames)
 
 
 def audible_dropout(post: np.ndarray, post_rate: int, pre: np.ndarray | None,
@@ -168,6 +162,28 @@ def inter_arrival_p95(probe: dict[str, Any]) -> float | None:
     return float(np.percentile(np.diff(t), 95))
 
 
+def diagnose(row: dict[str, Any]) -> str:
+    """One readable sentence on why a capture is not OK, from what the agent sent
+    (pre_rtc.wav) against what the probe heard."""
+    status, pre = row.get("capture_status"), row.get("pre_rms")
+    heard = f"the probe heard rms {max(row.get('reply_rms', 0), row.get('full_rms', 0)):.4f}"
+    if status == "BOT_ERROR":
+        return f"a bot failed: {row.get('error')}"
+    if status == "NO_REPLY":
+        return ("the agent never announced a reply (no reply_start): no transcript or no LLM "
+                "answer; see the agent trace and log")
+    if status == "POST_SILENT" and pre is not None and pre >= SILENCE_RMS:
+        return (f"the agent's TTS made audible audio (pre_rtc rms {pre:.4f}) but {heard}: "
+                "the audio was lost between the agent's sink and the room (muted or "
+                "unpublished track, wrong track subscribed)")
+    if status == "POST_SILENT":
+        return (f"{heard} and the agent's own output was silent or missing (pre_rtc rms "
+                f"{'-' if pre is None else f'{pre:.4f}'}): the TTS produced no audio")
+    if status == "REPLY_SILENT":
+        return "audio arrived, but none of it inside the reply window (reply_start..reply_end)"
+    return ""
+
+
 def case_metrics(cdir: Path, case: dict[str, Any],
                  input_wav: Path | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {"case_id": case["id"], "priority": case.get("priority", "P0")}
@@ -204,18 +220,20 @@ def case_metrics(cdir: Path, case: dict[str, Any],
     if input_wav is not None and input_wav.exists():
         case_wav, _ = read_wav(input_wav)
         row["input_spikes"] = int(np.sum(np.abs(case_wav) >= BOOM_LEVEL))
+    pre: np.ndarray | None = None
+    pre_rate = 24000
+    if (cdir / "pre_rtc.wav").exists():
+        pre, pre_rate = read_wav(cdir / "pre_rtc.wav")
+        row["pre_rms"] = round(rms(pre), 5)
     if row["capture_status"] != "OK":
         row["mel_distance"] = -1.0
+        row["diagnosis"] = diagnose(row)
         return row
     post, prate = read_wav(cdir / "post_rtc_reply.wav")
     row["post_rms"] = round(rms(post), 5)
     row["max_gap_ms"] = round(max_gap_ms(post, prate), 1)
     row["clipping_ratio"] = clipping_ratio(post)
     row["inter_arrival_p95_ms"] = inter_arrival_p95(probe)
-    pre: np.ndarray | None = None
-    pre_rate = 24000
-    if (cdir / "pre_rtc.wav").exists():
-        pre, pre_rate = read_wav(cdir / "pre_rtc.wav")
     row["audible_dropout"] = audible_dropout(post, prate, pre, pre_rate)
     if pre is None or not len(pre):
         row["pre_status"] = "PRE_MISSING"

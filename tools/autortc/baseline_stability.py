@@ -3,8 +3,10 @@ report: per gate metric the median, P95 and sigma over runs, and a suggested thr
 
     python -m tools.autortc.baseline_stability RUN_DIR [RUN_DIR ...] --out DIR
 
-Suggested threshold = max over runs + 3 sigma, rounded up (a calibration aid: a
-profile is changed by a person, with the data, never to make one run pass).
+Suggested threshold = max over runs + 3 sigma, rounded up; suggested PRIMARY_KPI
+tolerance = 3 sigma of the runs' eot_to_first_audio P95 (the run-to-run noise), rounded
+up; suggested golden run = the run whose P95 is nearest the median. A calibration aid:
+a profile is changed by a person, with the data, never to make one run pass.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def run_stat(rows: list[dict[str, Any]], key: str, how: str) -> float | None:
 
 def analyse(run_dirs: list[Path]) -> dict[str, Any]:
     runs = [read_json(d / "summary.json") for d in run_dirs]
-    out: dict[str, Any] = {"runs": [str(d.name) for d in run_dirs], "n_runs": len(runs),
+    names = [f"{d.resolve().parent.name}/{d.name}" for d in run_dirs]  # no machine paths
+    out: dict[str, Any] = {"runs": names, "n_runs": len(runs),
                            "samples": sum(len(r["rows"]) for r in runs), "metrics": {}}
     for name, (key, how) in METRICS.items():
         vals = [x for x in (run_stat(r["rows"], key, how) for r in runs) if x is not None]
@@ -56,6 +59,12 @@ def analyse(run_dirs: list[Path]) -> dict[str, Any]:
             "case_median": round(float(np.median(per_case)), 3),
             "case_p95": round(float(np.percentile(per_case, 95)), 3),
             "suggested": sug if sug < 1 else math.ceil(sug / 5) * 5}
+    kpi = out["metrics"].get("eot_to_first_audio_p95_ms")
+    if kpi:
+        out["suggested_primary_kpi_max_regression_ms"] = math.ceil(3 * kpi["sigma"] / 10) * 10
+        nearest = min(range(len(kpi["run_values"])),
+                      key=lambda i: abs(kpi["run_values"][i] - kpi["median"]))
+        out["suggested_golden_run"] = names[nearest]
     out["retries"] = sum(r["counts"]["retries"] for r in runs)
     out["capture_status"] = [r["counts"]["capture_status"] for r in runs]
     return out
@@ -68,6 +77,10 @@ def render(a: dict[str, Any]) -> str:
     for k, m in a["metrics"].items():
         lines.append(f"| {k} | {m['run_values']} | {m['median']} | {m['p95']} | {m['sigma']} | "
                      f"{m['case_median']} | {m['case_p95']} | {m['suggested']} |")
+    if "suggested_primary_kpi_max_regression_ms" in a:
+        lines += ["", f"PRIMARY_KPI tolerance (3 sigma of the run P95s): "
+                  f"{a['suggested_primary_kpi_max_regression_ms']} ms; golden candidate "
+                  f"(P95 nearest the median): {a['suggested_golden_run']}"]
     return "\n".join(lines) + "\n"
 
 

@@ -36,6 +36,9 @@ FIXES = {
 }
 
 
+NO_DATA = "no case with capture_status OK measured it (see the cases without a valid capture)"
+
+
 def load_profile(name: str) -> dict[str, Any]:
     profiles = read_json(PROFILES)["profiles"]
     if name not in profiles:
@@ -62,13 +65,14 @@ def evaluate(rows: list[dict[str, Any]], profile: dict[str, Any],
              n: int = 0) -> None:
         if value is None:
             status = "FAIL"  # no data is not a pass
+            fix = NO_DATA
         else:
             ok = {"<=": value <= limit, "<": value < limit, "==": value == limit,
                   ">=": value >= limit}[op]
             status = "PASS" if ok else "FAIL"
+            fix = "" if ok else FIXES.get(name, "")
         gates.append({"gate": name, "value": None if value is None else round(value, 4),
-                      "threshold": f"{op} {limit}{unit}", "status": status, "n": n,
-                      "fix": "" if status == "PASS" else FIXES.get(name, "")})
+                      "threshold": f"{op} {limit}{unit}", "status": status, "n": n, "fix": fix})
 
     e2a = _vals(rows, "eot_to_first_audio_ms")
     gate("eot_to_first_audio_p95", percentile(e2a, 95), th["eot_to_first_audio_p95_ms"], "<=",
@@ -120,21 +124,30 @@ def evaluate(rows: list[dict[str, Any]], profile: dict[str, Any],
         if r.get("capture_status") != "OK":
             warns.append(f"{r['case_id']}: P1 capture {r.get('capture_status')}")
     failed = [g for g in gates if g["status"] == "FAIL"]
+    diagnoses = [f"{r['case_id']} ({r.get('capture_status')}): {r['diagnosis']}"
+                 for r in rows if r.get("diagnosis")]
+    measured = [g for g in failed if g["value"] is not None]
+    unmeasured = [g["gate"] for g in failed if g["value"] is None]
+    reasons = [f"{g['gate']}: {g['value']} (needs {g['threshold']}) -> {g['fix']}"
+               for g in measured]
+    if unmeasured:
+        reasons.append(f"no data for {', '.join(unmeasured)}: {NO_DATA}")
     statuses: dict[str, int] = {}
     for r in rows:
         statuses[r.get("capture_status", "?")] = statuses.get(r.get("capture_status", "?"), 0) + 1
     return {
         "verdict": "FAIL" if failed else "PASS",
         "profile": profile["name"],
+        "thresholds": th,
         "gates": gates,
-        "fail_reasons": [f"{g['gate']}: {g['value']} (needs {g['threshold']}) -> {g['fix']}"
-                         for g in failed],
+        "fail_reasons": reasons + diagnoses,
+        "case_diagnoses": diagnoses,
         "warnings": warns,
         "primary_kpi": {"name": PRIMARY_KPI, "value": None if current is None else round(current, 2),
                         "baseline": base, "delta": None if delta is None else round(delta, 2),
                         "baseline_version": (baseline or {}).get("baseline_version")},
         "counts": {"cases": len(rows), "p0": len(p0), "capture_status": statuses,
                    "reply_wavs": sum(1 for r in rows if r.get("post_rms") is not None),
-                   "pre_rtc_wavs": sum(1 for r in rows if r.get("pre_status") == "OK"),
+                   "pre_rtc_wavs": sum(1 for r in rows if r.get("pre_rms") is not None),
                    "retries": sum(int(r.get("retries", 0)) for r in rows)},
     }

@@ -1,5 +1,5 @@
 """AutoRTC outputs: report.md (KPI current/baseline/delta first, gates, counts, fixes),
-summary.json, metrics.csv, and PNG charts when matplotlib is installed."""
+summary.json, metrics.csv, and the pictures of `plots` (PNG), linked from report.md."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from . import plots
 from .common import write_json
 
 COLUMNS = ["case_id", "priority", "capture_status", "retries", "audio_valid", "reply_rms",
            "full_rms", "post_rms", "max_gap_ms", "audible_dropout", "clipping_ratio",
            "mel_distance", "hf_ratio_drop", "speed_drift", "eot_to_first_audio_ms",
            "eot_to_vad_end_ms", "tts_first_to_publish_ms", "fast_lane_ttft_ms",
-           "inter_arrival_p95_ms", "input_spikes", "trace_id", "error"]
+           "inter_arrival_p95_ms", "input_spikes", "pre_rms", "trace_id", "error",
+           "diagnosis"]
 
 
 def _fmt(v: Any) -> str:
@@ -39,7 +41,10 @@ def render_md(rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
              f"profile `{result['profile']}`, wall {run.get('wall_s')} s.", "",
              f"**PRIMARY_KPI {kpi['name']}: current {_fmt(kpi['value'])} ms, baseline "
              f"{_fmt(kpi['baseline'])} ms ({_fmt(kpi['baseline_version'])}), delta "
-             f"{_fmt(kpi['delta'])} ms**", "", "## Gates", "",
+             f"{_fmt(kpi['delta'])} ms**", ""]
+    if result.get("fail_reasons"):
+        lines += ["## Why it failed", ""] + [f"- {r}" for r in result["fail_reasons"]] + [""]
+    lines += ["## Gates", "",
              "| gate | value | threshold | n | status |", "|---|---|---|---|---|"]
     for g in result["gates"]:
         lines.append(f"| {g['gate']} | {_fmt(g['value'])} | {g['threshold']} | {g['n']} | "
@@ -53,10 +58,17 @@ def render_md(rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
     if result.get("warnings"):
         lines += ["", "## Warnings (P1 fingerprints, not gating)", ""]
         lines += [f"- {w}" for w in result["warnings"]]
-    fails = [g for g in result["gates"] if g["status"] != "PASS"]
+    fails = [g for g in result["gates"] if g["status"] != "PASS" and g["value"] is not None]
     if fails:
         lines += ["", "## Suggested fixes", ""]
         lines += [f"- **{g['gate']}** ({g['status']}): {g['fix']}" for g in fails]
+    if result.get("case_diagnoses"):
+        lines += ["", "## Cases without a valid capture", ""]
+        lines += [f"- {d}" for d in result["case_diagnoses"]]
+    pngs = result.get("pngs", [])
+    if pngs:
+        lines += ["", "## Pictures", ""]
+        lines += [f"![{Path(p).parent.name or 'latency'}]({p})" for p in pngs]
     lines += ["", "## Cases", "", "| case | P | capture | eot->first audio ms | max gap ms | "
               "dropout | mel dB | tts->publish ms | ttft ms | retries |",
               "|---|---|---|---|---|---|---|---|---|---|"]
@@ -68,42 +80,36 @@ def render_md(rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_pngs(out: Path, rows: list[dict[str, Any]]) -> list[str]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return []
-    ok = [r for r in rows if r.get("eot_to_first_audio_ms") is not None]
-    if not ok:
-        return []
-    fig, ax = plt.subplots(figsize=(8, 3))
-    ax.bar([r["case_id"] for r in ok], [r["eot_to_first_audio_ms"] for r in ok])
-    ax.set_ylabel("EoT -> first audio (ms)")
-    ax.tick_params(axis="x", rotation=45, labelsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "eot_to_first_audio.png", dpi=80)
-    plt.close(fig)
-    return ["eot_to_first_audio.png"]
+def write_pngs(out: Path, rows: list[dict[str, Any]], result: dict[str, Any]) -> list[str]:
+    """latency.png for the run plus waveform.png in each case folder (paths relative to out)."""
+    kpi = result["primary_kpi"]
+    pngs = [plots.latency_png(out, rows, result.get("thresholds", {}).get(
+        "eot_to_first_audio_p95_ms"), kpi.get("baseline"))]
+    for r in rows:
+        if r.get("case_dir"):
+            name = plots.waveform_png(out / r["case_dir"], f"{r['case_id']}: "
+                                      f"{r.get('capture_status')}")
+            pngs.append(f"{r['case_dir']}/{name}" if name else None)
+    return [p for p in pngs if p]
 
 
 def write_all(out: Path, rows: list[dict[str, Any]], result: dict[str, Any]) -> None:
     write_csv(out / "metrics.csv", rows)
-    result["pngs"] = write_pngs(out, rows)
+    result["pngs"] = write_pngs(out, rows, result)
     write_json(out / "summary.json", {**result, "rows": rows})
     (out / "report.md").write_text(render_md(rows, result))
 
 
-GOLDEN_CASE_FILES = ("pre_rtc.wav", "post_rtc_reply.wav", "probe_result.json", "user_result.json")
+GOLDEN_CASE_FILES = ("pre_rtc.wav", "post_rtc_reply.wav", "probe_result.json", "user_result.json",
+                     "waveform.png")
 
 
 def promote(run: Path, golden: Path, version: str, profile: str = "ci",
-            wav_cases: int = 1) -> Path:
+            wav_cases: int | None = None) -> Path:
     """Copy a run into the golden baseline folder: summary.json (gates re-evaluated with
-    `profile`, plus baseline_version and the PRIMARY_KPI value), metrics.csv, report.md, and
-    the per-case files of the first `wav_cases` cases (binaries kept small)."""
+    `profile`, plus baseline_version and the PRIMARY_KPI value), metrics.csv, report.md with
+    its pictures, and per case (the first `wav_cases`, default all) the files of
+    GOLDEN_CASE_FILES under cases/<case_id>/."""
     import json
     import shutil
 
@@ -119,22 +125,30 @@ def promote(run: Path, golden: Path, version: str, profile: str = "ci",
     result["baseline_version"] = version
     result["primary_kpi"]["baseline_version"] = version
     golden.mkdir(parents=True, exist_ok=True)
-    write_all(golden, rows, result)
-    summary = json.loads((golden / "summary.json").read_text())
-    summary["baseline_version"] = version
-    write_json(golden / "summary.json", summary)
-    for row in summary["rows"][:wav_cases]:
-        src = run / row["case_dir"]
+    if (golden / "cases").exists():
+        shutil.rmtree(golden / "cases")  # no case files of an older baseline stay behind
+    for i, row in enumerate(rows):
+        src = run / row["case_dir"] if row.get("case_dir") else None
+        row["case_dir"] = None
+        if src is None or (wav_cases is not None and i >= wav_cases):
+            continue
+        if not (src / "waveform.png").exists():  # a run made before the pictures existed
+            plots.waveform_png(src, f"{row['case_id']}: {row.get('capture_status')}")
         dst = golden / "cases" / row["case_id"]
         dst.mkdir(parents=True, exist_ok=True)
         for name in GOLDEN_CASE_FILES:
             if (src / name).exists():
                 shutil.copy(src / name, dst / name)
+        row["case_dir"] = f"cases/{row['case_id']}"
         user = dst / "user_result.json"
         if user.exists():  # keep no path of the machine that made the run
             data = json.loads(user.read_text())
             data["wav"] = Path(str(data.get("wav", ""))).name
             write_json(user, data)
+    write_all(golden, rows, result)
+    summary = json.loads((golden / "summary.json").read_text())
+    summary["baseline_version"] = version
+    write_json(golden / "summary.json", summary)
     return golden
 
 
@@ -146,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--golden", type=Path, default=Path("golden/autortc"))
     p.add_argument("--version", required=True)
     p.add_argument("--profile", default="ci")
-    p.add_argument("--wav-cases", type=int, default=1)
+    p.add_argument("--wav-cases", type=int, default=None, help="keep the files of only the "
+                   "first N cases (default: all)")
     a = p.parse_args(argv)
     print(promote(a.run, a.golden, a.version, a.profile, a.wav_cases))
     return 0

@@ -3,9 +3,12 @@
     python -m tools.autortc.run_suite --cases tools/autortc/cases/mini_cases.json \
         --out output/autortc/mini [--start-stack | --livekit-url ... --agent-name ...]
 
-Each case gets a fresh room created by the bots' tokens with a RoomAgentDispatch
-for the agent and metadata `{"trace_id", "case_id"}`. A case whose probe heard
-silence (max(reply_rms, full_rms) < 0.01) is retried once in a fresh room. Per
+Each case gets a fresh room, created through the server API with a RoomAgentDispatch
+for the agent and metadata `{"trace_id", "case_id"}`; the bots join it with tokens
+minted here. A case whose probe heard silence (max(reply_rms, full_rms) < 0.01) is
+retried once in a fresh room with the same dispatch (the trace_id gets the attempt
+number, so events and pre_rtc.wav of the first attempt cannot be mistaken for the
+second's). Per
 case the folder `<out>/cases/<trace_id>/` holds the WAVs, the bots' results,
 the agent's pre_rtc.wav and trace, and metrics.json. The whole run is bounded by
 `--total-timeout-s`; unfinished cases are reported as NOT_RUN.
@@ -33,34 +36,44 @@ from .make_cases import load_cases, make_case
 from .stack import Stack, start_stack
 
 
-def dispatch_token(stack: Stack, room: str, identity: str, meta: dict[str, str]) -> str:
+def bot_token(stack: Stack, room: str, identity: str) -> str:
     from livekit import api
 
     grants = api.VideoGrants(room_join=True, room=room, can_publish=True, can_subscribe=True,
                              can_publish_data=True)
     return (api.AccessToken(stack.api_key, stack.api_secret).with_identity(identity)
-            .with_name(identity).with_ttl(timedelta(minutes=10)).with_grants(grants)
-            .with_room_config(api.RoomConfiguration(agents=[
-                api.RoomAgentDispatch(agent_name=stack.agent_name, metadata=json.dumps(meta))]))
-            .to_jwt())
+            .with_name(identity).with_ttl(timedelta(minutes=10)).with_grants(grants).to_jwt())
 
 
-async def _delete_room(stack: Stack, room: str) -> None:
+async def _room_service(stack: Stack, call: str, request: Any) -> Any:
     from livekit import api
 
     http = stack.livekit_url.replace("ws://", "http://").replace("wss://", "https://")
     lk = api.LiveKitAPI(http, stack.api_key, stack.api_secret)
     try:
-        await asyncio.wait_for(lk.room.delete_room(api.DeleteRoomRequest(room=room)), 5)
-    except Exception:  # the room may already be gone
-        pass
+        return await asyncio.wait_for(getattr(lk.room, call)(request), 10)
     finally:
         await lk.aclose()
 
 
+def create_room(stack: Stack, room: str, meta: dict[str, str]) -> None:
+    """A fresh room whose creation dispatches the agent with the case's metadata."""
+    from livekit import api
+
+    request = api.CreateRoomRequest(name=room, empty_timeout=60, departure_timeout=5, agents=[
+        api.RoomAgentDispatch(agent_name=stack.agent_name, metadata=json.dumps(meta))])
+    try:
+        asyncio.run(_room_service(stack, "create_room", request))
+    except Exception as exc:
+        raise SystemExit(f"cannot create room {room} on {stack.livekit_url}: {exc!r} "
+                         "(is the LiveKit server up and are the API key/secret right?)") from None
+
+
 def delete_room(stack: Stack, room: str) -> None:
-    with contextlib.suppress(Exception):
-        asyncio.run(_delete_room(stack, room))
+    from livekit import api
+
+    with contextlib.suppress(Exception):  # the room may already be gone
+        asyncio.run(_room_service(stack, "delete_room", api.DeleteRoomRequest(room=room)))
 
 
 def run_bot(argv: list[str], log: Path, timeout_s: float) -> subprocess.Popen[bytes]:
@@ -97,16 +110,17 @@ def run_attempt(stack: Stack, case: dict[str, Any], wavs: dict[str, Path], run_i
     cdir = out / "cases" / trace_id
     cdir.mkdir(parents=True, exist_ok=True)
     meta = {"trace_id": trace_id, "case_id": case_id}
+    create_room(stack, room, meta)
     expect = int(case.get("expect_replies", 1))
     bot_timeout = args.ready_timeout_s + args.pad_s + 30
     common = ["--url", stack.livekit_url, "--trace-id", trace_id, "--case-id", case_id,
               "--ready-timeout-s", str(args.ready_timeout_s), "--expect-replies", str(expect),
               "--timeout-s", str(bot_timeout - 5)]
     probe = run_bot(["tools.autortc.probe_bot", *common, "--token",
-                     dispatch_token(stack, room, "autortc-probe", meta), "--out-dir", str(cdir),
+                     bot_token(stack, room, "autortc-probe"), "--out-dir", str(cdir),
                      "--record-s", str(args.pad_s)], cdir / "probe_bot.log", bot_timeout)
     user_argv = ["tools.autortc.user_bot", *common, "--token",
-                 dispatch_token(stack, room, "autortc-user", meta), "--wav", str(wavs["wav"]),
+                 bot_token(stack, room, "autortc-user"), "--wav", str(wavs["wav"]),
                  "--out", str(cdir / "user_result.json"), "--hold-s", str(args.pad_s)]
     if "barge_wav" in wavs:
         user_argv += ["--barge-in-wav", str(wavs["barge_wav"]), "--barge-in-ms",
