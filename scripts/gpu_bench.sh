@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Run the GPU benchmark set on a CUDA machine; results as JSON + a log.
 # Usage: scripts/gpu_bench.sh OUT_DIR [sections...]
-#   sections: check codegen decoder e2e launches cancel throughput peer compiled (default: all)
+#   sections: check codegen decoder e2e overlap_ab launches cancel throughput peer compiled
+#             e2e_compiled (default: all)
 # Wheels for packages the GPU host lacks may sit in .whl/ (scripts/fetch_gpu_wheels.sh).
 set -uo pipefail
 OUT_DIR="${1:?usage: scripts/gpu_bench.sh OUT_DIR [sections...]}"
 shift
-SECTIONS="${*:-check codegen decoder e2e launches cancel throughput peer compiled}"
+SECTIONS="${*:-check codegen decoder e2e overlap_ab launches cancel throughput peer compiled e2e_compiled}"
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT_DIR"
 RES="$OUT_DIR/parts"
@@ -36,6 +37,11 @@ fi
 has codegen && { step codegen; $B codegen --model-dir "$CK" --frames 200 --out "$RES/codegen.json"; }
 has decoder && { step decoder; $B decoder --model-dir "$CK" --frames 200 --out "$RES/decoder.json"; }
 has e2e && { step e2e; $B e2e --model-dir "$CK" --out "$RES/e2e.json"; }
+if has overlap_ab; then
+    step "decode overlapped vs in line, alternating runs"
+    $B e2e --model-dir "$CK" --overlap on off --lengths ${AB_LENGTHS:-short medium} --repeats "${AB_REPEATS:-12}" \
+        --out "$RES/overlap_ab.json"
+fi
 has launches && { step launches; $B launches --model-dir "$CK" --out "$RES/launches.json"; }
 has cancel && { step cancel; $B cancel --model-dir "$CK" --rounds 200 --out "$RES/cancel.json"; }
 if has throughput; then
@@ -55,6 +61,11 @@ if has compiled; then
     # One slot and two span buckets keep the number of compiled variants small.
     export TORCHINDUCTOR_CACHE_DIR="$STREAMTALK_HOME/inductor-cache" TTS_GRAPH_SLOTS=1 TTS_GRAPH_MAX_POSITIONS=512
     $B codegen --model-dir "$CK" --frames 200 --repeats 3 --compile --out "$RES/codegen_compiled.json"
+fi
+if has e2e_compiled; then
+    step "e2e with torch.compile, decode overlapped vs in line"
+    export TORCHINDUCTOR_CACHE_DIR="$STREAMTALK_HOME/inductor-cache" TTS_GRAPH_SLOTS=1 TTS_GRAPH_MAX_POSITIONS=1024
+    $B e2e --model-dir "$CK" --compile --overlap on off --out "$RES/e2e_compiled.json"
 fi
 has peer && { step peer; python3 tools/bench_peer.py --model-dir "$CK" --repeats "${PEER_REPEATS:-3}" --out "$RES/peer.json"; }
 step done

@@ -118,3 +118,48 @@ async def test_windowed_decode_mode(tiny_model_dir):
         assert np.abs(pcm - offline).max() <= 1e-5
     finally:
         eng.close()
+
+
+async def test_decode_overlap_hands_over_the_same_packets(engine, tiny_model_dir):
+    """TTS_DECODE_OVERLAP=on (later packets leave after the next frame; on CUDA their decode
+    runs on a second stream): the same packets, in order, none lost or doubled; cancelling
+    drops the packet in flight."""
+    eng = TTSEngine(EngineConfig.from_env({}, model_dir=str(tiny_model_dir), device="cpu",
+                                          decode_overlap="on"), warmup=False)
+    leads = []  # frames generated beyond the packet being handed over
+    hand_over = eng._hand_over
+
+    def spy(s):  # noqa: ANN001
+        if s.in_flight is not None:
+            leads.append(len(s.all_codes) - s.metrics.frames - s.in_flight.frames)
+        hand_over(s)
+
+    eng._hand_over = spy
+    try:
+        text = "Overlapped decoding hands over every packet exactly once, in order."
+        for packet_tokens in (1, 2, 3):
+            req = engine.make_request(text, "ryan", "english")
+            ref = [p async for p in engine.open_stream(req, packet_tokens)]
+            got = [p async for p in eng.open_stream(eng.make_request(text, "ryan", "english"),
+                                                    packet_tokens)]
+            assert [p.index for p in got] == list(range(len(ref)))
+            assert [p.frames for p in got] == [p.frames for p in ref]
+            assert np.array_equal(np.concatenate([p.pcm for p in got]),
+                                  np.concatenate([p.pcm for p in ref]))
+        assert max(leads) == 1 and leads.count(1) > 10  # later packets left one frame later
+        handle = eng.open_stream(eng.make_request(" ".join([text] * 4), "serena"), packet_tokens=2)
+        received = 0
+        async for _ in handle:
+            received += 1
+            if received == 3:
+                handle.cancel()
+                break
+        for _ in range(200):
+            if handle.session.finished:
+                break
+            await asyncio.sleep(0.01)
+        assert handle.metrics.stop_reason == "cancelled"
+        assert handle.metrics.packets <= received + 1 and handle.session.in_flight is None
+        assert eng.active_sessions == 0
+    finally:
+        eng.close()

@@ -233,19 +233,27 @@ def _decoder_rows(args, model, ref_model, dtype, device) -> list[dict]:
 
 
 def cmd_e2e(args: argparse.Namespace) -> list[dict]:
-    engine = make_engine(args, compile_steps=int(args.compile))
+    # one engine per --overlap variant; their runs alternate, so drift hits all alike
+    engines = [make_engine(args, compile_steps=int(args.compile), decode_overlap=v) for v in args.overlap]
     rows = []
     for length in args.lengths:
-        ttfa, rtf = [], []
+        ttfa: list[list[float]] = [[] for _ in engines]
+        rtf: list[list[float]] = [[] for _ in engines]
         for rep in range(args.repeats + 1):
-            _, m = engine.synthesize_blocking(fixed_request(engine, length))
-            if rep > 0:
-                ttfa.append(m.ttfa_ms)
-                rtf.append(m.rtf)
-            progress(f"e2e {length} run {rep}: TTFA {m.ttfa_ms:.1f} ms RTF {m.rtf:.3f} graphs {m.graph_stats}")
-        rows.append({"length": length, "frames": LENGTHS[length], "compiled": bool(args.compile), "ttfa_ms_p50": pct(ttfa, 50), "ttfa_ms_p95": pct(ttfa, 95),
-                     "rtf_p50": pct(rtf, 50), "rtf_p95": pct(rtf, 95), "runs": len(ttfa)})
-    engine.close()
+            for i, engine in enumerate(engines):
+                _, m = engine.synthesize_blocking(fixed_request(engine, length))
+                if rep > 0:
+                    ttfa[i].append(m.ttfa_ms)
+                    rtf[i].append(m.rtf)
+                progress(f"e2e {length} overlap={engine.decode_overlap} run {rep}: TTFA {m.ttfa_ms:.1f} ms "
+                         f"RTF {m.rtf:.3f} graphs {m.graph_stats}")
+        for i, engine in enumerate(engines):
+            rows.append({"length": length, "frames": LENGTHS[length], "compiled": bool(args.compile),
+                         "decode_overlap": engine.decode_overlap, "ttfa_ms_p50": pct(ttfa[i], 50),
+                         "ttfa_ms_p95": pct(ttfa[i], 95), "rtf_p50": pct(rtf[i], 50), "rtf_p95": pct(rtf[i], 95),
+                         "runs": len(ttfa[i])})
+    for engine in engines:
+        engine.close()
     print_table("end to end in process (server-side TTFA = request accepted -> first PCM packet)", rows)
     return rows
 
@@ -427,6 +435,8 @@ def add_parser(sub) -> None:
     common(q)
     q.add_argument("--compile", action="store_true", help="fuse the frame steps with torch.compile")
     q.add_argument("--lengths", nargs="+", default=list(LENGTHS), choices=list(LENGTHS))
+    q.add_argument("--overlap", nargs="+", default=[None], choices=["auto", "on", "off"],
+                   help="TTS_DECODE_OVERLAP per engine; several = an A/B with alternating runs")
     q = bsub.add_parser("throughput")
     common(q, model=False)
     q.add_argument("--url", default="http://127.0.0.1:9000")

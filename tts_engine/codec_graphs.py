@@ -22,7 +22,10 @@ every stream takes that path, so callers have one code path.
     runner.close(stream)                  # frees the slot
     stream.stats.to_dict()                # the seed's decoder_graph_stats
 
-Replays must be serialised: one thread, the same CUDA stream for open/decode.
+Replays must be serialised: one thread. `open` zeroes a slot on the current
+CUDA stream; a caller that decodes on another stream makes that stream wait
+for it first (the engine's decode stream waits before every packet), and
+waits for a stream's last decode before `close`.
 """
 
 from __future__ import annotations

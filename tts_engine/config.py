@@ -56,6 +56,7 @@ FIELDS: tuple[Knob, ...] = (
     Knob("TTS_GRAPH_MAX_POSITIONS", "graph_max_positions", "talker positions per graph slot (prompt + frames)"),
     Knob("TTS_COMPILE", "compile_steps", "fuse the frame steps with torch.compile before graph capture (slower start-up)"),
     Knob("TTS_DECODER_CUDAGRAPH", "cudagraph_decoder", "CUDA graph for the incremental codec decoder step"),
+    Knob("TTS_DECODE_OVERLAP", "decode_overlap", "auto (on for CUDA), on, off: after a reply's first packet, a packet decodes on a second CUDA stream while the next frame is generated and leaves one frame later"),
     Knob("TTS_DEEP_STREAM_SILENCE_PACKETS", "silence_packets", "stop after N consecutive silent packets (0 = off)"),
     Knob("TTS_DEEP_STREAM_METRICS", "packet_metrics", "per-packet timing metrics"),
     Knob("TTS_DEEP_STREAM_PACKET_TRACE", "packet_trace", "log one line per packet"),
@@ -80,6 +81,7 @@ _CHOICES = {
     "seed_mode": ("fixed", "request"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
     "decoder_dtype": ("float32", "bfloat16"),
+    "decode_overlap": ("auto", "on", "off"),
 }
 
 
@@ -103,6 +105,7 @@ class EngineConfig:
     cudagraph_talker: int = 1
     cudagraph_cp: int = 1
     cudagraph_decoder: int = 1
+    decode_overlap: str = "auto"
     graph_slots: int = 4
     compile_steps: int = 0
     graph_max_positions: int = 4096

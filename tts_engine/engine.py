@@ -5,9 +5,13 @@ a `StreamSession` holding its own code-generation state, its own incremental
 decoder state and an asyncio queue; the worker repeatedly asks the scheduler
 which session to advance, generates one frame for it, and once a packet's
 worth of frames (packet_tokens) exists decodes exactly those frames and hands
-the PCM to the session's queue. A packet therefore leaves the moment it
-exists, cancellation is seen before the next frame, and sessions never share
-state, so a stream's output does not depend on what else is running.
+the PCM to the session's queue. A reply's first packet leaves the moment it
+exists; with decode overlap (TTS_DECODE_OVERLAP, on by default on CUDA) each
+later packet decodes on a second CUDA stream while the next frame is generated
+and leaves as soon as that decode has finished, at most one frame later, so
+the decoder's time hides behind code generation. Cancellation is seen before
+the next frame, and sessions never share state, so a stream's output does not
+depend on what else is running.
 
     engine = TTSEngine(EngineConfig.from_env())      # loads, warms up
     async with engine.open_stream("Hello", "serena") as stream:
@@ -89,6 +93,29 @@ class RequestMetrics:
 _DONE = object()
 
 
+@dataclass
+class PacketInFlight:
+    """A packet whose decode has been launched but that has not been handed over yet."""
+
+    codes: torch.Tensor  # kept alive until the decode stream has read it
+    frames: int
+    codegen_ms: float
+    host_pcm: torch.Tensor | None = None  # float32; written asynchronously on the decode stream
+    decode_ms: float | None = None  # known at launch when decoding in line
+    started: torch.cuda.Event | None = None  # decode-stream events (overlap on CUDA)
+    done: torch.cuda.Event | None = None
+
+    def decoded(self) -> bool:
+        return self.done is None or self.done.query()
+
+    def wait(self) -> float:
+        """Block until decoded; the decode time in ms (GPU time on the decode stream)."""
+        if self.done is not None:
+            self.done.synchronize()
+            self.decode_ms = self.started.elapsed_time(self.done)
+        return self.decode_ms or 0.0
+
+
 class StreamSession:
     """One request's state; touched by the worker thread and read by its consumer."""
 
@@ -108,6 +135,7 @@ class StreamSession:
         self.codegen: GraphStream | None = None
         self.decoder_stream = None
         self.pending: list[torch.Tensor] = []  # frames of the packet being built, each [1, 16]
+        self.in_flight: PacketInFlight | None = None  # decoded or decoding, not handed over
         self.pending_codegen_ms = 0.0
         self.silent_packets = 0
         self.all_codes: list[torch.Tensor] = []
@@ -192,6 +220,11 @@ class TTSEngine:
         self.codec = CodecGraphRunner(self.model.decoder, slots=max(slots, 1), packet_frames=packet_sizes,
                                       use_graphs=bool(config.cudagraph_decoder), check_codes=False,
                                       windowed_left_context=windowed)
+        overlap = config.decode_overlap == "on" or (
+            config.decode_overlap == "auto" and self.codec.device.type == "cuda")
+        self.decode_overlap = overlap  # later packets leave after the next frame
+        self._decode_stream = (torch.cuda.Stream(self.codec.device)
+                               if overlap and self.codec.device.type == "cuda" else None)
         self.load_s = time.perf_counter() - load_start
         self._sessions: list[StreamSession] = []
         self._lock = threading.Condition()
@@ -304,14 +337,22 @@ class TTSEngine:
                 if not self._sessions:
                     continue
                 session = pick_next(self._sessions, time.perf_counter())
-            try:
-                self._advance(session)
-            except Exception as exc:  # noqa: BLE001 - delivered to the consumer
-                log.exception("request %s failed", session.id)
-                session.metrics.error = f"{type(exc).__name__}: {exc}"
-                session.emit(exc)
-                with self._lock:
-                    self._finish(session, "error")
+                decoded = [s for s in self._sessions
+                           if s is not session and s.in_flight is not None and s.in_flight.decoded()]
+            for s in decoded:
+                self._guarded(s, self._hand_over)
+            self._guarded(session, self._advance)
+
+    def _guarded(self, s: StreamSession, step: Callable[[StreamSession], None]) -> None:
+        """Run one worker step for `s`; an error ends that request, not the worker."""
+        try:
+            step(s)
+        except Exception as exc:  # noqa: BLE001 - delivered to the consumer
+            log.exception("request %s failed", s.id)
+            s.metrics.error = f"{type(exc).__name__}: {exc}"
+            s.emit(exc)
+            with self._lock:
+                self._finish(s, "error")
 
     def _advance(self, s: StreamSession) -> None:
         """Generate one frame for session `s`; decode and emit when a packet is full."""
@@ -333,41 +374,72 @@ class TTSEngine:
             s.all_codes.append(frame)
         done = frame is None
         packet_frames = s.packet_tokens if s.metrics.packets else min(s.packet_tokens, self.config.first_packet_tokens)
+        if s.in_flight is not None and s.in_flight.decoded():
+            self._hand_over(s)
         if s.pending and (len(s.pending) >= packet_frames or done):
-            self._emit_packet(s)
+            self._launch_packet(s, defer=self.decode_overlap and s.first_packet_sent and not done)
         if done or self._silence_stop(s):
             with self._lock:
                 self._finish(s, s.codegen.stream.stop_reason or "silence")
 
-    def _emit_packet(self, s: StreamSession) -> None:
-        t0 = time.perf_counter()
+    def _launch_packet(self, s: StreamSession, defer: bool) -> None:
+        """Decode the pending frames; hand the packet over now, or (defer) once its
+        decode has finished, while the worker generates the next frame."""
+        self._hand_over(s)  # an earlier packet leaves first
         codes = torch.cat(s.pending, dim=0).T[None]  # [1, 16, n]
-        pcm = self.codec.decode(s.decoder_stream, codes)[0]
+        packet = PacketInFlight(codes, len(s.pending), s.pending_codegen_ms)
+        side = self._decode_stream
+        if side is None:
+            t0 = time.perf_counter()
+            packet.host_pcm = self.codec.decode(s.decoder_stream, codes)[0].float().cpu()
+            packet.decode_ms = (time.perf_counter() - t0) * 1000
+        else:
+            if codes.is_cuda:
+                side.wait_stream(torch.cuda.current_stream(codes.device))
+            packet.started = torch.cuda.Event(enable_timing=True)
+            packet.done = torch.cuda.Event(enable_timing=True)
+            with torch.cuda.stream(side):
+                packet.started.record(side)
+                pcm = self.codec.decode(s.decoder_stream, codes)[0]
+                # pinned, so the copy does not block this thread until the decode is done
+                packet.host_pcm = torch.empty(pcm.shape, dtype=torch.float32, pin_memory=True)
+                packet.host_pcm.copy_(pcm, non_blocking=True)
+                packet.done.record(side)
+        s.in_flight = packet
+        s.pending, s.pending_codegen_ms = [], 0.0
+        if not defer:
+            self._hand_over(s)
+
+    def _hand_over(self, s: StreamSession) -> None:
+        """Give the session's decoded packet to its consumer (waits for the decode)."""
+        packet, s.in_flight = s.in_flight, None
+        if packet is None:
+            return
+        decode_ms = packet.wait()
         t1 = time.perf_counter()
-        pcm_np = pcm.float().cpu().numpy()
+        pcm_np = packet.host_pcm.numpy().copy()  # the (pinned) staging buffer goes back now
         m = s.metrics
-        packet = PCMPacket(
-            index=m.packets, pcm=pcm_np, frames=len(s.pending),
-            t_ready_ms=(time.perf_counter() - s.accepted_at) * 1000,
-            codegen_ms=s.pending_codegen_ms, decode_ms=(t1 - t0) * 1000, glue_ms=0.0,
+        out = PCMPacket(
+            index=m.packets, pcm=pcm_np, frames=packet.frames,
+            t_ready_ms=(t1 - s.accepted_at) * 1000,
+            codegen_ms=packet.codegen_ms, decode_ms=decode_ms, glue_ms=0.0,
         )
         s.silent_packets = s.silent_packets + 1 if float(np.sqrt(np.mean(pcm_np**2))) < SILENCE_RMS else 0
-        s.pending, s.pending_codegen_ms = [], 0.0
-        packet.glue_ms = (time.perf_counter() - t1) * 1000
-        m.frames += packet.frames
+        out.glue_ms = (time.perf_counter() - t1) * 1000
+        m.frames += out.frames
         m.packets += 1
         m.audio_s += len(pcm_np) / SAMPLE_RATE
-        m.codegen_wall_total_ms += packet.codegen_ms
-        m.decode_wall_total_ms += packet.decode_ms
-        m.glue_wall_total_ms += packet.glue_ms
+        m.codegen_wall_total_ms += out.codegen_ms
+        m.decode_wall_total_ms += out.decode_ms
+        m.glue_wall_total_ms += out.glue_ms
         if m.ttfa_ms is None:
-            m.ttfa_ms = packet.t_ready_ms
+            m.ttfa_ms = out.t_ready_ms
         if self.config.packet_metrics:
-            m.packet_log.append({k: v for k, v in asdict(packet).items() if k != "pcm"})
+            m.packet_log.append({k: v for k, v in asdict(out).items() if k != "pcm"})
         if self.config.packet_trace:
             log.info("request %s packet %d frames %d ready %.1f ms codegen %.1f decode %.1f",
-                     s.id, packet.index, packet.frames, packet.t_ready_ms, packet.codegen_ms, packet.decode_ms)
-        s.emit(packet)
+                     s.id, out.index, out.frames, out.t_ready_ms, out.codegen_ms, out.decode_ms)
+        s.emit(out)
 
     def _silence_stop(self, s: StreamSession) -> bool:
         n = self.config.silence_packets
@@ -380,6 +452,12 @@ class TTSEngine:
         s.finished = True
         if s in self._sessions:
             self._sessions.remove(s)
+        if s.in_flight is not None:
+            if s.cancelled.is_set() or reason == "error":
+                s.in_flight.wait()  # the decode stream is done with the slot; drop the packet
+                s.in_flight = None
+            else:
+                self._hand_over(s)
         m = s.metrics
         m.stop_reason = "cancelled" if s.cancelled.is_set() else reason
         m.wall_ms = (time.perf_counter() - s.accepted_at) * 1000
