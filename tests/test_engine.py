@@ -24,6 +24,21 @@ def engine(tiny_model_dir, tmp_path_factory):
     eng.close()
 
 
+async def read_then_cancel(handle, packets: int) -> int:  # noqa: ANN001
+    """Read `packets` packets, cancel, wait until the engine has let the session go."""
+    received = 0
+    async for _ in handle:
+        received += 1
+        if received == packets:
+            handle.cancel()
+            break
+    for _ in range(200):
+        if handle.session.finished:
+            break
+        await asyncio.sleep(0.01)
+    return received
+
+
 async def test_stream_equals_offline_decode(engine):
     req = engine.make_request("Streaming must equal the offline decode.", "ryan", "english")
     pcm, metrics = await engine.synthesize_pcm(req)
@@ -38,16 +53,7 @@ async def test_stream_equals_offline_decode(engine):
 async def test_cancel_stops_within_one_packet(engine):
     req = engine.make_request(" ".join(["A long answer nobody will hear to the end."] * 6), "serena")
     handle = engine.open_stream(req, packet_tokens=2)
-    received = 0
-    async for _ in handle:
-        received += 1
-        if received == 2:
-            handle.cancel()
-            break
-    for _ in range(200):
-        if handle.session.finished:
-            break
-        await asyncio.sleep(0.01)
+    received = await read_then_cancel(handle, 2)
     assert handle.metrics.stop_reason == "cancelled"
     # Work stops before the next frame: at most one packet beyond what was read is made.
     assert handle.metrics.packets <= received + 1
@@ -148,16 +154,7 @@ async def test_decode_overlap_hands_over_the_same_packets(engine, tiny_model_dir
                                   np.concatenate([p.pcm for p in ref]))
         assert max(leads) == 1 and leads.count(1) > 10  # later packets left one frame later
         handle = eng.open_stream(eng.make_request(" ".join([text] * 4), "serena"), packet_tokens=2)
-        received = 0
-        async for _ in handle:
-            received += 1
-            if received == 3:
-                handle.cancel()
-                break
-        for _ in range(200):
-            if handle.session.finished:
-                break
-            await asyncio.sleep(0.01)
+        received = await read_then_cancel(handle, 3)
         assert handle.metrics.stop_reason == "cancelled"
         assert handle.metrics.packets <= received + 1 and handle.session.in_flight is None
         assert eng.active_sessions == 0
