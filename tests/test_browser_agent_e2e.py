@@ -98,6 +98,9 @@ async def test_browser_user_talks_to_the_real_agent(
     user_texts = [t["text"].lower() for t in snap["transcripts"] if t["who"] == "you"]
     assert any("hello" in t for t in user_texts), snap["transcripts"]
     assert SCRIPTED_REPLY in agent_texts, snap["transcripts"]
+    # the finished reply is shown as final (its stream trailer says so), not as interim
+    reply = next(t for t in snap["transcripts"] if t["text"] == SCRIPTED_REPLY)
+    assert reply["final"] is True, snap["transcripts"]
     assert SCRIPTED_REPLY in ui["transcript"], ui  # what the person sees
     # the page heard the agent and measured end of turn -> first agent audio
     lat = snap["latenciesMs"]

@@ -238,7 +238,6 @@ async function stopReply() {
 async function onTranscription(reader, participantInfo) {
   const attrs = reader.info.attributes || {};
   const segmentId = attrs["lk.segment_id"] || reader.info.id;
-  const final = attrs["lk.transcription_final"] === "true";
   const who = participantInfo.identity === state.identity ? "you" : participantInfo.identity;
   let li = segments.get(segmentId);
   if (!li) {
@@ -249,7 +248,7 @@ async function onTranscription(reader, participantInfo) {
     $("transcript").appendChild(li);
   }
   li.className = who === "you" ? "user" : "agent";
-  const entry = { segmentId, who, text: "", final };
+  const entry = { segmentId, who, text: "", final: false };
   const textEl = li.querySelector(".text");
   textEl.textContent = ""; // each stream carries the whole segment (interim) or its deltas
   try {
@@ -261,7 +260,10 @@ async function onTranscription(reader, participantInfo) {
   } catch (err) {
     console.warn("[streamtalk] transcription stream ended early", err);
   }
-  entry.final = final || attrs["lk.transcription_final"] === undefined;
+  // A reply streams its deltas under lk.transcription_final="false" and says "true" in the
+  // stream's trailer, which the SDK merges into reader.info.attributes when the stream ends.
+  const endAttrs = reader.info.attributes || {};
+  entry.final = endAttrs["lk.transcription_final"] !== "false";
   li.classList.toggle("interim", !entry.final);
   const prev = state.transcripts.findIndex((t) => t.segmentId === segmentId);
   if (prev >= 0) state.transcripts[prev] = entry;
