@@ -46,6 +46,8 @@ NINE_POINTS = ["vad_end", "stt_start", "stt_end", "llm_request", "llm_first_toke
 async def test_turn_is_answered_traced_and_marked(
     livekit_server: LiveKitServer, agent_worker: AgentWorker, make_speech_wav
 ) -> None:
+    # the worker froze its start-up heap (full GC passes over it stalled turns by ~200 ms)
+    assert "start-up heap frozen" in agent_worker.log_text()
     room = unique_room("e2e-turn")
     trace_id, case_id = f"tr-{room}", "case-weather"
     meta = {"trace_id": trace_id, "case_id": case_id}

@@ -38,6 +38,7 @@ from prometheus_client import (
 
 from .config import EngineConfig
 from .engine import EngineStartError, RequestMetrics, TTSEngine, check_device_memory
+from .heap import freeze_startup_heap
 from .prompt import PromptError
 from .synthesis import SAMPLE_RATE, pcm16_bytes, write_wav
 
@@ -355,6 +356,7 @@ def load_engine_in_background(app: web.Application) -> threading.Thread:
     def load() -> None:
         try:
             holder.engine = TTSEngine(holder.config)
+            freeze_startup_heap()
             log.info("start-up complete: serving %s on %s", holder.config.resolved_model_dir,
                      holder.config.torch_device)
         except Exception as exc:  # noqa: BLE001 - reported on /readyz and in the log
