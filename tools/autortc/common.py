@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
 import os
 import wave
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -62,3 +64,37 @@ def percentile(values: list[float], q: float) -> float | None:
     if not vals:
         return None
     return float(np.percentile(np.asarray(vals, dtype=np.float64), q))
+
+
+def bot_arg_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments both bots take (run_suite passes the same values to each)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--url", required=True)
+    p.add_argument("--token", required=True)
+    p.add_argument("--trace-id", required=True)
+    p.add_argument("--case-id", required=True)
+    p.add_argument("--expect-replies", type=int, default=1)
+    p.add_argument("--ready-timeout-s", type=float, default=30.0)
+    p.add_argument("--timeout-s", type=float, default=90.0)
+    return p
+
+
+class Bot(Protocol):
+    events: list[dict[str, Any]]
+
+    async def run(self) -> dict[str, Any]: ...
+
+    async def close(self) -> None: ...
+
+
+async def run_bounded(bot: Bot, args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """`bot.run()` within --timeout-s: a timeout becomes a failed result, never a hang;
+    the bot leaves the room either way."""
+    try:
+        return await asyncio.wait_for(bot.run(), args.timeout_s)
+    except TimeoutError:
+        return {"trace_id": args.trace_id, "case_id": args.case_id, "ok": False,
+                "error": f"{name} timed out after {args.timeout_s:.0f} s", "agent_events": bot.events}
+    finally:
+        await bot.close()
+

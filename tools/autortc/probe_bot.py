@@ -23,7 +23,16 @@ from typing import Any
 import numpy as np
 from livekit import rtc
 
-from .common import SILENCE_RMS, TOPIC_AGENT, TOPIC_PROBE, rms, write_json, write_wav
+from .common import (
+    SILENCE_RMS,
+    TOPIC_AGENT,
+    TOPIC_PROBE,
+    bot_arg_parser,
+    rms,
+    run_bounded,
+    write_json,
+    write_wav,
+)
 
 RATE = 48000
 SLICE_LEAD_MS = 20.0  # frames arriving this much before reply_start still belong to the reply
@@ -168,32 +177,18 @@ class ProbeBot:
 
 async def amain(args: argparse.Namespace) -> int:
     bot = ProbeBot(args)
-    try:
-        res = await asyncio.wait_for(bot.run(), args.timeout_s)
-    except TimeoutError:
-        res = {"trace_id": args.trace_id, "case_id": args.case_id, "ok": False,
-               "error": f"probe bot timed out after {args.timeout_s:.0f} s"}
-    finally:
-        await bot.close()
-    res = bot.finish(res)
+    res = bot.finish(await run_bounded(bot, args, "probe bot"))
     write_json(Path(args.out_dir) / "probe_result.json", res)
     return 0 if res.get("ok") else 1
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--url", required=True)
-    p.add_argument("--token", required=True)
-    p.add_argument("--trace-id", required=True)
-    p.add_argument("--case-id", required=True)
+    p = bot_arg_parser(__doc__.splitlines()[0])
     p.add_argument("--out-dir", required=True)
     p.add_argument("--reply-seq", type=int, default=1, help="the reply to slice")
-    p.add_argument("--expect-replies", type=int, default=1)
-    p.add_argument("--ready-timeout-s", type=float, default=30.0)
     p.add_argument("--record-s", type=float, default=20.0,
                    help="recording pad after agent_ready (welcome+STT+LLM+TTS+transport)")
     p.add_argument("--tail-s", type=float, default=1.0)
-    p.add_argument("--timeout-s", type=float, default=90.0)
     return p.parse_args(argv)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from livekit import rtc
 
-from .common import FRAME_MS, TOPIC_AGENT, read_wav, write_json
+from .common import FRAME_MS, TOPIC_AGENT, bot_arg_parser, read_wav, run_bounded, write_json
 
 SPEECH_FLOOR = 0.02  # |sample| above this counts as speech for the eot
 
@@ -163,35 +163,20 @@ class UserBot:
 
 
 async def amain(args: argparse.Namespace) -> int:
-    bot = UserBot(args)
-    try:
-        result = await asyncio.wait_for(bot.run(), args.timeout_s)
-    except TimeoutError:
-        result = {"trace_id": args.trace_id, "case_id": args.case_id, "ok": False,
-                  "error": f"user bot timed out after {args.timeout_s:.0f} s",
-                  "agent_events": bot.events}
-    finally:
-        await bot.close()
+    result = await run_bounded(UserBot(args), args, "user bot")
     write_json(Path(args.out), result)
     return 0 if result.get("ok") else 1
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--url", required=True)
-    p.add_argument("--token", required=True)
+    p = bot_arg_parser(__doc__.splitlines()[0])
     p.add_argument("--wav", required=True)
-    p.add_argument("--trace-id", required=True)
-    p.add_argument("--case-id", required=True)
     p.add_argument("--out", required=True, help="user_result.json path")
     p.add_argument("--barge-in-wav", default="")
     p.add_argument("--barge-in-ms", type=float, default=800.0,
                    help="delay after reply_start of reply 1 before the barge-in")
-    p.add_argument("--expect-replies", type=int, default=1)
-    p.add_argument("--ready-timeout-s", type=float, default=30.0)
     p.add_argument("--hold-s", type=float, default=25.0, help="wait for the replies at most this")
     p.add_argument("--tail-s", type=float, default=0.5)
-    p.add_argument("--timeout-s", type=float, default=90.0)
     return p.parse_args(argv)
 
 
