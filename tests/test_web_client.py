@@ -67,6 +67,16 @@ async def run_web_driver(
     return result
 
 
+async def run_until_error(browser_env: BrowserEnv, tmp_path: Path, base_url: str, screenshot: str,
+                          **opts: Any) -> dict[str, Any]:
+    """Open the page, join a fresh room and stop at the first error the page shows
+    (its text in result["errorText"]); the screenshot goes to ARTIFACTS."""
+    result = await run_web_driver(browser_env, tmp_path, timeout_s=60, url=f"{base_url}/", room=_room(),
+                                  untilError=True, screenshot=str(ARTIFACTS / screenshot), **opts)
+    assert result["ok"], result
+    return result
+
+
 def _room() -> str:
     return "web-" + uuid.uuid4().hex[:8]
 
@@ -154,18 +164,9 @@ async def test_wrong_access_key_shows_clear_message(
     start_token_server: Any, browser_env: BrowserEnv, make_speech_wav: Any, tmp_path: Path
 ) -> None:
     server = start_token_server(TOKEN_ACCESS_KEY="open-sesame")
-    result = await run_web_driver(
-        browser_env,
-        tmp_path,
-        timeout_s=60,
-        url=f"{server.base_url}/",
-        room=_room(),
-        accessKey="wrong-key",
-        fakeAudioWav=str(make_speech_wav("hello", sample_rate=48000)),
-        untilError=True,
-        screenshot=str(ARTIFACTS / "web-error-access-key.png"),
-    )
-    assert result["ok"], result
+    hello = str(make_speech_wav("hello", sample_rate=48000))
+    result = await run_until_error(browser_env, tmp_path, server.base_url, "web-error-access-key.png",
+                                   accessKey="wrong-key", fakeAudioWav=hello)
     assert "token server refused" in result["errorText"]
     assert "X-Access-Key header is wrong" in result["errorText"]
     assert result["snapshot"]["connection"] == "failed"
@@ -176,17 +177,8 @@ async def test_unreachable_livekit_shows_clear_message(
 ) -> None:
     dead_url = f"ws://127.0.0.1:{free_port()}"  # nothing listens there
     server = start_token_server(LIVEKIT_URL=dead_url)
-    result = await run_web_driver(
-        browser_env,
-        tmp_path,
-        timeout_s=60,
-        url=f"{server.base_url}/",
-        room=_room(),
-        fakeAudioWav=str(make_speech_wav("hello", sample_rate=48000)),
-        untilError=True,
-        screenshot=str(ARTIFACTS / "web-error-livekit-down.png"),
-    )
-    assert result["ok"], result
+    result = await run_until_error(browser_env, tmp_path, server.base_url, "web-error-livekit-down.png",
+                                   fakeAudioWav=str(make_speech_wav("hello", sample_rate=48000)))
     assert f"Cannot reach the LiveKit server at {dead_url}" in result["errorText"]
 
 
@@ -195,17 +187,8 @@ async def test_token_refused_by_livekit_shows_clear_message(
 ) -> None:
     # signed with a secret the LiveKit server does not know
     server = start_token_server(LIVEKIT_API_SECRET="not-the-server-secret-" + "x" * 20)
-    result = await run_web_driver(
-        browser_env,
-        tmp_path,
-        timeout_s=60,
-        url=f"{server.base_url}/",
-        room=_room(),
-        fakeAudioWav=str(make_speech_wav("hello", sample_rate=48000)),
-        untilError=True,
-        screenshot=str(ARTIFACTS / "web-error-token-refused.png"),
-    )
-    assert result["ok"], result
+    result = await run_until_error(browser_env, tmp_path, server.base_url, "web-error-token-refused.png",
+                                   fakeAudioWav=str(make_speech_wav("hello", sample_rate=48000)))
     assert "refused the token" in result["errorText"]
     assert "eyJ" not in result["errorText"]  # the token itself is not echoed
 
@@ -217,17 +200,8 @@ async def test_missing_microphone_shows_clear_message(
     tmp_path: Path,
 ) -> None:
     # no fake capture device: Chromium finds no microphone at all
-    result = await run_web_driver(
-        browser_env,
-        tmp_path,
-        timeout_s=60,
-        url=f"{token_server.base_url}/",
-        room=_room(),
-        fakeAudioWav=None,
-        untilError=True,
-        screenshot=str(ARTIFACTS / "web-error-no-microphone.png"),
-    )
-    assert result["ok"], result
+    result = await run_until_error(browser_env, tmp_path, token_server.base_url,
+                                   "web-error-no-microphone.png", fakeAudioWav=None)
     assert "microphone" in result["errorText"].lower()
     snap = result["snapshot"]
     assert snap["micPublished"] is False
