@@ -160,3 +160,34 @@ async def test_decode_overlap_hands_over_the_same_packets(engine, tiny_model_dir
         assert eng.active_sessions == 0
     finally:
         eng.close()
+
+
+async def test_a_packet_that_fails_to_hand_over_ends_only_its_request(tiny_model_dir, monkeypatch):
+    """Decode overlap: a deferred packet whose decode fails ends its request with the error,
+    releases its slots, and the worker keeps serving."""
+    eng = TTSEngine(EngineConfig.from_env({}, model_dir=str(tiny_model_dir), device="cpu",
+                                          decode_overlap="on"), warmup=False)
+    try:
+        real_wait = engine_module.PacketInFlight.wait
+        failing = {"on": True}
+
+        def wait(self):  # noqa: ANN001, ANN202 - the second packet (the first deferred one) fails
+            if failing["on"] and self.frames > 1:
+                raise RuntimeError("decode failed")
+            return real_wait(self)
+
+        monkeypatch.setattr(engine_module.PacketInFlight, "wait", wait)
+        req = eng.make_request("A stream whose deferred packet fails.", "serena")
+        with pytest.raises(RuntimeError, match="decode failed"):
+            await eng.synthesize_pcm(req, packet_tokens=2)
+        for _ in range(200):
+            if eng.active_sessions == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert eng.active_sessions == 0
+        assert not any(slot.busy for slot in eng.codec._slots)
+        failing["on"] = False
+        pcm, metrics = await eng.synthesize_pcm(eng.make_request("Still serving.", "serena"))
+        assert metrics.stop_reason == "eos" and len(pcm) > 0
+    finally:
+        eng.close()

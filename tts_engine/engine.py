@@ -453,11 +453,17 @@ class TTSEngine:
         if s in self._sessions:
             self._sessions.remove(s)
         if s.in_flight is not None:
-            if s.cancelled.is_set() or reason == "error":
-                s.in_flight.wait()  # the decode stream is done with the slot; drop the packet
-                s.in_flight = None
-            else:
-                self._hand_over(s)
+            try:
+                if s.cancelled.is_set() or reason == "error":
+                    s.in_flight.wait()  # the decode stream is done with the slot; drop the packet
+                else:
+                    self._hand_over(s)
+            except Exception as exc:  # noqa: BLE001 - told to the consumer; the slots are freed below
+                log.exception("request %s: its last packet failed", s.id)
+                if reason != "error" and not s.cancelled.is_set():
+                    reason, s.metrics.error = "error", f"{type(exc).__name__}: {exc}"
+                    s.emit(exc)
+            s.in_flight = None
         m = s.metrics
         m.stop_reason = "cancelled" if s.cancelled.is_set() else reason
         m.wall_ms = (time.perf_counter() - s.accepted_at) * 1000
