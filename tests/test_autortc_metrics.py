@@ -213,3 +213,19 @@ def test_only_a_passing_run_becomes_the_golden_baseline(tmp_path: Path) -> None:
     bad = _run_dir(tmp_path, "bad", [], [_row(max_gap_ms=900.0, case_dir="cases/x")])
     with pytest.raises(SystemExit, match="max_gap"):
         report.promote(bad, tmp_path / "golden2", "v-bad", "ci", wav_cases=0)
+
+
+def test_bots_take_only_this_cases_agent_events() -> None:
+    import argparse
+
+    from tools.autortc.common import TOPIC_AGENT, TOPIC_PROBE, agent_event
+
+    args = argparse.Namespace(trace_id="t1", case_id="c1")
+    ok = json.dumps({"type": "reply_start", "trace_id": "t1", "case_id": "c1", "reply_seq": 1}).encode()
+    msg = agent_event(TOPIC_AGENT, ok, args)
+    assert msg is not None and msg["type"] == "reply_start" and msg["t_recv_wall_ms"] > 0
+    assert agent_event(TOPIC_PROBE, ok, args) is None  # another topic
+    stale = json.dumps({"type": "reply_start", "trace_id": "t0", "case_id": "c1"}).encode()
+    assert agent_event(TOPIC_AGENT, stale, args) is None  # an earlier process's event
+    assert agent_event(TOPIC_AGENT, b"\xff not json", args) is None
+    assert agent_event(TOPIC_AGENT, b"[1, 2]", args) is None

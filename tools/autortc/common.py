@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import time
 import wave
 from pathlib import Path
 from typing import Any, Protocol
@@ -97,4 +98,20 @@ async def run_bounded(bot: Bot, args: argparse.Namespace, name: str) -> dict[str
                 "error": f"{name} timed out after {args.timeout_s:.0f} s", "agent_events": bot.events}
     finally:
         await bot.close()
+
+
+def agent_event(topic: str, data: bytes, args: argparse.Namespace) -> dict[str, Any] | None:
+    """An `autortc.agent` packet of this case (trace_id and case_id both match: stale events
+    of an earlier process are dropped), stamped with its arrival time; else None."""
+    if topic != TOPIC_AGENT:
+        return None
+    try:
+        msg = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if (not isinstance(msg, dict) or msg.get("trace_id") != args.trace_id
+            or msg.get("case_id") != args.case_id):
+        return None
+    msg["t_recv_wall_ms"] = time.time() * 1000
+    return msg
 

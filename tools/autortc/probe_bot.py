@@ -25,8 +25,8 @@ from livekit import rtc
 
 from .common import (
     SILENCE_RMS,
-    TOPIC_AGENT,
     TOPIC_PROBE,
+    agent_event,
     bot_arg_parser,
     rms,
     run_bounded,
@@ -75,16 +75,9 @@ class ProbeBot:
             await stream.aclose()
 
     def _on_data(self, packet: rtc.DataPacket) -> None:
-        if packet.topic != TOPIC_AGENT:
+        msg = agent_event(packet.topic, packet.data, self.args)
+        if msg is None:
             return
-        try:
-            msg = json.loads(packet.data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return
-        if (not isinstance(msg, dict) or msg.get("trace_id") != self.args.trace_id
-                or msg.get("case_id") != self.args.case_id):
-            return
-        msg["t_recv_wall_ms"] = time.time() * 1000
         self.events.append(msg)
         if msg.get("type") == "agent_ready":
             self.ready.set()

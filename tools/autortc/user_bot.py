@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from livekit import rtc
 
-from .common import FRAME_MS, TOPIC_AGENT, bot_arg_parser, read_wav, run_bounded, write_json
+from .common import FRAME_MS, agent_event, bot_arg_parser, read_wav, run_bounded, write_json
 
 SPEECH_FLOOR = 0.02  # |sample| above this counts as speech for the eot
 
@@ -51,17 +51,9 @@ class UserBot:
         self.all_done = asyncio.Event()
 
     def _on_data(self, packet: rtc.DataPacket) -> None:
-        if packet.topic != TOPIC_AGENT:
+        msg = agent_event(packet.topic, packet.data, self.args)
+        if msg is None:
             return
-        try:
-            msg = json.loads(packet.data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return
-        if not isinstance(msg, dict):
-            return
-        if msg.get("trace_id") != self.args.trace_id or msg.get("case_id") != self.args.case_id:
-            return  # stale events of another run
-        msg["t_recv_wall_ms"] = time.time() * 1000
         self.events.append(msg)
         kind = msg.get("type")
         if kind == "agent_ready":
