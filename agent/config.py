@@ -47,30 +47,27 @@ def _get(env: dict[str, str], name: str) -> str | None:
     return raw or None
 
 
-def _float(env: dict[str, str], name: str, default: float, lo: float, hi: float) -> float:
+def _number(env: dict[str, str], name: str, default: float, lo: float, hi: float,
+            kind: type[int] | type[float]) -> float:
     raw = _get(env, name)
     if raw is None:
         return default
     try:
-        value = float(raw)
+        value = kind(raw)
     except ValueError:
-        raise AgentConfigError(f"{name}={raw!r} is not a number") from None
+        what = "an integer" if kind is int else "a number"
+        raise AgentConfigError(f"{name}={raw!r} is not {what}") from None
     if not lo <= value <= hi:
         raise AgentConfigError(f"{name}={value} is out of range [{lo}, {hi}]")
     return value
+
+
+def _float(env: dict[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    return float(_number(env, name, default, lo, hi, float))
 
 
 def _int(env: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
-    raw = _get(env, name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise AgentConfigError(f"{name}={raw!r} is not an integer") from None
-    if not lo <= value <= hi:
-        raise AgentConfigError(f"{name}={value} is out of range [{lo}, {hi}]")
-    return value
+    return int(_number(env, name, default, lo, hi, int))
 
 
 def _bool(env: dict[str, str], name: str, default: bool) -> bool:
