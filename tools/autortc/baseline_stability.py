@@ -19,25 +19,26 @@ from typing import Any
 
 import numpy as np
 
-from .common import read_json, write_json
+from .common import percentile, read_json, write_json
+from .gates import gated_values
 
-METRICS = {  # run-level statistic of each gate metric
-    "eot_to_first_audio_p95_ms": ("eot_to_first_audio_ms", "p95"),
-    "tts_first_to_publish_p95_ms": ("tts_first_to_publish_ms", "p95"),
-    "max_gap_ms": ("max_gap_ms", "max"),
-    "fast_lane_ttft_p95_ms": ("fast_lane_ttft_ms", "p95"),
-    "inter_arrival_p95_ms": ("inter_arrival_p95_ms", "p95"),
-    "clipping_ratio": ("clipping_ratio", "max"),
-    "audible_dropout": ("audible_dropout", "sum"),
+METRICS = {  # run-level statistic of each gate metric, over the cases its gate counts
+    "eot_to_first_audio_p95_ms": ("eot_to_first_audio_ms", "p95", False),
+    "tts_first_to_publish_p95_ms": ("tts_first_to_publish_ms", "p95", False),
+    "max_gap_ms": ("max_gap_ms", "max", True),
+    "fast_lane_ttft_p95_ms": ("fast_lane_ttft_ms", "p95", False),
+    "inter_arrival_p95_ms": ("inter_arrival_p95_ms", "p95", False),
+    "clipping_ratio": ("clipping_ratio", "max", False),
+    "audible_dropout": ("audible_dropout", "sum", True),
 }
 
 
-def run_stat(rows: list[dict[str, Any]], key: str, how: str) -> float | None:
-    v = [float(r[key]) for r in rows if r.get(key) is not None and r.get("capture_status") == "OK"]
+def run_stat(rows: list[dict[str, Any]], key: str, how: str, p0_only: bool) -> float | None:
+    """The statistic the gate takes of one run (gates.gated_values: capture OK only)."""
+    v = gated_values(rows, key, p0_only)
     if not v:
         return None
-    return {"p95": lambda: float(np.percentile(v, 95)), "max": lambda: max(v),
-            "sum": lambda: sum(v)}[how]()
+    return {"p95": lambda: percentile(v, 95), "max": lambda: max(v), "sum": lambda: sum(v)}[how]()
 
 
 def analyse(run_dirs: list[Path]) -> dict[str, Any]:
@@ -45,16 +46,18 @@ def analyse(run_dirs: list[Path]) -> dict[str, Any]:
     names = [f"{d.resolve().parent.name}/{d.name}" for d in run_dirs]  # no machine paths
     out: dict[str, Any] = {"runs": names, "n_runs": len(runs),
                            "samples": sum(len(r["rows"]) for r in runs), "metrics": {}}
-    for name, (key, how) in METRICS.items():
-        vals = [x for x in (run_stat(r["rows"], key, how) for r in runs) if x is not None]
-        per_case = [float(row[key]) for r in runs for row in r["rows"]
-                    if row.get(key) is not None and row.get("capture_status") == "OK"]
+    for name, (key, how, p0_only) in METRICS.items():
+        stats = [(n, run_stat(r["rows"], key, how, p0_only)) for n, r in zip(names, runs, strict=True)]
+        stats = [(n, x) for n, x in stats if x is not None]  # a run without data has no say
+        vals = [x for _, x in stats]
+        per_case = [v for r in runs for v in gated_values(r["rows"], key, p0_only)]
         if not vals:
             continue
         sigma = float(np.std(vals))
         sug = max(vals) + 3 * sigma
         out["metrics"][name] = {
-            "run_values": [round(v, 3) for v in vals], "median": round(float(np.median(vals)), 3),
+            "run_values": [round(v, 3) for v in vals], "runs": [n for n, _ in stats],
+            "median": round(float(np.median(vals)), 3),
             "p95": round(float(np.percentile(vals, 95)), 3), "sigma": round(sigma, 3),
             "case_median": round(float(np.median(per_case)), 3),
             "case_p95": round(float(np.percentile(per_case, 95)), 3),
@@ -64,7 +67,7 @@ def analyse(run_dirs: list[Path]) -> dict[str, Any]:
         out["suggested_primary_kpi_max_regression_ms"] = math.ceil(3 * kpi["sigma"] / 10) * 10
         nearest = min(range(len(kpi["run_values"])),
                       key=lambda i: abs(kpi["run_values"][i] - kpi["median"]))
-        out["suggested_golden_run"] = names[nearest]
+        out["suggested_golden_run"] = kpi["runs"][nearest]
     out["retries"] = sum(r["counts"]["retries"] for r in runs)
     out["capture_status"] = [r["counts"]["capture_status"] for r in runs]
     return out

@@ -114,4 +114,3 @@ def agent_event(topic: str, data: bytes, args: argparse.Namespace) -> dict[str, 
         return None
     msg["t_recv_wall_ms"] = time.time() * 1000
     return msg
-

@@ -50,7 +50,7 @@ def load_baseline(path: Path) -> dict[str, Any] | None:
     return read_json(path) if path and path.exists() else None
 
 
-def _vals(rows: list[dict[str, Any]], key: str, p0_only: bool = False) -> list[float]:
+def gated_values(rows: list[dict[str, Any]], key: str, p0_only: bool = False) -> list[float]:
     return [float(r[key]) for r in rows if r.get(key) is not None
             and r.get("capture_status") == "OK" and (not p0_only or r.get("priority") == "P0")]
 
@@ -74,26 +74,26 @@ def evaluate(rows: list[dict[str, Any]], profile: dict[str, Any],
         gates.append({"gate": name, "value": None if value is None else round(value, 4),
                       "threshold": f"{op} {limit}{unit}", "status": status, "n": n, "fix": fix})
 
-    e2a = _vals(rows, "eot_to_first_audio_ms")
+    e2a = gated_values(rows, "eot_to_first_audio_ms")
     gate("eot_to_first_audio_p95", percentile(e2a, 95), th["eot_to_first_audio_p95_ms"], "<=",
          " ms", len(e2a))
-    t2p = _vals(rows, "tts_first_to_publish_ms")
+    t2p = gated_values(rows, "tts_first_to_publish_ms")
     gate("tts_first_to_publish_p95", percentile(t2p, 95), th["tts_first_to_publish_p95_ms"], "<=",
          " ms", len(t2p))
-    drop = _vals(rows, "audible_dropout", p0_only=True)
+    drop = gated_values(rows, "audible_dropout", p0_only=True)
     gate("audible_dropout", sum(drop) if drop else None, th["audible_dropout"], "==", "",
          len(drop))
-    gaps = _vals(rows, "max_gap_ms", p0_only=True)
+    gaps = gated_values(rows, "max_gap_ms", p0_only=True)
     gate("max_gap", max(gaps) if gaps else None, th["max_gap_ms"], "<", " ms", len(gaps))
-    clip = _vals(rows, "clipping_ratio")
+    clip = gated_values(rows, "clipping_ratio")
     gate("clipping_ratio", max(clip) if clip else None, th["clipping_ratio"], "<", "", len(clip))
-    ttft = _vals(rows, "fast_lane_ttft_ms")
+    ttft = gated_values(rows, "fast_lane_ttft_ms")
     gate("fast_lane_ttft_p95", percentile(ttft, 95), th["fast_lane_ttft_p95_ms"], "<=", " ms",
          len(ttft))
     valid = [bool(r.get("audio_valid")) and r.get("capture_status") == "OK" for r in p0]
     gate("p0_audio_valid_rate", (sum(valid) / len(valid)) if valid else None,
          th["p0_audio_valid_rate"], ">=", "", len(valid))
-    ia = _vals(rows, "inter_arrival_p95_ms")
+    ia = gated_values(rows, "inter_arrival_p95_ms")
     gate("inter_arrival_p95", percentile(ia, 95), th["inter_arrival_p95_ms"], "<=", " ms", len(ia))
 
     current = percentile(e2a, 95)
