@@ -91,7 +91,6 @@ class RoomAudioSink(io.AudioOutput):
         self._muted = False  # after interrupt_now(): drop frames until this speech ends
         self._capturing = False
         self._seg_sent_s = 0.0
-        self._seg_pushed_s = 0.0
         self._seg_first_sent = False
         self._playout_task: asyncio.Task[None] | None = None
         self._forward_task: asyncio.Task[None] | None = None
@@ -159,7 +158,6 @@ class RoomAudioSink(io.AudioOutput):
         if not self._capturing:
             self._capturing = True
             self._seg_sent_s = 0.0
-            self._seg_pushed_s = 0.0
             self._seg_first_sent = False
         for f in self._bstream.push(frame.data):
             self._enqueue(f)
@@ -167,7 +165,6 @@ class RoomAudioSink(io.AudioOutput):
     def _enqueue(self, f: rtc.AudioFrame) -> None:
         self._seq += 1
         self._queue.append(_Item(f, self._seq))
-        self._seg_pushed_s += f.duration
         self._wake.set()
 
     def flush(self) -> None:

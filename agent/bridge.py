@@ -103,10 +103,6 @@ class TextBridge:
     def pending(self) -> str:
         return self._buf
 
-    @property
-    def segments_emitted(self) -> int:
-        return self._count
-
     def push(self, token: str) -> list[Segment]:
         if not token:
             return []

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import uuid
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -191,9 +191,6 @@ class AgentConfig:
             raise AgentConfigError("MAX_ENDPOINTING must not be below MIN_ENDPOINTING")
         values.update(overrides)
         return cls(**values)
-
-    def with_overrides(self, **changes: Any) -> AgentConfig:
-        return replace(self, **changes)
 
 
 # Dispatch metadata keys: a short name and the env name are both accepted.

@@ -93,11 +93,3 @@ def get_services(config: AgentConfig | None = None) -> SharedServices:
 
 def loaded() -> SharedServices | None:
     return _services
-
-
-def close_services() -> None:
-    global _services
-    with _lock:
-        if _services is not None:
-            _services.engine.close()
-            _services = None

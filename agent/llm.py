@@ -185,6 +185,7 @@ class OmniLLMStream(llm.LLMStream):
             raise
         finally:
             self.done = True
+            owner._streams.discard(self)  # the room keeps only its running completions
             bus.emit(
                 "llm_done",
                 finish=finish,

@@ -29,12 +29,12 @@ import time
 import uuid
 from dataclasses import dataclass
 
-import numpy as np
 from livekit.agents import tts
 from livekit.agents._exceptions import APIConnectionError
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 
 from tts_engine.engine import StreamHandle, TTSEngine
+from tts_engine.synthesis import pcm16_bytes
 
 from .bridge import BridgeOptions, Segment, TextBridge
 from .events import EventBus
@@ -45,10 +45,6 @@ log = logging.getLogger("streamtalk.tts")
 
 SAMPLE_RATE = 24000
 NUM_CHANNELS = 1
-
-
-def pcm16(pcm: np.ndarray) -> bytes:
-    return (np.clip(pcm, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
 
 
 @dataclass
@@ -244,7 +240,7 @@ class _ReplyAudio:
                     self.first_packet_seen = True
                     owner.bus.emit("tts_first_packet", ttfa_ms=handle.metrics.ttfa_ms,
                                    queue_wait_ms=handle.metrics.queue_wait_ms)
-                self.emitter.push(pcm16(packet.pcm))
+                self.emitter.push(pcm16_bytes(packet.pcm))
                 if self.t_first_push is None:
                     self.t_first_push = time.monotonic()
                 self.pushed_s += len(packet.pcm) / SAMPLE_RATE
