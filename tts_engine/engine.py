@@ -379,6 +379,7 @@ class TTSEngine:
         if s.pending and (len(s.pending) >= packet_frames or done):
             self._launch_packet(s, defer=self.decode_overlap and s.first_packet_sent and not done)
         if done or self._silence_stop(s):
+            self._hand_over(s)  # the last packet leaves first, outside the lock
             with self._lock:
                 self._finish(s, s.codegen.stream.stop_reason or "silence")
 
@@ -394,8 +395,8 @@ class TTSEngine:
             packet.host_pcm = self.codec.decode(s.decoder_stream, codes)[0].float().cpu()
             packet.decode_ms = (time.perf_counter() - t0) * 1000
         else:
-            if codes.is_cuda:
-                side.wait_stream(torch.cuda.current_stream(codes.device))
+            # after the codes and after `open()`'s zeroing of the slot, both on this device's stream
+            side.wait_stream(torch.cuda.current_stream(self.codec.device))
             packet.started = torch.cuda.Event(enable_timing=True)
             packet.done = torch.cuda.Event(enable_timing=True)
             with torch.cuda.stream(side):
@@ -452,18 +453,11 @@ class TTSEngine:
         s.finished = True
         if s in self._sessions:
             self._sessions.remove(s)
-        if s.in_flight is not None:
-            try:
-                if s.cancelled.is_set() or reason == "error":
-                    s.in_flight.wait()  # the decode stream is done with the slot; drop the packet
-                else:
-                    self._hand_over(s)
-            except Exception as exc:  # noqa: BLE001 - told to the consumer; the slots are freed below
-                log.exception("request %s: its last packet failed", s.id)
-                if reason != "error" and not s.cancelled.is_set():
-                    reason, s.metrics.error = "error", f"{type(exc).__name__}: {exc}"
-                    s.emit(exc)
-            s.in_flight = None
+        if (s.in_flight is not None or reason == "error") and self._decode_stream is not None:
+            # cancelled or failed: the packet in flight (or a decode cut short) is dropped, but
+            # the decode stream must be done with this session's slot before it is released
+            self._decode_stream.synchronize()
+        s.in_flight = None
         m = s.metrics
         m.stop_reason = "cancelled" if s.cancelled.is_set() else reason
         m.wall_ms = (time.perf_counter() - s.accepted_at) * 1000
