@@ -22,8 +22,8 @@ while [ $# -gt 0 ]; do
 done
 OUTPUT_ROOT="${STREAMTALK_OUTPUT:-output}"
 OUT="${OUT:-$OUTPUT_ROOT/autortc/$TIER-$(date +%Y%m%d-%H%M%S)}"
-BASE_ARGS=()
-[ -f "$BASELINE" ] && BASE_ARGS=(--baseline "$BASELINE")
+BASE_ARGS=()  # --baseline none: no golden comparison (the stability tier, a new baseline)
+[ "$BASELINE" != none ] && BASE_ARGS=(--baseline "$BASELINE")
 run() {  # run DIR TIMEOUT ARGS...
   local dir="$1" limit="$2"; shift 2
   timeout --kill-after=20 "$limit" "$PY" -m tools.autortc.run_suite --start-stack \

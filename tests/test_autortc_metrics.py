@@ -129,10 +129,10 @@ def test_waveform_picture_marks_reply_window_and_gaps(tmp_path: Path) -> None:
                                          "reply_window_wall_ms": [t0 + 900, t0 + 3500],
                                          "first_audio_wall_ms": t0 + 1000})
     write_json(d / "user_result.json", {"turns": [{"eot_wall_ms": t0 + 400}]})
-    gaps = plots.reply_gaps(x, RATE, 0.9, 3.5)
+    gaps = plots.window_gaps(x, RATE, 0.9, 3.5)
     assert len(gaps) == 1 and gaps[0][0] == pytest.approx(2.0, abs=0.03)
     assert gaps[0][1] - gaps[0][0] == pytest.approx(0.3, abs=0.04)
-    assert plots.reply_gaps(x, RATE, 0.9, 1.9) == []  # edges of the window are no gaps
+    assert plots.window_gaps(x, RATE, 0.9, 1.9) == []  # edges of the window are no gaps
     rows = [_row(case_dir="cases/t1", eot_to_vad_end_ms=350.0)]
     report.write_all(tmp_path, rows, {**gates.evaluate(rows, gates.load_profile("ci"), None),
                                       "run": {}})
@@ -229,3 +229,9 @@ def test_bots_take_only_this_cases_agent_events() -> None:
     assert agent_event(TOPIC_AGENT, stale, args) is None  # an earlier process's event
     assert agent_event(TOPIC_AGENT, b"\xff not json", args) is None
     assert agent_event(TOPIC_AGENT, b"[1, 2]", args) is None
+
+
+def test_a_missing_golden_baseline_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="--baseline none"):
+        gates.load_baseline(tmp_path / "summary.json")
+

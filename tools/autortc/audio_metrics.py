@@ -49,14 +49,18 @@ def silent_runs(e: np.ndarray, level: float) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
-def max_gap_ms(x: np.ndarray, rate: int) -> float:
-    """Longest silence between the first and last audible 20 ms frame of a reply segment."""
-    e = frame_rms(x, rate)
+def reply_gaps(e: np.ndarray) -> list[tuple[int, int]]:
+    """Runs of 20 ms frames below GAP_RMS between the first and last audible frame of the
+    energy frames `e` ([start, end) indices into `e`)."""
     span = active_span(e)
     if span is None:
-        return 0.0
-    runs = silent_runs(e[span[0]:span[1]], GAP_RMS)
-    return max((b - a for a, b in runs), default=0) * FRAME_S * 1000
+        return []
+    return [(span[0] + a, span[0] + b) for a, b in silent_runs(e[span[0]:span[1]], GAP_RMS)]
+
+
+def max_gap_ms(x: np.ndarray, rate: int) -> float:
+    """Longest silence between the first and last audible 20 ms frame of a reply segment."""
+    return max((b - a for a, b in reply_gaps(frame_rms(x, rate))), default=0) * FRAME_S * 1000
 
 
 def dropout_count(x: np.ndarray, rate: int) -> int:

@@ -46,8 +46,12 @@ def load_profile(name: str) -> dict[str, Any]:
     return {"name": name, **profiles[name]}
 
 
-def load_baseline(path: Path) -> dict[str, Any] | None:
-    return read_json(path) if path and path.exists() else None
+def load_baseline(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise SystemExit(f"golden baseline {path} does not exist (refresh it as docs/AUTORTC.md "
+                         "says; `scripts/run_autortc.sh --baseline none`, or run_suite without "
+                         "--baseline, skips the PRIMARY_KPI comparison)")
+    return read_json(path)
 
 
 def gated_values(rows: list[dict[str, Any]], key: str, p0_only: bool = False) -> list[float]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .audio_metrics import FRAME_S, GAP_RMS, active_span, frame_rms, silent_runs
+from .audio_metrics import FRAME_S, frame_rms, reply_gaps
 from .common import percentile, read_json, read_wav
 
 MIN_MARKED_GAP_FRAMES = 2  # 40 ms: shorter dips are the pauses inside words
@@ -67,17 +67,13 @@ def latency_png(out: Path, rows: list[dict[str, Any]], limit_ms: float | None,
     return "latency.png"
 
 
-def reply_gaps(x: np.ndarray, rate: int, start_s: float, end_s: float) -> list[tuple[float, float]]:
-    """Gaps (start_s, end_s) inside the reply window: silent runs between its first and
-    last audible frame, at least MIN_MARKED_GAP_FRAMES long."""
-    a, b = int(start_s / FRAME_S), int(end_s / FRAME_S)
-    e = frame_rms(x, rate)[a:b]
-    span = active_span(e)
-    if span is None:
-        return []
-    lo = a + span[0]
-    return [((lo + s) * FRAME_S, (lo + t) * FRAME_S)
-            for s, t in silent_runs(e[span[0]:span[1]], GAP_RMS) if t - s >= MIN_MARKED_GAP_FRAMES]
+def window_gaps(x: np.ndarray, rate: int, start_s: float, end_s: float) -> list[tuple[float, float]]:
+    """Gaps (start_s, end_s) inside the reply window worth marking: audio_metrics.reply_gaps
+    of the window, at least MIN_MARKED_GAP_FRAMES long."""
+    a = int(start_s / FRAME_S)
+    return [((a + s) * FRAME_S, (a + t) * FRAME_S)
+            for s, t in reply_gaps(frame_rms(x, rate)[a:int(end_s / FRAME_S)])
+            if t - s >= MIN_MARKED_GAP_FRAMES]
 
 
 def waveform_png(case_dir: Path, title: str) -> str | None:
@@ -101,7 +97,7 @@ def waveform_png(case_dir: Path, title: str) -> str | None:
     if window:
         a, b = ((w - t0) / 1000 for w in window)
         ax.axvspan(a, b, color="tab:green", alpha=0.12, label="reply window")
-        for i, (g0, g1) in enumerate(reply_gaps(x, rate, a, b)):
+        for i, (g0, g1) in enumerate(window_gaps(x, rate, a, b)):
             ax.axvspan(g0, g1, color="tab:red", alpha=0.35, label="gap" if i == 0 else None)
     for i, turn in enumerate(user.get("turns") or [user]):
         if "start_wall_ms" in turn and "eot_wall_ms" in turn:

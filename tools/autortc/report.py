@@ -145,10 +145,7 @@ def promote(run: Path, golden: Path, version: str, profile: str = "ci",
             data = json.loads(user.read_text())
             data["wav"] = Path(str(data.get("wav", ""))).name
             write_json(user, data)
-    write_all(golden, rows, result)
-    summary = json.loads((golden / "summary.json").read_text())
-    summary["baseline_version"] = version
-    write_json(golden / "summary.json", summary)
+    write_all(golden, rows, result)  # summary.json carries baseline_version from `result`
     return golden
 
 

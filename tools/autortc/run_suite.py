@@ -157,6 +157,7 @@ def run_suite(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     cases = load_cases(args.cases, args.only)
+    baseline = gates.load_baseline(args.baseline) if args.baseline else None  # before any work
     if args.turns and args.turns > len(cases):  # nightly: cycle the cases, one room per turn
         cases = [cases[i % len(cases)] for i in range(args.turns)]
     wav_dir = args.wav_cache or (output_root() / "autortc" / "wavs")
@@ -209,7 +210,6 @@ def run_suite(args: argparse.Namespace) -> int:
     finally:
         if args.start_stack and stack is not None:
             stack.stop()
-    baseline = gates.load_baseline(args.baseline) if args.baseline else None
     result = gates.evaluate(rows, gates.load_profile(args.profile), baseline)
     result["run"] = {"run_id": run_id, "cases_file": args.cases.name, "profile": args.profile,
                      "wall_s": round(time.monotonic() - t_start, 1), "tier": args.tier}

@@ -28,13 +28,13 @@ from .common import FRAME_MS, agent_event, bot_arg_parser, read_wav, run_bounded
 SPEECH_FLOOR = 0.02  # |sample| above this counts as speech for the eot
 
 
-def last_speech_index(x: np.ndarray, floor: float = SPEECH_FLOOR, wav: Path | None = None) -> int:
+def last_speech_index(x: np.ndarray, wav: Path | None = None) -> int:
     """From the case's sidecar JSON (written by make_cases from the clean speech) when there is
-    one, else the last sample above `floor`."""
+    one, else the last sample above SPEECH_FLOOR."""
     meta = wav.with_suffix(".json") if wav is not None else None
     if meta is not None and meta.exists():
         return int(json.loads(meta.read_text())["last_speech_sample"])
-    idx = np.flatnonzero(np.abs(x) > floor)
+    idx = np.flatnonzero(np.abs(x) > SPEECH_FLOOR)
     return int(idx[-1]) if idx.size else len(x) - 1
 
 
