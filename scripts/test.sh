@@ -4,12 +4,9 @@
 . "$(dirname "$0")/common.sh"
 cd "$REPO_ROOT"
 
-ensure_venv
-bash scripts/setup_parity_venv.sh
-for step in install_system_deps install_livekit_server install_node_deps; do
-    if [[ -f "scripts/$step.sh" ]]; then
-        bash "scripts/$step.sh"
-    fi
+# System packages first: the parity venv's sox and the browser tests need them.
+for step in install_system_deps setup_venv setup_parity_venv install_livekit_server install_node_deps; do
+    bash "scripts/$step.sh"
 done
 
 log "ruff"

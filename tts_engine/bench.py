@@ -113,7 +113,7 @@ def fixed_request(engine, length: str, frames: int | None = None):
 def cmd_prepare(args: argparse.Namespace) -> list[dict]:
     from safetensors.torch import load_file, save_file
 
-    from .checkpoint import ensure_checkpoint
+    from .checkpoint import CHECKPOINT_STAMP, ensure_checkpoint
 
     start = time.perf_counter()
     root = ensure_checkpoint(args.dir, args.preset, args.seed)
@@ -122,7 +122,7 @@ def cmd_prepare(args: argparse.Namespace) -> list[dict]:
     eos = json.loads((root / "config.json").read_text())["talker_config"]["codec_eos_token_id"]
     weights["talker.codec_head.weight"][eos] = 0
     save_file(weights, str(weights_path))
-    (root / ".streamtalk-checkpoint").unlink(missing_ok=True)  # no longer the pristine preset
+    (root / CHECKPOINT_STAMP).unlink(missing_ok=True)  # no longer the pristine preset
     rows = [{"dir": str(root), "preset": args.preset, "eos_row_zeroed": True, "seconds": time.perf_counter() - start}]
     print_table("prepared benchmark checkpoint", rows)
     return rows

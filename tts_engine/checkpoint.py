@@ -27,6 +27,7 @@ from .model.configs import GENERATION_CONFIG, TTSModelConfig, parse_model_config
 from .model.layers import RotaryTable
 from .model.talker import Qwen3TTSModel
 
+CHECKPOINT_STAMP = ".streamtalk-checkpoint"  # the writer fingerprint of a generated checkpoint
 MODEL_FILES = (
     "config.json", "generation_config.json", "model.safetensors",
     "vocab.json", "merges.txt", "tokenizer_config.json",
@@ -164,28 +165,51 @@ def write_checkpoint(model_dir: str | Path, preset: str, seed: int = 0) -> Path:
 
 
 def _generator_fingerprint(preset: str, seed: int) -> str:
-    """Changes whenever the code that writes checkpoints changes."""
+    """Changes whenever the code that writes checkpoints, or torch's random generator, changes."""
     import hashlib
 
     here = Path(__file__).parent
     sources = ["checkpoint.py", "tiny_shaping.py", "codec_checkpoint.py", "text_tokenizer.py",
                "model/configs.py", "model/codec_decoder.py"]
-    h = hashlib.sha256(f"{preset}:{seed}".encode())
+    h = hashlib.sha256(f"{preset}:{seed}:torch {torch.__version__}".encode())
     for name in sources:
         h.update((here / name).read_bytes())
     return h.hexdigest()[:16]
 
 
 def ensure_checkpoint(model_dir: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
-    """Write the checkpoint unless an identical one (same preset, seed and writer code) is there."""
+    """Write the checkpoint unless an identical one (same preset, seed and writer) is there.
+
+    A new checkpoint is written into a fresh folder beside the old one and swapped in
+    whole, so no file of an older writer survives and a reader never sees half of one.
+    """
+    import os
+    import shutil
+
     root = Path(model_dir)
-    stamp = root / ".streamtalk-checkpoint"
     want = _generator_fingerprint(preset, seed)
-    if stamp.is_file() and stamp.read_text().strip() == want:
+    if checkpoint_stamp(root) == want:
         return root
-    write_checkpoint(root, preset, seed)
-    stamp.write_text(want + "\n")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    fresh = root.with_name(f".{root.name}.new-{os.getpid()}")
+    stale = root.with_name(f".{root.name}.old-{os.getpid()}")
+    shutil.rmtree(fresh, ignore_errors=True)
+    write_checkpoint(fresh, preset, seed)
+    (fresh / CHECKPOINT_STAMP).write_text(want + "\n")
+    if root.exists():
+        root.rename(stale)
+    try:
+        fresh.rename(root)
+    except OSError:  # another process swapped its identical build in first
+        shutil.rmtree(fresh)
+    shutil.rmtree(stale, ignore_errors=True)
     return root
+
+
+def checkpoint_stamp(root: Path) -> str | None:
+    """The writer fingerprint of a generated checkpoint; None for any other directory."""
+    stamp = root / CHECKPOINT_STAMP
+    return stamp.read_text().strip() if stamp.is_file() else None
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -87,18 +87,13 @@ class CaseResult:
 def open_engine(model_dir: str | None):
     from tts_engine.checkpoint import ensure_checkpoint
     from tts_engine.config import EngineConfig, cache_root
-    from tts_engine.engine import TTSEngine
+    from tts_engine.runtime import TTSEngine
 
     if model_dir is None:
         model_dir = str(ensure_checkpoint(cache_root() / "checkpoints" / "tiny", "tiny", seed=0))
     if not Path(model_dir).is_dir():
         raise RegressionError(f"model directory {model_dir} does not exist")
     return TTSEngine(EngineConfig.from_env(model_dir=str(model_dir), device="cpu", packet_metrics=1))
-
-
-def checkpoint_stamp(model_dir: Path) -> str | None:
-    stamp = model_dir / ".streamtalk-checkpoint"
-    return stamp.read_text().strip() if stamp.is_file() else None
 
 
 def run_cases(engine, cases: list[dict], runs: int, log=print) -> list[CaseResult]:
@@ -325,6 +320,8 @@ def _update_latest(root: Path, run_id: str) -> None:
 def run_suite(mode: str, profile: str, model_dir: str | None = None, out: str | None = None,
               baseline: str | None = None, update_baseline: bool = False, only: list[str] | None = None,
               runs: int | None = None, log=print) -> dict:
+    from tts_engine.checkpoint import checkpoint_stamp
+
     if mode not in RUNS_PER_MODE:
         raise RegressionError(f"unknown mode {mode!r}; valid: {sorted(RUNS_PER_MODE)}")
     th = thresholds_for(profile)
