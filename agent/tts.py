@@ -33,7 +33,8 @@ from livekit.agents import tts
 from livekit.agents._exceptions import APIConnectionError
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 
-from tts_engine.engine import StreamHandle, TTSEngine
+from tts_engine.errors import EngineClosed, OverCapacity, RequestError
+from tts_engine.runtime import StreamHandle, TTSEngine
 from tts_engine.synthesis import pcm16_bytes
 
 from .bridge import BridgeOptions, Segment, TextBridge
@@ -84,6 +85,7 @@ class StreamtalkTTS(tts.TTS):
         self._replies: set[_ReplyAudio] = set()
         self._running = asyncio.Event()  # cleared while the reply's playback is paused
         self._running.set()
+        self._busy = False  # the engine refused the last segment (over capacity)
 
     @property
     def model(self) -> str:
@@ -113,6 +115,18 @@ class StreamtalkTTS(tts.TTS):
         self, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
     ) -> StreamtalkSynthesizeStream:
         return StreamtalkSynthesizeStream(tts=self, conn_options=conn_options)
+
+    def busy(self, segment: int, error: OverCapacity) -> None:
+        """The engine has no room for this segment: skip it and show the room why (the
+        `streamtalk.backend` attribute, which the web page displays), instead of failing."""
+        log.warning("segment %d skipped, the TTS engine is over capacity: %s", segment, error)
+        self._busy = True
+        self.bus.emit("backend_down", component="tts", detail=f"busy, over capacity (retry in {error.retry_after_s} s)")
+
+    def not_busy(self) -> None:
+        if self._busy:
+            self._busy = False
+            self.bus.emit("backend_ok")
 
     def hold(self) -> None:
         """Start no new segment (the reply is paused while a barge-in is decided): a paused
@@ -197,7 +211,7 @@ class _ReplyAudio:
         opts = owner.opts
         try:
             request = owner.engine.make_request(text, speaker=opts.speaker, language=opts.language)
-        except ValueError as exc:  # PromptError: bad text / voice; skip this piece, keep talking
+        except RequestError as exc:  # bad text / voice: skip this piece, keep talking
             log.warning("segment %d skipped: %s", seg.index, exc)
             owner.bus.emit("tts_error", detail=str(exc))
             return
@@ -227,12 +241,22 @@ class _ReplyAudio:
             mark_started()
         try:
             handle = owner.engine.open_stream(request, packet_tokens=opts.packet_tokens)
-        except RuntimeError as exc:  # the engine is closed (worker shutting down)
+        except OverCapacity as exc:
+            ticket.release()
+            owner.busy(seg.index, exc)
+            return
+        except EngineClosed as exc:  # the worker is shutting down
             ticket.release()
             raise APIConnectionError(f"TTS engine unavailable: {exc}", retryable=False) from exc
         owner._handles[handle] = 0.0
         cancelled_at: float | None = None
         try:
+            try:
+                await handle.admitted()
+            except OverCapacity as exc:
+                owner.busy(seg.index, exc)
+                return
+            owner.not_busy()
             async for packet in handle:
                 if not ticket.released:
                     ticket.release()

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Run the GPU benchmark set on a CUDA machine; results as JSON + a log.
 # Usage: scripts/gpu_bench.sh OUT_DIR [sections...]
-#   sections: check codegen decoder e2e overlap_ab launches cancel throughput peer compiled
-#             e2e_compiled (default: all)
+#   sections: check step decoder e2e launches cancel batch peer compiled (default: all)
+#   batch: the server under a concurrency ladder (1 4 16 64 128 256, BATCH_DURATION s each);
+#          fits one 10-minute call on its own
 # Wheels for packages the GPU host lacks may sit in .whl/ (scripts/fetch_gpu_wheels.sh).
 set -uo pipefail
 OUT_DIR="${1:?usage: scripts/gpu_bench.sh OUT_DIR [sections...]}"
 shift
-SECTIONS="${*:-check codegen decoder e2e overlap_ab launches cancel throughput peer compiled e2e_compiled}"
+SECTIONS="${*:-check step decoder e2e launches cancel batch peer compiled}"
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT_DIR"
 RES="$OUT_DIR/parts"
@@ -30,42 +31,32 @@ has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 step prepare
 $B prepare "$CK" --preset 0.6b --out "$RES/prepare.json" || exit 1
 if has check; then
-    step "graph == eager (pytest, tiny) and graph-check (0.6b)"
-    PYTHONPATH="$PYTHONPATH:$PWD/tests" python3 -m pytest -q -s -p no:cacheprovider --noconftest -p engine_fixtures tests/test_gpu.py tests/test_gpu_codec.py
-    $B graph-check --model-dir "$CK" --out "$RES/graph_check.json"
+    step "batch graphs == eager, invariant mode == solo (pytest, tiny)"
+    PYTHONPATH="$PYTHONPATH:$PWD/tests" python3 -m pytest -q -s -p no:cacheprovider --noconftest -p engine_fixtures tests/test_gpu.py
 fi
-has codegen && { step codegen; $B codegen --model-dir "$CK" --frames 200 --out "$RES/codegen.json"; }
+has step && { step "batch step"; $B step --model-dir "$CK" --out "$RES/step.json"; }
 has decoder && { step decoder; $B decoder --model-dir "$CK" --frames 200 --out "$RES/decoder.json"; }
 has e2e && { step e2e; $B e2e --model-dir "$CK" --out "$RES/e2e.json"; }
-if has overlap_ab; then
-    step "decode overlapped vs in line, alternating runs"
-    $B e2e --model-dir "$CK" --overlap on off --lengths ${AB_LENGTHS:-short medium} --repeats "${AB_REPEATS:-12}" \
-        --out "$RES/overlap_ab.json"
-fi
 has launches && { step launches; $B launches --model-dir "$CK" --out "$RES/launches.json"; }
 has cancel && { step cancel; $B cancel --model-dir "$CK" --rounds 200 --out "$RES/cancel.json"; }
-if has throughput; then
-    step throughput
-    TTS_MAX_NEW_TOKENS=210 TTS_GRAPH_SLOTS=16 python3 -m tts_engine serve --model-dir "$CK" --port 9000 \
+if has batch; then
+    step "batch: concurrency ladder against the server"
+    TTS_MAX_NEW_TOKENS=210 python3 -m tts_engine serve --model-dir "$CK" --port 9000 \
         >"$OUT_DIR/server.log" 2>&1 &
     SERVER=$!
     for _ in $(seq 1 240); do
         curl -sf http://127.0.0.1:9000/readyz >/dev/null && break
         sleep 1
     done
-    $B throughput --url http://127.0.0.1:9000 --concurrency 1 4 16 --duration 20 --out "$RES/throughput.json"
+    $B throughput --url http://127.0.0.1:9000 --concurrency ${BATCH_LADDER:-1 4 16 64 128 256} \
+        --duration "${BATCH_DURATION:-30}" --out "$RES/batch.json"
+    curl -s http://127.0.0.1:9000/metrics | grep '^tts_engine' >"$OUT_DIR/engine_metrics.txt"
     kill $SERVER; wait $SERVER 2>/dev/null
 fi
 if has compiled; then
-    step "torch.compile variants"
-    # One slot and two span buckets keep the number of compiled variants small.
-    export TORCHINDUCTOR_CACHE_DIR="$STREAMTALK_HOME/inductor-cache" TTS_GRAPH_SLOTS=1 TTS_GRAPH_MAX_POSITIONS=512
-    $B codegen --model-dir "$CK" --frames 200 --repeats 3 --compile --out "$RES/codegen_compiled.json"
-fi
-if has e2e_compiled; then
-    step "e2e with torch.compile, decode overlapped vs in line"
-    export TORCHINDUCTOR_CACHE_DIR="$STREAMTALK_HOME/inductor-cache" TTS_GRAPH_SLOTS=1 TTS_GRAPH_MAX_POSITIONS=1024
-    $B e2e --model-dir "$CK" --compile --overlap on off --out "$RES/e2e_compiled.json"
+    step "e2e with torch.compile (compiles every bucket: slow start)"
+    export TORCHINDUCTOR_CACHE_DIR="$STREAMTALK_HOME/inductor-cache" TTS_MAX_BATCH=4
+    $B e2e --model-dir "$CK" --compile --out "$RES/e2e_compiled.json"
 fi
 has peer && { step peer; python3 tools/bench_peer.py --model-dir "$CK" --repeats "${PEER_REPEATS:-3}" --out "$RES/peer.json"; }
 step done

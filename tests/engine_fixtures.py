@@ -66,7 +66,9 @@ class TTSServer:
 
 @pytest.fixture(scope="module")
 def tts_server(tiny_model_dir, tmp_path_factory):
-    server = TTSServer(tiny_model_dir, tmp_path_factory.mktemp("tts") / "server.log")
+    # invariant: concurrent streams equal solo runs byte for byte; rows: no real-time refusals on a CPU
+    env = {"TTS_BATCH_INVARIANT": "1", "TTS_ADMISSION": "rows"}
+    server = TTSServer(tiny_model_dir, tmp_path_factory.mktemp("tts") / "server.log", env)
     try:
         server.wait_ready()
         yield server

@@ -28,7 +28,7 @@ from agent.omni_client import BackendError, OmniClient
 from agent.stt import OmniSTT
 from agent.tts import SAMPLE_RATE, StreamtalkTTS
 from tts_engine.config import EngineConfig
-from tts_engine.engine import TTSEngine
+from tts_engine.runtime import TTSEngine
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -1,4 +1,4 @@
-"""TTSEngine in process: streaming == offline, cancellation, debug aids."""
+"""TTSEngine in process: streaming == offline, cancellation, debug aids (batching: test_batching.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import wave
 import numpy as np
 import pytest
 
-import tts_engine.engine as engine_module
+import tts_engine.runtime.session as session_module
 from tts_engine.config import ConfigValueError, EngineConfig
-from tts_engine.engine import TTSEngine, load_codes
+from tts_engine.runtime import TTSEngine, load_codes
 
 
 @pytest.fixture(scope="module")
@@ -32,19 +32,18 @@ async def read_then_cancel(handle, packets: int) -> int:  # noqa: ANN001
         if received == packets:
             handle.cancel()
             break
-    for _ in range(200):
-        if handle.session.finished:
-            break
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(handle.closed(), 10)
     return received
 
 
 async def test_stream_equals_offline_decode(engine):
     req = engine.make_request("Streaming must equal the offline decode.", "ryan", "english")
     pcm, metrics = await engine.synthesize_pcm(req)
+    # the batched step (batch 1) makes the codes the offline generator makes
     codes, reason = engine.model.generate_codes(req)
+    dumped = load_codes(engine.config.resolved_code_dump_dir / f"{metrics.request_id}.npy")
+    assert np.array_equal(dumped.numpy(), codes.numpy()) and reason == metrics.stop_reason == "eos"
     offline = engine.model.decode(codes)
-    assert metrics.frames == codes.shape[0] and reason == metrics.stop_reason == "eos"
     assert pcm.shape == offline.shape
     assert np.abs(pcm - offline).max() <= 1e-5
     assert metrics.ttfa_ms is not None and metrics.ttfa_ms < metrics.wall_ms
@@ -103,7 +102,7 @@ async def test_silence_early_stop(tiny_model_dir, monkeypatch):
         _, audible = await eng.synthesize_pcm(eng.make_request(text, "serena"))
         assert audible.stop_reason == "eos" and audible.packets > 2  # the tiny voice is never silent
         # Count every packet as silent: the stream must end after exactly two.
-        monkeypatch.setattr(engine_module, "SILENCE_RMS", float("inf"))
+        monkeypatch.setattr(session_module, "SILENCE_RMS", float("inf"))
         _, silent = await eng.synthesize_pcm(eng.make_request(text, "serena"))
         assert silent.stop_reason == "silence" and silent.packets == 2
     finally:
@@ -118,76 +117,9 @@ async def test_windowed_decode_mode(tiny_model_dir):
         req = eng.make_request("Windowed decoding, packet by packet.", "ryan", "english")
         pcm, metrics = await eng.synthesize_pcm(req)
         offline = eng.model.decode(eng.model.generate_codes(req)[0])
-        assert metrics.graph_stats["decoder_graph_stats"]["fallback_reasons_topk"] == {"windowed_mode": metrics.packets}
+        assert metrics.stop_reason == "eos"
         assert pcm.shape == offline.shape
         # Exact while the utterance fits in the 72-frame window (this one does).
         assert np.abs(pcm - offline).max() <= 1e-5
-    finally:
-        eng.close()
-
-
-async def test_decode_overlap_hands_over_the_same_packets(engine, tiny_model_dir):
-    """TTS_DECODE_OVERLAP=on (later packets leave after the next frame; on CUDA their decode
-    runs on a second stream): the same packets, in order, none lost or doubled; cancelling
-    drops the packet in flight."""
-    eng = TTSEngine(EngineConfig.from_env({}, model_dir=str(tiny_model_dir), device="cpu",
-                                          decode_overlap="on"), warmup=False)
-    leads = []  # frames generated beyond the packet being handed over
-    hand_over = eng._hand_over
-
-    def spy(s):  # noqa: ANN001
-        if s.in_flight is not None:
-            leads.append(len(s.all_codes) - s.metrics.frames - s.in_flight.frames)
-        hand_over(s)
-
-    eng._hand_over = spy
-    try:
-        text = "Overlapped decoding hands over every packet exactly once, in order."
-        for packet_tokens in (1, 2, 3):
-            req = engine.make_request(text, "ryan", "english")
-            ref = [p async for p in engine.open_stream(req, packet_tokens)]
-            got = [p async for p in eng.open_stream(eng.make_request(text, "ryan", "english"),
-                                                    packet_tokens)]
-            assert [p.index for p in got] == list(range(len(ref)))
-            assert [p.frames for p in got] == [p.frames for p in ref]
-            assert np.array_equal(np.concatenate([p.pcm for p in got]),
-                                  np.concatenate([p.pcm for p in ref]))
-        assert max(leads) == 1 and leads.count(1) > 10  # later packets left one frame later
-        handle = eng.open_stream(eng.make_request(" ".join([text] * 4), "serena"), packet_tokens=2)
-        received = await read_then_cancel(handle, 3)
-        assert handle.metrics.stop_reason == "cancelled"
-        assert handle.metrics.packets <= received + 1 and handle.session.in_flight is None
-        assert eng.active_sessions == 0
-    finally:
-        eng.close()
-
-
-async def test_a_packet_that_fails_to_hand_over_ends_only_its_request(tiny_model_dir, monkeypatch):
-    """Decode overlap: a deferred packet whose decode fails ends its request with the error,
-    releases its slots, and the worker keeps serving."""
-    eng = TTSEngine(EngineConfig.from_env({}, model_dir=str(tiny_model_dir), device="cpu",
-                                          decode_overlap="on"), warmup=False)
-    try:
-        real_wait = engine_module.PacketInFlight.wait
-        failing = {"on": True}
-
-        def wait(self):  # noqa: ANN001, ANN202 - the second packet (the first deferred one) fails
-            if failing["on"] and self.frames > 1:
-                raise RuntimeError("decode failed")
-            return real_wait(self)
-
-        monkeypatch.setattr(engine_module.PacketInFlight, "wait", wait)
-        req = eng.make_request("A stream whose deferred packet fails.", "serena")
-        with pytest.raises(RuntimeError, match="decode failed"):
-            await eng.synthesize_pcm(req, packet_tokens=2)
-        for _ in range(200):
-            if eng.active_sessions == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert eng.active_sessions == 0
-        assert not any(slot.busy for slot in eng.codec._slots)
-        failing["on"] = False
-        pcm, metrics = await eng.synthesize_pcm(eng.make_request("Still serving.", "serena"))
-        assert metrics.stop_reason == "eos" and len(pcm) > 0
     finally:
         eng.close()

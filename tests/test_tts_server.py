@@ -152,7 +152,8 @@ BAD_REQUESTS = [
     ("/tts/stream", {"text": "Hi", "speaker": "nobody"}, 400, "unknown_speaker"),
     ("/tts/stream", {"text": "Hi", "speaker": "serena", "language": "klingon"}, 400, "unknown_language"),
     ("/tts/stream", {"text": "   ", "speaker": "serena"}, 400, "invalid_text"),
-    ("/tts/stream", {"text": "x" * 2001, "speaker": "serena"}, 400, "invalid_text"),
+    ("/tts/stream", {"text": "x" * 2001, "speaker": "serena"}, 400, "text_too_long"),
+    ("/tts/stream", {"text": "Hi", "speaker": "serena", "seed": 2**70}, 400, "invalid_request"),
     ("/tts/stream", {"text": "Hi", "speaker": "serena", "packet_tokens": 0}, 400, "invalid_field"),
     ("/tts/stream", [1, 2], 400, "invalid_json"),
     ("/synthesize", {"text": "Hi"}, 400, "missing_field"),
@@ -199,5 +200,30 @@ async def test_bearer_key_guards_every_route_but_health(tiny_model_dir, tmp_path
         status, _, body = await post(server, "/tts/stream", {"text": "Hi", "speaker": "serena"},
                                      headers={"Content-Type": "application/json", "Authorization": "Bearer s3cret"})
         assert status == 200 and len(body) > 0
+    finally:
+        server.stop()
+
+
+async def test_over_capacity_is_a_503_with_retry_after_before_any_audio(tiny_model_dir, tmp_path):
+    from engine_fixtures import TTSServer
+
+    server = TTSServer(tiny_model_dir, tmp_path / "server.log",
+                       {"TTS_MAX_ACTIVE_STREAMS": "2", "TTS_QUEUE_TIMEOUT_S": "0.5", "TTS_ADMISSION": "rows"})
+    try:
+        server.wait_ready()
+        long_text = " ".join(["A long reply keeps its row busy for a good while."] * 6)
+        results = await asyncio.gather(*[post(server, "/tts/stream", {"text": long_text, "speaker": "serena"})
+                                         for _ in range(4)])
+        statuses = sorted(status for status, _, _ in results)
+        assert statuses == [200, 200, 503, 503]
+        for status, headers, body in results:
+            if status == 503:
+                assert headers["Retry-After"] == "1"
+                assert json.loads(body)["error"]["code"] == "over_capacity"
+        async with aiohttp.ClientSession() as s, s.get(server.url + "/readyz") as r:
+            ready = await r.json()
+        assert ready["capacity"] == 2 and ready["capacity_left"] == 2
+        async with aiohttp.ClientSession() as s, s.get(server.url + "/metrics") as r:
+            assert "tts_engine_rejected_streams 2.0" in await r.text()
     finally:
         server.stop()

@@ -60,7 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_decode_codes(args: argparse.Namespace) -> int:
     from .config import EngineConfig
-    from .engine import load_codes
+    from .runtime import load_codes
     from .synthesis import SAMPLE_RATE, TTSModel, write_wav
 
     cfg = EngineConfig.from_env(device=args.device, dtype=args.dtype, model_dir=args.model_dir)

@@ -2,13 +2,13 @@
 
     prepare      write a benchmark checkpoint (preset geometry, EOS row of codec_head zeroed
                  so every run has the requested length; random weights time like real ones)
-    codegen      talker + predictor only: ms per frame, codegen RTF (graphs vs the same step eager)
+    step         the batched engine step per batch size: ms per step, audio s/s (graphs vs eager)
     decoder      incremental codec decoder per packet size, offline decode, bf16 SNR vs float32
     e2e          in-process engine: TTFA and RTF per utterance length (P50/P95 after warm-up)
-    throughput   against a running server: concurrency levels, audio seconds per second, TTFA
+    throughput   against a running server: a concurrency ladder, audio s/s, client TTFB P50/P95/P99,
+                 RTF, underruns, 503 refusals
     cancel       >= 200 cancel rounds: cancel latency P95, leaked sessions and GPU memory
     launches     CUDA kernel launches per frame, eager vs graph
-    graph-check  graph == eager: identical codes and PCM for the same requests
 
 Timing: medians of repeated runs after warm-up; CUDA work is timed at natural
 sync points (codes read back each frame, PCM copied to the host each packet).
@@ -91,7 +91,7 @@ def sync() -> None:
 
 def make_engine(args: argparse.Namespace, **overrides):
     from .config import EngineConfig
-    from .engine import TTSEngine
+    from .runtime import TTSEngine
 
     cfg = EngineConfig.from_env(model_dir=args.model_dir, device=args.device, dtype=args.dtype, **overrides)
     progress(f"loading {cfg.resolved_model_dir} on {cfg.torch_device} ({cfg.torch_dtype}) {overrides or ''}")
@@ -131,37 +131,28 @@ def cmd_prepare(args: argparse.Namespace) -> list[dict]:
 # -- codegen ---------------------------------------------------------------------
 
 
-def cmd_codegen(args: argparse.Namespace) -> list[dict]:
+def cmd_step(args: argparse.Namespace) -> list[dict]:
+    """The batched engine step (talker + predictor + decoder, one frame for each of b streams)
+    on idle rows, per batch size: ms per step and the real-time streams it implies."""
     rows = []
-    variants = [("graph", 1), ("static-eager", 0)] if torch.cuda.is_available() else [("eager", 0)]
-    if args.compile:
-        variants = [("graph+compile", 1)]
+    variants = [("graph", 1), ("eager", 0)] if torch.cuda.is_available() else [("eager", 0)]
     for name, graphs in variants:
-        engine = make_engine(args, cudagraph_talker=graphs, cudagraph_cp=graphs, compile_steps=int(args.compile))
-        model, frames_api = engine.model, engine.frames
-        req = fixed_request(engine, "medium", args.frames)
-        prompt = model.prompt(req)
-        per_frame = []
-        repeats = args.repeats if graphs else min(args.repeats, 2)  # eager launches are slow; fewer runs
-        for rep in range(repeats + 1):
-            gs = frames_api.start(prompt, req.params, args.frames, None)
-            frames_api.next_frame(gs)  # prefill + frame 0 (eager) outside the timing
-            sync()
-            t0 = time.perf_counter()
-            n = 0
-            while frames_api.next_frame(gs) is not None:
-                n += 1
-            sync()
-            dt = time.perf_counter() - t0
-            frames_api.release(gs)
-            if rep > 0:  # the first run is warm-up
-                per_frame.append(dt / n * 1000)
-            progress(f"codegen {name} run {rep}: {dt / n * 1000:.2f} ms/frame ({n} frames)")
-        ms = statistics.median(per_frame)
-        rows.append({"variant": name, "frames": args.frames, "ms_per_frame_p50": ms,
-                     "ms_per_frame_p95": pct(per_frame, 95), "codegen_rtf": ms / 1000 / FRAME_S})
+        engine = make_engine(args, cudagraph_talker=graphs, cudagraph_cp=graphs, cudagraph_decoder=graphs,
+                             max_batch=max(args.batch))
+        for b in args.batch:
+            times = []
+            for rep in range(args.repeats + 2):
+                sync()
+                t0 = time.perf_counter()
+                engine.stepper.step(b, [256] * b, mixed=False)
+                if rep >= 2:  # two warm-up steps
+                    times.append((time.perf_counter() - t0) * 1000)
+            ms = statistics.median(times)
+            rows.append({"variant": name, "batch": b, "ms_per_step_p50": ms, "ms_per_step_p95": pct(times, 95),
+                         "audio_s_per_s": b * FRAME_S * 1000 / ms, "per_stream_rtf": ms / 1000 / FRAME_S})
+            progress(f"step {name} batch {b}: {ms:.2f} ms")
         engine.close()
-    print_table("codegen only (talker + code predictor), per frame", rows)
+    print_table("batch step (one 80 ms frame for each stream: talker + predictor + decoder)", rows)
     return rows
 
 
@@ -233,27 +224,21 @@ def _decoder_rows(args, model, ref_model, dtype, device) -> list[dict]:
 
 
 def cmd_e2e(args: argparse.Namespace) -> list[dict]:
-    # one engine per --overlap variant; their runs alternate, so drift hits all alike
-    engines = [make_engine(args, compile_steps=int(args.compile), decode_overlap=v) for v in args.overlap]
+    engine = make_engine(args, compile_steps=int(args.compile))
     rows = []
     for length in args.lengths:
-        ttfa: list[list[float]] = [[] for _ in engines]
-        rtf: list[list[float]] = [[] for _ in engines]
+        ttfa: list[float] = []
+        rtf: list[float] = []
         for rep in range(args.repeats + 1):
-            for i, engine in enumerate(engines):
-                _, m = engine.synthesize_blocking(fixed_request(engine, length))
-                if rep > 0:
-                    ttfa[i].append(m.ttfa_ms)
-                    rtf[i].append(m.rtf)
-                progress(f"e2e {length} overlap={engine.decode_overlap} run {rep}: TTFA {m.ttfa_ms:.1f} ms "
-                         f"RTF {m.rtf:.3f} graphs {m.graph_stats}")
-        for i, engine in enumerate(engines):
-            rows.append({"length": length, "frames": LENGTHS[length], "compiled": bool(args.compile),
-                         "decode_overlap": engine.decode_overlap, "ttfa_ms_p50": pct(ttfa[i], 50),
-                         "ttfa_ms_p95": pct(ttfa[i], 95), "rtf_p50": pct(rtf[i], 50), "rtf_p95": pct(rtf[i], 95),
-                         "runs": len(ttfa[i])})
-    for engine in engines:
-        engine.close()
+            _, m = engine.synthesize_blocking(fixed_request(engine, length))
+            if rep > 0:
+                ttfa.append(m.ttfa_ms)
+                rtf.append(m.rtf)
+            progress(f"e2e {length} run {rep}: TTFA {m.ttfa_ms:.1f} ms RTF {m.rtf:.3f} graphs {m.graph_stats}")
+        rows.append({"length": length, "frames": LENGTHS[length], "compiled": bool(args.compile),
+                     "ttfa_ms_p50": pct(ttfa, 50), "ttfa_ms_p95": pct(ttfa, 95), "rtf_p50": pct(rtf, 50),
+                     "rtf_p95": pct(rtf, 95), "runs": len(ttfa)})
+    engine.close()
     print_table("end to end in process (server-side TTFA = request accepted -> first PCM packet)", rows)
     return rows
 
@@ -263,20 +248,30 @@ def cmd_e2e(args: argparse.Namespace) -> list[dict]:
 
 async def _client_loop(session, url: str, body: dict, deadline: float, results: list) -> None:
     while time.perf_counter() < deadline:
-        t0 = time.perf_counter()
-        first = None
-        size = 0
-        async with session.post(url + "/tts/stream", json=body) as r:
-            if r.status != 200:
-                results.append({"error": r.status})
-                continue
-            async for chunk in r.content.iter_any():
-                if first is None:
-                    first = time.perf_counter() - t0
-                size += len(chunk)
-        wall = time.perf_counter() - t0
-        audio = size / 2 / 24000
-        results.append({"ttfb_ms": (first or wall) * 1000, "wall_s": wall, "audio_s": audio})
+        results.append(await _one_request(session, url, body))
+
+
+async def _one_request(session, url: str, body: dict) -> dict:
+    """One /tts/stream request: client TTFB, wall, audio and underruns (a chunk that arrives
+    after its playback time, playback starting 150 ms after the first chunk)."""
+    t0 = time.perf_counter()
+    first = None
+    size = 0
+    underruns = 0
+    async with session.post(url + "/tts/stream", json=body) as r:
+        if r.status != 200:
+            await r.read()
+            return {"error": r.status}
+        async for chunk in r.content.iter_any():
+            now = time.perf_counter()
+            if first is None:
+                first = now
+            elif now > first + 0.150 + size / 2 / 24000:
+                underruns += 1
+            size += len(chunk)
+    wall = time.perf_counter() - t0
+    return {"ttfb_ms": ((first or t0 + wall) - t0) * 1000, "wall_s": wall, "audio_s": size / 2 / 24000,
+            "underruns": underruns}
 
 
 async def _throughput(url: str, concurrency: int, duration: float, body: dict) -> dict:
@@ -285,17 +280,24 @@ async def _throughput(url: str, concurrency: int, duration: float, body: dict) -
     results: list[dict] = []
     deadline = time.perf_counter() + duration
     timeout = aiohttp.ClientTimeout(total=duration + 300)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    connector = aiohttp.TCPConnector(limit=0)
+
+    async def client(i: int) -> None:
+        await asyncio.sleep(i / concurrency)  # start times spread over 1 s
+        await _client_loop(session, url, body, deadline, results)
+
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         t0 = time.perf_counter()
-        await asyncio.gather(*[_client_loop(session, url, body, deadline, results) for _ in range(concurrency)])
+        await asyncio.gather(*[client(i) for i in range(concurrency)])
         wall = time.perf_counter() - t0
     ok = [r for r in results if "error" not in r]
-    audio = sum(r["audio_s"] for r in ok)
-    return {"concurrency": concurrency, "requests": len(ok), "errors": len(results) - len(ok),
-            "audio_s_per_s": audio / wall, "ttfb_ms_p50": pct([r["ttfb_ms"] for r in ok], 50),
-            "ttfb_ms_p95": pct([r["ttfb_ms"] for r in ok], 95),
-            "rtf_p50": pct([r["wall_s"] / r["audio_s"] for r in ok if r["audio_s"]], 50),
-            "rtf_p95": pct([r["wall_s"] / r["audio_s"] for r in ok if r["audio_s"]], 95)}
+    ttfb = [r["ttfb_ms"] for r in ok]
+    rtf = [r["wall_s"] / r["audio_s"] for r in ok if r["audio_s"]]
+    return {"concurrency": concurrency, "requests": len(ok), "rejected": len(results) - len(ok),
+            "audio_s_per_s": sum(r["audio_s"] for r in ok) / wall, "ttfb_ms_p50": pct(ttfb, 50),
+            "ttfb_ms_p95": pct(ttfb, 95), "ttfb_ms_p99": pct(ttfb, 99), "rtf_p50": pct(rtf, 50),
+            "rtf_p95": pct(rtf, 95), "underruns": sum(r["underruns"] for r in ok),
+            "streams_with_underruns": sum(1 for r in ok if r["underruns"])}
 
 
 def cmd_throughput(args: argparse.Namespace) -> list[dict]:
@@ -304,7 +306,8 @@ def cmd_throughput(args: argparse.Namespace) -> list[dict]:
     for c in args.concurrency:
         progress(f"throughput: concurrency {c} for {args.duration} s against {args.url}")
         rows.append(asyncio.run(_throughput(args.url, c, args.duration, body)))
-    print_table(f"throughput against {args.url} ({args.length} text; client-side time to first byte)", rows)
+        progress(str(rows[-1]))
+    print_table(f"throughput against {args.url} ({args.length} text; client TTFB = request sent -> first byte)", rows)
     return rows
 
 
@@ -323,8 +326,7 @@ def cmd_cancel(args: argparse.Namespace) -> list[dict]:
                 break
             t0 = time.perf_counter()
             handle.cancel()
-            while not handle.session.finished:
-                await asyncio.sleep(0.0002)
+            await handle.closed()
             latencies.append((time.perf_counter() - t0) * 1000)
             if i % 50 == 0:
                 progress(f"cancel round {i}: {latencies[-1]:.2f} ms")
@@ -353,19 +355,16 @@ def cmd_launches(args: argparse.Namespace) -> list[dict]:
     if not torch.cuda.is_available():
         raise SystemExit("bench launches needs CUDA")
     rows = []
-    for name, graphs in (("graph", 1), ("static-eager", 0)):
-        engine = make_engine(args, cudagraph_talker=graphs, cudagraph_cp=graphs)
-        req = fixed_request(engine, "short", 40)
-        gs = engine.frames.start(engine.model.prompt(req), req.params, 40, None)
+    for name, graphs in (("graph", 1), ("eager", 0)):
+        engine = make_engine(args, cudagraph_talker=graphs, cudagraph_cp=graphs, cudagraph_decoder=graphs)
         for _ in range(5):
-            engine.frames.next_frame(gs)
+            engine.stepper.step(1, [256], mixed=False)
         sync()
         n = 10
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in range(n):
-                engine.frames.next_frame(gs)
+                engine.stepper.step(1, [256], mixed=False)
             sync()
-        engine.frames.release(gs)
         events = prof.key_averages()
         launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
         graph_launches = sum(e.count for e in events if e.key == "cudaGraphLaunch")
@@ -373,36 +372,13 @@ def cmd_launches(args: argparse.Namespace) -> list[dict]:
         rows.append({"variant": name, "host_kernel_launches_per_frame": launches / n,
                      "graph_launches_per_frame": graph_launches / n, "gpu_kernels_per_frame": kernels / n})
         engine.close()
-    print_table("kernel launches per frame", rows)
-    return rows
-
-
-# -- graph == eager --------------------------------------------------------------
-
-
-def cmd_graph_check(args: argparse.Namespace) -> list[dict]:
-    outputs = {}
-    for name, graphs in (("graph", 1), ("static-eager", 0)):
-        engine = make_engine(args, cudagraph_talker=graphs, cudagraph_cp=graphs)
-        outs = []
-        for length in ("short", "medium"):
-            pcm, m = engine.synthesize_blocking(fixed_request(engine, length, 120))
-            outs.append((pcm, m.graph_stats))
-        outputs[name] = outs
-        engine.close()
-    rows = []
-    for i, length in enumerate(("short", "medium")):
-        (g, gstats), (e, _) = outputs["graph"][i], outputs["static-eager"][i]
-        rows.append({"case": length, "identical_pcm": bool(np.array_equal(g, e)),
-                     "max_abs_diff": float(np.abs(g - e).max()) if g.shape == e.shape else float("inf"),
-                     "graph_steps": gstats.get("graph_steps"), "eager_steps_in_graph_run": gstats.get("eager_steps")})
-    print_table("CUDA graph vs the same static step run eagerly", rows)
+    print_table("kernel launches per frame (batch 1, talker + predictor + decoder)", rows)
     return rows
 
 
 COMMANDS = {
-    "prepare": cmd_prepare, "codegen": cmd_codegen, "decoder": cmd_decoder, "e2e": cmd_e2e,
-    "throughput": cmd_throughput, "cancel": cmd_cancel, "launches": cmd_launches, "graph-check": cmd_graph_check,
+    "prepare": cmd_prepare, "step": cmd_step, "decoder": cmd_decoder, "e2e": cmd_e2e,
+    "throughput": cmd_throughput, "cancel": cmd_cancel, "launches": cmd_launches,
 }
 
 
@@ -423,10 +399,9 @@ def add_parser(sub) -> None:
     q.add_argument("--preset", default="0.6b", choices=["tiny", "0.6b", "1.7b"])
     q.add_argument("--seed", type=int, default=0)
     common(q, model=False)
-    q = bsub.add_parser("codegen")
+    q = bsub.add_parser("step")
     common(q)
-    q.add_argument("--frames", type=int, default=200)
-    q.add_argument("--compile", action="store_true", help="time only the torch.compile'd graph variant")
+    q.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16, 64, 128, 256])
     q = bsub.add_parser("decoder")
     common(q)
     q.add_argument("--frames", type=int, default=200)
@@ -435,20 +410,16 @@ def add_parser(sub) -> None:
     common(q)
     q.add_argument("--compile", action="store_true", help="fuse the frame steps with torch.compile")
     q.add_argument("--lengths", nargs="+", default=list(LENGTHS), choices=list(LENGTHS))
-    q.add_argument("--overlap", nargs="+", default=[None], choices=["auto", "on", "off"],
-                   help="TTS_DECODE_OVERLAP per engine; several = an A/B with alternating runs")
     q = bsub.add_parser("throughput")
     common(q, model=False)
     q.add_argument("--url", default="http://127.0.0.1:9000")
-    q.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    q.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64, 128, 256])
     q.add_argument("--duration", type=float, default=30.0)
     q.add_argument("--length", default="medium", choices=list(LENGTHS))
     q = bsub.add_parser("cancel")
     common(q)
     q.add_argument("--rounds", type=int, default=200)
     q = bsub.add_parser("launches")
-    common(q)
-    q = bsub.add_parser("graph-check")
     common(q)
     p.set_defaults(func=run)
 

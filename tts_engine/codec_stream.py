@@ -15,7 +15,7 @@ recomputing anything. Which state each layer needs:
 
 Everything else (RVQ lookup, SnakeBeta, norms, 1x1 convs, MLPs) is time-local.
 
-The step is shape-static and capture-safe, so `tts_engine.codec_graphs` records it
+The step is shape-static and capture-safe, so `tts_engine.runtime.stepper` records it
 as a CUDA graph as it is: every state tensor is preallocated at a fixed size and
 updated in place (`copy_` of the new tail/overlap/window, `add_` of the frame count);
 RoPE positions and the attention mask come from the device tensor `frames`; nothing
@@ -131,7 +131,11 @@ class CodecStreamState:
     def select(self, index: int) -> CodecStreamState:
         """Stream `index` as a batch-1 state of views into this one: stepping it
         updates this batch's row `index` in place."""
-        sl = slice(index, index + 1)
+        return self.rows(index, index + 1)
+
+    def rows(self, start: int, stop: int) -> CodecStreamState:
+        """Streams start..stop-1 as a state of views into this one."""
+        sl = slice(start, stop)
         return CodecStreamState(
             frames=self.frames[sl],
             convs={k: ConvTail(c.x[sl]) for k, c in self.convs.items()},

@@ -13,6 +13,7 @@ Frame t (official order, reproduced exactly):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -22,12 +23,16 @@ from .model.layers import KVCache
 from .model.talker import Talker
 from .prompt import Prompt
 from .sampling import (
+    NoiseKey,
     SamplingParams,
     choose_codebook0,
     choose_subcode,
-    greedy_codebook0_masked,
+    seed_as_int64,
     suppressed_token_mask,
 )
+
+# (logits [B, 2048] of codebook g, g) -> tokens [B]: how the predictor loop picks each subcode
+SubcodePicker = Callable[[torch.Tensor, int], torch.Tensor]
 
 # Runaway guard: no utterance may run longer than this many frames for its text.
 # Real speech needs about 3-5 frames per text token; this allows about 2 s per token.
@@ -46,7 +51,7 @@ class CodegenStream:
     max_frames: int
     talker_cache: KVCache
     predictor_cache: KVCache
-    generator: torch.Generator | None
+    seed: torch.Tensor  # LongTensor [B]: the key of sampled tokens' noise
     history: torch.Tensor  # [B, frames] codebook-0 tokens so far
     next_input: torch.Tensor | None = None  # [B, 1, C]; None before prefill
     frames_done: int = 0
@@ -65,7 +70,7 @@ class CodeGenerator:
         self.eos_id = t.codec_eos_id
         self.num_groups = t.num_code_groups
         device = talker.codec_head.weight.device
-        self._suppress = suppressed_token_mask(t.geometry.vocab_size, self.eos_id, device)
+        self.suppress_mask = suppressed_token_mask(t.geometry.vocab_size, self.eos_id, device)
 
     @property
     def device(self) -> torch.device:
@@ -83,10 +88,6 @@ class CodeGenerator:
         if max_frames < 1:
             raise ValueError(f"max_frames must be >= 1, got {max_frames}")
         batch = prompt.embeds.shape[0]
-        generator = None
-        if params.do_sample or params.subtalker_do_sample:
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(0 if seed is None else seed)
         capacity = prompt.embeds.shape[1] + max_frames
         return CodegenStream(
             prompt=prompt,
@@ -97,7 +98,7 @@ class CodeGenerator:
             predictor_cache=KVCache.allocate(
                 self.config.talker.code_predictor.geometry, batch, self.num_groups, self.device, self.dtype
             ),
-            generator=generator,
+            seed=torch.full((batch,), seed_as_int64(seed or 0), dtype=torch.long, device=self.device),
             history=torch.zeros((batch, 0), dtype=torch.long, device=self.device),
         )
 
@@ -113,15 +114,17 @@ class CodeGenerator:
             hidden, logits = self.prefill(s)
         else:
             hidden, logits = self.talker.step(s.next_input, s.talker_cache)
+        frame = torch.full_like(s.seed, s.frames_done)
         cb0 = choose_codebook0(
-            logits, s.history, s.frames_done, s.params, self._suppress, self.eos_id, s.generator
+            logits, s.history, s.frames_done, s.params, self.suppress_mask, self.eos_id, NoiseKey(s.seed, frame, 0)
         )
         if s.history.shape[0] != 1:
             raise NotImplementedError("per-row EOS for batched codegen streams")
         if int(cb0[0]) == self.eos_id:
             s.finished, s.stop_reason = True, "eos"
             return None
-        codes = self.predict_rest(hidden, cb0, s.predictor_cache, s.params, s.generator)
+        codes = self.predict_rest(hidden, cb0, s.predictor_cache,
+                                  lambda logits, g: choose_subcode(logits, s.params, NoiseKey(s.seed, frame, g)))
         s.history = torch.cat((s.history, cb0[:, None]), dim=1)
         s.next_input = (self.talker.frame_embedding(codes) + s.prompt.tts_pad_embed[:, 0])[:, None]
         s.frames_done += 1
@@ -132,10 +135,7 @@ class CodeGenerator:
         """Run the prompt through the talker: (last hidden [B, C], codebook-0 logits [B, V])."""
         return self.talker.step(s.prompt.embeds, s.talker_cache)
 
-    def predict_rest(
-        self, hidden: torch.Tensor, cb0: torch.Tensor, cache: KVCache, params: SamplingParams,
-        generator: torch.Generator | None,
-    ) -> torch.Tensor:
+    def predict_rest(self, hidden: torch.Tensor, cb0: torch.Tensor, cache: KVCache, pick: SubcodePicker) -> torch.Tensor:
         """Codebooks 1..15 for one frame: hidden [B, C], cb0 [B] -> codes [B, 16]."""
         predictor = self.talker.code_predictor
         cache.reset()
@@ -143,19 +143,11 @@ class CodeGenerator:
         codes = [cb0]
         for group in range(1, self.num_groups):
             logits = predictor.step(embeds, cache, group)
-            code = choose_subcode(logits, params, generator)
+            code = pick(logits, group)
             codes.append(code)
             if group < self.num_groups - 1:
                 embeds = predictor.model.codec_embedding[group - 1](code)[:, None]
         return torch.stack(codes, dim=1)
-
-    def choose_codebook0_static(
-        self, logits: torch.Tensor, seen: torch.Tensor, frames_done: torch.Tensor, min_new_tokens: torch.Tensor,
-        repetition_penalty: float,
-    ) -> torch.Tensor:
-        """Greedy codebook 0 from device-side state only (graph-safe); equals choose_codebook0."""
-        return greedy_codebook0_masked(
-            logits, seen, frames_done, min_new_tokens, repetition_penalty, self._suppress, self.eos_id)
 
     def generate(self, prompt: Prompt, params: SamplingParams, max_frames: int, seed: int | None = None):
         """All frames of one stream: (codes [T, 16] for batch row 0, stop reason)."""

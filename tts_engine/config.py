@@ -8,11 +8,14 @@ generated from FIELDS below (`python -m tts_engine config --markdown`).
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
+
+log = logging.getLogger("tts_engine.config")
 
 
 def cache_root() -> Path:
@@ -52,11 +55,14 @@ FIELDS: tuple[Knob, ...] = (
     Knob("TTS_DEEP_STREAM_SEED", "seed", "seed for sampled decoding"),
     Knob("TTS_CODEGEN_CUDAGRAPH_TALKER", "cudagraph_talker", "frame graph (talker step + predictor loop); 0 with the next = same static step, eager"),
     Knob("TTS_CODEGEN_CUDAGRAPH_CP", "cudagraph_cp", "the predictor loop runs inside the frame graph; both must be 1 for graphs"),
-    Knob("TTS_GRAPH_SLOTS", "graph_slots", "streams that can run on captured graphs at once (CUDA only)"),
-    Knob("TTS_GRAPH_MAX_POSITIONS", "graph_max_positions", "talker positions per graph slot (prompt + frames)"),
+    Knob("TTS_MAX_BATCH", "max_batch", "batch rows (streams that can hold state at once); 0 = as many as free GPU memory allows (up to 256), 32 on CPU"),
+    Knob("TTS_ROW_POSITIONS", "row_positions", "talker positions per row (prompt + frames): 1024 holds about 75 s of speech"),
+    Knob("TTS_MAX_ACTIVE_STREAMS", "max_active_streams", "hand cap on streams in the batch (0 = the measured real-time capacity)"),
+    Knob("TTS_ADMISSION", "admission", "realtime (admit while every stream stays real time at the measured step times), rows (fill every row; streams may fall behind: offline batch work)"),
+    Knob("TTS_QUEUE_TIMEOUT_S", "queue_timeout_s", "how long a request waits for room before 503 over_capacity"),
+    Knob("TTS_BATCH_INVARIANT", "batch_invariant", "1 = every stream steps alone: output bit-identical to a solo run whatever the batch (slower)"),
     Knob("TTS_COMPILE", "compile_steps", "fuse the frame steps with torch.compile before graph capture (slower start-up)"),
     Knob("TTS_DECODER_CUDAGRAPH", "cudagraph_decoder", "CUDA graph for the incremental codec decoder step"),
-    Knob("TTS_DECODE_OVERLAP", "decode_overlap", "auto (on for CUDA), on, off: after a reply's first packet, a packet decodes on a second CUDA stream while the next frame is generated and leaves one frame later"),
     Knob("TTS_DEEP_STREAM_SILENCE_PACKETS", "silence_packets", "stop after N consecutive silent packets (0 = off)"),
     Knob("TTS_DEEP_STREAM_METRICS", "packet_metrics", "per-packet timing metrics"),
     Knob("TTS_DEEP_STREAM_PACKET_TRACE", "packet_trace", "log one line per packet"),
@@ -72,8 +78,16 @@ FIELDS: tuple[Knob, ...] = (
 
 _INT_ATTRS = {
     "packet_tokens", "first_packet_tokens", "compile_steps", "left_context", "process", "group_parallel", "deterministic", "seed",
-    "cudagraph_talker", "cudagraph_cp", "cudagraph_decoder", "graph_slots", "graph_max_positions", "silence_packets", "packet_metrics",
+    "cudagraph_talker", "cudagraph_cp", "cudagraph_decoder", "max_batch", "row_positions", "max_active_streams",
+    "batch_invariant", "silence_packets", "packet_metrics",
     "packet_trace", "code_dump", "max_new_tokens", "max_text_chars", "min_free_gpu_mib", "port",
+}
+_FLOAT_ATTRS = {"queue_timeout_s"}
+# Knobs of the engine before continuous batching: the new name, or None when it has no successor.
+_RENAMED = {
+    "TTS_GRAPH_MAX_POSITIONS": "TTS_ROW_POSITIONS",
+    "TTS_GRAPH_SLOTS": "TTS_MAX_BATCH",
+    "TTS_DECODE_OVERLAP": None,
 }
 _CHOICES = {
     "decode_mode": ("incremental", "windowed"),
@@ -81,7 +95,7 @@ _CHOICES = {
     "seed_mode": ("fixed", "request"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
     "decoder_dtype": ("float32", "bfloat16"),
-    "decode_overlap": ("auto", "on", "off"),
+    "admission": ("realtime", "rows"),
 }
 
 
@@ -105,10 +119,13 @@ class EngineConfig:
     cudagraph_talker: int = 1
     cudagraph_cp: int = 1
     cudagraph_decoder: int = 1
-    decode_overlap: str = "auto"
-    graph_slots: int = 4
     compile_steps: int = 0
-    graph_max_positions: int = 4096
+    max_batch: int = 0
+    row_positions: int = 1024
+    max_active_streams: int = 0
+    admission: str = "realtime"
+    queue_timeout_s: float = 2.0
+    batch_invariant: int = 0
     silence_packets: int = 0
     packet_metrics: int = 1
     packet_trace: int = 0
@@ -123,19 +140,18 @@ class EngineConfig:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> EngineConfig:
-        env = dict(os.environ if env is None else env)
+        env = _renamed(dict(os.environ if env is None else env))
         values: dict[str, object] = {}
         for knob in FIELDS:
             raw = env.get(knob.env, "").strip()
             if not raw:
                 continue
-            if knob.attr in _INT_ATTRS:
-                try:
-                    values[knob.attr] = int(raw)
-                except ValueError:
-                    raise ConfigValueError(f"{knob.env}={raw!r} is not an integer ({knob.help})") from None
-            else:
-                values[knob.attr] = raw
+            kind = int if knob.attr in _INT_ATTRS else float if knob.attr in _FLOAT_ATTRS else str
+            try:
+                values[knob.attr] = kind(raw)
+            except ValueError:
+                raise ConfigValueError(f"{knob.env}={raw!r} is not {'an integer' if kind is int else 'a number'} "
+                                       f"({knob.help})") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         config = cls(**values)
         config.validate()
@@ -156,8 +172,12 @@ class EngineConfig:
             raise ConfigValueError(f"TTS_DEEP_STREAM_FIRST_PACKET_TOKENS={self.first_packet_tokens}; valid: 1..64")
         if not 1 <= self.left_context <= 512:
             raise ConfigValueError(f"TTS_DEEP_STREAM_LEFT_CONTEXT={self.left_context}; valid: 1..512")
-        if not 0 <= self.graph_slots <= 256 or self.graph_max_positions < 256:
-            raise ConfigValueError("TTS_GRAPH_SLOTS must be 0..256 and TTS_GRAPH_MAX_POSITIONS >= 256")
+        if not 0 <= self.max_batch <= 256:
+            raise ConfigValueError(f"TTS_MAX_BATCH={self.max_batch}; valid: 0 (auto) .. 256")
+        if not 64 <= self.row_positions <= 16384:
+            raise ConfigValueError(f"TTS_ROW_POSITIONS={self.row_positions}; valid: 64..16384")
+        if self.max_active_streams < 0 or not 0 < self.queue_timeout_s <= 600:
+            raise ConfigValueError("TTS_MAX_ACTIVE_STREAMS must be >= 0 and TTS_QUEUE_TIMEOUT_S in (0, 600]")
         if self.max_new_tokens < 1 or self.max_text_chars < 1:
             raise ConfigValueError("TTS_MAX_NEW_TOKENS and TTS_MAX_TEXT_CHARS must be positive")
 
@@ -182,6 +202,21 @@ class EngineConfig:
         if self.code_dump_dir:
             return Path(self.code_dump_dir)
         return Path(os.environ.get("STREAMTALK_OUTPUT", "output")) / "code_dumps"
+
+
+def _renamed(env: dict[str, str]) -> dict[str, str]:
+    """Map the old knobs to the new ones, with a warning; the new name wins."""
+    for old, new in _RENAMED.items():
+        if not env.get(old, "").strip():
+            continue
+        if new is None:
+            log.warning("%s is no longer used (the batched engine decodes every step in line); ignored", old)
+        elif env.get(new, "").strip():
+            log.warning("%s is replaced by %s, which is set too; %s ignored", old, new, old)
+        else:
+            log.warning("%s is replaced by %s: using %s=%s", old, new, new, env[old])
+            env[new] = env[old]
+    return env
 
 
 def resolve_device(name: str) -> torch.device:

@@ -24,15 +24,12 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import InvalidText, UnknownLanguage, UnknownSpeaker
 from .model.configs import TTSModelConfig
 from .model.talker import Talker
 
 ROLE_PREFIX_LEN = 3  # <|im_start|> assistant \n
 ROLE_SUFFIX_LEN = 5  # <|im_end|> \n <|im_start|> assistant \n
-
-
-class PromptError(ValueError):
-    """Bad synthesis input: the message says what is valid."""
 
 
 def assistant_text(text: str) -> str:
@@ -42,14 +39,16 @@ def assistant_text(text: str) -> str:
 def resolve_speaker(cfg: TTSModelConfig, speaker: str) -> str:
     name = (speaker or "").strip().lower()
     if name not in cfg.talker.speaker_ids:
-        raise PromptError(f"unknown speaker {speaker!r}; valid speakers: {', '.join(cfg.speakers)}")
+        raise UnknownSpeaker(f"unknown speaker {speaker!r}; valid speakers: {', '.join(cfg.speakers)}",
+                             cfg.speakers)
     return name
 
 
 def resolve_language(cfg: TTSModelConfig, language: str | None) -> str:
     name = (language or "auto").strip().lower()
     if name != "auto" and name not in cfg.talker.language_ids:
-        raise PromptError(f"unknown language {language!r}; valid languages: {', '.join(cfg.languages)}")
+        raise UnknownLanguage(f"unknown language {language!r}; valid languages: {', '.join(cfg.languages)}",
+                              cfg.languages)
     return name
 
 
@@ -74,7 +73,7 @@ class Prompt:
 def build_prompt(talker: Talker, cfg: TTSModelConfig, ids: list[int], speaker: str, language: str) -> Prompt:
     """ids: the tokenized assistant_text(text); speaker/language already resolved."""
     if len(ids) < ROLE_PREFIX_LEN + ROLE_SUFFIX_LEN + 1:
-        raise PromptError("text is empty after tokenization")
+        raise InvalidText("text is empty after tokenization")
     t = cfg.talker
     device = talker.codec_head.weight.device
     input_ids = torch.tensor([ids], device=device)

@@ -7,7 +7,11 @@ penalty over the codebook-0 tokens generated so far, suppression of the
 non-audio tokens 2048..3071 except EOS, EOS forbidden before
 `min_new_tokens`), then argmax; the code predictor takes a plain argmax.
 Sampling applies temperature, top-k and top-p after the same processors and
-draws from a per-request `torch.Generator`, so a seed reproduces a stream.
+draws by the Gumbel-max trick with counter-based noise: the noise of a token is
+a hash of (request seed, frame, codebook, token id), computed on the device.
+A seeded stream's codes therefore do not depend on which other streams share
+its batch, on the order of steps, or on any generator state, and a sampled
+batch runs inside one CUDA graph like a greedy one.
 """
 
 from __future__ import annotations
@@ -67,46 +71,103 @@ def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch
     return logits
 
 
+# splitmix64's constants as signed 64-bit integers (torch has no uint64 arithmetic)
+_GOLDEN = 0x9E3779B97F4A7C15 - 2**64
+_MIX1 = 0xBF58476D1CE4E5B9 - 2**64
+_MIX2 = 0x94D049BB133111EB - 2**64
+_FRAME_STRIDE = 1 << 20  # (frame, codebook, token) -> one counter; vocabularies are < 2**12
+_CODEBOOK_STRIDE = 1 << 12
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def _mix(z: torch.Tensor) -> torch.Tensor:
+    """splitmix64's finaliser of z + golden ratio."""
+    z = z + _GOLDEN
+    z = (z ^ _shift_right(z, 30)) * _MIX1
+    z = (z ^ _shift_right(z, 27)) * _MIX2
+    return z ^ _shift_right(z, 31)
+
+
+def counter_uniform(seed: torch.Tensor, frame: torch.Tensor, codebook: int, size: int) -> torch.Tensor:
+    """Uniform noise in (0, 1), [B, size] float32, from (seed, frame, codebook, index).
+
+    seed, frame: LongTensor [B]. Pure integer arithmetic on the device (wrapping
+    multiplies), so CPU and CUDA, eager and graph, give the same bits.
+    """
+    index = torch.arange(size, device=seed.device)
+    counter = frame[:, None] * _FRAME_STRIDE + codebook * _CODEBOOK_STRIDE + index[None, :]
+    z = _mix(_mix(seed)[:, None] + counter)
+    top24 = _shift_right(z, 40).to(torch.float32)  # 24 random bits, exact in float32
+    return (top24 + 0.5) / float(1 << 24)
+
+
+def seed_as_int64(seed: int) -> int:
+    """Any seed of 64 bits, signed or not, as the signed 64-bit value with the same bits."""
+    return (seed + 2**63) % 2**64 - 2**63
+
+
+@dataclass(frozen=True)
+class NoiseKey:
+    """Where a sampled token's noise comes from: per row seed and frame, and the codebook."""
+
+    seed: torch.Tensor  # LongTensor [B]
+    frame: torch.Tensor  # LongTensor [B]
+    codebook: int
+
+
+def sample_tokens(
+    logits: torch.Tensor, temperature: float, top_k: int, top_p: float, key: NoiseKey,
+) -> torch.Tensor:
+    """A draw from softmax(filtered logits / temperature): argmax of logits + Gumbel noise."""
+    logits = _filter_top_k_top_p(logits.float() / temperature, top_k, top_p)
+    u = counter_uniform(key.seed, key.frame, key.codebook, logits.shape[-1])
+    return torch.argmax(logits - torch.log(-torch.log(u)), dim=-1)
+
+
 def choose(
     logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int, top_p: float,
-    generator: torch.Generator | None,
+    key: NoiseKey | None,
 ) -> torch.Tensor:
     """logits [B, V] -> token ids [B]."""
     if not do_sample:
         return torch.argmax(logits, dim=-1)
-    logits = _filter_top_k_top_p(logits / temperature, top_k, top_p)
-    probs = torch.softmax(logits.float(), dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    if key is None:
+        raise ValueError("sampling needs a noise key (seed, frame, codebook)")
+    return sample_tokens(logits, temperature, top_k, top_p, key)
 
 
 def choose_codebook0(
     logits: torch.Tensor, history: torch.Tensor, frames_done: int, params: SamplingParams,
-    suppress_mask: torch.Tensor, eos_id: int, generator: torch.Generator | None,
+    suppress_mask: torch.Tensor, eos_id: int, key: NoiseKey | None,
 ) -> torch.Tensor:
     """The talker's token for frame `frames_done` (history = earlier codebook-0 tokens)."""
     logits = apply_repetition_penalty(logits.float(), history, params.repetition_penalty)
     if frames_done < params.min_new_tokens:
         logits[:, eos_id] = float("-inf")
     logits = logits.masked_fill(suppress_mask, float("-inf"))
-    return choose(logits, params.do_sample, params.temperature, params.top_k, params.top_p, generator)
+    return choose(logits, params.do_sample, params.temperature, params.top_k, params.top_p, key)
 
 
-def choose_subcode(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
+def choose_subcode(logits: torch.Tensor, params: SamplingParams, key: NoiseKey | None) -> torch.Tensor:
     return choose(
         logits.float(), params.subtalker_do_sample, params.subtalker_temperature,
-        params.subtalker_top_k, params.subtalker_top_p, generator,
+        params.subtalker_top_k, params.subtalker_top_p, key,
     )
 
 
-def greedy_codebook0_masked(
+def codebook0_logits_masked(
     logits: torch.Tensor, seen: torch.Tensor, frames_done: torch.Tensor, min_new_tokens: torch.Tensor,
     repetition_penalty: float, suppress_mask: torch.Tensor, eos_id: int,
 ) -> torch.Tensor:
-    """choose_codebook0 for greedy decoding with the history as a `seen` mask [B, V].
+    """choose_codebook0's processed logits, with the history as a `seen` mask [B, V].
 
     Penalising each seen token once equals upstream's gather/scatter over the
     history (duplicates write the same value). Only device tensors are read,
-    so this runs inside a CUDA graph.
+    so this runs inside a CUDA graph; rows may be at different frames.
     """
     logits = logits.float()
     p = repetition_penalty
@@ -115,5 +176,4 @@ def greedy_codebook0_masked(
     too_early = (frames_done < min_new_tokens)[:, None]  # [B, 1]
     eos_column = torch.zeros_like(seen)
     eos_column[:, eos_id] = True
-    logits = logits.masked_fill(suppress_mask | (eos_column & too_early), float("-inf"))
-    return torch.argmax(logits, dim=-1)
+    return logits.masked_fill(suppress_mask | (eos_column & too_early), float("-inf"))

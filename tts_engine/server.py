@@ -9,8 +9,11 @@ Routes (see docs in the README):
 
 The engine loads and warms up in a background thread after the socket is
 bound: /healthz answers at once, /readyz only once warm-up is done. Errors
-are 4xx JSON bodies {"error": {"code", "message", "valid"?}}. A client that
-disconnects cancels its generation at the next packet.
+are JSON bodies {"error": {"code", "message", "valid"?}}, mapped from the
+engine's typed errors (tts_engine/errors.py); a request the engine cannot fit
+within TTS_QUEUE_TIMEOUT_S gets 503 over_capacity with Retry-After, before any
+audio is committed. A client that disconnects cancels its generation at the
+next frame.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -37,9 +41,9 @@ from prometheus_client import (
 )
 
 from .config import EngineConfig
-from .engine import EngineStartError, RequestMetrics, TTSEngine, check_device_memory
+from .errors import EngineStartError, OverCapacity, TTSError
 from .heap import freeze_startup_heap
-from .prompt import PromptError
+from .runtime import RequestMetrics, StreamHandle, TTSEngine, check_device_memory
 from .synthesis import SAMPLE_RATE, pcm16_bytes, write_wav
 
 log = logging.getLogger("tts_engine.server")
@@ -48,15 +52,31 @@ ENGINE_KEY = web.AppKey("engine_holder", dict)
 MAX_BODY_BYTES = 256 * 1024
 METRICS_KEEP = 512  # finished requests whose metrics stay queryable
 PUBLIC_PATHS = ("/healthz", "/readyz")
+ENGINE_GAUGES = (  # TTSEngine.stats() key, metric, help
+    ("active", "tts_engine_active_streams", "streams holding a batch row"),
+    ("queued", "tts_engine_queued_streams", "streams waiting for a row"),
+    ("rejected", "tts_engine_rejected_streams", "streams refused with 503 over_capacity since start"),
+    ("batch", "tts_engine_batch_size", "streams in the last engine step"),
+    ("step_ms", "tts_engine_step_ms", "wall time of the last engine step (one frame for every stream)"),
+    ("capacity", "tts_engine_capacity_streams", "real-time streams the engine can carry at the measured step times"),
+    ("rows", "tts_engine_rows", "batch rows (TTS_MAX_BATCH)"),
+    ("underruns", "tts_engine_underruns", "packets ready after their playback time (150 ms playout buffer) since start"),
+)
 
 
 class ApiError(web.HTTPException):
-    def __init__(self, status: int, code: str, message: str, valid: list | None = None) -> None:
+    def __init__(self, status: int, code: str, message: str, valid: list | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         self.status_code = status
         body: dict[str, Any] = {"code": code, "message": message}
         if valid is not None:
             body["valid"] = valid
-        super().__init__(text=_json_text({"error": body}), content_type="application/json")
+        super().__init__(text=_json_text({"error": body}), content_type="application/json", headers=headers)
+
+    @classmethod
+    def of(cls, error: TTSError) -> ApiError:
+        headers = {"Retry-After": str(error.retry_after_s)} if isinstance(error, OverCapacity) else None
+        return cls(error.status, error.code, str(error), error.valid, headers)
 
 
 def _json_text(obj: Any) -> str:
@@ -77,6 +97,12 @@ class Stats:
         self.audio = Counter("tts_audio_seconds_total", "audio seconds produced", registry=self.registry)
         self.packets = Counter("tts_packets_total", "PCM packets produced", registry=self.registry)
 
+    def track(self, engine_of: Callable[[], TTSEngine | None]) -> None:
+        """Gauges read from the engine at scrape time (0 while it loads)."""
+        for key, name, doc in ENGINE_GAUGES:
+            gauge = Gauge(name, doc, registry=self.registry)
+            gauge.set_function(lambda key=key: (e.stats()[key] if (e := engine_of()) is not None else 0))
+
     def observe(self, route: str, m: RequestMetrics) -> None:
         self.requests.labels(route, m.stop_reason or "unknown").inc()
         self.audio.inc(m.audio_s)
@@ -96,6 +122,7 @@ class EngineHolder:
         self.load_error: str | None = None
         self.finished: OrderedDict[str, dict] = OrderedDict()
         self.stats = Stats()
+        self.stats.track(lambda: self.engine)
 
     def require(self) -> TTSEngine:
         if self.engine is None or not self.engine.ready:
@@ -141,18 +168,6 @@ def _field(body: dict, name: str, kind: type | tuple, required: bool = False, de
     return value
 
 
-def _make_request(engine: TTSEngine, text: Any, speaker: Any, language: Any, sample: Any, seed: Any):
-    try:
-        return engine.make_request(text, speaker, language, sample=sample, seed=seed)
-    except PromptError as exc:
-        msg = str(exc)
-        if msg.startswith("unknown speaker"):
-            raise ApiError(400, "unknown_speaker", msg, engine.speakers) from None
-        if msg.startswith("unknown language"):
-            raise ApiError(400, "unknown_language", msg, engine.languages) from None
-        raise ApiError(400, "invalid_text", msg) from None
-
-
 def _parse_tts_body(engine: TTSEngine, body: dict):
     text = _field(body, "text", str, required=True)
     speaker = _field(body, "speaker", str, required=True)
@@ -162,7 +177,7 @@ def _parse_tts_body(engine: TTSEngine, body: dict):
         raise ApiError(400, "invalid_field", f"packet_tokens must be 1..64, got {packet_tokens}")
     seed = _field(body, "seed", int)
     sample = _field(body, "sample", bool)
-    return _make_request(engine, text, speaker, language, sample, seed), packet_tokens
+    return engine.make_request(text, speaker, language, sample=sample, seed=seed), packet_tokens
 
 
 # -- streaming ------------------------------------------------------------
@@ -171,8 +186,7 @@ def _parse_tts_body(engine: TTSEngine, body: dict):
 async def _stream_pcm(request: web.Request, route: str, req, packet_tokens: int | None,
                       content_type: str, header: bytes = b"") -> web.StreamResponse:
     holder = _holder(request)
-    engine = holder.require()
-    handle = engine.open_stream(req, packet_tokens)
+    handle = await _admitted_stream(holder, route, req, packet_tokens)
     resp = web.StreamResponse(headers={
         "Content-Type": content_type, "X-Sample-Rate": str(SAMPLE_RATE), "X-Audio-Format": "s16le",
         "X-Channels": "1", "X-Request-Id": handle.id, "Cache-Control": "no-store",
@@ -192,20 +206,26 @@ async def _stream_pcm(request: web.Request, route: str, req, packet_tokens: int 
         raise
     finally:
         holder.stats.active.dec()
-        if not handle.session.finished:
-            handle.cancel()
+        handle.cancel()  # no-op once the stream has ended
         await _record_when_done(holder, route, handle)
     return resp
 
 
-async def _record_when_done(holder: EngineHolder, route: str, handle) -> None:
-    # The worker finalizes metrics right after the last packet; wait briefly for it.
-    for _ in range(200):
-        if handle.session.finished:
-            break
-        await asyncio.sleep(0.005)
-    holder.remember(handle.metrics)
-    holder.stats.observe(route, handle.metrics)
+async def _admitted_stream(holder: EngineHolder, route: str, req, packet_tokens: int | None) -> StreamHandle:
+    """Open a stream and wait for its row: a refusal becomes an HTTP error before any audio."""
+    handle = holder.require().open_stream(req, packet_tokens)
+    try:
+        await handle.admitted()
+    except TTSError:
+        await _record_when_done(holder, route, handle)
+        raise
+    return handle
+
+
+async def _record_when_done(holder: EngineHolder, route: str, handle: StreamHandle) -> None:
+    metrics = await handle.closed()
+    holder.remember(metrics)
+    holder.stats.observe(route, metrics)
 
 
 def _wav_stream_header() -> bytes:
@@ -221,13 +241,11 @@ def _wav_stream_header() -> bytes:
 
 
 async def _whole_wav(holder: EngineHolder, route: str, req, packet_tokens: int | None) -> web.Response:
-    engine = holder.require()
-    handle = engine.open_stream(req, packet_tokens)
+    handle = await _admitted_stream(holder, route, req, packet_tokens)
     try:
         parts = [p.pcm async for p in handle]
     finally:
-        if not handle.session.finished:
-            handle.cancel()
+        handle.cancel()  # no-op once the stream has ended
         await _record_when_done(holder, route, handle)
     buf = io.BytesIO()
     write_wav(buf, np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32))
@@ -266,8 +284,8 @@ async def openai_speech(request: web.Request) -> web.StreamResponse:
     if speed != 1.0:
         raise ApiError(400, "invalid_field", "speed must be 1.0 (the model speaks at its own pace)")
     stream = _field(body, "stream", bool, default=False)
-    req = _make_request(engine, text, voice, _field(body, "language", str, default="auto"),
-                        _field(body, "sample", bool), _field(body, "seed", int))
+    req = engine.make_request(text, voice, _field(body, "language", str, default="auto"),
+                              sample=_field(body, "sample", bool), seed=_field(body, "seed", int))
     if stream:
         header = _wav_stream_header() if fmt == "wav" else b""
         content_type = "audio/wav" if fmt == "wav" else "application/octet-stream"
@@ -304,7 +322,9 @@ async def readyz(request: web.Request) -> web.Response:
     engine = holder.engine
     if engine is not None and engine.ready:
         return web.json_response({"ready": True, "load_s": round(engine.load_s, 2), "warmup_s": round(engine.warmup_s, 2),
-                                  "device": str(engine.config.torch_device), "model_dir": str(engine.model.model_dir)})
+                                  "device": str(engine.config.torch_device), "model_dir": str(engine.model.model_dir),
+                                  "rows": engine.pool.rows, "capacity": engine.capacity,
+                                  "capacity_left": engine.capacity_left})
     body = {"ready": False, "error": holder.load_error} if holder.load_error else {"ready": False}
     return web.json_response(body, status=503)
 
@@ -323,6 +343,8 @@ async def errors_and_auth(request: web.Request, handler):
             raise ApiError(401, "unauthorized", "missing or wrong bearer key (Authorization: Bearer <TTS_API_KEY>)")
     try:
         return await handler(request)
+    except TTSError as exc:
+        raise ApiError.of(exc) from None
     except web.HTTPNotFound:
         raise ApiError(404, "not_found", f"no route {request.method} {request.path}") from None
     except web.HTTPMethodNotAllowed as exc:

@@ -18,10 +18,10 @@ import torch
 
 from .checkpoint import check_model_dir, load_talker
 from .codegen import CodeGenerator, frame_limit
+from .errors import InvalidText, TextTooLong
 from .model.codec_decoder import load_codec_decoder
 from .prompt import (
     Prompt,
-    PromptError,
     assistant_text,
     build_prompt,
     resolve_language,
@@ -95,9 +95,9 @@ class TTSModel:
         seed: int | None = None,
     ) -> Request:
         if not isinstance(text, str) or not text.strip():
-            raise PromptError("text is empty; send at least one non-space character")
+            raise InvalidText("text is empty; send at least one non-space character")
         if len(text) > self.max_text_chars:
-            raise PromptError(f"text has {len(text)} characters; the limit is {self.max_text_chars}")
+            raise TextTooLong(f"text has {len(text)} characters; the limit is {self.max_text_chars}")
         return Request(
             text=text,
             speaker=resolve_speaker(self.config, speaker),

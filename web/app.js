@@ -5,6 +5,7 @@ import { EnergyVad, LatencyTracker } from "./turns.js";
 const LK = globalThis.LivekitClient;
 const AGENT_STATE_ATTR = "lk.agent.state";
 const DUPLEX_ATTR = "streamtalk.duplex";
+const BACKEND_ATTR = "streamtalk.backend"; // "ok", or "down: <component>: <why>" (e.g. the voice is busy)
 const TRANSCRIPTION_TOPIC = "lk.transcription";
 const STOP_RPC = "stop_reply";
 
@@ -19,6 +20,7 @@ const state = {
   agentIdentity: null,
   agentState: null,
   duplexState: null,
+  backendState: null,
   agentAudioTracks: 0,
   userTurns: 0,
   latenciesMs: [],
@@ -202,9 +204,11 @@ function renderAgent() {
   state.agentIdentity = agent ? agent.identity : null;
   state.agentState = agent ? agent.attributes[AGENT_STATE_ATTR] || null : null;
   state.duplexState = agent ? agent.attributes[DUPLEX_ATTR] || null : null;
+  state.backendState = agent ? agent.attributes[BACKEND_ATTR] || null : null;
   $("agent-identity").textContent = agent ? agent.identity : "none yet";
   $("agent-state").textContent = state.agentState || "-";
   $("duplex-state").textContent = state.duplexState || "-";
+  $("backend-state").textContent = state.backendState || "-";
   $("stop").disabled = !agent;
   if (room && room.state === "connected" && !agent) {
     showNotice("Connected. Waiting for the agent to join the room...");

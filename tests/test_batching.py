@@ -1,0 +1,161 @@
+"""Continuous batching on CPU with the tiny checkpoint: streams join and leave a
+running batch, every stream stays exact, invariant mode equals solo runs, admission
+control queues and refuses, and a failing stream ends alone."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+import tts_engine.runtime.session as session_module
+from tts_engine.config import EngineConfig
+from tts_engine.errors import OverCapacity
+from tts_engine.runtime import TTSEngine, load_codes
+
+TEXTS = [
+    "The first stream is short.",
+    "A second stream, a little longer than the first one, joins the batch.",
+    "Number three talks about the weather for a while, then stops.",
+    "Four!",
+    "The fifth stream has a long story to tell: it goes on and on, well past the others, so "
+    "that it is still running when the later streams arrive and leave.",
+    "Six joins late.",
+    "Seven joins later still, with a sentence of medium length.",
+    "Eight is the last to join the batch.",
+]
+SPEAKERS = ["serena", "ryan", "aiden", "sohee", "vivian", "eric", "dylan", "ono_anna"]
+
+
+def make_engine(model_dir, dump_dir=None, **overrides) -> TTSEngine:
+    cfg = EngineConfig.from_env({}, model_dir=str(model_dir), device="cpu", admission="rows",
+                                code_dump=int(dump_dir is not None), code_dump_dir=str(dump_dir or ""), **overrides)
+    return TTSEngine(cfg, warmup=False)
+
+
+@pytest.fixture(scope="module")
+def batched(tiny_model_dir, tmp_path_factory):
+    eng = make_engine(tiny_model_dir, tmp_path_factory.mktemp("dumps"))
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def invariant(tiny_model_dir):
+    eng = make_engine(tiny_model_dir, batch_invariant=1)
+    yield eng
+    eng.close()
+
+
+async def staggered(engine: TTSEngine, requests, gap_s: float = 0.15):
+    """Start the requests `gap_s` apart (each joins a running batch); (pcm, metrics) each."""
+
+    async def one(i, req):
+        await asyncio.sleep(i * gap_s)
+        return await engine.synthesize_pcm(req)
+
+    return await asyncio.gather(*[one(i, r) for i, r in enumerate(requests)])
+
+
+async def test_eight_streams_join_and_leave_mid_batch_and_stay_exact(batched):
+    requests = [batched.make_request(t, s) for t, s in zip(TEXTS, SPEAKERS, strict=True)]
+    results = await staggered(batched, requests)
+    assert max(m.batch_max for _, m in results) >= 4, "the streams shared steps"
+    frames = [m.frames for _, m in results]
+    assert len(set(frames)) > 3, "streams of different lengths left at different steps"
+    for pcm, m in results:
+        assert m.stop_reason == "eos" and m.error is None
+        codes = load_codes(batched.config.resolved_code_dump_dir / f"{m.request_id}.npy")
+        assert codes.shape[0] == m.frames
+        offline = batched.model.decode(codes)  # one offline decode of exactly its codes
+        assert pcm.shape == offline.shape and np.abs(pcm - offline).max() <= 1e-5
+    assert batched.active_sessions == 0
+
+
+async def test_cancel_in_the_middle_of_a_batch_frees_the_row_and_spares_the_rest(batched):
+    requests = [batched.make_request(t, "serena") for t in TEXTS[:4]]
+    handles = [batched.open_stream(r) for r in requests]
+    victim = batched.open_stream(batched.make_request(" ".join(TEXTS), "ryan"))
+    got = 0
+    async for _ in victim:
+        got += 1
+        if got == 3:
+            victim.cancel()
+            break
+    metrics = await asyncio.wait_for(victim.closed(), 10)
+    assert metrics.stop_reason == "cancelled" and metrics.packets <= got + 1
+    for h in handles:
+        pcm = np.concatenate([p.pcm async for p in h])
+        m = await h.closed()
+        assert m.stop_reason == "eos" and len(pcm) == m.frames * 1920
+    assert batched.active_sessions == 0
+
+
+async def test_invariant_mode_concurrent_equals_solo_byte_for_byte(invariant):
+    requests = [invariant.make_request(t, s) for t, s in zip(TEXTS[:5], SPEAKERS, strict=False)]
+    solo = [(await invariant.synthesize_pcm(r))[0] for r in requests]
+    together = await staggered(invariant, requests, gap_s=0.05)
+    assert max(m.batch_max for _, m in together) >= 3
+    for alone, (pcm, _) in zip(solo, together, strict=True):
+        assert np.array_equal(alone, pcm)
+
+
+async def test_seeded_sampling_is_the_same_solo_and_batched(invariant, batched):
+    text = "Sampling with a seed, alone or in company."
+    sampled = invariant.make_request(text, "serena", sample=True, seed=1234)
+    alone, _ = await invariant.synthesize_pcm(sampled)
+    others = [invariant.make_request(t, "ryan") for t in TEXTS[:3]]
+    results = await asyncio.gather(invariant.synthesize_pcm(sampled), *[invariant.synthesize_pcm(r) for r in others])
+    assert results[0][1].batch_max >= 2 and np.array_equal(alone, results[0][0])
+    greedy, _ = await invariant.synthesize_pcm(invariant.make_request(text, "serena", sample=False))
+    assert not np.array_equal(alone[: len(greedy)], greedy[: len(alone)])
+    # the offline generator draws the same counter-based noise: the same codes
+    _, m = await batched.synthesize_pcm(sampled)
+    streamed = load_codes(batched.config.resolved_code_dump_dir / f"{m.request_id}.npy")
+    assert np.array_equal(streamed.numpy(), batched.model.generate_codes(sampled)[0].numpy())
+
+
+async def test_queue_then_refusal_under_a_hand_cap(tiny_model_dir):
+    eng = make_engine(tiny_model_dir, max_active_streams=2, queue_timeout_s=0.3)
+    try:
+        long_text = " ".join(TEXTS)
+        handles = [eng.open_stream(eng.make_request(long_text, "serena")) for _ in range(3)]
+        await asyncio.gather(*[h.admitted() for h in handles[:2]])
+        with pytest.raises(OverCapacity) as refused:
+            await handles[2].admitted()
+        assert refused.value.retry_after_s == 1 and refused.value.status == 503
+        assert (await handles[2].closed()).stop_reason == "over_capacity"
+        for h in handles[:2]:
+            h.cancel()
+            await h.closed()
+        assert eng.stats()["rejected"] == 1
+        # with room to wait, the third is queued and served once a row frees
+        eng.admission.queue_timeout_s = 60
+        short = [eng.make_request(t, "ryan") for t in TEXTS[:3]]
+        results = await asyncio.gather(*[eng.synthesize_pcm(r) for r in short])
+        waits = sorted(m.queue_wait_ms for _, m in results)
+        assert all(m.stop_reason == "eos" for _, m in results)
+        assert waits[-1] > 100 and max(m.batch_max for _, m in results) == 2
+    finally:
+        eng.close()
+
+
+async def test_a_failing_stream_ends_alone_while_the_batch_goes_on(batched, monkeypatch):
+    victim_text = "This stream fails on its fifth frame."
+    real_add = session_module.StreamSession.add_frame
+
+    def add_frame(self, *args):  # noqa: ANN001, ANN202
+        if self.request.text == victim_text and len(self.codes) == 4:
+            raise RuntimeError("injected failure")
+        return real_add(self, *args)
+
+    monkeypatch.setattr(session_module.StreamSession, "add_frame", add_frame)
+    others = [batched.make_request(t, "aiden") for t in TEXTS[:3]]
+    results = await asyncio.gather(batched.synthesize_pcm(batched.make_request(victim_text, "serena")),
+                                   *[batched.synthesize_pcm(r) for r in others], return_exceptions=True)
+    assert isinstance(results[0], RuntimeError) and "injected failure" in str(results[0])
+    for pcm, m in results[1:]:
+        assert m.stop_reason == "eos" and m.error is None and len(pcm) == m.frames * 1920
+        assert m.batch_max >= 2
+    assert batched.active_sessions == 0

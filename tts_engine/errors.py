@@ -1,0 +1,76 @@
+"""Every error the engine reports to a caller, as one typed hierarchy.
+
+Each class carries the `code` and HTTP `status` the server sends, so the
+server maps an error by its type, never by its message:
+
+    TTSError
+    ├── RequestError (400)        bad input; `valid` lists what would be accepted
+    │   ├── UnknownSpeaker
+    │   ├── UnknownLanguage
+    │   ├── InvalidText           empty text
+    │   └── TextTooLong
+    ├── OverCapacity (503)        no room within TTS_QUEUE_TIMEOUT_S; `retry_after_s`
+    ├── ReplyTooLong              the reply outgrew its row (its audio so far was sent)
+    ├── EngineOutOfMemory (503)
+    ├── EngineClosed (503)
+    └── EngineStartError          the engine refuses to start (device, memory, model)
+"""
+
+from __future__ import annotations
+
+
+class TTSError(Exception):
+    code = "internal_error"
+    status = 500
+
+    def __init__(self, message: str, valid: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.valid = valid
+
+
+class RequestError(TTSError, ValueError):
+    code = "invalid_request"
+    status = 400
+
+
+class UnknownSpeaker(RequestError):
+    code = "unknown_speaker"
+
+
+class UnknownLanguage(RequestError):
+    code = "unknown_language"
+
+
+class InvalidText(RequestError):
+    code = "invalid_text"
+
+
+class TextTooLong(InvalidText):
+    code = "text_too_long"
+
+
+class OverCapacity(TTSError):
+    code = "over_capacity"
+    status = 503
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ReplyTooLong(TTSError):
+    code = "reply_too_long"
+
+
+class EngineOutOfMemory(TTSError):
+    code = "out_of_memory"
+    status = 503
+
+
+class EngineClosed(TTSError):
+    code = "engine_closed"
+    status = 503
+
+
+class EngineStartError(TTSError, RuntimeError):
+    code = "engine_start_failed"

@@ -1,0 +1,71 @@
+"""Admission control: how many real-time streams the engine can carry, and who waits.
+
+Every engine step gives each active stream one 80 ms frame, so the streams
+stay real time while a step takes less than a frame; the budget keeps a
+margin for admissions' prefills and the host. The step time of each batch
+bucket is measured at start-up and kept current (an exponential average of
+real steps), so the capacity is the largest batch whose bucket's step fits
+the budget. A request that would exceed it (or TTS_MAX_ACTIVE_STREAMS) waits
+in a bounded queue; when TTS_QUEUE_TIMEOUT_S is up it is refused with
+OverCapacity, which the server answers with 503 and Retry-After.
+
+TTS_ADMISSION=rows admits until the rows are full instead: streams may then
+fall behind real time (offline batch work, tests of large batches on a CPU).
+"""
+
+from __future__ import annotations
+
+import math
+
+FRAME_MS = 80.0
+REALTIME_BUDGET = 0.8  # of a frame: the rest is margin for prefills and the host
+EMA_WEIGHT = 0.05  # of each new step in the bucket's average
+
+
+class Admission:
+    def __init__(self, buckets: tuple[int, ...], max_active: int, queue_timeout_s: float,
+                 realtime: bool = True) -> None:
+        self.buckets = buckets
+        self.rows = buckets[-1]
+        self.max_active = min(max_active or self.rows, self.rows)
+        self.queue_timeout_s = queue_timeout_s
+        self.realtime = realtime
+        self.step_ms: dict[int, float] = {}
+        self.rejected = 0
+
+    def bucket(self, n: int) -> int:
+        return next(b for b in self.buckets if b >= n)
+
+    def observe(self, n: int, step_ms: float) -> None:
+        b = self.bucket(n)
+        old = self.step_ms.get(b)
+        self.step_ms[b] = step_ms if old is None else old + EMA_WEIGHT * (step_ms - old)
+
+    def predicted_ms(self, n: int) -> float:
+        """A step's time for n streams. Steps only grow with the batch, so it is the largest
+        average of the buckets up to n's; beyond the measured ones, the largest measured
+        one scaled linearly (pessimistic); 0 before anything was measured."""
+        b = self.bucket(n)
+        known = [ms for m, ms in self.step_ms.items() if m <= b]
+        top = max(self.step_ms, default=None)
+        if top is not None and b > top:
+            known.append(self.step_ms[top] * b / top)
+        return max(known, default=0.0)
+
+    @property
+    def capacity(self) -> int:
+        """The most streams that stay real time (and within TTS_MAX_ACTIVE_STREAMS)."""
+        if not self.realtime:
+            return self.max_active
+        budget = FRAME_MS * REALTIME_BUDGET
+        n = 1
+        while n < self.max_active and self.predicted_ms(n + 1) <= budget:
+            n += 1
+        return n
+
+    def may_admit(self, active: int) -> bool:
+        return active < self.capacity
+
+    @property
+    def retry_after_s(self) -> int:
+        return max(1, math.ceil(self.queue_timeout_s))

@@ -1,0 +1,427 @@
+"""TTSEngine: one loaded model serving many concurrent streams with continuous batching.
+
+One worker thread owns every model call. Each turn of its loop:
+
+1. drops cancelled streams (their rows are free before the next step) and
+   refuses queued ones that waited past TTS_QUEUE_TIMEOUT_S;
+2. admits the oldest queued stream when the capacity allows: its prefill and
+   first frame run on the admission row, its first packet leaves at once, and
+   it joins the batch (first packets first);
+3. steps the batch: every active stream gets one frame, all in one batched
+   talker step, one predictor loop and one decoder step (runtime/stepper.py);
+4. hands each stream its frame, sends the packets that are complete, and
+   releases the rows of streams that ended (EOS, frame limit, silence, error).
+
+Streams join and leave between steps; the graphs never change. A failure in
+one stream's hand-over ends that stream only.
+
+    engine = TTSEngine(EngineConfig.from_env())      # loads, warms up, captures
+    async with engine.open_stream(request) as stream:
+        await stream.admitted()                       # or OverCapacity
+        async for packet in stream:                   # PCMPacket
+            play(packet.pcm)
+    await stream.closed()                             # final RequestMetrics
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from ..codec_stream import CodecStreamDecoder, WindowedCodecDecoder
+from ..codegen import frame_limit
+from ..config import EngineConfig, resolve_dtype
+from ..errors import (
+    EngineClosed,
+    EngineOutOfMemory,
+    EngineStartError,
+    OverCapacity,
+    ReplyTooLong,
+    RequestError,
+    TTSError,
+)
+from ..sampling import seed_as_int64
+from ..synthesis import Request, TTSModel
+from .admission import Admission
+from .code_dump import dump_codes
+from .rows import RowPool, row_bytes
+from .session import _DONE, StreamHandle, StreamSession
+from .stepper import BatchStepper
+
+log = logging.getLogger("tts_engine")
+
+CPU_ROWS = 32  # batch rows on a CPU (TTS_MAX_BATCH=0)
+MAX_ROWS = 256
+GRAPH_RESERVE_MIB = 2048  # GPU memory kept for graphs and activations when sizing the rows
+CALIBRATION_STEPS = 3  # timed steps per bucket at start-up
+
+
+class TTSEngine:
+    def __init__(self, config: EngineConfig, warmup: bool = True) -> None:
+        self.config = config
+        device = config.torch_device
+        check_device_memory(device, config.min_free_gpu_mib)
+        load_start = time.perf_counter()
+        self.model = TTSModel(config.resolved_model_dir, device, config.torch_dtype, config.max_text_chars,
+                              resolve_dtype(config.decoder_dtype, device))
+        decoder = CodecStreamDecoder(self.model.decoder)
+        rows = batch_rows(config, self.model, decoder)
+        self.pool = RowPool(self.model.codegen, decoder, rows, config.row_positions)
+        graphs_on = bool(config.cudagraph_talker and config.cudagraph_cp and config.cudagraph_decoder)
+        self.stepper = BatchStepper(self.model.codegen, decoder, self.pool, graphs_on,
+                                    invariant=bool(config.batch_invariant), compile_steps=bool(config.compile_steps))
+        self.windowed = (WindowedCodecDecoder(self.model.decoder, config.left_context)
+                         if config.decode_mode == "windowed" else None)
+        self.admission = Admission(self.stepper.buckets, config.max_active_streams, config.queue_timeout_s,
+                                   realtime=config.admission == "realtime")
+        self.load_s = time.perf_counter() - load_start
+        self._queued: deque[StreamSession] = deque()
+        self._active: list[StreamSession] = []  # index = row
+        self._lock = threading.Condition()
+        self._closed = False
+        self.last_step_ms = 0.0
+        self.underruns = 0
+        self._worker = threading.Thread(target=self._run, name="tts-engine", daemon=True)
+        self._worker.start()
+        self.ready = False
+        self.warmup_s = 0.0
+        if warmup:
+            self.warmup()
+
+    # -- public API ---------------------------------------------------------
+
+    @property
+    def speakers(self) -> list[str]:
+        return self.model.speakers
+
+    @property
+    def languages(self) -> list[str]:
+        return self.model.languages
+
+    @property
+    def active_sessions(self) -> int:
+        """Streams holding a row or waiting for one."""
+        with self._lock:
+            return len(self._active) + len(self._queued)
+
+    @property
+    def queued_sessions(self) -> int:
+        with self._lock:
+            return len(self._queued)
+
+    @property
+    def capacity(self) -> int:
+        return self.admission.capacity
+
+    @property
+    def capacity_left(self) -> int:
+        return max(0, self.admission.capacity - self.active_sessions)
+
+    def make_request(self, text: str, speaker: str, language: str | None = "auto",
+                     sample: bool | None = None, seed: int | None = None) -> Request:
+        """Validate input (raises a RequestError naming what is valid)."""
+        if sample is None:
+            sample = self.config.sample_by_default
+        if seed is None and self.config.seed_mode == "fixed":
+            seed = self.config.seed
+        if seed is not None and not -(2**63) <= seed < 2**64:
+            raise RequestError(f"seed {seed} does not fit 64 bits; valid: -2**63 .. 2**64-1")
+        return self.model.make_request(text, speaker, language, sample=sample, seed=seed)
+
+    def open_stream(self, request: Request, packet_tokens: int | None = None,
+                    request_id: str | None = None) -> StreamHandle:
+        """Queue a validated request; `await handle.admitted()`, then iterate it for packets."""
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue = asyncio.Queue()
+        session = self._new_session(request, packet_tokens, request_id,
+                                    lambda item: loop.call_soon_threadsafe(items.put_nowait, item))
+        handle = StreamHandle(self, session, items)
+        self._submit(session)
+        return handle
+
+    async def synthesize_pcm(self, request: Request, packet_tokens: int | None = None):
+        """The whole stream as one array (the same samples /tts/stream sends), and its metrics."""
+        async with self.open_stream(request, packet_tokens) as stream:
+            parts = [p.pcm async for p in stream]
+        return _join(parts), await stream.closed()
+
+    def synthesize_blocking(self, request: Request, packet_tokens: int | None = None):
+        """synthesize_pcm for callers without an event loop (warm-up, benchmarks)."""
+        items: queue.Queue = queue.Queue()
+        done = threading.Event()
+        session = self._new_session(request, packet_tokens, None, items.put)
+        session.on_closed = done.set
+        self._submit(session)
+        parts = []
+        while (item := items.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            parts.append(item.pcm)
+        done.wait()
+        return _join(parts), session.metrics
+
+    def warmup(self) -> None:
+        """Run a short request end to end, capture the graphs, time every bucket (start-up only)."""
+        start = time.perf_counter()
+        warm = self.model.make_request("Warm up the engine.", self.speakers[0], "auto")
+        self.synthesize_blocking(warm)
+        self.stepper.capture()
+        self._calibrate()
+        self.synthesize_blocking(warm)  # the graphed path once, before real requests
+        self.warmup_s = time.perf_counter() - start
+        self.ready = True
+        log.info("engine ready: %d rows of %d positions, capacity %d streams, load %.1f s, warm-up %.1f s",
+                 self.pool.rows, self.pool.positions, self.capacity, self.load_s, self.warmup_s)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for s in (*self._queued, *self._active):
+                s.cancel()
+            self._lock.notify()
+        self._worker.join(timeout=10)
+
+    def wake(self) -> None:
+        with self._lock:
+            self._lock.notify()
+
+    def stats(self) -> dict:
+        """What /metrics and /readyz report."""
+        return {"active": len(self._active), "queued": self.queued_sessions, "rejected": self.admission.rejected,
+                "rows": self.pool.rows, "batch": len(self._active), "step_ms": self.last_step_ms,
+                "capacity": self.capacity, "capacity_left": self.capacity_left, "underruns": self.underruns}
+
+    # -- submission -----------------------------------------------------------
+
+    def _new_session(self, request: Request, packet_tokens: int | None, request_id: str | None,
+                     sink: Callable[[object], None]) -> StreamSession:
+        n = packet_tokens or self.config.packet_tokens
+        if not 1 <= n <= 64:
+            raise RequestError(f"packet_tokens must be 1..64, got {n}")
+        return StreamSession(request, n, self.config.first_packet_tokens, sink, request_id)
+
+    def _submit(self, session: StreamSession) -> None:
+        with self._lock:
+            if self._closed:
+                raise EngineClosed("the engine is closed")
+            if len(self._queued) >= self.pool.rows:
+                self.admission.rejected += 1
+                raise OverCapacity(f"{len(self._queued)} requests already wait for the engine; "
+                                   f"retry in {self.admission.retry_after_s} s", self.admission.retry_after_s)
+            self._queued.append(session)
+            self._lock.notify()
+
+    # -- worker thread ------------------------------------------------------
+
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self._lock:
+                while not self._queued and not self._active and not self._closed:
+                    self._lock.wait()
+                if self._closed and not self._queued and not self._active:
+                    return
+                newcomer = self._next_admission()
+            for s in [s for s in self._active if s.cancelled.is_set()]:
+                self._finish(s, "cancelled")
+            if newcomer is not None:
+                self._guarded([newcomer], self._admit)
+            if self._active:
+                self._guarded(list(self._active), self._step)
+
+    def _next_admission(self) -> StreamSession | None:
+        """Drop cancelled and expired waiters; the oldest waiter if there is room (lock held)."""
+        now = time.perf_counter()
+        for s in list(self._queued):
+            if s.cancelled.is_set():
+                self._queued.remove(s)
+                self._finish(s, "cancelled")
+            elif now - s.accepted_at > self.admission.queue_timeout_s:
+                self._queued.remove(s)
+                self.admission.rejected += 1
+                self._finish(s, "over_capacity", OverCapacity(
+                    f"no capacity for {self.admission.queue_timeout_s:g} s (TTS_QUEUE_TIMEOUT_S): "
+                    f"{len(self._active)} streams are active, capacity {self.capacity}; "
+                    f"retry in {self.admission.retry_after_s} s", self.admission.retry_after_s))
+        if self._queued and len(self._active) < self.pool.rows and self.admission.may_admit(len(self._active)):
+            return self._queued.popleft()
+        return None
+
+    def _guarded(self, sessions: list[StreamSession], work: Callable) -> None:
+        """Run worker work for `sessions`; an error ends those sessions, not the worker."""
+        try:
+            work(sessions)
+        except Exception as exc:  # noqa: BLE001 - delivered to the consumers
+            if isinstance(exc, torch.OutOfMemoryError):
+                exc = EngineOutOfMemory(f"the GPU ran out of memory: {exc}")
+            log.exception("step failed for %d request(s)", len(sessions))
+            for s in sessions:
+                self._finish(s, "error", exc)
+
+    def _admit(self, sessions: list[StreamSession]) -> None:
+        (s,) = sessions
+        s.started_at = time.perf_counter()
+        s.metrics.queue_wait_ms = (s.started_at - s.accepted_at) * 1000
+        prompt = self.model.prompt(s.request)
+        length = prompt.embeds.shape[1]
+        row_frames = self.pool.positions - length + 1  # frame 0, then one per position
+        if row_frames < 1:
+            raise RequestError(f"the text makes a prompt of {length} positions; a row holds "
+                               f"{self.pool.positions} (TTS_ROW_POSITIONS): send shorter text")
+        limit = frame_limit(prompt.text_token_count, self.config.max_new_tokens)
+        if s.request.max_frames is not None:
+            limit = min(limit, s.request.max_frames)
+        s.frame_limit, s.row_limited = min(limit, row_frames), row_frames < limit
+        s.on_admitted(None)
+        if self.windowed is not None:
+            s.windowed_state = self.windowed.new_state(1)
+        seed = seed_as_int64(s.request.seed or 0)
+        result = self.stepper.first_frame(prompt, s.sampled, seed, s.request.params.min_new_tokens)
+        s.position = length
+        s.metrics.graph_stats = {"codegen_graph_used": self.stepper.graphed, "eager_reason": self.stepper.eager_reason}
+        if not self._take_frame(s, result.codes[0], result.pcm[0], result.codegen_ms, result.decode_ms):
+            s.row = len(self._active)
+            self.pool.move(self.pool.admission, s.row, length)
+            self._active.append(s)
+
+    def _step(self, sessions: list[StreamSession]) -> None:
+        n = len(sessions)
+        start = time.perf_counter()
+        result = self.stepper.step(n, [s.position for s in sessions], any(s.sampled for s in sessions))
+        self.last_step_ms = (time.perf_counter() - start) * 1000
+        self.admission.observe(n, self.last_step_ms)
+        for s in sessions:  # every row has written its KV at `position` (a move copies it)
+            s.position += 1
+            s.metrics.batch_max = max(s.metrics.batch_max, n)
+        # sessions[i] was row i during the step; a stream that ends here frees its row at
+        # once (the last row moves into it), which leaves the rows still to visit unchanged
+        for i, s in enumerate(sessions):
+            try:
+                self._take_frame(s, result.codes[i], result.pcm[i], result.codegen_ms, result.decode_ms)
+            except Exception as exc:  # noqa: BLE001 - this stream only
+                log.exception("request %s failed", s.id)
+                self._finish(s, "error", exc)
+
+    def _take_frame(self, s: StreamSession, codes: np.ndarray, pcm: np.ndarray,
+                    codegen_ms: float, decode_ms: float) -> bool:
+        """Give `s` its next frame; send a packet when one is complete. True when `s` ended."""
+        if int(codes[0]) == self.model.codegen.eos_id:
+            return self._end(s, "eos")
+        if s.windowed_state is not None:
+            frame = torch.from_numpy(codes).to(self.model.device)[None, :, None]
+            pcm = self.windowed.step(s.windowed_state, frame, check_codes=False)[0].float().cpu().numpy()
+        s.add_frame(codes, pcm, codegen_ms, decode_ms)
+        if len(s.pending) >= s.next_packet_frames:
+            self._send_packet(s)
+        if len(s.codes) >= s.frame_limit:
+            if s.row_limited:
+                return self._end(s, "row_full", ReplyTooLong(
+                    f"the reply reached {len(s.codes)} frames, all its row holds (TTS_ROW_POSITIONS="
+                    f"{self.pool.positions}); the audio so far was sent"))
+            return self._end(s, "max_frames")
+        n = self.config.silence_packets
+        if n > 0 and s.silent_packets >= n:
+            return self._end(s, "silence")
+        return False
+
+    def _send_packet(self, s: StreamSession) -> None:
+        packet = s.take_packet(bool(self.config.packet_metrics))
+        if self.config.packet_trace:
+            log.info("request %s packet %d frames %d ready %.1f ms codegen %.1f decode %.1f",
+                     s.id, packet.index, packet.frames, packet.t_ready_ms, packet.codegen_ms, packet.decode_ms)
+        s.emit(packet)
+
+    def _end(self, s: StreamSession, reason: str, error: TTSError | None = None) -> bool:
+        if s.pending:
+            self._send_packet(s)  # the last packet may be short
+        self._finish(s, reason, error)
+        return True
+
+    def _finish(self, s: StreamSession, reason: str, error: BaseException | None = None) -> None:
+        """Close a session: its error (if any), metrics, dump, end of stream; free its row."""
+        if s.finished:
+            return
+        s.finished = True
+        if error is not None:
+            s.metrics.error = f"{type(error).__name__}: {error}"
+            s.emit(error)
+        s.close_metrics(reason)
+        self.underruns += s.metrics.underruns
+        if self.config.code_dump and s.codes:
+            dump_codes(self.config.resolved_code_dump_dir, s.id, np.stack(s.codes),
+                       {"text": s.request.text, "speaker": s.request.speaker, "language": s.request.language,
+                        "model_dir": str(self.model.model_dir)})
+        self._release(s)
+        s.on_admitted(error)  # a stream that ends before its admission stops waiting too
+        s.on_closed()  # before the end of stream: a consumer that reads to the end finds it closed
+        s.emit(_DONE)
+
+    def _release(self, s: StreamSession) -> None:
+        """Free s's row: the last active row moves into it, so rows stay compact."""
+        row, last = s.row, len(self._active) - 1
+        if row is None:
+            return
+        if row != last:
+            mover = self._active[last]
+            self.pool.move(last, row, mover.position)
+            mover.row = row
+            self._active[row] = mover
+        self._active.pop()
+        s.row = None
+
+    def _calibrate(self) -> None:
+        """Time CALIBRATION_STEPS steps of every bucket on idle rows (start-up only)."""
+        for b in self.stepper.buckets:
+            for _ in range(CALIBRATION_STEPS):
+                start = time.perf_counter()
+                self.stepper.step(b, [0] * b, mixed=False)
+                self.admission.observe(b, (time.perf_counter() - start) * 1000)
+        self.stepper.reset()
+
+
+def batch_rows(config: EngineConfig, model: TTSModel, decoder: CodecStreamDecoder) -> int:
+    """TTS_MAX_BATCH, or (0) as many rows as free GPU memory allows after a reserve."""
+    device = model.device
+    if device.type != "cuda":
+        return config.max_batch or CPU_ROWS
+    per_row = row_bytes(model.codegen, decoder, config.row_positions)
+    free, _ = torch.cuda.mem_get_info(device)
+    usable = free - GRAPH_RESERVE_MIB * 2**20
+    if config.max_batch:
+        need = config.max_batch * per_row
+        if need > usable:
+            raise EngineStartError(
+                f"TTS_MAX_BATCH={config.max_batch} rows of {config.row_positions} positions need "
+                f"{need / 2**20:.0f} MiB (+{GRAPH_RESERVE_MIB} MiB for graphs); {device} has {free / 2**20:.0f} "
+                f"MiB free after loading the model. Lower TTS_MAX_BATCH or TTS_ROW_POSITIONS (0 = auto).")
+        return config.max_batch
+    rows = min(MAX_ROWS, usable // per_row)
+    if rows < 1:
+        raise EngineStartError(f"{device} has {free / 2**20:.0f} MiB free after loading the model; one "
+                               f"row needs {per_row / 2**20:.0f} MiB + {GRAPH_RESERVE_MIB} MiB for graphs")
+    return int(rows)
+
+
+def check_device_memory(device: torch.device, min_free_mib: int) -> None:
+    if device.type != "cuda":
+        return
+    free, total = torch.cuda.mem_get_info(device)
+    free_mib = free // 2**20
+    if free_mib < min_free_mib:
+        raise EngineStartError(
+            f"{device} has {free_mib} MiB free of {total // 2**20} MiB; the engine needs at least "
+            f"{min_free_mib} MiB (TTS_MIN_FREE_GPU_MIB). Lower the LLM's gpu_memory_utilization "
+            "or stop other processes on this GPU."
+        )
+
+
+def _join(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)

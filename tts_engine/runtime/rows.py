@@ -1,0 +1,107 @@
+"""One pool of batch rows, shared by the code generator and the codec decoder.
+
+A *row* holds everything one stream needs between engine steps, as one index
+into batched tensors: its talker KV cache (`positions` positions), its
+frame-step buffers (next talker input, position, codebook-0 `seen` mask,
+sampling key, last codes) and its incremental codec decoder state. Because all
+rows live in the same tensors, one kernel sequence steps rows 0..b-1 together,
+and a CUDA graph captured over that range serves any streams placed there.
+
+Active streams occupy rows 0..n-1 (compact). A stream that leaves is replaced
+by the last active row (`move`), so a step over the first n rows never skips
+one. The row after the batch rows is the *admission row*: a new stream's
+prefill and first frame run there (with graphs of their own), then the row is
+moved into the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..codec_stream import CodecStreamDecoder, CodecStreamState
+from ..codegen import CodeGenerator
+from ..model.layers import KVCache
+
+
+@dataclass
+class RowView:
+    """Rows start..stop-1 of every pool tensor (views: writes land in the pool)."""
+
+    k: Tensor  # [layers, b, Hkv, positions, D]
+    v: Tensor
+    predictor_k: Tensor  # [layers, b, Hkv, 16, D]
+    predictor_v: Tensor
+    pos: Tensor  # LongTensor [b]: the talker position of the next step
+    seen: Tensor  # bool [b, V]: codebook-0 tokens generated so far
+    frames_done: Tensor  # LongTensor [b]
+    min_new_tokens: Tensor  # LongTensor [b]
+    sampled: Tensor  # bool [b]: draw with noise instead of argmax
+    seed: Tensor  # LongTensor [b]: the noise key
+    x: Tensor  # [b, 1, C]: the next talker input
+    tts_pad: Tensor  # [b, C]
+    hidden: Tensor  # [b, C]
+    logits: Tensor  # [b, V]
+    codes: Tensor  # LongTensor [b, 16]: the last frame's codes
+    codec: CodecStreamState
+
+
+class RowPool:
+    def __init__(self, codegen: CodeGenerator, decoder: CodecStreamDecoder, rows: int, positions: int) -> None:
+        if rows < 1:
+            raise ValueError(f"a row pool needs at least one row, got {rows}")
+        cfg = codegen.config.talker
+        g = cfg.geometry
+        device, dtype = codegen.device, codegen.dtype
+        total = rows + 1  # + the admission row
+        self.rows, self.positions, self.admission = rows, positions, rows
+        talker = KVCache.allocate(g, total, positions, device, dtype)
+        predictor = KVCache.allocate(cfg.code_predictor.geometry, total, cfg.num_code_groups, device, dtype)
+        self._k, self._v = talker.k, talker.v
+        self._pk, self._pv = predictor.k, predictor.v
+
+        def zeros(*shape: int, dtype: torch.dtype = dtype) -> Tensor:
+            return torch.zeros(total, *shape, dtype=dtype, device=device)
+
+        self._buffers = {
+            "pos": zeros(dtype=torch.long), "seen": zeros(g.vocab_size, dtype=torch.bool),
+            "frames_done": zeros(dtype=torch.long), "min_new_tokens": zeros(dtype=torch.long),
+            "sampled": zeros(dtype=torch.bool), "seed": zeros(dtype=torch.long),
+            "x": zeros(1, g.hidden_size), "tts_pad": zeros(g.hidden_size), "hidden": zeros(g.hidden_size),
+            "logits": zeros(g.vocab_size), "codes": zeros(cfg.num_code_groups, dtype=torch.long),
+        }
+        self._codec = decoder.new_state(total)
+
+    def view(self, start: int, stop: int) -> RowView:
+        sl = slice(start, stop)
+        return RowView(self._k[:, sl], self._v[:, sl], self._pk[:, sl], self._pv[:, sl],
+                       **{name: t[sl] for name, t in self._buffers.items()}, codec=self._codec.rows(start, stop))
+
+    def row(self, index: int) -> RowView:
+        return self.view(index, index + 1)
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        """Copy row `src` (its first `length` KV positions, every buffer, its decoder
+        state) into row `dst`. Later positions of `dst` keep stale but finite values,
+        which the attention mask hides."""
+        self._k[:, dst, :, :length] = self._k[:, src, :, :length]
+        self._v[:, dst, :, :length] = self._v[:, src, :, :length]
+        for t in (*self._buffers.values(), *self._codec.tensors()):
+            t[dst] = t[src]
+
+    def park(self, start: int, stop: int) -> None:
+        """Rows that only pad a bucket: position 0, so their writes stay in range."""
+        self._buffers["pos"][start:stop] = 0
+
+def row_bytes(codegen: CodeGenerator, decoder: CodecStreamDecoder, positions: int) -> int:
+    """Bytes of one row, from the geometry (to size the pool before allocating it)."""
+    cfg = codegen.config.talker
+    g, pg = cfg.geometry, cfg.code_predictor.geometry
+    itemsize = torch.empty(0, dtype=codegen.dtype).element_size()
+    talker = 2 * g.num_hidden_layers * g.num_key_value_heads * positions * g.head_dim * itemsize
+    predictor = 2 * pg.num_hidden_layers * pg.num_key_value_heads * cfg.num_code_groups * pg.head_dim * itemsize
+    codec = sum(t.numel() * t.element_size() for t in decoder.new_state(1).tensors())
+    buffers = g.vocab_size * (1 + itemsize) + 3 * g.hidden_size * itemsize + 16 * 8 + 64
+    return talker + predictor + codec + buffers

@@ -1,0 +1,283 @@
+"""The batch stepper: one engine step advances rows 0..n-1 by one frame each.
+
+A step runs three shape-static parts over a bucket of b >= n rows of the pool:
+
+    talker   x, pos -> hidden, logits         each row at its own position; attention
+                                               reads a fixed span of positions under a mask
+    tail     hidden, logits -> codes, next x  codebook 0 (repetition penalty, EOS rule,
+                                               suppression; argmax, or a counter-noise draw
+                                               for sampled rows) and the 15-step predictor
+    decode   codes -> 1920 samples per row    the exact incremental codec decoder
+
+Rows n..b-1 only pad the bucket: they compute on stale state and nothing reads
+their results. No value crosses to the host inside a part, so each part runs
+eagerly or as a CUDA graph captured at start-up per bucket (the talker also per
+span): the same kernels on the same buffers, hence the same results. A new
+stream's first frame runs on the admission row: an eager prefill, then the tail
+and decode parts with graphs of their own.
+
+In batch-invariant mode every row steps alone (batch 1, its own span), eagerly:
+slower, but a stream's output is then bit-identical to a solo run whatever else
+is in the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..codec_stream import CodecStreamDecoder
+from ..codegen import CodeGenerator
+from ..model.codec_decoder import strict_float32
+from ..model.layers import KVCache, StaticKVCache
+from ..prompt import Prompt
+from ..sampling import NoiseKey, SamplingParams, codebook0_logits_masked, sample_tokens
+from .rows import RowPool, RowView
+
+log = logging.getLogger("tts_engine.runtime")
+
+BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+SPANS = (256, 512, 1024, 2048, 4096)
+SAMPLED = SamplingParams.sampled()  # the constants of sampled rows (requests cannot change them)
+
+
+def buckets_for(rows: int) -> tuple[int, ...]:
+    return tuple(b for b in BUCKETS if b < rows) + (rows,)
+
+
+def spans_for(positions: int) -> tuple[int, ...]:
+    return tuple(s for s in SPANS if s < positions) + (positions,)
+
+
+def talker_part(codegen: CodeGenerator, v: RowView, span: int) -> None:
+    hidden, logits = codegen.talker.step(v.x, StaticKVCache(v.k, v.v, v.pos, span))
+    v.hidden.copy_(hidden)
+    v.logits.copy_(logits)
+
+
+def tail_part(codegen: CodeGenerator, v: RowView, mixed: bool) -> None:
+    """Choose the frame's 16 codes and the next talker input. `mixed`: some rows sample."""
+
+    def pick(logits: Tensor, codebook: int) -> Tensor:
+        greedy = torch.argmax(logits.float(), dim=-1)
+        if not mixed:
+            return greedy
+        if codebook == 0:
+            t, k, p = SAMPLED.temperature, SAMPLED.top_k, SAMPLED.top_p
+        else:
+            t, k, p = SAMPLED.subtalker_temperature, SAMPLED.subtalker_top_k, SAMPLED.subtalker_top_p
+        drawn = sample_tokens(logits, t, k, p, NoiseKey(v.seed, v.frames_done, codebook))
+        return torch.where(v.sampled, drawn, greedy)
+
+    scores = codebook0_logits_masked(v.logits, v.seen, v.frames_done, v.min_new_tokens,
+                                     SAMPLED.repetition_penalty, codegen.suppress_mask, codegen.eos_id)
+    cb0 = pick(scores, 0)
+    codes = codegen.predict_rest(v.hidden, cb0, KVCache(v.predictor_k, v.predictor_v), pick)
+    v.seen.scatter_(1, cb0[:, None], True)
+    v.frames_done.add_(1)
+    v.x.copy_((codegen.talker.frame_embedding(codes) + v.tts_pad)[:, None])
+    v.codes.copy_(codes)
+
+
+def decode_part(decoder: CodecStreamDecoder, v: RowView) -> Tensor:
+    # An EOS row's codes are never heard; clamping keeps them valid decoder input.
+    codes = v.codes.clamp(max=decoder.model.config.codebook_size - 1)[:, :, None]
+    return decoder.step(v.codec, codes, check_codes=False)
+
+
+@dataclass
+class StepResult:
+    codes: np.ndarray  # int64 [n, 16]
+    pcm: np.ndarray  # float32 [n, 1920]
+    codegen_ms: float
+    decode_ms: float
+
+
+class BatchStepper:
+    def __init__(self, codegen: CodeGenerator, decoder: CodecStreamDecoder, pool: RowPool,
+                 use_graphs: bool, invariant: bool, compile_steps: bool = False) -> None:
+        self.codegen, self.decoder, self.pool = codegen, decoder, pool
+        self.device = codegen.device
+        self.buckets = buckets_for(pool.rows)
+        self.spans = spans_for(pool.positions)
+        self.invariant = invariant
+        self.use_graphs = use_graphs and self.device.type == "cuda"
+        parts = {"talker": talker_part, "tail": tail_part}
+        self._parts = {k: torch.compile(f, dynamic=False) for k, f in parts.items()} if compile_steps else parts
+        self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
+        self._graph_out: dict[tuple, Tensor] = {}
+        self._views = {b: pool.view(0, b) for b in self.buckets}
+        self._rows = [pool.row(i) for i in range(pool.rows + 1)]
+        self.graph_steps = self.eager_steps = 0
+        self.captured = False
+        if self.device.type == "cuda":
+            self._codes_host = torch.empty(pool.rows + 1, 16, dtype=torch.long, pin_memory=True)
+            self._pcm_host = torch.empty(pool.rows + 1, decoder.samples_per_frame, pin_memory=True)
+
+    @property
+    def graphed(self) -> bool:
+        """Steps replay CUDA graphs (else they run the same parts eagerly)."""
+        return self.captured and not self.invariant
+
+    @property
+    def eager_reason(self) -> str | None:
+        if self.device.type != "cuda":
+            return "no_cuda"
+        if not self.use_graphs:
+            return "graphs_disabled"
+        if self.invariant:
+            return "batch_invariant"
+        return None if self.captured else "not_captured"
+
+    def bucket(self, n: int) -> int:
+        return next(b for b in self.buckets if b >= n)
+
+    def span(self, position: int) -> int:
+        """The attention span for a talker step writing `position`."""
+        return next(s for s in self.spans if s > position)
+
+    # -- start-up --------------------------------------------------------------
+
+    def capture(self) -> None:
+        """Capture every part's graph per bucket (and the admission row's), start-up only."""
+        if not self.use_graphs:
+            return
+        runs: list[tuple[tuple, Callable[[], Tensor | None]]] = []
+        targets = [(b, self._views[b]) for b in self.buckets] + [("admission", self._rows[self.pool.admission])]
+        for b, v in targets:
+            if b != "admission":
+                runs += [(("talker", b, s), lambda v=v, s=s: self._parts["talker"](self.codegen, v, s))
+                         for s in self.spans]
+            runs += [(("tail", b, mixed), lambda v=v, m=mixed: self._parts["tail"](self.codegen, v, m))
+                     for mixed in (False, True)]
+            runs += [(("decode", b), lambda v=v: decode_part(self.decoder, v))]
+        side = torch.cuda.Stream(self.device)
+        pool = None
+        start = time.perf_counter()
+        with torch.no_grad(), strict_float32():
+            for key, run in runs:
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side):  # initialises cuBLAS/cuDNN workspaces (and compiles)
+                    run()
+                    run()
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    out = run()
+                pool = graph.pool()
+                self._graphs[key] = graph
+                if out is not None:
+                    self._graph_out[key] = out
+        torch.cuda.synchronize(self.device)
+        self.captured = True
+        self.reset()
+        log.info("captured %d graphs in %.1f s: buckets %s, talker spans %s",
+                 len(self._graphs), time.perf_counter() - start, self.buckets, self.spans)
+
+    def reset(self) -> None:
+        """Every row back to position 0 and a fresh decoder (warm-up moved them)."""
+        self.pool.park(0, self.pool.rows + 1)
+        self.pool.view(0, self.pool.rows + 1).codec.zero_()
+
+    # -- per step ----------------------------------------------------------------
+
+    def first_frame(self, prompt: Prompt, sampled: bool, seed: int, min_new_tokens: int) -> StepResult:
+        """A new stream's prefill and frame 0 on the admission row."""
+        v = self._rows[self.pool.admission]
+        clock = _Clock(self.device)
+        hidden, logits = self.codegen.talker.step(prompt.embeds, KVCache(v.k, v.v))  # positions 0..P-1
+        v.pos.fill_(prompt.embeds.shape[1])
+        v.seen.zero_()
+        v.frames_done.zero_()
+        v.min_new_tokens.fill_(min_new_tokens)
+        v.sampled.fill_(sampled)
+        v.seed.fill_(seed)
+        v.tts_pad.copy_(prompt.tts_pad_embed[:, 0])
+        v.hidden.copy_(hidden)
+        v.logits.copy_(logits)
+        v.codec.zero_()
+        self._run(("tail", "admission", sampled), lambda: self._parts["tail"](self.codegen, v, sampled))
+        clock.mark()
+        pcm = self._run(("decode", "admission"), lambda: decode_part(self.decoder, v))
+        return self._to_host(v.codes, pcm, clock)
+
+    def step(self, n: int, positions: list[int], mixed: bool) -> StepResult:
+        """Advance rows 0..n-1 by one frame; positions[i] is row i's talker position."""
+        if self.invariant:
+            return self._step_rows_alone(n, positions)
+        b = self.bucket(n)
+        v = self._views[b]
+        self.pool.park(n, b)
+        span = self.span(max(positions))
+        clock = _Clock(self.device)
+        self._run(("talker", b, span), lambda: self._parts["talker"](self.codegen, v, span))
+        self._run(("tail", b, mixed), lambda: self._parts["tail"](self.codegen, v, mixed))
+        clock.mark()
+        pcm = self._run(("decode", b), lambda: decode_part(self.decoder, v))
+        return self._to_host(v.codes[:n], pcm[:n], clock)
+
+    def _step_rows_alone(self, n: int, positions: list[int]) -> StepResult:
+        clock = _Clock(self.device)
+        for i in range(n):
+            v = self._rows[i]
+            talker_part(self.codegen, v, self.span(positions[i]))
+            tail_part(self.codegen, v, mixed=True)
+        clock.mark()
+        pcm = torch.cat([decode_part(self.decoder, self._rows[i]) for i in range(n)])
+        self.eager_steps += 3 * n
+        return self._to_host(self._views[self.bucket(n)].codes[:n], pcm, clock)
+
+    def _run(self, key: tuple, eager: Callable[[], Tensor | None]) -> Tensor | None:
+        graph = self._graphs.get(key)
+        if graph is None:
+            self.eager_steps += 1
+            return eager()
+        graph.replay()
+        self.graph_steps += 1
+        return self._graph_out.get(key)
+
+    def _to_host(self, codes: Tensor, pcm: Tensor, clock: _Clock) -> StepResult:
+        """Codes and PCM on the host (one synchronisation), with the parts' times."""
+        n = codes.shape[0]
+        if self.device.type == "cuda":
+            host_codes, host_pcm = self._codes_host[:n], self._pcm_host[:n]
+            host_codes.copy_(codes, non_blocking=True)
+            host_pcm.copy_(pcm, non_blocking=True)
+            clock.mark()
+            torch.cuda.current_stream(self.device).synchronize()
+            codes_np, pcm_np = host_codes.numpy().copy(), host_pcm.numpy().copy()
+        else:
+            codes_np, pcm_np = codes.numpy().copy(), pcm.float().numpy().copy()
+            clock.mark()
+        codegen_ms, decode_ms = clock.intervals_ms()
+        return StepResult(codes_np, pcm_np, codegen_ms, decode_ms)
+
+
+class _Clock:
+    """Marks on the device's timeline: CUDA events on a GPU (kernels run after their
+    launch), the host clock on a CPU. Read after the step's synchronisation."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: list = []
+        self.mark()
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def intervals_ms(self) -> list[float]:
+        pairs = zip(self.marks, self.marks[1:])
+        if self.cuda:
+            return [a.elapsed_time(b) for a, b in pairs]
+        return [(b - a) * 1000 for a, b in pairs]
