@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     transcriber = Transcriber(model_dir, threads=config.asr_threads)
     log.info("loaded faster-whisper from %s in %.1f s", model_dir, time.monotonic() - t0)
+    log.info("faster-whisper warmed up in %.2f s", transcriber.warm_up())
     log.info(
         "serving model %r at http://%s:%d/v1 (first token %.3f s, %.0f tokens/s, %d rules)",
         config.model,
