@@ -5,8 +5,8 @@
     step         the batched engine step per batch size: ms per step, audio s/s (graphs vs eager)
     decoder      incremental codec decoder per packet size, offline decode, bf16 SNR vs float32
     e2e          in-process engine: TTFA and RTF per utterance length (P50/P95 after warm-up)
-    throughput   against a running server: a concurrency ladder, audio s/s, client TTFB P50/P95/P99,
-                 RTF, underruns, 503 refusals
+    throughput   against a running server: a concurrency ladder, audio s/s, client TTFB and
+                 server TTFA P50/P95/P99, RTF, underruns, 503 refusals, peak GPU memory
     cancel       >= 200 cancel rounds: cancel latency P95, leaked sessions and GPU memory
     launches     CUDA kernel launches per frame, eager vs graph
 
@@ -253,7 +253,8 @@ async def _client_loop(session, url: str, body: dict, deadline: float, results: 
 
 async def _one_request(session, url: str, body: dict) -> dict:
     """One /tts/stream request: client TTFB, wall, audio and underruns (a chunk that arrives
-    after its playback time, playback starting 150 ms after the first chunk)."""
+    after its playback time, playback starting 150 ms after the first chunk), plus the
+    server's own metrics of it (TTFA, queue wait)."""
     t0 = time.perf_counter()
     first = None
     size = 0
@@ -262,6 +263,7 @@ async def _one_request(session, url: str, body: dict) -> dict:
         if r.status != 200:
             await r.read()
             return {"error": r.status}
+        request_id = r.headers.get("X-Request-Id", "")
         async for chunk in r.content.iter_any():
             now = time.perf_counter()
             if first is None:
@@ -270,8 +272,28 @@ async def _one_request(session, url: str, body: dict) -> dict:
                 underruns += 1
             size += len(chunk)
     wall = time.perf_counter() - t0
+    server = await _server_metrics(session, url, request_id)
     return {"ttfb_ms": ((first or t0 + wall) - t0) * 1000, "wall_s": wall, "audio_s": size / 2 / 24000,
-            "underruns": underruns}
+            "underruns": underruns, "server_ttfa_ms": server.get("ttfa_ms"),
+            "queue_wait_ms": server.get("queue_wait_ms")}
+
+
+async def _server_metrics(session, url: str, request_id: str) -> dict:
+    """GET /tts/requests/{id}; the server files a request's metrics just after its last byte."""
+    for _ in range(20):
+        async with session.get(f"{url}/tts/requests/{request_id}") as r:
+            if r.status == 200:
+                return await r.json()
+        await asyncio.sleep(0.01)
+    return {}
+
+
+async def _engine_gauge(session, url: str, name: str) -> float | None:
+    async with session.get(url + "/metrics") as r:
+        for line in (await r.text()).splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return None
 
 
 async def _throughput(url: str, concurrency: int, duration: float, body: dict) -> dict:
@@ -290,14 +312,19 @@ async def _throughput(url: str, concurrency: int, duration: float, body: dict) -
         t0 = time.perf_counter()
         await asyncio.gather(*[client(i) for i in range(concurrency)])
         wall = time.perf_counter() - t0
+        peak_mib = await _engine_gauge(session, url, "tts_engine_gpu_memory_peak_mib")
     ok = [r for r in results if "error" not in r]
     ttfb = [r["ttfb_ms"] for r in ok]
+    ttfa = [r["server_ttfa_ms"] for r in ok if r["server_ttfa_ms"] is not None]
+    wait = [r["queue_wait_ms"] for r in ok if r["queue_wait_ms"] is not None]
     rtf = [r["wall_s"] / r["audio_s"] for r in ok if r["audio_s"]]
     return {"concurrency": concurrency, "requests": len(ok), "rejected": len(results) - len(ok),
             "audio_s_per_s": sum(r["audio_s"] for r in ok) / wall, "ttfb_ms_p50": pct(ttfb, 50),
-            "ttfb_ms_p95": pct(ttfb, 95), "ttfb_ms_p99": pct(ttfb, 99), "rtf_p50": pct(rtf, 50),
-            "rtf_p95": pct(rtf, 95), "underruns": sum(r["underruns"] for r in ok),
-            "streams_with_underruns": sum(1 for r in ok if r["underruns"])}
+            "ttfb_ms_p95": pct(ttfb, 95), "ttfb_ms_p99": pct(ttfb, 99), "server_ttfa_ms_p50": pct(ttfa, 50),
+            "server_ttfa_ms_p95": pct(ttfa, 95), "server_ttfa_ms_p99": pct(ttfa, 99),
+            "queue_wait_ms_p95": pct(wait, 95), "rtf_p50": pct(rtf, 50), "rtf_p95": pct(rtf, 95),
+            "underruns": sum(r["underruns"] for r in ok),
+            "streams_with_underruns": sum(1 for r in ok if r["underruns"]), "gpu_memory_peak_mib": peak_mib}
 
 
 def cmd_throughput(args: argparse.Namespace) -> list[dict]:

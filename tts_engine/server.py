@@ -61,6 +61,7 @@ ENGINE_GAUGES = (  # TTSEngine.stats() key, metric, help
     ("capacity", "tts_engine_capacity_streams", "real-time streams the engine can carry at the measured step times"),
     ("rows", "tts_engine_rows", "batch rows (TTS_MAX_BATCH)"),
     ("underruns", "tts_engine_underruns", "packets ready after their playback time (150 ms playout buffer) since start"),
+    ("gpu_memory_peak_mib", "tts_engine_gpu_memory_peak_mib", "peak GPU memory allocated by torch since start (0 on a CPU)"),
 )
 
 

@@ -36,7 +36,12 @@ class Admission:
     def bucket(self, n: int) -> int:
         return next(b for b in self.buckets if b >= n)
 
+    def measured(self, bucket: int, step_ms: float) -> None:
+        """A bucket's calibrated step time (start-up), replacing its average."""
+        self.step_ms[bucket] = step_ms
+
     def observe(self, n: int, step_ms: float) -> None:
+        """A real step of n streams, folded into its bucket's average."""
         b = self.bucket(n)
         old = self.step_ms.get(b)
         self.step_ms[b] = step_ms if old is None else old + EMA_WEIGHT * (step_ms - old)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import statistics
 import threading
 import time
 from collections import deque
@@ -195,9 +196,12 @@ class TTSEngine:
 
     def stats(self) -> dict:
         """What /metrics and /readyz report."""
+        device = self.config.torch_device
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
         return {"active": len(self._active), "queued": self.queued_sessions, "rejected": self.admission.rejected,
                 "rows": self.pool.rows, "batch": len(self._active), "step_ms": self.last_step_ms,
-                "capacity": self.capacity, "capacity_left": self.capacity_left, "underruns": self.underruns}
+                "capacity": self.capacity, "capacity_left": self.capacity_left, "underruns": self.underruns,
+                "gpu_memory_peak_mib": peak}
 
     # -- submission -----------------------------------------------------------
 
@@ -378,12 +382,16 @@ class TTSEngine:
         s.row = None
 
     def _calibrate(self) -> None:
-        """Time CALIBRATION_STEPS steps of every bucket on idle rows (start-up only)."""
+        """Time every bucket's step on idle rows (start-up only): one untimed step first (a
+        shape's first run sets up kernels and buffers), then the median of CALIBRATION_STEPS."""
         for b in self.stepper.buckets:
+            self.stepper.step(b, [0] * b, mixed=False)
+            times = []
             for _ in range(CALIBRATION_STEPS):
                 start = time.perf_counter()
                 self.stepper.step(b, [0] * b, mixed=False)
-                self.admission.observe(b, (time.perf_counter() - start) * 1000)
+                times.append((time.perf_counter() - start) * 1000)
+            self.admission.measured(b, statistics.median(times))
         self.stepper.reset()
 
 
