@@ -9,6 +9,13 @@ the budget. A request that would exceed it (or TTS_MAX_ACTIVE_STREAMS) waits
 in a bounded queue; when TTS_QUEUE_TIMEOUT_S is up it is refused with
 OverCapacity, which the server answers with 503 and Retry-After.
 
+An admission (prefill and first frame) holds the batch back for its whole
+duration, so a burst of arrivals could starve the running streams. Within
+the capacity, the next waiter is admitted only while every running stream
+can afford the wait: its margin to its next packet's playback time, after
+the steps that packet needs, must exceed the admission's measured cost. When
+no stream can spare it, the batch steps first (deadline before newcomers).
+
 TTS_ADMISSION=rows admits until the rows are full instead: streams may then
 fall behind real time (offline batch work, tests of large batches on a CPU).
 """
@@ -20,6 +27,7 @@ import math
 FRAME_MS = 80.0
 REALTIME_BUDGET = 0.8  # of a frame: the rest is margin for prefills and the host
 EMA_WEIGHT = 0.05  # of each new step in the bucket's average
+ADMIT_SAFETY_MS = 20.0  # margin a running stream keeps after an admission (host jitter)
 
 
 class Admission:
@@ -31,6 +39,7 @@ class Admission:
         self.queue_timeout_s = queue_timeout_s
         self.realtime = realtime
         self.step_ms: dict[int, float] = {}
+        self.admit_ms = 0.0  # average cost of one admission (prefill + first frame)
         self.rejected = 0
 
     def bucket(self, n: int) -> int:
@@ -68,8 +77,15 @@ class Admission:
             n += 1
         return n
 
-    def may_admit(self, active: int) -> bool:
-        return active < self.capacity
+    def observe_admission(self, ms: float) -> None:
+        self.admit_ms = ms if not self.admit_ms else self.admit_ms + EMA_WEIGHT * (ms - self.admit_ms)
+
+    def may_admit(self, active: int, least_margin_s: float) -> bool:
+        """Room for one more stream, and time for its admission before anyone's deadline
+        (`least_margin_s`: the smallest margin among the running streams)."""
+        if active >= self.capacity:
+            return False
+        return not self.realtime or least_margin_s > (self.admit_ms + ADMIT_SAFETY_MS) / 1000
 
     @property
     def retry_after_s(self) -> int:

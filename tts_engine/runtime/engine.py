@@ -4,9 +4,10 @@ One worker thread owns every model call. Each turn of its loop:
 
 1. drops cancelled streams (their rows are free before the next step) and
    refuses queued ones that waited past TTS_QUEUE_TIMEOUT_S;
-2. admits the oldest queued stream when the capacity allows: its prefill and
-   first frame run on the admission row, its first packet leaves at once, and
-   it joins the batch (first packets first);
+2. admits queued streams, oldest first, while the capacity allows and every
+   running stream can spare the time (runtime/admission.py): each one's
+   prefill and first frame run on the admission row, its first packet leaves
+   at once, and it joins the batch (first packets first, deadlines permitting);
 3. steps the batch: every active stream gets one frame, all in one batched
    talker step, one predictor loop and one decoder step (runtime/stepper.py);
 4. hands each stream its frame, sends the packets that are complete, and
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import queue
 import statistics
 import threading
@@ -233,31 +235,39 @@ class TTSEngine:
                     self._lock.wait()
                 if self._closed and not self._queued and not self._active:
                     return
-                newcomer = self._next_admission()
             for s in [s for s in self._active if s.cancelled.is_set()]:
                 self._finish(s, "cancelled")
-            if newcomer is not None:
+            while (newcomer := self._next_admission()) is not None:
                 self._guarded([newcomer], self._admit)
             if self._active:
                 self._guarded(list(self._active), self._step)
 
     def _next_admission(self) -> StreamSession | None:
-        """Drop cancelled and expired waiters; the oldest waiter if there is room (lock held)."""
-        now = time.perf_counter()
-        for s in list(self._queued):
-            if s.cancelled.is_set():
-                self._queued.remove(s)
-                self._finish(s, "cancelled")
-            elif now - s.accepted_at > self.admission.queue_timeout_s:
-                self._queued.remove(s)
-                self.admission.rejected += 1
-                self._finish(s, "over_capacity", OverCapacity(
-                    f"no capacity for {self.admission.queue_timeout_s:g} s (TTS_QUEUE_TIMEOUT_S): "
-                    f"{len(self._active)} streams are active, capacity {self.capacity}; "
-                    f"retry in {self.admission.retry_after_s} s", self.admission.retry_after_s))
-        if self._queued and len(self._active) < self.pool.rows and self.admission.may_admit(len(self._active)):
-            return self._queued.popleft()
-        return None
+        """Drop cancelled and expired waiters; the oldest waiter if it may be admitted now."""
+        with self._lock:
+            now = time.perf_counter()
+            for s in list(self._queued):
+                if s.cancelled.is_set():
+                    self._queued.remove(s)
+                    self._finish(s, "cancelled")
+                elif now - s.accepted_at > self.admission.queue_timeout_s:
+                    self._queued.remove(s)
+                    self.admission.rejected += 1
+                    self._finish(s, "over_capacity", OverCapacity(
+                        f"no capacity for {self.admission.queue_timeout_s:g} s (TTS_QUEUE_TIMEOUT_S): "
+                        f"{len(self._active)} streams are active, capacity {self.capacity}; "
+                        f"retry in {self.admission.retry_after_s} s", self.admission.retry_after_s))
+            if not self._queued or len(self._active) >= self.pool.rows:
+                return None
+            if self.admission.may_admit(len(self._active), self._least_margin_s(now)):
+                return self._queued.popleft()
+            return None
+
+    def _least_margin_s(self, now: float) -> float:
+        """The smallest margin to a playback deadline among the running streams, were the
+        batch to grow by one (runtime/session.py)."""
+        step_s = self.admission.predicted_ms(len(self._active) + 1) / 1000
+        return min((s.margin_s(now, step_s) for s in self._active), default=math.inf)
 
     def _guarded(self, sessions: list[StreamSession], work: Callable) -> None:
         """Run worker work for `sessions`; an error ends those sessions, not the worker."""
@@ -289,6 +299,7 @@ class TTSEngine:
             s.windowed_state = self.windowed.new_state(1)
         seed = seed_as_int64(s.request.seed or 0)
         result = self.stepper.first_frame(prompt, s.sampled, seed, s.request.params.min_new_tokens)
+        self.admission.observe_admission((time.perf_counter() - s.started_at) * 1000)
         s.position = length
         s.metrics.graph_stats = {"codegen_graph_used": self.stepper.graphed, "eager_reason": self.stepper.eager_reason}
         if not self._take_frame(s, result.codes[0], result.pcm[0], result.codegen_ms, result.decode_ms):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import threading
 import time
 import uuid
@@ -113,6 +114,14 @@ class StreamSession:
     @property
     def next_packet_frames(self) -> int:
         return self.packet_tokens if self.metrics.packets else self.first_packet_tokens
+
+    def margin_s(self, now: float, step_s: float) -> float:
+        """How long the worker may spend elsewhere before this stream's next packet would
+        miss its playback time (150 ms playout buffer), given the steps that packet needs."""
+        if self.first_packet_at is None:
+            return math.inf
+        due = self.first_packet_at + PLAYOUT_BUFFER_S + self.metrics.audio_s
+        return due - now - (self.next_packet_frames - len(self.pending)) * step_s
 
     def emit(self, item: object) -> None:
         self.sink(item)
