@@ -38,7 +38,7 @@ has step && { step "batch step"; $B step --model-dir "$CK" --out "$RES/step.json
 has decoder && { step decoder; $B decoder --model-dir "$CK" --frames 200 --out "$RES/decoder.json"; }
 has e2e && { step e2e; $B e2e --model-dir "$CK" --out "$RES/e2e.json"; }
 has launches && { step launches; $B launches --model-dir "$CK" --out "$RES/launches.json"; }
-has cancel && { step cancel; $B cancel --model-dir "$CK" --rounds 200 --out "$RES/cancel.json"; }
+has cancel && { step cancel; $B cancel --model-dir "$CK" --rounds 1000 --concurrency 16 --out "$RES/cancel.json"; }
 if has batch; then
     step "batch: concurrency ladder against the server"
     TTS_MAX_NEW_TOKENS=210 python3 -m tts_engine serve --model-dir "$CK" --port 9000 \

@@ -7,7 +7,7 @@
     e2e          in-process engine: TTFA and RTF per utterance length (P50/P95 after warm-up)
     throughput   against a running server: a concurrency ladder, audio s/s, client TTFB and
                  server TTFA P50/P95/P99, RTF, underruns, 503 refusals, peak GPU memory
-    cancel       >= 200 cancel rounds: cancel latency P95, leaked sessions and GPU memory
+    cancel       1000 cancel rounds at concurrency 16: cancel latency P95, leaked sessions, GPU memory
     launches     CUDA kernel launches per frame, eager vs graph
 
 Timing: medians of repeated runs after warm-up; CUDA work is timed at natural
@@ -342,12 +342,13 @@ def cmd_throughput(args: argparse.Namespace) -> list[dict]:
 
 
 def cmd_cancel(args: argparse.Namespace) -> list[dict]:
-    engine = make_engine(args)
+    """`concurrency` clients, `rounds` in all: open a long stream, take its first packet,
+    cancel, wait until its row is free. Cancel latency, leaked sessions, GPU memory growth."""
+    engine = make_engine(args, max_batch=args.concurrency)
     cuda = torch.cuda.is_available()
 
-    async def rounds(n: int) -> list[float]:
-        latencies = []
-        for i in range(n):
+    async def client(n: int, latencies: list[float]) -> None:
+        for _ in range(n):
             handle = engine.open_stream(fixed_request(engine, "long"))
             async for _ in handle:
                 break
@@ -355,21 +356,26 @@ def cmd_cancel(args: argparse.Namespace) -> list[dict]:
             handle.cancel()
             await handle.closed()
             latencies.append((time.perf_counter() - t0) * 1000)
-            if i % 50 == 0:
-                progress(f"cancel round {i}: {latencies[-1]:.2f} ms")
+            if len(latencies) % 200 == 0:
+                progress(f"cancel round {len(latencies)}: {latencies[-1]:.2f} ms")
+
+    async def rounds(n: int) -> list[float]:
+        latencies: list[float] = []
+        share = [n // args.concurrency + (i < n % args.concurrency) for i in range(args.concurrency)]
+        await asyncio.gather(*[client(k, latencies) for k in share])
         return latencies
 
-    asyncio.run(rounds(20))  # warm-up of the same path (graphs, allocator)
+    asyncio.run(rounds(2 * args.concurrency))  # warm-up of the same path (graphs, allocator)
     sync()
     mem_before = torch.cuda.memory_allocated() if cuda else 0
     latencies = asyncio.run(rounds(args.rounds))
     sync()
     mem_after = torch.cuda.memory_allocated() if cuda else 0
-    rows = [{"rounds": len(latencies), "cancel_ms_p50": pct(latencies, 50), "cancel_ms_p95": pct(latencies, 95),
-             "cancel_ms_max": max(latencies), "leaked_sessions": engine.active_sessions,
-             "gpu_mem_delta_mib": (mem_after - mem_before) / 2**20}]
+    rows = [{"rounds": len(latencies), "concurrency": args.concurrency, "cancel_ms_p50": pct(latencies, 50),
+             "cancel_ms_p95": pct(latencies, 95), "cancel_ms_max": max(latencies),
+             "leaked_sessions": engine.active_sessions, "gpu_mem_delta_mib": (mem_after - mem_before) / 2**20}]
     engine.close()
-    print_table("cancel stress (cancel() -> session freed)", rows)
+    print_table("cancel stress (cancel() -> row freed)", rows)
     return rows
 
 
@@ -445,7 +451,8 @@ def add_parser(sub) -> None:
     q.add_argument("--length", default="medium", choices=list(LENGTHS))
     q = bsub.add_parser("cancel")
     common(q)
-    q.add_argument("--rounds", type=int, default=200)
+    q.add_argument("--rounds", type=int, default=1000)
+    q.add_argument("--concurrency", type=int, default=16)
     q = bsub.add_parser("launches")
     common(q)
     p.set_defaults(func=run)
