@@ -56,7 +56,8 @@ def test_batch_graphs_equal_the_same_parts_eager(tiny_model_dir, batch):
 
 
 def test_invariant_mode_concurrent_equals_solo_on_the_gpu(tiny_model_dir):
-    engine = TTSEngine(EngineConfig.from_env(model_dir=str(tiny_model_dir), batch_invariant=1, admission="rows"))
+    engine = TTSEngine(EngineConfig.from_env(model_dir=str(tiny_model_dir), max_batch=8, batch_invariant=1,
+                                             admission="rows"))
 
     async def main():
         reqs = [engine.make_request(t, "serena", "english") for t in TEXTS]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 
 FRAME_MS = 80.0
-REALTIME_BUDGET = 0.8  # of a frame: the rest is margin for prefills and the host
+REALTIME_BUDGET_MS = 0.8 * FRAME_MS  # a step's share of a frame: the rest is margin for prefills and the host
 EMA_WEIGHT = 0.05  # of each new step in the bucket's average
 ADMIT_SAFETY_MS = 20.0  # margin a running stream keeps after an admission (host jitter)
 
@@ -71,9 +71,8 @@ class Admission:
         """The most streams that stay real time (and within TTS_MAX_ACTIVE_STREAMS)."""
         if not self.realtime:
             return self.max_active
-        budget = FRAME_MS * REALTIME_BUDGET
         n = 1
-        while n < self.max_active and self.predicted_ms(n + 1) <= budget:
+        while n < self.max_active and self.predicted_ms(n + 1) <= REALTIME_BUDGET_MS:
             n += 1
         return n
 

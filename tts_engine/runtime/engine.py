@@ -53,7 +53,7 @@ from ..errors import (
 )
 from ..sampling import seed_as_int64
 from ..synthesis import Request, TTSModel
-from .admission import Admission
+from .admission import REALTIME_BUDGET_MS, Admission
 from .code_dump import dump_codes
 from .rows import RowPool, row_bytes
 from .session import _DONE, StreamHandle, StreamSession
@@ -393,8 +393,10 @@ class TTSEngine:
         s.row = None
 
     def _calibrate(self) -> None:
-        """Time every bucket's step on idle rows (start-up only): one untimed step first (a
-        shape's first run sets up kernels and buffers), then the median of CALIBRATION_STEPS."""
+        """Time the buckets' steps on idle rows (start-up only): one untimed step first (a
+        shape's first run sets up kernels and buffers), then the median of CALIBRATION_STEPS.
+        Steps only grow with the batch, so the first bucket too slow for real time is the
+        last one timed (admission extrapolates beyond it)."""
         for b in self.stepper.buckets:
             self.stepper.step(b, [0] * b, mixed=False)
             times = []
@@ -402,7 +404,10 @@ class TTSEngine:
                 start = time.perf_counter()
                 self.stepper.step(b, [0] * b, mixed=False)
                 times.append((time.perf_counter() - start) * 1000)
-            self.admission.measured(b, statistics.median(times))
+            ms = statistics.median(times)
+            self.admission.measured(b, ms)
+            if ms > REALTIME_BUDGET_MS:
+                break
         self.stepper.reset()
 
 

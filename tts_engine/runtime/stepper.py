@@ -145,8 +145,9 @@ class BatchStepper:
     # -- start-up --------------------------------------------------------------
 
     def capture(self) -> None:
-        """Capture every part's graph per bucket (and the admission row's), start-up only."""
-        if not self.use_graphs:
+        """Capture every part's graph per bucket (and the admission row's), start-up only;
+        not in batch-invariant mode, whose rows step alone and eagerly."""
+        if not self.use_graphs or self.invariant:
             return
         runs: list[tuple[tuple, Callable[[], Tensor | None]]] = []
         targets = [(b, self._views[b]) for b in self.buckets] + [("admission", self._rows[self.pool.admission])]
