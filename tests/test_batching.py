@@ -8,11 +8,13 @@ import asyncio
 
 import numpy as np
 import pytest
+import torch
 
 import tts_engine.runtime.session as session_module
 from tts_engine.config import EngineConfig
-from tts_engine.errors import OverCapacity
+from tts_engine.errors import EngineStartError, OverCapacity
 from tts_engine.runtime import TTSEngine, load_codes
+from tts_engine.runtime.stepper import BatchStepper
 
 TEXTS = [
     "The first stream is short.",
@@ -159,3 +161,13 @@ async def test_a_failing_stream_ends_alone_while_the_batch_goes_on(batched, monk
         assert m.stop_reason == "eos" and m.error is None and len(pcm) == m.frames * 1920
         assert m.batch_max >= 2
     assert batched.active_sessions == 0
+
+
+def test_out_of_memory_while_warming_up_is_a_start_error_that_says_what_to_change(tiny_model_dir, monkeypatch):
+    def no_memory(self) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(BatchStepper, "capture", no_memory)
+    cfg = EngineConfig.from_env({}, model_dir=str(tiny_model_dir), device="cpu", max_batch=4)
+    with pytest.raises(EngineStartError, match="TTS_MAX_BATCH to fewer rows"):
+        TTSEngine(cfg)

@@ -172,13 +172,21 @@ class TTSEngine:
         return _join(parts), session.metrics
 
     def warmup(self) -> None:
-        """Run a short request end to end, capture the graphs, time every bucket (start-up only)."""
+        """Run a short request end to end, capture the graphs, time the buckets (start-up only).
+        Out of GPU memory here (the largest buckets' activations) is a start-up error."""
         start = time.perf_counter()
         warm = self.model.make_request("Warm up the engine.", self.speakers[0], "auto")
-        self.synthesize_blocking(warm)
-        self.stepper.capture()
-        self._calibrate()
-        self.synthesize_blocking(warm)  # the graphed path once, before real requests
+        try:
+            self.synthesize_blocking(warm)
+            self.stepper.capture()
+            self._calibrate()
+            self.synthesize_blocking(warm)  # the graphed path once, before real requests
+        except (torch.OutOfMemoryError, EngineOutOfMemory) as exc:
+            self.close()
+            raise EngineStartError(
+                f"the GPU ran out of memory while warming up {self.pool.rows} rows of {self.pool.positions} "
+                f"positions (their graphs and activations grow with the rows): set TTS_MAX_BATCH to fewer "
+                f"rows (for example {max(1, self.pool.rows // 2)}) or free GPU memory ({exc})") from exc
         self.warmup_s = time.perf_counter() - start
         self.ready = True
         log.info("engine ready: %d rows of %d positions, capacity %d streams, load %.1f s, warm-up %.1f s",
