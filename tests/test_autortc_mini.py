@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "golden" / "autortc" / "summary.json"
 CACHE = Path(os.environ.get("STREAMTALK_HOME") or Path.home() / ".cache" / "streamtalk")
 
-pytestmark = pytest.mark.timeout(480)
+pytestmark = [pytest.mark.timeout(480), pytest.mark.quiet_machine]
 
 
 def _require_stack() -> None:
