@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Run the GPU benchmark set on a CUDA machine; results as JSON + a log.
 # Usage: scripts/gpu_bench.sh OUT_DIR [sections...]
-#   sections: check step decoder e2e launches cancel batch peer compiled (default: all)
+#   sections: check step decoder e2e launches cancel divergence batch peer compiled (default: all)
 #   batch: the server under a concurrency ladder (1 4 16 64 128 256, BATCH_DURATION s each);
 #          fits one 10-minute call on its own
 # Wheels for packages the GPU host lacks may sit in .whl/ (scripts/fetch_gpu_wheels.sh).
 set -uo pipefail
 OUT_DIR="${1:?usage: scripts/gpu_bench.sh OUT_DIR [sections...]}"
 shift
-SECTIONS="${*:-check step decoder e2e launches cancel batch peer compiled}"
+SECTIONS="${*:-check step decoder e2e launches cancel divergence batch peer compiled}"
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT_DIR"
 RES="$OUT_DIR/parts"
@@ -38,6 +38,7 @@ has step && { step "batch step"; $B step --model-dir "$CK" --out "$RES/step.json
 has decoder && { step decoder; $B decoder --model-dir "$CK" --frames 200 --out "$RES/decoder.json"; }
 has e2e && { step e2e; $B e2e --model-dir "$CK" --out "$RES/e2e.json"; }
 has launches && { step launches; $B launches --model-dir "$CK" --out "$RES/launches.json"; }
+has divergence && { step divergence; $B divergence --model-dir "$CK" --out "$RES/divergence.json"; }
 has cancel && { step cancel; $B cancel --model-dir "$CK" --rounds 1000 --concurrency 16 --out "$RES/cancel.json"; }
 if has batch; then
     step "batch: concurrency ladder against the server"

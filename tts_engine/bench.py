@@ -8,6 +8,8 @@
     throughput   against a running server: a concurrency ladder, audio s/s, client TTFB and
                  server TTFA P50/P95/P99, RTF, underruns, 503 refusals, peak GPU memory
     cancel       1000 cancel rounds at concurrency 16: cancel latency P95, leaked sessions, GPU memory
+    divergence   default mode: share of streams whose codes differ from their solo run, and from
+                 which frame, at concurrency 16 and 64
     launches     CUDA kernel launches per frame, eager vs graph
 
 Timing: medians of repeated runs after warm-up; CUDA work is timed at natural
@@ -100,9 +102,9 @@ def make_engine(args: argparse.Namespace, **overrides):
     return engine
 
 
-def fixed_request(engine, length: str, frames: int | None = None):
+def fixed_request(engine, length: str, frames: int | None = None, speaker: str = "serena"):
     """A greedy request that runs exactly `frames` frames (EOS masked throughout)."""
-    req = engine.make_request(TEXTS[length], "serena", "english", sample=False)
+    req = engine.make_request(TEXTS[length], speaker, "english", sample=False)
     params = dataclasses.replace(req.params, min_new_tokens=10**9)
     return dataclasses.replace(req, params=params, max_frames=frames or LENGTHS[length])
 
@@ -379,6 +381,48 @@ def cmd_cancel(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+# -- divergence ------------------------------------------------------------------
+
+
+def cmd_divergence(args: argparse.Namespace) -> list[dict]:
+    """Default mode: how often, and after how many frames, a greedy stream's codes differ
+    from its solo run when it starts together with concurrency-1 others (bf16 batched
+    matmuls need not equal batch-1 ones). TTS_BATCH_INVARIANT=1 should report none."""
+    engine = make_engine(args, max_batch=max(args.concurrency))
+
+    async def codes_of(requests) -> list[np.ndarray]:
+        handles = [engine.open_stream(r) for r in requests]
+
+        async def drain(handle) -> np.ndarray:
+            async for _ in handle:
+                pass
+            await handle.closed()
+            return np.stack(handle.session.codes)
+
+        return await asyncio.gather(*[drain(h) for h in handles])
+
+    rows = []
+    for c in args.concurrency:
+        lengths, speakers = list(TEXTS), engine.speakers
+        requests = [fixed_request(engine, lengths[i % len(lengths)], args.frames, speakers[i % len(speakers)])
+                    for i in range(c)]
+        solo = [asyncio.run(codes_of([r]))[0] for r in requests]
+        together = asyncio.run(codes_of(requests))
+        first = []
+        for a, b in zip(solo, together, strict=True):
+            differs = np.flatnonzero((a != b).any(axis=1))
+            if differs.size:
+                first.append(int(differs[0]))
+        rows.append({"concurrency": c, "frames": args.frames, "streams_diverged": len(first),
+                     "share_diverged": len(first) / c, "first_diverging_frame_min": min(first, default=None),
+                     "first_diverging_frame_p50": float(np.median(first)) if first else None,
+                     "invariant_mode": bool(engine.config.batch_invariant)})
+        progress(str(rows[-1]))
+    engine.close()
+    print_table("divergence from solo runs (greedy codes, default mode unless TTS_BATCH_INVARIANT=1)", rows)
+    return rows
+
+
 # -- launches --------------------------------------------------------------------
 
 
@@ -411,7 +455,8 @@ def cmd_launches(args: argparse.Namespace) -> list[dict]:
 
 COMMANDS = {
     "prepare": cmd_prepare, "step": cmd_step, "decoder": cmd_decoder, "e2e": cmd_e2e,
-    "throughput": cmd_throughput, "cancel": cmd_cancel, "launches": cmd_launches,
+    "throughput": cmd_throughput, "cancel": cmd_cancel, "divergence": cmd_divergence,
+    "launches": cmd_launches,
 }
 
 
@@ -453,6 +498,10 @@ def add_parser(sub) -> None:
     common(q)
     q.add_argument("--rounds", type=int, default=1000)
     q.add_argument("--concurrency", type=int, default=16)
+    q = bsub.add_parser("divergence")
+    common(q)
+    q.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
+    q.add_argument("--frames", type=int, default=60)
     q = bsub.add_parser("launches")
     common(q)
     p.set_defaults(func=run)
