@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .runtime.session import PLAYOUT_BUFFER_S
+
 FRAME_S = 0.08
 LENGTHS = {"short": 50, "medium": 210, "long": 670}
 TEXTS = {
@@ -270,7 +272,7 @@ async def _one_request(session, url: str, body: dict) -> dict:
             now = time.perf_counter()
             if first is None:
                 first = now
-            elif now > first + 0.150 + size / 2 / 24000:
+            elif now > first + PLAYOUT_BUFFER_S + size / 2 / 24000:
                 underruns += 1
             size += len(chunk)
     wall = time.perf_counter() - t0
@@ -401,9 +403,9 @@ def cmd_divergence(args: argparse.Namespace) -> list[dict]:
 
         return await asyncio.gather(*[drain(h) for h in handles])
 
+    lengths, speakers = list(TEXTS), engine.speakers
     rows = []
     for c in args.concurrency:
-        lengths, speakers = list(TEXTS), engine.speakers
         requests = [fixed_request(engine, lengths[i % len(lengths)], args.frames, speakers[i % len(speakers)])
                     for i in range(c)]
         solo = [asyncio.run(codes_of([r]))[0] for r in requests]

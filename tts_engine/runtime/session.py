@@ -115,13 +115,18 @@ class StreamSession:
     def next_packet_frames(self) -> int:
         return self.packet_tokens if self.metrics.packets else self.first_packet_tokens
 
-    def margin_s(self, now: float, step_s: float) -> float:
-        """How long the worker may spend elsewhere before this stream's next packet would
-        miss its playback time (150 ms playout buffer), given the steps that packet needs."""
+    @property
+    def next_packet_due(self) -> float:
+        """When the next packet must be ready to play on time: playback starts
+        PLAYOUT_BUFFER_S after the first packet (infinitely far before it)."""
         if self.first_packet_at is None:
             return math.inf
-        due = self.first_packet_at + PLAYOUT_BUFFER_S + self.metrics.audio_s
-        return due - now - (self.next_packet_frames - len(self.pending)) * step_s
+        return self.first_packet_at + PLAYOUT_BUFFER_S + self.metrics.audio_s
+
+    def margin_s(self, now: float, step_s: float) -> float:
+        """How long the worker may spend elsewhere before this stream's next packet would
+        miss its playback time, given the steps that packet still needs."""
+        return self.next_packet_due - now - (self.next_packet_frames - len(self.pending)) * step_s
 
     def emit(self, item: object) -> None:
         self.sink(item)
@@ -147,7 +152,7 @@ class StreamSession:
         if self.first_packet_at is None:
             self.first_packet_at = t0
             m.ttfa_ms = packet.t_ready_ms
-        elif t0 > self.first_packet_at + PLAYOUT_BUFFER_S + m.audio_s:
+        elif t0 > self.next_packet_due:
             m.underruns += 1
         self.silent_packets = self.silent_packets + 1 if float(np.sqrt(np.mean(pcm**2))) < SILENCE_RMS else 0
         m.frames += packet.frames
