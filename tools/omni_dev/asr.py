@@ -44,13 +44,10 @@ class Transcriber:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr")
 
     def warm_up(self) -> float:
-        """Run one transcription of quiet noise, so the first user's request does not pay for
+        """Transcribe one second of quiet noise, so the first user's request does not pay for
         the runtime's first-call set-up (a few hundred ms on a small CPU). Returns seconds."""
         start = time.monotonic()
-        noise = np.random.default_rng(0).normal(0.0, 0.01, SAMPLE_RATE).astype(np.float32)
-        with self._lock:
-            segments, _ = self._model.transcribe(noise, language="en", beam_size=1, vad_filter=False)
-            list(segments)  # the segments are computed lazily
+        self._transcribe_samples(np.random.default_rng(0).normal(0.0, 0.01, SAMPLE_RATE).astype(np.float32))
         return time.monotonic() - start
 
     @staticmethod
@@ -69,7 +66,9 @@ class Transcriber:
         return audio
 
     def transcribe(self, data: bytes, prompt: str | None = None) -> Transcript:
-        audio = self.decode(data)
+        return self._transcribe_samples(self.decode(data), prompt)
+
+    def _transcribe_samples(self, audio: np.ndarray, prompt: str | None = None) -> Transcript:
         with self._lock:
             segments, info = self._model.transcribe(
                 audio,
