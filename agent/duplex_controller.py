@@ -24,7 +24,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 from livekit.agents.voice import AgentSession
@@ -36,6 +36,7 @@ from livekit.agents.voice.events import (
 )
 from livekit.agents.voice.speech_handle import SpeechHandle
 
+from .attribute_publisher import AttributePublisher, Send
 from .audio_output import RoomAudioSink
 from .duplex import DuplexEvent, DuplexState, DuplexStateMachine, Transition
 from .events import AgentEvent, EventBus
@@ -43,9 +44,6 @@ from .llm import OmniLLM
 from .tts import StreamtalkTTS
 
 log = logging.getLogger("streamtalk.duplex")
-
-PublishState = Callable[[str], Awaitable[None]]
-
 
 class DuplexController:
     def __init__(
@@ -56,7 +54,7 @@ class DuplexController:
         tts: StreamtalkTTS,
         llm: OmniLLM,
         bus: EventBus,
-        publish_state: PublishState | None = None,
+        publish_state: Send | None = None,
         machine: DuplexStateMachine | None = None,
     ) -> None:
         self.session = session
@@ -65,9 +63,8 @@ class DuplexController:
         self.llm = llm
         self.bus = bus
         self.machine = machine or DuplexStateMachine()
-        self._publish_state = publish_state
-        self._published: str | None = None
-        self._publish_task: asyncio.Task[None] | None = None
+        self._state_publisher = (AttributePublisher(publish_state, "the duplex state")
+                                 if publish_state is not None else None)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._barge_in_at: float | None = None  # perf_counter of the last INTERRUPTING entry
         self._cascade_at: float | None = None
@@ -104,6 +101,8 @@ class DuplexController:
         self.bus.unsubscribe(self._on_bus)
         for t in list(self._tasks):
             t.cancel()
+        if self._state_publisher is not None:
+            self._state_publisher.close()
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -274,19 +273,5 @@ class DuplexController:
         self._schedule_publish()
 
     def _schedule_publish(self) -> None:
-        if self._publish_state is None:
-            return
-        if self._publish_task is None or self._publish_task.done():
-            self._publish_task = self._spawn(self._publish_loop())
-
-    async def _publish_loop(self) -> None:
-        """Publish the latest state; states that changed meanwhile are coalesced."""
-        assert self._publish_state is not None
-        while self._published != self.machine.state.value:
-            value = self.machine.state.value
-            try:
-                await asyncio.wait_for(self._publish_state(value), 5.0)
-                self._published = value
-            except Exception as exc:
-                log.warning("cannot publish the duplex state %s: %s", value, exc)
-                return
+        if self._state_publisher is not None:
+            self._state_publisher.set(self.machine.state.value)

@@ -24,6 +24,7 @@ from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.agents.voice.events import CloseEvent, ErrorEvent
 from livekit.agents.voice.speech_handle import SpeechHandle
 
+from .attribute_publisher import AttributePublisher
 from .audio_output import RoomAudioSink
 from .autortc import AutoRTCResponder
 from .config import AgentConfig, RoomSettings
@@ -50,12 +51,13 @@ class BackendStatus:
     spoken notice (the LLM speaks its own when it is the one down)."""
 
     def __init__(self, room: rtc.Room, session: AgentSession, stt_notice: str) -> None:
-        self.room = room
         self.session = session
         self.stt_notice = stt_notice
         self.state = "unknown"
         self._notice: SpeechHandle | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._publisher = AttributePublisher(
+            lambda value: room.local_participant.set_attributes({BACKEND_ATTRIBUTE: value}),
+            BACKEND_ATTRIBUTE)
 
     def __call__(self, ev: AgentEvent) -> None:
         if ev.name == "backend_down":
@@ -77,14 +79,7 @@ class BackendStatus:
             log.error("Omni backend problem, shown in the room: %s", value)
         elif previous.startswith("down"):
             log.info("Omni backend is answering again")
-        self._task = asyncio.ensure_future(self._publish(value))
-
-    async def _publish(self, value: str) -> None:
-        try:
-            await asyncio.wait_for(
-                self.room.local_participant.set_attributes({BACKEND_ATTRIBUTE: value}), 5.0)
-        except Exception as exc:
-            log.warning("cannot publish %s=%r: %s", BACKEND_ATTRIBUTE, value, exc)
+        self._publisher.set(value)
 
 
 class ParticipantLinker:
