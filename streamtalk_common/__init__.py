@@ -1,0 +1,1 @@
+"""Foundations every streamtalk package shares; torch-free, importable from anywhere."""
