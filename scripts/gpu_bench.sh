@@ -2,8 +2,9 @@
 # Run the GPU benchmark set on a CUDA machine; results as JSON + a log.
 # Usage: scripts/gpu_bench.sh OUT_DIR [sections...]
 #   sections: check step decoder e2e launches cancel divergence batch peer compiled (default: all)
-#   batch: the server under a concurrency ladder (1 4 16 64 128 256, BATCH_DURATION s each);
-#          fits one 10-minute call on its own
+#   batch: the server under a concurrency ladder (BATCH_LADDER, default 1 4 16 64 128 256),
+#          then Poisson arrivals (BATCH_RATES requests/s, default 2 5 10), BATCH_DURATION s
+#          (default 30) each; fits one 10-minute call on its own
 # Wheels for packages the GPU host lacks may sit in .whl/ (scripts/fetch_gpu_wheels.sh).
 set -uo pipefail
 OUT_DIR="${1:?usage: scripts/gpu_bench.sh OUT_DIR [sections...]}"
@@ -41,8 +42,9 @@ has launches && { step launches; $B launches --model-dir "$CK" --out "$RES/launc
 has divergence && { step divergence; $B divergence --model-dir "$CK" --out "$RES/divergence.json"; }
 has cancel && { step cancel; $B cancel --model-dir "$CK" --rounds 1000 --concurrency 16 --out "$RES/cancel.json"; }
 if has batch; then
-    step "batch: concurrency ladder against the server"
-    TTS_MAX_NEW_TOKENS=210 python3 -m tts_engine serve --model-dir "$CK" --port 9000 \
+    step "batch: concurrency ladder and open loop against the server"
+    # the benchmark checkpoint never ends a reply: the client hangs up at each reply's length
+    TTS_MAX_NEW_TOKENS=670 python3 -m tts_engine serve --model-dir "$CK" --port 9000 \
         >"$OUT_DIR/server.log" 2>&1 &
     SERVER=$!
     for _ in $(seq 1 240); do
@@ -51,6 +53,8 @@ if has batch; then
     done
     $B throughput --url http://127.0.0.1:9000 --concurrency ${BATCH_LADDER:-1 4 16 64 128 256} \
         --duration "${BATCH_DURATION:-30}" --out "$RES/batch.json"
+    $B throughput --url http://127.0.0.1:9000 --rate ${BATCH_RATES:-2 5 10} \
+        --duration "${BATCH_DURATION:-30}" --out "$RES/open_loop.json"
     curl -s http://127.0.0.1:9000/metrics | grep '^tts_engine' >"$OUT_DIR/engine_metrics.txt"
     kill $SERVER; wait $SERVER 2>/dev/null
 fi

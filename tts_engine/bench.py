@@ -5,7 +5,8 @@
     step         the batched engine step per batch size: ms per step, audio s/s (graphs vs eager)
     decoder      incremental codec decoder per packet size, offline decode, bf16 SNR vs float32
     e2e          in-process engine: TTFA and RTF per utterance length (P50/P95 after warm-up)
-    throughput   against a running server: a concurrency ladder, audio s/s, client TTFB and
+    throughput   against a running server: a concurrency ladder (closed loop), or with --rate
+                 Poisson arrivals (open loop, mixed reply lengths); audio s/s, client TTFB and
                  server TTFA P50/P95/P99, RTF, underruns, 503 refusals, peak GPU memory
     cancel       1000 cancel rounds at concurrency 16: cancel latency P95, leaked sessions, GPU memory
     divergence   default mode: share of streams whose codes differ from their solo run, and from
@@ -42,6 +43,8 @@ TEXTS = {
               "first words while the rest of the sentence is still being generated.",
     "long": "Real-time voice agents live or die by latency. " * 6,
 }
+# Open-loop reply lengths: a voice agent's replies are mostly one or two sentences.
+REPLY_MIX = {"short": 0.4, "medium": 0.45, "long": 0.15}
 
 
 def progress(msg: str) -> None:
@@ -250,15 +253,16 @@ def cmd_e2e(args: argparse.Namespace) -> list[dict]:
 # -- throughput ------------------------------------------------------------------
 
 
-async def _client_loop(session, url: str, body: dict, deadline: float, results: list) -> None:
+async def _client_loop(session, url: str, length: str, deadline: float, results: list) -> None:
     while time.perf_counter() < deadline:
-        results.append(await _one_request(session, url, body))
+        results.append(await _one_request(session, url, _tts_body(length), LENGTHS[length]))
 
 
-async def _one_request(session, url: str, body: dict) -> dict:
+async def _one_request(session, url: str, body: dict, frames: int) -> dict:
     """One /tts/stream request: client TTFB, wall, audio and underruns (a chunk that arrives
     after its playback time, playback starting 150 ms after the first chunk), plus the
-    server's own metrics of it (TTFA, queue wait)."""
+    server's own metrics of it (TTFA, queue wait). The client hangs up after `frames` frames
+    of audio: a benchmark checkpoint never ends a reply by itself, so this sets its length."""
     t0 = time.perf_counter()
     first = None
     size = 0
@@ -275,6 +279,8 @@ async def _one_request(session, url: str, body: dict) -> dict:
             elif now > first + PLAYOUT_BUFFER_S + size / 2 / 24000:
                 underruns += 1
             size += len(chunk)
+            if size >= frames * FRAME_S * 24000 * 2:
+                break
     wall = time.perf_counter() - t0
     server = await _server_metrics(session, url, request_id)
     return {"ttfb_ms": ((first or t0 + wall) - t0) * 1000, "wall_s": wall, "audio_s": size / 2 / 24000,
@@ -284,7 +290,7 @@ async def _one_request(session, url: str, body: dict) -> dict:
 
 async def _server_metrics(session, url: str, request_id: str) -> dict:
     """GET /tts/requests/{id}; the server files a request's metrics just after its last byte."""
-    for _ in range(20):
+    for _ in range(50):
         async with session.get(f"{url}/tts/requests/{request_id}") as r:
             if r.status == 200:
                 return await r.json()
@@ -300,21 +306,55 @@ async def _engine_gauge(session, url: str, name: str) -> float | None:
     return None
 
 
-async def _throughput(url: str, concurrency: int, duration: float, body: dict) -> dict:
-    import aiohttp
-
+async def _throughput(url: str, concurrency: int, duration: float, length: str) -> dict:
+    """Closed loop: `concurrency` clients, each sending its next request when one ends."""
     results: list[dict] = []
     deadline = time.perf_counter() + duration
-    timeout = aiohttp.ClientTimeout(total=duration + 300)
-    connector = aiohttp.TCPConnector(limit=0)
 
-    async def client(i: int) -> None:
+    async def client(session, i: int) -> None:
         await asyncio.sleep(i / concurrency)  # start times spread over 1 s
-        await _client_loop(session, url, body, deadline, results)
+        await _client_loop(session, url, length, deadline, results)
 
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+    async def load(session) -> None:
+        await asyncio.gather(*[client(session, i) for i in range(concurrency)])
+
+    return {"concurrency": concurrency, **await _measured(url, duration, load, results)}
+
+
+async def _open_loop(url: str, rate: float, duration: float, seed: int) -> dict:
+    """Open loop: Poisson arrivals at `rate` requests/s for `duration` s, each request's text
+    drawn from REPLY_MIX, whatever the server's state (requests pile up when it falls behind)."""
+    import random
+
+    rng = random.Random(seed)
+    lengths, weights = zip(*REPLY_MIX.items(), strict=True)
+    results: list[dict] = []
+
+    async def load(session) -> None:
+        async def request(length: str) -> None:
+            results.append(await _one_request(session, url, _tts_body(length), LENGTHS[length]))
+
+        tasks = []
         t0 = time.perf_counter()
-        await asyncio.gather(*[client(i) for i in range(concurrency)])
+        at = rng.expovariate(rate)
+        while at < duration:
+            await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
+            length = rng.choices(lengths, weights)[0]
+            tasks.append(asyncio.ensure_future(request(length)))
+            at += rng.expovariate(rate)
+        await asyncio.gather(*tasks)
+
+    return {"rate": rate, **await _measured(url, duration, load, results)}
+
+
+async def _measured(url: str, duration: float, load, results: list[dict]) -> dict:
+    """Run `load(session)` and summarise the requests it recorded in `results`."""
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(total=duration + 300)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+        t0 = time.perf_counter()
+        await load(session)
         wall = time.perf_counter() - t0
         peak_mib = await _engine_gauge(session, url, "tts_engine_gpu_memory_peak_mib")
     ok = [r for r in results if "error" not in r]
@@ -322,7 +362,7 @@ async def _throughput(url: str, concurrency: int, duration: float, body: dict) -
     ttfa = [r["server_ttfa_ms"] for r in ok if r["server_ttfa_ms"] is not None]
     wait = [r["queue_wait_ms"] for r in ok if r["queue_wait_ms"] is not None]
     rtf = [r["wall_s"] / r["audio_s"] for r in ok if r["audio_s"]]
-    return {"concurrency": concurrency, "requests": len(ok), "rejected": len(results) - len(ok),
+    return {"requests": len(ok), "rejected": len(results) - len(ok),
             "audio_s_per_s": sum(r["audio_s"] for r in ok) / wall, "ttfb_ms_p50": pct(ttfb, 50),
             "ttfb_ms_p95": pct(ttfb, 95), "ttfb_ms_p99": pct(ttfb, 99), "server_ttfa_ms_p50": pct(ttfa, 50),
             "server_ttfa_ms_p95": pct(ttfa, 95), "server_ttfa_ms_p99": pct(ttfa, 99),
@@ -331,12 +371,24 @@ async def _throughput(url: str, concurrency: int, duration: float, body: dict) -
             "streams_with_underruns": sum(1 for r in ok if r["underruns"]), "gpu_memory_peak_mib": peak_mib}
 
 
+def _tts_body(length: str) -> dict:
+    return {"text": TEXTS[length], "speaker": "serena", "language": "english"}
+
+
 def cmd_throughput(args: argparse.Namespace) -> list[dict]:
-    body = {"text": TEXTS[args.length], "speaker": "serena", "language": "english"}
     rows = []
+    if args.rate:
+        for rate in args.rate:
+            progress(f"throughput: Poisson arrivals at {rate}/s for {args.duration} s against {args.url}")
+            rows.append(asyncio.run(_open_loop(args.url, rate, args.duration, args.seed)))
+            progress(str(rows[-1]))
+        mix = ", ".join(f"{k} {v:.0%}" for k, v in REPLY_MIX.items())
+        print_table(f"open loop against {args.url} (texts: {mix}; client TTFB = request sent -> first byte)",
+                    rows)
+        return rows
     for c in args.concurrency:
         progress(f"throughput: concurrency {c} for {args.duration} s against {args.url}")
-        rows.append(asyncio.run(_throughput(args.url, c, args.duration, body)))
+        rows.append(asyncio.run(_throughput(args.url, c, args.duration, args.length)))
         progress(str(rows[-1]))
     print_table(f"throughput against {args.url} ({args.length} text; client TTFB = request sent -> first byte)", rows)
     return rows
@@ -496,6 +548,9 @@ def add_parser(sub) -> None:
     q.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64, 128, 256])
     q.add_argument("--duration", type=float, default=30.0)
     q.add_argument("--length", default="medium", choices=list(LENGTHS))
+    q.add_argument("--rate", type=float, nargs="+", default=None,
+                   help="open loop instead: Poisson arrivals at each rate (requests/s), texts from REPLY_MIX")
+    q.add_argument("--seed", type=int, default=0, help="the open loop's arrival and length draws")
     q = bsub.add_parser("cancel")
     common(q)
     q.add_argument("--rounds", type=int, default=1000)
