@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,8 @@ async def test_page_talks_to_a_bot_and_measures_latency(
     ]
     assert result["ok"], f"page did not complete: {diag}\nbot: {bot.stats}"
     assert snap["connection"] == "connected"
+    assert (snap["room"], result["roomField"]) == (room, room)
+    assert snap["identity"].startswith("user-guest-")  # the token server's choice
     assert snap["micPublished"] is True
     assert snap["agentIdentity"] == "agent-bot"
     assert snap["agentAudioTracks"] >= 1
@@ -158,6 +161,24 @@ async def test_page_talks_to_a_bot_and_measures_latency(
     assert (ARTIFACTS / "web-client.png").stat().st_size > 10_000
     assert not result["pageErrors"], result["pageErrors"]
     assert result["leftCleanly"]  # the Disconnect button leaves the room
+
+
+async def test_an_empty_room_field_joins_a_new_random_room(
+    token_server: TokenServer, browser_env: BrowserEnv, make_speech_wav: Any, tmp_path: Path
+) -> None:
+    result = await run_web_driver(
+        browser_env,
+        tmp_path,
+        timeout_s=60,
+        url=f"{token_server.base_url}/",
+        fakeAudioWav=str(make_speech_wav("hello", sample_rate=48000)),
+        screenshot=str(ARTIFACTS / "web-random-room.png"),
+    )
+    assert result["ok"], result
+    room = result["snapshot"]["room"]
+    assert re.fullmatch(r"room-[A-Za-z0-9_-]{16}", room), room
+    assert result["roomField"] == room  # shown, so that others can be invited to it
+    assert result["snapshot"]["connection"] == "connected"
 
 
 async def test_wrong_access_key_shows_clear_message(

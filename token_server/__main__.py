@@ -9,7 +9,7 @@ import sys
 from aiohttp import web
 
 from .app import create_app, web_root_problems
-from .config import ConfigError, TokenServerConfig
+from .config import ConfigError, TokenServerConfig, is_loopback
 
 log = logging.getLogger("token_server")
 
@@ -30,14 +30,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for problem in web_root_problems(config):
         log.warning("%s", problem)
+    if config.access_key is None and not is_loopback(config.host):
+        log.warning(
+            "open token server on %s (TOKEN_ALLOW_OPEN=1): anyone who reaches it gets tokens",
+            config.host,
+        )
     log.info(
-        "token server on http://%s:%d (LiveKit %s, agent %s, ttl %ds, access key %s)",
+        "token server on http://%s:%d (LiveKit %s, agent %s, ttl %ds, access key %s, "
+        "%s tokens/min and %d requests at a time per client)",
         config.host,
         config.port,
         config.livekit_url,
         config.agent_name,
         config.ttl_s,
         "required" if config.access_key else "off",
+        config.rate_limit_per_min or "unlimited",
+        config.max_connections_per_client,
     )
     try:
         web.run_app(create_app(config), host=config.host, port=config.port, print=None)

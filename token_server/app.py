@@ -1,94 +1,93 @@
-"""aiohttp application: POST /api/token, /api/config, /healthz and the web client."""
+"""aiohttp application: POST /api/token, /api/config, /api/openapi.json, /healthz and the
+web client. Errors are JSON everywhere (streamtalk_common.http_api)."""
 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
-from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
+from streamtalk_common.http_api import (
+    ApiError,
+    Operation,
+    json_errors,
+    openapi_document,
+    read_model,
+)
+
+from .client_limits import charge_token, connection_limit
 from .config import TokenServerConfig
-from .tokens import RequestError, mint_token, parse_token_request
+from .rate_limit import RateLimiter
+from .tokens import TokenRequest, grant_for, mint_token
 
 log = logging.getLogger("token_server")
 
 CONFIG_KEY = web.AppKey("config", TokenServerConfig)
+LIMITER_KEY = web.AppKey("token_rate_limiter", RateLimiter)
+OPENAPI_KEY = web.AppKey("openapi", dict)
 MAX_BODY_BYTES = 16 * 1024
 VENDOR_JS = "/vendor/livekit-client.umd.js"
+ACCESS_KEY_HEADER = "X-Access-Key"
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _error(status: int, code: str, message: str, **extra: object) -> web.Response:
-    body = {"error": {"code": code, "message": message, **extra}}
-    return web.json_response(body, status=status)
-
-
-@web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every client error on /api/* and /healthz is a JSON body, never HTML or a trace."""
-    try:
-        return await handler(request)
-    except RequestError as exc:
-        return web.json_response(exc.to_json(), status=exc.status)
-    except web.HTTPException as exc:
-        if exc.status < 400 or not request.path.startswith(("/api/", "/healthz")):
-            raise
-        code = {
-            404: "not_found",
-            405: "method_not_allowed",
-            413: "body_too_large",
-        }.get(exc.status, "http_error")
-        message = {
-            404: f"no such endpoint: {request.path}",
-            405: f"{request.method} is not allowed on {request.path}",
-            413: f"request body larger than {MAX_BODY_BYTES} bytes",
-        }.get(exc.status, exc.reason)
-        return _error(exc.status, code, message)
+OPERATIONS = (
+    Operation(
+        "POST",
+        "/api/token",
+        "A LiveKit join token for one room, which also dispatches the agent",
+        TokenRequest,
+        {
+            200: "the token, the LiveKit URL, and the room and identity it is for",
+            400: "the body is not a valid token request",
+            401: "the access key is missing or wrong",
+            413: f"the body is larger than {MAX_BODY_BYTES} bytes",
+            415: "the body is not application/json",
+            429: "too many token requests or concurrent requests from this client",
+        },
+    ),
+    Operation("GET", "/api/config", "What the web page needs before asking for a token"),
+    Operation("GET", "/healthz", "Liveness"),
+)
 
 
 def _check_access_key(request: web.Request, config: TokenServerConfig) -> None:
     if config.access_key is None:
         return
-    given = request.headers.get("X-Access-Key")
+    given = request.headers.get(ACCESS_KEY_HEADER)
     if given is None:
-        raise RequestError(
-            401, "access_key_required", "this server requires the X-Access-Key header"
+        raise ApiError(
+            401, "access_key_required", f"this server requires the {ACCESS_KEY_HEADER} header"
         )
     if not hmac.compare_digest(given.encode(), config.access_key.encode()):
-        raise RequestError(401, "access_key_invalid", "the X-Access-Key header is wrong")
+        raise ApiError(401, "access_key_invalid", f"the {ACCESS_KEY_HEADER} header is wrong")
 
 
 async def create_token(request: web.Request) -> web.Response:
     config = request.app[CONFIG_KEY]
+    charge_token(request.app.get(LIMITER_KEY), request)
     _check_access_key(request, config)
-    raw = await request.read()  # raises 413 past client_max_size
-    try:
-        body = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise RequestError(
-            400, "invalid_json", 'the body must be JSON: {"room", "identity", "name"?}'
-        ) from None
-    req = parse_token_request(body)
+    grant = grant_for(await read_model(request, TokenRequest))
     issued = mint_token(
-        req,
+        grant,
         api_key=config.api_key,
         api_secret=config.api_secret,
         ttl_s=config.ttl_s,
         agent_name=config.agent_name,
     )
     log.info(
-        "token issued room=%s identity=%s expires_at=%d", req.room, req.identity, issued.expires_at
+        "token issued room=%s identity=%s expires_at=%d",
+        grant.room,
+        grant.identity,
+        issued.expires_at,
     )
     return web.json_response(
         {
             "token": issued.token,
             "url": config.livekit_url,
-            "room": req.room,
-            "identity": req.identity,
+            "room": grant.room,
+            "identity": grant.identity,
             "expires_at": issued.expires_at,
         },
         headers={"Cache-Control": "no-store"},
@@ -108,6 +107,10 @@ async def client_config(request: web.Request) -> web.Response:
     )
 
 
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(request.app[OPENAPI_KEY])
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -115,9 +118,10 @@ async def healthz(request: web.Request) -> web.Response:
 async def vendor_js(request: web.Request) -> web.StreamResponse:
     path = request.app[CONFIG_KEY].livekit_client_js
     if not path.is_file():
-        return web.Response(
-            status=404,
-            text="livekit-client is not installed on the server: run scripts/install_node_deps.sh\n",
+        raise ApiError(
+            404,
+            "not_installed",
+            "livekit-client is not installed on the server: run scripts/install_node_deps.sh",
         )
     return web.FileResponse(path, headers={"Cache-Control": "max-age=3600"})
 
@@ -125,19 +129,39 @@ async def vendor_js(request: web.Request) -> web.StreamResponse:
 async def static_file(request: web.Request) -> web.StreamResponse:
     root = request.app[CONFIG_KEY].web_root.resolve()
     rel = request.match_info.get("path", "") or "index.html"
-    target = (root / rel).resolve()
-    if target.is_dir():
-        target = target / "index.html"
-    if not target.is_relative_to(root) or not target.is_file():
-        raise web.HTTPNotFound(text=f"not found: /{rel}\n")
+    try:
+        target = (root / rel).resolve()
+        if target.is_dir():
+            target = target / "index.html"
+        found = target.is_relative_to(root) and target.is_file()
+    except (ValueError, OSError):  # a null byte, a name too long for the file system
+        found = False
+    if not found:
+        raise web.HTTPNotFound()
     return web.FileResponse(target, headers={"Cache-Control": "no-cache"})
 
 
+def openapi_spec(config: TokenServerConfig) -> dict[str, Any]:
+    return openapi_document(
+        "streamtalk token server",
+        "1",
+        OPERATIONS,
+        security_header=ACCESS_KEY_HEADER if config.access_key else None,
+    )
+
+
 def create_app(config: TokenServerConfig) -> web.Application:
-    app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[json_errors(log), connection_limit(config.max_connections_per_client)],
+        client_max_size=MAX_BODY_BYTES,
+    )
     app[CONFIG_KEY] = config
+    if config.rate_limit_per_min:
+        app[LIMITER_KEY] = RateLimiter(config.rate_limit_per_min)
+    app[OPENAPI_KEY] = openapi_spec(config)
     app.router.add_post("/api/token", create_token)
     app.router.add_get("/api/config", client_config)
+    app.router.add_get("/api/openapi.json", openapi)
     app.router.add_get("/healthz", healthz)
     app.router.add_get(VENDOR_JS, vendor_js)
     app.router.add_route("*", "/api/{tail:.*}", _api_not_found)
@@ -145,12 +169,14 @@ def create_app(config: TokenServerConfig) -> web.Application:
     return app
 
 
-API_METHODS = {"/api/token": ["POST"], "/api/config": ["GET", "HEAD"]}
-
-
 async def _api_not_found(request: web.Request) -> web.Response:
-    allowed = API_METHODS.get(request.path)
-    if allowed is not None:
+    """Keeps a wrong method on an /api/ path from landing on the static files' route."""
+    allowed = [
+        r.method
+        for r in request.app.router.routes()
+        if r.resource is not None and r.resource.canonical == request.path
+    ]
+    if allowed:
         raise web.HTTPMethodNotAllowed(request.method, allowed)
     raise web.HTTPNotFound()
 

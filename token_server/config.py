@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,8 @@ DEFAULT_API_SECRET = "streamtalk-dev-secret-for-loopback-only"  # 32+ bytes: PyJ
 DEFAULT_AGENT_NAME = "streamtalk"
 DEFAULT_TTL_S = 3600
 MAX_TTL_S = 86400
+DEFAULT_RATE_LIMIT_PER_MIN = 30
+DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 16
 
 
 class ConfigError(ValueError):
@@ -36,6 +39,25 @@ def _int_env(env: dict[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _bool_env(env: dict[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{name} must be 1 or 0, got {env[name]!r}")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
 @dataclass(frozen=True)
 class TokenServerConfig:
     host: str = DEFAULT_HOST
@@ -48,6 +70,11 @@ class TokenServerConfig:
     agent_name: str = DEFAULT_AGENT_NAME
     ttl_s: int = DEFAULT_TTL_S
     access_key: str | None = field(default=None, repr=False)
+    # Bound to a non-loopback address without an access key, the server starts only when
+    # this says an open token server is intended.
+    allow_open: bool = False
+    rate_limit_per_min: int = DEFAULT_RATE_LIMIT_PER_MIN  # tokens per client address; 0 = off
+    max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
     web_root: Path = REPO_ROOT / "web"
     # Folder holding livekit-client/dist/livekit-client.umd.js (npm install).
     node_modules: Path = field(default_factory=lambda: _cache_root() / "node" / "node_modules")
@@ -67,6 +94,21 @@ class TokenServerConfig:
             )
         if not self.agent_name:
             raise ConfigError("LIVEKIT_AGENT_NAME must not be empty")
+        if self.rate_limit_per_min < 0:
+            raise ConfigError(
+                f"TOKEN_RATE_LIMIT_PER_MIN must be 0 (off) or more, got {self.rate_limit_per_min}"
+            )
+        if self.max_connections_per_client < 1:
+            raise ConfigError(
+                "TOKEN_MAX_CONNECTIONS_PER_CLIENT must be 1 or more, "
+                f"got {self.max_connections_per_client}"
+            )
+        if not is_loopback(self.host) and self.access_key is None and not self.allow_open:
+            raise ConfigError(
+                f"the bind address {self.host} is not loopback, so anyone who reaches it could "
+                "mint tokens for your LiveKit server: set TOKEN_ACCESS_KEY to require a key, or "
+                "TOKEN_ALLOW_OPEN=1 if an open token server is intended"
+            )
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> TokenServerConfig:
@@ -82,6 +124,13 @@ class TokenServerConfig:
             "agent_name": env.get("LIVEKIT_AGENT_NAME") or DEFAULT_AGENT_NAME,
             "ttl_s": _int_env(env, "TOKEN_TTL_S", DEFAULT_TTL_S),
             "access_key": env.get("TOKEN_ACCESS_KEY") or None,
+            "allow_open": _bool_env(env, "TOKEN_ALLOW_OPEN"),
+            "rate_limit_per_min": _int_env(
+                env, "TOKEN_RATE_LIMIT_PER_MIN", DEFAULT_RATE_LIMIT_PER_MIN
+            ),
+            "max_connections_per_client": _int_env(
+                env, "TOKEN_MAX_CONNECTIONS_PER_CLIENT", DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+            ),
         }
         if env.get("WEB_ROOT"):
             values["web_root"] = Path(env["WEB_ROOT"])

@@ -1,90 +1,76 @@
-"""Request validation and JWT minting: room-scoped grants plus agent dispatch."""
+"""The token request, the identity and room the server chooses for it, and JWT minting:
+room-scoped grants plus agent dispatch."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import re
+import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import jwt
 from livekit import api
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-NAME_RULE = "1-64 characters of A-Z, a-z, 0-9, '_' and '-'"
+NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
+NAME_MAX = 64
 DISPLAY_NAME_MAX = 128
+# LiveKit names agent participants agent-<job id>: no caller may hold such an identity.
+AGENT_PREFIX = "agent"
+IDENTITY_SUFFIX_BYTES = 6
+ROOM_NAME_BYTES = 12  # a random room is as hard to guess as a key
 # Sources a browser user may publish: a voice agent needs the microphone only.
 PUBLISH_SOURCES = ["microphone"]
 
+Name = Annotated[str, Field(min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)]
+DisplayName = Annotated[str, Field(max_length=DISPLAY_NAME_MAX, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
-class RequestError(ValueError):
-    """A client error, reported as a 4xx JSON body."""
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
+class TokenRequest(BaseModel):
+    """`POST /api/token`: every field may be left out."""
 
-    def to_json(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.field is not None:
-            error["field"] = self.field
-        return {"error": error}
+    model_config = ConfigDict(extra="forbid")
+
+    room: Name | None = Field(
+        None, description="the room to join; left out, a new room with a random name"
+    )
+    identity: Name | None = Field(
+        None,
+        description="a name the server puts in the identity it makes, user-<identity>-<random>; "
+        "names starting with 'agent' (any case) are refused",
+    )
+    name: DisplayName | None = Field(None, description="display name, no control characters")
+
+    @field_validator("identity")
+    @classmethod
+    def _not_the_agents(cls, identity: str | None) -> str | None:
+        if identity is not None and identity.lower().startswith(AGENT_PREFIX):
+            raise PydanticCustomError(
+                "reserved_identity",
+                "names starting with 'agent' are reserved: LiveKit names the agent's "
+                "participant agent-..., so such a name could pass for it; choose another",
+            )
+        return identity
 
 
 @dataclass(frozen=True)
-class TokenRequest:
+class Grant:
+    """Who joins which room, as the server decided."""
+
     room: str
     identity: str
-    name: str | None = None
+    name: str
 
 
-def _check_name(body: dict[str, Any], key: str) -> str:
-    value = body.get(key)
-    if value is None or value == "":
-        raise RequestError(400, "missing_field", f"'{key}' is required ({NAME_RULE})", key)
-    if not isinstance(value, str):
-        raise RequestError(400, "invalid_field", f"'{key}' must be a string ({NAME_RULE})", key)
-    if len(value) > 64:
-        raise RequestError(
-            400,
-            "invalid_field",
-            f"'{key}' is {len(value)} characters long; at most 64 allowed",
-            key,
-        )
-    if not NAME_RE.match(value):
-        raise RequestError(400, "invalid_field", f"'{key}' must be {NAME_RULE}", key)
-    return value
-
-
-def parse_token_request(body: Any) -> TokenRequest:
-    """Validate a decoded JSON body; raises RequestError with the offending field."""
-    if not isinstance(body, dict):
-        raise RequestError(
-            400, "invalid_body", "the body must be a JSON object {room, identity, name?}"
-        )
-    room = _check_name(body, "room")
-    identity = _check_name(body, "identity")
-    name = body.get("name")
-    if name is not None:
-        if not isinstance(name, str):
-            raise RequestError(400, "invalid_field", "'name' must be a string", "name")
-        if len(name) > DISPLAY_NAME_MAX:
-            raise RequestError(
-                400,
-                "invalid_field",
-                f"'name' must be at most {DISPLAY_NAME_MAX} characters",
-                "name",
-            )
-        if any(ord(c) < 32 or ord(c) == 127 for c in name):
-            raise RequestError(
-                400, "invalid_field", "'name' must not contain control characters", "name"
-            )
-        name = name.strip() or None
-    return TokenRequest(room=room, identity=identity, name=name)
+def grant_for(req: TokenRequest) -> Grant:
+    """The identity is always the server's own (two callers asking for one name never
+    collide); a room left out is a new random one."""
+    identity = f"user-{req.identity or 'guest'}-{secrets.token_hex(IDENTITY_SUFFIX_BYTES)}"
+    room = req.room or f"room-{secrets.token_urlsafe(ROOM_NAME_BYTES)}"
+    name = (req.name or "").strip() or req.identity or identity
+    return Grant(room=room, identity=identity, name=name)
 
 
 @dataclass(frozen=True)
@@ -94,7 +80,7 @@ class IssuedToken:
 
 
 def mint_token(
-    req: TokenRequest,
+    grant: Grant,
     *,
     api_key: str,
     api_secret: str,
@@ -105,7 +91,7 @@ def mint_token(
     """A join token for one room that also dispatches the agent into it."""
     grants = api.VideoGrants(
         room_join=True,
-        room=req.room,
+        room=grant.room,
         can_publish=True,
         can_subscribe=True,
         can_publish_data=True,
@@ -116,8 +102,8 @@ def mint_token(
     )
     at = (
         api.AccessToken(api_key, api_secret)
-        .with_identity(req.identity)
-        .with_name(req.name or req.identity)
+        .with_identity(grant.identity)
+        .with_name(grant.name)
         .with_ttl(dt.timedelta(seconds=ttl_s))
         .with_grants(grants)
         .with_room_config(api.RoomConfiguration(agents=[dispatch]))

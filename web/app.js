@@ -276,6 +276,8 @@ async function onTranscription(reader, participantInfo) {
 
 // ------------------------------------------------------------------ room
 
+// The server chooses the identity (user-guest-<random>) and, for an empty room field, a new
+// random room; the answer names both.
 async function fetchToken(roomName, name) {
   const headers = { "Content-Type": "application/json" };
   const key = $("access-key").value;
@@ -285,7 +287,7 @@ async function fetchToken(roomName, name) {
     resp = await fetch("/api/token", {
       method: "POST",
       headers,
-      body: JSON.stringify({ room: roomName, identity: state.identity, name: name || undefined }),
+      body: JSON.stringify({ room: roomName || undefined, name: name || undefined }),
     });
   } catch (err) {
     throw new Error(`Cannot reach the token server (${err.message}). Is it running?`);
@@ -305,12 +307,6 @@ async function fetchToken(roomName, name) {
     throw new Error(`The token server refused the request: ${msg}`);
   }
   return body;
-}
-
-function randomIdentity() {
-  const bytes = new Uint8Array(4);
-  crypto.getRandomValues(bytes);
-  return "user-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 function wireRoom(r) {
@@ -367,13 +363,12 @@ async function connect(event) {
     return;
   }
   const roomName = $("room").value.trim();
-  if (!/^[A-Za-z0-9_-]{1,64}$/.test(roomName)) {
-    showError("Room names are 1-64 characters of letters, digits, '_' and '-'.");
+  if (roomName && !/^[A-Za-z0-9_-]{1,64}$/.test(roomName)) {
+    showError("Room names are 1-64 characters of letters, digits, '_' and '-' (empty: a new random room).");
     return;
   }
   $("connect").disabled = true;
   setConnection("requesting token");
-  state.identity = state.identity || randomIdentity();
   vad = new EnergyVad();
   tracker = new LatencyTracker();
   renderStats();
@@ -393,6 +388,9 @@ async function connect(event) {
     $("connect").disabled = false;
     return;
   }
+  state.identity = grant.identity;
+  state.room = grant.room;
+  $("room").value = grant.room; // a random room: shown so that others can be invited to it
 
   room = new LK.Room({
     adaptiveStream: false,
@@ -410,7 +408,6 @@ async function connect(event) {
     room = null;
     return;
   }
-  state.room = grant.room;
   setConnection("connected", "connected");
   $("disconnect").disabled = false;
   $("enable-audio").hidden = room.canPlaybackAudio;

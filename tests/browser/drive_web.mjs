@@ -2,12 +2,13 @@
 //
 //   node tests/browser/drive_web.mjs '<json options>'
 //
-// Options: chromium, nodeModules, url, room, userDataDir, screenshot, timeoutMs,
-// fakeAudioWav (null: no fake microphone), accessKey, untilLatencies (N turns),
-// untilError (wait for the error banner), clickStop (press "Stop reply" once the
-// agent is there and wait for the RPC answer), handshakeDir (write <dir>/loaded after
-// the page loads, wait for <dir>/go before pressing Connect).
-// Prints one JSON line: {ok, reason, elapsedMs, snapshot, errorText, console, pageErrors}.
+// Options: chromium, nodeModules, url, room (left out: the field as the page has it),
+// userDataDir, screenshot, timeoutMs, fakeAudioWav (null: no fake microphone), accessKey,
+// untilLatencies (N turns), untilError (wait for the error banner), clickStop (press
+// "Stop reply" once the agent is there and wait for the RPC answer), handshakeDir (write
+// <dir>/loaded after the page loads, wait for <dir>/go before pressing Connect).
+// Prints one JSON line: {ok, reason, elapsedMs, snapshot, errorText, ui, roomField,
+// leftCleanly, console, pageErrors}.
 import fs from "node:fs";
 import { createRequire } from "node:module";
 import path from "node:path";
@@ -51,7 +52,7 @@ try {
   page.on("console", (msg) => consoleLines.push(`${msg.type()}: ${msg.text()}`.slice(0, 500)));
   page.on("pageerror", (err) => pageErrors.push(String(err).slice(0, 500)));
   await page.goto(opts.url, { timeout: 15000 });
-  await page.fill("#room", opts.room);
+  if (opts.room !== undefined) await page.fill("#room", opts.room); // left out: the page's default
   if (opts.accessKey !== undefined) {
     await page.evaluate((k) => { document.getElementById("access-key").value = k; }, opts.accessKey);
   }
@@ -108,6 +109,7 @@ try {
     snapshot: finalSnapshot,
     errorText: finalError,
     ui,
+    roomField: await page.inputValue("#room"),
     leftCleanly: (await snap()).connection === "disconnected",
   };
 } catch (err) {
