@@ -14,7 +14,8 @@
 #
 # Environment (defaults): LIVEKIT_PORT 7880, LIVEKIT_UDP_PORT 7882, LIVEKIT_NODE_IP
 # 127.0.0.1, LIVEKIT_BIND 127.0.0.1, LIVEKIT_API_KEY/SECRET devkey/streamtalk-dev-secret-for-loopback-only,
-# TOKEN_SERVER_HOST 127.0.0.1, TOKEN_SERVER_PORT 3000, OMNI_BASE_URL, OMNI_DEV_PORT 8000,
+# TOKEN_SERVER_HOST 127.0.0.1 (another address needs TOKEN_ACCESS_KEY or TOKEN_ALLOW_OPEN=1;
+# the token server's TOKEN_* settings pass through), TOKEN_SERVER_PORT 3000, OMNI_BASE_URL, OMNI_DEV_PORT 8000,
 # STREAMTALK_SKIP_INSTALL=1 (skip install steps), STREAMTALK_SKIP_TTS_DEMO=1.
 . "$(dirname "$0")/common.sh"
 cd "$REPO_ROOT"
