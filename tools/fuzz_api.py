@@ -161,15 +161,21 @@ def fuzz(base: str, *, seconds: float, headers: dict[str, str] | None = None,
         report.rss_before_mb = rss_mb(pid)
     schema = schemathesis.openapi.from_url(base + schema_path, headers=headers)
     operations = [result.ok() for result in schema.get_all_operations()]
-    plan = [(op, mode) for op in operations for mode in GenerationMode]
+    # an operation without inputs has nothing to violate: positive cases only
+    plan = [(op, mode) for op in operations for mode in GenerationMode
+            if mode is GenerationMode.POSITIVE or _has_inputs(op)]
     started = time.monotonic()
     deadline = started + seconds
-    for i, (op, mode) in enumerate(plan):
-        budget = (deadline - time.monotonic()) / (len(plan) - i)
-        if budget <= 0:
-            break
-        progress(f"fuzz {op.method.upper()} {op.path} ({mode.value}) for {budget:.0f} s")
-        _run_operation(op, mode, base, headers, report, time.monotonic() + budget)
+    while plan and time.monotonic() < deadline:  # rounds, until the time is spent
+        unfinished = []
+        for i, (op, mode) in enumerate(plan):
+            budget = (deadline - time.monotonic()) / (len(plan) - i)
+            if budget <= 0:
+                break
+            progress(f"fuzz {op.method.upper()} {op.path} ({mode.value}) for up to {budget:.0f} s")
+            if _run_operation(op, mode, base, headers, report, time.monotonic() + budget):
+                unfinished.append((op, mode))  # stopped by the clock, not out of cases
+        plan = unfinished
     report.seconds = round(time.monotonic() - started, 1)
     if probe_fn is not None:
         try:
@@ -195,8 +201,13 @@ class _OutOfTime(Exception):
     pass
 
 
+def _has_inputs(op) -> bool:
+    return bool(len(op.body) or len(op.query) or len(op.path_parameters) or len(op.headers))
+
+
 def _run_operation(op, mode: GenerationMode, base: str, headers: dict[str, str],
-                   report: FuzzReport, until: float) -> None:
+                   report: FuzzReport, until: float) -> bool:
+    """Requests for `op` until `until`; True when stopped by the clock (cases were left)."""
     @settings(max_examples=100_000, deadline=None, database=None, derandomize=False,
               phases=[Phase.generate], suppress_health_check=list(HealthCheck))
     @given(case=op.as_strategy(generation_mode=mode))
@@ -208,7 +219,8 @@ def _run_operation(op, mode: GenerationMode, base: str, headers: dict[str, str],
     try:
         run()
     except _OutOfTime:
-        pass
+        return True
+    return False
 
 
 def print_report(report: FuzzReport) -> None:
