@@ -13,11 +13,13 @@
 # stop: SIGTERM each group, SIGKILL after a grace period, and verify it is gone.
 #
 # Environment (defaults): LIVEKIT_PORT 7880, LIVEKIT_UDP_PORT 7882, LIVEKIT_NODE_IP
-# 127.0.0.1, LIVEKIT_BIND 127.0.0.1, LIVEKIT_API_KEY/SECRET devkey/streamtalk-dev-secret-for-loopback-only,
+# 127.0.0.1, LIVEKIT_BIND 127.0.0.1, LIVEKIT_API_KEY/SECRET (both or neither; by default the
+# keys generated on first start into LIVEKIT_KEY_FILE $STREAMTALK_HOME/livekit-keys.yaml),
 # TOKEN_SERVER_HOST 127.0.0.1 (another address needs TOKEN_ACCESS_KEY or TOKEN_ALLOW_OPEN=1;
 # the token server's TOKEN_* settings pass through), TOKEN_SERVER_PORT 3000, OMNI_BASE_URL, OMNI_DEV_PORT 8000,
 # STREAMTALK_SKIP_INSTALL=1 (skip install steps), STREAMTALK_SKIP_TTS_DEMO=1.
 . "$(dirname "$0")/common.sh"
+. "$REPO_ROOT/scripts/livekit_keys.sh"
 cd "$REPO_ROOT"
 
 RUN_DIR="$STREAMTALK_OUTPUT/run"
@@ -30,8 +32,6 @@ LIVEKIT_BIND="${LIVEKIT_BIND:-127.0.0.1}"
 LIVEKIT_BIN="${LIVEKIT_SERVER_BIN:-$STREAMTALK_HOME/bin/server}"
 LIVEKIT_CONFIG="${LIVEKIT_CONFIG_FILE:-$REPO_ROOT/scripts/livekit-dev.yaml}"
 export LIVEKIT_URL="${LIVEKIT_URL:-ws://127.0.0.1:$LIVEKIT_PORT}"
-export LIVEKIT_API_KEY="${LIVEKIT_API_KEY:-devkey}"
-export LIVEKIT_API_SECRET="${LIVEKIT_API_SECRET:-streamtalk-dev-secret-for-loopback-only}"
 export TOKEN_SERVER_HOST="${TOKEN_SERVER_HOST:-127.0.0.1}"
 export TOKEN_SERVER_PORT="${TOKEN_SERVER_PORT:-3000}"
 OMNI_DEV_PORT="${OMNI_DEV_PORT:-8000}"
@@ -213,6 +213,7 @@ cmd_start() {
     install_missing
     [[ -x "$LIVEKIT_BIN" ]] || die "LiveKit server missing at $LIVEKIT_BIN: run scripts/install_livekit_server.sh"
     tts_demo
+    load_livekit_keys
 
     if ! is_running livekit; then
         require_port livekit tcp "$LIVEKIT_BIND" "$LIVEKIT_PORT" LIVEKIT_PORT
@@ -224,7 +225,7 @@ cmd_start() {
     start_service livekit "http://127.0.0.1:$LIVEKIT_PORT/" 30 \
         "$LIVEKIT_BIN" --config "$LIVEKIT_CONFIG" --bind "$LIVEKIT_BIND" \
         --node-ip "$LIVEKIT_NODE_IP" --port "$LIVEKIT_PORT" --udp-port "$LIVEKIT_UDP_PORT" \
-        --keys "$LIVEKIT_API_KEY: $LIVEKIT_API_SECRET"
+        --key-file "$LIVEKIT_SERVER_KEY_FILE"
 
     if want_omni_dev; then
         export OMNI_BASE_URL="$OMNI_DEV_URL"
@@ -253,7 +254,7 @@ cmd_start() {
     log "stack is up"
     echo
     echo "  web client:   http://$TOKEN_SERVER_HOST:$TOKEN_SERVER_PORT/"
-    echo "  LiveKit:      $LIVEKIT_URL   (API key $LIVEKIT_API_KEY)"
+    echo "  LiveKit:      $LIVEKIT_URL   (API key $LIVEKIT_API_KEY, keys in $LIVEKIT_SERVER_KEY_FILE)"
     echo "  Omni backend: ${OMNI_BASE_URL}"
     echo "  logs:         $RUN_DIR/"
     echo

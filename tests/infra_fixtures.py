@@ -2,7 +2,7 @@
 
 Registered from tests/conftest.py through `pytest_plugins`. Fixtures:
 
-- `livekit_server` (session): the LiveKit server binary with fresh keys.
+- `livekit_server` (session): the LiveKit server binary with fresh keys (from a key file).
 - `token_server` (session): `python -m token_server` against that LiveKit server.
 - `start_token_server` (factory): another token server with extra env (access key...).
 - `omni_dev_server` (session): `python -m tools.omni_dev` (faster-whisper + scripted replies).
@@ -188,7 +188,16 @@ class LiveKitServer:
         return at.to_jwt()
 
 
-def start_livekit_server(log_name: str = "livekit-server") -> LiveKitServer:
+def write_key_file(path: Path, api_key: str, api_secret: str) -> Path:
+    """A LiveKit key file (`key: secret`), mode 600 as livekit-server requires."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f'{api_key}: "{api_secret}"\n')
+    return path
+
+
+def start_livekit_server(key_dir: Path, log_name: str = "livekit-server") -> LiveKitServer:
+    """The server on free ports; its fresh keys reach it through a key file in `key_dir`."""
     require(
         LIVEKIT_BIN.is_file() and os.access(LIVEKIT_BIN, os.X_OK),
         f"LiveKit server binary missing at {LIVEKIT_BIN}: run scripts/install_livekit_server.sh",
@@ -197,6 +206,7 @@ def start_livekit_server(log_name: str = "livekit-server") -> LiveKitServer:
     udp_port = free_port(socket.SOCK_DGRAM)
     api_key = "test" + secrets.token_hex(4)
     api_secret = secrets.token_urlsafe(32)
+    key_file = write_key_file(key_dir / f"livekit-keys-{port}.yaml", api_key, api_secret)
     argv = [
         str(LIVEKIT_BIN),
         "--config", str(LIVEKIT_CONFIG),
@@ -204,7 +214,7 @@ def start_livekit_server(log_name: str = "livekit-server") -> LiveKitServer:
         "--node-ip", "127.0.0.1",
         "--port", str(port),
         "--udp-port", str(udp_port),
-        "--keys", f"{api_key}: {api_secret}",
+        "--key-file", str(key_file),
     ]  # fmt: skip
     proc = ServiceProcess(log_name, argv, service_env(), LOG_DIR / f"{log_name}-{port}.log")
     proc.wait_http(f"http://127.0.0.1:{port}/")
@@ -220,8 +230,8 @@ def start_livekit_server(log_name: str = "livekit-server") -> LiveKitServer:
 
 
 @pytest.fixture(scope="session")
-def livekit_server() -> Iterator[LiveKitServer]:
-    server = start_livekit_server()
+def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
+    server = start_livekit_server(tmp_path_factory.mktemp("livekit"))
     try:
         yield server
     finally:

@@ -1,9 +1,11 @@
-"""The LiveKit server as the fixtures run it: loopback only, keys enforced, reusable install."""
+"""The LiveKit server as the fixtures run it: loopback only, keys enforced and kept off its
+command line, reusable install."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -80,6 +82,34 @@ async def test_server_api_requires_the_right_keys(livekit_server: LiveKitServer)
     finally:
         await good.aclose()
         await bad.aclose()
+
+
+def test_the_secret_comes_from_a_key_file_and_shows_nowhere(livekit_server: LiveKitServer) -> None:
+    argv = Path(f"/proc/{livekit_server.process.proc.pid}/cmdline").read_bytes().split(b"\0")
+    key_file = Path(argv[argv.index(b"--key-file") + 1].decode())
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert livekit_server.api_secret in key_file.read_text()
+    secret = livekit_server.api_secret.encode()
+    assert not [p for p in Path("/proc").glob("[0-9]*/cmdline") if secret in _read(p)]
+    assert secret not in livekit_server.process.log_path.read_bytes()
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:  # the process is gone
+        return b""
+
+
+async def test_livekits_placeholder_dev_keys_are_refused(livekit_server: LiveKitServer) -> None:
+    # Development mode falls back to devkey/secret only when no keys are configured.
+    placeholder = api.LiveKitAPI(livekit_server.http_url, "devkey", "secret")
+    try:
+        with pytest.raises(api.TwirpError) as info:
+            await asyncio.wait_for(placeholder.room.list_rooms(api.ListRoomsRequest()), 10)
+        assert info.value.status == 401
+    finally:
+        await placeholder.aclose()
 
 
 def test_install_script_reuses_the_binary(livekit_server: LiveKitServer) -> None:

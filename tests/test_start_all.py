@@ -1,4 +1,5 @@
-"""scripts/start_all.sh: start, status, port clash, stop that leaves nothing behind."""
+"""scripts/start_all.sh: start, status, port clash, stop that leaves nothing behind, and the
+LiveKit keys (scripts/livekit_keys.sh): generated once, kept private, given ones win."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import os
 import signal
 import socket
+import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,9 +15,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 from infra_fixtures import LIVEKIT_BIN, REPO_ROOT, free_port, require, service_env
-from livekit import rtc
+from livekit import api, rtc
 
 SCRIPT = REPO_ROOT / "scripts" / "start_all.sh"
+KEYS_SCRIPT = REPO_ROOT / "scripts" / "livekit_keys.sh"
 pytestmark = pytest.mark.timeout(240)
 
 
@@ -30,6 +33,27 @@ def run_script(
         text=True,
         timeout=timeout,
     )
+
+
+def command_lines() -> list[bytes]:
+    """The command line of every process on the machine, as `ps` shows it to anyone."""
+    lines = []
+    for f in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            lines.append(f.read_bytes().replace(b"\0", b" "))
+        except OSError:  # gone meanwhile
+            pass
+    return lines
+
+
+def private_file(path: Path) -> bool:
+    return stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def keys_in_file(path: Path) -> tuple[str, str]:
+    (line,) = [x for x in path.read_text().splitlines() if x.strip() and not x.startswith("#")]
+    key, secret = line.split(":", 1)
+    return key, secret.strip().strip('"')
 
 
 def alive(pid: int) -> bool:
@@ -54,6 +78,7 @@ def stack_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         OMNI_DEV_PORT=str(free_port()),
         AGENT_HTTP_PORT=str(free_port()),
         STOP_GRACE_S="5",
+        LIVEKIT_KEY_FILE=str(tmp_path / "livekit-keys.yaml"),  # not the user's own keys
     )
     try:
         yield env
@@ -68,12 +93,23 @@ async def test_start_status_stop(stack_env: dict[str, str], tmp_path: Path) -> N
     web_url = f"http://127.0.0.1:{env['TOKEN_SERVER_PORT']}/"
     assert f"web client:   {web_url}" in started.stdout
 
+    # the keys were generated into a private file, and their secret shows nowhere
+    key_file = Path(env["LIVEKIT_KEY_FILE"])
+    key, secret = keys_in_file(key_file)
+    assert private_file(key_file) and len(bytes.fromhex(secret)) >= 32
+    assert f"API key {key}" in started.stdout
+    assert not [c for c in command_lines() if secret.encode() in c]
+    assert any(f"--key-file {key_file}".encode() in c for c in command_lines())
+
     status = run_script(env, "status", timeout=30)
     assert status.returncode == 0, status.stdout + status.stderr
     lines = status.stdout.splitlines()
     assert len(lines) == 4 and all("healthy" in line for line in lines), status.stdout
 
     run_dir = Path(env["STREAMTALK_OUTPUT"]) / "run"
+    said = started.stdout + started.stderr + status.stdout + status.stderr
+    said += "".join(log.read_text(errors="replace") for log in run_dir.glob("*.log"))
+    assert secret not in said
     pids = {
         name: int((run_dir / f"{name}.pid").read_text())
         for name in ("livekit", "omni_dev", "token_server", "agent")
@@ -100,9 +136,10 @@ async def test_start_status_stop(stack_env: dict[str, str], tmp_path: Path) -> N
     assert clash.returncode != 0
     assert f"port 127.0.0.1:{env['LIVEKIT_PORT']} is already taken" in clash.stderr
 
-    # starting again with the same run dir is a no-op
+    # starting again with the same run dir is a no-op, with the same keys
     again = run_script(env, "start", timeout=60)
     assert again.returncode == 0 and "already running" in again.stderr
+    assert keys_in_file(key_file) == (key, secret) and secret not in again.stdout + again.stderr
 
     stopped = run_script(env, "stop", timeout=60)
     assert stopped.returncode == 0, stopped.stderr
@@ -113,20 +150,105 @@ async def test_start_status_stop(stack_env: dict[str, str], tmp_path: Path) -> N
     assert all(line.split()[1] == "stopped" for line in status.stdout.splitlines())
 
 
-def test_status_reports_a_dead_service(stack_env: dict[str, str]) -> None:
-    env = {**stack_env, "OMNI_BASE_URL": "http://127.0.0.1:9/v1"}  # external backend: not started
+async def test_given_keys_win_and_status_reports_a_dead_service(
+    stack_env: dict[str, str],
+) -> None:
+    given = ("given-key", "given-secret-" + os.urandom(24).hex())
+    env = {
+        **stack_env,
+        "OMNI_BASE_URL": "http://127.0.0.1:9/v1",  # external backend: not started
+        "LIVEKIT_API_KEY": given[0],
+        "LIVEKIT_API_SECRET": given[1],
+    }
     started = run_script(env, "start")
     assert started.returncode == 0, started.stderr[-3000:]
     assert "local dev backend not started" in started.stderr
     run_dir = Path(env["STREAMTALK_OUTPUT"]) / "run"
     assert not (run_dir / "omni_dev.pid").exists()
+
+    # LiveKit took the given keys from a private file of this run, not its command line
+    assert not Path(env["LIVEKIT_KEY_FILE"]).exists()
+    assert keys_in_file(run_dir / "livekit-keys.yaml") == given
+    assert private_file(run_dir / "livekit-keys.yaml")
+    assert not [c for c in command_lines() if given[1].encode() in c]
+    lk = api.LiveKitAPI(f"http://127.0.0.1:{env['LIVEKIT_PORT']}", *given)
+    try:
+        await asyncio.wait_for(lk.room.list_rooms(api.ListRoomsRequest()), 10)
+    finally:
+        await lk.aclose()
+
     pid = int((run_dir / "token_server.pid").read_text())
     os.killpg(pid, signal.SIGKILL)
     for _ in range(50):
         if not alive(pid):
             break
-        subprocess.run(["sleep", "0.1"], check=True)
+        await asyncio.sleep(0.1)
     status = run_script(env, "status", timeout=30)
     assert status.returncode == 1
     assert "token_server  dead (stale pid file" in status.stdout
     assert "livekit       running" in status.stdout
+
+
+# ------------------------------------------------------------------ the key file alone
+
+
+def keys_seen(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """What a program run by scripts/livekit_keys.sh gets: key, secret, LiveKit's key file."""
+    show = 'printf "%s\n" "$LIVEKIT_API_KEY" "$LIVEKIT_API_SECRET" "$LIVEKIT_SERVER_KEY_FILE"'
+    return subprocess.run(
+        ["bash", str(KEYS_SCRIPT), "sh", "-c", show],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def keys_env(tmp_path: Path) -> dict[str, str]:
+    return service_env(STREAMTALK_HOME=str(tmp_path / "home"), STREAMTALK_OUTPUT=str(tmp_path / "out"))
+
+
+def test_keys_are_generated_once_into_the_cache_root(keys_env: dict[str, str]) -> None:
+    key_file = Path(keys_env["STREAMTALK_HOME"]) / "livekit-keys.yaml"
+    first = keys_seen(keys_env)
+    assert first.returncode == 0, first.stderr
+    assert f"generated LiveKit API keys in {key_file}" in first.stderr
+    key, secret, server_file = first.stdout.splitlines()
+    assert key.startswith("API") and len(bytes.fromhex(secret)) >= 32
+    assert server_file == str(key_file) and private_file(key_file)
+    assert keys_in_file(key_file) == (key, secret)
+    assert secret not in first.stderr
+
+    written = key_file.read_bytes()
+    second = keys_seen(keys_env)
+    assert second.returncode == 0 and second.stdout == first.stdout
+    assert "generated" not in second.stderr and key_file.read_bytes() == written
+
+
+def test_given_keys_reach_livekit_through_a_file_of_the_run(keys_env: dict[str, str]) -> None:
+    seen = keys_seen({**keys_env, "LIVEKIT_API_KEY": "mine", "LIVEKIT_API_SECRET": "s" * 40})
+    assert seen.returncode == 0, seen.stderr
+    server_file = Path(keys_env["STREAMTALK_OUTPUT"]) / "run" / "livekit-keys.yaml"
+    assert seen.stdout.splitlines() == ["mine", "s" * 40, str(server_file)]
+    assert private_file(server_file) and keys_in_file(server_file) == ("mine", "s" * 40)
+    assert not (Path(keys_env["STREAMTALK_HOME"]) / "livekit-keys.yaml").exists()
+
+
+@pytest.mark.parametrize(("given", "content", "mode", "error"), [
+    ({"LIVEKIT_API_KEY": "mine"}, None, None, "set both LIVEKIT_API_KEY and LIVEKIT_API_SECRET"),
+    ({"LIVEKIT_API_SECRET": "s" * 40}, None, None, "set both LIVEKIT_API_KEY and LIVEKIT_API_SECRET"),
+    ({"LIVEKIT_API_KEY": "mine", "LIVEKIT_API_SECRET": 'a"b'}, None, None, "no spaces, quotes"),
+    ({}, 'k: "s"\n', 0o644, "may be read by others (mode 644)"),
+    ({}, "k: s\nk2: s2\n", 0o600, 'must hold one line KEY: "SECRET"'),
+    ({}, "", 0o600, 'must hold one line KEY: "SECRET"'),
+])  # fmt: skip
+def test_keys_that_cannot_be_used_are_refused(
+    keys_env: dict[str, str], given: dict[str, str], content: str | None, mode: int | None,
+    error: str,
+) -> None:
+    key_file = Path(keys_env["STREAMTALK_HOME"]) / "livekit-keys.yaml"
+    if content is not None:
+        key_file.parent.mkdir(parents=True)
+        key_file.write_text(content)
+        key_file.chmod(mode)  # type: ignore[arg-type]
+    seen = keys_seen({**keys_env, **given})
+    assert seen.returncode == 1 and seen.stdout == "", seen.stdout
+    assert error in seen.stderr, seen.stderr
