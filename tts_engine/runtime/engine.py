@@ -49,6 +49,7 @@ from ..errors import (
     OverCapacity,
     ReplyTooLong,
     RequestError,
+    TextTooLong,
     TTSError,
 )
 from ..sampling import seed_as_int64
@@ -284,7 +285,10 @@ class TTSEngine:
         except Exception as exc:  # noqa: BLE001 - delivered to the consumers
             if isinstance(exc, torch.OutOfMemoryError):
                 exc = EngineOutOfMemory(f"the GPU ran out of memory: {exc}")
-            log.exception("step failed for %d request(s)", len(sessions))
+            if isinstance(exc, RequestError):  # the caller's mistake (a prompt too long for a row)
+                log.info("request refused: %s", exc)
+            else:
+                log.exception("step failed for %d request(s)", len(sessions))
             for s in sessions:
                 self._finish(s, "error", exc)
 
@@ -296,8 +300,8 @@ class TTSEngine:
         length = prompt.embeds.shape[1]
         row_frames = self.pool.positions - length + 1  # frame 0, then one per position
         if row_frames < 1:
-            raise RequestError(f"the text makes a prompt of {length} positions; a row holds "
-                               f"{self.pool.positions} (TTS_ROW_POSITIONS): send shorter text")
+            raise TextTooLong(f"the text makes a prompt of {length} positions; a row holds "
+                              f"{self.pool.positions} (TTS_ROW_POSITIONS): send shorter text")
         limit = frame_limit(prompt.text_token_count, self.config.max_new_tokens)
         if s.request.max_frames is not None:
             limit = min(limit, s.request.max_frames)
