@@ -6,27 +6,37 @@ Routes (see docs in the README):
     POST /synthesize          audio/wav
     POST /v1/audio/speech     OpenAI-compatible (wav or pcm, stream=true)
     GET  /v1/speakers, /healthz, /readyz, /metrics
+    GET  /openapi.json        the API as OpenAPI 3.1, made from the models that validate it
 
 The engine loads and warms up in a background thread after the socket is
-bound: /healthz answers at once, /readyz only once warm-up is done. Errors
-are JSON bodies {"error": {"code", "message", "valid"?}}, mapped from the
-engine's typed errors (tts_engine/errors.py); a request the engine cannot fit
-within TTS_QUEUE_TIMEOUT_S gets 503 over_capacity with Retry-After, before any
-audio is committed. A client that disconnects cancels its generation at the
-next frame.
+bound: /healthz answers at once, /readyz (and /openapi.json) once warm-up is
+done.
+
+A request is validated whole before any status line is sent
+(tts_engine/api_models.py, streamtalk_common/http_api.py): a body of at most
+MAX_BODY_BYTES (256 KiB), JSON nested at most 32 deep, text of 1 ..
+TTS_MAX_TEXT_CHARS (2000) characters whose prompt fits a batch row, no
+unpaired surrogates, every number within its range. Errors are JSON bodies
+{"error": {"code", "message", "field"?, "valid"?}}, 4xx and 5xx alike, mapped
+from the engine's typed errors (tts_engine/errors.py); a request the engine
+cannot fit within TTS_QUEUE_TIMEOUT_S gets 503 over_capacity with Retry-After,
+before any audio is committed. A reply that fills its row ends there, like one
+that reaches TTS_MAX_NEW_TOKENS. A client that disconnects cancels its
+generation at the next packet (an INFO line).
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
+import functools
+import hmac
 import io
-import json
 import logging
 import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
@@ -40,18 +50,27 @@ from prometheus_client import (
     generate_latest,
 )
 
+from streamtalk_common.http_api import (
+    ApiError,
+    Operation,
+    json_errors,
+    openapi_document,
+    read_model,
+)
+
+from .api_models import RequestModels, request_models
 from .config import EngineConfig
-from .errors import EngineStartError, OverCapacity, TTSError
+from .errors import EngineStartError, OverCapacity, ReplyTooLong, TTSError
 from .heap import freeze_startup_heap
 from .runtime import RequestMetrics, StreamHandle, TTSEngine, check_device_memory
-from .synthesis import SAMPLE_RATE, pcm16_bytes, write_wav
+from .synthesis import SAMPLE_RATE, Request, pcm16_bytes, write_wav
 
 log = logging.getLogger("tts_engine.server")
 
 ENGINE_KEY = web.AppKey("engine_holder", dict)
 MAX_BODY_BYTES = 256 * 1024
 METRICS_KEEP = 512  # finished requests whose metrics stay queryable
-PUBLIC_PATHS = ("/healthz", "/readyz")
+PUBLIC_PATHS = ("/healthz", "/readyz", "/openapi.json")
 ENGINE_GAUGES = (  # TTSEngine.stats() key, metric, help
     ("active", "tts_engine_active_streams", "streams holding a batch row"),
     ("queued", "tts_engine_queued_streams", "streams waiting for a row"),
@@ -63,25 +82,6 @@ ENGINE_GAUGES = (  # TTSEngine.stats() key, metric, help
     ("underruns", "tts_engine_underruns", "packets ready after their playback time (150 ms playout buffer) since start"),
     ("gpu_memory_peak_mib", "tts_engine_gpu_memory_peak_mib", "peak GPU memory allocated by torch since start (0 on a CPU)"),
 )
-
-
-class ApiError(web.HTTPException):
-    def __init__(self, status: int, code: str, message: str, valid: list | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        self.status_code = status
-        body: dict[str, Any] = {"code": code, "message": message}
-        if valid is not None:
-            body["valid"] = valid
-        super().__init__(text=_json_text({"error": body}), content_type="application/json", headers=headers)
-
-    @classmethod
-    def of(cls, error: TTSError) -> ApiError:
-        headers = {"Retry-After": str(error.retry_after_s)} if isinstance(error, OverCapacity) else None
-        return cls(error.status, error.code, str(error), error.valid, headers)
-
-
-def _json_text(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False)
 
 
 class Stats:
@@ -126,9 +126,21 @@ class EngineHolder:
         self.stats.track(lambda: self.engine)
 
     def require(self) -> TTSEngine:
+        if self.load_error is not None:
+            raise ApiError(503, "load_failed", self.load_error)
         if self.engine is None or not self.engine.ready:
-            raise ApiError(503, "not_ready", self.load_error or "the engine is still loading; poll /readyz")
+            raise ApiError(503, "not_ready", "the engine is still loading; poll /readyz")
         return self.engine
+
+    @functools.cached_property
+    def models(self) -> RequestModels:
+        """The request models of the loaded engine (its speakers, languages, text limit)."""
+        engine = self.require()
+        return request_models(engine.speakers, engine.languages, engine.model.max_text_chars)
+
+    @functools.cached_property
+    def openapi(self) -> dict[str, Any]:
+        return openapi_spec(self.models, bearer=bool(self.config.api_key))
 
     def remember(self, m: RequestMetrics) -> None:
         self.finished[m.request_id] = m.to_dict()
@@ -140,51 +152,19 @@ def _holder(request: web.Request) -> EngineHolder:
     return request.app[ENGINE_KEY]["holder"]
 
 
-# -- request parsing ------------------------------------------------------
-
-
-async def _json_body(request: web.Request) -> dict:
-    if request.content_type != "application/json":
-        raise ApiError(415, "unsupported_media_type",
-                       f"Content-Type must be application/json, got {request.content_type or 'none'!r}")
-    try:
-        body = await request.json()
-    except ValueError as exc:
-        raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "request body must be a JSON object")
-    return body
-
-
-def _field(body: dict, name: str, kind: type | tuple, required: bool = False, default: Any = None) -> Any:
-    if name not in body or body[name] is None:
-        if required:
-            raise ApiError(400, "missing_field", f"field {name!r} is required")
-        return default
-    value = body[name]
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-        names = " or ".join(k.__name__ for k in kinds)
-        raise ApiError(400, "invalid_field", f"field {name!r} must be {names}, got {type(value).__name__}")
-    return value
-
-
-def _parse_tts_body(engine: TTSEngine, body: dict):
-    text = _field(body, "text", str, required=True)
-    speaker = _field(body, "speaker", str, required=True)
-    language = _field(body, "language", str, default="auto")
-    packet_tokens = _field(body, "packet_tokens", int)
-    if packet_tokens is not None and not 1 <= packet_tokens <= 64:
-        raise ApiError(400, "invalid_field", f"packet_tokens must be 1..64, got {packet_tokens}")
-    seed = _field(body, "seed", int)
-    sample = _field(body, "sample", bool)
-    return engine.make_request(text, speaker, language, sample=sample, seed=seed), packet_tokens
+async def _tts_request(request: web.Request) -> tuple[Request, int | None]:
+    """The body of /tts/stream or /synthesize as an engine request, and its packet size."""
+    holder = _holder(request)
+    engine = holder.require()
+    body = await read_model(request, holder.models.tts)
+    req = engine.make_request(body.text, body.speaker, body.language, sample=body.sample, seed=body.seed)
+    return req, body.packet_tokens
 
 
 # -- streaming ------------------------------------------------------------
 
 
-async def _stream_pcm(request: web.Request, route: str, req, packet_tokens: int | None,
+async def _stream_pcm(request: web.Request, route: str, req: Request, packet_tokens: int | None,
                       content_type: str, header: bytes = b"") -> web.StreamResponse:
     holder = _holder(request)
     handle = await _admitted_stream(holder, route, req, packet_tokens)
@@ -195,24 +175,39 @@ async def _stream_pcm(request: web.Request, route: str, req, packet_tokens: int 
     resp.enable_chunked_encoding()
     holder.stats.active.inc()
     try:
-        await resp.prepare(request)
-        if header:
-            await resp.write(header)
-        async for packet in handle:
-            await resp.write(pcm16_bytes(packet.pcm))
-        await resp.write_eof()
-    except (ConnectionResetError, asyncio.CancelledError):
-        log.info("request %s: client went away, generation cancelled", handle.id)
-        handle.cancel()
-        raise
+        async with handle, contextlib.aclosing(_audio(handle)) as audio:  # leaving early cancels
+            await resp.prepare(request)
+            if header:
+                await resp.write(header)
+            async for pcm in audio:
+                await resp.write(pcm16_bytes(pcm))
+            await resp.write_eof()
+    except ConnectionResetError:  # aiohttp's ClientConnectionResetError: a write found the client gone
+        log.info("request %s: the client went away; generation cancelled", handle.id)
+    except Exception as exc:  # noqa: BLE001 - after the status line an error can only cut the stream short
+        # the engine has logged its own failures; anything else is this server's, with its traceback
+        log.error("request %s: stream cut short: %s", handle.id, exc, exc_info=not isinstance(exc, TTSError))
+        if request.transport is not None:
+            request.transport.abort()  # no last chunk: the client sees the stream is incomplete
     finally:
         holder.stats.active.dec()
-        handle.cancel()  # no-op once the stream has ended
         await _record_when_done(holder, route, handle)
     return resp
 
 
-async def _admitted_stream(holder: EngineHolder, route: str, req, packet_tokens: int | None) -> StreamHandle:
+async def _audio(handle: StreamHandle) -> AsyncIterator[np.ndarray]:
+    """The stream's packets of PCM. A reply that fills its row ends there, as one that
+    reaches TTS_MAX_NEW_TOKENS does: its audio so far is the answer, and its metrics say
+    stop_reason row_full."""
+    try:
+        async for packet in handle:
+            yield packet.pcm
+    except ReplyTooLong as exc:
+        log.warning("request %s: %s", handle.id, exc)
+
+
+async def _admitted_stream(holder: EngineHolder, route: str, req: Request,
+                           packet_tokens: int | None) -> StreamHandle:
     """Open a stream and wait for its row: a refusal becomes an HTTP error before any audio."""
     handle = holder.require().open_stream(req, packet_tokens)
     try:
@@ -241,63 +236,58 @@ def _wav_stream_header() -> bytes:
     return buf.getvalue()
 
 
-async def _whole_wav(holder: EngineHolder, route: str, req, packet_tokens: int | None) -> web.Response:
+async def _whole_pcm(request: web.Request, route: str, req: Request,
+                     packet_tokens: int | None) -> tuple[np.ndarray, str]:
+    """The whole reply and its request id; a client that goes away meanwhile cancels it."""
+    holder = _holder(request)
     handle = await _admitted_stream(holder, route, req, packet_tokens)
+    parts = []
     try:
-        parts = [p.pcm async for p in handle]
+        async with handle, contextlib.aclosing(_audio(handle)) as audio:  # leaving early cancels
+            async for pcm in audio:
+                if request.transport is None or request.transport.is_closing():
+                    log.info("request %s: the client went away; generation cancelled", handle.id)
+                    break
+                parts.append(pcm)
     finally:
-        handle.cancel()  # no-op once the stream has ended
         await _record_when_done(holder, route, handle)
+    return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)), handle.id
+
+
+def _wav_response(pcm: np.ndarray, request_id: str) -> web.Response:
     buf = io.BytesIO()
-    write_wav(buf, np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32))
-    return web.Response(body=buf.getvalue(), content_type="audio/wav", headers={"X-Request-Id": handle.id})
+    write_wav(buf, pcm)
+    return web.Response(body=buf.getvalue(), content_type="audio/wav", headers={"X-Request-Id": request_id})
 
 
 # -- routes ---------------------------------------------------------------
 
 
 async def tts_stream(request: web.Request) -> web.StreamResponse:
-    engine = _holder(request).require()
-    req, packet_tokens = _parse_tts_body(engine, await _json_body(request))
+    req, packet_tokens = await _tts_request(request)
     return await _stream_pcm(request, "tts_stream", req, packet_tokens, "application/octet-stream")
 
 
 async def synthesize(request: web.Request) -> web.Response:
-    holder = _holder(request)
-    req, packet_tokens = _parse_tts_body(holder.require(), await _json_body(request))
-    return await _whole_wav(holder, "synthesize", req, packet_tokens)
-
-
-OPENAI_FORMATS = ("wav", "pcm")
+    req, packet_tokens = await _tts_request(request)
+    return _wav_response(*await _whole_pcm(request, "synthesize", req, packet_tokens))
 
 
 async def openai_speech(request: web.Request) -> web.StreamResponse:
     holder = _holder(request)
     engine = holder.require()
-    body = await _json_body(request)
-    text = _field(body, "input", str, required=True)
-    voice = _field(body, "voice", str, required=True)
-    fmt = _field(body, "response_format", str, default="wav")
-    if fmt not in OPENAI_FORMATS:
-        raise ApiError(400, "unsupported_response_format", f"response_format {fmt!r} is not supported",
-                       list(OPENAI_FORMATS))
-    speed = _field(body, "speed", (int, float), default=1.0)
-    if speed != 1.0:
-        raise ApiError(400, "invalid_field", "speed must be 1.0 (the model speaks at its own pace)")
-    stream = _field(body, "stream", bool, default=False)
-    req = engine.make_request(text, voice, _field(body, "language", str, default="auto"),
-                              sample=_field(body, "sample", bool), seed=_field(body, "seed", int))
-    if stream:
-        header = _wav_stream_header() if fmt == "wav" else b""
-        content_type = "audio/wav" if fmt == "wav" else "application/octet-stream"
-        return await _stream_pcm(request, "openai_speech", req, None, content_type, header)
-    if fmt == "wav":
-        return await _whole_wav(holder, "openai_speech", req, None)
-    pcm, metrics = await engine.synthesize_pcm(req)
-    holder.remember(metrics)
-    holder.stats.observe("openai_speech", metrics)
+    body = await read_model(request, holder.models.speech)
+    req = engine.make_request(body.input, body.voice, body.language, sample=body.sample, seed=body.seed)
+    wav = body.response_format == "wav"
+    if body.stream:
+        return await _stream_pcm(request, "openai_speech", req, None,
+                                 "audio/wav" if wav else "application/octet-stream",
+                                 _wav_stream_header() if wav else b"")
+    pcm, request_id = await _whole_pcm(request, "openai_speech", req, None)
+    if wav:
+        return _wav_response(pcm, request_id)
     return web.Response(body=pcm16_bytes(pcm), content_type="application/octet-stream",
-                        headers={"X-Sample-Rate": str(SAMPLE_RATE), "X-Request-Id": metrics.request_id})
+                        headers={"X-Sample-Rate": str(SAMPLE_RATE), "X-Request-Id": request_id})
 
 
 async def request_metrics(request: web.Request) -> web.Response:
@@ -319,15 +309,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    holder = _holder(request)
-    engine = holder.engine
-    if engine is not None and engine.ready:
-        return web.json_response({"ready": True, "load_s": round(engine.load_s, 2), "warmup_s": round(engine.warmup_s, 2),
-                                  "device": str(engine.config.torch_device), "model_dir": str(engine.model.model_dir),
-                                  "rows": engine.pool.rows, "capacity": engine.capacity,
-                                  "capacity_left": engine.capacity_left})
-    body = {"ready": False, "error": holder.load_error} if holder.load_error else {"ready": False}
-    return web.json_response(body, status=503)
+    engine = _holder(request).require()
+    return web.json_response({"ready": True, "load_s": round(engine.load_s, 2), "warmup_s": round(engine.warmup_s, 2),
+                              "device": str(engine.config.torch_device), "model_dir": str(engine.model.model_dir),
+                              "rows": engine.pool.rows, "capacity": engine.capacity,
+                              "capacity_left": engine.capacity_left})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -336,27 +322,89 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(_holder(request).openapi)
+
+
+# -- the published API ------------------------------------------------------
+
+
+def openapi_spec(models: RequestModels, bearer: bool) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of this server, its request schemas those of `models`."""
+    unauthorized = "missing or wrong bearer key (only with TTS_API_KEY set)"
+    unavailable = "the engine is not ready, over capacity (with Retry-After) or out of GPU memory"
+    guarded = {401: unauthorized}
+    engine = {401: unauthorized, 503: unavailable}
+    body = {400: "the body is not a valid request (what is wrong and what is valid)", 401: unauthorized,
+            413: f"the body is larger than {MAX_BODY_BYTES} bytes", 415: "the body is not application/json",
+            503: unavailable}
+    operations = [
+        Operation("POST", "/tts/stream", "Speak text as a chunked stream of raw PCM (s16le, 24 kHz, mono)",
+                  models.tts, {200: "PCM, packet by packet", **body}, {200: "application/octet-stream"}),
+        Operation("GET", "/tts/requests/{request_id}", "A finished request's metrics",
+                  None, {200: "TTFA, RTF, frames, packets, timings, stop reason", **guarded,
+                         404: f"no such request among the last {METRICS_KEEP}"}),
+        Operation("POST", "/synthesize", "Speak text as one WAV file (the samples the stream sends)",
+                  models.tts, {200: "16-bit mono WAV, 24 kHz", **body}, {200: "audio/wav"}),
+        Operation("POST", "/v1/audio/speech", "OpenAI's speech endpoint: WAV or raw PCM, whole or streamed",
+                  models.speech, {200: "WAV (response_format wav) or raw PCM s16le (pcm)", **body},
+                  {200: "audio/wav"}),
+        Operation("GET", "/v1/speakers", "The speakers and languages", None, {200: "the names", **engine}),
+        Operation("GET", "/healthz", "Liveness"),
+        Operation("GET", "/readyz", "Readiness: the engine has loaded and warmed up",
+                  None, {200: "ready, with the engine's rows and capacity", 503: "still loading, or failed to load"}),
+        Operation("GET", "/metrics", "Prometheus metrics", None, {200: "the metrics", **guarded},
+                  {200: "text/plain"}),
+        Operation("GET", "/openapi.json", "This document", None,
+                  {200: "OpenAPI 3.1", 503: "the engine is not ready (the schemas come from it)"}),
+    ]
+    doc = openapi_document("streamtalk TTS server", "1", operations)
+    # what an Operation cannot say: the path parameter, the second audio type, bearer auth,
+    # and the errors any path can give
+    doc["paths"]["/tts/requests/{request_id}"]["get"]["parameters"] = [
+        {"name": "request_id", "in": "path", "required": True,
+         "schema": {"type": "string", "pattern": "^[0-9a-f]{16}$"}}]
+    doc["paths"]["/v1/audio/speech"]["post"]["responses"]["200"]["content"]["application/octet-stream"] = {}
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    doc["components"]["responses"] = {
+        "NotFound": {"description": "404: no such route", "content": error},
+        "MethodNotAllowed": {"description": "405: the method is not allowed on the path (see Allow)",
+                             "content": error},
+    }
+    if bearer:
+        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        for path, item in doc["paths"].items():
+            for operation in item.values():
+                operation["security"] = [] if path in PUBLIC_PATHS else [{"bearer": []}]
+    return doc
+
+
+# -- middleware -------------------------------------------------------------
+
+
 @web.middleware
-async def errors_and_auth(request: web.Request, handler):
+async def bearer_key(request: web.Request, handler):
     key = _holder(request).config.api_key
     if key and request.path not in PUBLIC_PATHS:
-        if request.headers.get("Authorization", "") != f"Bearer {key}":
-            raise ApiError(401, "unauthorized", "missing or wrong bearer key (Authorization: Bearer <TTS_API_KEY>)")
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(given, f"Bearer {key}".encode()):
+            raise ApiError(401, "unauthorized", "missing or wrong bearer key (Authorization: Bearer <TTS_API_KEY>)",
+                           headers={"WWW-Authenticate": "Bearer"})
+    return await handler(request)
+
+
+@web.middleware
+async def engine_errors(request: web.Request, handler):
+    """The engine's typed errors as HTTP errors (tts_engine/errors.py)."""
     try:
         return await handler(request)
     except TTSError as exc:
-        raise ApiError.of(exc) from None
-    except web.HTTPNotFound:
-        raise ApiError(404, "not_found", f"no route {request.method} {request.path}") from None
-    except web.HTTPMethodNotAllowed as exc:
-        raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed on {request.path}",
-                       sorted(exc.allowed_methods)) from None
-    except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, "too_large", f"request body is larger than {MAX_BODY_BYTES} bytes") from None
+        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, OverCapacity) else None
+        raise ApiError(exc.status, exc.code, str(exc), valid=exc.valid, headers=headers) from None
 
 
 def create_app(config: EngineConfig, engine: TTSEngine | None = None) -> web.Application:
-    app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[json_errors(log), bearer_key, engine_errors], client_max_size=MAX_BODY_BYTES)
     holder = EngineHolder(config)
     holder.engine = engine
     app[ENGINE_KEY] = {"holder": holder}
@@ -369,6 +417,7 @@ def create_app(config: EngineConfig, engine: TTSEngine | None = None) -> web.App
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),
         web.get("/metrics", metrics),
+        web.get("/openapi.json", openapi),
     ])
     return app
 
