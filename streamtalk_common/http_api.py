@@ -7,7 +7,9 @@
 - Every error is a JSON body `{"error": {"code", "message", "field"?, "valid"?, "type"?}}`,
   4xx and 5xx alike (`json_errors`); `type` is the OpenAI error type where a service speaks
   OpenAI's dialect.
-- A client that goes away mid-request is an INFO line, never a traceback.
+- A client that goes away mid-request is an INFO line, never a traceback; so is a request
+  aiohttp cannot parse as HTTP (it answers those with a plain-text 400 before any
+  middleware runs).
 - The OpenAPI document is generated from the same pydantic models (`openapi_document`).
 """
 
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 
 MAX_JSON_DEPTH = 32  # objects/arrays nested deeper are refused before parsing
@@ -104,10 +107,29 @@ def _validation_error(exc: ValidationError) -> ApiError:
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
 
+class _MalformedRequestsAtInfo(logging.Filter):
+    """aiohttp logs a request it cannot parse as an ERROR with a traceback: the client's
+    mistake, so one INFO line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = f"{record.getMessage()}: malformed HTTP ({exc.message})"
+            record.args = ()
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_MALFORMED_FILTER = _MalformedRequestsAtInfo()
+
+
 def json_errors(log: logging.Logger, *, error_type: Callable[[int], str | None] = lambda _: None):
-    """Middleware: every error leaves as JSON; a vanished client is logged at INFO.
+    """Middleware: every error leaves as JSON; a vanished client is logged at INFO (as is a
+    request aiohttp could not parse: the filter goes on aiohttp's server logger).
 
     `error_type` names OpenAI's error `type` for a status, for services that speak OpenAI."""
+    logging.getLogger("aiohttp.server").addFilter(_MALFORMED_FILTER)  # once: filters are a set
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -156,3 +156,17 @@ async def test_a_client_that_goes_away_is_an_info_line(caplog) -> None:
     ours = [r for r in caplog.records if r.name == log.name]
     assert [r.levelname for r in ours] == ["INFO"], caplog.text
     assert "the client went away" in ours[0].getMessage() and ours[0].exc_info is None
+
+
+async def test_a_request_that_is_not_http_is_an_info_line(client, caplog) -> None:
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nX-Bad: a\x00b\r\nContent-Length: 2\r\n\r\n{}")
+    await writer.drain()
+    with caplog.at_level(logging.DEBUG):
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+        await asyncio.sleep(0.1)
+    writer.close()
+    assert status_line.split()[1] == b"400", status_line
+    server = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert server and all(r.levelno == logging.INFO and r.exc_info is None for r in server), caplog.text
+    assert "malformed HTTP" in server[0].getMessage()
