@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"omni_dev: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
         return 1
+    finally:
+        transcriber.close()
     return 0
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
+import itertools
 import logging
 import threading
 import time
@@ -20,6 +22,10 @@ SAMPLE_RATE = 16000
 
 class AudioDecodeError(ValueError):
     """The bytes are not audio that can be decoded."""
+
+
+class AudioTooLongError(ValueError):
+    """The audio lasts longer than the caller allows."""
 
 
 @dataclass(frozen=True)
@@ -51,22 +57,45 @@ class Transcriber:
         return time.monotonic() - start
 
     @staticmethod
-    def decode(data: bytes) -> np.ndarray:
-        """Any container PyAV reads (wav, mp3, ogg, flac...) -> float32 mono 16 kHz."""
-        from faster_whisper.audio import decode_audio
+    def decode(data: bytes, max_s: float) -> np.ndarray:
+        """Any container PyAV reads (wav, mp3, ogg, flac...) -> float32 mono 16 kHz.
+
+        Decoding stops once the audio passes `max_s` (AudioTooLongError), so a small file of
+        low-bitrate audio cannot expand into hours of samples."""
+        import av
 
         if not data:
             raise AudioDecodeError("the audio is empty")
+        limit = int(max_s * SAMPLE_RATE)
+        chunks: list[np.ndarray] = []
+        samples = 0
         try:
-            audio = decode_audio(io.BytesIO(data), sampling_rate=SAMPLE_RATE)
+            with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
+                if not container.streams.audio:
+                    raise AudioDecodeError("the file holds no audio stream")
+                resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+                # the trailing None flushes the resampler
+                for frame in itertools.chain(container.decode(audio=0), [None]):
+                    if frame is not None:
+                        frame.pts = None  # timestamps of bad files need not be monotonic
+                    for out in resampler.resample(frame):
+                        pcm = out.to_ndarray().reshape(-1)
+                        samples += pcm.size
+                        if samples > limit:
+                            raise AudioTooLongError(f"the audio lasts longer than {max_s:g} s")
+                        chunks.append(pcm)
+        except (AudioDecodeError, AudioTooLongError):
+            raise
         except Exception as exc:  # PyAV raises many error types for bad input
             raise AudioDecodeError(f"cannot decode the audio: {exc}") from None
-        if audio.size == 0:
+        finally:
+            gc.collect()  # PyAV's resampler frees its buffers only when collected
+        if samples == 0:
             raise AudioDecodeError("the audio holds no samples")
-        return audio
+        return np.concatenate(chunks).astype(np.float32) / 32768.0
 
-    def transcribe(self, data: bytes, prompt: str | None = None) -> Transcript:
-        return self._transcribe_samples(self.decode(data), prompt)
+    def transcribe(self, data: bytes, max_s: float, prompt: str | None = None) -> Transcript:
+        return self._transcribe_samples(self.decode(data, max_s), prompt)
 
     def _transcribe_samples(self, audio: np.ndarray, prompt: str | None = None) -> Transcript:
         with self._lock:
@@ -85,9 +114,9 @@ class Transcriber:
             text=text, language=info.language, duration_s=audio.size / SAMPLE_RATE, segments=parts
         )
 
-    async def atranscribe(self, data: bytes, prompt: str | None = None) -> Transcript:
+    async def atranscribe(self, data: bytes, max_s: float, prompt: str | None = None) -> Transcript:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.transcribe, data, prompt)
+        return await loop.run_in_executor(self._executor, self.transcribe, data, max_s, prompt)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

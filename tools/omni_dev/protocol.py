@@ -1,225 +1,184 @@
-"""OpenAI request parsing and error bodies, shaped like vLLM's OpenAI server."""
+"""The OpenAI request bodies the dev backend accepts, as strict pydantic models.
+
+OpenAI clients send many optional fields: the ones this backend uses are declared with their
+bounds and checked, the others are ignored. Audio travels inside the request as base64 (a
+data URL in an `audio_url` part, or `input_audio.data`); this server fetches nothing from the
+network. The models are also the OpenAPI document's schemas.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
-ROLES = ("system", "developer", "user", "assistant", "tool")
-MAX_TOKENS_LIMIT = 2048  # the production max_model_len
-_DATA_URL_RE = re.compile(
-    r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]+)*?);base64,", re.I
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    model_validator,
 )
 
-
-class OpenAIError(Exception):
-    """Rendered as {"error": {"message", "type", "param", "code"}}."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.param = param
-        self.code = code
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+MAX_TOKENS_LIMIT = 2048  # the production max_model_len
+MAX_BODY_BYTES = 32 * 1024 * 1024  # about 24 MiB of audio as base64
+MAX_AUDIO_S = 300.0  # per request, all its clips together
+_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[^;,]+)*?;base64,", re.I)
 
 
-def invalid(message: str, param: str | None = None, code: str = "invalid_value") -> OpenAIError:
-    return OpenAIError(400, message, param=param, code=code)
-
-
-@dataclass
-class UserTurn:
-    """The last user message: its text parts and its audio clips (encoded bytes)."""
-
-    texts: list[str] = field(default_factory=list)
-    audios: list[bytes] = field(default_factory=list)
-
-
-@dataclass
-class ChatRequest:
-    model: str
-    stream: bool
-    include_usage: bool
-    max_tokens: int | None
-    system_texts: list[str]
-    turn: UserTurn
-    prompt_words: int  # a rough prompt size for `usage`
-
-
-def decode_data_url(url: object, param: str) -> bytes:
-    if not isinstance(url, str):
-        raise invalid("the audio URL must be a string", param)
-    match = _DATA_URL_RE.match(url)
-    if match is None:
-        raise invalid(
-            "only base64 data URLs are supported for audio "
-            "(data:audio/wav;base64,...); this server fetches nothing from the network",
-            param,
-            "unsupported_audio_url",
-        )
-    mime = (match.group("mime") or "").lower()
-    if mime and not mime.startswith("audio/") and mime != "application/octet-stream":
-        raise invalid(f"the data URL's media type must be audio/*, got {mime!r}", param)
-    return decode_base64(url[match.end() :], param)
-
-
-def decode_base64(data: object, param: str) -> bytes:
-    if not isinstance(data, str) or not data:
-        raise invalid("audio data must be a non-empty base64 string", param)
+def decode_base64_audio(data: str) -> bytes:
+    if not data:
+        raise ValueError("audio data must be a non-empty base64 string")
     try:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
-        raise invalid("audio data is not valid base64", param, "invalid_base64") from None
+        raise ValueError("audio data is not valid base64") from None
 
 
-def _parse_content(content: object, idx: int, keep: bool) -> tuple[list[str], list[bytes]]:
-    """Validate one message's content; decode audio only when `keep`."""
-    base = f"messages[{idx}].content"
-    if content is None:
-        return [], []
-    if isinstance(content, str):
-        return [content], []
-    if not isinstance(content, list):
-        raise invalid(f"{base} must be a string or a list of content parts", base)
-    texts: list[str] = []
-    audios: list[bytes] = []
-    for j, part in enumerate(content):
-        p = f"{base}[{j}]"
-        if not isinstance(part, dict):
-            raise invalid(f"{p} must be an object with a 'type'", p)
-        kind = part.get("type")
-        if kind == "text":
-            if not isinstance(part.get("text"), str):
-                raise invalid(f"{p}.text must be a string", f"{p}.text")
-            texts.append(part["text"])
-        elif kind == "audio_url":
-            audio_url = part.get("audio_url")
-            url = audio_url.get("url") if isinstance(audio_url, dict) else audio_url
-            if url is None:
-                raise invalid(f"{p}.audio_url.url is required", f"{p}.audio_url.url")
-            if keep:
-                audios.append(decode_data_url(url, f"{p}.audio_url.url"))
-        elif kind == "input_audio":
-            ia = part.get("input_audio")
-            if not isinstance(ia, dict) or "data" not in ia:
-                raise invalid(f"{p}.input_audio.data is required", f"{p}.input_audio.data")
-            if keep:
-                audios.append(decode_base64(ia["data"], f"{p}.input_audio.data"))
-        elif kind in ("image_url", "video_url", "input_image", "file"):
-            raise invalid(
-                f"{p}: content type {kind!r} is not supported by the dev backend "
-                "(text, audio_url and input_audio are)",
-                f"{p}.type",
-                "unsupported_content_type",
-            )
-        else:
-            raise invalid(
-                f"{p}.type must be one of 'text', 'audio_url', 'input_audio'; got {kind!r}",
-                f"{p}.type",
-            )
-    return texts, audios
+def decode_data_url(url: str) -> bytes:
+    match = _DATA_URL.match(url)
+    if match is None:
+        raise ValueError(
+            "only base64 data URLs are supported for audio (data:audio/wav;base64,...); "
+            "this server fetches nothing from the network"
+        )
+    mime = (match.group("mime") or "").lower()
+    if mime and not mime.startswith("audio/") and mime != "application/octet-stream":
+        raise ValueError(f"the data URL's media type must be audio/*, got {mime!r}")
+    return decode_base64_audio(url[match.end() :])
 
 
-def _int_field(body: dict[str, Any], name: str, lo: int, hi: int) -> int | None:
-    value = body.get(name)
-    if value is None:
+def _decodable(decode):
+    """A validator that checks `decode` accepts the string and keeps the string."""
+
+    def check(value: str) -> str:
+        decode(value)
+        return value
+
+    return AfterValidator(check)
+
+
+class _OpenAIBody(BaseModel):
+    # fields a client may send that this backend does not use are ignored
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
+class AudioUrl(_OpenAIBody):
+    url: Annotated[
+        str,
+        _decodable(decode_data_url),
+        Field(description="data:audio/<type>;base64,<data>"),
+    ]
+
+
+class InputAudio(_OpenAIBody):
+    data: Annotated[str, _decodable(decode_base64_audio), Field(description="base64 audio")]
+    format: str | None = None
+
+
+class ContentPart(_OpenAIBody):
+    type: Literal["text", "audio_url", "input_audio"]
+    text: str | None = None
+    audio_url: AudioUrl | None = None
+    input_audio: InputAudio | None = None
+
+    @model_validator(mode="after")
+    def _holds_its_type(self) -> ContentPart:
+        if getattr(self, self.type) is None:
+            raise ValueError(f"a part of type {self.type!r} needs the field {self.type!r}")
+        return self
+
+    def audio(self) -> bytes | None:
+        """The encoded audio clip this part carries (validated already), if any."""
+        if self.audio_url is not None:
+            return decode_data_url(self.audio_url.url)
+        if self.input_audio is not None:
+            return decode_base64_audio(self.input_audio.data)
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise invalid(f"'{name}' must be an integer within {lo}..{hi}, got {value!r}", name)
-    return value
 
 
-def parse_chat_request(body: object, served_model: str) -> ChatRequest:
-    if not isinstance(body, dict):
-        raise invalid("the request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise invalid("'model' is required", "model", "missing_required_parameter")
-    if model != served_model:
-        raise OpenAIError(
-            404,
-            f"The model `{model}` does not exist. This server serves `{served_model}`.",
-            type="NotFoundError",
-            param="model",
-            code="model_not_found",
-        )
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise invalid(
-            "'messages' must be a non-empty list", "messages", "missing_required_parameter"
-        )
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise invalid("'stream' must be a boolean", "stream")
-    stream_options = body.get("stream_options") or {}
-    if not isinstance(stream_options, dict):
-        raise invalid("'stream_options' must be an object", "stream_options")
-    n = body.get("n", 1)
-    if n != 1:
-        raise invalid("only n=1 is supported", "n")
-    temperature = body.get("temperature")
-    if temperature is not None and (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, int | float)
-        or not 0 <= temperature <= 2
-    ):
-        raise invalid("'temperature' must be a number within 0..2", "temperature")
-    max_tokens = _int_field(body, "max_completion_tokens", 1, MAX_TOKENS_LIMIT)
-    if max_tokens is None:
-        max_tokens = _int_field(body, "max_tokens", 1, MAX_TOKENS_LIMIT)
+def _content_kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "parts"
+    return None
 
-    last_user = None
-    for i, msg in enumerate(messages):
-        if not isinstance(msg, dict):
-            raise invalid(f"messages[{i}] must be an object", f"messages[{i}]")
-        if msg.get("role") not in ROLES:
-            raise invalid(
-                f"messages[{i}].role must be one of {', '.join(ROLES)}; got {msg.get('role')!r}",
-                f"messages[{i}].role",
-            )
-        if msg["role"] == "user":
-            last_user = i
-    if last_user is None:
-        raise invalid("'messages' holds no user message", "messages")
 
-    system_texts: list[str] = []
-    turn = UserTurn()
-    words = 0
-    for i, msg in enumerate(messages):
-        texts, audios = _parse_content(msg.get("content"), i, keep=i == last_user)
-        words += sum(len(t.split()) for t in texts)
-        if msg["role"] in ("system", "developer"):
-            system_texts.extend(texts)
-        if i == last_user:
-            turn = UserTurn(texts=texts, audios=audios)
-    return ChatRequest(
-        model=model,
-        stream=stream,
-        include_usage=bool(stream_options.get("include_usage", False)),
-        max_tokens=max_tokens,
-        system_texts=system_texts,
-        turn=turn,
-        prompt_words=words,
-    )
+Content = Annotated[
+    Annotated[str, Tag("string")] | Annotated[list[ContentPart], Tag("parts")],
+    Discriminator(
+        _content_kind,
+        custom_error_type="invalid_content",
+        custom_error_message="content must be a string or a list of content parts",
+    ),
+]
+
+
+class Message(_OpenAIBody):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Content | None = None
+
+    def parts(self) -> list[ContentPart]:
+        if isinstance(self.content, str):
+            return [ContentPart(type="text", text=self.content)]
+        return self.content or []
+
+    def texts(self) -> list[str]:
+        return [p.text for p in self.parts() if p.text is not None]
+
+
+def _has_a_user_message(messages: list[Message]) -> list[Message]:
+    if not any(m.role == "user" for m in messages):
+        raise ValueError("the messages hold no user message")
+    return messages
+
+
+class StreamOptions(_OpenAIBody):
+    include_usage: bool = False
+
+
+TokenLimit = Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)]
+
+
+class ChatCompletionRequest(_OpenAIBody):
+    model: Annotated[str, Field(min_length=1)]
+    messages: Annotated[list[Message], Field(min_length=1), AfterValidator(_has_a_user_message)]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: Annotated[int, Field(ge=1, le=1, description="only 1 choice")] = 1
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    max_tokens: TokenLimit | None = None
+    max_completion_tokens: TokenLimit | None = None
+
+    @property
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    def last_user_message(self) -> tuple[int, Message]:
+        """The last user message and its index (the turn to answer)."""
+        i = max(i for i, m in enumerate(self.messages) if m.role == "user")
+        return i, self.messages[i]
+
+    def system_texts(self) -> list[str]:
+        return [t for m in self.messages if m.role in ("system", "developer") for t in m.texts()]
+
+    def prompt_words(self) -> int:
+        """A rough prompt size for `usage`."""
+        return sum(len(t.split()) for m in self.messages for t in m.texts())
+
+
+class TranscriptionForm(_OpenAIBody):
+    """The text fields of a multipart transcription request (the audio is the `file` field)."""
+
+    model: Annotated[str, Field(min_length=1)]
+    response_format: Literal["json", "text", "verbose_json"] = "json"
+    language: Annotated[Literal["en"], Field(description="English only")] | None = None
+    prompt: str | None = None
