@@ -33,6 +33,8 @@ from pathlib import Path
 
 import pytest
 
+from streamtalk_common.livekit_keys import write_key_file
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_ROOT = Path(os.environ.get("STREAMTALK_HOME") or Path.home() / ".cache" / "streamtalk")
 OUTPUT_ROOT = Path(os.environ.get("STREAMTALK_OUTPUT") or REPO_ROOT / "output")
@@ -186,14 +188,6 @@ class LiveKitServer:
         if kind is not None:
             at = at.with_kind(kind)  # type: ignore[arg-type]
         return at.to_jwt()
-
-
-def write_key_file(path: Path, api_key: str, api_secret: str) -> Path:
-    """A LiveKit key file (`key: secret`), mode 600 as livekit-server requires."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(f'{api_key}: "{api_secret}"\n')
-    return path
 
 
 def start_livekit_server(key_dir: Path, log_name: str = "livekit-server") -> LiveKitServer:

@@ -357,12 +357,16 @@ async def test_ttl_and_agent_name_from_env(start_token_server: Any) -> None:
     assert claims["roomConfig"]["agents"][0]["agentName"] == "other-agent"
 
 
+# keys for servers that refuse to start before they would talk to LiveKit
+SOME_KEYS = {"LIVEKIT_API_KEY": "some-key", "LIVEKIT_API_SECRET": "some-secret-" + "x" * 32}
+
+
 def run_token_server(*args: str, timeout_s: float = 30, **env: str) -> subprocess.CompletedProcess:
     """`python -m token_server ARGS` until it exits (a refusal to start)."""
     return subprocess.run(
         [sys.executable, "-m", "token_server", *args],
         cwd=REPO_ROOT,
-        env=service_env(**env),
+        env=service_env(**{**SOME_KEYS, **env}),
         capture_output=True,
         text=True,
         timeout=timeout_s,
@@ -494,6 +498,14 @@ async def test_a_room_left_out_is_a_new_random_room(token_server: TokenServer) -
         await room.disconnect()
 
 
+@pytest.mark.parametrize("missing", ["LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"])
+def test_without_the_livekit_keys_it_refuses_to_start(missing: str) -> None:
+    proc = run_token_server("--port", "0", **{missing: ""})
+    assert proc.returncode == 2, proc.stderr
+    assert "set LIVEKIT_API_KEY and LIVEKIT_API_SECRET" in proc.stderr
+    assert "livekit-keys.yaml" in proc.stderr
+
+
 @pytest.mark.parametrize("host", ["0.0.0.0", "::"])
 def test_a_non_loopback_bind_without_a_key_refuses_to_start(host: str) -> None:
     proc = run_token_server("--host", host, "--port", str(free_port()))
@@ -511,7 +523,7 @@ def test_a_non_loopback_bind_starts_when_told_how(env: dict[str, str], open_warn
     port = free_port()
     argv = [sys.executable, "-m", "token_server", "--host", "0.0.0.0", "--port", str(port)]
     proc = ServiceProcess(
-        "token-server-open", argv, service_env(**env), LOG_DIR / f"token-server-{port}.log"
+        "token-server-open", argv, service_env(**SOME_KEYS, **env), LOG_DIR / f"token-server-{port}.log"
     )
     try:
         proc.wait_http(f"http://127.0.0.1:{port}/healthz")
@@ -534,7 +546,7 @@ def test_a_non_loopback_bind_starts_when_told_how(env: dict[str, str], open_warn
     ],
 )
 def test_which_bind_addresses_count_as_loopback(host: str, loopback: bool) -> None:
-    env = {"TOKEN_SERVER_HOST": host}
+    env = {"TOKEN_SERVER_HOST": host, **SOME_KEYS}
     if loopback:
         assert TokenServerConfig.from_env(env).host == host
     else:

@@ -12,8 +12,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 3000
 DEFAULT_LIVEKIT_URL = "ws://127.0.0.1:7880"
-DEFAULT_API_KEY = "devkey"
-DEFAULT_API_SECRET = "streamtalk-dev-secret-for-loopback-only"  # 32+ bytes: PyJWT warns on shorter HMAC keys
 DEFAULT_AGENT_NAME = "streamtalk"
 DEFAULT_TTL_S = 3600
 MAX_TTL_S = 86400
@@ -65,8 +63,9 @@ class TokenServerConfig:
     # URL handed to clients (browsers connect to it); LIVEKIT_PUBLIC_URL overrides
     # LIVEKIT_URL when the browser reaches LiveKit under another name (TLS proxy).
     livekit_url: str = DEFAULT_LIVEKIT_URL
-    api_key: str = DEFAULT_API_KEY
-    api_secret: str = field(default=DEFAULT_API_SECRET, repr=False)
+    # the LiveKit server's keys; no default: a well-known secret would let anyone mint tokens
+    api_key: str = ""
+    api_secret: str = field(default="", repr=False)
     agent_name: str = DEFAULT_AGENT_NAME
     ttl_s: int = DEFAULT_TTL_S
     access_key: str | None = field(default=None, repr=False)
@@ -87,7 +86,11 @@ class TokenServerConfig:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be within 0..65535, got {self.port}")
         if not self.api_key or not self.api_secret:
-            raise ConfigError("LIVEKIT_API_KEY and LIVEKIT_API_SECRET must not be empty")
+            raise ConfigError(
+                "set LIVEKIT_API_KEY and LIVEKIT_API_SECRET to the LiveKit server's keys "
+                "(scripts/start_all.sh takes them from $STREAMTALK_HOME/livekit-keys.yaml; "
+                "scripts/livekit_keys.sh CMD runs CMD with them)"
+            )
         if not self.livekit_url.startswith(("ws://", "wss://")):
             raise ConfigError(
                 f"LiveKit URL must start with ws:// or wss://, got {self.livekit_url!r}"
@@ -119,8 +122,8 @@ class TokenServerConfig:
             "livekit_url": env.get("LIVEKIT_PUBLIC_URL")
             or env.get("LIVEKIT_URL")
             or DEFAULT_LIVEKIT_URL,
-            "api_key": env.get("LIVEKIT_API_KEY") or DEFAULT_API_KEY,
-            "api_secret": env.get("LIVEKIT_API_SECRET") or DEFAULT_API_SECRET,
+            "api_key": env.get("LIVEKIT_API_KEY", ""),
+            "api_secret": env.get("LIVEKIT_API_SECRET", ""),
             "agent_name": env.get("LIVEKIT_AGENT_NAME") or DEFAULT_AGENT_NAME,
             "ttl_s": _int_env(env, "TOKEN_TTL_S", DEFAULT_TTL_S),
             "access_key": env.get("TOKEN_ACCESS_KEY") or None,

@@ -15,6 +15,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streamtalk_common.livekit_keys import write_key_file
+
 from .common import REPO_ROOT
 
 _SCRUB = ("LIVEKIT_", "TOKEN_", "OMNI_", "NODE_IP", "UDP_PORT")
@@ -128,9 +130,11 @@ def start_stack(log_dir: Path, agent_output: Path, agent_env: dict[str, str] | N
                                "run scripts/install_livekit_server.sh")
         port, udp = free_port(), free_port(socket.SOCK_DGRAM)
         key, secret = "autortc" + secrets.token_hex(4), secrets.token_urlsafe(32)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        key_file = write_key_file(log_dir / f"livekit-keys-{port}.yaml", key, secret)
         lk = Service("livekit", [str(lk_bin), "--config", str(REPO_ROOT / "scripts" / "livekit-dev.yaml"),
                                  "--bind", "127.0.0.1", "--node-ip", "127.0.0.1", "--port", str(port),
-                                 "--udp-port", str(udp), "--keys", f"{key}: {secret}"],
+                                 "--udp-port", str(udp), "--key-file", str(key_file)],
                      clean_env(), log_dir / "livekit.log")
         services.append(lk)
         lk.wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/"), 60, "HTTP answer")
