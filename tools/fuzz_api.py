@@ -21,7 +21,6 @@ exits 1 when a property fails.
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import statistics
 import sys
@@ -41,6 +40,7 @@ TTFB_SLACK_S = 0.020
 RSS_GROWTH_MB = 50
 PROBE_RUNS = 7
 REQUEST_TIMEOUT_S = 30
+SETTLE_S = 2.0  # after the run, before the probe: abandoned requests wind down
 
 
 @dataclass
@@ -137,15 +137,16 @@ def _problem(resp: requests.Response) -> str | None:
 
 def _check(case: schemathesis.Case, base: str, headers: dict[str, str], report: FuzzReport) -> None:
     label = f"{case.method} {case.path}"
-    counts = report.statuses.setdefault(label, collections.Counter())
+    counts = report.statuses.setdefault(label, {})
     report.requests += 1
     try:
         resp = case.call(base_url=base, headers=headers, timeout=REQUEST_TIMEOUT_S)
         problem = _problem(resp)
-        counts[str(resp.status_code)] += 1
+        outcome = str(resp.status_code)
     except requests.RequestException as exc:  # a body cut mid-stream, a dropped connection
         problem = f"no complete response: {type(exc).__name__}: {str(exc)[:200]}"
-        counts["broken"] += 1
+        outcome = "broken"
+    counts[outcome] = counts.get(outcome, 0) + 1
     if problem is not None:
         report.failures.append(Failure(label, problem, case.as_curl_command(headers)))
 
@@ -178,6 +179,7 @@ def fuzz(base: str, *, seconds: float, headers: dict[str, str] | None = None,
                 unfinished.append((op, mode))  # stopped by the clock, not out of cases
         plan = unfinished
     report.seconds = round(time.monotonic() - started, 1)
+    time.sleep(SETTLE_S)
     if probe_fn is not None:
         try:
             report.probe_after_ms = _median_probe_s(probe_fn, base, headers) * 1000
