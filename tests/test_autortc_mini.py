@@ -2,6 +2,11 @@
 tiny checkpoint), run the way users run it: `scripts/run_autortc.sh --tier mini`, with the
 `ci` gate profile against the golden baseline in golden/autortc/.
 
+On the CI kind of machine (2 cores) a run can be starved by work outside the test: right
+after a fresh install one first run took 0.3-0.7 s longer per turn and had a hole in a
+reply, and its rerun passed. So a run whose only failed gates are timing gates is
+repeated once, and the repeat must pass in full: a real regression fails both.
+
 Deliberately broken agents must fail with a readable reason: one whose TTS output is muted
 (AGENT_DEBUG_MUTE_TTS=1: the room hears silence while pre_rtc.wav keeps the real audio),
 and one whose backend answers 1.5 s late (OMNI_DEV_FIRST_TOKEN_DELAY_S).
@@ -47,10 +52,20 @@ def run_tier(out: Path, *extra: str) -> tuple[int, dict, str]:
     return proc.returncode, summary, proc.stdout + proc.stderr
 
 
+TIMING_GATES = {"eot_to_first_audio_p95", "primary_kpi_regression", "audible_dropout", "max_gap",
+                "inter_arrival_p95", "fast_lane_ttft_p95", "tts_first_to_publish_p95"}
+
+
 def test_mini_tier_passes_against_the_golden_baseline(tmp_path: Path) -> None:
     _require_stack()
     out = tmp_path / "mini"
     rc, summary, log = run_tier(out)
+    failed = {g["gate"] for g in summary.get("gates", []) if g["status"] == "FAIL"}
+    if rc != 0 and failed and failed <= TIMING_GATES:
+        print(f"[autortc] timing gates failed ({', '.join(sorted(failed))}); repeating once:\n"
+              + (out / "report.md").read_text())
+        out = tmp_path / "mini-repeat"
+        rc, summary, log = run_tier(out)
     report = (out / "report.md").read_text() if summary else ""
     assert rc == 0 and summary.get("verdict") == "PASS", report + "\n" + log[-3000:]
     assert summary["counts"]["capture_status"] == {"OK": 4}, report
