@@ -25,6 +25,7 @@ import dataclasses
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -324,8 +325,6 @@ async def _throughput(url: str, concurrency: int, duration: float, length: str) 
 async def _open_loop(url: str, rate: float, duration: float, seed: int) -> dict:
     """Open loop: Poisson arrivals at `rate` requests/s for `duration` s, each request's text
     drawn from REPLY_MIX, whatever the server's state (requests pile up when it falls behind)."""
-    import random
-
     rng = random.Random(seed)
     lengths, weights = zip(*REPLY_MIX.items(), strict=True)
     results: list[dict] = []
