@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -203,9 +203,20 @@ ERROR_SCHEMA = {
 }
 
 
-def openapi_document(title: str, version: str, operations: Iterable[Operation],
-                     security_header: str | None = None) -> dict[str, Any]:
-    """An OpenAPI 3.1 document of `operations`, request schemas taken from their models."""
+SecurityScheme = tuple[str, dict[str, Any]]  # its name in the document, its definition
+BEARER: SecurityScheme = ("bearer", {"type": "http", "scheme": "bearer"})
+
+
+def api_key_header(header: str) -> SecurityScheme:
+    return ("key", {"type": "apiKey", "in": "header", "name": header})
+
+
+def openapi_document(title: str, version: str, operations: Iterable[Operation], *,
+                     security: SecurityScheme | None = None,
+                     open_paths: Collection[str] = ()) -> dict[str, Any]:
+    """An OpenAPI 3.1 document of `operations`, request schemas taken from their models.
+    With a `security` scheme (BEARER, api_key_header(...)) every operation requires it but
+    those on `open_paths`."""
     schemas: dict[str, Any] = {"Error": ERROR_SCHEMA}
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
@@ -228,7 +239,10 @@ def openapi_document(title: str, version: str, operations: Iterable[Operation],
         "paths": paths,
         "components": {"schemas": schemas},
     }
-    if security_header is not None:
-        document["components"]["securitySchemes"] = {
-            "key": {"type": "apiKey", "in": "header", "name": security_header}}
+    if security is not None:
+        name, scheme = security
+        document["components"]["securitySchemes"] = {name: scheme}
+        for path, item in paths.items():
+            for entry in item.values():
+                entry["security"] = [] if path in open_paths else [{name: []}]
     return document

@@ -13,9 +13,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import BaseModel, ConfigDict, Field
 
 from streamtalk_common.http_api import (
+    BEARER,
     MAX_JSON_DEPTH,
     ApiError,
     Operation,
+    api_key_header,
     json_depth,
     json_errors,
     openapi_document,
@@ -170,3 +172,14 @@ async def test_a_request_that_is_not_http_is_an_info_line(client, caplog) -> Non
     server = [r for r in caplog.records if r.name == "aiohttp.server"]
     assert server and all(r.levelno == logging.INFO and r.exc_info is None for r in server), caplog.text
     assert "malformed HTTP" in server[0].getMessage()
+
+
+def test_a_security_scheme_guards_every_operation_but_the_open_ones() -> None:
+    ops = [Operation("POST", "/echo", "echo", Echo), Operation("GET", "/healthz", "health")]
+    doc = openapi_document("echo", "1", ops, security=BEARER, open_paths={"/healthz"})
+    assert doc["components"]["securitySchemes"] == {"bearer": {"type": "http", "scheme": "bearer"}}
+    assert doc["paths"]["/echo"]["post"]["security"] == [{"bearer": []}]
+    assert doc["paths"]["/healthz"]["get"]["security"] == []
+    doc = openapi_document("echo", "1", ops, security=api_key_header("X-Key"))
+    assert doc["components"]["securitySchemes"]["key"] == {"type": "apiKey", "in": "header", "name": "X-Key"}
+    assert "security" not in openapi_document("echo", "1", ops)["paths"]["/echo"]["post"]

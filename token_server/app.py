@@ -13,6 +13,7 @@ from aiohttp import web
 from streamtalk_common.http_api import (
     ApiError,
     Operation,
+    api_key_header,
     json_errors,
     openapi_document,
     read_model,
@@ -31,6 +32,7 @@ OPENAPI_KEY = web.AppKey("openapi", dict)
 MAX_BODY_BYTES = 16 * 1024
 VENDOR_JS = "/vendor/livekit-client.umd.js"
 ACCESS_KEY_HEADER = "X-Access-Key"
+KEYLESS_PATHS = frozenset({"/api/config", "/healthz"})  # the access key guards /api/token only
 
 OPERATIONS = (
     Operation(
@@ -146,7 +148,8 @@ def openapi_spec(config: TokenServerConfig) -> dict[str, Any]:
         "streamtalk token server",
         "1",
         OPERATIONS,
-        security_header=ACCESS_KEY_HEADER if config.access_key else None,
+        security=api_key_header(ACCESS_KEY_HEADER) if config.access_key else None,
+        open_paths=KEYLESS_PATHS,
     )
 
 

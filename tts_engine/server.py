@@ -51,6 +51,7 @@ from prometheus_client import (
 )
 
 from streamtalk_common.http_api import (
+    BEARER,
     ApiError,
     Operation,
     json_errors,
@@ -358,9 +359,10 @@ def openapi_spec(models: RequestModels, bearer: bool) -> dict[str, Any]:
         Operation("GET", "/openapi.json", "This document", None,
                   {200: "OpenAPI 3.1", 503: "the engine is not ready (the schemas come from it)"}),
     ]
-    doc = openapi_document("streamtalk TTS server", "1", operations)
-    # what an Operation cannot say: the path parameter, the second audio type, bearer auth,
-    # and the errors any path can give
+    doc = openapi_document("streamtalk TTS server", "1", operations,
+                           security=BEARER if bearer else None, open_paths=PUBLIC_PATHS)
+    # what an Operation cannot say: the path parameter, the second audio type, and the
+    # errors any path can give
     doc["paths"]["/tts/requests/{request_id}"]["get"]["parameters"] = [
         {"name": "request_id", "in": "path", "required": True,
          "schema": {"type": "string", "pattern": "^[0-9a-f]{16}$"}}]
@@ -371,11 +373,6 @@ def openapi_spec(models: RequestModels, bearer: bool) -> dict[str, Any]:
         "MethodNotAllowed": {"description": "405: the method is not allowed on the path (see Allow)",
                              "content": error},
     }
-    if bearer:
-        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-        for path, item in doc["paths"].items():
-            for operation in item.values():
-                operation["security"] = [] if path in PUBLIC_PATHS else [{"bearer": []}]
     return doc
 
 

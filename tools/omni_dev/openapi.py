@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from streamtalk_common.http_api import MAX_JSON_DEPTH, Operation, openapi_document
+from streamtalk_common.http_api import BEARER, MAX_JSON_DEPTH, Operation, openapi_document
 
 from .protocol import MAX_AUDIO_S, MAX_BODY_BYTES, ChatCompletionRequest, TranscriptionForm
 
@@ -48,9 +48,10 @@ def _transcription_form_schema(model: str) -> dict[str, Any]:
 
 def openapi_spec(model: str, bearer: bool) -> dict[str, Any]:
     """The document of a backend serving `model` (with a bearer key when `bearer`)."""
-    doc = openapi_document("streamtalk dev Omni backend", "1", OPERATIONS)
+    doc = openapi_document("streamtalk dev Omni backend", "1", OPERATIONS,
+                           security=BEARER if bearer else None, open_paths=OPEN_PATHS)
     # what an Operation cannot say: the one model served, the path parameter, the multipart
-    # body, the second media types of 200, and bearer auth
+    # body and the second media types of 200
     doc["components"]["schemas"]["ChatCompletionRequest"]["properties"]["model"]["enum"] = [model]
     paths = doc["paths"]
     paths["/v1/models/{model}"]["get"]["parameters"] = [
@@ -63,9 +64,4 @@ def openapi_spec(model: str, bearer: bool) -> dict[str, Any]:
     doc["info"]["description"] = (
         f"Bodies of at most {MAX_BODY_BYTES} bytes, JSON nested at most {MAX_JSON_DEPTH} deep, "
         f"at most {MAX_AUDIO_S:g} s of audio per request.")
-    if bearer:
-        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-        for path, item in paths.items():
-            for operation in item.values():
-                operation["security"] = [] if path in OPEN_PATHS else [{"bearer": []}]
     return doc
