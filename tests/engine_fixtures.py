@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -45,15 +46,24 @@ class TTSServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"TTS server exited: {self.log_path.read_text()[-2000:]}")
+                raise RuntimeError(f"TTS server exited:\n{self.log()}")
             try:
                 with urllib.request.urlopen(self.url + "/readyz", timeout=2) as r:
                     if r.status == 200:
                         return
+            except urllib.error.HTTPError as exc:
+                body = exc.read().decode(errors="replace")
+                if "load_failed" in body:  # it will not get ready: say why now
+                    raise RuntimeError(f"TTS server failed to load: {body}\n{self.log()}") from None
             except OSError:
                 pass
             time.sleep(0.3)
-        raise TimeoutError(f"TTS server not ready in {timeout} s: {self.log_path.read_text()[-2000:]}")
+        raise TimeoutError(f"TTS server not ready in {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        """The server's log without its access lines (the readiness polls would bury the rest)."""
+        lines = [ln for ln in self.log_path.read_text().splitlines() if "aiohttp.access" not in ln]
+        return "\n".join(lines)[-4000:]
 
     def stop(self) -> None:
         self.proc.terminate()

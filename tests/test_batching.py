@@ -171,3 +171,16 @@ def test_out_of_memory_while_warming_up_is_a_start_error_that_says_what_to_chang
     cfg = EngineConfig.from_env({}, model_dir=str(tiny_model_dir), device="cpu", max_batch=4)
     with pytest.raises(EngineStartError, match="TTS_MAX_BATCH to fewer rows"):
         TTSEngine(cfg)
+
+
+def test_start_up_calibration_starts_its_rows_at_position_zero(tiny_model_dir):
+    """Warm-up leaves its row where its reply ended; calibration steps from there would
+    write past the end of a short row (an intermittent start-up failure once)."""
+    engine = make_engine(tiny_model_dir, row_positions=64)
+    try:
+        engine.pool.view(0, engine.pool.rows).pos.fill_(engine.pool.positions - 2)
+        engine._calibrate()
+        assert engine.capacity >= 1
+        assert int(engine.pool.view(0, engine.pool.rows).pos.max()) == 0  # left at rest
+    finally:
+        engine.close()

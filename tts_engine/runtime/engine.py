@@ -410,6 +410,7 @@ class TTSEngine:
         Steps only grow with the batch, so the first bucket too slow for real time is the
         last one timed (admission extrapolates beyond it)."""
         for b in self.stepper.buckets:
+            self.stepper.reset()  # from position 0: warm-up and earlier buckets moved the rows
             self.stepper.step(b, [0] * b, mixed=False)
             times = []
             for _ in range(CALIBRATION_STEPS):

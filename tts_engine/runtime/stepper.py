@@ -163,6 +163,7 @@ class BatchStepper:
         start = time.perf_counter()
         with torch.no_grad(), strict_float32():
             for key, run in runs:
+                self.reset()  # each run advances its rows; unreset, they would pass the row's end
                 side.wait_stream(torch.cuda.current_stream(self.device))
                 with torch.cuda.stream(side):  # initialises cuBLAS/cuDNN workspaces (and compiles)
                     run()
