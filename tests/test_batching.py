@@ -184,3 +184,4 @@ def test_start_up_calibration_starts_its_rows_at_position_zero(tiny_model_dir):
         assert int(engine.pool.view(0, engine.pool.rows).pos.max()) == 0  # left at rest
     finally:
         engine.close()
+

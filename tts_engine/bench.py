@@ -2,8 +2,10 @@
 
     prepare      write a benchmark checkpoint (preset geometry, EOS row of codec_head zeroed
                  so every run has the requested length; random weights time like real ones)
-    step         the batched engine step per batch size: ms per step, audio s/s (graphs vs eager)
-    decoder      incremental codec decoder per packet size, offline decode, bf16 SNR vs float32
+    step         the batched engine step per batch size and decoder precision: ms per step, its
+                 codegen and decode parts, audio s/s (graphs vs eager)
+    decoder      codec decoder per precision (float32, tf32, bfloat16): SNR vs the float32 offline
+                 decode and ms per packet, per batched frame and offline
     e2e          in-process engine: TTFA and RTF per utterance length (P50/P95 after warm-up)
     throughput   against a running server: a concurrency ladder (closed loop), or with --rate
                  Poisson arrivals (open loop, mixed reply lengths); audio s/s, client TTFB and
@@ -34,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import DECODER_DTYPES
 from .runtime.session import PLAYOUT_BUFFER_S
 
 FRAME_S = 0.08
@@ -44,6 +47,9 @@ TEXTS = {
               "first words while the rest of the sentence is still being generated.",
     "long": "Real-time voice agents live or die by latency. " * 6,
 }
+# Benchmarks of something other than admission start all their streams at once: no
+# real-time gate, and a queue that waits for every row.
+UNGATED = {"admission": "rows", "queue_timeout_s": 600}
 # Open-loop reply lengths: a voice agent's replies are mostly one or two sentences.
 REPLY_MIX = {"short": 0.4, "medium": 0.45, "long": 0.15}
 
@@ -141,25 +147,33 @@ def cmd_prepare(args: argparse.Namespace) -> list[dict]:
 
 def cmd_step(args: argparse.Namespace) -> list[dict]:
     """The batched engine step (talker + predictor + decoder, one frame for each of b streams)
-    on idle rows, per batch size: ms per step and the real-time streams it implies."""
+    on idle rows, per batch size and decoder precision: ms per step, the codegen and decode
+    parts (device time), and the real-time streams it implies."""
     rows = []
-    variants = [("graph", 1), ("eager", 0)] if torch.cuda.is_available() else [("eager", 0)]
-    for name, graphs in variants:
-        engine = make_engine(args, cudagraph_talker=graphs, cudagraph_cp=graphs, cudagraph_decoder=graphs,
-                             max_batch=max(args.batch))
-        for b in args.batch:
-            times = []
-            for rep in range(args.repeats + 2):
-                sync()
-                t0 = time.perf_counter()
-                engine.stepper.step(b, [256] * b, mixed=False)
-                if rep >= 2:  # two warm-up steps
-                    times.append((time.perf_counter() - t0) * 1000)
-            ms = statistics.median(times)
-            rows.append({"variant": name, "batch": b, "ms_per_step_p50": ms, "ms_per_step_p95": pct(times, 95),
-                         "audio_s_per_s": b * FRAME_S * 1000 / ms, "per_stream_rtf": ms / 1000 / FRAME_S})
-            progress(f"step {name} batch {b}: {ms:.2f} ms")
-        engine.close()
+    graph_modes = [("graph", 1), ("eager", 0)] if torch.cuda.is_available() else [("eager", 0)]
+    graph_modes = [m for m in graph_modes if m[0] in args.variants]
+    for name, graphs in graph_modes:
+        for decoder_dtype in args.decoder_dtypes:
+            engine = make_engine(args, cudagraph_talker=graphs, cudagraph_cp=graphs, cudagraph_decoder=graphs,
+                                 max_batch=max(args.batch), decoder_dtype=decoder_dtype)
+            for b in args.batch:
+                times, codegen, decode = [], [], []
+                for rep in range(args.repeats + 2):
+                    sync()
+                    t0 = time.perf_counter()
+                    result = engine.stepper.step(b, [256] * b, mixed=False)
+                    if rep >= 2:  # two warm-up steps
+                        times.append((time.perf_counter() - t0) * 1000)
+                        codegen.append(result.codegen_ms)
+                        decode.append(result.decode_ms)
+                ms = statistics.median(times)
+                rows.append({"variant": name, "decoder": decoder_dtype, "batch": b, "ms_per_step_p50": ms,
+                             "ms_per_step_p95": pct(times, 95), "codegen_ms_p50": statistics.median(codegen),
+                             "decode_ms_p50": statistics.median(decode),
+                             "audio_s_per_s": b * FRAME_S * 1000 / ms, "per_stream_rtf": ms / 1000 / FRAME_S})
+                progress(f"step {name} decoder {decoder_dtype} batch {b}: {ms:.2f} ms "
+                         f"(codegen {rows[-1]['codegen_ms_p50']:.2f}, decode {rows[-1]['decode_ms_p50']:.2f})")
+            engine.close()
     print_table("batch step (one 80 ms frame for each stream: talker + predictor + decoder)", rows)
     return rows
 
@@ -168,63 +182,85 @@ def cmd_step(args: argparse.Namespace) -> list[dict]:
 
 
 def cmd_decoder(args: argparse.Namespace) -> list[dict]:
+    """Each decoder precision against the true-float32 offline decode: SNR and ms per
+    packet (one stream, packets of 1..8 frames), per batched frame (b streams at once,
+    as the engine steps them) and offline."""
     from .config import resolve_device, resolve_dtype
     from .model.codec_decoder import load_codec_decoder
 
     device = resolve_device(args.device or "auto")
-    torch.backends.cudnn.allow_tf32 = False  # the float32 reference and path are true float32
-    torch.backends.cuda.matmul.allow_tf32 = False
     st_dir = Path(args.model_dir) / "speech_tokenizer"
     ref_model = load_codec_decoder(st_dir, device, torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 2048, (max(args.batch), 16, args.frames), generator=gen).to(device)
+    with torch.no_grad():  # strict float32: one stream's whole codes, then every stream's first frames
+        reference = ref_model(codes[:1])
+        batched_reference = torch.cat([ref_model(part) for part in codes[:, :, :BATCHED_FRAMES].split(16)])
     rows = []
-    for dtype_name in args.dtypes:
-        dtype = resolve_dtype(dtype_name, device)
-        rows += _decoder_rows(args, load_codec_decoder(st_dir, device, dtype), ref_model, dtype, device)
-    print_table(f"codec decoder ({args.frames} random frames)", rows)
+    for name in args.dtypes:
+        model = load_codec_decoder(st_dir, device, resolve_dtype(name, device))
+        rows += _decoder_rows(args, model, name, codes, reference, batched_reference)
+    print_table(f"codec decoder ({args.frames} random frames) vs the float32 offline decode", rows)
     return rows
 
 
-def _decoder_rows(args, model, ref_model, dtype, device) -> list[dict]:
+BATCHED_FRAMES = 24  # frames of each stream in the batched decoder rows
+
+
+def _snr_db(pcm: torch.Tensor, reference: torch.Tensor) -> float:
+    """The worst row's SNR."""
+    err = (pcm.float() - reference).pow(2).sum(-1).clamp(min=1e-30)
+    return float((10 * torch.log10(reference.pow(2).sum(-1) / err)).min())
+
+
+def _decode_in_steps(decoder, codes: torch.Tensor, packet: int, repeats: int) -> tuple[torch.Tensor, list[float]]:
+    """Decode codes [B, 16, T] `packet` frames per step, `repeats` + 1 times (the first
+    untimed): the PCM and the ms of every timed step."""
+    times: list[float] = []
+    for rep in range(repeats + 1):
+        state = decoder.new_state(codes.shape[0])
+        outs = []
+        for t in range(0, codes.shape[2], packet):
+            sync()
+            t0 = time.perf_counter()
+            outs.append(decoder.step(state, codes[:, :, t:t + packet]))
+            sync()
+            if rep > 0:
+                times.append((time.perf_counter() - t0) * 1000)
+    return torch.cat(outs, dim=1), times
+
+
+def _decoder_rows(args, model, name: str, codes: torch.Tensor, reference: torch.Tensor,
+                  batched_reference: torch.Tensor) -> list[dict]:
     from .codec_stream import CodecStreamDecoder
 
-    gen = torch.Generator().manual_seed(0)
-    frames = args.frames
-    codes = torch.randint(0, 2048, (1, 16, frames), generator=gen).to(device)
+    decoder = CodecStreamDecoder(model, tf32=name == "tf32")
     rows = []
+
+    def row(mode: str, batch: int, frames_per_step: int, times: list[float], snr: float) -> None:
+        ms = statistics.median(times)
+        rows.append({"mode": mode, "decoder": name, "batch": batch, "ms_per_step_p50": ms,
+                     "ms_per_frame": ms / frames_per_step, "snr_vs_fp32_offline_db": snr})
+        progress(f"decoder {name} {mode} batch {batch}: {ms:.2f} ms per step, SNR {snr:.1f} dB")
+
     with torch.no_grad():
-        offline32 = ref_model(codes)[0].float()
         for packet in (1, 2, 4, 8):
-            dec = CodecStreamDecoder(model)
-            times, outs = [], []
-            for rep in range(args.repeats + 1):
-                state = dec.new_state(1)
-                outs = []
-                for t in range(0, frames, packet):
-                    chunk = codes[:, :, t:t + packet]
-                    sync()
-                    t0 = time.perf_counter()
-                    outs.append(dec.step(state, chunk))
-                    sync()
-                    if rep > 0:
-                        times.append((time.perf_counter() - t0) * 1000)
-            pcm = torch.cat(outs, dim=1)[0].float()
-            err = pcm - offline32
-            snr = 10 * np.log10(float((offline32**2).sum()) / max(float((err**2).sum()), 1e-30))
-            rows.append({"mode": f"incremental packet {packet}", "dtype": str(dtype).replace("torch.", ""),
-                         "ms_per_packet_p50": statistics.median(times), "ms_per_frame": statistics.median(times) / packet,
-                         "snr_vs_fp32_offline_db": snr, "max_abs_err": float(err.abs().max())})
-            progress(f"decoder packet {packet}: {rows[-1]['ms_per_packet_p50']:.2f} ms/packet, SNR {snr:.1f} dB")
+            pcm, times = _decode_in_steps(decoder, codes[:1], packet, args.repeats)
+            row(f"incremental packet {packet}", 1, packet, times, _snr_db(pcm, reference))
+        for b in args.batch:  # one frame of b streams per step, as the engine runs it
+            pcm, times = _decode_in_steps(decoder, codes[:b, :, :BATCHED_FRAMES], 1, 1)
+            row("incremental frame, batched", b, 1, times, _snr_db(pcm, batched_reference[:b]))
+        if name == "tf32":  # the offline decode always runs in true float32
+            return rows
         times = []
         for rep in range(args.repeats + 1):
             sync()
             t0 = time.perf_counter()
-            model(codes)
+            model(codes[:1])
             sync()
             if rep > 0:
                 times.append((time.perf_counter() - t0) * 1000)
-        rows.append({"mode": f"offline {frames} frames", "dtype": str(dtype).replace("torch.", ""),
-                     "ms_per_packet_p50": statistics.median(times), "ms_per_frame": statistics.median(times) / frames,
-                     "snr_vs_fp32_offline_db": float("nan"), "max_abs_err": float("nan")})
+        row(f"offline {args.frames} frames", 1, args.frames, times, float("nan"))
     return rows
 
 
@@ -399,7 +435,7 @@ def cmd_throughput(args: argparse.Namespace) -> list[dict]:
 def cmd_cancel(args: argparse.Namespace) -> list[dict]:
     """`concurrency` clients, `rounds` in all: open a long stream, take its first packet,
     cancel, wait until its row is free. Cancel latency, leaked sessions, GPU memory growth."""
-    engine = make_engine(args, max_batch=args.concurrency)
+    engine = make_engine(args, max_batch=args.concurrency, **UNGATED)
     cuda = torch.cuda.is_available()
 
     async def client(n: int, latencies: list[float]) -> None:
@@ -441,7 +477,7 @@ def cmd_divergence(args: argparse.Namespace) -> list[dict]:
     """Default mode: how often, and after how many frames, a greedy stream's codes differ
     from its solo run when it starts together with concurrency-1 others (bf16 batched
     matmuls need not equal batch-1 ones). TTS_BATCH_INVARIANT=1 should report none."""
-    engine = make_engine(args, max_batch=max(args.concurrency))
+    engine = make_engine(args, max_batch=max(args.concurrency), **UNGATED)
 
     async def codes_of(requests) -> list[np.ndarray]:
         handles = [engine.open_stream(r) for r in requests]
@@ -533,10 +569,13 @@ def add_parser(sub) -> None:
     q = bsub.add_parser("step")
     common(q)
     q.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16, 64, 128, 256])
+    q.add_argument("--variants", nargs="+", default=["graph", "eager"], choices=["graph", "eager"])
+    q.add_argument("--decoder-dtypes", nargs="+", default=["float32"], choices=list(DECODER_DTYPES))
     q = bsub.add_parser("decoder")
     common(q)
     q.add_argument("--frames", type=int, default=200)
-    q.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
+    q.add_argument("--dtypes", nargs="+", default=list(DECODER_DTYPES), choices=list(DECODER_DTYPES))
+    q.add_argument("--batch", type=int, nargs="+", default=[1, 16, 64, 256], help="batched frame steps")
     q = bsub.add_parser("e2e")
     common(q)
     q.add_argument("--compile", action="store_true", help="fuse the frame steps with torch.compile")

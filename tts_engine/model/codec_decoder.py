@@ -449,10 +449,11 @@ class PreTransformer(nn.Module):
 
 
 @contextmanager
-def strict_float32() -> Iterator[None]:
-    """The decoder's numerics inside the block: TF32 off for cuDNN convolutions and
-    cuBLAS matmuls (cuDNN convs default to TF32, whose 10-bit mantissa is close to
-    bf16's 8, and bf16 is only 33 dB from float32), and deterministic cuDNN algorithms (the transposed convs' fastest
+def strict_float32(tf32: bool = False) -> Iterator[None]:
+    """The decoder's numerics inside the block: TF32 off (unless `tf32`, the decoder's
+    opt-in for speed) for cuDNN convolutions and cuBLAS matmuls (cuDNN convs default to
+    TF32, whose 10-bit mantissa is close to bf16's 8, and bf16 is only 33 dB from
+    float32), and deterministic cuDNN algorithms (the transposed convs' fastest
     backward-data algorithm uses atomics), so equal codes give equal PCM, eager or
     graphed, run after run. The three flags are process-wide: set on entry, restored
     on exit. They are read on the host when a kernel is chosen, so they matter for
@@ -461,7 +462,7 @@ def strict_float32() -> Iterator[None]:
     them with torch's `fp32_precision` API makes torch raise). No effect on CPU."""
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
     saved = cudnn.allow_tf32, matmul.allow_tf32, cudnn.deterministic
-    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    cudnn.allow_tf32 = matmul.allow_tf32 = tf32
     cudnn.deterministic = True
     try:
         yield

@@ -76,7 +76,7 @@ class TTSEngine:
         load_start = time.perf_counter()
         self.model = TTSModel(config.resolved_model_dir, device, config.torch_dtype, config.max_text_chars,
                               resolve_dtype(config.decoder_dtype, device))
-        decoder = CodecStreamDecoder(self.model.decoder)
+        decoder = CodecStreamDecoder(self.model.decoder, tf32=config.decoder_dtype == "tf32")
         rows = batch_rows(config, self.model, decoder)
         self.pool = RowPool(self.model.codegen, decoder, rows, config.row_positions)
         graphs_on = bool(config.cudagraph_talker and config.cudagraph_cp and config.cudagraph_decoder)
