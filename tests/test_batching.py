@@ -5,6 +5,7 @@ control queues and refuses, and a failing stream ends alone."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -185,3 +186,24 @@ def test_start_up_calibration_starts_its_rows_at_position_zero(tiny_model_dir):
     finally:
         engine.close()
 
+
+def test_the_cold_start_up_admission_does_not_gate_later_ones(tiny_model_dir, monkeypatch):
+    """The first admission of a process is slow (a GPU's lazy initialisation); were it
+    kept in the admission-cost average, the real-time gate would hold newcomers back
+    for the next hundred admissions."""
+    first_frame = BatchStepper.first_frame
+    calls = []
+
+    def cold_then_warm(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(1.0)
+        return first_frame(self, *args, **kwargs)
+
+    monkeypatch.setattr(BatchStepper, "first_frame", cold_then_warm)
+    engine = TTSEngine(EngineConfig.from_env({}, model_dir=str(tiny_model_dir), device="cpu", max_batch=4))
+    try:
+        assert len(calls) == 2  # the warm-up's two admissions
+        assert 0 < engine.admission.admit_ms < 500
+    finally:
+        engine.close()

@@ -76,6 +76,10 @@ class Admission:
             n += 1
         return n
 
+    def forget_admission_cost(self) -> None:
+        """Start the admission average afresh (after start-up's cold admissions)."""
+        self.admit_ms = 0.0
+
     def observe_admission(self, ms: float) -> None:
         self.admit_ms = ms if not self.admit_ms else self.admit_ms + EMA_WEIGHT * (ms - self.admit_ms)
 

@@ -181,6 +181,7 @@ class TTSEngine:
             self.synthesize_blocking(warm)
             self.stepper.capture()
             self._calibrate()
+            self.admission.forget_admission_cost()  # the first, cold admission would gate for minutes
             self.synthesize_blocking(warm)  # the graphed path once, before real requests
         except (torch.OutOfMemoryError, EngineOutOfMemory) as exc:
             self.close()
