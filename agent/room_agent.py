@@ -24,6 +24,8 @@ from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.agents.voice.events import CloseEvent, ErrorEvent
 from livekit.agents.voice.speech_handle import SpeechHandle
 
+from streamtalk_common.room_protocol import HEARTBEAT_ATTRIBUTE, HEARTBEAT_S
+
 from .attribute_publisher import AttributePublisher
 from .audio_output import RoomAudioSink
 from .autortc import AutoRTCResponder
@@ -80,6 +82,41 @@ class BackendStatus:
         elif previous.startswith("down"):
             log.info("Omni backend is answering again")
         self._publisher.set(value)
+
+
+class ConnectionRestartWatch:
+    """Ends the job when the room's connection comes back as a new session.
+
+    A short outage is resumed and nothing is lost. When the server lost the session
+    (LiveKit restarted), the SDK joins afresh: every participant leaves and joins again,
+    and the voice session stays linked to tracks that are gone, deaf to the user. The job
+    then ends; the token server's room reconciler dispatches a fresh agent into the room
+    (token_server/reconciler.py)."""
+
+    def __init__(self, room: rtc.Room, ctx: JobContext) -> None:
+        self.room = room
+        self.ctx = ctx
+        self.reconnecting = False
+        self.restarted = False
+        room.on("reconnecting", self._on_reconnecting)
+        room.on("participant_disconnected", self._on_left)
+        room.on("reconnected", self._on_reconnected)
+
+    def _on_reconnecting(self) -> None:
+        log.warning("room %s: connection lost, reconnecting", self.room.name)
+        self.reconnecting, self.restarted = True, False
+
+    def _on_left(self, _p: rtc.RemoteParticipant) -> None:
+        self.restarted = self.restarted or self.reconnecting
+
+    def _on_reconnected(self) -> None:
+        self.reconnecting = False
+        if not self.restarted:
+            log.info("room %s: reconnected (resumed)", self.room.name)
+            return
+        log.warning("room %s: reconnected as a new session; ending the job so that a fresh agent "
+                    "serves the room", self.room.name)
+        self.ctx.shutdown("connection restarted")
 
 
 class ParticipantLinker:
@@ -262,9 +299,7 @@ class RoomAgent:
 
         session.on("error", on_error)
         session.on("close", on_close)
-        room.on("reconnecting", lambda: log.warning("room %s: connection lost, reconnecting",
-                                                    room.name))
-        room.on("reconnected", lambda: log.info("room %s: reconnected", room.name))
+        ConnectionRestartWatch(room, self.ctx)
         room.on("disconnected", lambda *_: self.done.set())
 
         options: dict[str, Any] = {
@@ -284,23 +319,41 @@ class RoomAgent:
         log.info("room %s: agent ready (trace %s)", room.name, settings.trace_id)
 
     async def _watch_room(self) -> None:
-        """End the job once only agents have been in the room for AGENT_EMPTY_ROOM_GRACE_S."""
+        """Raise the heartbeat attribute every HEARTBEAT_S (the reconciler's sign of life).
+        End the job once only agents have been in the room for AGENT_EMPTY_ROOM_GRACE_S,
+        or when another agent of ours serves it too (a re-dispatch that crossed a slow join:
+        of two, the one whose identity sorts last leaves)."""
         room = self.ctx.room
         grace = self.config.empty_room_grace_s
         empty_since: float | None = None
-        while not self.done.is_set():
-            humans = [p for p in room.remote_participants.values()
-                      if p.kind != rtc.ParticipantKind.PARTICIPANT_KIND_AGENT]
-            if humans:
-                empty_since = None
-            elif empty_since is None:
-                empty_since = time.monotonic()
-            elif time.monotonic() - empty_since >= grace:
-                log.info("room %s has been empty for %.0f s: ending the job", room.name, grace)
-                self.ctx.shutdown("room empty")
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.done.wait(), 0.5)
+        heartbeat = AttributePublisher(
+            lambda value: room.local_participant.set_attributes({HEARTBEAT_ATTRIBUTE: value}), HEARTBEAT_ATTRIBUTE)
+        beats, next_beat = 0, time.monotonic()
+        try:
+            while not self.done.is_set():
+                if time.monotonic() >= next_beat:
+                    beats, next_beat = beats + 1, next_beat + HEARTBEAT_S
+                    heartbeat.set(str(beats))
+                others = room.remote_participants.values()
+                twins = [p.identity for p in others
+                         if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT and DUPLEX_ATTRIBUTE in p.attributes]
+                if any(t < room.local_participant.identity for t in twins):
+                    log.warning("room %s: agent %s serves it already; leaving", room.name, min(twins))
+                    self.ctx.shutdown("another agent serves the room")
+                    return
+                humans = [p for p in others if p.kind != rtc.ParticipantKind.PARTICIPANT_KIND_AGENT]
+                if humans:
+                    empty_since = None
+                elif empty_since is None:
+                    empty_since = time.monotonic()
+                elif time.monotonic() - empty_since >= grace:
+                    log.info("room %s has been empty for %.0f s: ending the job", room.name, grace)
+                    self.ctx.shutdown("room empty")
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.done.wait(), 0.5)
+        finally:
+            heartbeat.close()
 
     async def cleanup(self, reason: str = "") -> None:
         if self._cleaned:

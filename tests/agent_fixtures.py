@@ -43,6 +43,8 @@ from infra_fixtures import (
 )
 from livekit import api, rtc
 
+from streamtalk_common.room_protocol import dispatch_attribute
+
 AGENT_READY_TIMEOUT_S = 180.0
 FRAME_MS = 10
 
@@ -120,7 +122,7 @@ def start_agent_worker_process(
     }
     env = service_env(**settings)
     argv = [sys.executable, "-m", "agent", command, "--log-level", "INFO"]
-    proc = ServiceProcess("agent", argv, env, LOG_DIR / f"agent-{agent_name}.log")
+    proc = ServiceProcess("agent", argv, env, LOG_DIR / f"agent-{agent_name}-{http_port}.log")
     worker = AgentWorker(agent_name, output_dir, http_port, proc, env)
     deadline = time.monotonic() + AGENT_READY_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -191,6 +193,7 @@ def dispatch_token(livekit: LiveKitServer, room: str, identity: str, agent_name:
         .with_room_config(api.RoomConfiguration(agents=[
             api.RoomAgentDispatch(agent_name=agent_name, metadata=json.dumps(metadata or {}))
         ]))
+        .with_attributes(dispatch_attribute(agent_name, json.dumps(metadata or {})))
         .to_jwt()
     )
 

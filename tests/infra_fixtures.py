@@ -81,6 +81,7 @@ class ServiceProcess:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
         self.name = name
         self.argv = argv
+        self.env = env
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "wb")  # closed in stop()
@@ -125,6 +126,17 @@ class ServiceProcess:
             f"{self.name} not ready at {url} after {timeout_s:.0f}s ({last_error}); "
             f"log {self.log_path}:\n{self.log_tail()}"
         )
+
+    def killed_and_restarted(self, url: str) -> ServiceProcess:
+        """SIGKILL the process group, then the same command again (a crash and a
+        supervisor's restart); returns the new process once `url` answers."""
+        self._signal(signal.SIGKILL)
+        self.proc.wait(timeout=STOP_TIMEOUT_S)
+        self._log.close()
+        restarted = ServiceProcess(self.name, self.argv, self.env,
+                                   self.log_path.with_name(f"{self.log_path.stem}-restarted.log"))
+        restarted.wait_http(url)
+        return restarted
 
     def _signal(self, sig: int) -> None:
         try:

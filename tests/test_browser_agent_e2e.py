@@ -11,6 +11,7 @@ ${STREAMTALK_OUTPUT:-output}/browser/.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from pathlib import Path
@@ -19,7 +20,10 @@ from typing import Any
 import pytest
 from agent_fixtures import AgentWorker
 from infra_fixtures import BrowserEnv, LiveKitServer
+from livekit import api
 from test_web_client import ARTIFACTS, run_web_driver
+
+from streamtalk_common.room_protocol import RECONCILER_METADATA_KEY
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -118,3 +122,44 @@ async def test_browser_user_talks_to_the_real_agent(
     turn1 = {e["point"] for e in events if e["turn"] == 1}
     assert {"vad_end", "stt_end", "first_audio_published", "reply_end"} <= turn1, sorted(turn1)
     assert "interrupted" not in turn1, sorted(turn1)
+
+
+async def test_the_page_says_when_the_agent_is_reconnected_and_back(
+    livekit_server: LiveKitServer,
+    omni_dev_server: Any,
+    start_agent_worker: Any,
+    start_token_server: Any,
+    browser_env: BrowserEnv,
+    make_speech_wav: Any,
+    tmp_path: Path,
+) -> None:
+    """The page joins while no worker of the agent's name is registered (as after a
+    LiveKit restart): it shows the reconciler's "reconnecting", then "back", never a
+    stale "connected" with no agent and no word."""
+    name = "streamtalk-web-rc-" + uuid.uuid4().hex[:6]
+    token_server = start_token_server(LIVEKIT_AGENT_NAME=name, TOKEN_RECONCILE_GRACE_S="2")
+    room = "web-rc-" + uuid.uuid4().hex[:8]
+    mic_wav = make_speech_wav("Hello.", lead_silence_s=0.5, tail_silence_s=10.0, sample_rate=48000)
+
+    async def worker_once_the_page_waits() -> None:
+        async with api.LiveKitAPI(livekit_server.url, livekit_server.api_key,
+                                  livekit_server.api_secret) as lkapi:
+            for _ in range(200):
+                rooms = (await lkapi.room.list_rooms(api.ListRoomsRequest(names=[room]))).rooms
+                if rooms and RECONCILER_METADATA_KEY in rooms[0].metadata:
+                    break
+                await asyncio.sleep(0.2)
+        await asyncio.to_thread(start_agent_worker, omni_dev_server.base_url, omni_dev_server.model,
+                                LIVEKIT_AGENT_NAME=name)
+
+    result, _ = await asyncio.gather(
+        run_web_driver(browser_env, tmp_path, timeout_s=120, url=f"{token_server.base_url}/", room=room,
+                       fakeAudioWav=str(mic_wav), untilNotice="The agent is back."),
+        worker_once_the_page_waits(),
+    )
+    notices = (result.get("snapshot") or {}).get("notices", [])
+    assert result["ok"], (result.get("reason"), notices, result.get("pageErrors"))
+    assert any("reconnecting the agent" in n for n in notices), notices
+    assert notices[-1] == "The agent is back.", notices
+    assert result["snapshot"]["agentIdentity"], result["snapshot"]
+    assert not result["pageErrors"], result["pageErrors"]

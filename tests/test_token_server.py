@@ -383,6 +383,9 @@ def run_token_server(*args: str, timeout_s: float = 30, **env: str) -> subproces
         ("TOKEN_RATE_LIMIT_PER_MIN", "lots"),
         ("TOKEN_MAX_CONNECTIONS_PER_CLIENT", "0"),
         ("TOKEN_ALLOW_OPEN", "maybe"),
+        ("TOKEN_RECONCILE_GRACE_S", "-1"),
+        ("TOKEN_RECONCILE_GRACE_S", "soon"),
+        ("TOKEN_RECONCILE_MAX_ATTEMPTS", "0"),
     ],
 )
 def test_invalid_settings_refuse_to_start(name: str, value: str) -> None:

@@ -1,14 +1,19 @@
 """aiohttp application: POST /api/token, /api/config, /api/openapi.json, /healthz and the
-web client. Errors are JSON everywhere (streamtalk_common.http_api)."""
+web client. Errors are JSON everywhere (streamtalk_common.http_api). Beside them runs the
+room reconciler (token_server/reconciler.py) unless TOKEN_RECONCILE_GRACE_S=0."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from livekit import api
 
 from streamtalk_common.http_api import (
     ApiError,
@@ -22,6 +27,7 @@ from streamtalk_common.http_api import (
 from .client_limits import charge_token, connection_limit
 from .config import TokenServerConfig
 from .rate_limit import RateLimiter
+from .reconciler import RoomReconciler
 from .tokens import TokenRequest, grant_for, mint_token
 
 log = logging.getLogger("token_server")
@@ -169,7 +175,25 @@ def create_app(config: TokenServerConfig) -> web.Application:
     app.router.add_get(VENDOR_JS, vendor_js)
     app.router.add_route("*", "/api/{tail:.*}", _api_not_found)
     app.router.add_get("/{path:.*}", static_file)
+    if config.reconcile_grace_s > 0:
+        app.cleanup_ctx.append(run_reconciler)
     return app
+
+
+async def run_reconciler(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG_KEY]
+    lkapi = api.LiveKitAPI(config.livekit_api_url, config.api_key, config.api_secret)
+    reconciler = RoomReconciler(lkapi, config.agent_name, config.reconcile_grace_s,
+                                config.reconcile_max_attempts)
+    task = asyncio.create_task(reconciler.run(), name="room_reconciler")
+    log.info("room reconciler on: a room with people but no %s agent for %g s gets it "
+             "dispatched again (at most %d times)", config.agent_name, config.reconcile_grace_s,
+             config.reconcile_max_attempts)
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await lkapi.aclose()
 
 
 async def _api_not_found(request: web.Request) -> web.Response:

@@ -17,6 +17,8 @@ DEFAULT_TTL_S = 3600
 MAX_TTL_S = 86400
 DEFAULT_RATE_LIMIT_PER_MIN = 30
 DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 16
+DEFAULT_RECONCILE_GRACE_S = 5.0
+DEFAULT_RECONCILE_MAX_ATTEMPTS = 5
 
 
 class ConfigError(ValueError):
@@ -27,14 +29,15 @@ def _cache_root() -> Path:
     return Path(os.environ.get("STREAMTALK_HOME") or Path.home() / ".cache" / "streamtalk")
 
 
-def _int_env(env: dict[str, str], name: str, default: int) -> int:
+def _number_env(env: dict[str, str], name: str, default: float, kind: type = int):
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        return int(raw)
+        return kind(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{name} must be {what}, got {raw!r}") from None
 
 
 def _bool_env(env: dict[str, str], name: str) -> bool:
@@ -74,6 +77,12 @@ class TokenServerConfig:
     allow_open: bool = False
     rate_limit_per_min: int = DEFAULT_RATE_LIMIT_PER_MIN  # tokens per client address; 0 = off
     max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+    # where the server reaches LiveKit's API (LIVEKIT_URL; livekit_url may be the public name)
+    livekit_api_url: str = DEFAULT_LIVEKIT_URL
+    # the room reconciler (token_server/reconciler.py): seconds a room with people may lack
+    # its agent before it is dispatched again (0 = off), and dispatches per room at most
+    reconcile_grace_s: float = DEFAULT_RECONCILE_GRACE_S
+    reconcile_max_attempts: int = DEFAULT_RECONCILE_MAX_ATTEMPTS
     web_root: Path = REPO_ROOT / "web"
     # Folder holding livekit-client/dist/livekit-client.umd.js (npm install).
     node_modules: Path = field(default_factory=lambda: _cache_root() / "node" / "node_modules")
@@ -106,6 +115,16 @@ class TokenServerConfig:
                 "TOKEN_MAX_CONNECTIONS_PER_CLIENT must be 1 or more, "
                 f"got {self.max_connections_per_client}"
             )
+        if not 0 <= self.reconcile_grace_s <= 3600:
+            raise ConfigError(
+                "TOKEN_RECONCILE_GRACE_S must be within 0 (off)..3600 seconds, "
+                f"got {self.reconcile_grace_s:g}"
+            )
+        if not 1 <= self.reconcile_max_attempts <= 100:
+            raise ConfigError(
+                "TOKEN_RECONCILE_MAX_ATTEMPTS must be within 1..100, "
+                f"got {self.reconcile_max_attempts}"
+            )
         if not is_loopback(self.host) and self.access_key is None and not self.allow_open:
             raise ConfigError(
                 f"the bind address {self.host} is not loopback, so anyone who reaches it could "
@@ -118,21 +137,28 @@ class TokenServerConfig:
         env = dict(os.environ if env is None else env)
         values: dict[str, object] = {
             "host": env.get("TOKEN_SERVER_HOST") or DEFAULT_HOST,
-            "port": _int_env(env, "TOKEN_SERVER_PORT", DEFAULT_PORT),
+            "port": _number_env(env, "TOKEN_SERVER_PORT", DEFAULT_PORT),
             "livekit_url": env.get("LIVEKIT_PUBLIC_URL")
             or env.get("LIVEKIT_URL")
             or DEFAULT_LIVEKIT_URL,
+            "livekit_api_url": env.get("LIVEKIT_URL") or DEFAULT_LIVEKIT_URL,
             "api_key": env.get("LIVEKIT_API_KEY", ""),
             "api_secret": env.get("LIVEKIT_API_SECRET", ""),
             "agent_name": env.get("LIVEKIT_AGENT_NAME") or DEFAULT_AGENT_NAME,
-            "ttl_s": _int_env(env, "TOKEN_TTL_S", DEFAULT_TTL_S),
+            "ttl_s": _number_env(env, "TOKEN_TTL_S", DEFAULT_TTL_S),
             "access_key": env.get("TOKEN_ACCESS_KEY") or None,
             "allow_open": _bool_env(env, "TOKEN_ALLOW_OPEN"),
-            "rate_limit_per_min": _int_env(
+            "rate_limit_per_min": _number_env(
                 env, "TOKEN_RATE_LIMIT_PER_MIN", DEFAULT_RATE_LIMIT_PER_MIN
             ),
-            "max_connections_per_client": _int_env(
+            "max_connections_per_client": _number_env(
                 env, "TOKEN_MAX_CONNECTIONS_PER_CLIENT", DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+            ),
+            "reconcile_grace_s": _number_env(
+                env, "TOKEN_RECONCILE_GRACE_S", DEFAULT_RECONCILE_GRACE_S, float
+            ),
+            "reconcile_max_attempts": _number_env(
+                env, "TOKEN_RECONCILE_MAX_ATTEMPTS", DEFAULT_RECONCILE_MAX_ATTEMPTS
             ),
         }
         if env.get("WEB_ROOT"):

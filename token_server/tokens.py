@@ -14,6 +14,8 @@ from livekit import api
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from streamtalk_common.room_protocol import dispatch_attribute
+
 NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
 NAME_MAX = 64
 DISPLAY_NAME_MAX = 128
@@ -97,9 +99,8 @@ def mint_token(
         can_publish_data=True,
         can_publish_sources=list(PUBLISH_SOURCES),
     )
-    dispatch = api.RoomAgentDispatch(
-        agent_name=agent_name, metadata=json.dumps(dispatch_metadata or {"source": "web"})
-    )
+    metadata = json.dumps(dispatch_metadata or {"source": "web"})
+    dispatch = api.RoomAgentDispatch(agent_name=agent_name, metadata=metadata)
     at = (
         api.AccessToken(api_key, api_secret)
         .with_identity(grant.identity)
@@ -107,6 +108,7 @@ def mint_token(
         .with_ttl(dt.timedelta(seconds=ttl_s))
         .with_grants(grants)
         .with_room_config(api.RoomConfiguration(agents=[dispatch]))
+        .with_attributes(dispatch_attribute(agent_name, metadata))  # for the room reconciler
     )
     token = at.to_jwt()
     exp = jwt.decode(token, options={"verify_signature": False})["exp"]

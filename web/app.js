@@ -5,6 +5,7 @@ import { EnergyVad, LatencyTracker } from "./turns.js";
 const LK = globalThis.LivekitClient;
 const AGENT_STATE_ATTR = "lk.agent.state";
 const DUPLEX_ATTR = "streamtalk.duplex";
+const RECONCILER_KEY = "streamtalk.agent";
 const BACKEND_ATTR = "streamtalk.backend"; // "ok", or "down: <component>: <why>" (e.g. the voice is busy)
 const TRANSCRIPTION_TOPIC = "lk.transcription";
 const STOP_RPC = "stop_reply";
@@ -28,6 +29,8 @@ const state = {
   transcripts: [],
   stopResults: [],
   errors: [],
+  notice: "", // the notice shown now, and every notice shown so far in order
+  notices: [],
   events: [], // recent turn events {type: speech_start|eot|agent_onset|latency, t} (AudioContext s)
 };
 
@@ -59,6 +62,8 @@ function clearError() {
 }
 
 function showNotice(message) {
+  if (message && message !== state.notice) state.notices.push(message);
+  state.notice = message;
   const el = $("notice");
   el.textContent = message;
   el.hidden = !message;
@@ -210,11 +215,27 @@ function renderAgent() {
   $("duplex-state").textContent = state.duplexState || "-";
   $("backend-state").textContent = state.backendState || "-";
   $("stop").disabled = !agent;
-  if (room && room.state === "connected" && !agent) {
-    showNotice("Connected. Waiting for the agent to join the room...");
-  } else {
-    showNotice("");
+  showNotice(agentNotice(agent));
+}
+
+// The token server's room reconciler says in the room metadata when it re-dispatches
+// the agent (token_server/reconciler.py).
+function reconcilerStatus() {
+  try {
+    const meta = JSON.parse((room && room.metadata) || "{}");
+    return (meta && meta[RECONCILER_KEY]) || {};
+  } catch {
+    return {};
   }
+}
+
+function agentNotice(agent) {
+  if (!room || room.state !== "connected") return "";
+  const status = reconcilerStatus();
+  if (agent) return status.state === "back" ? "The agent is back." : "";
+  if (status.state === "reconnecting") return `The agent left; reconnecting the agent (attempt ${status.attempt})...`;
+  if (status.state === "lost") return "The agent left and could not be brought back. Leave and join again.";
+  return "Connected. Waiting for the agent to join the room...";
 }
 
 async function stopReply() {
@@ -313,6 +334,7 @@ function wireRoom(r) {
   r.on(LK.RoomEvent.ParticipantConnected, renderAgent);
   r.on(LK.RoomEvent.ParticipantDisconnected, renderAgent);
   r.on(LK.RoomEvent.ParticipantAttributesChanged, renderAgent);
+  r.on(LK.RoomEvent.RoomMetadataChanged, renderAgent);
   r.on(LK.RoomEvent.TrackSubscribed, (track, _pub, participant) => {
     if (track.kind !== LK.Track.Kind.Audio) return;
     const el = track.attach();

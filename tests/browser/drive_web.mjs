@@ -4,7 +4,8 @@
 //
 // Options: chromium, nodeModules, url, room (left out: the field as the page has it),
 // userDataDir, screenshot, timeoutMs, fakeAudioWav (null: no fake microphone), accessKey,
-// untilLatencies (N turns), untilError (wait for the error banner), clickStop (press
+// untilLatencies (N turns), untilError (wait for the error banner), untilNotice (wait until
+// the page has shown a notice containing this text), clickStop (press
 // "Stop reply" once the agent is there and wait for the RPC answer), handshakeDir (write
 // <dir>/loaded after the page loads, wait for <dir>/go before pressing Connect).
 // Prints one JSON line: {ok, reason, elapsedMs, snapshot, errorText, ui, roomField,
@@ -85,7 +86,8 @@ try {
       stopClicked = true;
     }
     const stopDone = !opts.clickStop || s.stopResults.length > 0;
-    if (!opts.untilError && enoughTurns && stopDone && s.connection === "connected") {
+    const noticeSeen = !opts.untilNotice || s.notices.some((n) => n.includes(opts.untilNotice));
+    if (!opts.untilError && enoughTurns && stopDone && noticeSeen && s.connection === "connected") {
       reason = "done";
       break;
     }

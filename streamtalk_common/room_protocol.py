@@ -1,0 +1,34 @@
+"""Names the agent, the token server's room reconciler and the web page share in a room.
+
+- `HEARTBEAT_ATTRIBUTE`: the agent's participant attribute, a counter it raises every
+  `HEARTBEAT_S`. LiveKit keeps a killed agent's participant in the room for about 20 s;
+  a counter that stood still for `STALE_AFTER_S` tells the reconciler the agent is gone.
+- `RECONCILER_METADATA_KEY`: the key of the room metadata's JSON object under which the
+  reconciler tells the page what it does (token_server/reconciler.py).
+- `DISPATCH_ATTRIBUTE`: a participant attribute the join token sets, next to the token's
+  agent dispatch: `{"agent_name", "metadata"}` as JSON. LiveKit applies it at every join,
+  so a room that LiveKit recreated without the dispatch (the agent's reconnection may
+  create it first) still says which agent its people expect.
+"""
+
+import json
+
+HEARTBEAT_ATTRIBUTE = "streamtalk.heartbeat"
+HEARTBEAT_S = 2.0
+STALE_AFTER_S = 3 * HEARTBEAT_S
+RECONCILER_METADATA_KEY = "streamtalk.agent"
+DISPATCH_ATTRIBUTE = "streamtalk.agent_dispatch"
+
+
+def dispatch_attribute(agent_name: str, metadata: str) -> dict[str, str]:
+    """The participant attributes a join token carries beside its dispatch."""
+    return {DISPATCH_ATTRIBUTE: json.dumps({"agent_name": agent_name, "metadata": metadata})}
+
+
+def expected_dispatch(attributes: dict[str, str]) -> tuple[str, str] | None:
+    """(agent_name, metadata) a participant's token dispatched, if it says so validly."""
+    try:
+        wanted = json.loads(attributes.get(DISPATCH_ATTRIBUTE, ""))
+        return str(wanted["agent_name"]), str(wanted["metadata"])
+    except (ValueError, TypeError, KeyError):
+        return None

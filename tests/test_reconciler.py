@@ -1,0 +1,156 @@
+"""The room reconciler on the real stack: a person is never left with no agent.
+
+Real LiveKit (loopback), the token server that runs the reconciler, the dev
+Omni backend and agent workers as subprocesses; a user bot speaks and listens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+import pytest
+from agent_fixtures import CallBot, dispatch_token, start_agent_worker_process, unique_room
+from infra_fixtures import LiveKitServer, start_livekit_server, start_token_server_process
+from livekit import api
+
+from streamtalk_common.room_protocol import RECONCILER_METADATA_KEY
+
+pytestmark = pytest.mark.timeout(300)
+
+GRACE_S = 2.0
+
+
+def agent_name() -> str:
+    return f"streamtalk-rc-{os.urandom(3).hex()}"
+
+
+def user_in_a_room(lk: LiveKitServer, name: str, prefix: str) -> tuple[str, CallBot]:
+    """A new room whose join token dispatches agent `name`, and the user bot for it."""
+    room = unique_room(prefix)
+    return room, CallBot(lk.url, dispatch_token(lk, room, f"user-{prefix}", name))
+
+
+def question(make_speech_wav):
+    return make_speech_wav("What is the weather like today?", lead_silence_s=0.2, tail_silence_s=1.0,
+                           sample_rate=48000)
+
+
+def reconciler_status(bot: CallBot) -> dict:
+    meta = json.loads(bot.room.metadata or "{}")
+    return meta.get(RECONCILER_METADATA_KEY, {})
+
+
+def agent_replies(bot: CallBot) -> list[str]:
+    """The agent's whole replies the bot was sent (the transcripts of its own speech)."""
+    me = bot.room.local_participant.identity
+    return [text for identity, _, text in bot.log.transcripts if identity != me]
+
+
+async def answered(bot: CallBot, wav, timeout_s: float) -> None:
+    """Say `wav`; wait for the whole reply, heard (its transcript comes when it ends)."""
+    replies = len(agent_replies(bot))
+    start, _ = await bot.say(wav)
+    await bot.wait_for(lambda: len(agent_replies(bot)) > replies, timeout_s, "a whole spoken reply")
+    assert bot.reply_rms(since=start) > 0.01, "the reply was not heard"
+    assert "sunny" in agent_replies(bot)[-1], agent_replies(bot)  # the scripted answer to the question
+
+
+async def two_agents_seen(lk: LiveKitServer, room: str, seconds: float) -> bool:
+    """Watch the room for `seconds`: did it ever hold two agent participants at once?"""
+    async with api.LiveKitAPI(lk.url, lk.api_key, lk.api_secret) as lkapi:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            people = (await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))).participants
+            if sum(p.kind == api.ParticipantInfo.Kind.AGENT for p in people) > 1:
+                return True
+            await asyncio.sleep(0.25)
+    return False
+
+
+async def test_an_agent_that_could_not_be_dispatched_is_brought_in_later(
+    livekit_server: LiveKitServer, start_token_server, omni_dev_server, start_agent_worker, make_speech_wav
+) -> None:
+    """LiveKit dispatched the agent while no worker was registered (as right after LiveKit
+    restarted): the job is lost for good unless the reconciler dispatches it again."""
+    name = agent_name()
+    tokens = start_token_server(LIVEKIT_AGENT_NAME=name, TOKEN_RECONCILE_GRACE_S=str(GRACE_S))
+    room, user = user_in_a_room(livekit_server, name, "rc-late")
+    try:
+        await user.start()
+        await asyncio.sleep(1.0)  # the dispatch found no worker of this name
+        await user.wait_for(lambda: reconciler_status(user).get("state") == "reconnecting", GRACE_S + 10,
+                            "the page told that the agent is being reconnected")
+        start_agent_worker(omni_dev_server.base_url, omni_dev_server.model, LIVEKIT_AGENT_NAME=name)
+        await user.wait_for(lambda: user.agent_identity is not None, 4 * GRACE_S + 20, "the agent's audio")
+        await user.wait_for(lambda: reconciler_status(user).get("state") == "back", 10,
+                            "the page told that the agent is back")
+        await answered(user, question(make_speech_wav), 60)
+        assert f"dispatching {name} again" in tokens.process.log_path.read_text()
+        assert not await two_agents_seen(livekit_server, room, 3.0)
+    finally:
+        await user.aclose()
+
+
+async def test_a_killed_worker_is_replaced_by_another_in_the_same_room(
+    livekit_server: LiveKitServer, start_token_server, omni_dev_server, start_agent_worker, make_speech_wav
+) -> None:
+    name = agent_name()
+    start_token_server(LIVEKIT_AGENT_NAME=name, TOKEN_RECONCILE_GRACE_S=str(GRACE_S))
+    workers = [start_agent_worker(omni_dev_server.base_url, omni_dev_server.model, LIVEKIT_AGENT_NAME=name)
+               for _ in range(2)]
+    room, user = user_in_a_room(livekit_server, name, "rc-kill")
+    wav = question(make_speech_wav)
+    try:
+        await user.start()
+        await user.wait_for(lambda: user.agent_identity is not None, 30, "the first agent")
+        await answered(user, wav, 60)
+        serving = next(w for w in workers if room in w.log_text())
+        first_agent = user.agent_identity
+        serving.process.proc.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        await user.wait_for(lambda: user.agent_identity not in (None, first_agent), 60,
+                            "another agent in the room")
+        replaced_s = time.monotonic() - killed_at
+        print(f"agent replaced {replaced_s:.1f} s after SIGKILL")
+        await answered(user, wav, 60)
+        assert not await two_agents_seen(livekit_server, room, 3.0)
+    finally:
+        await user.aclose()
+
+
+async def test_livekit_killed_and_restarted_mid_session(
+    omni_dev_server, tiny_model_dir, tmp_path, make_speech_wav
+) -> None:
+    """LiveKit crashes mid-session and comes back on the same ports: the user's SDK
+    rejoins, the worker registers again, and the reconciler brings the agent back."""
+    lk = start_livekit_server(tmp_path, "livekit-restart")
+    name = agent_name()
+    tokens = start_token_server_process(lk, LIVEKIT_AGENT_NAME=name, TOKEN_RECONCILE_GRACE_S=str(GRACE_S))
+    worker = start_agent_worker_process(lk, omni_dev_server.base_url, omni_dev_server.model, tiny_model_dir,
+                                        tmp_path / "agent-out", LIVEKIT_AGENT_NAME=name)
+    room, user = user_in_a_room(lk, name, "rc-restart")
+    wav = question(make_speech_wav)
+    try:
+        await user.start()
+        await user.wait_for(lambda: user.agent_identity is not None, 30, "the agent")
+        await answered(user, wav, 60)
+        lk.process = lk.process.killed_and_restarted(f"{lk.http_url}/")
+        back_at = time.monotonic()
+        watch = asyncio.create_task(two_agents_seen(lk, room, 45.0))
+        # the old agent finds its session gone and leaves; a fresh one is dispatched
+        first_agent = user.agent_identity
+        await user.wait_for(lambda: user.agent_identity not in (None, first_agent), 60, "a fresh agent's audio")
+        fresh_s = time.monotonic() - back_at
+        await asyncio.sleep(1.0)  # it subscribes to the user's microphone
+        await answered(user, wav, 60)
+        print(f"a fresh agent's audio {fresh_s:.1f} s after LiveKit was back; the next turn's whole "
+              f"reply heard after {time.monotonic() - back_at:.1f} s")
+        assert not await watch
+    finally:
+        await user.aclose()
+        for service in (worker.process, tokens.process, lk.process):
+            service.stop()
