@@ -59,6 +59,13 @@ async def answered(bot: CallBot, wav, timeout_s: float) -> None:
     assert "sunny" in agent_replies(bot)[-1], agent_replies(bot)  # the scripted answer to the question
 
 
+async def first_turn(bot: CallBot, wav) -> None:
+    """Join, wait for the agent, and have one turn answered."""
+    await bot.start()
+    await bot.wait_for(lambda: bot.agent_identity is not None, 30, "the agent")
+    await answered(bot, wav, 60)
+
+
 async def two_agents_seen(lk: LiveKitServer, room: str, seconds: float) -> bool:
     """Watch the room for `seconds`: did it ever hold two agent participants at once?"""
     async with api.LiveKitAPI(lk.url, lk.api_key, lk.api_secret) as lkapi:
@@ -105,9 +112,7 @@ async def test_a_killed_worker_is_replaced_by_another_in_the_same_room(
     room, user = user_in_a_room(livekit_server, name, "rc-kill")
     wav = question(make_speech_wav)
     try:
-        await user.start()
-        await user.wait_for(lambda: user.agent_identity is not None, 30, "the first agent")
-        await answered(user, wav, 60)
+        await first_turn(user, wav)
         serving = next(w for w in workers if room in w.log_text())
         first_agent = user.agent_identity
         serving.process.proc.send_signal(signal.SIGKILL)
@@ -135,9 +140,7 @@ async def test_livekit_killed_and_restarted_mid_session(
     room, user = user_in_a_room(lk, name, "rc-restart")
     wav = question(make_speech_wav)
     try:
-        await user.start()
-        await user.wait_for(lambda: user.agent_identity is not None, 30, "the agent")
-        await answered(user, wav, 60)
+        await first_turn(user, wav)
         lk.process = lk.process.killed_and_restarted(f"{lk.http_url}/")
         back_at = time.monotonic()
         watch = asyncio.create_task(two_agents_seen(lk, room, 45.0))
