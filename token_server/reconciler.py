@@ -87,14 +87,14 @@ class RoomReconciler:
                 self._livekit_down = True
             await asyncio.sleep(self.interval_s)
 
-    async def sweep(self, now: float | None = None) -> None:
+    async def sweep(self) -> None:
         rooms = (await self.lkapi.room.list_rooms(api.ListRoomsRequest())).rooms
         seen = set()
         for room in rooms:
             if room.num_participants == 0:
                 continue
             seen.add(room.name)
-            await self._reconcile(room, time.monotonic() if now is None else now)
+            await self._reconcile(room, time.monotonic())
         for name in set(self.stranded) - seen:
             del self.stranded[name]
         for key in [k for k in self.heartbeats if k[0] not in seen]:
