@@ -278,17 +278,28 @@ health_url() {
     esac
 }
 
+# Whether LiveKit brings the agent into a room now: the worker's health route says OK
+# while it is not registered, so a dispatch into a throwaway room is the source of truth.
+agent_probe() {
+    (load_livekit_keys >/dev/null && "$PY" -m token_server.agent_probe --timeout "${STATUS_PROBE_TIMEOUT_S:-10}") 2>&1
+}
+
 cmd_status() {
-    local name pid url state rc=0
+    local name pid url state probe rc=0
     for name in "${SERVICES[@]}"; do
         pid="$(pid_of "$name")" || true
         url="$(health_url "$name")"
         if is_running "$name"; then
-            if curl -fsS -m 2 "$url" >/dev/null 2>&1; then
-                state="running (pid $pid), healthy at $url"
-            else
+            if ! curl -fsS -m 2 "$url" >/dev/null 2>&1; then
                 state="running (pid $pid), NOT answering at $url"
                 rc=1
+            elif [[ "$name" == agent ]] && ! probe="$(agent_probe)"; then
+                state="running (pid $pid), answering at $url but NOT serving rooms: ${probe##*$'\n'}"
+                rc=1
+            elif [[ "$name" == agent ]]; then
+                state="running (pid $pid), healthy at $url; $probe"
+            else
+                state="running (pid $pid), healthy at $url"
             fi
         elif [[ -n "$pid" ]]; then
             state="dead (stale pid file $RUN_DIR/$name.pid, log $RUN_DIR/$name.log)"

@@ -105,6 +105,12 @@ async def test_start_status_stop(stack_env: dict[str, str], tmp_path: Path) -> N
     assert status.returncode == 0, status.stdout + status.stderr
     lines = status.stdout.splitlines()
     assert len(lines) == 4 and all("healthy" in line for line in lines), status.stdout
+    assert "joined a probe room" in lines[-1], status.stdout  # LiveKit brought the agent in
+    # a worker LiveKit does not know under the name asked for: its health route still says
+    # OK, the probe says no agent comes
+    stranger = run_script({**env, "LIVEKIT_AGENT_NAME": "nobody-registered"}, "status", timeout=40)
+    assert stranger.returncode == 1, stranger.stdout + stranger.stderr
+    assert "NOT serving rooms: no nobody-registered agent joined" in stranger.stdout, stranger.stdout
 
     run_dir = Path(env["STREAMTALK_OUTPUT"]) / "run"
     said = started.stdout + started.stderr + status.stdout + status.stderr
