@@ -5,7 +5,7 @@
 #   batch: the server under a concurrency ladder (BATCH_LADDER, default 1 4 16 64 128 256),
 #          then Poisson arrivals (BATCH_RATES requests/s, default 2 5 10), BATCH_DURATION s
 #          (default 30) each; fits one 10-minute call on its own
-#   step: STEP_VARIANTS (graph eager), STEP_DECODERS (float32; also tf32, bfloat16)
+#   step: STEP_VARIANTS (graph eager), STEP_DECODERS (tf32, the engine's default; also float32, bfloat16)
 # Wheels for packages the GPU host lacks may sit in .whl/ (scripts/fetch_gpu_wheels.sh).
 set -uo pipefail
 OUT_DIR="${1:?usage: scripts/gpu_bench.sh OUT_DIR [sections...]}"
@@ -37,7 +37,7 @@ if has check; then
     PYTHONPATH="$PYTHONPATH:$PWD/tests" python3 -m pytest -q -s -p no:cacheprovider --noconftest -p engine_fixtures tests/test_gpu.py
 fi
 has step && { step "batch step"; $B step --model-dir "$CK" --variants ${STEP_VARIANTS:-graph eager} \
-    --decoder-dtypes ${STEP_DECODERS:-float32} --out "$RES/step.json"; }
+    --decoder-dtypes ${STEP_DECODERS:-tf32} --out "$RES/step.json"; }
 has decoder && { step decoder; $B decoder --model-dir "$CK" --frames 200 --out "$RES/decoder.json"; }
 has e2e && { step e2e; $B e2e --model-dir "$CK" --out "$RES/e2e.json"; }
 has launches && { step launches; $B launches --model-dir "$CK" --out "$RES/launches.json"; }

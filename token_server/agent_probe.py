@@ -30,7 +30,7 @@ PROBE_ROOM_PREFIX = "status-probe-"
 async def probe(config: TokenServerConfig, timeout_s: float) -> tuple[bool, str]:
     room = PROBE_ROOM_PREFIX + secrets.token_hex(4)
     start = time.monotonic()
-    async with api.LiveKitAPI(config.livekit_api_url, config.api_key, config.api_secret) as lkapi:
+    async with config.livekit_api() as lkapi:
         try:
             await lkapi.room.create_room(api.CreateRoomRequest(name=room, empty_timeout=int(timeout_s) + 5))
             await lkapi.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(

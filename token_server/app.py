@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from livekit import api
 
 from streamtalk_common.http_api import (
     ApiError,
@@ -182,7 +181,7 @@ def create_app(config: TokenServerConfig) -> web.Application:
 
 async def run_reconciler(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG_KEY]
-    lkapi = api.LiveKitAPI(config.livekit_api_url, config.api_key, config.api_secret)
+    lkapi = config.livekit_api()
     reconciler = RoomReconciler(lkapi, config.agent_name, config.reconcile_grace_s,
                                 config.reconcile_max_attempts)
     task = asyncio.create_task(reconciler.run(), name="room_reconciler")

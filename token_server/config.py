@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from livekit import api
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_HOST = "127.0.0.1"
@@ -169,6 +171,11 @@ class TokenServerConfig:
             values["node_modules"] = Path(env["STREAMTALK_HOME"]) / "node" / "node_modules"
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+    def livekit_api(self) -> api.LiveKitAPI:
+        """A client of the LiveKit server's API (the reconciler's, the agent probe's);
+        call inside a running event loop, close it with `aclose()`."""
+        return api.LiveKitAPI(self.livekit_api_url, self.api_key, self.api_secret)
 
     @property
     def livekit_client_js(self) -> Path:

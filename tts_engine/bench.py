@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import DECODER_DTYPES
+from .config import DECODER_DTYPES, EngineConfig
 from .runtime.session import PLAYOUT_BUFFER_S
 
 FRAME_S = 0.08
@@ -104,7 +104,6 @@ def sync() -> None:
 
 
 def make_engine(args: argparse.Namespace, **overrides):
-    from .config import EngineConfig
     from .runtime import TTSEngine
 
     cfg = EngineConfig.from_env(model_dir=args.model_dir, device=args.device, dtype=args.dtype, **overrides)
@@ -570,7 +569,7 @@ def add_parser(sub) -> None:
     common(q)
     q.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16, 64, 128, 256])
     q.add_argument("--variants", nargs="+", default=["graph", "eager"], choices=["graph", "eager"])
-    q.add_argument("--decoder-dtypes", nargs="+", default=["float32"], choices=list(DECODER_DTYPES))
+    q.add_argument("--decoder-dtypes", nargs="+", default=[EngineConfig.decoder_dtype], choices=list(DECODER_DTYPES))
     q = bsub.add_parser("decoder")
     common(q)
     q.add_argument("--frames", type=int, default=200)

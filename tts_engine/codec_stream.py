@@ -44,8 +44,8 @@ from tts_engine.model.codec_decoder import (
     CausalConv1d,
     CausalTransConv1d,
     CodecDecoder,
+    float32_numerics,
     sliding_window_mask,
-    strict_float32,
 )
 
 DEFAULT_LEFT_CONTEXT = 72  # the seed's TTS_DEEP_STREAM_LEFT_CONTEXT
@@ -196,14 +196,14 @@ class CodecStreamDecoder:
     def step(self, state: CodecStreamState, codes: Tensor, check_codes: bool = True) -> Tensor:
         """Decode n new frames of each of the B streams in `state`: codes [B, 16, n]
         -> PCM [B, n * 1920], a new tensor. Updates `state` in place. Runs under
-        `strict_float32` (TF32 off unless the decoder opted in, deterministic cuDNN). `check_codes=False` skips the
+        `float32_numerics` (TF32 off unless the decoder opted in, deterministic cuDNN). `check_codes=False` skips the
         range check (a device->host read; shape and dtype are always checked): required
         under CUDA graph capture, and for callers that guarantee valid codes."""
         m = self.model
         m.check_codes(codes, values=check_codes)
         if codes.shape[0] != state.batch_size:
             raise ValueError(f"codes carry {codes.shape[0]} streams, the state {state.batch_size}")
-        with strict_float32(self.tf32):
+        with float32_numerics(self.tf32):
             x = m.quantizer.decode(codes.long())  # [B, codebook_dim, n]
             x = self._conv(m.pre_conv, x, state)  # [B, latent, n]
             x = self._pre_transformer(x.transpose(1, 2), state).transpose(1, 2)  # [B, latent, n]

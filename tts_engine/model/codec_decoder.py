@@ -449,7 +449,7 @@ class PreTransformer(nn.Module):
 
 
 @contextmanager
-def strict_float32(tf32: bool = False) -> Iterator[None]:
+def float32_numerics(tf32: bool = False) -> Iterator[None]:
     """The decoder's numerics inside the block: TF32 off (unless `tf32`, the decoder's
     opt-in for speed) for cuDNN convolutions and cuBLAS matmuls (cuDNN convs default to
     TF32, whose 10-bit mantissa is close to bf16's 8, and bf16 is only 33 dB from
@@ -472,7 +472,7 @@ def strict_float32(tf32: bool = False) -> Iterator[None]:
 
 class CodecDecoder(nn.Module):
     """codes LongTensor[B, 16, T] -> PCM FloatTensor[B, T * 1920] in [-1, 1].
-    A float32 model runs in true float32 (TF32 off, `strict_float32`)."""
+    A float32 model runs in true float32 (TF32 off, `float32_numerics`)."""
 
     def __init__(self, cfg: CodecDecoderConfig, sample_rate: int = 24000) -> None:
         super().__init__()
@@ -529,7 +529,7 @@ class CodecDecoder(nn.Module):
 
     def forward(self, codes: Tensor) -> Tensor:
         self.check_codes(codes)
-        with strict_float32():
+        with float32_numerics():
             return self._decode(codes.long())
 
     def _decode(self, codes: Tensor) -> Tensor:

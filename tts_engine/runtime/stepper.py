@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ..codec_stream import CodecStreamDecoder
 from ..codegen import CodeGenerator
-from ..model.codec_decoder import strict_float32
+from ..model.codec_decoder import float32_numerics
 from ..model.layers import KVCache, StaticKVCache
 from ..prompt import Prompt
 from ..sampling import NoiseKey, SamplingParams, codebook0_logits_masked, sample_tokens
@@ -161,7 +161,7 @@ class BatchStepper:
         side = torch.cuda.Stream(self.device)
         pool = None
         start = time.perf_counter()
-        with torch.no_grad(), strict_float32():
+        with torch.no_grad(), float32_numerics():
             for key, run in runs:
                 self.reset()  # each run advances its rows; unreset, they would pass the row's end
                 side.wait_stream(torch.cuda.current_stream(self.device))
