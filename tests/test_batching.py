@@ -51,6 +51,12 @@ def invariant(tiny_model_dir):
     eng.close()
 
 
+def open_together(engine: TTSEngine, requests) -> list:
+    """Open streams that all wait before the worker looks at the queue."""
+    with engine._lock:
+        return [engine.open_stream(r) for r in requests]
+
+
 async def staggered(engine: TTSEngine, requests, gap_s: float = 0.15):
     """Start the requests `gap_s` apart (each joins a running batch); (pcm, metrics) each."""
 
@@ -123,7 +129,7 @@ async def test_queue_then_refusal_under_a_hand_cap(tiny_model_dir):
     eng = make_engine(tiny_model_dir, max_active_streams=2, queue_timeout_s=0.3)
     try:
         long_text = " ".join(TEXTS)
-        handles = [eng.open_stream(eng.make_request(long_text, "serena")) for _ in range(3)]
+        handles = open_together(eng, [eng.make_request(long_text, "serena") for _ in range(3)])
         await asyncio.gather(*[h.admitted() for h in handles[:2]])
         with pytest.raises(OverCapacity) as refused:
             await handles[2].admitted()
@@ -191,19 +197,45 @@ def test_the_cold_start_up_admission_does_not_gate_later_ones(tiny_model_dir, mo
     """The first admission of a process is slow (a GPU's lazy initialisation); were it
     kept in the admission-cost average, the real-time gate would hold newcomers back
     for the next hundred admissions."""
-    first_frame = BatchStepper.first_frame
+    prefill = BatchStepper.prefill
     calls = []
 
     def cold_then_warm(self, *args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
             time.sleep(1.0)
-        return first_frame(self, *args, **kwargs)
+        return prefill(self, *args, **kwargs)
 
-    monkeypatch.setattr(BatchStepper, "first_frame", cold_then_warm)
+    monkeypatch.setattr(BatchStepper, "prefill", cold_then_warm)
     engine = TTSEngine(EngineConfig.from_env({}, model_dir=str(tiny_model_dir), device="cpu", max_batch=4))
     try:
         assert len(calls) == 2  # the warm-up's two admissions
         assert 0 < engine.admission.admit_ms < 500
     finally:
         engine.close()
+
+
+async def test_a_burst_of_arrivals_is_prefilled_together_and_joins_in_one_step(tiny_model_dir, monkeypatch):
+    """Newcomers waiting together cost the batch one prefill, and their frame 0 comes
+    from the next batched step; each stream's audio is still exactly its codes."""
+    prefill, groups = BatchStepper.prefill, []
+
+    def recorded(self, start, newcomers):
+        groups.append((start, len(newcomers)))
+        return prefill(self, start, newcomers)
+
+    monkeypatch.setattr(BatchStepper, "prefill", recorded)
+    eng = make_engine(tiny_model_dir, tiny_model_dir.parent / "burst-dumps")
+    try:
+        handles = open_together(eng, [eng.make_request(t, s) for t, s in zip(TEXTS[:6], SPEAKERS, strict=False)])
+        results = []
+        for h in handles:
+            pcm = np.concatenate([p.pcm async for p in h])
+            results.append((pcm, await h.closed()))
+        assert groups == [(0, 6)]
+        for pcm, m in results:
+            assert m.stop_reason == "eos" and m.batch_max == 6
+            offline = eng.model.decode(load_codes(eng.config.resolved_code_dump_dir / f"{m.request_id}.npy"))
+            assert np.abs(pcm - offline).max() <= 1e-5
+    finally:
+        eng.close()

@@ -15,6 +15,7 @@ import torch
 
 from tts_engine.config import EngineConfig
 from tts_engine.runtime import TTSEngine
+from tts_engine.runtime.stepper import RowStart
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -24,13 +25,11 @@ TEXTS = ["Hello there, how are you?", "A somewhat longer sentence that runs for 
 
 def rows_run(engine: TTSEngine, batch: int, steps: int = 60) -> tuple[np.ndarray, np.ndarray]:
     """`batch` streams placed on rows 0..batch-1 by hand, stepped together: (codes, pcm)."""
-    st, pool = engine.stepper, engine.pool
-    positions = []
-    for i in range(batch):
-        prompt = engine.model.prompt(engine.make_request(TEXTS[i % len(TEXTS)], "serena", "english"))
-        st.first_frame(prompt, sampled=False, seed=0, min_new_tokens=10**9)
-        pool.move(pool.admission, i, prompt.embeds.shape[1])
-        positions.append(prompt.embeds.shape[1])
+    st = engine.stepper
+    newcomers = [RowStart(engine.model.prompt(engine.make_request(TEXTS[i % len(TEXTS)], "serena", "english")),
+                          sampled=False, seed=0, min_new_tokens=10**9) for i in range(batch)]
+    st.prefill(0, newcomers)
+    positions = [n.start_position for n in newcomers]
     codes, pcm = [], []
     for _ in range(steps):
         r = st.step(batch, positions, mixed=False)

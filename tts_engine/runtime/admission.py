@@ -9,12 +9,13 @@ the budget. A request that would exceed it (or TTS_MAX_ACTIVE_STREAMS) waits
 in a bounded queue; when TTS_QUEUE_TIMEOUT_S is up it is refused with
 OverCapacity, which the server answers with 503 and Retry-After.
 
-An admission (prefill and first frame) holds the batch back for its whole
-duration, so a burst of arrivals could starve the running streams. Within
-the capacity, the next waiter is admitted only while every running stream
-can afford the wait: its margin to its next packet's playback time, after
-the steps that packet needs, must exceed the admission's measured cost. When
-no stream can spare it, the batch steps first (deadline before newcomers).
+An admission (one prefill for the waiters admitted together) holds the batch
+back for its duration, so a stream of arrivals could starve the running
+streams. Within the capacity, a waiter is admitted only while every running
+stream can afford the wait: its margin to its next packet's playback time,
+after the steps that packet needs in the grown batch, must exceed the
+admission's measured cost. When no stream can spare it, the batch steps
+first (deadlines before newcomers).
 
 TTS_ADMISSION=rows admits until the rows are full instead: streams may then
 fall behind real time (offline batch work, tests of large batches on a CPU).
@@ -39,7 +40,7 @@ class Admission:
         self.queue_timeout_s = queue_timeout_s
         self.realtime = realtime
         self.step_ms: dict[int, float] = {}
-        self.admit_ms = 0.0  # average cost of one admission (prefill + first frame)
+        self.admit_ms = 0.0  # average cost of one admission (its prefill)
         self.rejected = 0
 
     def bucket(self, n: int) -> int:

@@ -5,11 +5,12 @@ One worker thread owns every model call. Each turn of its loop:
 1. drops cancelled streams (their rows are free before the next step) and
    refuses queued ones that waited past TTS_QUEUE_TIMEOUT_S;
 2. admits queued streams, oldest first, while the capacity allows and every
-   running stream can spare the time (runtime/admission.py): each one's
-   prefill and first frame run on the admission row, its first packet leaves
-   at once, and it joins the batch (first packets first, deadlines permitting);
+   running stream can spare the time (runtime/admission.py): all of them in
+   one prefill, straight into the rows after the batch, which they join;
 3. steps the batch: every active stream gets one frame, all in one batched
    talker step, one predictor loop and one decoder step (runtime/stepper.py);
+   a newcomer's first step gives its frame 0, and its first packet leaves at
+   once (first packets first);
 4. hands each stream its frame, sends the packets that are complete, and
    releases the rows of streams that ended (EOS, frame limit, silence, error).
 
@@ -58,7 +59,7 @@ from .admission import REALTIME_BUDGET_MS, Admission
 from .code_dump import dump_codes
 from .rows import RowPool, row_bytes
 from .session import _DONE, StreamHandle, StreamSession
-from .stepper import BatchStepper
+from .stepper import BatchStepper, RowStart
 
 log = logging.getLogger("tts_engine")
 
@@ -66,6 +67,7 @@ CPU_ROWS = 32  # batch rows on a CPU (TTS_MAX_BATCH=0)
 MAX_ROWS = 256
 GRAPH_RESERVE_MIB = 2048  # GPU memory kept for graphs and activations when sizing the rows
 CALIBRATION_STEPS = 3  # timed steps per bucket at start-up
+PREFILL_GROUP = 16  # the most newcomers prefilled in one call (bounds the batch's wait)
 
 
 class TTSEngine:
@@ -247,13 +249,13 @@ class TTSEngine:
                     return
             for s in [s for s in self._active if s.cancelled.is_set()]:
                 self._finish(s, "cancelled")
-            while (newcomer := self._next_admission()) is not None:
-                self._guarded([newcomer], self._admit)
+            if newcomers := self._next_admissions():
+                self._guarded(newcomers, self._admit)
             if self._active:
                 self._guarded(list(self._active), self._step)
 
-    def _next_admission(self) -> StreamSession | None:
-        """Drop cancelled and expired waiters; the oldest waiter if it may be admitted now."""
+    def _next_admissions(self) -> list[StreamSession]:
+        """Drop cancelled and expired waiters; the oldest waiters that may be admitted now."""
         with self._lock:
             now = time.perf_counter()
             for s in list(self._queued):
@@ -267,16 +269,20 @@ class TTSEngine:
                         f"no capacity for {self.admission.queue_timeout_s:g} s (TTS_QUEUE_TIMEOUT_S): "
                         f"{len(self._active)} streams are active, capacity {self.capacity}; "
                         f"retry in {self.admission.retry_after_s} s", self.admission.retry_after_s))
-            if not self._queued or len(self._active) >= self.pool.rows:
-                return None
-            if self.admission.may_admit(len(self._active), self._least_margin_s(now)):
-                return self._queued.popleft()
-            return None
+            group: list[StreamSession] = []
+            while self._queued and len(group) < PREFILL_GROUP:
+                batch = len(self._active) + len(group)
+                if batch >= self.pool.rows:
+                    break
+                if not self.admission.may_admit(batch, self._least_margin_s(now, batch + 1)):
+                    break
+                group.append(self._queued.popleft())
+            return group
 
-    def _least_margin_s(self, now: float) -> float:
+    def _least_margin_s(self, now: float, batch: int) -> float:
         """The smallest margin to a playback deadline among the running streams, were the
-        batch to grow by one (runtime/session.py)."""
-        step_s = self.admission.predicted_ms(len(self._active) + 1) / 1000
+        batch to grow to `batch` streams (runtime/session.py)."""
+        step_s = self.admission.predicted_ms(batch) / 1000
         return min((s.margin_s(now, step_s) for s in self._active), default=math.inf)
 
     def _guarded(self, sessions: list[StreamSession], work: Callable) -> None:
@@ -294,12 +300,35 @@ class TTSEngine:
                 self._finish(s, "error", exc)
 
     def _admit(self, sessions: list[StreamSession]) -> None:
-        (s,) = sessions
-        s.started_at = time.perf_counter()
-        s.metrics.queue_wait_ms = (s.started_at - s.accepted_at) * 1000
+        """Prefill the newcomers into the rows after the batch, which they then join. A
+        newcomer whose request cannot run (a prompt too long for a row) ends alone."""
+        start = time.perf_counter()
+        joining: list[tuple[StreamSession, RowStart]] = []
+        for s in sessions:
+            s.started_at = start
+            s.metrics.queue_wait_ms = (start - s.accepted_at) * 1000
+            try:
+                joining.append((s, self._row_start(s)))
+            except RequestError as exc:
+                log.info("request refused: %s", exc)
+                self._finish(s, "error", exc)
+        if not joining:
+            return
+        first_row = len(self._active)
+        self.stepper.prefill(first_row, [start_ for _, start_ in joining])
+        self.admission.observe_admission((time.perf_counter() - start) * 1000)
+        for i, (s, row_start) in enumerate(joining):
+            s.row, s.position = first_row + i, row_start.start_position
+            s.metrics.graph_stats = {"codegen_graph_used": self.stepper.graphed,
+                                     "eager_reason": self.stepper.eager_reason}
+            self._active.append(s)
+            s.on_admitted(None)
+
+    def _row_start(self, s: StreamSession) -> RowStart:
+        """The newcomer's prompt and frame limit (raises TextTooLong when no row holds it)."""
         prompt = self.model.prompt(s.request)
         length = prompt.embeds.shape[1]
-        row_frames = self.pool.positions - length + 1  # frame 0, then one per position
+        row_frames = self.pool.positions - length + 1  # the prompt's last position gives frame 0
         if row_frames < 1:
             raise TextTooLong(f"the text makes a prompt of {length} positions; a row holds "
                               f"{self.pool.positions} (TTS_ROW_POSITIONS): send shorter text")
@@ -307,18 +336,9 @@ class TTSEngine:
         if s.request.max_frames is not None:
             limit = min(limit, s.request.max_frames)
         s.frame_limit, s.row_limited = min(limit, row_frames), row_frames < limit
-        s.on_admitted(None)
         if self.windowed is not None:
             s.windowed_state = self.windowed.new_state(1)
-        seed = seed_as_int64(s.request.seed or 0)
-        result = self.stepper.first_frame(prompt, s.sampled, seed, s.request.params.min_new_tokens)
-        self.admission.observe_admission((time.perf_counter() - s.started_at) * 1000)
-        s.position = length
-        s.metrics.graph_stats = {"codegen_graph_used": self.stepper.graphed, "eager_reason": self.stepper.eager_reason}
-        if not self._take_frame(s, result.codes[0], result.pcm[0], result.codegen_ms, result.decode_ms):
-            s.row = len(self._active)
-            self.pool.move(self.pool.admission, s.row, length)
-            self._active.append(s)
+        return RowStart(prompt, s.sampled, seed_as_int64(s.request.seed or 0), s.request.params.min_new_tokens)
 
     def _step(self, sessions: list[StreamSession]) -> None:
         n = len(sessions)

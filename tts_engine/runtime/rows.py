@@ -9,9 +9,7 @@ and a CUDA graph captured over that range serves any streams placed there.
 
 Active streams occupy rows 0..n-1 (compact). A stream that leaves is replaced
 by the last active row (`move`), so a step over the first n rows never skips
-one. The row after the batch rows is the *admission row*: a new stream's
-prefill and first frame run there (with graphs of their own), then the row is
-moved into the batch.
+one. Newcomers are prefilled straight into the rows after the active ones.
 """
 
 from __future__ import annotations
@@ -55,15 +53,14 @@ class RowPool:
         cfg = codegen.config.talker
         g = cfg.geometry
         device, dtype = codegen.device, codegen.dtype
-        total = rows + 1  # + the admission row
-        self.rows, self.positions, self.admission = rows, positions, rows
-        talker = KVCache.allocate(g, total, positions, device, dtype)
-        predictor = KVCache.allocate(cfg.code_predictor.geometry, total, cfg.num_code_groups, device, dtype)
+        self.rows, self.positions = rows, positions
+        talker = KVCache.allocate(g, rows, positions, device, dtype)
+        predictor = KVCache.allocate(cfg.code_predictor.geometry, rows, cfg.num_code_groups, device, dtype)
         self._k, self._v = talker.k, talker.v
         self._pk, self._pv = predictor.k, predictor.v
 
         def zeros(*shape: int, dtype: torch.dtype = dtype) -> Tensor:
-            return torch.zeros(total, *shape, dtype=dtype, device=device)
+            return torch.zeros(rows, *shape, dtype=dtype, device=device)
 
         self._buffers = {
             "pos": zeros(dtype=torch.long), "seen": zeros(g.vocab_size, dtype=torch.bool),
@@ -72,7 +69,7 @@ class RowPool:
             "x": zeros(1, g.hidden_size), "tts_pad": zeros(g.hidden_size), "hidden": zeros(g.hidden_size),
             "logits": zeros(g.vocab_size), "codes": zeros(cfg.num_code_groups, dtype=torch.long),
         }
-        self._codec = decoder.new_state(total)
+        self._codec = decoder.new_state(rows)
 
     def view(self, start: int, stop: int) -> RowView:
         sl = slice(start, stop)

@@ -12,9 +12,15 @@ A step runs three shape-static parts over a bucket of b >= n rows of the pool:
 Rows n..b-1 only pad the bucket: they compute on stale state and nothing reads
 their results. No value crosses to the host inside a part, so each part runs
 eagerly or as a CUDA graph captured at start-up per bucket (the talker also per
-span): the same kernels on the same buffers, hence the same results. A new
-stream's first frame runs on the admission row: an eager prefill, then the tail
-and decode parts with graphs of their own.
+span): the same kernels on the same buffers, hence the same results.
+
+Newcomers join between steps on the rows after the batch. One eager prefill
+writes the KV of every prompt position but the last, for all of them at once
+(right-padded: causal attention keeps a prompt's positions blind to the
+padding, and each pad position is written again before anything reads it).
+A prompt's last position becomes its row's next talker input, so the next
+step computes it and frame 0 with the rest of the batch: a burst of arrivals
+costs the batch one short prefill instead of one prefill and first frame each.
 
 In batch-invariant mode every row steps alone (batch 1, its own span), eagerly:
 slower, but a stream's output is then bit-identical to a solo run whatever else
@@ -92,6 +98,21 @@ def decode_part(decoder: CodecStreamDecoder, v: RowView) -> Tensor:
 
 
 @dataclass
+class RowStart:
+    """What a newcomer's row needs before its first step."""
+
+    prompt: Prompt
+    sampled: bool
+    seed: int
+    min_new_tokens: int
+
+    @property
+    def start_position(self) -> int:
+        """The talker position of its first step: the prompt's last one."""
+        return self.prompt.embeds.shape[1] - 1
+
+
+@dataclass
 class StepResult:
     codes: np.ndarray  # int64 [n, 16]
     pcm: np.ndarray  # float32 [n, 1920]
@@ -113,12 +134,12 @@ class BatchStepper:
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self._graph_out: dict[tuple, Tensor] = {}
         self._views = {b: pool.view(0, b) for b in self.buckets}
-        self._rows = [pool.row(i) for i in range(pool.rows + 1)]
+        self._rows = [pool.row(i) for i in range(pool.rows)]
         self.graph_steps = self.eager_steps = 0
         self.captured = False
         if self.device.type == "cuda":
-            self._codes_host = torch.empty(pool.rows + 1, 16, dtype=torch.long, pin_memory=True)
-            self._pcm_host = torch.empty(pool.rows + 1, decoder.samples_per_frame, pin_memory=True)
+            self._codes_host = torch.empty(pool.rows, 16, dtype=torch.long, pin_memory=True)
+            self._pcm_host = torch.empty(pool.rows, decoder.samples_per_frame, pin_memory=True)
 
     @property
     def graphed(self) -> bool:
@@ -145,16 +166,14 @@ class BatchStepper:
     # -- start-up --------------------------------------------------------------
 
     def capture(self) -> None:
-        """Capture every part's graph per bucket (and the admission row's), start-up only;
-        not in batch-invariant mode, whose rows step alone and eagerly."""
+        """Capture every part's graph per bucket, start-up only; not in batch-invariant
+        mode, whose rows step alone and eagerly."""
         if not self.use_graphs or self.invariant:
             return
         runs: list[tuple[tuple, Callable[[], Tensor | None]]] = []
-        targets = [(b, self._views[b]) for b in self.buckets] + [("admission", self._rows[self.pool.admission])]
-        for b, v in targets:
-            if b != "admission":
-                runs += [(("talker", b, s), lambda v=v, s=s: self._parts["talker"](self.codegen, v, s))
-                         for s in self.spans]
+        for b, v in self._views.items():
+            runs += [(("talker", b, s), lambda v=v, s=s: self._parts["talker"](self.codegen, v, s))
+                     for s in self.spans]
             runs += [(("tail", b, mixed), lambda v=v, m=mixed: self._parts["tail"](self.codegen, v, m))
                      for mixed in (False, True)]
             runs += [(("decode", b), lambda v=v: decode_part(self.decoder, v))]
@@ -184,30 +203,44 @@ class BatchStepper:
 
     def reset(self) -> None:
         """Every row back to position 0 and a fresh decoder (warm-up moved them)."""
-        self.pool.park(0, self.pool.rows + 1)
-        self.pool.view(0, self.pool.rows + 1).codec.zero_()
+        self.pool.park(0, self.pool.rows)
+        self.pool.view(0, self.pool.rows).codec.zero_()
 
     # -- per step ----------------------------------------------------------------
 
-    def first_frame(self, prompt: Prompt, sampled: bool, seed: int, min_new_tokens: int) -> StepResult:
-        """A new stream's prefill and frame 0 on the admission row."""
-        v = self._rows[self.pool.admission]
-        clock = _Clock(self.device)
-        hidden, logits = self.codegen.talker.step(prompt.embeds, KVCache(v.k, v.v))  # positions 0..P-1
-        v.pos.fill_(prompt.embeds.shape[1])
+    def prefill(self, start: int, newcomers: list[RowStart]) -> None:
+        """Ready rows start..start+k-1 for newcomers: their prompts' KV but the last
+        position, whose embedding becomes the row's next input, and fresh frame state.
+        All in one prefill; in batch-invariant mode one per row, as a solo run does."""
+        k = len(newcomers)
+        v = self.pool.view(start, start + k)
+        groups = [(i, i + 1) for i in range(k)] if self.invariant else [(0, k)]
+        for lo, hi in groups:
+            self._prefill_rows(self.pool.view(start + lo, start + hi), newcomers[lo:hi])
+        for i, n in enumerate(newcomers):
+            v.x[i].copy_(n.prompt.embeds[0, -1:])
+            v.tts_pad[i].copy_(n.prompt.tts_pad_embed[0, 0])
+
+        def column(values: list[int], dtype: torch.dtype) -> Tensor:
+            return torch.tensor(values, dtype=dtype, device=self.device)
+
+        v.pos.copy_(column([n.start_position for n in newcomers], torch.long))
+        v.min_new_tokens.copy_(column([n.min_new_tokens for n in newcomers], torch.long))
+        v.seed.copy_(column([n.seed for n in newcomers], torch.long))
+        v.sampled.copy_(column([n.sampled for n in newcomers], torch.bool))
         v.seen.zero_()
         v.frames_done.zero_()
-        v.min_new_tokens.fill_(min_new_tokens)
-        v.sampled.fill_(sampled)
-        v.seed.fill_(seed)
-        v.tts_pad.copy_(prompt.tts_pad_embed[:, 0])
-        v.hidden.copy_(hidden)
-        v.logits.copy_(logits)
         v.codec.zero_()
-        self._run(("tail", "admission", sampled), lambda: self._parts["tail"](self.codegen, v, sampled))
-        clock.mark()
-        pcm = self._run(("decode", "admission"), lambda: decode_part(self.decoder, v))
-        return self._to_host(v.codes, pcm, clock)
+
+    def _prefill_rows(self, v: RowView, newcomers: list[RowStart]) -> None:
+        length = max(n.start_position for n in newcomers)
+        if length == 0:
+            return
+        embeds = newcomers[0].prompt.embeds
+        padded = embeds.new_zeros(len(newcomers), length, embeds.shape[2])
+        for i, n in enumerate(newcomers):
+            padded[i, : n.start_position] = n.prompt.embeds[0, : n.start_position]
+        self.codegen.talker.model(padded, KVCache(v.k, v.v))  # positions 0..length-1
 
     def step(self, n: int, positions: list[int], mixed: bool) -> StepResult:
         """Advance rows 0..n-1 by one frame; positions[i] is row i's talker position."""
