@@ -15,7 +15,8 @@ import tts_engine.runtime.session as session_module
 from tts_engine.config import EngineConfig
 from tts_engine.errors import EngineStartError, OverCapacity
 from tts_engine.runtime import TTSEngine, load_codes
-from tts_engine.runtime.stepper import BatchStepper
+from tts_engine.model.layers import KVCache
+from tts_engine.runtime.stepper import BatchStepper, RowStart
 
 TEXTS = [
     "The first stream is short.",
@@ -237,5 +238,30 @@ async def test_a_burst_of_arrivals_is_prefilled_together_and_joins_in_one_step(t
             assert m.stop_reason == "eos" and m.batch_max == 6
             offline = eng.model.decode(load_codes(eng.config.resolved_code_dump_dir / f"{m.request_id}.npy"))
             assert np.abs(pcm - offline).max() <= 1e-5
+    finally:
+        eng.close()
+
+
+def test_staged_prefill_shapes_write_the_same_kv_as_a_prefill_of_each_prompt_alone(tiny_model_dir):
+    """Prompts padded into a staged shape, a group split until a shape fits: each row's
+    KV equals its prompt prefilled alone, and its next input is the prompt's last position."""
+    eng = make_engine(tiny_model_dir, row_positions=64)
+    try:
+        st = eng.stepper
+        st.prefill_shapes = [(g, n) for g, n in st.prefill_shapes if g * n <= 128]  # 16 newcomers must split
+        texts = [" ".join(TEXTS[: 1 + i % 4])[: 40 + 9 * i] for i in range(16)]
+        newcomers = [RowStart(eng.model.prompt(eng.make_request(t, SPEAKERS[i % 8])), False, 0, 0)
+                     for i, t in enumerate(texts)]
+        assert len({n.start_position for n in newcomers}) > 4
+        st.prefill(0, newcomers)
+        rows = eng.pool.view(0, 16)
+        for i, n in enumerate(newcomers):
+            alone = KVCache.allocate(eng.model.codegen.config.talker.geometry, 1, 64, eng.model.device,
+                                     eng.model.codegen.dtype)
+            eng.model.codegen.talker.model(n.prompt.embeds[:, : n.start_position], alone)
+            p = n.start_position
+            assert torch.allclose(rows.k[:, i, :, :p], alone.k[:, 0, :, :p], atol=1e-5)
+            assert torch.allclose(rows.v[:, i, :, :p], alone.v[:, 0, :, :p], atol=1e-5)
+            assert torch.equal(rows.x[i], n.prompt.embeds[0, -1:]) and int(rows.pos[i]) == p
     finally:
         eng.close()

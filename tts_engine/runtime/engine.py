@@ -57,9 +57,9 @@ from ..sampling import seed_as_int64
 from ..synthesis import Request, TTSModel
 from .admission import REALTIME_BUDGET_MS, Admission
 from .code_dump import dump_codes
-from .rows import RowPool, row_bytes
+from .rows import PrefillStage, RowPool, row_bytes
 from .session import _DONE, StreamHandle, StreamSession
-from .stepper import BatchStepper, RowStart
+from .stepper import PREFILL_GROUPS, PREFILL_TOKENS, BatchStepper, RowStart
 
 log = logging.getLogger("tts_engine")
 
@@ -67,7 +67,6 @@ CPU_ROWS = 32  # batch rows on a CPU (TTS_MAX_BATCH=0)
 MAX_ROWS = 256
 GRAPH_RESERVE_MIB = 2048  # GPU memory kept for graphs and activations when sizing the rows
 CALIBRATION_STEPS = 3  # timed steps per bucket at start-up
-PREFILL_GROUP = 16  # the most newcomers prefilled in one call (bounds the batch's wait)
 
 
 class TTSEngine:
@@ -270,7 +269,7 @@ class TTSEngine:
                         f"{len(self._active)} streams are active, capacity {self.capacity}; "
                         f"retry in {self.admission.retry_after_s} s", self.admission.retry_after_s))
             group: list[StreamSession] = []
-            while self._queued and len(group) < PREFILL_GROUP:
+            while self._queued and len(group) < PREFILL_GROUPS[-1]:
                 batch = len(self._active) + len(group)
                 if batch >= self.pool.rows:
                     break
@@ -452,7 +451,7 @@ def batch_rows(config: EngineConfig, model: TTSModel, decoder: CodecStreamDecode
         return config.max_batch or CPU_ROWS
     per_row = row_bytes(model.codegen, decoder, config.row_positions)
     free, _ = torch.cuda.mem_get_info(device)
-    usable = free - GRAPH_RESERVE_MIB * 2**20
+    usable = free - GRAPH_RESERVE_MIB * 2**20 - PrefillStage.nbytes(model.codegen, PREFILL_TOKENS)
     if config.max_batch:
         need = config.max_batch * per_row
         if need > usable:

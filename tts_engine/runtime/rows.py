@@ -92,6 +92,36 @@ class RowPool:
         """Rows that only pad a bucket: position 0, so their writes stay in range."""
         self._buffers["pos"][start:stop] = 0
 
+class PrefillStage:
+    """Where prefills of fixed shapes run: the prompts' embeddings and the KV they make,
+    `tokens` positions in all, seen as [group, length] for any group x length <= tokens.
+    The same shape always gets the same memory, so one CUDA graph per shape serves."""
+
+    def __init__(self, codegen: CodeGenerator, tokens: int) -> None:
+        g = codegen.config.talker.geometry
+        self.tokens, self._geometry = tokens, g
+        self._embeds = torch.zeros(tokens * g.hidden_size, device=codegen.device, dtype=codegen.dtype)
+        per_layer = g.num_key_value_heads * tokens * g.head_dim
+        self._k, self._v = (torch.zeros(g.num_hidden_layers, per_layer, device=codegen.device, dtype=codegen.dtype)
+                            for _ in range(2))
+
+    def shape(self, group: int, length: int) -> tuple[Tensor, KVCache]:
+        """Embeddings [group, length, C] and an empty cache [layers, group, Hkv, length, D]."""
+        g = self._geometry
+        if group * length > self.tokens:
+            raise ValueError(f"a prefill of {group} x {length} positions exceeds the stage's {self.tokens}")
+        kv_shape = (g.num_hidden_layers, group, g.num_key_value_heads, length, g.head_dim)
+        size = group * g.num_key_value_heads * length * g.head_dim
+        embeds = self._embeds[: group * length * g.hidden_size].view(group, length, g.hidden_size)
+        return embeds, KVCache(self._k[:, :size].view(kv_shape), self._v[:, :size].view(kv_shape))
+
+    @staticmethod
+    def nbytes(codegen: CodeGenerator, tokens: int) -> int:
+        g = codegen.config.talker.geometry
+        itemsize = torch.empty(0, dtype=codegen.dtype).element_size()
+        return tokens * (g.hidden_size + 2 * g.num_hidden_layers * g.num_key_value_heads * g.head_dim) * itemsize
+
+
 def row_bytes(codegen: CodeGenerator, decoder: CodecStreamDecoder, positions: int) -> int:
     """Bytes of one row, from the geometry (to size the pool before allocating it)."""
     cfg = codegen.config.talker

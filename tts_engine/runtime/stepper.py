@@ -21,6 +21,12 @@ padding, and each pad position is written again before anything reads it).
 A prompt's last position becomes its row's next talker input, so the next
 step computes it and frame 0 with the rest of the batch: a burst of arrivals
 costs the batch one short prefill instead of one prefill and first frame each.
+The prefill runs in shapes fixed at start-up (newcomers and prompt length
+rounded up to PREFILL_GROUPS x PREFILL_LENGTHS) on a staging area, on a GPU
+as a CUDA graph per shape, and the staged KV is copied into the rows: an
+eager prefill would launch a thousand small kernels one by one. A prompt
+longer than the largest shape is prefilled eagerly, straight into its row,
+as is every prompt in batch-invariant mode (alone, in its own length).
 
 In batch-invariant mode every row steps alone (batch 1, its own span), eagerly:
 slower, but a stream's output is then bit-identical to a solo run whatever else
@@ -44,12 +50,15 @@ from ..model.codec_decoder import float32_numerics
 from ..model.layers import KVCache, StaticKVCache
 from ..prompt import Prompt
 from ..sampling import NoiseKey, SamplingParams, codebook0_logits_masked, sample_tokens
-from .rows import RowPool, RowView
+from .rows import PrefillStage, RowPool, RowView
 
 log = logging.getLogger("tts_engine.runtime")
 
 BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 SPANS = (256, 512, 1024, 2048, 4096)
+PREFILL_GROUPS = (1, 2, 4, 8, 16)  # newcomers per prefill shape; the last is the most admitted at once
+PREFILL_LENGTHS = (16, 32, 64, 128, 256, 512, 1024)  # prompt positions per prefill shape
+PREFILL_TOKENS = 4096  # the staging area: no prefill shape is larger
 SAMPLED = SamplingParams.sampled()  # the constants of sampled rows (requests cannot change them)
 
 
@@ -59,6 +68,14 @@ def buckets_for(rows: int) -> tuple[int, ...]:
 
 def spans_for(positions: int) -> tuple[int, ...]:
     return tuple(s for s in SPANS if s < positions) + (positions,)
+
+
+def prefill_shapes_for(positions: int) -> list[tuple[int, int]]:
+    """(newcomers, prompt positions) per prefill graph; a row's prefill writes at most
+    positions - 1 of them."""
+    longest = positions - 1
+    lengths = [n for n in PREFILL_LENGTHS if n < longest] + [min(longest, PREFILL_LENGTHS[-1])]
+    return [(g, n) for g in PREFILL_GROUPS for n in lengths if g * n <= PREFILL_TOKENS]
 
 
 def talker_part(codegen: CodeGenerator, v: RowView, span: int) -> None:
@@ -131,6 +148,8 @@ class BatchStepper:
         self.use_graphs = use_graphs and self.device.type == "cuda"
         parts = {"talker": talker_part, "tail": tail_part}
         self._parts = {k: torch.compile(f, dynamic=False) for k, f in parts.items()} if compile_steps else parts
+        self._stage = None if invariant else PrefillStage(codegen, PREFILL_TOKENS)
+        self.prefill_shapes = prefill_shapes_for(pool.positions) if self._stage else []
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self._graph_out: dict[tuple, Tensor] = {}
         self._views = {b: pool.view(0, b) for b in self.buckets}
@@ -177,6 +196,8 @@ class BatchStepper:
             runs += [(("tail", b, mixed), lambda v=v, m=mixed: self._parts["tail"](self.codegen, v, m))
                      for mixed in (False, True)]
             runs += [(("decode", b), lambda v=v: decode_part(self.decoder, v))]
+        runs += [(("prefill", *shape), lambda shape=shape: self._prefill_staged(*shape))
+                 for shape in self.prefill_shapes]
         side = torch.cuda.Stream(self.device)
         pool = None
         start = time.perf_counter()
@@ -198,8 +219,8 @@ class BatchStepper:
         torch.cuda.synchronize(self.device)
         self.captured = True
         self.reset()
-        log.info("captured %d graphs in %.1f s: buckets %s, talker spans %s",
-                 len(self._graphs), time.perf_counter() - start, self.buckets, self.spans)
+        log.info("captured %d graphs in %.1f s: buckets %s, talker spans %s, %d prefill shapes",
+                 len(self._graphs), time.perf_counter() - start, self.buckets, self.spans, len(self.prefill_shapes))
 
     def reset(self) -> None:
         """Every row back to position 0 and a fresh decoder (warm-up moved them)."""
@@ -214,9 +235,11 @@ class BatchStepper:
         All in one prefill; in batch-invariant mode one per row, as a solo run does."""
         k = len(newcomers)
         v = self.pool.view(start, start + k)
-        groups = [(i, i + 1) for i in range(k)] if self.invariant else [(0, k)]
-        for lo, hi in groups:
-            self._prefill_rows(self.pool.view(start + lo, start + hi), newcomers[lo:hi])
+        if self.invariant:
+            for i in range(k):
+                self._prefill_rows(start + i, newcomers[i : i + 1])
+        else:
+            self._prefill_rows(start, newcomers)
         for i, n in enumerate(newcomers):
             v.x[i].copy_(n.prompt.embeds[0, -1:])
             v.tts_pad[i].copy_(n.prompt.tts_pad_embed[0, 0])
@@ -232,15 +255,38 @@ class BatchStepper:
         v.frames_done.zero_()
         v.codec.zero_()
 
-    def _prefill_rows(self, v: RowView, newcomers: list[RowStart]) -> None:
-        length = max(n.start_position for n in newcomers)
+    def _prefill_rows(self, start: int, newcomers: list[RowStart]) -> None:
+        """Positions 0..P-2 of each newcomer's prompt into rows start.., in a staged shape
+        when one fits (halving the group until it does), else eagerly into the rows."""
+        k, length = len(newcomers), max(n.start_position for n in newcomers)
         if length == 0:
             return
-        embeds = newcomers[0].prompt.embeds
-        padded = embeds.new_zeros(len(newcomers), length, embeds.shape[2])
+        shape = next(((g, n) for g, n in self.prefill_shapes if g >= k and n >= length), None)
+        if shape is None and k > 1 and self.prefill_shapes:
+            half = k // 2
+            self._prefill_rows(start, newcomers[:half])
+            self._prefill_rows(start + half, newcomers[half:])
+            return
+        rows = self.pool.view(start, start + k)
+        if shape is None:
+            embeds = newcomers[0].prompt.embeds.new_zeros(k, length, newcomers[0].prompt.embeds.shape[2])
+            self._copy_prompts(embeds, newcomers)
+            self.codegen.talker.model(embeds, KVCache(rows.k, rows.v))
+            return
+        embeds, staged = self._stage.shape(*shape)
+        self._copy_prompts(embeds, newcomers)  # other positions keep stale, finite values
+        self._run(("prefill", *shape), lambda: self._prefill_staged(*shape))
+        rows.k[:, :, :, :length].copy_(staged.k[:, :k, :, :length])
+        rows.v[:, :, :, :length].copy_(staged.v[:, :k, :, :length])
+
+    @staticmethod
+    def _copy_prompts(embeds: Tensor, newcomers: list[RowStart]) -> None:
         for i, n in enumerate(newcomers):
-            padded[i, : n.start_position] = n.prompt.embeds[0, : n.start_position]
-        self.codegen.talker.model(padded, KVCache(v.k, v.v))  # positions 0..length-1
+            embeds[i, : n.start_position] = n.prompt.embeds[0, : n.start_position]
+
+    def _prefill_staged(self, group: int, length: int) -> None:
+        embeds, staged = self._stage.shape(group, length)
+        self.codegen.talker.model(embeds, staged)
 
     def step(self, n: int, positions: list[int], mixed: bool) -> StepResult:
         """Advance rows 0..n-1 by one frame; positions[i] is row i's talker position."""
