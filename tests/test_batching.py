@@ -14,8 +14,8 @@ import torch
 import tts_engine.runtime.session as session_module
 from tts_engine.config import EngineConfig
 from tts_engine.errors import EngineStartError, OverCapacity
-from tts_engine.runtime import TTSEngine, load_codes
 from tts_engine.model.layers import KVCache
+from tts_engine.runtime import TTSEngine, load_codes
 from tts_engine.runtime.stepper import BatchStepper, RowStart
 
 TEXTS = [
