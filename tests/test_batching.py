@@ -216,7 +216,7 @@ def test_the_cold_start_up_admission_does_not_gate_later_ones(tiny_model_dir, mo
         engine.close()
 
 
-async def test_a_burst_of_arrivals_is_prefilled_together_and_joins_in_one_step(tiny_model_dir, monkeypatch):
+async def test_a_burst_of_arrivals_is_prefilled_together_and_joins_in_one_step(tiny_model_dir, tmp_path, monkeypatch):
     """Newcomers waiting together cost the batch one prefill, and their frame 0 comes
     from the next batched step; each stream's audio is still exactly its codes."""
     prefill, groups = BatchStepper.prefill, []
@@ -226,7 +226,7 @@ async def test_a_burst_of_arrivals_is_prefilled_together_and_joins_in_one_step(t
         return prefill(self, start, newcomers)
 
     monkeypatch.setattr(BatchStepper, "prefill", recorded)
-    eng = make_engine(tiny_model_dir, tiny_model_dir.parent / "burst-dumps")
+    eng = make_engine(tiny_model_dir, tmp_path)
     try:
         handles = open_together(eng, [eng.make_request(t, s) for t, s in zip(TEXTS[:6], SPEAKERS, strict=False)])
         results = []
@@ -265,3 +265,18 @@ def test_staged_prefill_shapes_write_the_same_kv_as_a_prefill_of_each_prompt_alo
             assert torch.equal(rows.x[i], n.prompt.embeds[0, -1:]) and int(rows.pos[i]) == p
     finally:
         eng.close()
+
+
+def test_a_consumer_whose_event_loop_has_closed_does_not_stop_the_engine(batched):
+    """The worker hands packets to each consumer's loop; a loop that closed while its
+    stream still ran (a client's process shutting down) must not end the worker."""
+
+    async def leave_without_cancelling():
+        handle = batched.open_stream(batched.make_request(TEXTS[4], "serena"))
+        async for _ in handle:
+            return
+
+    asyncio.run(leave_without_cancelling())
+    time.sleep(0.5)  # the abandoned stream's last packets and its end meet a closed loop
+    pcm, m = asyncio.run(asyncio.wait_for(batched.synthesize_pcm(batched.make_request(TEXTS[0], "ryan")), 60))
+    assert m.stop_reason == "eos" and len(pcm) == m.frames * 1920

@@ -58,7 +58,7 @@ from ..synthesis import Request, TTSModel
 from .admission import REALTIME_BUDGET_MS, Admission
 from .code_dump import dump_codes
 from .rows import PrefillStage, RowPool, row_bytes
-from .session import _DONE, StreamHandle, StreamSession
+from .session import _DONE, StreamHandle, StreamSession, call_in_loop
 from .stepper import PREFILL_GROUPS, PREFILL_TOKENS, BatchStepper, RowStart
 
 log = logging.getLogger("tts_engine")
@@ -147,7 +147,7 @@ class TTSEngine:
         loop = asyncio.get_running_loop()
         items: asyncio.Queue = asyncio.Queue()
         session = self._new_session(request, packet_tokens, request_id,
-                                    lambda item: loop.call_soon_threadsafe(items.put_nowait, item))
+                                    lambda item: call_in_loop(loop, items.put_nowait, item))
         handle = StreamHandle(self, session, items)
         self._submit(session)
         return handle

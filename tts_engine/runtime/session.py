@@ -183,8 +183,8 @@ class StreamHandle:
         loop = asyncio.get_running_loop()
         self._admitted: asyncio.Future = loop.create_future()
         self._closed: asyncio.Future = loop.create_future()
-        session.on_admitted = lambda error: loop.call_soon_threadsafe(_resolve, self._admitted, error)
-        session.on_closed = lambda: loop.call_soon_threadsafe(_resolve, self._closed, None)
+        session.on_admitted = lambda error: call_in_loop(loop, _resolve, self._admitted, error)
+        session.on_closed = lambda: call_in_loop(loop, _resolve, self._closed, None)
 
     @property
     def id(self) -> str:
@@ -234,6 +234,16 @@ class StreamHandle:
         finally:
             if not self.session.finished:
                 self.cancel()
+
+
+def call_in_loop(loop: asyncio.AbstractEventLoop, callback: Callable, *args: object) -> None:
+    """Hand `callback` to a consumer's event loop from the worker thread. A loop that has
+    closed belongs to a consumer that is gone: nothing to tell it, and no reason to fail."""
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:
+        if not loop.is_closed():
+            raise
 
 
 def _resolve(future: asyncio.Future, error: BaseException | None) -> None:
