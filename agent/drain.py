@@ -70,4 +70,6 @@ class TurnActivity:
             return "the user is speaking"
         if self._recognizing:
             return "the user's speech is being recognized"
+        if self._clock() - self._last_change < self.settle_s:
+            return "the last turn has just ended"
         return "between turns"

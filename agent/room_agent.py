@@ -349,6 +349,10 @@ class RoomAgent:
                         log.info("room %s: the worker is draining and the room is between turns: "
                                  "leaving it", room.name)
                         self.ctx.shutdown("worker draining")
+                        # leave now: the session's teardown after a shutdown waits up to 2 s
+                        # for a user transcript (none is due between turns) before the job
+                        # leaves the room, and the user waits for the next agent meanwhile
+                        await room.disconnect()
                         return
                     if not drain_seen:
                         log.info("room %s: the worker is draining; leaving once the turn under way "

@@ -51,9 +51,10 @@ def test_a_whole_turn_keeps_the_room_busy_until_the_reply_has_ended() -> None:
             continue
         assert not room.turns.idle(), described
     room.machine.handle(DuplexEvent.REPLY_DONE)
-    assert not room.turns.idle()  # the reply has just ended: a follow-up may come
+    assert not room.turns.idle()  # a follow-up may come
+    assert room.turns.describe() == "the last turn has just ended"
     room.wait(SETTLE_S)
-    assert room.turns.idle()
+    assert room.turns.idle() and room.turns.describe() == "between turns"
 
 
 @pytest.mark.parametrize("event", ["vad_end", "stt_end"])
