@@ -6,7 +6,9 @@ room audio sink, an `AgentSession` with local turn taking (VAD turn detection,
 VAD interruption: nothing goes to LiveKit Cloud), the duplex controller, the
 AutoRTC responder, the `stop_reply` RPC, the backend status attribute and the
 pre_rtc recorder. The job ends when the room is left empty (after
-AGENT_EMPTY_ROOM_GRACE_S) or closes; the cleanup runs in a `finally` block.
+AGENT_EMPTY_ROOM_GRACE_S) or closes, or, while the worker drains after a
+SIGTERM, as soon as the room is between turns (agent/drain.py); the cleanup
+runs in a `finally` block.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from livekit import rtc
@@ -30,6 +33,7 @@ from .attribute_publisher import AttributePublisher
 from .audio_output import RoomAudioSink
 from .autortc import AutoRTCResponder
 from .config import AgentConfig, RoomSettings
+from .drain import SETTLE_MARGIN_S, TurnActivity
 from .duplex import DUPLEX_ATTRIBUTE
 from .duplex_controller import DuplexController
 from .engine_service import SharedServices
@@ -200,8 +204,10 @@ def turn_handling(config: AgentConfig) -> dict[str, Any]:
 class RoomAgent:
     """Set up with `start()`; `cleanup()` (a job shutdown callback) tears down and saves."""
 
-    def __init__(self, ctx: JobContext, services: SharedServices, config: AgentConfig) -> None:
+    def __init__(self, ctx: JobContext, services: SharedServices, config: AgentConfig,
+                 draining: Callable[[], bool] = lambda: False) -> None:
         self.ctx = ctx
+        self.draining = draining
         self.services = services
         self.config = config
         self.settings = RoomSettings.resolve(
@@ -212,6 +218,8 @@ class RoomAgent:
         self.trace = TraceCollector(config.output_dir / "traces", ctx.room.name,
                                     self.settings.trace_id)
         self.bus.subscribe(self.trace)
+        self.turns = TurnActivity(config.min_endpointing_s + SETTLE_MARGIN_S)
+        self.bus.subscribe(self.turns)
         self.recorder = (PreRtcRecorder(config.output_dir, self.settings.trace_id, SAMPLE_RATE)
                          if self.settings.save_pre_rtc else None)
         self.client = OmniClient(config.omni_base_url, api_key=config.omni_api_key,
@@ -321,19 +329,35 @@ class RoomAgent:
     async def _watch_room(self) -> None:
         """Raise the heartbeat attribute every HEARTBEAT_S (the reconciler's sign of life).
         End the job once only agents have been in the room for AGENT_EMPTY_ROOM_GRACE_S,
-        or when another agent of ours serves it too (a re-dispatch that crossed a slow join:
-        of two, the one whose identity sorts last leaves)."""
+        when another agent of ours serves it too (a re-dispatch that crossed a slow join:
+        of two, the one whose identity sorts last leaves), or when the worker drains and
+        the room is between turns."""
         room = self.ctx.room
         grace = self.config.empty_room_grace_s
         empty_since: float | None = None
         heartbeat = AttributePublisher(
             lambda value: room.local_participant.set_attributes({HEARTBEAT_ATTRIBUTE: value}), HEARTBEAT_ATTRIBUTE)
         beats, next_beat = 0, time.monotonic()
+        drain_seen = False
         try:
             while not self.done.is_set():
                 if time.monotonic() >= next_beat:
                     beats, next_beat = beats + 1, next_beat + HEARTBEAT_S
                     heartbeat.set(str(beats))
+                if self.draining():
+                    if self.turns.idle():
+                        log.info("room %s: the worker is draining and the room is between turns: "
+                                 "leaving it", room.name)
+                        self.ctx.shutdown("worker draining")
+                        # leave now: the session's teardown after a shutdown waits up to 2 s
+                        # for a user transcript (none is due between turns) before the job
+                        # leaves the room, and the user waits for the next agent meanwhile
+                        await room.disconnect()
+                        return
+                    if not drain_seen:
+                        log.info("room %s: the worker is draining; leaving once the turn under way "
+                                 "ends (%s)", room.name, self.turns.describe())
+                    drain_seen = True
                 others = room.remote_participants.values()
                 twins = [p.identity for p in others
                          if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT and DUPLEX_ATTRIBUTE in p.attributes]

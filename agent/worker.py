@@ -11,6 +11,10 @@
 - Capacity: at most AGENT_MAX_ROOMS rooms (further job requests are declined,
   so the server tries another worker); the reported load is rooms/max_rooms.
 - The worker's health endpoint listens on 127.0.0.1:AGENT_HTTP_PORT.
+- Drain: on SIGTERM the framework marks the worker full (LiveKit sends it no new
+  job) and waits up to AGENT_DRAIN_TIMEOUT_S for its jobs to end; each room sees
+  `draining()` and leaves between turns (agent/drain.py), so the process exits
+  once the replies being spoken are finished. A second SIGTERM exits at once.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from .room_agent import RoomAgent
 log = logging.getLogger("streamtalk.agent")
 
 _config: AgentConfig | None = None
+_server: AgentServer | None = None
 _rooms_lock = threading.Lock()
 _rooms: set[str] = set()  # job ids accepted and not yet finished
 
@@ -45,6 +50,11 @@ def prewarm(proc: JobProcess) -> None:
     """Runs in each job runner before it takes a job: the shared services are already loaded by
     `main()`; this only hands them over (and loads them if a caller skipped `main()`)."""
     proc.userdata["services"] = engine_service.get_services(config())
+
+
+def draining() -> bool:
+    """Whether this worker received SIGTERM and is draining (read from the job threads)."""
+    return _server is not None and _server.draining
 
 
 async def on_request(req: JobRequest) -> None:
@@ -65,7 +75,7 @@ async def on_request(req: JobRequest) -> None:
 
 async def entrypoint(ctx: JobContext) -> None:
     services = ctx.proc.userdata.get("services") or engine_service.get_services(config())
-    room_agent = RoomAgent(ctx, services, config())
+    room_agent = RoomAgent(ctx, services, config(), draining=draining)
 
     async def release(reason: str) -> None:
         try:
@@ -89,7 +99,8 @@ def load() -> float:
 
 
 def build_server(cfg: AgentConfig) -> AgentServer:
-    server = AgentServer(
+    global _server
+    server = _server = AgentServer(
         job_executor_type=JobExecutorType.THREAD,
         num_idle_processes=cfg.idle_jobs,
         load_fnc=load,

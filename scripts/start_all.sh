@@ -284,6 +284,21 @@ agent_probe() {
     (load_livekit_keys >/dev/null && "$PY" -m token_server.agent_probe --timeout "${STATUS_PROBE_TIMEOUT_S:-10}") 2>&1
 }
 
+# Whether LiveKit is draining: after one SIGTERM it waits for its participants to leave,
+# then exits, and meanwhile its health route still says OK. Its goroutine dump (served in
+# development mode, scripts/livekit-dev.yaml) then shows the server's Stop under way.
+# Prints "draining", "serving", or "unknown" (no dump: development mode is off).
+livekit_drain_state() {
+    local dump
+    if ! dump="$(curl -fsS -m 5 "http://127.0.0.1:$LIVEKIT_PORT/debug/goroutine" 2>/dev/null)"; then
+        echo unknown
+    elif [[ "$dump" == *'(*LivekitServer).Stop('* ]]; then
+        echo draining
+    else
+        echo serving
+    fi
+}
+
 cmd_status() {
     local name pid url state probe rc=0
     for name in "${SERVICES[@]}"; do
@@ -293,6 +308,15 @@ cmd_status() {
             if ! curl -fsS -m 2 "$url" >/dev/null 2>&1; then
                 state="running (pid $pid), NOT answering at $url"
                 rc=1
+            elif [[ "$name" == livekit ]]; then
+                case "$(livekit_drain_state)" in
+                    draining)
+                        state="running (pid $pid), answering at $url but DRAINING: it exits once its participants leave"
+                        rc=1
+                        ;;
+                    unknown) state="running (pid $pid), healthy at $url (drain state unknown: /debug/goroutine needs development mode)" ;;
+                    *) state="running (pid $pid), healthy at $url" ;;
+                esac
             elif [[ "$name" == agent ]] && ! probe="$(agent_probe)"; then
                 state="running (pid $pid), answering at $url but NOT serving rooms: ${probe##*$'\n'}"
                 rc=1

@@ -67,14 +67,16 @@ async def first_turn(bot: CallBot, wav) -> None:
     await answered(bot, wav, 60)
 
 
-async def two_agents_seen(lk: LiveKitServer, room: str, seconds: float) -> bool:
-    """Watch the room for `seconds`: did it hold two agent participants for longer than
-    TWIN_TOLERANCE_S? (Two can meet for a moment, when LiveKit's own dispatch and an old
-    agent's rejoin cross after a restart; the later one sees the other and leaves.)"""
+async def two_agents_seen(lk: LiveKitServer, room: str, seconds: float,
+                          tolerance_s: float = TWIN_TOLERANCE_S, until: asyncio.Event | None = None) -> bool:
+    """Watch the room for `seconds` (or until `until` is set): did it hold two agent
+    participants for longer than `tolerance_s`? (Two can meet for a moment, when LiveKit's
+    own dispatch and an old agent's rejoin cross after a restart; the later one sees the
+    other and leaves.)"""
     twins_since = None
     async with api.LiveKitAPI(lk.url, lk.api_key, lk.api_secret) as lkapi:
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (until is not None and until.is_set()):
             try:
                 people = (await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))).participants
             except api.TwirpError:  # the room is not there (yet)
@@ -83,7 +85,7 @@ async def two_agents_seen(lk: LiveKitServer, room: str, seconds: float) -> bool:
                 twins_since = None
             elif twins_since is None:
                 twins_since = time.monotonic()
-            elif time.monotonic() - twins_since > TWIN_TOLERANCE_S:
+            elif time.monotonic() - twins_since >= tolerance_s:
                 return True
             await asyncio.sleep(0.25)
     return False
@@ -135,6 +137,58 @@ async def test_a_killed_worker_is_replaced_by_another_in_the_same_room(
         await answered(user, wav, 60)
         assert not await two_agents_seen(livekit_server, room, 3.0)
     finally:
+        await user.aclose()
+
+
+async def test_a_draining_worker_finishes_its_reply_and_another_takes_the_next_turn(
+    livekit_server: LiveKitServer, start_token_server, omni_dev_server, start_agent_worker, make_speech_wav
+) -> None:
+    """The worker serving a room gets SIGTERM mid-reply (a deploy, a scale-in): the reply is
+    heard to its end, the agent leaves, the worker exits, and the reconciler brings in the
+    other worker's agent for the next turn. The two agents never meet."""
+    name = agent_name()
+    start_token_server(LIVEKIT_AGENT_NAME=name, TOKEN_RECONCILE_GRACE_S=str(GRACE_S))
+    workers = [start_agent_worker(omni_dev_server.base_url, omni_dev_server.model, LIVEKIT_AGENT_NAME=name)
+               for _ in range(2)]
+    room, user = user_in_a_room(livekit_server, name, "rc-drain")
+    story = make_speech_wav("Please tell me a story.", lead_silence_s=0.2, tail_silence_s=1.0, sample_rate=48000)
+    watched = asyncio.Event()
+    try:
+        await user.start()
+        await user.wait_for(lambda: user.agent_identity is not None, 30, "the agent")
+        first_agent = user.agent_identity
+        serving = next(w for w in workers if room in w.log_text())
+        _, asked = await user.say(story)
+        await user.wait_for(lambda: len(user.loud_times(since=asked)) > 100, 60, "a second of the story")
+        serving.process.proc.send_signal(signal.SIGTERM)
+        watch = asyncio.create_task(two_agents_seen(livekit_server, room, 120.0, tolerance_s=0.0, until=watched))
+
+        # the reply is heard to its last word, then the agent goes and its worker exits
+        await user.wait_for(lambda: any("very polite agent" in r for r in agent_replies(user)), 60,
+                            "the whole story")
+        events = await serving.wait_trace(room, 1, ["reply_end"])
+        assert "interrupted" not in {e["point"] for e in events}, events
+        await user.wait_for(lambda: first_agent not in user.room.remote_participants, 30,
+                            "the draining agent to leave")
+        await user.wait_for(lambda: not serving.alive(), 30, "the draining worker to exit")
+        assert serving.process.proc.returncode == 0, serving.process.log_tail()
+        assert "draining; leaving once the turn under way ends (the agent is speaking)" in serving.log_text()
+
+        await user.wait_for(lambda: user.agent_identity not in (None, first_agent), 60,
+                            "the other worker's agent")
+        ready_at = time.monotonic()
+        reply_end = max(user.loud_times(since=asked))  # the new agent has not spoken yet
+        (other,) = [w for w in workers if w is not serving]
+        assert room in other.log_text()
+        await asyncio.sleep(1.0)  # it subscribes to the user's microphone
+        await answered(user, question(make_speech_wav), 60)
+        print(f"drain: the other worker's agent ready {ready_at - reply_end:.1f} s after the "
+              f"reply ended; the next turn answered {time.monotonic() - reply_end:.1f} s after it")
+        await asyncio.sleep(3.0)
+        watched.set()
+        assert not await watch  # not even for a moment
+    finally:
+        watched.set()
         await user.aclose()
 
 

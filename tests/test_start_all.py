@@ -65,6 +65,12 @@ def alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
+async def wait_gone(pid: int, timeout_s: float) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while alive(pid) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.1)
+
+
 @pytest.fixture
 def stack_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     require(LIVEKIT_BIN.is_file(), "LiveKit server missing: run scripts/install_livekit_server.sh")
@@ -156,7 +162,7 @@ async def test_start_status_stop(stack_env: dict[str, str], tmp_path: Path) -> N
     assert all(line.split()[1] == "stopped" for line in status.stdout.splitlines())
 
 
-async def test_given_keys_win_and_status_reports_a_dead_service(
+async def test_given_keys_win_and_status_reports_dead_and_draining_services(
     stack_env: dict[str, str],
 ) -> None:
     given = ("given-key", "given-secret-" + os.urandom(24).hex())
@@ -183,16 +189,34 @@ async def test_given_keys_win_and_status_reports_a_dead_service(
     finally:
         await lk.aclose()
 
-    pid = int((run_dir / "token_server.pid").read_text())
+    pids = {name: int((run_dir / f"{name}.pid").read_text()) for name in ("livekit", "token_server")}
+    pid = pids["token_server"]
     os.killpg(pid, signal.SIGKILL)
-    for _ in range(50):
-        if not alive(pid):
-            break
-        await asyncio.sleep(0.1)
+    await wait_gone(pid, 5)
     status = run_script(env, "status", timeout=30)
     assert status.returncode == 1
     assert "token_server  dead (stale pid file" in status.stdout
-    assert "livekit       running" in status.stdout
+    assert f"livekit       running (pid {pids['livekit']}), healthy at" in status.stdout, status.stdout
+
+    # one SIGTERM with a participant connected: LiveKit drains (its health route still says
+    # OK) until the participant leaves, then exits
+    livekit = pids["livekit"]
+    room = rtc.Room()
+    token = (api.AccessToken(*given).with_identity("stays").with_grants(api.VideoGrants(room_join=True, room="drain"))
+             .to_jwt())
+    await asyncio.wait_for(room.connect(f"ws://127.0.0.1:{env['LIVEKIT_PORT']}", token), 20)
+    try:
+        os.kill(livekit, signal.SIGTERM)
+        await asyncio.sleep(1.0)
+        status = run_script(env, "status", timeout=30)
+        assert status.returncode == 1
+        assert f"livekit       running (pid {livekit}), answering at" in status.stdout, status.stdout
+        assert "but DRAINING: it exits once its participants leave" in status.stdout, status.stdout
+    finally:
+        await room.disconnect()
+    await wait_gone(livekit, 10)
+    status = run_script(env, "status", timeout=30)
+    assert "livekit       dead (stale pid file" in status.stdout, status.stdout
 
 
 # ------------------------------------------------------------------ the key file alone
