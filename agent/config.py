@@ -165,7 +165,7 @@ class AgentConfig:
             "stt_down_message": _get(env, "AGENT_STT_DOWN_MESSAGE") or DEFAULT_STT_DOWN_MESSAGE,
             "greeting": _get(env, "AGENT_GREETING") or "",
             "history_turns": _int(env, "AGENT_HISTORY_TURNS", cls.history_turns, 0, 100),
-            # far below livekit-server's 64,000 bytes of room metadata (limit.max_metadata_size)
+            # a few KiB: far below the room metadata size livekit-server accepts
             "history_max_bytes": _int(env, "AGENT_HISTORY_MAX_BYTES", cls.history_max_bytes, 256, 32768),
             "tts_speaker": _get(env, "TTS_SPEAKER") or cls.tts_speaker,
             "tts_language": _get(env, "TTS_LANGUAGE") or cls.tts_language,
