@@ -138,7 +138,7 @@ class RoomHistory:
         if role not in ROLES or not text.strip():
             return
         self.messages = bounded([*self.messages, Turn(role, text.strip())], self.max_turns, self.max_bytes)
-        self._writer.set(json.dumps(as_value(self.messages)))
+        self._writer.set(json.dumps(as_value(self.messages)))  # the publisher compares strings
 
     def close(self) -> None:
         self._writer.close()
