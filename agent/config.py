@@ -105,6 +105,9 @@ class AgentConfig:
     backend_down_message: str = DEFAULT_BACKEND_DOWN_MESSAGE
     stt_down_message: str = DEFAULT_STT_DOWN_MESSAGE
     greeting: str = ""
+    # conversation history kept in the room metadata for a re-dispatched agent (agent/history.py)
+    history_turns: int = 8  # 0: off
+    history_max_bytes: int = 4096
     # TTS
     tts_speaker: str = "serena"
     tts_language: str = "auto"
@@ -161,6 +164,9 @@ class AgentConfig:
             "backend_down_message": _get(env, "AGENT_BACKEND_DOWN_MESSAGE") or DEFAULT_BACKEND_DOWN_MESSAGE,
             "stt_down_message": _get(env, "AGENT_STT_DOWN_MESSAGE") or DEFAULT_STT_DOWN_MESSAGE,
             "greeting": _get(env, "AGENT_GREETING") or "",
+            "history_turns": _int(env, "AGENT_HISTORY_TURNS", cls.history_turns, 0, 100),
+            # a few KiB: far below the room metadata size livekit-server accepts
+            "history_max_bytes": _int(env, "AGENT_HISTORY_MAX_BYTES", cls.history_max_bytes, 256, 32768),
             "tts_speaker": _get(env, "TTS_SPEAKER") or cls.tts_speaker,
             "tts_language": _get(env, "TTS_LANGUAGE") or cls.tts_language,
             "tts_frame_ms": _int(env, "TTS_FRAME_MS", cls.tts_frame_ms, 10, 100),

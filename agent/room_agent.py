@@ -4,11 +4,14 @@ Per room: settings (dispatch metadata over env), an event bus with the trace
 collector, the Omni STT/LLM and the TTS plugin over the shared engine, the
 room audio sink, an `AgentSession` with local turn taking (VAD turn detection,
 VAD interruption: nothing goes to LiveKit Cloud), the duplex controller, the
-AutoRTC responder, the `stop_reply` RPC, the backend status attribute and the
-pre_rtc recorder. The job ends when the room is left empty (after
-AGENT_EMPTY_ROOM_GRACE_S) or closes, or, while the worker drains after a
-SIGTERM, as soon as the room is between turns (agent/drain.py); the cleanup
-runs in a `finally` block.
+AutoRTC responder, the `stop_reply` RPC, the backend status attribute, the
+pre_rtc recorder and the conversation history in the room metadata
+(agent/history.py). An agent that finds a history there (dispatched again after
+its predecessor died) seeds its chat context with it and does not greet: the
+user goes on where they were, and the page says "The agent is back.". The job
+ends when the room is left empty (after AGENT_EMPTY_ROOM_GRACE_S) or closes, or,
+while the worker drains after a SIGTERM, as soon as the room is between turns
+(agent/drain.py); the cleanup runs in a `finally` block.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 from livekit import rtc
 from livekit.agents import Agent, AgentSession, AutoSubscribe, JobContext, room_io
 from livekit.agents.voice.agent_session import SessionConnectOptions
-from livekit.agents.voice.events import CloseEvent, ErrorEvent
+from livekit.agents.voice.events import CloseEvent, ConversationItemAddedEvent, ErrorEvent
 from livekit.agents.voice.speech_handle import SpeechHandle
 
 from streamtalk_common.room_protocol import HEARTBEAT_ATTRIBUTE, HEARTBEAT_S
@@ -38,6 +41,7 @@ from .duplex import DUPLEX_ATTRIBUTE
 from .duplex_controller import DuplexController
 from .engine_service import SharedServices
 from .events import AgentEvent, EventBus
+from .history import RoomHistory, chat_context, history_in
 from .llm import OmniLLM
 from .omni_client import OmniClient
 from .pre_rtc import PreRtcRecorder
@@ -229,6 +233,7 @@ class RoomAgent:
         self.session: AgentSession | None = None
         self.controller: DuplexController | None = None
         self.autortc: AutoRTCResponder | None = None
+        self.history: RoomHistory | None = None
         self.done = asyncio.Event()
         self._watch: asyncio.Task[None] | None = None
         self._cleaned = False
@@ -318,10 +323,23 @@ class RoomAgent:
         }
         if settings.user_identity:
             options["participant_identity"] = settings.user_identity
-        await session.start(agent=Agent(instructions=settings.system_prompt), room=room,
-                            room_options=room_io.RoomOptions(**options), record=False)
+        found = history_in(room.metadata) if config.history_turns else []
+        if found:
+            log.info("room %s: picking up the conversation (%d messages in the room's history)",
+                     room.name, len(found))
+        await session.start(agent=Agent(instructions=settings.system_prompt, chat_ctx=chat_context(found)),
+                            room=room, room_options=room_io.RoomOptions(**options), record=False)
+        if config.history_turns:
+            history = self.history = RoomHistory(self.ctx.api, room.name, found, config.history_turns,
+                                                 config.history_max_bytes)
+
+            def remember(ev: ConversationItemAddedEvent) -> None:
+                if ev.item.type == "message":
+                    history.add(ev.item.role, ev.item.text_content or "")
+
+            session.on("conversation_item_added", remember)
         ParticipantLinker(room, session, controller, settings.user_identity)
-        if config.greeting:
+        if config.greeting and not found:
             session.say(config.greeting)
         self._watch = asyncio.create_task(self._watch_room(), name="streamtalk_room_watch")
         log.info("room %s: agent ready (trace %s)", room.name, settings.trace_id)
@@ -391,6 +409,8 @@ class RoomAgent:
                 self.controller.detach()
             if self.autortc is not None:
                 self.autortc.close()
+            if self.history is not None:
+                self.history.close()
             if self.session is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.session.aclose(), 5.0)

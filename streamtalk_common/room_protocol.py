@@ -12,12 +12,14 @@
 """
 
 import json
+from typing import Any
 
 HEARTBEAT_ATTRIBUTE = "streamtalk.heartbeat"
 HEARTBEAT_S = 2.0
 STALE_AFTER_S = 3 * HEARTBEAT_S
 RECONCILER_METADATA_KEY = "streamtalk.agent"
 DISPATCH_ATTRIBUTE = "streamtalk.agent_dispatch"
+HISTORY_METADATA_KEY = "streamtalk.history"
 
 
 def dispatch_attribute(agent_name: str, metadata: str) -> dict[str, str]:
@@ -32,3 +34,21 @@ def expected_dispatch(attributes: dict[str, str]) -> tuple[str, str] | None:
         return str(wanted["agent_name"]), str(wanted["metadata"])
     except (ValueError, TypeError, KeyError):
         return None
+
+
+def metadata_object(metadata: str) -> dict[str, Any] | None:
+    """The room metadata's JSON object ({} when empty); None when it holds something else."""
+    try:
+        value = json.loads(metadata) if metadata else {}
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def merged_metadata(metadata: str, key: str, value: Any) -> str | None:
+    """`metadata` with `key` set to `value` and every other key kept; None when nothing
+    changes or the metadata is not a JSON object (someone else's: left alone)."""
+    current = metadata_object(metadata)
+    if current is None or current.get(key) == value:
+        return None
+    return json.dumps({**current, key: value})

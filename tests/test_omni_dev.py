@@ -123,6 +123,14 @@ def test_responder_rules_match_words_not_substrings() -> None:
     assert r.reply("Good night.") == "you said Good night"
 
 
+def test_responder_quotes_the_users_previous_turn() -> None:
+    r = ScriptedResponder.from_dict({"default": "you said {transcript}", "rules": [
+        {"keywords": ["what did I say"], "reply": "before: {previous}; now: {transcript}"}]})
+    assert r.reply("What did I say?", ["Hello there.", "Is it  sunny?"]) == (
+        "before: Is it sunny; now: What did I say")
+    assert r.reply("what did i say") == "before: nothing yet; now: what did i say"
+
+
 def test_responder_file_errors(tmp_path: Path) -> None:
     from tools.omni_dev.responder import ResponsesFileError
 
@@ -221,6 +229,22 @@ async def test_text_chat_streaming_matches_non_streaming(omni_dev_server: OmniDe
     _, full = await post_json(omni_dev_server, "/chat/completions", {**body, "stream": False})
     assert content == full["choices"][0]["message"]["content"]
     assert content.startswith("Once upon a time")
+
+
+async def test_the_previous_user_turn_of_the_request_is_quoted(omni_dev_server: OmniDevServer) -> None:
+    """How a test sees that a conversation's history reached the model."""
+    question = {"role": "user", "content": "What did I ask you before?"}
+    history = [{"role": "system", "content": "Be brief."},
+               {"role": "user", "content": [{"type": "text", "text": "What is the weather like?"}]},
+               {"role": "assistant", "content": WEATHER_REPLY}]
+    replies = []
+    for messages in (history + [question], [question]):
+        status, body = await post_json(omni_dev_server, "/chat/completions",
+                                       {"model": "qwen3-omni-dev", "messages": messages})
+        assert status == 200, body
+        replies.append(body["choices"][0]["message"]["content"])
+    assert replies == ["Before this you said: What is the weather like.",
+                       "Before this you said: nothing yet."]
 
 
 async def test_max_tokens_truncates_with_length(omni_dev_server: OmniDevServer) -> None:

@@ -17,7 +17,7 @@ from agent_fixtures import CallBot, dispatch_token, start_agent_worker_process, 
 from infra_fixtures import LiveKitServer, start_livekit_server, start_token_server_process
 from livekit import api
 
-from streamtalk_common.room_protocol import RECONCILER_METADATA_KEY
+from streamtalk_common.room_protocol import HISTORY_METADATA_KEY, RECONCILER_METADATA_KEY
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -189,6 +189,56 @@ async def test_a_draining_worker_finishes_its_reply_and_another_takes_the_next_t
         assert not await watch  # not even for a moment
     finally:
         watched.set()
+        await user.aclose()
+
+
+def room_history(bot: CallBot) -> list[dict]:
+    """The conversation history the agent keeps in the room metadata."""
+    return json.loads(bot.room.metadata or "{}").get(HISTORY_METADATA_KEY, {}).get("messages", [])
+
+
+async def test_the_agent_that_replaces_a_killed_one_picks_up_the_conversation(
+    livekit_server: LiveKitServer, start_token_server, omni_dev_server, start_agent_worker, make_speech_wav
+) -> None:
+    """The first turn is kept in the room metadata; the worker dies; the new agent's next
+    LLM request carries that turn (the dev backend's reply quotes the user's previous turn)."""
+    name = agent_name()
+    start_token_server(LIVEKIT_AGENT_NAME=name, TOKEN_RECONCILE_GRACE_S=str(GRACE_S))
+    workers = [start_agent_worker(omni_dev_server.base_url, omni_dev_server.model, LIVEKIT_AGENT_NAME=name,
+                                  AGENT_GREETING="Hello, I am new here.") for _ in range(2)]
+    room, user = user_in_a_room(livekit_server, name, "rc-history")
+    try:
+        await user.start()
+        await user.wait_for(lambda: agent_replies(user), 60, "the first agent's greeting")
+        await answered(user, question(make_speech_wav), 60)
+        await user.wait_for(lambda: len(room_history(user)) == 3, 10, "the first turn in the room's history")
+        greeting, asked, answer = room_history(user)
+        assert greeting == {"role": "assistant", "text": "Hello, I am new here."}
+        assert asked["role"] == "user" and "weather" in asked["text"].lower()
+        assert answer["role"] == "assistant" and "sunny" in answer["text"]
+        serving = next(w for w in workers if room in w.log_text())
+        first_agent = user.agent_identity
+        serving.process.proc.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        await user.wait_for(lambda: user.agent_identity not in (None, first_agent), 60,
+                            "another agent in the room")
+        await asyncio.sleep(1.0)  # it subscribes to the user's microphone
+        replies = len(agent_replies(user))
+        asked_at = time.monotonic()
+        await user.say(make_speech_wav("What did I ask you before?", lead_silence_s=0.2, tail_silence_s=1.0,
+                                       sample_rate=48000))
+        await user.wait_for(lambda: any(r.startswith("Before this you said") for r in agent_replies(user)[replies:]),
+                            60, "the answer to the second turn")
+        since_back = agent_replies(user)[replies:]
+        assert len(since_back) == 1, f"the new agent greeted: {since_back}"
+        assert "weather" in since_back[0].lower(), since_back  # its LLM request held the first turn
+        print(f"the answer that quotes the first turn: whole reply {time.monotonic() - asked_at:.1f} s after "
+              f"the question, {time.monotonic() - killed_at:.1f} s after SIGKILL")
+        await user.wait_for(lambda: len(room_history(user)) == 5, 10, "the second turn in the room's history")
+        assert room_history(user)[:3] == [greeting, asked, answer]  # picked up, not repeated
+        assert "weather" in room_history(user)[4]["text"].lower()
+        print(f"history in the room metadata: {len(json.dumps({'messages': room_history(user)}))} bytes")
+    finally:
         await user.aclose()
 
 

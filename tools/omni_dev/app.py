@@ -136,11 +136,12 @@ async def _transcribe(services: Services, clip: bytes, field: str, max_s: float,
 async def _heard_and_reply(services: Services, req: ChatCompletionRequest) -> tuple[str, str]:
     """What the user said (transcripts, else text) and the scripted answer to it."""
     i, turn = req.last_user_message()
+    earlier = [text for m in req.messages[:i] if m.role == "user" and (text := " ".join(m.texts()).strip())]
     clips = [(f"messages.{i}.content.parts.{j}", audio) for j, part in enumerate(turn.parts())
              if (audio := part.audio()) is not None]
     if not clips:
         heard = " ".join(t.strip() for t in turn.texts() if t.strip())
-        return heard, services.responder.reply(heard)
+        return heard, services.responder.reply(heard, earlier)
     transcripts = []
     budget_s = MAX_AUDIO_S
     with _asr_slot(services):
@@ -152,7 +153,7 @@ async def _heard_and_reply(services: Services, req: ChatCompletionRequest) -> tu
     # Text beside audio is an instruction; "transcribe ..." asks for the words only.
     if any(_TRANSCRIBE_INSTRUCTION.search(t) for t in req.system_texts() + turn.texts()):
         return heard, heard
-    return heard, services.responder.reply(heard)
+    return heard, services.responder.reply(heard, earlier)
 
 
 def _usage(req: ChatCompletionRequest, completion_tokens: int) -> dict[str, int]:

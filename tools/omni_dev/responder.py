@@ -1,4 +1,9 @@
-"""Deterministic scripted replies: keyword rules from a JSON file, and token pacing."""
+"""Deterministic scripted replies: keyword rules from a JSON file, and token pacing.
+
+A reply may quote the request: `{transcript}` is what the user just said, `{previous}` the
+user's turn before it in the request's messages ("nothing yet" when there is none), which
+shows that a conversation's history reached the model.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,14 +73,15 @@ class ScriptedResponder:
             raise ResponsesFileError(f"{source}: 'empty' must be a string")
         return cls(rules, data["default"], empty)
 
-    def reply(self, user_text: str) -> str:
+    def reply(self, user_text: str, earlier: Sequence[str] = ()) -> str:
+        """The answer to `user_text`; `earlier`: the user's previous turns, oldest first."""
         said = " ".join(user_text.split())
         if not said:
             return self.empty
-        for rule in self.rules:
-            if rule.pattern.search(said):
-                return rule.reply
-        return self.default.replace("{transcript}", said.rstrip(".!?"))
+        reply = next((rule.reply for rule in self.rules if rule.pattern.search(said)), self.default)
+        previous = " ".join(earlier[-1].split()).rstrip(".!?") if earlier else ""
+        return (reply.replace("{transcript}", said.rstrip(".!?"))
+                .replace("{previous}", previous or "nothing yet"))
 
 
 _TOKEN_RE = re.compile(r"\s*\S+")
