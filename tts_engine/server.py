@@ -77,7 +77,7 @@ ENGINE_GAUGES = (  # TTSEngine.stats() key, metric, help
     ("queued", "tts_engine_queued_streams", "streams waiting for a row"),
     ("rejected", "tts_engine_rejected_streams", "streams refused with 503 over_capacity since start"),
     ("batch", "tts_engine_batch_size", "streams in the last engine step"),
-    ("step_ms", "tts_engine_step_ms", "wall time of the last engine step (one frame for every stream)"),
+    ("step_ms", "tts_engine_step_ms", "wall time of the last engine step (one frame for every stream, handed over)"),
     ("capacity", "tts_engine_capacity_streams", "real-time streams the engine can carry at the measured step times"),
     ("rows", "tts_engine_rows", "batch rows (TTS_MAX_BATCH)"),
     ("underruns", "tts_engine_underruns", "packets ready after their playback time (150 ms playout buffer) since start"),

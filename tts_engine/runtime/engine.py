@@ -343,8 +343,6 @@ class TTSEngine:
         n = len(sessions)
         start = time.perf_counter()
         result = self.stepper.step(n, [s.position for s in sessions], any(s.sampled for s in sessions))
-        self.last_step_ms = (time.perf_counter() - start) * 1000
-        self.admission.observe(n, self.last_step_ms)
         for s in sessions:  # every row has written its KV at `position` (a move copies it)
             s.position += 1
             s.metrics.batch_max = max(s.metrics.batch_max, n)
@@ -356,6 +354,10 @@ class TTSEngine:
             except Exception as exc:  # noqa: BLE001 - this stream only
                 log.exception("request %s failed", s.id)
                 self._finish(s, "error", exc)
+        # what the streams wait between frames: the step and the hand-over of n frames
+        # (host work that grows with the batch, which admission control must count too)
+        self.last_step_ms = (time.perf_counter() - start) * 1000
+        self.admission.observe(n, self.last_step_ms)
 
     def _take_frame(self, s: StreamSession, codes: np.ndarray, pcm: np.ndarray,
                     codegen_ms: float, decode_ms: float) -> bool:
