@@ -115,6 +115,17 @@ async def test_an_agent_that_could_not_be_dispatched_is_brought_in_later(
         await user.aclose()
 
 
+async def kill_the_serving_worker(user: CallBot, workers: list, room: str) -> float:
+    """SIGKILL the worker whose agent serves `room`, wait for another agent there; the
+    kill's time."""
+    serving = next(w for w in workers if room in w.log_text())
+    first_agent = user.agent_identity
+    serving.process.proc.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    await user.wait_for(lambda: user.agent_identity not in (None, first_agent), 60, "another agent in the room")
+    return killed_at
+
+
 async def test_a_killed_worker_is_replaced_by_another_in_the_same_room(
     livekit_server: LiveKitServer, start_token_server, omni_dev_server, start_agent_worker, make_speech_wav
 ) -> None:
@@ -126,12 +137,7 @@ async def test_a_killed_worker_is_replaced_by_another_in_the_same_room(
     wav = question(make_speech_wav)
     try:
         await first_turn(user, wav)
-        serving = next(w for w in workers if room in w.log_text())
-        first_agent = user.agent_identity
-        serving.process.proc.send_signal(signal.SIGKILL)
-        killed_at = time.monotonic()
-        await user.wait_for(lambda: user.agent_identity not in (None, first_agent), 60,
-                            "another agent in the room")
+        killed_at = await kill_the_serving_worker(user, workers, room)
         replaced_s = time.monotonic() - killed_at
         print(f"agent replaced {replaced_s:.1f} s after SIGKILL")
         await answered(user, wav, 60)
@@ -216,12 +222,7 @@ async def test_the_agent_that_replaces_a_killed_one_picks_up_the_conversation(
         assert greeting == {"role": "assistant", "text": "Hello, I am new here."}
         assert asked["role"] == "user" and "weather" in asked["text"].lower()
         assert answer["role"] == "assistant" and "sunny" in answer["text"]
-        serving = next(w for w in workers if room in w.log_text())
-        first_agent = user.agent_identity
-        serving.process.proc.send_signal(signal.SIGKILL)
-        killed_at = time.monotonic()
-        await user.wait_for(lambda: user.agent_identity not in (None, first_agent), 60,
-                            "another agent in the room")
+        killed_at = await kill_the_serving_worker(user, workers, room)
         await asyncio.sleep(1.0)  # it subscribes to the user's microphone
         replies = len(agent_replies(user))
         asked_at = time.monotonic()
