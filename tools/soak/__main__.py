@@ -83,6 +83,9 @@ def rows_of(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                      f"{s['conversations']} conversations ({s['at_once']} at once) in {s['duration_s']} s, "
                      f"{len(s['failed_conversations'])} failed"))
         for name, v in s["services"].items():
+            if v.get("exited"):
+                rows.append((f"  {name}", "FAIL", "exited during the soak"))
+                continue
             rows.append((f"  {name}", "PASS" if v["ok"] else "FAIL",
                          f"RSS {v['rss_mib_start']} -> {v['rss_mib_end']} MiB, slope "
                          f"{v['rss_slope_mib_per_min']} MiB/min; fds {v['fds_idle_before']} -> "

@@ -194,19 +194,32 @@ def run_long_reply(stack: Stack, token_url: str, reply_chars: int, out: Path, pr
 # -- soak ------------------------------------------------------------------------------------
 
 
+def _sample_all(groups: dict[str, int], exited: set[str]) -> dict[str, Sample]:
+    """One sample of each live group; a group whose processes are gone joins `exited`."""
+    now = {}
+    for name, pgid in groups.items():
+        if name in exited:
+            continue
+        try:
+            now[name] = sample_group(pgid)
+        except ProcessLookupError:
+            exited.add(name)
+    return now
+
+
 class Sampler(threading.Thread):
     """Samples every service's process group every `every_s` until stopped."""
 
-    def __init__(self, groups: dict[str, int], every_s: float) -> None:
+    def __init__(self, groups: dict[str, int], every_s: float, exited: set[str]) -> None:
         super().__init__(name="soak-sampler", daemon=True)
-        self.groups, self.every_s = groups, every_s
+        self.groups, self.every_s, self.exited = groups, every_s, exited
         self.samples: dict[str, list[Sample]] = {name: [] for name in groups}
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while not self.stopped.is_set():
-            for name, pgid in self.groups.items():
-                self.samples[name].append(sample_group(pgid))
+            for name, sample in _sample_all(self.groups, self.exited).items():
+                self.samples[name].append(sample)
             self.stopped.wait(self.every_s)
 
 
@@ -234,12 +247,12 @@ def _load(stack: Stack, token_url: str, cases: list[dict[str, Any]], conversatio
     return results
 
 
-def _settled(groups: dict[str, int], every_s: float) -> dict[str, Sample]:
+def _settled(groups: dict[str, int], every_s: float, exited: set[str]) -> dict[str, Sample]:
     """Samples once the fd and thread counts have stopped changing (the rooms closed)."""
     history: list[dict[str, tuple[int, int]]] = []
     deadline = time.monotonic() + SETTLE_LIMIT_S
     while True:
-        now = {name: sample_group(pgid) for name, pgid in groups.items()}
+        now = _sample_all(groups, exited)
         history.append({name: (s.fds, s.threads) for name, s in now.items()})
         recent = history[-SETTLE_STEADY_SAMPLES:]
         if (len(recent) == SETTLE_STEADY_SAMPLES and all(h == recent[0] for h in recent)) \
@@ -255,19 +268,22 @@ def run_soak(stack: Stack, token_url: str, duration_s: float, conversations: int
     progress(f"soak: warm-up, {conversations} conversations")
     warm = _load(stack, token_url, cases, conversations, math.inf, out / "warmup",
                  each=WARMUP_PER_LOOP)
-    idle_before = _settled(groups, every_s)
+    exited: set[str] = set()  # services that died: a failed soak, not a crashed tool
+    idle_before = _settled(groups, every_s, exited)
     progress(f"soak: {conversations} conversations at a time for {duration_s:.0f} s, "
              f"sampling every {every_s:g} s")
-    sampler = Sampler(groups, every_s)
+    sampler = Sampler(groups, every_s, exited)
     sampler.start()
     t0 = time.monotonic()
     done = _load(stack, token_url, cases, conversations, t0 + duration_s, out / "conversations")
     sampler.stopped.set()
     sampler.join()
     loaded_s = time.monotonic() - t0
-    idle_after = _settled(groups, every_s)
-    services = {}
+    idle_after = _settled(groups, every_s, exited)
+    services: dict[str, dict[str, Any]] = {name: {"exited": True, "ok": False} for name in exited}
     for name, series in sampler.samples.items():
+        if name in exited:
+            continue
         times = [s.t - t0 for s in series]
         before, after = idle_before[name], idle_after[name]
         services[name] = {
@@ -276,6 +292,7 @@ def run_soak(stack: Stack, token_url: str, duration_s: float, conversations: int
             "fds_idle_before": before.fds, "fds_idle_after": after.fds, "fds_max": max(s.fds for s in series),
             "threads_idle_before": before.threads, "threads_idle_after": after.threads,
             "threads_max": max(s.threads for s in series), "samples": len(series),
+            "series": [[round(t, 1), round(x.rss_mib, 2), x.fds, x.threads] for t, x in zip(times, series, strict=True)],
         }
         s = services[name]
         s["ok"] = (s["rss_slope_mib_per_min"] < rss_slope_max and after.fds <= before.fds
