@@ -9,6 +9,7 @@ when a verdict fails, 2 on a bad argument.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -96,6 +97,8 @@ def rows_of(results: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM unwinds like an error, so the services started below are stopped too
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     out_path = args.out or output_root() / "soak" / f"{args.command}.json"
     work = out_path.with_suffix("")  # conversations, logs and bot recordings
     started = time.monotonic()
