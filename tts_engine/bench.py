@@ -431,34 +431,66 @@ def cmd_throughput(args: argparse.Namespace) -> list[dict]:
 # -- cancel ----------------------------------------------------------------------
 
 
+CANCEL_POINTS = ("queued", "admitted", "packets")  # where a random-point round cancels
+MAX_PACKETS_BEFORE_CANCEL = 8
+
+
+async def cancel_rounds(engine, rounds: int, concurrency: int, rng: random.Random | None = None,
+                        on_round=None) -> dict[str, list[float] | dict[str, int]]:
+    """`concurrency` clients, `rounds` in all: open a long stream, cancel it, wait until
+    the engine has let it go (its row free). Without `rng` every round cancels after the
+    first packet (the steady-state benchmark); with one, each round cancels at a random
+    point: still queued, just admitted, or after 1..MAX_PACKETS_BEFORE_CANCEL packets.
+    Returns cancel() -> freed latencies (ms) and the rounds per cancel point."""
+    latencies: list[float] = []
+    points = dict.fromkeys(CANCEL_POINTS, 0)
+
+    async def one_round() -> None:
+        point = rng.choice(CANCEL_POINTS) if rng else "packets"
+        handle = engine.open_stream(fixed_request(engine, "long"))
+        if point == "admitted":
+            await handle.admitted()
+        elif point == "packets":
+            wanted, got = (rng.randint(1, MAX_PACKETS_BEFORE_CANCEL) if rng else 1), 0
+            async for _ in handle:
+                got += 1
+                if got == wanted:
+                    break
+        t0 = time.perf_counter()
+        handle.cancel()
+        await handle.closed()
+        latencies.append((time.perf_counter() - t0) * 1000)
+        # closed() resolves just before the engine sends the end of the stream: read up to
+        # it, so that no round's loop can close while the engine still writes to it
+        async for _ in handle:
+            pass
+        points[point] += 1
+        if on_round is not None:
+            on_round(len(latencies), latencies[-1])
+
+    async def client(n: int) -> None:
+        for _ in range(n):
+            await one_round()
+
+    share = [rounds // concurrency + (i < rounds % concurrency) for i in range(concurrency)]
+    await asyncio.gather(*[client(k) for k in share])
+    return {"latencies_ms": latencies, "points": points}
+
+
 def cmd_cancel(args: argparse.Namespace) -> list[dict]:
-    """`concurrency` clients, `rounds` in all: open a long stream, take its first packet,
-    cancel, wait until its row is free. Cancel latency, leaked sessions, GPU memory growth."""
+    """Cancel after the first packet, `rounds` at `concurrency`: cancel latency, leaked
+    sessions, GPU memory growth."""
     engine = make_engine(args, max_batch=args.concurrency, **UNGATED)
     cuda = torch.cuda.is_available()
 
-    async def client(n: int, latencies: list[float]) -> None:
-        for _ in range(n):
-            handle = engine.open_stream(fixed_request(engine, "long"))
-            async for _ in handle:
-                break
-            t0 = time.perf_counter()
-            handle.cancel()
-            await handle.closed()
-            latencies.append((time.perf_counter() - t0) * 1000)
-            if len(latencies) % 200 == 0:
-                progress(f"cancel round {len(latencies)}: {latencies[-1]:.2f} ms")
+    def report(n: int, ms: float) -> None:
+        if n % 200 == 0:
+            progress(f"cancel round {n}: {ms:.2f} ms")
 
-    async def rounds(n: int) -> list[float]:
-        latencies: list[float] = []
-        share = [n // args.concurrency + (i < n % args.concurrency) for i in range(args.concurrency)]
-        await asyncio.gather(*[client(k, latencies) for k in share])
-        return latencies
-
-    asyncio.run(rounds(2 * args.concurrency))  # warm-up of the same path (graphs, allocator)
+    asyncio.run(cancel_rounds(engine, 2 * args.concurrency, args.concurrency))  # warm-up of the same path
     sync()
     mem_before = torch.cuda.memory_allocated() if cuda else 0
-    latencies = asyncio.run(rounds(args.rounds))
+    latencies = asyncio.run(cancel_rounds(engine, args.rounds, args.concurrency, on_round=report))["latencies_ms"]
     sync()
     mem_after = torch.cuda.memory_allocated() if cuda else 0
     rows = [{"rounds": len(latencies), "concurrency": args.concurrency, "cancel_ms_p50": pct(latencies, 50),

@@ -1,0 +1,75 @@
+"""Resources of running processes, read from /proc: resident memory, open file
+descriptors and OS threads, per process group (a service and every child it
+started), and the least-squares slope of a series.
+
+Each service of the stack runs in its own process group (its own session), so a
+group is the whole service: the agent worker with any helper process it spawns,
+LiveKit, the token server, the dev backend. A process that exits between listing
+and reading is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Sample:
+    t: float  # monotonic seconds
+    rss_mib: float
+    fds: int
+    threads: int
+    processes: int
+
+
+def thread_count(pid: int | str = "self") -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # after the state and the parent: the process group
+            members.append(int(name))
+    return members
+
+
+def sample_group(pgid: int) -> Sample:
+    """The group's summed RSS, fds and threads now; a group without processes is an error."""
+    rss_pages = fds = threads = processes = 0
+    for pid in _group_members(pgid):
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                pages = int(f.read().split()[1])
+            n_fds = len(os.listdir(f"/proc/{pid}/fd"))
+            n_threads = thread_count(pid)
+        except OSError:
+            continue
+        rss_pages, fds, threads, processes = rss_pages + pages, fds + n_fds, threads + n_threads, processes + 1
+    if processes == 0:
+        raise ProcessLookupError(f"process group {pgid} has no processes left")
+    return Sample(time.monotonic(), rss_pages * PAGE / MIB, fds, threads, processes)
+
+
+def slope_per_min(times_s: list[float], values: list[float]) -> float:
+    """Least-squares slope of values over time, per minute."""
+    n = len(times_s)
+    if n < 2:
+        raise ValueError(f"a slope needs at least two samples, got {n}")
+    mt, mv = sum(times_s) / n, sum(values) / n
+    var = sum((t - mt) ** 2 for t in times_s)
+    if var == 0:
+        raise ValueError("a slope needs samples at different times")
+    return 60.0 * sum((t - mt) * (v - mv) for t, v in zip(times_s, values, strict=True)) / var
