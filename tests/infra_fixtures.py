@@ -202,8 +202,11 @@ class LiveKitServer:
         return at.to_jwt()
 
 
-def start_livekit_server(key_dir: Path, log_name: str = "livekit-server") -> LiveKitServer:
-    """The server on free ports; its fresh keys reach it through a key file in `key_dir`."""
+def start_livekit_server(key_dir: Path, log_name: str = "livekit-server", *,
+                         node_ip: str = "127.0.0.1", config: Path = LIVEKIT_CONFIG) -> LiveKitServer:
+    """The server on free ports; its fresh keys reach it through a key file in `key_dir`.
+    Its media socket binds 127.0.0.1 (scripts/livekit-dev.yaml); `node_ip` is the address
+    its ICE candidates advertise (another one puts a relay listening there in the path)."""
     require(
         LIVEKIT_BIN.is_file() and os.access(LIVEKIT_BIN, os.X_OK),
         f"LiveKit server binary missing at {LIVEKIT_BIN}: run scripts/install_livekit_server.sh",
@@ -215,9 +218,9 @@ def start_livekit_server(key_dir: Path, log_name: str = "livekit-server") -> Liv
     key_file = write_key_file(key_dir / f"livekit-keys-{port}.yaml", api_key, api_secret)
     argv = [
         str(LIVEKIT_BIN),
-        "--config", str(LIVEKIT_CONFIG),
+        "--config", str(config),
         "--bind", "127.0.0.1",
-        "--node-ip", "127.0.0.1",
+        "--node-ip", node_ip,
         "--port", str(port),
         "--udp-port", str(udp_port),
         "--key-file", str(key_file),

@@ -51,13 +51,17 @@ def agent_replies(bot: CallBot) -> list[str]:
     return [text for identity, _, text in bot.log.transcripts if identity != me]
 
 
-async def answered(bot: CallBot, wav, timeout_s: float) -> None:
-    """Say `wav`; wait for the whole reply, heard (its transcript comes when it ends)."""
+async def answered(bot: CallBot, wav, timeout_s: float, expect: str | None = "sunny") -> float:
+    """Say `wav`; wait for the whole reply, heard (its transcript comes when it ends), with
+    `expect` in its text (by default the scripted answer to the question; None: any reply).
+    Returns when the bot began to speak."""
     replies = len(agent_replies(bot))
     start, _ = await bot.say(wav)
     await bot.wait_for(lambda: len(agent_replies(bot)) > replies, timeout_s, "a whole spoken reply")
     assert bot.reply_rms(since=start) > 0.01, "the reply was not heard"
-    assert "sunny" in agent_replies(bot)[-1], agent_replies(bot)  # the scripted answer to the question
+    if expect is not None:
+        assert expect in agent_replies(bot)[-1], agent_replies(bot)
+    return start
 
 
 async def first_turn(bot: CallBot, wav) -> None:

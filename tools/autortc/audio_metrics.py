@@ -63,6 +63,16 @@ def max_gap_ms(x: np.ndarray, rate: int) -> float:
     return max((b - a for a, b in reply_gaps(frame_rms(x, rate))), default=0) * FRAME_S * 1000
 
 
+def gap_share(x: np.ndarray, rate: int) -> float:
+    """The share of a reply segment's 20 ms frames, between its first and last audible one,
+    that lie in gaps (0 when nothing is audible)."""
+    e = frame_rms(x, rate)
+    span = active_span(e)
+    if span is None:
+        return 0.0
+    return sum(b - a for a, b in reply_gaps(e)) / (span[1] - span[0])
+
+
 def dropout_count(x: np.ndarray, rate: int) -> int:
     e = frame_rms(x, rate, 0.010)
     span = active_span(e)
