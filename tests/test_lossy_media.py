@@ -5,7 +5,8 @@ user-space relay (tools/lossy_udp_relay.py). LiveKit's media socket binds
 127.0.0.1:P only (scripts/livekit-dev.yaml), and ICE over TCP is off, but its ICE
 candidates advertise node_ip 127.0.0.2 (a 1:1 NAT mapping): every client sends its
 media to 127.0.0.2:P, where the relay listens and forwards to 127.0.0.1:P from one
-socket per client. LiveKit learns those sockets as peer-reflexive candidates. Both
+socket per client. LiveKit learns those sockets as peer-reflexive candidates (ICE
+lite: LiveKit checks no path of its own, so none can go around the relay). Both
 the user bot and the agent reach the SFU that way, so both legs of the call are
 impaired (a datagram crosses the relay twice between the agent and the user).
 
@@ -40,7 +41,6 @@ from infra_fixtures import (
     start_livekit_server,
     start_token_server_process,
 )
-from livekit import rtc
 from test_reconciler import agent_replies, answered, two_agents_seen
 
 from tools.autortc.audio_metrics import gap_share
@@ -51,6 +51,7 @@ pytestmark = pytest.mark.timeout(300)
 RELAY_IP = "127.0.0.2"  # LiveKit's advertised node IP; its media socket is on 127.0.0.1
 LOSS = 0.05
 JITTER_MS = 30.0
+MEDIA_THROUGH_RELAY = 200  # datagrams each way in a turn (560-700 measured)
 GAP_RATE_GATE = 0.10  # measured 0.000-0.036 over 6 runs (docs/RELIABILITY.md): about 3x the worst
 
 
@@ -102,19 +103,6 @@ def user(stack: LossyStack, prefix: str) -> tuple[str, CallBot]:
                                                            stack.agent.agent_name))
 
 
-async def test_without_the_relay_no_media_flows(lossy_stack: LossyStack) -> None:
-    """The relay is the only media path: with it gone (nothing listens on the advertised
-    address), a user cannot join."""
-    room, bot = user(lossy_stack, "lossy-norelay")
-    try:
-        with pytest.raises((TimeoutError, rtc.ConnectError)) as failed:
-            await bot.start(timeout_s=15)
-        print(f"without the relay: {failed.value!r}")
-        assert not await two_agents_seen(lossy_stack.livekit, room, 2.0)
-    finally:
-        await bot.aclose()
-
-
 async def test_a_turn_over_the_lossy_path_is_heard_with_few_gaps(
     lossy_stack: LossyStack, lossy_relay: LossyUdpRelay, make_speech_wav
 ) -> None:
@@ -132,7 +120,10 @@ async def test_a_turn_over_the_lossy_path_is_heard_with_few_gaps(
         rate = gap_share(heard, bot.sample_rate)
         print(f"gap rate {rate:.3f}, reply {agent_replies(bot)[-1]!r}; relay forwarded "
               f"{dict(relay.forwarded)} dropped {dict(relay.dropped)} from {relay.clients} clients")
-        assert relay.forwarded["down"] > 0 and relay.dropped["down"] > 0, "media did not cross the relay"
+        # the call's media crossed the relay: about 50 datagrams a second each way per
+        # track (a path around it left a few dozen in a whole turn)
+        assert min(relay.forwarded.values()) > MEDIA_THROUGH_RELAY, f"media went around the relay: {relay.forwarded}"
+        assert relay.dropped["down"] > 0 and relay.dropped["up"] > 0
         assert rate < GAP_RATE_GATE, f"gap rate {rate:.3f}"
         assert not (watch.done() and watch.result()), "the room held two agents"
     finally:
