@@ -29,7 +29,11 @@ from typing import Any
 from livekit import api
 from livekit.agents import llm
 
-from streamtalk_common.room_protocol import HISTORY_METADATA_KEY, merged_metadata, metadata_object
+from streamtalk_common.room_protocol import (
+    HISTORY_METADATA_KEY,
+    metadata_object,
+    set_room_metadata_key,
+)
 
 from .attribute_publisher import AttributePublisher
 
@@ -144,10 +148,4 @@ class RoomHistory:
         self._writer.close()
 
     async def _write(self, value: str) -> None:
-        rooms = (await self.lkapi.room.list_rooms(api.ListRoomsRequest(names=[self.room]))).rooms
-        if not rooms:
-            return  # the room closed
-        metadata = merged_metadata(rooms[0].metadata, HISTORY_METADATA_KEY, json.loads(value))
-        if metadata is not None:
-            await self.lkapi.room.update_room_metadata(
-                api.UpdateRoomMetadataRequest(room=self.room, metadata=metadata))
+        await set_room_metadata_key(self.lkapi, self.room, HISTORY_METADATA_KEY, json.loads(value))

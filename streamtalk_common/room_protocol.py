@@ -14,6 +14,8 @@
 import json
 from typing import Any
 
+from livekit import api
+
 HEARTBEAT_ATTRIBUTE = "streamtalk.heartbeat"
 HEARTBEAT_S = 2.0
 STALE_AFTER_S = 3 * HEARTBEAT_S
@@ -52,3 +54,16 @@ def merged_metadata(metadata: str, key: str, value: Any) -> str | None:
     if current is None or current.get(key) == value:
         return None
     return json.dumps({**current, key: value})
+
+
+async def set_room_metadata_key(lkapi: api.LiveKitAPI, room: str, key: str, value: Any) -> None:
+    """Set `key` of the room metadata's JSON object to `value`, every other key kept. The
+    metadata has several writers and LiveKit offers no compare-and-swap, so it is read
+    from the server right before the write, which keeps the window for a crossing write
+    to one round trip. A room that has closed is left alone."""
+    rooms = (await lkapi.room.list_rooms(api.ListRoomsRequest(names=[room]))).rooms
+    if not rooms:
+        return
+    metadata = merged_metadata(rooms[0].metadata, key, value)
+    if metadata is not None:
+        await lkapi.room.update_room_metadata(api.UpdateRoomMetadataRequest(room=room, metadata=metadata))

@@ -42,7 +42,7 @@ from streamtalk_common.room_protocol import (
     RECONCILER_METADATA_KEY,
     STALE_AFTER_S,
     expected_dispatch,
-    merged_metadata,
+    set_room_metadata_key,
 )
 
 log = logging.getLogger("token_server.reconciler")
@@ -160,13 +160,5 @@ class RoomReconciler:
         return now - last[1] > STALE_AFTER_S
 
     async def _tell_page(self, room: api.Room, status: dict) -> None:
-        """Set `status` under the room metadata's RECONCILER_METADATA_KEY (other keys kept).
-        The metadata is read again first: the agent writes its key meanwhile, and LiveKit
-        has no compare-and-swap, so the read-modify-write is kept as short as it can be."""
-        fresh = (await self.lkapi.room.list_rooms(api.ListRoomsRequest(names=[room.name]))).rooms
-        if not fresh:
-            return  # the room closed
-        metadata = merged_metadata(fresh[0].metadata, RECONCILER_METADATA_KEY, status)
-        if metadata is not None:
-            await self.lkapi.room.update_room_metadata(
-                api.UpdateRoomMetadataRequest(room=room.name, metadata=metadata))
+        """Set `status` under the room metadata's RECONCILER_METADATA_KEY (other keys kept)."""
+        await set_room_metadata_key(self.lkapi, room.name, RECONCILER_METADATA_KEY, status)

@@ -14,6 +14,8 @@ import os
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MIB = 2**20
 
@@ -65,11 +67,6 @@ def sample_group(pgid: int) -> Sample:
 
 def slope_per_min(times_s: list[float], values: list[float]) -> float:
     """Least-squares slope of values over time, per minute."""
-    n = len(times_s)
-    if n < 2:
-        raise ValueError(f"a slope needs at least two samples, got {n}")
-    mt, mv = sum(times_s) / n, sum(values) / n
-    var = sum((t - mt) ** 2 for t in times_s)
-    if var == 0:
-        raise ValueError("a slope needs samples at different times")
-    return 60.0 * sum((t - mt) * (v - mv) for t, v in zip(times_s, values, strict=True)) / var
+    if len(times_s) < 2 or len(set(times_s)) < 2:
+        raise ValueError(f"a slope needs samples at two different times at least, got {len(times_s)}")
+    return 60.0 * float(np.polyfit(times_s, values, 1)[0])
