@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from streamtalk_common.tables import print_table
+
 from .config import DECODER_DTYPES, EngineConfig
 from .runtime.session import PLAYOUT_BUFFER_S
 
@@ -68,22 +70,6 @@ def environment() -> dict:
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
     return env
-
-
-def print_table(title: str, rows: list[dict]) -> None:
-    if not rows:
-        print(f"{title}: no rows")
-        return
-    cols = list(rows[0])
-    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in cols}
-    print(f"\n{title}")
-    print("  ".join(c.ljust(widths[c]) for c in cols))
-    for r in rows:
-        print("  ".join(_fmt(r.get(c)).ljust(widths[c]) for c in cols))
-
-
-def _fmt(v: object) -> str:
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
 def write_json(path: str | None, name: str, rows: list[dict], extra: dict | None = None) -> None:

@@ -1,0 +1,26 @@
+"""Plain-text tables for the command-line tools (benchmarks, smoke tests, evaluations)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def format_cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def format_table(title: str, rows: list[dict[str, Any]]) -> str:
+    """`rows` as aligned columns (the first row's keys, in order) under `title`."""
+    if not rows:
+        return f"{title}: no rows"
+    cols = list(rows[0])
+    widths = {c: max(len(c), *(len(format_cell(r.get(c))) for r in rows)) for c in cols}
+    lines = [title, "  ".join(c.ljust(widths[c]) for c in cols)]
+    lines += ["  ".join(format_cell(r.get(c)).ljust(widths[c]) for c in cols).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def print_table(title: str, rows: list[dict[str, Any]]) -> None:
+    print("\n" + format_table(title, rows))
