@@ -116,6 +116,23 @@ class OmniClient:
             await self._session.close()
         self._session = None
 
+    async def list_models(self) -> list[str]:
+        """The model ids `GET /models` lists. Raises BackendError (unreachable, HTTP error, bad body)."""
+        try:
+            async with self._http().get(
+                f"{self.base_url}/models",
+                timeout=aiohttp.ClientTimeout(total=self.connect_timeout_s + 2),
+            ) as resp:
+                text = await resp.text()
+                if resp.status != 200:
+                    raise self._classify(resp.status, text)
+                data = json.loads(text)
+                return [str(m["id"]) for m in data.get("data", []) if isinstance(m, dict) and m.get("id")]
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise BackendError(f"{self.base_url} is unreachable ({type(exc).__name__}: {exc})") from None
+        except (json.JSONDecodeError, AttributeError, TypeError):
+            raise BackendError(f"{self.base_url}/models is not an OpenAI model list", retryable=False) from None
+
     async def model(self) -> str:
         """OMNI_MODEL, else the first model the backend lists (cached), else qwen3-omni."""
         if self._model:
@@ -126,21 +143,16 @@ class OmniClient:
             if self._model:
                 return self._model
             try:
-                async with self._http().get(
-                    f"{self.base_url}/models",
-                    timeout=aiohttp.ClientTimeout(total=self.connect_timeout_s + 2),
-                ) as resp:
-                    data = await resp.json(content_type=None)
-                    models = [m.get("id") for m in data.get("data", []) if isinstance(m, dict)]
-                    if resp.status == 200 and models and models[0]:
-                        self._model = str(models[0])
-                        log.info("Omni backend at %s serves %r", self.base_url, self._model)
-                        return self._model
-            except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
+                models = await self.list_models()
+            except BackendError as exc:
                 log.warning("cannot list models at %s/models (%s); asking for %r",
                             self.base_url, exc, FALLBACK_MODEL)
                 return FALLBACK_MODEL  # not cached: try again next time
-            return FALLBACK_MODEL
+            if not models:
+                return FALLBACK_MODEL
+            self._model = models[0]
+            log.info("Omni backend at %s serves %r", self.base_url, self._model)
+            return self._model
 
     async def _backoff(self, attempt: int) -> None:
         await asyncio.sleep(self.retry_backoff_s * (2**attempt))
