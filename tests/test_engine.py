@@ -13,6 +13,7 @@ import pytest
 import tts_engine.runtime.session as session_module
 from tts_engine.config import ConfigValueError, EngineConfig
 from tts_engine.runtime import TTSEngine, load_codes
+from tts_engine.runtime.code_dump import read_dump_meta
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +65,9 @@ async def test_code_dump_replays_to_the_same_audio(engine, tmp_path, tiny_model_
     pcm, metrics = await engine.synthesize_pcm(req)
     dump = engine.config.resolved_code_dump_dir / f"{metrics.request_id}.npy"
     assert load_codes(dump).shape == (metrics.frames, 16)
+    meta = read_dump_meta(dump)
+    assert meta["stop_reason"] == metrics.stop_reason and meta["text"] == "Dump my codes please."
+    assert meta["text_tokens"] > 0 and meta["frames"] == metrics.frames
     out = tmp_path / "replay.wav"
     subprocess.run([sys.executable, "-m", "tts_engine", "decode-codes", str(dump), "--model-dir", str(tiny_model_dir),
                     "--out", str(out), "--device", "cpu"], check=True, capture_output=True, timeout=120)

@@ -43,6 +43,13 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     write_wav(out, result.pcm)
     print(f"frames {result.codes.shape[0]} ({result.stop_reason}), audio {result.audio_s:.2f} s, "
           f"wall {result.wall_s:.2f} s, RTF {result.rtf:.3f} -> {out}")
+    if args.dump_codes:
+        from .runtime.code_dump import dump_codes
+
+        dump = dump_codes(Path(args.dump_codes), out.stem, result.codes.numpy(), text=req.text,
+                          speaker=req.speaker, language=req.language, model_dir=str(model.model_dir),
+                          stop_reason=result.stop_reason, text_tokens=model.prompt(req).text_token_count)
+        print(f"codes dump -> {dump}")
     return 0
 
 
@@ -98,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--sample", action="store_true", help="seeded sampling instead of greedy")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--dump-codes", default=None, metavar="DIR",
+                   help="also write the codes dump DIR/<out stem>.npy + .json (python -m tools.codes_eval)")
     _add_device_flags(p)
     p.set_defaults(func=cmd_synthesize)
 

@@ -331,7 +331,8 @@ class TTSEngine:
         if row_frames < 1:
             raise TextTooLong(f"the text makes a prompt of {length} positions; a row holds "
                               f"{self.pool.positions} (TTS_ROW_POSITIONS): send shorter text")
-        limit = frame_limit(prompt.text_token_count, self.config.max_new_tokens)
+        s.text_tokens = prompt.text_token_count
+        limit = frame_limit(s.text_tokens, self.config.max_new_tokens)
         if s.request.max_frames is not None:
             limit = min(limit, s.request.max_frames)
         s.frame_limit, s.row_limited = min(limit, row_frames), row_frames < limit
@@ -405,9 +406,10 @@ class TTSEngine:
         s.close_metrics(reason)
         self.underruns += s.metrics.underruns
         if self.config.code_dump and s.codes:
-            dump_codes(self.config.resolved_code_dump_dir, s.id, np.stack(s.codes),
-                       {"text": s.request.text, "speaker": s.request.speaker, "language": s.request.language,
-                        "model_dir": str(self.model.model_dir)})
+            dump_codes(self.config.resolved_code_dump_dir, s.id, np.stack(s.codes), text=s.request.text,
+                       speaker=s.request.speaker, language=s.request.language,
+                       model_dir=str(self.model.model_dir), stop_reason=s.metrics.stop_reason,
+                       text_tokens=s.text_tokens)
         self._release(s)
         s.on_admitted(error)  # a stream that ends before its admission stops waiting too
         s.on_closed()  # before the end of stream: a consumer that reads to the end finds it closed

@@ -93,6 +93,7 @@ class StreamSession:
         self.row: int | None = None
         self.position = 0  # the talker position of its next step
         self.frame_limit = 0
+        self.text_tokens = 0  # the prompt's text tokens (known once admitted to a row)
         self.row_limited = False  # the frame limit comes from the row's size, not the request
         self.windowed_state: object | None = None  # decoder state in windowed mode
         self.pending: list[np.ndarray] = []  # PCM of frames not yet in a packet
