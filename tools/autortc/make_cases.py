@@ -23,6 +23,7 @@ import numpy as np
 from .common import read_wav, write_wav
 
 RATE = 48000
+META_FORMAT = 2  # of the .json beside each WAV; a new one re-renders cached cases
 
 
 def espeak(text: str, voice: str, wpm: int) -> np.ndarray:
@@ -53,13 +54,15 @@ def noise(kind: str, n: int, level: float, seed: int) -> np.ndarray:
     return y.astype(np.float32)
 
 
-def render(spec: dict[str, Any]) -> tuple[np.ndarray, int]:
-    """The case audio and the index of its last speech sample (from the clean speech)."""
+def render(spec: dict[str, Any]) -> tuple[np.ndarray, int, int]:
+    """The case audio and the indices of its first and last speech samples (from the clean speech)."""
     speech = espeak(spec["text"], spec.get("voice", "en-us"), int(spec.get("wpm", 160)))
     speech = speech * float(spec.get("gain", 1.0))
     loud = np.flatnonzero(np.abs(speech) > 0.002)
-    last = int(spec.get("lead_s", 0.3) * RATE) + (int(loud[-1]) if loud.size else len(speech) - 1)
-    x = np.concatenate([np.zeros(int(spec.get("lead_s", 0.3) * RATE), np.float32), speech,
+    lead = int(spec.get("lead_s", 0.3) * RATE)
+    first = lead + (int(loud[0]) if loud.size else 0)
+    last = lead + (int(loud[-1]) if loud.size else len(speech) - 1)
+    x = np.concatenate([np.zeros(lead, np.float32), speech,
                         np.zeros(int(spec.get("tail_s", 1.5) * RATE), np.float32)])
     if "noise" in spec:
         nz = spec["noise"]
@@ -67,14 +70,13 @@ def render(spec: dict[str, Any]) -> tuple[np.ndarray, int]:
     if "spikes" in spec:  # "boom": short full-scale clicks inside the speech
         sp = spec["spikes"]
         rng = np.random.default_rng(int(sp.get("seed", 0)))
-        lead = int(spec.get("lead_s", 0.3) * RATE)
         for pos in rng.integers(lead, lead + max(1, len(speech) - 480), int(sp.get("count", 3))):
             x[pos:pos + 96] = float(sp.get("amplitude", 0.9)) * np.sign(rng.standard_normal(96))
-    return np.clip(x, -1.0, 1.0), last
+    return np.clip(x, -1.0, 1.0), first, last
 
 
 def _stamp(spec: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([META_FORMAT, spec], sort_keys=True).encode()).hexdigest()[:16]
 
 
 def make_case(case: dict[str, Any], out: Path) -> dict[str, Path]:
@@ -87,10 +89,10 @@ def make_case(case: dict[str, Any], out: Path) -> dict[str, Path]:
         meta = path.with_suffix(".json")
         if not (path.exists() and stamp.exists() and meta.exists()
                 and stamp.read_text() == _stamp(spec)):
-            x, last = render(spec)
+            x, first, last = render(spec)
             write_wav(path, x, RATE)
-            meta.write_text(json.dumps({"last_speech_sample": last, "rate": RATE,
-                                        "samples": len(x)}))
+            meta.write_text(json.dumps({"first_speech_sample": first, "last_speech_sample": last,
+                                        "rate": RATE, "samples": len(x)}))
             stamp.write_text(_stamp(spec))
         paths[key] = path
     return paths
