@@ -197,7 +197,7 @@ stop_service() {  # name
         return 0
     fi
     [[ "$name" == vllm ]] && named=(--named "$VLLM_PROCESS_NAMES")
-    local said rc=0
+    local said line rc=0
     said="$("$PY" -m streamtalk_common.service_procs stop "$(service_tag "$name")" "$pid" \
         --grace "$STOP_GRACE_S" "${named[@]}" 2>&1)" || rc=$?
     [[ -z "$said" ]] || while IFS= read -r line; do log "$name: $line"; done <<<"$said"
