@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Run the GPU benchmark set on a CUDA machine; results as JSON + a log.
 # Usage: scripts/gpu_bench.sh OUT_DIR [sections...]
-#   sections: check step decoder e2e launches cancel divergence batch peer compiled (default: all)
+#   sections: check step decoder e2e launches cancel divergence batch peer compiled regression
+#             (default: all)
 #   batch: the server under a concurrency ladder (BATCH_LADDER, default 1 4 16 64 128 256),
 #          then Poisson arrivals (BATCH_RATES requests/s, default 2 5 10), BATCH_DURATION s
 #          (default 30) each; fits one 10-minute call on its own
 #   step: STEP_VARIANTS (graph eager), STEP_DECODERS (tf32, the engine's default; also float32, bfloat16)
+#   regression: the TTS regression's fast mode in the golden GPU configuration (tiny checkpoint)
+#          against this card's baseline golden/tts/gpu-<card>; where there is none yet, it is
+#          created first (full mode) and copied to OUT_DIR to be committed
 # Wheels for packages the GPU host lacks may sit in .whl/ (scripts/fetch_gpu_wheels.sh).
 set -uo pipefail
 OUT_DIR="${1:?usage: scripts/gpu_bench.sh OUT_DIR [sections...]}"
 shift
-SECTIONS="${*:-check step decoder e2e launches cancel divergence batch peer compiled}"
+SECTIONS="${*:-check step decoder e2e launches cancel divergence batch peer compiled regression}"
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT_DIR"
 RES="$OUT_DIR/parts"
@@ -64,6 +68,19 @@ if has compiled; then
     step "e2e with torch.compile (compiles every bucket: slow start)"
     export TORCHINDUCTOR_CACHE_DIR="$STREAMTALK_HOME/inductor-cache" TTS_MAX_BATCH=4
     $B e2e --model-dir "$CK" --compile --out "$RES/e2e_compiled.json"
+fi
+if has regression; then
+    step "TTS regression: fast mode, golden GPU configuration"
+    GOLDEN_GPU="$(python3 -c 'import torch; from tools.tts_regression.suite import baseline_dir_for
+print(baseline_dir_for({"device": "cuda", "card": torch.cuda.get_device_name(0)}))')"
+    if [[ ! -f "$GOLDEN_GPU/baseline.json" ]]; then
+        echo "no baseline for this card at $GOLDEN_GPU yet: creating it (full mode); it is copied to" \
+            "$OUT_DIR/$(basename "$GOLDEN_GPU"): read its README.md, then commit it as $GOLDEN_GPU"
+        python3 -m tools.tts_regression --mode full --profile gpu --update-baseline --out "$OUT_DIR/tts_regression" \
+            && cp -r "$GOLDEN_GPU" "$OUT_DIR/"
+    fi
+    python3 -m tools.tts_regression --mode fast --profile gpu --out "$OUT_DIR/tts_regression"
+    cp "$OUT_DIR/tts_regression/latest/summary.json" "$RES/regression.json"
 fi
 has peer && { step peer; python3 tools/bench_peer.py --model-dir "$CK" --repeats "${PEER_REPEATS:-3}" --out "$RES/peer.json"; }
 step done

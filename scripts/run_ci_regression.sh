@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# TTS regression (the seed's six gates) against golden/tts.
+# TTS regression (the seed's six gates) against the golden baseline of the profile's device.
 #   scripts/run_ci_regression.sh --mode fast|full [--profile ci|gpu] [extra args of tools.tts_regression]
 # Output: $STREAMTALK_OUTPUT/tts_regression/<run_id>/ (summary.json, summary_brief.json, WAVs in full mode)
 # and a `latest` link. Exit status: 0 all gates pass, 1 a gate failed, 2 the suite could not run.
@@ -24,5 +24,6 @@ cd "$REPO_ROOT"
 log "ensuring the tiny checkpoint in $STREAMTALK_HOME/checkpoints/tiny"
 MODEL_DIR="$("$PY" -c 'from tts_engine.checkpoint import ensure_checkpoint; from tts_engine.config import cache_root; print(ensure_checkpoint(cache_root() / "checkpoints" / "tiny", "tiny", seed=0))')"
 log "TTS regression: mode $MODE, profile $PROFILE"
+# the baseline of the device the profile runs on: golden/tts, or golden/tts/gpu-<card>
 exec "$PY" -m tools.tts_regression --mode "$MODE" --profile "$PROFILE" --model-dir "$MODEL_DIR" \
-    --baseline "$REPO_ROOT/golden/tts" ${EXTRA[@]+"${EXTRA[@]}"}
+    ${EXTRA[@]+"${EXTRA[@]}"}

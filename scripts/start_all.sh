@@ -6,24 +6,33 @@
 # start: installs what is missing (venv, LiveKit server, npm packages), makes the
 # tiny TTS checkpoint and a demo WAV, then starts
 #   livekit       LiveKit server            ws://127.0.0.1:${LIVEKIT_PORT:-7880}
+#   vllm          vLLM with Qwen3-Omni      http://127.0.0.1:${VLLM_PORT:-8000}/v1
+#                 (OMNI_BACKEND=vllm: scripts/run_llm_server.sh; needs a GPU)
 #   omni_dev      local Omni-compatible LLM http://127.0.0.1:${OMNI_DEV_PORT:-8000}/v1
-#                 (only when OMNI_BASE_URL is unset or points at that address)
+#                 (OMNI_BACKEND=dev, the default while OMNI_BASE_URL is unset or that address)
+#   tts_server    standalone TTS HTTP server http://${TTS_HOST:-127.0.0.1}:${TTS_PORT:-9000}
+#                 (only with STREAMTALK_TTS_SERVER=1)
 #   token_server  token API + web client    http://127.0.0.1:${TOKEN_SERVER_PORT:-3000}
 # each in its own process group, with pid files and logs in $STREAMTALK_OUTPUT/run/.
-# stop: SIGTERM each group, SIGKILL after a grace period, and verify it is gone.
+# stop: SIGTERM each service, SIGKILL after a grace period, and verify nothing of it is left
+# (children that left the group included: streamtalk_common/service_procs.py).
 #
 # Environment (defaults): LIVEKIT_PORT 7880, LIVEKIT_UDP_PORT 7882, LIVEKIT_NODE_IP
 # 127.0.0.1, LIVEKIT_BIND 127.0.0.1, LIVEKIT_API_KEY/SECRET (both or neither; by default the
 # keys generated on first start into LIVEKIT_KEY_FILE $STREAMTALK_HOME/livekit-keys.yaml),
 # TOKEN_SERVER_HOST 127.0.0.1 (another address needs TOKEN_ACCESS_KEY or TOKEN_ALLOW_OPEN=1;
-# the token server's TOKEN_* settings pass through), TOKEN_SERVER_PORT 3000, OMNI_BASE_URL, OMNI_DEV_PORT 8000,
-# STREAMTALK_SKIP_INSTALL=1 (skip install steps), STREAMTALK_SKIP_TTS_DEMO=1.
+# the token server's TOKEN_* settings pass through), TOKEN_SERVER_PORT 3000, OMNI_BACKEND
+# (dev | vllm | external), OMNI_BASE_URL, OMNI_DEV_PORT 8000, VLLM_PORT 8000,
+# VLLM_GPU_MEMORY_UTILIZATION 0.6, VLLM_START_TIMEOUT_S 900, STREAMTALK_TTS_SERVER=1, TTS_HOST,
+# TTS_PORT 9000, STREAMTALK_SKIP_INSTALL=1 (skip install steps), STREAMTALK_SKIP_TTS_DEMO=1.
 . "$(dirname "$0")/common.sh"
 . "$REPO_ROOT/scripts/livekit_keys.sh"
+. "$REPO_ROOT/scripts/vllm_env.sh"
 cd "$REPO_ROOT"
 
 RUN_DIR="$STREAMTALK_OUTPUT/run"
 STOP_GRACE_S="${STOP_GRACE_S:-10}"
+PROGRESS_EVERY_S=10  # a service still loading says so this often
 
 LIVEKIT_PORT="${LIVEKIT_PORT:-7880}"
 LIVEKIT_UDP_PORT="${LIVEKIT_UDP_PORT:-7882}"
@@ -36,16 +45,60 @@ export TOKEN_SERVER_HOST="${TOKEN_SERVER_HOST:-127.0.0.1}"
 export TOKEN_SERVER_PORT="${TOKEN_SERVER_PORT:-3000}"
 OMNI_DEV_PORT="${OMNI_DEV_PORT:-8000}"
 OMNI_DEV_URL="http://127.0.0.1:$OMNI_DEV_PORT/v1"
+VLLM_URL="http://$([[ "$VLLM_HOST" == 0.0.0.0 || "$VLLM_HOST" == :: ]] && echo 127.0.0.1 || echo "$VLLM_HOST"):$VLLM_PORT/v1"
+VLLM_START_TIMEOUT_S="${VLLM_START_TIMEOUT_S:-900}"  # loading the weights takes minutes
+STREAMTALK_TTS_SERVER="${STREAMTALK_TTS_SERVER:-0}"
+TTS_HOST="${TTS_HOST:-127.0.0.1}"  # EngineConfig's defaults
+TTS_PORT="${TTS_PORT:-9000}"
 TTS_CHECKPOINT="${TTS_DEEP_STREAM_MODEL_DIR:-$STREAMTALK_HOME/checkpoints/tiny}"
 
-SERVICES=(livekit omni_dev token_server agent)
+SERVICES=(livekit vllm omni_dev tts_server token_server agent)
+VLLM_PROCESS_NAMES='vllm|VLLM|EngineCore'  # what vLLM's processes are called
 
 # ------------------------------------------------------------------ helpers
 
-want_omni_dev() {
-    local url="${OMNI_BASE_URL:-}"
+# Which Omni backend serves the agent; sets OMNI_BACKEND. Unset: the dev backend, unless
+# OMNI_BASE_URL names another address (then that backend, started elsewhere).
+resolve_omni_backend() {
+    local url="${OMNI_BASE_URL:-}" wanted
     url="${url%/}"
-    [[ -z "$url" || "$url" == "$OMNI_DEV_URL" || "$url" == "http://localhost:$OMNI_DEV_PORT/v1" ]]
+    case "${OMNI_BACKEND:-}" in
+        "")
+            OMNI_BACKEND=external
+            [[ -z "$url" ]] || same_local_url "$url" "$OMNI_DEV_URL" && OMNI_BACKEND=dev
+            ;;
+        dev | vllm | external) ;;
+        *) die "OMNI_BACKEND=$OMNI_BACKEND; valid: dev (the local dev backend, the default), vllm (scripts/run_llm_server.sh, needs a GPU), external (a backend at OMNI_BASE_URL started elsewhere)" ;;
+    esac
+    case "$OMNI_BACKEND" in
+        dev) wanted="$OMNI_DEV_URL" ;;
+        vllm)
+            wanted="$VLLM_URL"
+            [[ "$VLLM_GPU_MEMORY_UTILIZATION" =~ ^(0?\.[0-9]*[1-9][0-9]*|1(\.0*)?)$ ]] \
+                || die "VLLM_GPU_MEMORY_UTILIZATION=$VLLM_GPU_MEMORY_UTILIZATION; valid: a fraction in (0, 1], e.g. 0.6"
+            [[ "$VLLM_START_TIMEOUT_S" =~ ^[1-9][0-9]*$ ]] \
+                || die "VLLM_START_TIMEOUT_S=$VLLM_START_TIMEOUT_S; valid: whole seconds > 0"
+            ;;
+        external)
+            [[ -n "$url" ]] || die "OMNI_BACKEND=external needs OMNI_BASE_URL (the backend's address, ending in /v1)"
+            return 0
+            ;;
+    esac
+    [[ -z "$url" ]] || same_local_url "$url" "$wanted" \
+        || die "OMNI_BACKEND=$OMNI_BACKEND serves at $wanted, but OMNI_BASE_URL=$url; leave OMNI_BASE_URL unset, set it to $wanted, or use OMNI_BACKEND=external"
+}
+
+same_local_url() {  # url wanted -> 0 when they are the same address (localhost = 127.0.0.1)
+    [[ "$1" == "$2" || "${1/localhost/127.0.0.1}" == "$2" ]]
+}
+
+enabled() {  # service -> 0 when this configuration runs it
+    case "$1" in
+        vllm) [[ "$OMNI_BACKEND" == vllm ]] ;;
+        omni_dev) [[ "$OMNI_BACKEND" == dev ]] ;;
+        tts_server) [[ "$STREAMTALK_TTS_SERVER" == 1 ]] ;;
+        *) return 0 ;;
+    esac
 }
 
 pid_of() {  # service -> pid from its pid file, or nothing
@@ -53,24 +106,23 @@ pid_of() {  # service -> pid from its pid file, or nothing
     [[ -f "$f" ]] && cat "$f"
 }
 
-group_members() {  # pgid -> pids of live processes in that process group
-    local pgid="$1" f line rest
-    for f in /proc/[0-9]*/stat; do
-        read -r line 2>/dev/null <"$f" || continue
-        rest="${line##*) }"
-        # fields after "(comm) ": state ppid pgrp ...
-        set -- $rest
-        if [[ "${3:-}" == "$pgid" && "$1" != "Z" ]]; then
-            f="${f#/proc/}"
-            echo "${f%/stat}"
-        fi
-    done
-}
+# Every process a service started carries this tag in its environment, children that left
+# its process group included.
+service_tag() { echo "$RUN_DIR/$1"; }
 
-is_running() {  # service -> 0 when its process group has live members
+is_running() {  # service -> 0 when any process of it lives
     local pid
     pid="$(pid_of "$1")" || return 1
-    [[ -n "$pid" && -n "$(group_members "$pid")" ]]
+    [[ -n "$pid" && -n "$("$PY" -m streamtalk_common.service_procs members "$(service_tag "$1")" "$pid")" ]]
+}
+
+answers() {  # service url -> 0 when the url answers; vLLM's /v1 routes want its API key
+    if [[ "$1" == vllm && -n "${OMNI_API_KEY:-}" && "$OMNI_API_KEY" != EMPTY ]]; then
+        # through curl's config on stdin: the key shows on no command line
+        printf 'header = "Authorization: Bearer %s"\n' "$OMNI_API_KEY" | curl -fsS -m 2 -K - "$2" >/dev/null 2>&1
+    else
+        curl -fsS -m 2 "$2" >/dev/null 2>&1
+    fi
 }
 
 port_taken() {  # proto host port -> 0 when something already holds it
@@ -111,57 +163,71 @@ start_service() {  # name health-url timeout-s cmd...
     local logf="$RUN_DIR/$name.log"
     log "starting $name (log $logf)"
     # setsid: the service leads its own process group, so stop can end all of it
-    setsid "$@" >>"$logf" 2>&1 </dev/null &
+    STREAMTALK_SERVICE="$(service_tag "$name")" setsid "$@" >>"$logf" 2>&1 </dev/null &
     local pid=$!
     echo "$pid" >"$RUN_DIR/$name.pid"
-    local deadline=$((SECONDS + timeout))
+    local started=$SECONDS deadline=$((SECONDS + timeout)) note=$((SECONDS + PROGRESS_EVERY_S))
     while ((SECONDS < deadline)); do
         if ! kill -0 "$pid" 2>/dev/null; then
             tail -n 30 "$logf" >&2 || true
-            rm -f "$RUN_DIR/$name.pid"
+            stop_service "$name"  # what it started may outlive it
             die "$name exited during start-up; see $logf"
         fi
-        if curl -fsS -m 2 "$url" >/dev/null 2>&1; then
+        if answers "$name" "$url"; then
             log "$name healthy at $url"
             return 0
+        fi
+        if ((SECONDS >= note)); then
+            log "$name: waiting for $url, $((SECONDS - started)) s of ${timeout} s; its log says: $(tail -n 1 "$logf" | cut -c1-160)"
+            note=$((SECONDS + PROGRESS_EVERY_S))
         fi
         sleep 0.3
     done
     tail -n 30 "$logf" >&2 || true
-    die "$name not healthy at $url after ${timeout}s; see $logf"
+    stop_service "$name"
+    local hint=""
+    [[ "$name" == vllm ]] && hint="; vLLM may need longer to load: raise VLLM_START_TIMEOUT_S"
+    die "$name not healthy at $url after ${timeout}s, stopped it; see $logf$hint"
 }
 
 stop_service() {  # name
-    local name="$1" pid
+    local name="$1" pid named=()
     pid="$(pid_of "$name")" || true
     if [[ -z "$pid" ]]; then
         return 0
     fi
-    if [[ -n "$(group_members "$pid")" ]]; then
-        log "stopping $name (process group $pid)"
-        kill -TERM -- "-$pid" 2>/dev/null || true
-        local deadline=$((SECONDS + STOP_GRACE_S)) second=$((SECONDS + 2))
-        while ((SECONDS < deadline)) && [[ -n "$(group_members "$pid")" ]]; do
-            if ((second > 0 && SECONDS >= second)); then
-                # a second SIGTERM makes LiveKit stop waiting for participants to leave
-                kill -TERM -- "-$pid" 2>/dev/null || true
-                second=0
-            fi
-            sleep 0.2
-        done
-        if [[ -n "$(group_members "$pid")" ]]; then
-            log "$name still alive after ${STOP_GRACE_S}s: SIGKILL"
-            kill -KILL -- "-$pid" 2>/dev/null || true
-            sleep 0.5
-        fi
-        local left
-        left="$(group_members "$pid" | tr '\n' ' ')"
-        if [[ -n "$left" ]]; then
-            die "$name: processes $left survived SIGKILL"
-        fi
-        log "$name stopped"
-    fi
+    [[ "$name" == vllm ]] && named=(--named "$VLLM_PROCESS_NAMES")
+    local said line rc=0
+    said="$("$PY" -m streamtalk_common.service_procs stop "$(service_tag "$name")" "$pid" \
+        --grace "$STOP_GRACE_S" "${named[@]}" 2>&1)" || rc=$?
+    [[ -z "$said" ]] || while IFS= read -r line; do log "$name: $line"; done <<<"$said"
+    ((rc == 0)) || die "$name: processes survived SIGKILL (above)"
+    [[ -z "$said" ]] || log "$name stopped"
     rm -f "$RUN_DIR/$name.pid"
+}
+
+# vLLM takes VLLM_GPU_MEMORY_UTILIZATION of the card at start, and refuses to start when
+# that much is not free: say so before minutes of loading, with who holds the memory.
+check_vllm_gpu_memory() {
+    if ! command -v nvidia-smi >/dev/null 2>&1; then
+        log "vllm: nvidia-smi not found, GPU memory not checked"
+        return 0
+    fi
+    local gpu="${CUDA_VISIBLE_DEVICES:-0}" line name total free need apps
+    gpu="${gpu%%,*}"  # vLLM runs on the first visible card
+    line="$(nvidia-smi -i "$gpu" --query-gpu=name,memory.total,memory.free --format=csv,noheader,nounits 2>&1)" \
+        || die "vllm: nvidia-smi cannot read GPU $gpu: $line"
+    IFS=, read -r name total free <<<"$line"
+    total="${total// /}" free="${free// /}"
+    [[ "$total" =~ ^[0-9]+$ && "$free" =~ ^[0-9]+$ ]] || die "vllm: unexpected nvidia-smi answer for GPU $gpu: $line"
+    need="$(awk -v u="$VLLM_GPU_MEMORY_UTILIZATION" -v t="$total" 'BEGIN { n = u * t; printf "%d", (n == int(n)) ? n : int(n) + 1 }')"
+    if ((free < need)); then
+        apps="$(nvidia-smi -i "$gpu" --query-compute-apps=pid,process_name,used_memory --format=csv,noheader 2>/dev/null || true)"
+        die "vllm needs $need MiB free on GPU $gpu ($name): VLLM_GPU_MEMORY_UTILIZATION=$VLLM_GPU_MEMORY_UTILIZATION of its $total MiB, but only $free MiB are free${apps:+; in use by:
+$apps}
+  free the GPU, or lower VLLM_GPU_MEMORY_UTILIZATION (the TTS engine needs TTS_MIN_FREE_GPU_MIB beside it)"
+    fi
+    log "vllm: GPU $gpu ($name) has $free MiB free; vLLM takes $need MiB"
 }
 
 # ------------------------------------------------------------------ install
@@ -209,6 +275,7 @@ tts_demo() {
 # ------------------------------------------------------------------ commands
 
 cmd_start() {
+    resolve_omni_backend
     mkdir -p "$RUN_DIR"
     install_missing
     [[ -x "$LIVEKIT_BIN" ]] || die "LiveKit server missing at $LIVEKIT_BIN: run scripts/install_livekit_server.sh"
@@ -222,26 +289,44 @@ cmd_start() {
         [[ "$LIVEKIT_NODE_IP" == 127.* ]] && udp_host=127.0.0.1
         require_port livekit udp "$udp_host" "$LIVEKIT_UDP_PORT" LIVEKIT_UDP_PORT
     fi
-    start_service livekit "http://127.0.0.1:$LIVEKIT_PORT/" 30 \
+    start_service livekit "$(health_url livekit)" 30 \
         "$LIVEKIT_BIN" --config "$LIVEKIT_CONFIG" --bind "$LIVEKIT_BIND" \
         --node-ip "$LIVEKIT_NODE_IP" --port "$LIVEKIT_PORT" --udp-port "$LIVEKIT_UDP_PORT" \
         --key-file "$LIVEKIT_SERVER_KEY_FILE"
 
-    if want_omni_dev; then
-        export OMNI_BASE_URL="$OMNI_DEV_URL"
-        export OMNI_MODEL="${OMNI_MODEL:-qwen3-omni-dev}"  # the name the dev backend serves
-        is_running omni_dev || require_port omni_dev tcp 127.0.0.1 "$OMNI_DEV_PORT" OMNI_DEV_PORT
-        start_service omni_dev "http://127.0.0.1:$OMNI_DEV_PORT/health" 180 \
-            "$PY" -m tools.omni_dev --host 127.0.0.1 --port "$OMNI_DEV_PORT"
-    else
-        log "using the Omni backend at $OMNI_BASE_URL (local dev backend not started)"
-        curl -fsS -m 5 "${OMNI_BASE_URL%/}/models" >/dev/null 2>&1 \
-            || log "WARNING: $OMNI_BASE_URL/models does not answer yet"
+    case "$OMNI_BACKEND" in
+        dev)
+            export OMNI_BASE_URL="$OMNI_DEV_URL"
+            export OMNI_MODEL="${OMNI_MODEL:-qwen3-omni-dev}"  # the name the dev backend serves
+            is_running omni_dev || require_port omni_dev tcp 127.0.0.1 "$OMNI_DEV_PORT" OMNI_DEV_PORT
+            start_service omni_dev "$(health_url omni_dev)" 180 \
+                "$PY" -m tools.omni_dev --host 127.0.0.1 --port "$OMNI_DEV_PORT"
+            ;;
+        vllm)
+            export OMNI_BASE_URL="$VLLM_URL" OMNI_MODEL="$VLLM_SERVED_MODEL"
+            if ! is_running vllm; then
+                require_port vllm tcp "$VLLM_HOST" "$VLLM_PORT" VLLM_PORT
+                check_vllm_gpu_memory
+            fi
+            start_service vllm "$(health_url vllm)" "$VLLM_START_TIMEOUT_S" \
+                bash "$REPO_ROOT/scripts/run_llm_server.sh"
+            ;;
+        external)
+            log "using the Omni backend at $OMNI_BASE_URL (local dev backend not started)"
+            curl -fsS -m 5 "${OMNI_BASE_URL%/}/models" >/dev/null 2>&1 \
+                || log "WARNING: $OMNI_BASE_URL/models does not answer yet"
+            ;;
+    esac
+
+    if enabled tts_server; then
+        is_running tts_server || require_port tts_server tcp "$TTS_HOST" "$TTS_PORT" TTS_PORT
+        start_service tts_server "$(health_url tts_server)" 180 \
+            "$PY" -m tts_engine serve --model-dir "$TTS_CHECKPOINT" --host "$TTS_HOST" --port "$TTS_PORT"
     fi
 
     is_running token_server \
         || require_port token_server tcp "$TOKEN_SERVER_HOST" "$TOKEN_SERVER_PORT" TOKEN_SERVER_PORT
-    start_service token_server "http://$TOKEN_SERVER_HOST:$TOKEN_SERVER_PORT/healthz" 30 \
+    start_service token_server "$(health_url token_server)" 30 \
         "$PY" -m token_server --host "$TOKEN_SERVER_HOST" --port "$TOKEN_SERVER_PORT"
 
     # ---------------------------------------------------------------- AGENT WORKER
@@ -249,13 +334,14 @@ cmd_start() {
     # Its health endpoint answers once the TTS engine and VAD are loaded and warm.
     export AGENT_HTTP_PORT="${AGENT_HTTP_PORT:-8081}"
     is_running agent || require_port agent tcp 127.0.0.1 "$AGENT_HTTP_PORT" AGENT_HTTP_PORT
-    start_service agent "http://127.0.0.1:$AGENT_HTTP_PORT/" 180 "$PY" -m agent start
+    start_service agent "$(health_url agent)" 180 "$PY" -m agent start
 
     log "stack is up"
     echo
     echo "  web client:   http://$TOKEN_SERVER_HOST:$TOKEN_SERVER_PORT/"
     echo "  LiveKit:      $LIVEKIT_URL   (API key $LIVEKIT_API_KEY, keys in $LIVEKIT_SERVER_KEY_FILE)"
-    echo "  Omni backend: ${OMNI_BASE_URL}"
+    echo "  Omni backend: ${OMNI_BASE_URL}   ($OMNI_BACKEND)"
+    enabled tts_server && echo "  TTS server:   http://$TTS_HOST:$TTS_PORT/"
     echo "  logs:         $RUN_DIR/"
     echo
 }
@@ -272,7 +358,9 @@ cmd_stop() {
 health_url() {
     case "$1" in
         livekit) echo "http://127.0.0.1:$LIVEKIT_PORT/" ;;
+        vllm) echo "$VLLM_URL/models" ;;
         omni_dev) echo "http://127.0.0.1:$OMNI_DEV_PORT/health" ;;
+        tts_server) echo "http://$TTS_HOST:$TTS_PORT/readyz" ;;
         token_server) echo "http://$TOKEN_SERVER_HOST:$TOKEN_SERVER_PORT/healthz" ;;
         agent) echo "http://127.0.0.1:${AGENT_HTTP_PORT:-8081}/" ;;
     esac
@@ -301,11 +389,14 @@ livekit_drain_state() {
 
 cmd_status() {
     local name pid url state probe rc=0
+    resolve_omni_backend
     for name in "${SERVICES[@]}"; do
         pid="$(pid_of "$name")" || true
+        # a service this configuration leaves out is listed only when it left a pid file
+        enabled "$name" || [[ -n "$pid" ]] || continue
         url="$(health_url "$name")"
         if is_running "$name"; then
-            if ! curl -fsS -m 2 "$url" >/dev/null 2>&1; then
+            if ! answers "$name" "$url"; then
                 state="running (pid $pid), NOT answering at $url"
                 rc=1
             elif [[ "$name" == livekit ]]; then

@@ -46,7 +46,7 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 
 # Variables of a user's own deployment that must not leak into test services.
-_SCRUBBED_ENV_PREFIXES = ("LIVEKIT_", "TOKEN_", "OMNI_", "NODE_IP", "UDP_PORT")
+_SCRUBBED_ENV_PREFIXES = ("LIVEKIT_", "TOKEN_", "OMNI_", "VLLM_", "STREAMTALK_TTS_SERVER", "NODE_IP", "UDP_PORT")
 
 
 def require(condition: bool, message: str) -> None:

@@ -9,6 +9,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -217,6 +218,145 @@ async def test_given_keys_win_and_status_reports_dead_and_draining_services(
     await wait_gone(livekit, 10)
     status = run_script(env, "status", timeout=30)
     assert "livekit       dead (stale pid file" in status.stdout, status.stdout
+
+
+# ------------------------------------------------------------------ vLLM and the TTS server
+
+STANDIN = REPO_ROOT / "tests" / "vllm_standin.py"
+GPU_TOTAL_MIB = 143771  # what the nvidia-smi stand-in reports: an H200
+VLLM_NEEDS_MIB = 86263  # 0.6 of it, rounded up
+
+
+def tagged(tag: str) -> list[int]:
+    """Processes whose environment carries the service tag start_all.sh gives a service."""
+    found = []
+    for f in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"STREAMTALK_SERVICE={tag}".encode() in f.read_bytes().split(b"\0") and alive(int(f.parent.name)):
+                found.append(int(f.parent.name))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.fixture
+def vllm_env(stack_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """The stack with OMNI_BACKEND=vllm, where `vllm` is tests/vllm_standin.py (the dev backend
+    behind vLLM's command line) and nvidia-smi reports an H200 with NVIDIA_SMI_FREE_MIB free."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "vllm").write_text(f'#!/bin/sh\nexec "{sys.executable}" "{STANDIN}" "$@"\n')
+    (bin_dir / "nvidia-smi").write_text(
+        "#!/bin/sh\n"
+        'case "$*" in\n'
+        f'  *--query-gpu=*) echo "NVIDIA H200, {GPU_TOTAL_MIB}, $NVIDIA_SMI_FREE_MIB" ;;\n'
+        '  *--query-compute-apps=*) echo "4242, python3, 60000 MiB" ;;\n'
+        "  *) exit 2 ;;\n"
+        "esac\n"
+    )
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    return {
+        **stack_env,
+        "OMNI_BACKEND": "vllm",
+        "VLLM_BIN": str(bin_dir / "vllm"),
+        "VLLM_PORT": str(free_port()),
+        "PATH": f"{bin_dir}:{stack_env['PATH']}",
+        "NVIDIA_SMI_FREE_MIB": str(GPU_TOTAL_MIB - 1000),
+        "STOP_GRACE_S": "3",
+    }
+
+
+async def test_vllm_and_the_tts_server_run_under_the_stack(vllm_env: dict[str, str]) -> None:
+    env = {**vllm_env, "VLLM_STANDIN": "orphan", "STREAMTALK_TTS_SERVER": "1", "TTS_PORT": str(free_port())}
+    run_dir = Path(env["STREAMTALK_OUTPUT"]) / "run"
+    vllm_url = f"http://127.0.0.1:{env['VLLM_PORT']}/v1"
+    stray = None
+    try:
+        started = run_script(env, "start")
+        assert started.returncode == 0, started.stderr[-3000:]
+        assert f"has {GPU_TOTAL_MIB - 1000} MiB free; vLLM takes {VLLM_NEEDS_MIB} MiB" in started.stderr
+        assert f"vllm healthy at {vllm_url}/models" in started.stderr
+        assert f"Omni backend: {vllm_url}   (vllm)" in started.stdout
+        assert f"TTS server:   http://127.0.0.1:{env['TTS_PORT']}/" in started.stdout
+        assert not (run_dir / "omni_dev.pid").exists()
+
+        status = run_script(env, "status", timeout=30)
+        assert status.returncode == 0, status.stdout + status.stderr
+        names = [line.split()[0] for line in status.stdout.splitlines()]
+        assert names == ["livekit", "vllm", "tts_server", "token_server", "agent"], status.stdout
+        assert all("healthy" in line for line in status.stdout.splitlines()), status.stdout
+
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+            async with s.get(f"{vllm_url}/models") as r:
+                assert r.status == 200 and [m["id"] for m in (await r.json())["data"]] == ["qwen3-omni"]
+            speech = {"text": "Hello there.", "speaker": "serena"}
+            async with s.post(f"http://127.0.0.1:{env['TTS_PORT']}/synthesize", json=speech) as r:
+                assert r.status == 200 and r.content_type == "audio/wav"
+                assert len(await r.read()) > 44 + 24000  # over half a second of 16-bit audio
+
+        # the engine core stand-in left vLLM's process group and ignores SIGTERM
+        vllm_pid = int((run_dir / "vllm.pid").read_text())
+        (core,) = [pid for pid in tagged(str(run_dir / "vllm")) if os.getpgid(pid) != vllm_pid]
+        assert Path(f"/proc/{core}/comm").read_text().strip() == "VLLM::EngineCor"
+        # a vLLM process this stack did not start is reported, never signalled
+        stray = subprocess.Popen([sys.executable, str(STANDIN), "VLLM::EngineCore"], start_new_session=True)
+
+        stopped = run_script(env, "stop", timeout=60)
+        assert stopped.returncode == 0, stopped.stderr
+        assert f"vllm: still alive after 3 s, SIGKILL: {core} (VLLM::EngineCor" in stopped.stderr, stopped.stderr
+        assert "vllm: left alone, not started by this stack" in stopped.stderr and f"{stray.pid} (" in stopped.stderr
+        assert not alive(core) and not tagged(str(run_dir / "vllm")) and not tagged(str(run_dir / "tts_server"))
+        assert alive(stray.pid)
+        assert not list(run_dir.glob("*.pid"))
+    finally:
+        if stray is not None:
+            stray.kill()
+            stray.wait()
+
+
+def test_vllm_that_never_answers_is_stopped_with_a_clear_error(vllm_env: dict[str, str]) -> None:
+    env = {**vllm_env, "VLLM_STANDIN": "never-healthy", "VLLM_START_TIMEOUT_S": "12"}
+    started = run_script(env, "start", timeout=120)
+    assert started.returncode == 1, started.stderr[-3000:]
+    url = f"http://127.0.0.1:{env['VLLM_PORT']}/v1/models"
+    assert f"vllm: waiting for {url}, 1" in started.stderr, started.stderr  # progress while it loads
+    assert "of 12 s; its log says: Loading safetensors checkpoint shards" in started.stderr
+    assert f"vllm not healthy at {url} after 12s, stopped it" in started.stderr
+    assert "raise VLLM_START_TIMEOUT_S" in started.stderr
+    run_dir = Path(env["STREAMTALK_OUTPUT"]) / "run"
+    assert not tagged(str(run_dir / "vllm")) and not (run_dir / "vllm.pid").exists()
+    assert not (run_dir / "agent.pid").exists()
+
+
+def test_vllm_is_refused_when_the_gpu_lacks_memory(vllm_env: dict[str, str]) -> None:
+    started = run_script({**vllm_env, "NVIDIA_SMI_FREE_MIB": "20000"}, "start", timeout=120)
+    assert started.returncode == 1
+    assert (
+        f"vllm needs {VLLM_NEEDS_MIB} MiB free on GPU 0 (NVIDIA H200): VLLM_GPU_MEMORY_UTILIZATION=0.6 of "
+        f"its {GPU_TOTAL_MIB} MiB, but only 20000 MiB are free; in use by:\n4242, python3, 60000 MiB"
+    ) in started.stderr, started.stderr
+    assert "lower VLLM_GPU_MEMORY_UTILIZATION" in started.stderr
+    assert not (Path(vllm_env["STREAMTALK_OUTPUT"]) / "run" / "vllm.pid").exists()
+
+
+@pytest.mark.parametrize(("given", "error"), [
+    ({"OMNI_BACKEND": "gpu"}, "OMNI_BACKEND=gpu; valid: dev (the local dev backend, the default), vllm"),
+    ({"OMNI_BACKEND": "external"}, "OMNI_BACKEND=external needs OMNI_BASE_URL"),
+    ({"OMNI_BACKEND": "vllm", "OMNI_BASE_URL": "http://10.0.0.9:8000/v1"},
+     "OMNI_BACKEND=vllm serves at http://127.0.0.1:8000/v1, but OMNI_BASE_URL=http://10.0.0.9:8000/v1"),
+    ({"OMNI_BACKEND": "vllm", "VLLM_GPU_MEMORY_UTILIZATION": "1.5"},
+     "VLLM_GPU_MEMORY_UTILIZATION=1.5; valid: a fraction in (0, 1]"),
+    ({"OMNI_BACKEND": "vllm", "VLLM_START_TIMEOUT_S": "soon"}, "VLLM_START_TIMEOUT_S=soon; valid: whole seconds > 0"),
+])  # fmt: skip
+def test_backend_settings_that_cannot_work_are_refused(
+    tmp_path: Path, given: dict[str, str], error: str
+) -> None:
+    env = service_env(STREAMTALK_OUTPUT=str(tmp_path / "output"), STREAMTALK_SKIP_INSTALL="1", **given)
+    for command in ("start", "status"):
+        said = run_script(env, command, timeout=30)
+        assert said.returncode == 1 and error in said.stderr, said.stderr
+    assert not (tmp_path / "output" / "run").exists()  # refused before anything started
 
 
 # ------------------------------------------------------------------ the key file alone

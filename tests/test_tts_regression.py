@@ -11,9 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tools.tts_regression import metrics as M
-from tools.tts_regression.suite import CaseResult, evaluate, thresholds_for
+from tools.tts_regression.suite import (
+    CaseResult,
+    baseline_dir_for,
+    evaluate,
+    profile_device,
+    thresholds_for,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "golden" / "tts"
@@ -160,6 +167,23 @@ def test_ci_profile_is_calibrated():
     assert thresholds_for("gpu")["ttfa_p95_ms_max"] == 350
 
 
+def test_profiles_name_their_device_and_baselines_are_per_device():
+    assert (profile_device("ci"), profile_device("gpu")) == ("cpu", "cuda")
+    assert "device" not in thresholds_for("gpu")
+    assert baseline_dir_for({"device": "cpu", "card": "x86_64"}) == GOLDEN
+    assert baseline_dir_for({"device": "cuda", "card": "NVIDIA H200"}) == GOLDEN / "gpu-h200"
+    assert baseline_dir_for({"device": "cuda", "card": "NVIDIA H100 80GB HBM3"}) == GOLDEN / "gpu-h100-80gb-hbm3"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the gpu profile runs")
+def test_gpu_profile_without_cuda_says_why(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tools.tts_regression", "--profile", "gpu", "--out", str(tmp_path)],
+                          cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "'cuda' requested but CUDA is not available" in proc.stderr
+    assert "(the profile runs on cuda)" in proc.stderr
+
+
 # --- end to end --------------------------------------------------------------------------------
 
 def _env(tmp_path: Path) -> dict:
@@ -182,6 +206,10 @@ def test_fast_ci_run_passes_against_golden(tmp_path):
     assert summary["runs_per_case"] == 3 and len(summary["cases"]) >= 8
     assert summary["gates"]["SNR_vs_baseline"]["min_vs_baseline_db"] >= 100.0  # bit-exact engine on one CPU
     assert not (latest / "wav").exists()  # no WAVs in fast mode
+    assert summary["engine"]["device"] == "cpu" and summary["engine"]["dtype"] == "float32"
+    assert summary["engine"]["cuda_graphs"] is False  # graphs are a CUDA thing
+    assert summary["baseline"]["dir"] == "golden/tts"
+    assert "CPU (" in proc.stdout and "float32, decoder tf32, eager" in proc.stdout
 
 
 def test_changed_checkpoint_fails_snr_gate(tmp_path):

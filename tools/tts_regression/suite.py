@@ -6,6 +6,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import time
 import wave
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent.parent
 CASES_PATH = HERE / "cases.json"
 PROFILES_PATH = HERE / "profiles.json"
-DEFAULT_BASELINE = REPO_ROOT / "golden" / "tts"
+CPU_BASELINE = REPO_ROOT / "golden" / "tts"
 RUNS_PER_MODE = {"fast": 3, "full": 10}
 SAMPLE_RATE = 24000
 GATES = ["determinism", "abs_duration_diff_ms", "repeat", "SNR_vs_baseline", "TTFA", "stream_bad_audio"]
@@ -49,8 +50,26 @@ def thresholds_for(profile: str, profiles: dict | None = None) -> dict:
     if profile not in profiles["profiles"]:
         raise RegressionError(f"unknown profile {profile!r}; valid: {sorted(profiles['profiles'])}")
     merged = dict(profiles["common"])
-    merged.update({k: v for k, v in profiles["profiles"][profile].items() if k not in ("calibration", "description")})
+    merged.update({k: v for k, v in profiles["profiles"][profile].items()
+                   if k not in ("calibration", "description", "device")})
     return merged
+
+
+def profile_device(profile: str, profiles: dict | None = None) -> str:
+    """The device a profile runs the engine on; everything else comes from EngineConfig."""
+    profiles = profiles or load_profiles()
+    if profile not in profiles["profiles"]:
+        raise RegressionError(f"unknown profile {profile!r}; valid: {sorted(profiles['profiles'])}")
+    return profiles["profiles"][profile]["device"]
+
+
+def baseline_dir_for(engine_info: dict) -> Path:
+    """golden/tts on a CPU; golden/tts/gpu-<card> on a GPU (NVIDIA H200 -> gpu-h200): float
+    rounding differs between devices and cards, so each keeps its own audio."""
+    if engine_info["device"] == "cpu":
+        return CPU_BASELINE
+    card = re.sub(r"^nvidia\s+", "", engine_info["card"].strip(), flags=re.IGNORECASE)
+    return CPU_BASELINE / ("gpu-" + re.sub(r"[^a-z0-9]+", "-", card.lower()).strip("-"))
 
 
 def read_wav_int16(path: Path) -> np.ndarray:
@@ -84,16 +103,34 @@ class CaseResult:
     error: str | None = None
 
 
-def open_engine(model_dir: str | None):
+def open_engine(model_dir: str | None, device: str = "cpu"):
+    """The engine as EngineConfig configures it (TTS_* variables, golden defaults: graphs on
+    CUDA), on the profile's device."""
     from tts_engine.checkpoint import ensure_checkpoint
-    from tts_engine.config import EngineConfig, cache_root
+    from tts_engine.config import ConfigValueError, EngineConfig, cache_root
     from tts_engine.runtime import TTSEngine
 
     if model_dir is None:
         model_dir = str(ensure_checkpoint(cache_root() / "checkpoints" / "tiny", "tiny", seed=0))
     if not Path(model_dir).is_dir():
         raise RegressionError(f"model directory {model_dir} does not exist")
-    return TTSEngine(EngineConfig.from_env(model_dir=str(model_dir), device="cpu", packet_metrics=1))
+    try:
+        return TTSEngine(EngineConfig.from_env(model_dir=str(model_dir), device=device, packet_metrics=1))
+    except ConfigValueError as exc:  # a device this machine lacks, a bad TTS_* value
+        raise RegressionError(f"{exc} (the profile runs on {device})") from None
+
+
+def engine_info(engine) -> dict:
+    """The configuration the cases ran under, as the report and the baseline name it."""
+    import torch
+
+    cfg = engine.config
+    device = cfg.torch_device
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {"device": device.type, "card": card, "dtype": str(cfg.torch_dtype).removeprefix("torch."),
+            "decoder_dtype": cfg.decoder_dtype, "cuda_graphs": bool(engine.stepper.use_graphs),
+            "compile_steps": cfg.compile_steps, "batch_invariant": cfg.batch_invariant,
+            "decode_mode": cfg.decode_mode, "torch_threads": _torch_threads()}
 
 
 def run_cases(engine, cases: list[dict], runs: int, log=print) -> list[CaseResult]:
@@ -130,7 +167,8 @@ def run_cases(engine, cases: list[dict], runs: int, log=print) -> list[CaseResul
 def load_baseline(baseline_dir: Path) -> dict:
     meta_path = baseline_dir / "baseline.json"
     if not meta_path.is_file():
-        raise FileNotFoundError(f"baseline missing: {meta_path} not found; create it with --update-baseline")
+        raise FileNotFoundError(f"baseline missing: {meta_path} not found; create it with --mode full --update-baseline "
+                                "and the same --profile")
     return json.loads(meta_path.read_text(encoding="utf-8"))
 
 
@@ -157,7 +195,8 @@ def write_baseline_readme(baseline_dir: Path, info: dict, gates: dict, overall: 
     lines = [
         "# TTS regression golden baseline",
         "",
-        f"Produced by `{info['produced_by']}` on {info['created_utc']} (UTC), CPU, checkpoint `{info['checkpoint']}`",
+        f"Produced by `{info['produced_by']}` on {info['created_utc']} (UTC), {describe_engine(info['engine'])},",
+        f"checkpoint `{info['checkpoint']}`",
         f"(fingerprint `{info['checkpoint_fingerprint']}`), {info['runs_per_case']} runs per case.",
         "One 16-bit 24 kHz mono WAV per case of tools/tts_regression/cases.json (the first streamed run);",
         "baseline.json holds each case's float32 PCM sha256, length and text.",
@@ -173,13 +212,13 @@ def write_baseline_readme(baseline_dir: Path, info: dict, gates: dict, overall: 
         "repeat": lambda g: f"{g['total']} repeats",
         "SNR_vs_baseline": lambda g: f"vs baseline min {g['min_vs_baseline_db']} dB (cap {g['snr_cap_db']}), "
                                      f"stream vs offline min {g['min_stream_vs_offline_db']:.1f} dB",
-        "TTFA": lambda g: f"P95 {g.get('p95_ms', float('nan')):.1f} ms over {g['samples']} requests (this CPU)",
+        "TTFA": lambda g: f"P95 {g.get('p95_ms', float('nan')):.1f} ms over {g['samples']} requests (this machine)",
         "stream_bad_audio": lambda g: f"{g['silent_packets']} silent packets, {g['nonfinite_samples']} NaN/inf",
     }
     for name in GATES:
         lines.append(f"| {name} | {'yes' if gates[name]['pass'] else 'NO'} | {value[name](gates[name])} |")
     lines += ["", "Regenerate (only after an intended change of the engine's output):",
-              "`python -m tools.tts_regression --mode full --profile ci --update-baseline`", ""]
+              f"`{info['produced_by']}`", ""]
     (baseline_dir / "README.md").write_text("\n".join(lines), encoding="utf-8")
 
 
@@ -306,6 +345,13 @@ def evaluate(results: list[CaseResult], th: dict, baseline_dir: Path) -> tuple[d
     return per_case, gates
 
 
+def describe_engine(info: dict) -> str:
+    """One line: where and how the engine ran."""
+    graphs = "CUDA graphs" if info["cuda_graphs"] else "eager"
+    return (f"{info['device'].upper()} ({info['card']}), {info['dtype']}, decoder {info['decoder_dtype']}, {graphs}"
+            + (", torch.compile" if info["compile_steps"] else "") + (", batch-invariant" if info["batch_invariant"] else ""))
+
+
 def _update_latest(root: Path, run_id: str) -> None:
     link = root / "latest"
     try:
@@ -327,7 +373,6 @@ def run_suite(mode: str, profile: str, model_dir: str | None = None, out: str | 
     th = thresholds_for(profile)
     cases = load_cases(only=only)
     runs = runs or RUNS_PER_MODE[mode]
-    baseline_dir = Path(baseline) if baseline else DEFAULT_BASELINE
     started = _dt.datetime.now(_dt.UTC)
     run_id = started.strftime("%Y%m%dT%H%M%S") + f"Z-{mode}-{profile}-{os.getpid()}"
     out_root = Path(out) if out else Path(os.environ.get("STREAMTALK_OUTPUT", "output")) / "tts_regression"
@@ -335,10 +380,13 @@ def run_suite(mode: str, profile: str, model_dir: str | None = None, out: str | 
     run_dir.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    engine = open_engine(model_dir)
+    engine = open_engine(model_dir, profile_device(profile))
     load_s = time.perf_counter() - t0
     model_path = Path(engine.config.resolved_model_dir)
-    log(f"tts_regression {run_id}: {len(cases)} cases x {runs} runs, profile {profile}, engine load {load_s:.1f} s")
+    engine_cfg = engine_info(engine)
+    baseline_dir = Path(baseline) if baseline else baseline_dir_for(engine_cfg)
+    log(f"tts_regression {run_id}: {len(cases)} cases x {runs} runs, profile {profile}, "
+        f"{describe_engine(engine_cfg)}, engine load {load_s:.1f} s, baseline {_display(baseline_dir)}")
     try:
         results = run_cases(engine, cases, runs, log)
     finally:
@@ -348,7 +396,7 @@ def run_suite(mode: str, profile: str, model_dir: str | None = None, out: str | 
         "created_utc": started.isoformat(timespec="seconds"),
         "checkpoint": model_path.name,
         "checkpoint_fingerprint": checkpoint_stamp(model_path),
-        "device": "cpu", "torch_threads": _torch_threads(), "machine": platform.machine(),
+        "device": engine_cfg["device"], "engine": engine_cfg, "machine": platform.machine(),
         "runs_per_case": runs, "mode": mode,
     }
     if update_baseline:
@@ -382,7 +430,7 @@ def run_suite(mode: str, profile: str, model_dir: str | None = None, out: str | 
     summary = {
         "run_id": run_id, "mode": mode, "profile": profile, "runs_per_case": runs,
         "started_utc": started.isoformat(timespec="seconds"), "wall_s": round(wall_s, 2),
-        "engine_load_s": round(load_s, 2), "thresholds": th,
+        "engine_load_s": round(load_s, 2), "engine": engine_cfg, "thresholds": th,
         "model": {"dir_name": model_path.name, "checkpoint_fingerprint": checkpoint_stamp(model_path)},
         "baseline": {"dir": _display(baseline_dir), "updated_this_run": update_baseline,
                      "checkpoint_fingerprint": base_meta.get("checkpoint_fingerprint") if base_meta else None,
