@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import AGENT_NAME_DEFAULT
+from .turn_detection import MODEL_MIN_VAD_SILENCE_MS, TURN_DETECTION_MODES
 
 log = logging.getLogger("streamtalk.agent")
 
@@ -28,6 +29,9 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 DEFAULT_BACKEND_DOWN_MESSAGE = "Sorry, my language model is not reachable right now. Please try again in a moment."
 DEFAULT_STT_DOWN_MESSAGE = "Sorry, I could not reach the speech recognizer. Please try again in a moment."
+# the VAD's end-of-speech hangover when VAD alone ends turns; with the end-of-turn model it
+# must be at least MODEL_MIN_VAD_SILENCE_MS (250), the default then
+VAD_SILENCE_MS_VAD_ONLY = 200
 
 
 class AgentConfigError(ValueError):
@@ -113,12 +117,14 @@ class AgentConfig:
     tts_language: str = "auto"
     tts_frame_ms: int = 20
     slow_lane_slack_s: float = 1.0
-    # turn taking (local only)
-    vad_silence_ms: int = 200
+    # turn taking (local only; agent/turn_detection.py)
+    turn_detection: str = "model"  # model: VAD + the local end-of-turn model | vad: VAD alone
+    vad_silence_ms: int = MODEL_MIN_VAD_SILENCE_MS  # VAD_SILENCE_MS_VAD_ONLY with turn_detection vad
     vad_threshold: float = 0.5
     min_endpointing_s: float = 0.3
     max_endpointing_s: float = 3.0
     min_interruption_s: float = 0.3
+    min_interruption_words: int = 0
     false_interruption_timeout_s: float = 2.0
     aec_warmup_s: float = 0.0  # 0: off (clients cancel their own echo)
     # room audio
@@ -143,6 +149,11 @@ class AgentConfig:
         stt_mode = (_get(env, "OMNI_STT_MODE") or "chat").lower()
         if stt_mode not in ("chat", "transcriptions"):
             raise AgentConfigError(f"OMNI_STT_MODE={stt_mode!r}; valid: chat, transcriptions")
+        turn_detection = (_get(env, "AGENT_TURN_DETECTION") or cls.turn_detection).lower()
+        if turn_detection not in TURN_DETECTION_MODES:
+            raise AgentConfigError(f"AGENT_TURN_DETECTION={turn_detection!r}; valid: "
+                                   f"{', '.join(TURN_DETECTION_MODES)}")
+        vad_silence_default = cls.vad_silence_ms if turn_detection == "model" else VAD_SILENCE_MS_VAD_ONLY
         values: dict[str, Any] = {
             "agent_name": _get(env, "LIVEKIT_AGENT_NAME") or AGENT_NAME_DEFAULT,
             "omni_base_url": (_get(env, "OMNI_BASE_URL") or cls.omni_base_url).rstrip("/"),
@@ -171,11 +182,13 @@ class AgentConfig:
             "tts_language": _get(env, "TTS_LANGUAGE") or cls.tts_language,
             "tts_frame_ms": _int(env, "TTS_FRAME_MS", cls.tts_frame_ms, 10, 100),
             "slow_lane_slack_s": _float(env, "AGENT_SLOW_LANE_SLACK_S", cls.slow_lane_slack_s, 0.0, 60),
-            "vad_silence_ms": _int(env, "VAD_SILENCE_MS", cls.vad_silence_ms, 32, 5000),
+            "turn_detection": turn_detection,
+            "vad_silence_ms": _int(env, "VAD_SILENCE_MS", vad_silence_default, 32, 5000),
             "vad_threshold": _float(env, "VAD_THRESHOLD", cls.vad_threshold, 0.05, 0.95),
             "min_endpointing_s": _float(env, "MIN_ENDPOINTING", cls.min_endpointing_s, 0.0, 10),
             "max_endpointing_s": _float(env, "MAX_ENDPOINTING", cls.max_endpointing_s, 0.1, 30),
             "min_interruption_s": _float(env, "AGENT_MIN_INTERRUPTION_S", cls.min_interruption_s, 0.05, 5),
+            "min_interruption_words": _int(env, "AGENT_MIN_INTERRUPTION_WORDS", cls.min_interruption_words, 0, 10),
             "false_interruption_timeout_s": _float(
                 env, "AGENT_FALSE_INTERRUPTION_TIMEOUT_S", cls.false_interruption_timeout_s, 0.2, 30
             ),
@@ -195,6 +208,10 @@ class AgentConfig:
             raise AgentConfigError(f"TTS_FRAME_MS={values['tts_frame_ms']} must be a multiple of 10")
         if values["max_endpointing_s"] < values["min_endpointing_s"]:
             raise AgentConfigError("MAX_ENDPOINTING must not be below MIN_ENDPOINTING")
+        if turn_detection == "model" and values["vad_silence_ms"] < MODEL_MIN_VAD_SILENCE_MS:
+            raise AgentConfigError(
+                f"VAD_SILENCE_MS={values['vad_silence_ms']} is below the {MODEL_MIN_VAD_SILENCE_MS} ms "
+                "the end-of-turn model needs; raise it, or set AGENT_TURN_DETECTION=vad")
         values.update(overrides)
         return cls(**values)
 

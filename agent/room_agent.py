@@ -2,8 +2,9 @@
 
 Per room: settings (dispatch metadata over env), an event bus with the trace
 collector, the Omni STT/LLM and the TTS plugin over the shared engine, the
-room audio sink, an `AgentSession` with local turn taking (VAD turn detection,
-VAD interruption: nothing goes to LiveKit Cloud), the duplex controller, the
+room audio sink, an `AgentSession` with local turn taking (VAD plus the local
+end-of-turn model, or VAD alone: agent/turn_detection.py; VAD interruption;
+nothing goes to LiveKit Cloud), the duplex controller, the
 AutoRTC responder, the `stop_reply` RPC, the backend status attribute, the
 pre_rtc recorder and the conversation history in the room metadata
 (agent/history.py). An agent that finds a history there (dispatched again after
@@ -48,6 +49,7 @@ from .pre_rtc import PreRtcRecorder
 from .stt import OmniSTT
 from .trace import TraceCollector
 from .tts import SAMPLE_RATE, StreamtalkTTS
+from .turn_detection import room_turn_detection, turn_handling
 
 log = logging.getLogger("streamtalk.agent")
 
@@ -186,25 +188,6 @@ class ParticipantLinker:
                 self.session.room_io.set_participant(others[0].identity)
 
 
-def turn_handling(config: AgentConfig) -> dict[str, Any]:
-    """Local-only turn taking. Left unset, dev mode would pick LiveKit Cloud models
-    (the v1 turn detector, adaptive interruption): both are pinned to VAD here."""
-    return {
-        "turn_detection": "vad",
-        "endpointing": {"mode": "fixed", "min_delay": config.min_endpointing_s,
-                        "max_delay": config.max_endpointing_s},
-        "interruption": {
-            "enabled": True,
-            "mode": "vad",
-            "min_duration": config.min_interruption_s,
-            "resume_false_interruption": True,
-            "false_interruption_timeout": config.false_interruption_timeout_s,
-            "discard_audio_if_uninterruptible": True,
-        },
-        "preemptive_generation": {"enabled": False},
-    }
-
-
 class RoomAgent:
     """Set up with `start()`; `cleanup()` (a job shutdown callback) tears down and saves."""
 
@@ -274,9 +257,13 @@ class RoomAgent:
                             language=settings.language, frame_ms=config.tts_frame_ms,
                             scheduler=self.services.scheduler, bus=bus,
                             slow_lane_slack_s=config.slow_lane_slack_s)
+        turn_choice = room_turn_detection(config.turn_detection, settings.language,
+                                          self.services.turn_model_ready)
+        log.info("room %s: end of turn by %s (%s)", ctx.room.name,
+                 "VAD + end-of-turn model" if turn_choice.mode == "model" else "VAD alone", turn_choice.reason)
         session = self.session = AgentSession(
             stt=stt, llm=llm, tts=tts, vad=self.services.vad,
-            turn_handling=turn_handling(config),  # type: ignore[arg-type]
+            turn_handling=turn_handling(config, turn_choice),  # type: ignore[arg-type]
             user_away_timeout=None,
             # the framework's default AEC warm-up feeds silence to the STT and ignores barge-ins
             # for the first 3 s of every reply; browsers cancel their own echo

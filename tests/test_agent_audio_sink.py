@@ -106,6 +106,33 @@ async def test_pause_holds_the_audio_and_resume_loses_nothing() -> None:
         await h.sink.aclose()
 
 
+async def test_audio_generated_while_paused_waits_and_resume_goes_on_where_it_stopped() -> None:
+    """A false interruption: the TTS keeps producing the segment under way while the playback
+    is paused; on resume the room hears the reply on from the pause, in order, nothing twice."""
+    h = Harness()
+    try:
+        clip = tone(1.2, n_frames=12)
+        for f in clip[:6]:
+            await h.sink.capture_frame(f)
+        await h.until(lambda: h.sent_samples() > RATE * 0.2)
+        h.sink.pause()
+        paused_at = h.sent_samples()
+        for f in clip[6:]:  # generation goes on into the sink's buffer
+            await h.sink.capture_frame(f)
+        h.sink.flush()
+        await asyncio.sleep(0.3)
+        assert h.sent_samples() == paused_at and h.finished == []
+        assert h.sink.queued_s == pytest.approx(1.2 - paused_at / RATE, abs=0.25)
+        h.sink.resume()
+        await asyncio.wait_for(h.sink.wait_for_playout(), 5)
+        assert h.finished[0].interrupted is False
+        heard = np.concatenate([np.frombuffer(f.data, dtype=np.int16) for _, f in h.sent])
+        played = np.concatenate([np.frombuffer(f.data, dtype=np.int16) for f in clip])
+        assert np.array_equal(heard, played)  # the reply in its order, each sample once
+    finally:
+        await h.sink.aclose()
+
+
 async def test_clear_buffer_stops_at_once_and_reports_the_heard_position() -> None:
     h = Harness()
     try:

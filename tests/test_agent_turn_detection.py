@@ -1,0 +1,148 @@
+"""End of turn (agent/turn_detection.py): the knobs, each room's choice between VAD + model
+and VAD alone, the session options built from it, and the real local end-of-turn model."""
+
+from __future__ import annotations
+
+import asyncio
+import wave
+
+import numpy as np
+import pytest
+from livekit import rtc
+from livekit.agents.inference import TurnDetector
+from livekit.agents.language import LanguageCode
+
+from agent.config import AgentConfig, AgentConfigError
+from agent.turn_detection import (
+    MODEL_LANGUAGES,
+    TurnChoice,
+    load_turn_model,
+    model_language,
+    room_turn_detection,
+    turn_handling,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+# the TTS engine's languages (README); all but Russian have a threshold in the local model
+TTS_LANGUAGES = ["chinese", "english", "french", "german", "italian", "japanese", "korean",
+                 "portuguese", "russian", "spanish"]
+
+
+# --------------------------------------------------------------------------- knobs
+
+
+def test_model_is_the_default_and_vad_alone_keeps_its_quicker_vad() -> None:
+    model = AgentConfig.from_env({})
+    assert (model.turn_detection, model.vad_silence_ms) == ("model", 250)
+    vad = AgentConfig.from_env({"AGENT_TURN_DETECTION": "VAD"})
+    assert (vad.turn_detection, vad.vad_silence_ms) == ("vad", 200)
+    assert AgentConfig.from_env({"AGENT_TURN_DETECTION": "vad", "VAD_SILENCE_MS": "100"}).vad_silence_ms == 100
+
+
+@pytest.mark.parametrize("env,words", [
+    ({"AGENT_TURN_DETECTION": "smart"}, "valid: model, vad"),
+    ({"VAD_SILENCE_MS": "200"}, "below the 250 ms the end-of-turn model needs"),
+    ({"AGENT_MIN_INTERRUPTION_WORDS": "-1"}, "out of range [0, 10]"),
+    ({"AGENT_MIN_INTERRUPTION_WORDS": "one"}, "not an integer"),
+])
+def test_bad_turn_knobs_say_what_is_valid(env: dict[str, str], words: str) -> None:
+    with pytest.raises(AgentConfigError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        AgentConfig.from_env(env)
+
+
+# --------------------------------------------------------------------------- each room's choice
+
+
+@pytest.mark.parametrize("language", TTS_LANGUAGES)
+def test_covered_languages_use_the_model_and_the_others_vad_alone(language: str) -> None:
+    choice = room_turn_detection("model", language, model_ready=True)
+    if language == "russian":
+        assert choice.mode == "vad"
+        assert "does not cover 'russian' (ru)" in choice.reason and "en, es" in choice.reason
+    else:
+        assert choice == TurnChoice("model", f"language {language!r}")
+        assert model_language(language) in MODEL_LANGUAGES
+
+
+def test_auto_language_uses_the_model() -> None:
+    assert model_language("auto") is None
+    assert room_turn_detection("model", "auto", model_ready=True).mode == "model"
+
+
+def test_the_knob_and_a_missing_model_fall_back_to_vad_alone() -> None:
+    assert room_turn_detection("vad", "english", model_ready=True) == TurnChoice("vad", "AGENT_TURN_DETECTION=vad")
+    missing = room_turn_detection("model", "english", model_ready=False)
+    assert missing.mode == "vad" and "not loaded" in missing.reason
+
+
+def test_a_model_that_cannot_load_is_logged_not_raised(monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    import livekit.local_inference
+
+    def broken() -> None:
+        raise OSError("model file unreadable")
+
+    monkeypatch.setattr(livekit.local_inference, "init_eot", broken)
+    assert load_turn_model() is None
+    assert "did not load: model file unreadable" in caplog.text
+    assert "VAD silence alone" in caplog.text
+
+
+# --------------------------------------------------------------------------- session options
+
+
+def test_model_rooms_get_the_local_detector_and_dynamic_endpointing() -> None:
+    config = AgentConfig.from_env({"MIN_ENDPOINTING": "0.4", "MAX_ENDPOINTING": "2.5",
+                                   "AGENT_MIN_INTERRUPTION_WORDS": "1"})
+    options = turn_handling(config, TurnChoice("model", "test"))
+    detector = options["turn_detection"]
+    assert isinstance(detector, TurnDetector)
+    assert detector.model == "turn-detector-v1-mini"  # local, never the cloud v1
+    assert options["endpointing"] == {"mode": "dynamic", "min_delay": 0.4, "max_delay": 2.5}
+    interruption = options["interruption"]
+    assert interruption["mode"] == "vad"  # "adaptive" would call LiveKit Cloud
+    assert (interruption["min_duration"], interruption["min_words"]) == (0.3, 1)
+    assert interruption["resume_false_interruption"] is True
+    assert options["preemptive_generation"] == {"enabled": False}
+
+
+def test_vad_rooms_end_turns_on_a_fixed_delay() -> None:
+    options = turn_handling(AgentConfig.from_env({}), TurnChoice("vad", "test"))
+    assert options["turn_detection"] == "vad"
+    assert options["endpointing"] == {"mode": "fixed", "min_delay": 0.3, "max_delay": 3.0}
+    assert options["interruption"]["min_words"] == 0
+
+
+# --------------------------------------------------------------------------- the real model
+
+
+async def _end_of_turn_probability(wav_path: object) -> float:
+    """What the session's detector says 200 ms into the silence after an utterance."""
+    with wave.open(str(wav_path)) as w:
+        rate = w.getframerate()
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+    stream = TurnDetector(version="v1-mini").stream()
+    try:
+        step = rate // 100  # 10 ms frames, as the room delivers them
+        for i in range(0, len(pcm), step):
+            frame = pcm[i:i + step]
+            stream.push_audio(rtc.AudioFrame(frame.tobytes(), rate, 1, len(frame)))
+        await asyncio.sleep(0.1)  # the stream's task moves the frames into the model's buffer
+        event = await asyncio.wait_for(stream.predict(), 10)
+    finally:
+        await stream.aclose()
+    return event.end_of_turn_probability
+
+
+async def test_the_local_model_tells_a_finished_turn_from_an_unfinished_one(make_speech_wav) -> None:  # noqa: ANN001
+    # espeak-ng's flat voice gives the model little prosody: this pair stays on its side of the
+    # threshold for any silence of 180-320 ms after it (0.42-0.73 against 0.19-0.28), while
+    # many other sentences land near the threshold and flip with 10 ms more or less silence
+    assert load_turn_model() is not None
+    threshold = await TurnDetector(version="v1-mini").unlikely_threshold(LanguageCode("en"))
+    assert threshold is not None
+    done = await _end_of_turn_probability(make_speech_wav("Thank you.", tail_silence_s=0.2, sample_rate=16000))
+    mid = await _end_of_turn_probability(make_speech_wav("Thank you, and", tail_silence_s=0.2, sample_rate=16000))
+    # at or above the threshold the agent answers after MIN_ENDPOINTING; below, it waits
+    assert done >= threshold > mid, (done, threshold, mid)
