@@ -12,7 +12,7 @@ One concern per module:
 - `bridge`        LLM tokens -> TTS segments (pure logic)
 - `text_clean`    text made speakable (markdown, emoji, URLs, numbers)
 - `gpu_scheduler` fast/slow lanes in front of the shared engine
-- `duplex`        LISTENING/THINKING/SPEAKING/INTERRUPTING state machine (pure logic)
+- `duplex`        LISTENING/THINKING/SPEAKING/INTERRUPTING/PAUSED state machine (pure logic)
 - `duplex_controller` drives the machine from live events; the barge-in cancel cascade
 - `events`        the per-room event bus the observers watch
 - `trace`         nine-point turn traces as JSONL; `trace_summary` prints P50/P95
