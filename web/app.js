@@ -274,7 +274,7 @@ async function stopReply() {
 }
 
 function onData(payload, participant, _kind, topic) {
-  if (topic !== LATENCY_TOPIC) return;
+  if (topic !== LATENCY_TOPIC || !participant || !isAgent(participant)) return; // the agent's only
   let breakdown;
   try {
     breakdown = parseTurnLatency(payload);
