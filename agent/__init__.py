@@ -12,10 +12,12 @@ One concern per module:
 - `bridge`        LLM tokens -> TTS segments (pure logic)
 - `text_clean`    text made speakable (markdown, emoji, URLs, numbers)
 - `gpu_scheduler` fast/slow lanes in front of the shared engine
-- `duplex`        LISTENING/THINKING/SPEAKING/INTERRUPTING state machine (pure logic)
+- `duplex`        LISTENING/THINKING/SPEAKING/INTERRUPTING/PAUSED state machine (pure logic)
 - `duplex_controller` drives the machine from live events; the barge-in cancel cascade
 - `events`        the per-room event bus the observers watch
 - `trace`         nine-point turn traces as JSONL; `trace_summary` prints P50/P95
+- `latency_publisher` each turn's latency breakdown to the room (data topic)
+- `bench_stt`     STT latency of an Omni backend through the agent's path (table + JSON)
 - `audio_output`  the room audio sink (20 ms frames) with taps (first audio, pre_rtc)
 - `autortc`       AutoRTC data protocol, agent side; `pre_rtc` recorder
 - `room_agent`    one room's wiring: session, duplex controller, RPC, status

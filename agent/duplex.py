@@ -1,4 +1,4 @@
-"""The duplex state machine: LISTENING / THINKING / SPEAKING / INTERRUPTING (pure logic).
+"""The duplex state machine: LISTENING / THINKING / SPEAKING / INTERRUPTING / PAUSED (pure logic).
 
 Every change of state is an explicit transition `(state, event) -> state` from
 one table; each one is recorded (time, event, reason) and handed to the
@@ -12,7 +12,10 @@ event from the framework can never corrupt the state.
     SPEAKING     --user_speech-->      INTERRUPTING  (barge-in candidate)
     SPEAKING     --stop_requested-->   INTERRUPTING  (the stop button, RPC stop_reply)
     INTERRUPTING --interrupted-->      LISTENING     (cascade: LLM, TTS, queued audio cancelled)
-    INTERRUPTING --resumed-->          SPEAKING      (false interruption: playback resumes)
+    INTERRUPTING --resumed-->          SPEAKING      (speech too short to pause anything)
+    SPEAKING/INTERRUPTING --paused-->  PAUSED        (playback paused while the barge-in is decided)
+    PAUSED       --resumed-->          SPEAKING      (false interruption: playback resumes)
+    PAUSED       --interrupted-->      LISTENING     (a real interruption: the cascade ran)
     SPEAKING     --reply_done-->       LISTENING
 """
 
@@ -34,6 +37,7 @@ class DuplexState(StrEnum):
     THINKING = "THINKING"
     SPEAKING = "SPEAKING"
     INTERRUPTING = "INTERRUPTING"
+    PAUSED = "PAUSED"
 
 
 class DuplexEvent(StrEnum):
@@ -51,7 +55,8 @@ class DuplexEvent(StrEnum):
 
 S, E = DuplexState, DuplexEvent
 
-# (state, event) -> next state. INTERRUPTING + RESUMED goes back to where it came from.
+# (state, event) -> next state. INTERRUPTING + RESUMED goes back to where it came from
+# (THINKING or SPEAKING), so it is decided in `_target`, not here.
 TRANSITIONS: dict[tuple[DuplexState, DuplexEvent], DuplexState] = {
     (S.LISTENING, E.TURN_COMMITTED): S.THINKING,
     (S.LISTENING, E.AUDIO_STARTED): S.SPEAKING,  # a reply without a user turn (greeting, notice)
@@ -65,16 +70,23 @@ TRANSITIONS: dict[tuple[DuplexState, DuplexEvent], DuplexState] = {
     (S.SPEAKING, E.REPLY_FAILED): S.LISTENING,
     (S.SPEAKING, E.USER_SPEECH): S.INTERRUPTING,
     (S.SPEAKING, E.STOP_REQUESTED): S.INTERRUPTING,
-    (S.SPEAKING, E.PAUSED): S.INTERRUPTING,
+    (S.SPEAKING, E.PAUSED): S.PAUSED,
     (S.SPEAKING, E.INTERRUPTED): S.LISTENING,
     (S.SPEAKING, E.TURN_COMMITTED): S.THINKING,
-    (S.INTERRUPTING, E.PAUSED): S.INTERRUPTING,
+    (S.INTERRUPTING, E.PAUSED): S.PAUSED,
     (S.INTERRUPTING, E.STOP_REQUESTED): S.INTERRUPTING,
     (S.INTERRUPTING, E.INTERRUPTED): S.LISTENING,
     (S.INTERRUPTING, E.REPLY_DONE): S.LISTENING,
     (S.INTERRUPTING, E.REPLY_FAILED): S.LISTENING,
     (S.INTERRUPTING, E.TURN_COMMITTED): S.THINKING,
     (S.INTERRUPTING, E.AUDIO_STARTED): S.SPEAKING,
+    # a paused reply resumes as it was (speaking) or ends in the cascade; a stop request
+    # while paused is that cascade's first step and leaves the state as it is
+    (S.PAUSED, E.RESUMED): S.SPEAKING,
+    (S.PAUSED, E.INTERRUPTED): S.LISTENING,
+    (S.PAUSED, E.REPLY_DONE): S.LISTENING,
+    (S.PAUSED, E.REPLY_FAILED): S.LISTENING,
+    (S.PAUSED, E.TURN_COMMITTED): S.THINKING,
 }
 _RESUMABLE = (S.THINKING, S.SPEAKING)
 
@@ -172,8 +184,6 @@ class DuplexStateMachine:
     def _target(self, event: DuplexEvent) -> DuplexState | None:
         if event is DuplexEvent.RESET:
             return DuplexState.LISTENING
-        if event is DuplexEvent.RESUMED:
-            if self._state is DuplexState.INTERRUPTING:
-                return self._resume_to or DuplexState.LISTENING
-            return None
+        if event is DuplexEvent.RESUMED and self._state is DuplexState.INTERRUPTING:
+            return self._resume_to or DuplexState.LISTENING
         return TRANSITIONS.get((self._state, event))

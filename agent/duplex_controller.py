@@ -12,9 +12,11 @@ queued, here and inside the WebRTC source), then cancel the engine streams
 (`handle.cancel()`: the engine stops before its next frame), the LLM stream
 (the HTTP response is closed) and the framework's speech. Each step is timed;
 `cancel_cascade` on the event bus carries the numbers, `interrupted` is the
-trace point. A barge-in the framework confirms (audio paused, then the user's
-words arrive) ends in the same cascade; one it rejects (no words: a cough)
-resumes the paused audio, and the machine goes back to SPEAKING.
+trace point. While the framework decides a barge-in its audio is paused and
+the machine is PAUSED (not INTERRUPTING: nothing is given up yet). A barge-in
+the framework confirms (the user's words arrive) ends in the same cascade,
+PAUSED -> LISTENING; one it rejects (no words: a cough) resumes the paused
+audio, PAUSED -> SPEAKING.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ from .llm import OmniLLM
 from .tts import StreamtalkTTS
 
 log = logging.getLogger("streamtalk.duplex")
+
+# the states in which a barge-in is being decided: it may still resume or end in the cascade
+_DECIDING = (DuplexState.INTERRUPTING, DuplexState.PAUSED)
+
 
 class DuplexController:
     def __init__(
@@ -123,7 +129,7 @@ class DuplexController:
         if ev.new_state == "thinking":
             self.machine.handle(DuplexEvent.TURN_COMMITTED, "agent thinking")
         elif ev.new_state == "speaking":
-            if self.machine.state is DuplexState.INTERRUPTING:
+            if self.machine.state in _DECIDING:
                 if self._resumable():
                     self.machine.handle(DuplexEvent.RESUMED, "agent speaking again")
             else:
@@ -142,7 +148,7 @@ class DuplexController:
                 self.machine.handle(DuplexEvent.RESUMED, "user speech too short to interrupt")
 
     def _on_false_interruption(self, ev: AgentFalseInterruptionEvent) -> None:
-        if ev.resumed and self.machine.state is DuplexState.INTERRUPTING and self._resumable():
+        if ev.resumed and self.machine.state in _DECIDING and self._resumable():
             self.bus.emit("false_interruption", paused=True)
             self.machine.handle(DuplexEvent.RESUMED, "false interruption: playback resumed")
 
@@ -192,10 +198,10 @@ class DuplexController:
                               detect_to_pause_ms=round((time.perf_counter() - self._barge_in_at) * 1000, 3))
         elif name == "audio_resumed":
             self.tts.release()
-            if self.machine.state is DuplexState.INTERRUPTING and self._resumable():
+            if self.machine.state in _DECIDING and self._resumable():
                 self.machine.handle(DuplexEvent.RESUMED, "playback resumed")
         elif name == "audio_cleared":
-            if self.machine.state is DuplexState.INTERRUPTING and self._cascade_at is None:
+            if self.machine.state in _DECIDING and self._cascade_at is None:
                 # the framework confirmed the barge-in and is cancelling: finish the cascade
                 begun = self._begin("barge-in confirmed")
                 self._spawn(self._cascade(begun, already_silent=True))
@@ -259,8 +265,7 @@ class DuplexController:
 
     def _finish_interruption(self, reason: str, speech_id: str | None) -> None:
         self.tts.release()
-        if self.machine.state in (DuplexState.INTERRUPTING, DuplexState.SPEAKING,
-                                  DuplexState.THINKING):
+        if self.machine.state in (*_DECIDING, DuplexState.SPEAKING, DuplexState.THINKING):
             if self.machine.handle(DuplexEvent.INTERRUPTED, reason) is not None:
                 self._report_interrupted(reason, speech_id)
         self._cascade_at = None

@@ -6,7 +6,7 @@ room audio sink, an `AgentSession` with local turn taking (VAD plus the local
 end-of-turn model, or VAD alone: agent/turn_detection.py; VAD interruption;
 nothing goes to LiveKit Cloud), the duplex controller, the
 AutoRTC responder, the `stop_reply` RPC, the backend status attribute, the
-pre_rtc recorder and the conversation history in the room metadata
+per-turn latency breakdown (data topic `streamtalk.latency`), the pre_rtc recorder and the conversation history in the room metadata
 (agent/history.py). An agent that finds a history there (dispatched again after
 its predecessor died) seeds its chat context with it and does not greet: the
 user goes on where they were, and the page says "The agent is back.". The job
@@ -31,7 +31,7 @@ from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.agents.voice.events import CloseEvent, ConversationItemAddedEvent, ErrorEvent
 from livekit.agents.voice.speech_handle import SpeechHandle
 
-from streamtalk_common.room_protocol import HEARTBEAT_ATTRIBUTE, HEARTBEAT_S
+from streamtalk_common.room_protocol import HEARTBEAT_ATTRIBUTE, HEARTBEAT_S, LATENCY_TOPIC
 
 from .attribute_publisher import AttributePublisher
 from .audio_output import RoomAudioSink
@@ -43,6 +43,7 @@ from .duplex_controller import DuplexController
 from .engine_service import SharedServices
 from .events import AgentEvent, EventBus
 from .history import RoomHistory, chat_context, history_in
+from .latency_publisher import LatencyPublisher
 from .llm import OmniLLM
 from .omni_client import OmniClient
 from .pre_rtc import PreRtcRecorder
@@ -216,6 +217,7 @@ class RoomAgent:
         self.session: AgentSession | None = None
         self.controller: DuplexController | None = None
         self.autortc: AutoRTCResponder | None = None
+        self.latency: LatencyPublisher | None = None
         self.history: RoomHistory | None = None
         self.done = asyncio.Event()
         self._watch: asyncio.Task[None] | None = None
@@ -282,6 +284,13 @@ class RoomAgent:
                                         case_id=settings.case_id, published=sink.published,
                                         trace_id_fixed=settings.trace_id_from_metadata)
         bus.subscribe(BackendStatus(room, session, config.stt_down_message))
+
+        async def publish_latency(payload: str) -> None:
+            await room.local_participant.publish_data(payload.encode("utf-8"), reliable=True,
+                                                      topic=LATENCY_TOPIC)
+
+        self.latency = LatencyPublisher(publish_latency)
+        self.trace.subscribe_points(self.latency)
 
         async def on_stop_rpc(data: rtc.RpcInvocationData) -> str:
             log.info("stop_reply from %s", data.caller_identity)
@@ -396,6 +405,8 @@ class RoomAgent:
                 self.controller.detach()
             if self.autortc is not None:
                 self.autortc.close()
+            if self.latency is not None:
+                self.latency.close()
             if self.history is not None:
                 self.history.close()
             if self.session is not None:

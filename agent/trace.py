@@ -12,6 +12,9 @@ by talking over it. A reply without a user turn (a greeting) is turn 0.
 Next to the trace, `<room>.metrics.jsonl` gets one line per finished reply with
 what the points do not show: lane waits, TTS first-packet time, cancel
 latencies of an interruption.
+
+Other observers of the points (the latency publisher) subscribe with
+`subscribe_points`: they get each point once, with its turn, as it is written.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import asyncio
 import json
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,6 +39,10 @@ METRIC_EVENTS = frozenset(
      "audio_cleared", "backend_down", "stt_result", "barge_in", "false_interruption",
      "barge_in_paused", "audio_paused", "audio_resumed", "tts_error", "vad_start", "tts_held", "gpu_lanes"}
 )
+
+
+# (turn, point, t_mono_ms)
+PointListener = Callable[[int, str, float], None]
 
 
 def safe_name(name: str) -> str:
@@ -62,6 +70,10 @@ class TraceCollector:
         self._speech_turn: dict[str, int] = {}
         self.metrics_delay_s = 1.0
         self.points_written = 0
+        self._point_listeners: list[PointListener] = []
+
+    def subscribe_points(self, listener: PointListener) -> None:
+        self._point_listeners.append(listener)
 
     # -- observer --------------------------------------------------------------
 
@@ -114,6 +126,11 @@ class TraceCollector:
         }
         self._append(self._file, line)
         self.points_written += 1
+        for listener in list(self._point_listeners):
+            try:
+                listener(turn, point, ev.t_mono_ms)
+            except Exception:  # a broken listener must not stop the trace
+                log.exception("trace point listener failed on %s", point)
 
     def _schedule_metrics(self, turn: int, ev: AgentEvent) -> None:
         """Write the reply's metrics a moment after it ended: the cancel cascade of an

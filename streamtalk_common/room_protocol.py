@@ -9,6 +9,8 @@
   agent dispatch: `{"agent_name", "metadata"}` as JSON. LiveKit applies it at every join,
   so a room that LiveKit recreated without the dispatch (the agent's reconnection may
   create it first) still says which agent its people expect.
+- `LATENCY_TOPIC`: the data topic on which the agent publishes each turn's latency
+  breakdown, reliable UTF-8 JSON (streamtalk_common/latency_breakdown.py).
 """
 
 import json
@@ -22,6 +24,7 @@ STALE_AFTER_S = 3 * HEARTBEAT_S
 RECONCILER_METADATA_KEY = "streamtalk.agent"
 DISPATCH_ATTRIBUTE = "streamtalk.agent_dispatch"
 HISTORY_METADATA_KEY = "streamtalk.history"
+LATENCY_TOPIC = "streamtalk.latency"
 
 
 def dispatch_attribute(agent_name: str, metadata: str) -> dict[str, str]:

@@ -42,26 +42,49 @@ def test_a_full_turn_goes_round() -> None:
     assert seen[1].t_wall_ms > seen[0].t_wall_ms
 
 
-def test_barge_in_goes_through_interrupting_to_listening() -> None:
+def test_barge_in_goes_through_interrupting_and_paused_to_listening() -> None:
     m, seen = machine()
     for ev in (E.TURN_COMMITTED, E.AUDIO_STARTED, E.USER_SPEECH, E.PAUSED, E.INTERRUPTED):
         m.handle(ev, reason=ev.value)
-    assert [t.target for t in seen] == [S.THINKING, S.SPEAKING, S.INTERRUPTING, S.INTERRUPTING,
+    assert [t.target for t in seen] == [S.THINKING, S.SPEAKING, S.INTERRUPTING, S.PAUSED,
                                         S.LISTENING]
     assert m.state is S.LISTENING
 
 
 @pytest.mark.parametrize("before", [S.SPEAKING, S.THINKING])
-def test_a_false_interruption_resumes_where_it_was(before: DuplexState) -> None:
+def test_speech_too_short_to_pause_resumes_where_it_was(before: DuplexState) -> None:
     m, _ = machine()
     m.handle(E.TURN_COMMITTED)
     if before is S.SPEAKING:
         m.handle(E.AUDIO_STARTED)
     m.handle(E.USER_SPEECH)
     assert m.state is S.INTERRUPTING
-    m.handle(E.PAUSED)
-    tr = m.handle(E.RESUMED, reason="no words")
+    tr = m.handle(E.RESUMED, reason="no pause")
     assert tr is not None and tr.target is before and m.state is before
+
+
+@pytest.mark.parametrize("via_candidate", [True, False])
+def test_a_paused_false_interruption_resumes_speaking(via_candidate: bool) -> None:
+    m, seen = machine()
+    m.handle(E.TURN_COMMITTED)
+    m.handle(E.AUDIO_STARTED)
+    if via_candidate:  # VAD start of speech first, then the pause
+        m.handle(E.USER_SPEECH)
+    paused = m.handle(E.PAUSED)
+    assert paused is not None and paused.target is S.PAUSED
+    assert paused.to_dict()["to"] == "PAUSED"
+    assert m.handle(E.PAUSED) is None  # already paused: no second transition
+    assert m.handle(E.USER_SPEECH) is None and m.handle(E.STOP_REQUESTED) is None
+    tr = m.handle(E.RESUMED, reason="no words")
+    assert tr is not None and (tr.source, tr.target) == (S.PAUSED, S.SPEAKING)
+    assert seen[-1] is tr
+
+
+def test_a_paused_reply_can_give_way_to_the_next_turn() -> None:
+    m, _ = machine()
+    for ev in (E.TURN_COMMITTED, E.AUDIO_STARTED, E.PAUSED):
+        m.handle(ev)
+    assert m.handle(E.TURN_COMMITTED).target is S.THINKING
 
 
 def test_stop_request_works_like_a_barge_in() -> None:
@@ -267,14 +290,36 @@ async def test_barge_in_confirmed_by_the_framework_finishes_the_cascade() -> Non
     assert tts.held  # no new segment while the barge-in is decided
     assert "barge_in_paused" in names(events)
     session.user("speaking", "listening")
-    assert c.state is S.INTERRUPTING  # paused: waiting for the words
+    assert c.state is S.PAUSED  # waiting for the words
     c.bus.emit("audio_cleared", dropped_s=3.0)
     await asyncio.sleep(0.05)
     assert c.state is S.LISTENING and not tts.held
     assert sink.interrupted == 0  # the framework already silenced the audio
     assert names(events).count("interrupted") == 1
+    moves = [(e.data["from"], e.data["to"]) for e in events if e.name == "duplex"]
+    assert moves[-2:] == [("INTERRUPTING", "PAUSED"), ("PAUSED", "LISTENING")], moves
     sp.interrupted = True
     sp.finish()
+
+
+async def test_the_stop_button_on_a_paused_reply_runs_the_cascade() -> None:
+    c, session, sink, tts, events, published = controller()
+    session.agent("listening", "thinking")
+    session.speech("s1")
+    c.bus.emit("first_audio_published")
+    session.agent("thinking", "speaking")
+    sink.paused = True
+    c.bus.emit("audio_paused", held_back_s=0.2)  # the pause may come before the VAD's start
+    assert c.state is S.PAUSED
+    await asyncio.sleep(0.01)
+    assert published[-1] == "PAUSED"  # the room sees the pause, not an interruption
+    result = await c.stop("stop_reply from user")
+    assert result["stopped"] is True and c.state is S.LISTENING
+    assert names(events).count("interrupted") == 1
+    moves = [(e.data["from"], e.data["to"]) for e in events if e.name == "duplex"]
+    assert moves[-1] == ("PAUSED", "LISTENING"), moves
+    await asyncio.sleep(0.01)
+    assert published[-1] == "LISTENING"
 
 
 async def test_short_user_noise_resumes_without_a_cascade() -> None:
@@ -298,7 +343,7 @@ async def test_paused_false_interruption_resumes_speaking() -> None:
     sink.paused = True
     c.bus.emit("audio_paused", held_back_s=0.2)
     session.user("speaking", "listening")
-    assert c.state is S.INTERRUPTING
+    assert c.state is S.PAUSED
     sink.paused = False
     session.emit("agent_false_interruption", AgentFalseInterruptionEvent(resumed=True))
     assert c.state is S.SPEAKING

@@ -5,7 +5,8 @@ ASR, scripted replies), the token server serving web/, the agent worker
 (`python -m agent start`, tiny TTS checkpoint on CPU) and headless Chromium whose
 fake microphone loops an espeak-ng WAV. The page must connect and publish, show the
 agent's scripted answer, hear the agent's audio and measure at least one
-end-of-turn -> first agent audio latency. The screenshot stays in
+end-of-turn -> first agent audio latency, and show the agent by its name, its backend
+as ok and its own per-turn latency breakdown, equal to its trace. The screenshot stays in
 ${STREAMTALK_OUTPUT:-output}/browser/.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from infra_fixtures import BrowserEnv, LiveKitServer
 from livekit import api
 from test_web_client import ARTIFACTS, run_web_driver
 
+from streamtalk_common.latency_breakdown import LatencyBreakdown
 from streamtalk_common.room_protocol import RECONCILER_METADATA_KEY
 
 pytestmark = pytest.mark.timeout(240)
@@ -83,6 +86,7 @@ async def test_browser_user_talks_to_the_real_agent(
                     "latenciesMs",
                     "stats",
                     "transcripts",
+                    "turnLatencies",
                 )
             }
         ),
@@ -122,6 +126,17 @@ async def test_browser_user_talks_to_the_real_agent(
     turn1 = {e["point"] for e in events if e["turn"] == 1}
     assert {"vad_end", "stt_end", "first_audio_published", "reply_end"} <= turn1, sorted(turn1)
     assert "interrupted" not in turn1, sorted(turn1)
+    # the agent's name, its backend and its latency breakdown of turn 1, as its trace has it
+    assert snap["agentName"] == "streamtalk" and ui["agent-name"] == "streamtalk", ui
+    assert snap["backendState"] == "ok" and ui["backend-state"] == "ok", ui
+    trace_points = {e["point"]: e["t_mono_ms"] for e in events if e["turn"] == 1}
+    expected = LatencyBreakdown.from_points(1, trace_points)
+    assert expected is not None and expected.total_ms > 0
+    shown = {t["turn"]: t for t in snap["turnLatencies"]}
+    assert 1 in shown, snap["turnLatencies"]
+    assert shown[1]["segments"] == [[k, v] for k, v in expected.segments_ms().items()]
+    shown_total = math.floor(expected.total_ms + 0.5)  # as the page rounds (Math.round)
+    assert f"turn 1: {shown_total} ms" in ui["turn-bars"], ui["turn-bars"]
 
 
 async def test_the_page_says_when_the_agent_is_reconnected_and_back(

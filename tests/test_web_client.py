@@ -25,7 +25,11 @@ from infra_fixtures import (
     TokenServer,
     free_port,
 )
+from livekit import rtc
 from lk_bots import ResponderBot, read_wav
+
+from streamtalk_common.latency_breakdown import LatencyBreakdown
+from streamtalk_common.room_protocol import LATENCY_TOPIC
 
 DRIVER = REPO_ROOT / "tests" / "browser" / "drive_web.mjs"
 ARTIFACTS = OUTPUT_ROOT / "browser"
@@ -151,7 +155,8 @@ async def test_page_talks_to_a_bot_and_measures_latency(
     assert int(ui["lat-count"]) >= 3
     # agent state attributes and transcript reached the page
     assert ui["agent-state"] in ("listening", "thinking", "speaking")
-    assert ui["duplex-state"] in ("LISTENING", "THINKING", "SPEAKING")
+    assert ui["duplex-state"] in ("listening", "thinking", "speaking")
+    assert ui["agent-name"] == "agent-bot"  # its token names it after its identity
     assert any("sunny" in t["text"] for t in snap["transcripts"]), snap["transcripts"]
     # the stop button reached the bot's stop_reply RPC and got its answer
     assert snap["stopResults"] and snap["stopResults"][0]["ok"], snap["stopResults"]
@@ -161,6 +166,60 @@ async def test_page_talks_to_a_bot_and_measures_latency(
     assert (ARTIFACTS / "web-client.png").stat().st_size > 10_000
     assert not result["pageErrors"], result["pageErrors"]
     assert result["leftCleanly"]  # the Disconnect button leaves the room
+
+
+async def test_page_shows_agent_name_paused_state_backend_and_turn_latency(
+    livekit_server: LiveKitServer,
+    token_server: TokenServer,
+    browser_env: BrowserEnv,
+    make_speech_wav: Any,
+    tmp_path: Path,
+) -> None:
+    """A participant of kind agent, named as the agent worker names itself, publishes what
+    the agent publishes: a paused reply, a backend that is down and two turns' latency
+    breakdowns on their data topic (after two packets the page must ignore)."""
+    room = _room()
+    bot = rtc.Room()
+    page_mic = asyncio.Event()
+    bot.on("track_subscribed", lambda *_: page_mic.set())
+    token = livekit_server.token("agent-AJ_web", room, kind="agent", name="streamtalk",
+                                 can_update_own_metadata=True)
+    await asyncio.wait_for(bot.connect(livekit_server.url, token), 20)
+    turns = [LatencyBreakdown(turn=1, stt_ms=561.2, llm_ms=48.0, tts_ms=97.4, publish_ms=1.3),
+             LatencyBreakdown(turn=2, stt_ms=402.0, llm_ms=55.5, tts_ms=80.0, publish_ms=2.0)]
+    try:
+        await bot.local_participant.set_attributes({
+            "lk.agent.state": "speaking", "streamtalk.duplex": "PAUSED",
+            "streamtalk.backend": "down: stt: connection refused"})
+        driver = asyncio.ensure_future(run_web_driver(
+            browser_env, tmp_path, url=f"{token_server.base_url}/", room=room,
+            fakeAudioWav=str(make_speech_wav("hello", sample_rate=48000)),
+            untilUi={"duplex-state": "paused", "agent-name": "streamtalk",
+                     "backend-state": "down: stt", "turn-bars": "turn 2"},
+            screenshot=str(ARTIFACTS / "web-turn-latency.png")))
+        await asyncio.wait_for(page_mic.wait(), 60)  # the page is in the room and publishing
+        await asyncio.sleep(1.0)
+        bad = [b"not json", json.dumps({"type": "turn_latency", "turn": 3,
+                                        "segments_ms": {"stt": "slow"}}).encode()]
+        for payload in [*bad, *(t.to_json().encode() for t in turns)]:
+            await bot.local_participant.publish_data(payload, reliable=True, topic=LATENCY_TOPIC)
+        result = await driver
+    finally:
+        await bot.disconnect()
+    snap, ui = result.get("snapshot") or {}, result.get("ui") or {}
+    assert result["ok"], (result.get("reason"), ui, result.get("console"))
+    assert snap["agentIdentity"] == "agent-AJ_web" and ui["agent-name"] == "streamtalk"
+    assert snap["duplexState"] == "PAUSED" and "paused" in ui["duplex-state"]
+    assert "interrupt" not in ui["duplex-state"]
+    assert ui["backend-state"] == "down: stt: connection refused"
+    assert [(t["turn"], t["segments"]) for t in snap["turnLatencies"]] == [
+        (t.turn, [[k, v] for k, v in t.segments_ms().items()]) for t in turns]
+    bars = ui["turn-bars"]  # newest first, every segment labelled in ms
+    assert bars.index("turn 2: 540 ms") < bars.index("turn 1: 708 ms"), bars
+    for label in ("stt 561 ms", "llm 48 ms", "tts 97 ms", "publish 1 ms", "stt 402 ms"):
+        assert label in bars, bars
+    assert sum("ignored a latency packet" in line for line in result["console"]) == 2
+    assert not result["pageErrors"], result["pageErrors"]
 
 
 async def test_an_empty_room_field_joins_a_new_random_room(

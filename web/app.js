@@ -1,6 +1,7 @@
 // streamtalk browser client: join a room through the token server, publish the
 // microphone, play the agent, show its transcripts and state, measure latency.
 import { EnergyVad, LatencyTracker } from "./turns.js";
+import { LATENCY_TOPIC, parseTurnLatency, scaleBars, turnBar } from "./turn_latency.js";
 
 const LK = globalThis.LivekitClient;
 const AGENT_STATE_ATTR = "lk.agent.state";
@@ -9,6 +10,14 @@ const RECONCILER_KEY = "streamtalk.agent";
 const BACKEND_ATTR = "streamtalk.backend"; // "ok", or "down: <component>: <why>" (e.g. the voice is busy)
 const TRANSCRIPTION_TOPIC = "lk.transcription";
 const STOP_RPC = "stop_reply";
+// what the page shows for each duplex state: a paused reply is not (yet) an interrupted one
+const DUPLEX_LABELS = {
+  LISTENING: "listening",
+  THINKING: "thinking",
+  SPEAKING: "speaking",
+  INTERRUPTING: "interrupting",
+  PAUSED: "paused (deciding on a barge-in)",
+};
 
 const $ = (id) => document.getElementById(id);
 
@@ -19,12 +28,14 @@ const state = {
   room: null,
   micPublished: false,
   agentIdentity: null,
+  agentName: null,
   agentState: null,
   duplexState: null,
   backendState: null,
   agentAudioTracks: 0,
   userTurns: 0,
   latenciesMs: [],
+  turnLatencies: [], // the agent's per-turn breakdowns {turn, segments: [[stage, ms]...], totalMs}
   stats: null,
   transcripts: [],
   stopResults: [],
@@ -207,13 +218,17 @@ function findAgent() {
 function renderAgent() {
   const agent = findAgent();
   state.agentIdentity = agent ? agent.identity : null;
+  state.agentName = agent ? agent.name || agent.identity : null;
   state.agentState = agent ? agent.attributes[AGENT_STATE_ATTR] || null : null;
   state.duplexState = agent ? agent.attributes[DUPLEX_ATTR] || null : null;
   state.backendState = agent ? agent.attributes[BACKEND_ATTR] || null : null;
-  $("agent-identity").textContent = agent ? agent.identity : "none yet";
+  $("agent-name").textContent = agent ? state.agentName : "none yet";
+  $("agent-name").title = agent ? agent.identity : "";
   $("agent-state").textContent = state.agentState || "-";
-  $("duplex-state").textContent = state.duplexState || "-";
+  $("duplex-state").textContent = DUPLEX_LABELS[state.duplexState] || state.duplexState || "-";
+  $("duplex-state").dataset.state = state.duplexState || "";
   $("backend-state").textContent = state.backendState || "-";
+  $("backend-state").className = (state.backendState || "").startsWith("down") ? "bad" : "";
   $("stop").disabled = !agent;
   showNotice(agentNotice(agent));
 }
@@ -256,6 +271,23 @@ async function stopReply() {
     state.stopResults.push({ ok: false, error: message });
     $("stop-result").textContent = `stop failed: ${message}`;
   }
+}
+
+function onData(payload, participant, _kind, topic) {
+  if (topic !== LATENCY_TOPIC || !participant || !isAgent(participant)) return; // the agent's only
+  let breakdown;
+  try {
+    breakdown = parseTurnLatency(payload);
+  } catch (err) {
+    console.warn("[streamtalk] ignored a latency packet from", participant && participant.identity, err.message);
+    return;
+  }
+  state.turnLatencies.push(breakdown);
+  if (state.turnLatencies.length > 50) state.turnLatencies.shift();
+  const list = $("turn-bars");
+  list.prepend(turnBar(breakdown)); // newest first
+  while (list.children.length > 10) list.lastElementChild.remove();
+  scaleBars(list);
 }
 
 // ------------------------------------------------------------------ transcripts
@@ -335,6 +367,7 @@ function wireRoom(r) {
   r.on(LK.RoomEvent.ParticipantDisconnected, renderAgent);
   r.on(LK.RoomEvent.ParticipantAttributesChanged, renderAgent);
   r.on(LK.RoomEvent.RoomMetadataChanged, renderAgent);
+  r.on(LK.RoomEvent.DataReceived, onData);
   r.on(LK.RoomEvent.TrackSubscribed, (track, _pub, participant) => {
     if (track.kind !== LK.Track.Kind.Audio) return;
     const el = track.attach();

@@ -5,7 +5,8 @@
 // Options: chromium, nodeModules, url, room (left out: the field as the page has it),
 // userDataDir, screenshot, timeoutMs, fakeAudioWav (null: no fake microphone), accessKey,
 // untilLatencies (N turns), untilError (wait for the error banner), untilNotice (wait until
-// the page has shown a notice containing this text), clickStop (press
+// the page has shown a notice containing this text), untilUi ({testid: text}: wait until
+// each [data-testid] element's text contains its text), clickStop (press
 // "Stop reply" once the agent is there and wait for the RPC answer), handshakeDir (write
 // <dir>/loaded after the page loads, wait for <dir>/go before pressing Connect).
 // Prints one JSON line: {ok, reason, elapsedMs, snapshot, errorText, ui, roomField,
@@ -69,6 +70,9 @@ try {
   await page.click("#connect");
 
   const snap = () => page.evaluate(() => window.streamtalk.snapshot());
+  const readUi = () => page.evaluate(() => Object.fromEntries(
+    [...document.querySelectorAll("[data-testid]")].map((el) => [el.dataset.testid, el.textContent.trim()]),
+  ));
   const errorText = () => page.evaluate(() => {
     const el = document.getElementById("error");
     return el.hidden ? "" : el.textContent;
@@ -87,7 +91,9 @@ try {
     }
     const stopDone = !opts.clickStop || s.stopResults.length > 0;
     const noticeSeen = !opts.untilNotice || s.notices.some((n) => n.includes(opts.untilNotice));
-    if (!opts.untilError && enoughTurns && stopDone && noticeSeen && s.connection === "connected") {
+    const uiNow = opts.untilUi ? await readUi() : {};
+    const uiSeen = Object.entries(opts.untilUi || {}).every(([id, text]) => (uiNow[id] || "").includes(text));
+    if (!opts.untilError && enoughTurns && stopDone && noticeSeen && uiSeen && s.connection === "connected") {
       reason = "done";
       break;
     }
@@ -96,9 +102,7 @@ try {
   if (opts.screenshot) await page.screenshot({ path: opts.screenshot, fullPage: true });
   const finalSnapshot = await snap();
   const finalError = await errorText();
-  const ui = await page.evaluate(() => Object.fromEntries(
-    [...document.querySelectorAll("[data-testid]")].map((el) => [el.dataset.testid, el.textContent.trim()]),
-  ));
+  const ui = await readUi();
   // leave the room through the page's own button, so the server sees a clean exit
   if (finalSnapshot.connection === "connected") {
     await page.click("#disconnect");

@@ -6,7 +6,9 @@ capture_status comes first; quality is computed only when capture is OK.
 - Ring1 quality (pre_rtc.wav vs post_rtc_reply.wav): mel_distance (dB, -1 when a file
   is missing), hf_ratio_drop (share of 4-8 kHz energy lost).
 - Ring2 latency: eot_to_first_audio_ms (user eot -> probe first audible frame),
-  tts_first_to_publish_ms and fast_lane_ttft_ms (agent trace), inter_arrival_p95_ms.
+  tts_first_to_publish_ms and fast_lane_ttft_ms (agent trace), inter_arrival_p95_ms;
+  agent_turn_latency_ms, the agent's stt/llm/tts/publish breakdown of the turn
+  (streamtalk_common/latency_breakdown.py, from its trace).
 - P1 fingerprints (WARN only): boom (spikes in the input WAV), speed_drift, distortion.
 """
 
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from streamtalk_common.latency_breakdown import LatencyBreakdown
 
 from .common import SILENCE_RMS, read_json, read_wav, rms
 
@@ -227,6 +231,9 @@ def case_metrics(cdir: Path, case: dict[str, Any],
         row["tts_first_to_publish_ms"] = pts["first_audio_published"] - pts["tts_first_packet"]
     if "llm_request" in pts and "llm_first_token" in pts:
         row["fast_lane_ttft_ms"] = pts["llm_first_token"] - pts["llm_request"]
+    breakdown = LatencyBreakdown.from_points(1, pts)
+    if breakdown is not None:  # the agent's own stages, as it publishes them to the room
+        row["agent_turn_latency_ms"] = breakdown.segments_ms()
     if "eot_wall_ms" in user and "first_audio_wall_ms" in probe:
         row["eot_to_first_audio_ms"] = probe["first_audio_wall_ms"] - user["eot_wall_ms"]
     if "vad_end" in pts and "eot_wall_ms" in user:

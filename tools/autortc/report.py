@@ -4,8 +4,11 @@ summary.json, metrics.csv, and the pictures of `plots` (PNG), linked from report
 from __future__ import annotations
 
 import csv
+import statistics
 from pathlib import Path
 from typing import Any
+
+from streamtalk_common.latency_breakdown import SEGMENTS
 
 from . import plots
 from .common import write_json
@@ -69,6 +72,7 @@ def render_md(rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
     if pngs:
         lines += ["", "## Pictures", ""]
         lines += [f"![{Path(p).parent.name or 'latency'}]({p})" for p in pngs]
+    lines += turn_latency_md(rows)
     lines += ["", "## Cases", "", "| case | P | capture | eot->first audio ms | max gap ms | "
               "dropout | mel dB | tts->publish ms | ttft ms | retries |",
               "|---|---|---|---|---|---|---|---|---|---|"]
@@ -78,6 +82,27 @@ def render_md(rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
             "audible_dropout", "mel_distance", "tts_first_to_publish_ms", "fast_lane_ttft_ms",
             "retries")) + " |")
     return "\n".join(lines) + "\n"
+
+
+def turn_latency_md(rows: list[dict[str, Any]]) -> list[str]:
+    """The agent's own breakdown of each case's turn (what it publishes on
+    `streamtalk.latency`), and the median per stage over the cases that have one."""
+    have = [r for r in rows if r.get("agent_turn_latency_ms")]
+    if not have:
+        return []
+    names = [name for name, _, _ in SEGMENTS]
+    spans = " -> ".join([SEGMENTS[0][1]] + [b for _, _, b in SEGMENTS])
+    lines = ["", "## Turn latency in the agent", "", f"Stages between the agent's trace points "
+             f"({spans}); they add up to the total.", "",
+             "| case | " + " | ".join(f"{n} ms" for n in names) + " | total ms |",
+             "|---|" + "---|" * (len(names) + 1)]
+    for r in have:
+        ms = [r["agent_turn_latency_ms"].get(n) for n in names]
+        lines.append(f"| {r['case_id']} | " + " | ".join(_fmt(v) for v in ms)
+                     + f" | {_fmt(sum(v for v in ms if v is not None))} |")
+    medians = [statistics.median(r["agent_turn_latency_ms"][n] for r in have) for n in names]
+    lines.append(f"| median of {len(have)} | " + " | ".join(_fmt(v) for v in medians) + " | - |")
+    return lines
 
 
 def write_pngs(out: Path, rows: list[dict[str, Any]], result: dict[str, Any]) -> list[str]:
