@@ -8,6 +8,10 @@ capture_status comes first; quality is computed only when capture is OK.
 - Ring2 latency: eot_to_first_audio_ms (user eot -> probe first audible frame),
   tts_first_to_publish_ms and fast_lane_ttft_ms (agent trace), inter_arrival_p95_ms.
 - P1 fingerprints (WARN only): boom (spikes in the input WAV), speed_drift, distortion.
+- Turn-taking (cases whose recipe names a `turn_taking` kind): turn_taking.py. The hole a
+  backchannel or noise case's reply paused for is left out of rings 0 and 1 (it is
+  measured as resume_gap_ms); a premature reply has no eot_to_first_audio_ms (it began
+  before the end of turn).
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from .common import SILENCE_RMS, read_json, read_wav, rms
+from .common import GAP_RMS, SILENCE_RMS, read_json, read_wav, rms
+from .turn_taking import summary as turn_taking_summary
+from .turn_taking import turn_taking_metrics
 
 FRAME_S = 0.020
-GAP_RMS = 0.003  # a 20 ms frame quieter than this is "no audio" inside a reply (-50 dBFS)
 DROPOUT_RMS = 1e-4  # digital silence
 DROPOUT_MIN_MS = 40.0
 CLIP_LEVEL = 0.999
@@ -176,6 +181,17 @@ def inter_arrival_p95(probe: dict[str, Any]) -> float | None:
     return float(np.percentile(np.diff(t), 95))
 
 
+def without_hole(post: np.ndarray, probe: dict[str, Any], hole: list[float]) -> np.ndarray:
+    """The reply WAV without the samples of the probe frames that arrived inside `hole`
+    ([start, end) wall ms); unchanged when the probe's frames had no fixed size."""
+    size, span = probe.get("frame_samples"), probe.get("reply_frames")
+    if not size or not span:
+        return post
+    t = np.array([f[0] for f in probe["frames"][span[0]:span[1]]], dtype=np.float64)
+    a, b = (int(np.searchsorted(t, w)) * size for w in hole)
+    return np.concatenate([post[:a], post[b:]])
+
+
 def diagnose(row: dict[str, Any]) -> str:
     """One readable sentence on why a capture is not OK, from what the agent sent
     (pre_rtc.wav) against what the probe heard."""
@@ -201,6 +217,8 @@ def diagnose(row: dict[str, Any]) -> str:
 def case_metrics(cdir: Path, case: dict[str, Any],
                  input_wav: Path | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {"case_id": case["id"], "priority": case.get("priority", "P0")}
+    if case.get("turn_taking"):
+        row["turn_taking"] = case["turn_taking"]
     try:
         probe = read_json(cdir / "probe_result.json")
         user = read_json(cdir / "user_result.json")
@@ -227,7 +245,11 @@ def case_metrics(cdir: Path, case: dict[str, Any],
         row["tts_first_to_publish_ms"] = pts["first_audio_published"] - pts["tts_first_packet"]
     if "llm_request" in pts and "llm_first_token" in pts:
         row["fast_lane_ttft_ms"] = pts["llm_first_token"] - pts["llm_request"]
-    if "eot_wall_ms" in user and "first_audio_wall_ms" in probe:
+    if row["capture_status"] == "OK" and case.get("turn_taking"):
+        row.update(turn_taking_metrics(case["turn_taking"], probe, user))
+        row["turn_taking_summary"] = turn_taking_summary(row)
+    if ("eot_wall_ms" in user and "first_audio_wall_ms" in probe
+            and not row.get("premature_reply")):
         row["eot_to_first_audio_ms"] = probe["first_audio_wall_ms"] - user["eot_wall_ms"]
     if "vad_end" in pts and "eot_wall_ms" in user:
         row["eot_to_vad_end_ms"] = pts["vad_end"] - user["eot_wall_ms"]
@@ -244,6 +266,8 @@ def case_metrics(cdir: Path, case: dict[str, Any],
         row["diagnosis"] = diagnose(row)
         return row
     post, prate = read_wav(cdir / "post_rtc_reply.wav")
+    if "resume_gap_wall_ms" in row:
+        post = without_hole(post, probe, row["resume_gap_wall_ms"])
     row["post_rms"] = round(rms(post), 5)
     row["max_gap_ms"] = round(max_gap_ms(post, prate), 1)
     row["clipping_ratio"] = clipping_ratio(post)
