@@ -2,9 +2,14 @@
 arrival wall times), the agent's reply events and the user bot's turns, all in wall ms.
 
 A recipe names what it tests with `"turn_taking"`:
-- `pause`: the user pauses mid-sentence. `premature_reply` is 1 when agent audio reached the
-  probe after the user's speech onset and before their final end of turn
-  (`premature_lead_ms`: how long before it).
+- `pause`: the user pauses mid-sentence and says nothing after the end of turn, so one
+  reply, started after the eot and played to its end, is right. `premature_reply` is 1
+  when agent audio reached the probe after the user's speech onset and before their final
+  end of turn (`premature_lead_ms`: how long before it), or when reply 1 was given up
+  (interrupted) after the eot although the user was silent: the agent had answered the
+  first half and dropped that answer for the whole (`premature_superseded`). A slow
+  pipeline can land an answer to the first half just after the eot; the second sign
+  catches it.
 - `backchannel`, `noise`: an interjection ("mm-hmm", a cough) during reply 1. The reply must
   go on: `reply_completed` (reply 1 ended without being interrupted and no reply 2
   started; `false_stop` is its negation) and `resume_gap_ms`, the longest hole in reply 1
@@ -89,10 +94,14 @@ def _reply_playing_at(t: np.ndarray, r: np.ndarray, onset: float) -> bool:
     return first_audible(t, r, onset - 200.0, onset) is not None
 
 
-def pause_metrics(t: np.ndarray, r: np.ndarray, turn: dict[str, Any]) -> dict[str, Any]:
+def pause_metrics(t: np.ndarray, r: np.ndarray, probe: dict[str, Any],
+                  turn: dict[str, Any]) -> dict[str, Any]:
     onset, eot = turn["onset_wall_ms"], turn["eot_wall_ms"]
     first = first_audible(t, r, onset, eot)
-    row: dict[str, Any] = {"premature_reply": int(first is not None),
+    end1 = _event(probe, "reply_end", 1)
+    superseded = bool(end1 and end1.get("interrupted") and end1["t_wall_ms"] > eot)
+    row: dict[str, Any] = {"premature_reply": int(first is not None or superseded),
+                           "premature_superseded": superseded,
                            "user_pause_ms": sum(b - a for a, b in turn.get("pauses_wall_ms", []))}
     if first is not None:
         row["premature_lead_ms"] = eot - first
@@ -138,7 +147,7 @@ def turn_taking_metrics(kind: str, probe: dict[str, Any], user: dict[str, Any]) 
     t, r = frame_arrays(probe)
     row: dict[str, Any] = {"turn_taking": kind}
     if kind == "pause" and turns and "onset_wall_ms" in turns[0]:
-        row.update(pause_metrics(t, r, turns[0]))
+        row.update(pause_metrics(t, r, probe, turns[0]))
     elif kind != "pause" and len(turns) > 1 and "onset_wall_ms" in turns[1]:
         onset = turns[1]["onset_wall_ms"]
         row.update(barge_in_metrics(t, r, probe, onset) if kind == "barge_in"
@@ -153,9 +162,12 @@ def summary(row: dict[str, Any]) -> str:
     if row.get("turn_taking_void"):
         return f"void: {row['turn_taking_void']}"
     parts = []
-    if "premature_reply" in row:
-        parts.append("premature reply" + (f" {row['premature_lead_ms']:.0f} ms before eot"
-                                          if row["premature_reply"] else ": none"))
+    if row.get("premature_lead_ms") is not None:
+        parts.append(f"PREMATURE reply {row['premature_lead_ms']:.0f} ms before eot")
+    elif row.get("premature_superseded"):
+        parts.append("PREMATURE reply to the first half, given up after eot")
+    elif "premature_reply" in row:
+        parts.append("no premature reply")
     if "false_stop" in row:
         parts.append("FALSE STOP" if row["false_stop"] else "reply completed")
     if row.get("resume_gap_ms") is not None:
