@@ -290,7 +290,8 @@ def test_an_interjection_the_reply_survives_gives_its_resume_gap() -> None:
     row = turn_taking_metrics("backchannel", probe, user)
     assert row["reply_completed"] is True and row["false_stop"] == 0
     assert row["resume_gap_ms"] == pytest.approx(2000)
-    assert row["resume_gap_wall_ms"] == [pytest.approx(T0 + 4800), pytest.approx(T0 + 6800)]
+    assert row["interjection_hole_wall_ms"] == [pytest.approx(T0 + 4800),
+                                                pytest.approx(T0 + 6800)]
     # played straight through: no hole
     through = _probe([(3000, 9000)], ("reply_start", 1, 3000, False),
                      ("reply_end", 1, 9000, False))
@@ -323,6 +324,10 @@ def test_barge_in_stop_latency_is_onset_to_the_first_quiet_run() -> None:
                    ("reply_end", 1, 5400, True), ("reply_start", 2, 7000, False))
     row = turn_taking_metrics("barge_in", probe, user)
     assert row["stop_latency_ms"] == pytest.approx(560) and row["barge_in_answered"] is True
+    # the dip is the duplex's pause before the stop: ring 0 leaves it out, the stop is no hole
+    probe["reply_window_wall_ms"] = [T0 + 2980, T0 + 5800]
+    hole = turn_taking_metrics("barge_in", probe, user)["interjection_hole_wall_ms"]
+    assert hole == [pytest.approx(T0 + 4700), pytest.approx(T0 + 4900)]
     # the reply was never interrupted: no stop latency, not answered
     ignored = _probe([(3000, 9000)], ("reply_start", 1, 3000, False), ("reply_end", 1, 9000, False))
     row = turn_taking_metrics("barge_in", ignored, user)

@@ -8,10 +8,10 @@ capture_status comes first; quality is computed only when capture is OK.
 - Ring2 latency: eot_to_first_audio_ms (user eot -> probe first audible frame),
   tts_first_to_publish_ms and fast_lane_ttft_ms (agent trace), inter_arrival_p95_ms.
 - P1 fingerprints (WARN only): boom (spikes in the input WAV), speed_drift, distortion.
-- Turn-taking (cases whose recipe names a `turn_taking` kind): turn_taking.py. The hole a
-  backchannel or noise case's reply paused for is left out of rings 0 and 1 (it is
-  measured as resume_gap_ms); a premature reply has no eot_to_first_audio_ms (it began
-  before the end of turn).
+- Turn-taking (cases whose recipe names a `turn_taking` kind): turn_taking.py. The hole
+  reply 1 paused for after an interjection or barge-in is left out of rings 0 and 1 (the
+  duplex's deliberate pause, measured as resume_gap_ms); a premature reply has no
+  eot_to_first_audio_ms (it began before the end of turn).
 """
 
 from __future__ import annotations
@@ -266,8 +266,8 @@ def case_metrics(cdir: Path, case: dict[str, Any],
         row["diagnosis"] = diagnose(row)
         return row
     post, prate = read_wav(cdir / "post_rtc_reply.wav")
-    if "resume_gap_wall_ms" in row:
-        post = without_hole(post, probe, row["resume_gap_wall_ms"])
+    if "interjection_hole_wall_ms" in row:
+        post = without_hole(post, probe, row["interjection_hole_wall_ms"])
     row["post_rms"] = round(rms(post), 5)
     row["max_gap_ms"] = round(max_gap_ms(post, prate), 1)
     row["clipping_ratio"] = clipping_ratio(post)

@@ -14,14 +14,18 @@ A recipe names what it tests with `"turn_taking"`:
   go on: `reply_completed` (reply 1 ended without being interrupted and no reply 2
   started; `false_stop` is its negation) and `resume_gap_ms`, the longest hole in reply 1
   after the interjection's onset that audio followed again (0 when the reply played
-  through). That hole is deliberate, so ring 0 (max gap, dropouts) leaves it out
-  (`resume_gap_wall_ms`).
+  through).
 - `barge_in`: a real interruption. `stop_latency_ms` = the barge-in's speech onset -> the
   start of the first QUIET_RUN_MS of frames below QUIET_RMS at the probe (the definition of
   tests/test_agent_e2e.py and docs/AGENT.md); `barge_in_answered` = reply 1 was interrupted
   and a reply 2 started.
 An interjection or barge-in that came after reply 1 had already ended tests nothing: its
 metrics stay None and `turn_taking_void` says why.
+
+In backchannel, noise and barge-in cases, reply 1's longest hole after the onset that its
+audio followed again (`interjection_hole_wall_ms`) is the duplex's deliberate pause (held
+up to AGENT_FALSE_INTERRUPTION_TIMEOUT_S), not a transport stall: ring 0 (max gap,
+dropouts) leaves it out; for a completed reply it is the resume gap.
 """
 
 from __future__ import annotations
@@ -108,6 +112,15 @@ def pause_metrics(t: np.ndarray, r: np.ndarray, probe: dict[str, Any],
     return row
 
 
+def interjection_hole(t: np.ndarray, r: np.ndarray, probe: dict[str, Any],
+                      onset: float) -> dict[str, Any]:
+    """{"interjection_hole_wall_ms": [a, b]} for reply 1's longest hole after `onset` inside
+    the probe's reply window, or {} when it has none (or the probe sliced no reply)."""
+    window = probe.get("reply_window_wall_ms")
+    hole = longest_hole(t, r, onset, window[1]) if window else None
+    return {} if hole is None else {"interjection_hole_wall_ms": [hole[0], hole[1]]}
+
+
 def interjection_metrics(t: np.ndarray, r: np.ndarray, probe: dict[str, Any],
                          onset: float) -> dict[str, Any]:
     if not _reply_playing_at(t, r, onset):
@@ -115,13 +128,11 @@ def interjection_metrics(t: np.ndarray, r: np.ndarray, probe: dict[str, Any],
     end1 = _event(probe, "reply_end", 1)
     completed = (end1 is not None and not end1.get("interrupted")
                  and _event(probe, "reply_start", 2) is None)
-    row: dict[str, Any] = {"reply_completed": completed, "false_stop": int(not completed)}
+    row: dict[str, Any] = {"reply_completed": completed, "false_stop": int(not completed),
+                           **interjection_hole(t, r, probe, onset)}
     if completed:
-        window_end = (probe.get("reply_window_wall_ms") or [0.0, end1["t_wall_ms"]])[1]
-        hole = longest_hole(t, r, onset, window_end)
+        hole = row.get("interjection_hole_wall_ms")
         row["resume_gap_ms"] = 0.0 if hole is None else hole[1] - hole[0]
-        if hole is not None:
-            row["resume_gap_wall_ms"] = [hole[0], hole[1]]
     return row
 
 
@@ -132,7 +143,8 @@ def barge_in_metrics(t: np.ndarray, r: np.ndarray, probe: dict[str, Any],
     end1 = _event(probe, "reply_end", 1)
     interrupted = bool(end1 and end1.get("interrupted"))
     row: dict[str, Any] = {"barge_in_answered": interrupted
-                           and _event(probe, "reply_start", 2) is not None}
+                           and _event(probe, "reply_start", 2) is not None,
+                           **interjection_hole(t, r, probe, onset)}
     stop = quiet_from(t, r, onset) if interrupted else None
     if stop is not None:
         row["stop_latency_ms"] = stop - onset
