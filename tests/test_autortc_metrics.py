@@ -235,3 +235,175 @@ def test_a_missing_golden_baseline_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="--baseline none"):
         gates.load_baseline(tmp_path / "summary.json")
 
+
+
+# --- turn-taking (tools/autortc/turn_taking.py) on synthetic probe frames -------------------
+
+T0 = 2_000_000.0
+
+
+def _frames(loud: list[tuple[float, float]], until_ms: float = 12_000.0) -> list[list[float]]:
+    """10 ms probe frames from T0 on, audible (rms 0.1) inside the `loud` [a, b) ms spans
+    (relative to T0), digital silence elsewhere (what the probe receives between replies)."""
+    return [[T0 + t, 0.1 if any(a <= t < b for a, b in loud) else 0.0]
+            for t in np.arange(0.0, until_ms, 10.0)]
+
+
+def _probe(loud: list[tuple[float, float]], *events: tuple[str, int, float, bool]) -> dict:
+    """A probe result: frames plus reply events (type, reply_seq, ms after T0, interrupted)."""
+    return {"frames": _frames(loud), "frame_samples": 480,
+            "agent_events": [{"type": k, "reply_seq": s, "t_wall_ms": T0 + t, "interrupted": i}
+                             for k, s, t, i in events]}
+
+
+def _turn(onset: float, eot: float, **kw: object) -> dict:
+    return {"onset_wall_ms": T0 + onset, "eot_wall_ms": T0 + eot, **kw}
+
+
+def test_a_reply_inside_the_users_pause_is_premature() -> None:
+    from tools.autortc.turn_taking import turn_taking_metrics
+
+    user = {"turns": [_turn(300, 4000, pauses_wall_ms=[[T0 + 2000, T0 + 3000]])]}
+    late = turn_taking_metrics("pause", _probe([(5200, 8000)], ("reply_end", 1, 8000, False)),
+                               user)
+    assert late["premature_reply"] == 0 and "premature_lead_ms" not in late
+    assert late["user_pause_ms"] == pytest.approx(1000)
+    # the agent answered the first half: its audio arrived 0.6 s before the last digit
+    early = turn_taking_metrics("pause", _probe([(3400, 8000)]), user)
+    assert early["premature_reply"] == 1 and early["premature_lead_ms"] == pytest.approx(600)
+    # an answer to the first half that lands after the eot and is then given up for the
+    # whole, while the user is silent (measured on the VAD-only agent, 2026-12-04)
+    superseded = turn_taking_metrics("pause", _probe(
+        [(4600, 5400), (5800, 8000)], ("reply_end", 1, 5400, True)), user)
+    assert superseded["premature_reply"] == 1 and superseded["premature_superseded"] is True
+    assert "premature_lead_ms" not in superseded
+
+
+def test_an_interjection_the_reply_survives_gives_its_resume_gap() -> None:
+    from tools.autortc.turn_taking import turn_taking_metrics
+
+    user = {"turns": [_turn(300, 1500), _turn(4500, 5400)]}
+    # reply 1 from 3000 ms; paused 4800-6800 ms by the "uh-huh", then played on to 9000 ms
+    probe = _probe([(3000, 4800), (6800, 9000)], ("reply_start", 1, 3000, False),
+                   ("reply_end", 1, 9000, False))
+    probe["reply_window_wall_ms"] = [T0 + 2980, T0 + 9400]
+    row = turn_taking_metrics("backchannel", probe, user)
+    assert row["reply_completed"] is True and row["false_stop"] == 0
+    assert row["resume_gap_ms"] == pytest.approx(2000)
+    assert row["interjection_hole_wall_ms"] == [pytest.approx(T0 + 4800),
+                                                pytest.approx(T0 + 6800)]
+    # played straight through: no hole
+    through = _probe([(3000, 9000)], ("reply_start", 1, 3000, False),
+                     ("reply_end", 1, 9000, False))
+    assert turn_taking_metrics("noise", through, user)["resume_gap_ms"] == 0.0
+
+
+def test_an_interjection_that_stops_the_reply_is_a_false_stop() -> None:
+    from tools.autortc.turn_taking import turn_taking_metrics
+
+    user = {"turns": [_turn(300, 1500), _turn(4500, 5400)]}
+    stopped = _probe([(3000, 5000)], ("reply_start", 1, 3000, False),
+                     ("reply_end", 1, 6000, True))
+    row = turn_taking_metrics("backchannel", stopped, user)
+    assert row["false_stop"] == 1 and "resume_gap_ms" not in row
+    # the reply played on, but the interjection was answered with a new reply after it
+    answered = _probe([(3000, 9000), (10500, 11500)], ("reply_start", 1, 3000, False),
+                      ("reply_end", 1, 9000, False), ("reply_start", 2, 10500, False))
+    assert turn_taking_metrics("noise", answered, user)["false_stop"] == 1
+    # an interjection after the reply had ended tests nothing: no value, a reason
+    void = turn_taking_metrics("noise", _probe([(3000, 4000)], ("reply_end", 1, 4000, False)), user)
+    assert "false_stop" not in void and "not playing" in void["turn_taking_void"]
+
+
+def test_barge_in_stop_latency_is_onset_to_the_first_quiet_run() -> None:
+    from tools.autortc.turn_taking import turn_taking_metrics
+
+    user = {"turns": [_turn(300, 1500), _turn(4500, 5500)]}
+    # a 200 ms dip at 4700 ms is no stop; the audio stops for good at 5060 ms
+    probe = _probe([(3000, 4700), (4900, 5060), (7000, 8000)], ("reply_start", 1, 3000, False),
+                   ("reply_end", 1, 5400, True), ("reply_start", 2, 7000, False))
+    row = turn_taking_metrics("barge_in", probe, user)
+    assert row["stop_latency_ms"] == pytest.approx(560) and row["barge_in_answered"] is True
+    # the dip is the duplex's pause before the stop: ring 0 leaves it out, the stop is no hole
+    probe["reply_window_wall_ms"] = [T0 + 2980, T0 + 5800]
+    hole = turn_taking_metrics("barge_in", probe, user)["interjection_hole_wall_ms"]
+    assert hole == [pytest.approx(T0 + 4700), pytest.approx(T0 + 4900)]
+    # the reply was never interrupted: no stop latency, not answered
+    ignored = _probe([(3000, 9000)], ("reply_start", 1, 3000, False), ("reply_end", 1, 9000, False))
+    row = turn_taking_metrics("barge_in", ignored, user)
+    assert "stop_latency_ms" not in row and row["barge_in_answered"] is False
+    with pytest.raises(ValueError, match="known: pause, backchannel"):
+        turn_taking_metrics("cough", probe, user)
+
+
+def test_the_resume_hole_is_no_transport_gap(tmp_path: Path) -> None:
+    d = _case_dir(tmp_path)
+    # the probe's reply: 1.8 s of audio, a 2 s hole (the pause for the interjection), 2.2 s more
+    post = np.concatenate([speechlike(1.8), np.zeros(2 * RATE, np.float32), speechlike(2.2, seed=4)])
+    write_wav(d / "post_rtc_reply.wav", post, RATE)
+    probe = _probe([(3000, 4800), (6800, 9000)], ("reply_start", 1, 3000, False),
+                   ("reply_end", 1, 9000, False))
+    probe.update({"ok": True, "reply_rms": 0.15, "full_rms": 0.1, "reply_start": {"reply_seq": 1},
+                  "first_audio_wall_ms": T0 + 3000, "reply_frames": [300, 900],
+                  "reply_window_wall_ms": [T0 + 3000, T0 + 9000]})
+    write_json(d / "probe_result.json", probe)
+    write_json(d / "user_result.json", {"ok": True, "eot_wall_ms": T0 + 1500,
+                                        "turns": [_turn(300, 1500), _turn(4500, 5400)]})
+    case = {"id": "bc", "priority": "P0", "turn_taking": "backchannel"}
+    row = am.case_metrics(d, case)
+    assert row["resume_gap_ms"] == pytest.approx(2000) and row["false_stop"] == 0
+    assert row["max_gap_ms"] < 100 and row["audible_dropout"] == 0  # the hole is cut out
+    assert row["turn_taking_summary"] == "reply completed, resume gap 2000 ms"
+    # the same WAV without the turn-taking kind: ring 0 sees the 2 s hole
+    plain = am.case_metrics(d, {"id": "bc", "priority": "P0"})
+    assert plain["max_gap_ms"] >= 1980 and plain["audible_dropout"] >= 1
+
+
+def test_turn_taking_gates() -> None:
+    prof = gates.load_profile("gpu")
+
+    def by_name(res: dict) -> dict:
+        return {g["gate"]: g for g in res["gates"]}
+
+    plain = by_name(gates.evaluate([_row()], prof, None))
+    for name in ("premature_replies", "false_stops", "resume_gap_p95", "barge_in_stop_p50",
+                 "barge_in_missed"):
+        assert plain[name]["status"] == "SKIP", name  # no case of their kind in the run
+    rows = [_row(), _row(turn_taking="pause", premature_reply=1),
+            _row(turn_taking="backchannel", false_stop=0, resume_gap_ms=300.0),
+            _row(turn_taking="noise", false_stop=1),
+            _row(turn_taking="barge_in", stop_latency_ms=340.0, barge_in_answered=True),
+            _row(turn_taking="barge_in", stop_latency_ms=600.0, barge_in_answered=True),
+            _row(turn_taking="barge_in", stop_latency_ms=300.0, barge_in_answered=False)]
+    res = gates.evaluate(rows, prof, None)
+    g = by_name(res)
+    assert g["premature_replies"]["status"] == "FAIL" and g["premature_replies"]["value"] == 1
+    # 1 false stop in 2 cases: a share of 1 in 10 allows none
+    assert g["false_stops"]["status"] == "FAIL" and g["false_stops"]["threshold"].startswith("<= 0")
+    assert g["resume_gap_p95"]["status"] == "PASS"
+    assert g["barge_in_stop_p50"]["value"] == pytest.approx(340) and \
+        g["barge_in_stop_p50"]["status"] == "PASS"
+    assert g["barge_in_missed"]["value"] == 1 and g["barge_in_missed"]["status"] == "FAIL"
+    assert any(r.startswith("premature_replies: 1") for r in res["fail_reasons"])
+    # 1 false stop in 10 cases is within the share
+    ten = [_row(turn_taking="noise", false_stop=int(i == 0), resume_gap_ms=0.0) for i in range(10)]
+    assert by_name(gates.evaluate(ten, prof, None))["false_stops"]["status"] == "PASS"
+    # a pause case without a valid capture is no pass: no data fails
+    lost = by_name(gates.evaluate([_row(turn_taking="pause", capture_status="POST_SILENT")],
+                                  prof, None))
+    assert lost["premature_replies"]["status"] == "FAIL" and lost["premature_replies"]["n"] == 0
+
+
+def test_stability_tool_pools_false_stops_and_turn_metrics(tmp_path: Path) -> None:
+    from tools.autortc import baseline_stability as bs
+
+    runs = [_run_dir(tmp_path, f"run-{k}", [], [
+        _row(case_id="b", case_dir="cases/b", turn_taking="backchannel", false_stop=int(k == 0),
+             resume_gap_ms=100.0 * k),
+        _row(case_id="q", case_dir="cases/q", turn_taking="barge_in", stop_latency_ms=500.0 + k,
+             barge_in_answered=True)]) for k in range(5)]
+    a = bs.analyse(runs)
+    assert a["false_stops"] == {"count": 1, "cases": 5, "share": 0.2}
+    assert a["metrics"]["barge_in_stop_p50_ms"]["run_values"] == [500, 501, 502, 503, 504]
+    assert a["metrics"]["resume_gap_p95_ms"]["median"] == 200
+    assert "False stops over the set: 1 of 5" in bs.render(a)

@@ -7,6 +7,11 @@ after a fresh install one first run took 0.3-0.7 s longer per turn and had a hol
 reply, and its rerun passed. So a run whose only failed gates are timing gates is
 repeated once, and the repeat must pass in full: a real regression fails both.
 
+The mini tier holds two turn-taking cases (a mid-sentence pause, a backchannel during the
+reply). An agent that ends the turn on VAD silence alone answers into the pause and stops
+for the backchannel, so it fails premature_replies and false_stops here: that is a
+measured defect of such an agent, not noise, and is not repeated away.
+
 Deliberately broken agents must fail with a readable reason: one whose TTS output is muted
 (AGENT_DEBUG_MUTE_TTS=1: the room hears silence while pre_rtc.wav keeps the real audio),
 and one whose backend answers 1.5 s late (OMNI_DEV_FIRST_TOKEN_DELAY_S).
@@ -53,7 +58,9 @@ def run_tier(out: Path, *extra: str) -> tuple[int, dict, str]:
 
 
 TIMING_GATES = {"eot_to_first_audio_p95", "primary_kpi_regression", "audible_dropout", "max_gap",
-                "inter_arrival_p95", "fast_lane_ttft_p95", "tts_first_to_publish_p95"}
+                "inter_arrival_p95", "fast_lane_ttft_p95", "tts_first_to_publish_p95",
+                "barge_in_stop_p50", "resume_gap_p95"}
+MINI_CASES = 6  # 4 classic + the mid-sentence pause and the backchannel (docs/AUTORTC.md)
 
 
 def test_mini_tier_passes_against_the_golden_baseline(tmp_path: Path) -> None:
@@ -68,14 +75,17 @@ def test_mini_tier_passes_against_the_golden_baseline(tmp_path: Path) -> None:
         rc, summary, log = run_tier(out)
     report = (out / "report.md").read_text() if summary else ""
     assert rc == 0 and summary.get("verdict") == "PASS", report + "\n" + log[-3000:]
-    assert summary["counts"]["capture_status"] == {"OK": 4}, report
-    assert summary["counts"]["reply_wavs"] == 4 and summary["counts"]["pre_rtc_wavs"] == 4
+    assert summary["counts"]["capture_status"] == {"OK": MINI_CASES}, report
+    assert summary["counts"]["reply_wavs"] == MINI_CASES
+    assert summary["counts"]["pre_rtc_wavs"] == MINI_CASES
     kpi = summary["primary_kpi"]
     assert kpi["baseline"] == json.loads(GOLDEN.read_text())["primary_kpi"]["value"]
     assert kpi["delta"] == pytest.approx(kpi["value"] - kpi["baseline"], abs=0.02)
-    assert len(summary["gates"]) == 9 and {g["status"] for g in summary["gates"]} == {"PASS"}
+    # 9 gates for every run + 5 turn-taking gates, all with data from the mini cases
+    assert len(summary["gates"]) == 14 and {g["status"] for g in summary["gates"]} == {"PASS"}
     # the pictures exist and report.md links them
-    assert "latency.png" in summary["pngs"] and len(summary["pngs"]) == 5, summary["pngs"]
+    assert "latency.png" in summary["pngs"] and len(summary["pngs"]) == MINI_CASES + 1, \
+        summary["pngs"]
     for png in summary["pngs"]:
         assert (out / png).read_bytes()[:4] == b"\x89PNG", png
         assert f"]({png})" in report
@@ -84,7 +94,7 @@ def test_mini_tier_passes_against_the_golden_baseline(tmp_path: Path) -> None:
         for name in ("post_rtc_full.wav", "post_rtc_reply.wav", "pre_rtc.wav",
                      "probe_result.json", "user_result.json"):
             assert (case_dir / name).exists(), (row["case_id"], name)
-    assert (out / "metrics.csv").read_text().count("\n") == 5
+    assert (out / "metrics.csv").read_text().count("\n") == MINI_CASES + 1
 
 
 def run_broken(out: Path, *extra: str) -> tuple[dict, str, set[str]]:

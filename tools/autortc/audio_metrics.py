@@ -10,6 +10,10 @@ capture_status comes first; quality is computed only when capture is OK.
   agent_turn_latency_ms, the agent's stt/llm/tts/publish breakdown of the turn
   (streamtalk_common/latency_breakdown.py, from its trace).
 - P1 fingerprints (WARN only): boom (spikes in the input WAV), speed_drift, distortion.
+- Turn-taking (cases whose recipe names a `turn_taking` kind): turn_taking.py. The hole
+  reply 1 paused for after an interjection or barge-in is left out of rings 0 and 1 (the
+  duplex's deliberate pause, measured as resume_gap_ms); a premature reply has no
+  eot_to_first_audio_ms (it began before the end of turn).
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ import numpy as np
 
 from streamtalk_common.latency_breakdown import LatencyBreakdown
 
-from .common import SILENCE_RMS, read_json, read_wav, rms
+from .common import GAP_RMS, SILENCE_RMS, read_json, read_wav, rms
+from .turn_taking import summary as turn_taking_summary
+from .turn_taking import turn_taking_metrics
 
 FRAME_S = 0.020
-GAP_RMS = 0.003  # a 20 ms frame quieter than this is "no audio" inside a reply (-50 dBFS)
 DROPOUT_RMS = 1e-4  # digital silence
 DROPOUT_MIN_MS = 40.0
 CLIP_LEVEL = 0.999
@@ -180,6 +185,17 @@ def inter_arrival_p95(probe: dict[str, Any]) -> float | None:
     return float(np.percentile(np.diff(t), 95))
 
 
+def without_hole(post: np.ndarray, probe: dict[str, Any], hole: list[float]) -> np.ndarray:
+    """The reply WAV without the samples of the probe frames that arrived inside `hole`
+    ([start, end) wall ms); unchanged when the probe's frames had no fixed size."""
+    size, span = probe.get("frame_samples"), probe.get("reply_frames")
+    if not size or not span:
+        return post
+    t = np.array([f[0] for f in probe["frames"][span[0]:span[1]]], dtype=np.float64)
+    a, b = (int(np.searchsorted(t, w)) * size for w in hole)
+    return np.concatenate([post[:a], post[b:]])
+
+
 def diagnose(row: dict[str, Any]) -> str:
     """One readable sentence on why a capture is not OK, from what the agent sent
     (pre_rtc.wav) against what the probe heard."""
@@ -205,6 +221,8 @@ def diagnose(row: dict[str, Any]) -> str:
 def case_metrics(cdir: Path, case: dict[str, Any],
                  input_wav: Path | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {"case_id": case["id"], "priority": case.get("priority", "P0")}
+    if case.get("turn_taking"):
+        row["turn_taking"] = case["turn_taking"]
     try:
         probe = read_json(cdir / "probe_result.json")
         user = read_json(cdir / "user_result.json")
@@ -234,7 +252,11 @@ def case_metrics(cdir: Path, case: dict[str, Any],
     breakdown = LatencyBreakdown.from_points(1, pts)
     if breakdown is not None:  # the agent's own stages, as it publishes them to the room
         row["agent_turn_latency_ms"] = breakdown.segments_ms()
-    if "eot_wall_ms" in user and "first_audio_wall_ms" in probe:
+    if row["capture_status"] == "OK" and case.get("turn_taking"):
+        row.update(turn_taking_metrics(case["turn_taking"], probe, user))
+        row["turn_taking_summary"] = turn_taking_summary(row)
+    if ("eot_wall_ms" in user and "first_audio_wall_ms" in probe
+            and not row.get("premature_reply")):
         row["eot_to_first_audio_ms"] = probe["first_audio_wall_ms"] - user["eot_wall_ms"]
     if "vad_end" in pts and "eot_wall_ms" in user:
         row["eot_to_vad_end_ms"] = pts["vad_end"] - user["eot_wall_ms"]
@@ -251,6 +273,8 @@ def case_metrics(cdir: Path, case: dict[str, Any],
         row["diagnosis"] = diagnose(row)
         return row
     post, prate = read_wav(cdir / "post_rtc_reply.wav")
+    if "interjection_hole_wall_ms" in row:
+        post = without_hole(post, probe, row["interjection_hole_wall_ms"])
     row["post_rms"] = round(rms(post), 5)
     row["max_gap_ms"] = round(max_gap_ms(post, prate), 1)
     row["clipping_ratio"] = clipping_ratio(post)

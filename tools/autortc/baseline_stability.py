@@ -5,7 +5,9 @@ report: per gate metric the median, P95 and sigma over runs, and a suggested thr
 
 Suggested threshold = max over runs + 3 sigma, rounded up; suggested PRIMARY_KPI
 tolerance = 3 sigma of the runs' eot_to_first_audio P95 (the run-to-run noise), rounded
-up; suggested golden run = the run whose P95 is nearest the median. A calibration aid:
+up; suggested golden run = the run whose P95 is nearest the median. False stops are
+pooled over the set (their gate is a share: at most 1 in 10 backchannel and noise
+cases). A calibration aid:
 a profile is changed by a person, with the data, never to make one run pass.
 """
 
@@ -30,6 +32,9 @@ METRICS = {  # run-level statistic of each gate metric, over the cases its gate 
     "inter_arrival_p95_ms": ("inter_arrival_p95_ms", "p95", False),
     "clipping_ratio": ("clipping_ratio", "max", False),
     "audible_dropout": ("audible_dropout", "sum", True),
+    "premature_replies": ("premature_reply", "sum", False),
+    "resume_gap_p95_ms": ("resume_gap_ms", "p95", False),
+    "barge_in_stop_p50_ms": ("stop_latency_ms", "p50", False),
 }
 
 
@@ -38,7 +43,8 @@ def run_stat(rows: list[dict[str, Any]], key: str, how: str, p0_only: bool) -> f
     v = gated_values(rows, key, p0_only)
     if not v:
         return None
-    return {"p95": lambda: percentile(v, 95), "max": lambda: max(v), "sum": lambda: sum(v)}[how]()
+    return {"p95": lambda: percentile(v, 95), "p50": lambda: percentile(v, 50),
+            "max": lambda: max(v), "sum": lambda: sum(v)}[how]()
 
 
 def analyse(run_dirs: list[Path]) -> dict[str, Any]:
@@ -68,6 +74,10 @@ def analyse(run_dirs: list[Path]) -> dict[str, Any]:
         nearest = min(range(len(kpi["run_values"])),
                       key=lambda i: abs(kpi["run_values"][i] - kpi["median"]))
         out["suggested_golden_run"] = kpi["runs"][nearest]
+    stops = [v for r in runs for v in gated_values(r["rows"], "false_stop")]
+    if stops:
+        out["false_stops"] = {"count": int(sum(stops)), "cases": len(stops),
+                              "share": round(sum(stops) / len(stops), 4)}
     out["retries"] = sum(r["counts"]["retries"] for r in runs)
     out["capture_status"] = [r["counts"]["capture_status"] for r in runs]
     return out
@@ -84,6 +94,10 @@ def render(a: dict[str, Any]) -> str:
         lines += ["", f"PRIMARY_KPI tolerance (3 sigma of the run P95s): "
                   f"{a['suggested_primary_kpi_max_regression_ms']} ms; golden candidate "
                   f"(P95 nearest the median): {a['suggested_golden_run']}"]
+    if "false_stops" in a:
+        f = a["false_stops"]
+        lines += ["", f"False stops over the set: {f['count']} of {f['cases']} backchannel and "
+                  f"noise cases (share {f['share']}; gate: at most 0.1)"]
     return "\n".join(lines) + "\n"
 
 

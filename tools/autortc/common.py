@@ -16,6 +16,7 @@ import numpy as np
 TOPIC_PROBE = "autortc.probe"
 TOPIC_AGENT = "autortc.agent"
 SILENCE_RMS = 0.01  # valid capture: max(reply_rms, full_rms) >= this
+GAP_RMS = 0.003  # a frame quieter than this is "no audio" inside a reply (-50 dBFS)
 FRAME_MS = 10
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,5 +1,10 @@
-"""The nine AutoRTC gates, evaluated per profile (profiles.json: `gpu` = the seed's
+"""The AutoRTC gates, evaluated per profile (profiles.json: `gpu` = the seed's
 thresholds, `ci` = a 2-core CPU machine), plus P1 WARN fingerprints.
+
+Nine gates hold for every run. Five turn-taking gates hold for the cases of their
+kind (turn_taking.py) and are SKIP when a run has none: premature_replies (pause),
+false_stops and resume_gap_p95 (backchannel, noise), barge_in_stop_p50 and
+barge_in_missed (barge_in).
 
 PRIMARY_KPI = eot_to_probe_first_audio_p95_ms; the run fails when it is worse than
 the golden baseline by more than `primary_kpi_max_regression_ms`.
@@ -7,10 +12,12 @@ the golden baseline by more than `primary_kpi_max_regression_ms`.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from .common import percentile, read_json
+from .turn_taking import INTERJECTIONS
 
 PROFILES = Path(__file__).with_name("profiles.json")
 PRIMARY_KPI = "eot_to_probe_first_audio_p95_ms"
@@ -33,6 +40,19 @@ FIXES = {
                          "probe/agent; check load on the machine",
     "primary_kpi_regression": "end-to-end latency regressed vs the golden baseline: compare "
                               "the agent trace points turn by turn with the baseline run",
+    "premature_replies": "the agent answered into the user's mid-sentence pause: the end of "
+                         "turn was taken from VAD silence alone; check the end-of-turn "
+                         "decision (VAD_SILENCE_MS, MIN_ENDPOINTING) in the agent trace",
+    "false_stops": "a backchannel or a noise stopped the reply: check AGENT_MIN_INTERRUPTION_S, "
+                   "AGENT_FALSE_INTERRUPTION_TIMEOUT_S and what the STT made of the interjection "
+                   "(the agent trace and the case's waveform.png)",
+    "resume_gap_p95": "a paused reply resumed late: AGENT_FALSE_INTERRUPTION_TIMEOUT_S bounds "
+                      "the pause; check the duplex transitions in the agent log",
+    "barge_in_stop_p50": "the reply stops late on a barge-in: VAD start of speech plus "
+                         "AGENT_MIN_INTERRUPTION_S dominate (docs/AGENT.md, measured stop "
+                         "latency); check the pause reached the sink",
+    "barge_in_missed": "the agent did not stop and answer a real barge-in: check the agent "
+                       "trace for `interrupted` and the STT of the second turn",
 }
 
 
@@ -57,6 +77,43 @@ def load_baseline(path: Path) -> dict[str, Any]:
 def gated_values(rows: list[dict[str, Any]], key: str, p0_only: bool = False) -> list[float]:
     return [float(r[key]) for r in rows if r.get(key) is not None
             and r.get("capture_status") == "OK" and (not p0_only or r.get("priority") == "P0")]
+
+
+def turn_taking_gates(rows: list[dict[str, Any]], th: dict[str, Any], gate: Any,
+                      gates: list[dict[str, Any]]) -> None:
+    """The five turn-taking gates; SKIP where the run had no case of their kind."""
+    def skip(name: str, kinds: tuple[str, ...]) -> bool:
+        if any(r.get("turn_taking") in kinds for r in rows):
+            return False
+        gates.append({"gate": name, "value": None, "threshold": "-", "status": "SKIP", "n": 0,
+                      "fix": f"no {' or '.join(kinds)} case in this run"})
+        return True
+
+    kinds = {"premature_replies": ("pause",), "false_stops": INTERJECTIONS,
+             "resume_gap_p95": INTERJECTIONS, "barge_in_stop_p50": ("barge_in",),
+             "barge_in_missed": ("barge_in",)}
+    if not skip("premature_replies", kinds["premature_replies"]):
+        v = gated_values(rows, "premature_reply")
+        gate("premature_replies", sum(v) if v else None, th["premature_replies"], "==", "",
+             len(v))
+    if not skip("false_stops", INTERJECTIONS):
+        v = gated_values(rows, "false_stop")
+        # a share of 1 in 10 allows no false stop in fewer than 10 cases: over a stability
+        # set (baseline_stability.py pools the runs) the share itself is what counts
+        allowed = math.floor(th["false_stop_rate"] * len(v))
+        gate("false_stops", sum(v) if v else None, allowed, "<=", "", len(v))
+        gates[-1]["threshold"] = f"<= {allowed} (share {th['false_stop_rate']} of {len(v)})"
+    if not skip("resume_gap_p95", INTERJECTIONS):
+        v = gated_values(rows, "resume_gap_ms")
+        gate("resume_gap_p95", percentile(v, 95), th["resume_gap_p95_ms"], "<=", " ms", len(v))
+    if not skip("barge_in_stop_p50", kinds["barge_in_stop_p50"]):
+        v = gated_values(rows, "stop_latency_ms")
+        gate("barge_in_stop_p50", percentile(v, 50), th["barge_in_stop_p50_ms"], "<=", " ms",
+             len(v))
+    if not skip("barge_in_missed", kinds["barge_in_missed"]):
+        v = gated_values(rows, "barge_in_answered")
+        gate("barge_in_missed", v.count(0.0) if v else None, th["barge_in_missed"], "==", "",
+             len(v))
 
 
 def evaluate(rows: list[dict[str, Any]], profile: dict[str, Any],
@@ -99,6 +156,8 @@ def evaluate(rows: list[dict[str, Any]], profile: dict[str, Any],
          th["p0_audio_valid_rate"], ">=", "", len(valid))
     ia = gated_values(rows, "inter_arrival_p95_ms")
     gate("inter_arrival_p95", percentile(ia, 95), th["inter_arrival_p95_ms"], "<=", " ms", len(ia))
+
+    turn_taking_gates(rows, th, gate, gates)
 
     current = percentile(e2a, 95)
     base = (baseline or {}).get("primary_kpi", {}).get("value")

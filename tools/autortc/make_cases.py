@@ -4,6 +4,13 @@
 writes `DIR/<case>.wav` (and `DIR/<case>.barge.wav`) as 48 kHz 16-bit mono. The
 same recipe gives the same samples on the same espeak-ng; a `.recipe` stamp
 next to each WAV makes reruns reuse it.
+
+A recipe speaks `text`; `then: [{"pause_s", "text"}, ...]` continues the same
+utterance after a silence (a mid-sentence pause: the silence lies between the
+last loud sample of one part and the first of the next). Instead of `text`, a
+recipe may be a `burst` (a cough or knock: noise with a sharp attack and an
+exponential decay). The sidecar `<wav>.json` holds the timing the metrics
+need: the first and last speech sample and the pauses, as sample indices.
 """
 
 from __future__ import annotations
@@ -21,9 +28,11 @@ from typing import Any
 import numpy as np
 
 from .common import read_wav, write_wav
+from .turn_taking import KINDS
 
 RATE = 48000
-META_FORMAT = 2  # of the .json beside each WAV; a new one re-renders cached cases
+SIDECAR_VERSION = 2  # 2: first speech sample and pauses besides the last speech sample
+SPEECH_FLOOR = 0.002  # |sample| above this in the clean speech counts as speech
 
 
 def espeak(text: str, voice: str, wpm: int) -> np.ndarray:
@@ -54,14 +63,52 @@ def noise(kind: str, n: int, level: float, seed: int) -> np.ndarray:
     return y.astype(np.float32)
 
 
-def render(spec: dict[str, Any]) -> tuple[np.ndarray, int, int]:
-    """The case audio and the indices of its first and last speech samples (from the clean speech)."""
-    speech = espeak(spec["text"], spec.get("voice", "en-us"), int(spec.get("wpm", 160)))
+def burst(spec: dict[str, Any]) -> np.ndarray:
+    """A cough-like noise burst: 5 ms attack, then an exponential decay over `seconds`."""
+    n = int(float(spec.get("seconds", 0.3)) * RATE)
+    if n <= 0:
+        raise ValueError(f"burst seconds must be > 0, got {spec.get('seconds')!r}")
+    t = np.arange(n) / RATE
+    env = np.minimum(1.0, t / 0.005) * np.exp(-t / (n / RATE / 4))
+    return noise(spec.get("kind", "pink"), n, float(spec.get("rms", 0.1)), int(spec.get("seed", 0))
+                 ) * env.astype(np.float32)
+
+
+def loud_span(x: np.ndarray) -> tuple[int, int]:
+    """[first, last] index of the samples above the speech floor (the whole clip if none)."""
+    loud = np.flatnonzero(np.abs(x) > SPEECH_FLOOR)
+    return (int(loud[0]), int(loud[-1])) if loud.size else (0, len(x) - 1)
+
+
+def utterance(spec: dict[str, Any]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """The clean speech (or burst) of a recipe and its pauses ([start, end) sample indices)."""
+    if "burst" in spec:
+        return burst(spec["burst"]), []
+    if not str(spec.get("text", "")).strip():
+        raise ValueError(f"a case recipe needs a 'text' or a 'burst': {spec}")
+    voice, wpm = spec.get("voice", "en-us"), int(spec.get("wpm", 160))
+    x = espeak(spec["text"], voice, wpm)
+    pauses = []
+    for part in spec.get("then", []):
+        pause_s = part.get("pause_s")
+        if not isinstance(pause_s, int | float) or pause_s <= 0 or not part.get("text"):
+            raise ValueError(f"each 'then' part needs a 'pause_s' > 0 and a 'text', got {part}")
+        nxt = espeak(part["text"], voice, wpm)
+        x = x[:loud_span(x)[1] + 1]
+        pauses.append((len(x), len(x) + int(pause_s * RATE)))
+        x = np.concatenate([x, np.zeros(int(pause_s * RATE), np.float32), nxt[loud_span(nxt)[0]:]])
+    return x, pauses
+
+
+def render(spec: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    """The case audio and its timing: first and last speech sample (from the clean speech)
+    and the pauses inside the utterance, as sample indices into the case audio."""
+    speech, pauses = utterance(spec)
     speech = speech * float(spec.get("gain", 1.0))
-    loud = np.flatnonzero(np.abs(speech) > 0.002)
     lead = int(spec.get("lead_s", 0.3) * RATE)
-    first = lead + (int(loud[0]) if loud.size else 0)
-    last = lead + (int(loud[-1]) if loud.size else len(speech) - 1)
+    first, last = loud_span(speech)
+    timing = {"first_speech_sample": lead + first, "last_speech_sample": lead + last,
+              "pauses": [[lead + a, lead + b] for a, b in pauses]}
     x = np.concatenate([np.zeros(lead, np.float32), speech,
                         np.zeros(int(spec.get("tail_s", 1.5) * RATE), np.float32)])
     if "noise" in spec:
@@ -72,11 +119,13 @@ def render(spec: dict[str, Any]) -> tuple[np.ndarray, int, int]:
         rng = np.random.default_rng(int(sp.get("seed", 0)))
         for pos in rng.integers(lead, lead + max(1, len(speech) - 480), int(sp.get("count", 3))):
             x[pos:pos + 96] = float(sp.get("amplitude", 0.9)) * np.sign(rng.standard_normal(96))
-    return np.clip(x, -1.0, 1.0), first, last
+    return np.clip(x, -1.0, 1.0), timing
 
 
 def _stamp(spec: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps([META_FORMAT, spec], sort_keys=True).encode()).hexdigest()[:16]
+    # the sidecar's format is part of the stamp: a cache from an older format is re-rendered
+    key = {"recipe": spec, "sidecar": SIDECAR_VERSION}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def make_case(case: dict[str, Any], out: Path) -> dict[str, Path]:
@@ -89,17 +138,33 @@ def make_case(case: dict[str, Any], out: Path) -> dict[str, Path]:
         meta = path.with_suffix(".json")
         if not (path.exists() and stamp.exists() and meta.exists()
                 and stamp.read_text() == _stamp(spec)):
-            x, first, last = render(spec)
+            x, timing = render(spec)
             write_wav(path, x, RATE)
-            meta.write_text(json.dumps({"first_speech_sample": first, "last_speech_sample": last,
-                                        "rate": RATE, "samples": len(x)}))
+            meta.write_text(json.dumps({**timing, "rate": RATE, "samples": len(x)}))
             stamp.write_text(_stamp(spec))
         paths[key] = path
     return paths
 
 
+def check_case(case: dict[str, Any]) -> None:
+    """Refuse a recipe whose turn-taking kind is unknown or lacks the second turn it needs."""
+    kind = case.get("turn_taking")
+    if kind is None:
+        return
+    if kind not in KINDS:
+        raise SystemExit(f"case {case['id']}: unknown turn_taking {kind!r}; known: "
+                         f"{', '.join(KINDS)}")
+    if kind == "pause" and not case.get("then"):
+        raise SystemExit(f"case {case['id']}: a pause case needs 'then' parts after a pause")
+    if kind != "pause" and "barge_in" not in case:
+        raise SystemExit(f"case {case['id']}: a {kind} case needs a 'barge_in' recipe (what "
+                         "the user says or does during the reply)")
+
+
 def load_cases(path: Path, only: list[str] | None = None) -> list[dict[str, Any]]:
     cases = json.loads(path.read_text())["cases"]
+    for case in cases:
+        check_case(case)
     if only:
         cases = [c for c in cases if c["id"] in only]
     return cases

@@ -24,6 +24,7 @@ import numpy as np
 from livekit import rtc
 
 from .common import (
+    FRAME_MS,
     SILENCE_RMS,
     TOPIC_PROBE,
     agent_event,
@@ -35,6 +36,7 @@ from .common import (
 )
 
 RATE = 48000
+FRAME_SAMPLES = RATE * FRAME_MS // 1000
 SLICE_LEAD_MS = 20.0  # frames arriving this much before reply_start still belong to the reply
 SLICE_TAIL_MS = 400.0  # transport + jitter buffer after the agent's reply_end
 
@@ -64,7 +66,8 @@ class ProbeBot:
             self._spawn(self._record(track))
 
     async def _record(self, track: rtc.Track) -> None:
-        stream = rtc.AudioStream(track, sample_rate=RATE, num_channels=1)
+        # fixed 10 ms frames: frame k of the reply starts at sample k * FRAME_SAMPLES of its WAV
+        stream = rtc.AudioStream(track, sample_rate=RATE, num_channels=1, frame_size_ms=FRAME_MS)
         try:
             async for ev in stream:
                 x = np.frombuffer(ev.frame.data, dtype=np.int16).astype(np.float32) / 32768.0
@@ -138,6 +141,9 @@ class ProbeBot:
         res["full_rms"] = rms(full)
         res["full_seconds"] = round(len(full) / RATE, 3)
         res["frames"] = [[round(t, 2), round(r, 5)] for (t, _), r in zip(self.frames, frame_rms)]
+        # None when a frame of another size came: sample positions cannot be told from indices
+        res["frame_samples"] = (FRAME_SAMPLES if all(len(x) == FRAME_SAMPLES for _, x in self.frames)
+                                else None)
         start, end = self.event("reply_start", a.reply_seq), self.event("reply_end", a.reply_seq)
         res["reply_start"], res["reply_end"] = start, end
         reply = np.zeros(0, np.float32)

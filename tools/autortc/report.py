@@ -17,7 +17,9 @@ COLUMNS = ["case_id", "priority", "capture_status", "retries", "audio_valid", "r
            "full_rms", "post_rms", "max_gap_ms", "audible_dropout", "clipping_ratio",
            "mel_distance", "hf_ratio_drop", "speed_drift", "eot_to_first_audio_ms",
            "eot_to_vad_end_ms", "tts_first_to_publish_ms", "fast_lane_ttft_ms",
-           "inter_arrival_p95_ms", "input_spikes", "pre_rms", "trace_id", "error",
+           "inter_arrival_p95_ms", "input_spikes", "pre_rms", "turn_taking",
+           "premature_reply", "premature_lead_ms", "false_stop", "resume_gap_ms",
+           "stop_latency_ms", "barge_in_answered", "turn_taking_void", "trace_id", "error",
            "diagnosis"]
 
 
@@ -74,13 +76,13 @@ def render_md(rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
         lines += [f"![{Path(p).parent.name or 'latency'}]({p})" for p in pngs]
     lines += turn_latency_md(rows)
     lines += ["", "## Cases", "", "| case | P | capture | eot->first audio ms | max gap ms | "
-              "dropout | mel dB | tts->publish ms | ttft ms | retries |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "dropout | mel dB | tts->publish ms | ttft ms | retries | turn-taking |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(k)) for k in (
             "case_id", "priority", "capture_status", "eot_to_first_audio_ms", "max_gap_ms",
             "audible_dropout", "mel_distance", "tts_first_to_publish_ms", "fast_lane_ttft_ms",
-            "retries")) + " |")
+            "retries", "turn_taking_summary")) + " |")
     return "\n".join(lines) + "\n"
 
 

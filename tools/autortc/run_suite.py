@@ -116,15 +116,20 @@ def run_attempt(stack: Stack, case: dict[str, Any], wavs: dict[str, Path], run_i
     common = ["--url", stack.livekit_url, "--trace-id", trace_id, "--case-id", case_id,
               "--ready-timeout-s", str(args.ready_timeout_s), "--expect-replies", str(expect),
               "--timeout-s", str(bot_timeout - 5)]
-    probe = run_bot(["tools.autortc.probe_bot", *common, "--token",
-                     bot_token(stack, room, "autortc-probe"), "--out-dir", str(cdir),
-                     "--record-s", str(args.pad_s)], cdir / "probe_bot.log", bot_timeout)
+    probe_argv = ["tools.autortc.probe_bot", *common, "--token",
+                  bot_token(stack, room, "autortc-probe"), "--out-dir", str(cdir),
+                  "--record-s", str(args.pad_s)]
     user_argv = ["tools.autortc.user_bot", *common, "--token",
                  bot_token(stack, room, "autortc-user"), "--wav", str(wavs["wav"]),
                  "--out", str(cdir / "user_result.json"), "--hold-s", str(args.pad_s)]
     if "barge_wav" in wavs:
         user_argv += ["--barge-in-wav", str(wavs["barge_wav"]), "--barge-in-ms",
                       str(case["barge_in"].get("after_reply_start_ms", 800))]
+    if "settle_s" in case:  # both bots stay this long after the last reply: no new one may start
+        settle = ["--tail-s", str(case["settle_s"])]
+        probe_argv += settle
+        user_argv += settle
+    probe = run_bot(probe_argv, cdir / "probe_bot.log", bot_timeout)
     user = run_bot(user_argv, cdir / "user_bot.log", bot_timeout)
     rc_probe, rc_user = reap(probe), reap(user)
     delete_room(stack, room)

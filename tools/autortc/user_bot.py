@@ -5,8 +5,9 @@ joins with a token, publishes a microphone track, waits for the agent's
 `agent_ready` (sent only after the probe's `probe_ready`: the barrier), then
 plays the WAV in real time and keeps the microphone alive with silence. An
 optional barge-in WAV is played `--barge-in-ms` after the agent's `reply_start`
-of reply 1. It writes `user_result.json` with the exact end of turn: the wall
-time at which the last speech sample went to WebRTC.
+of reply 1. It writes `user_result.json` with the exact end of turn (the wall
+time at which the last speech sample went to WebRTC) and, per turn, the onset
+(the same for the first speech sample) and the pauses inside the utterance.
 """
 
 from __future__ import annotations
@@ -28,14 +29,18 @@ from .common import FRAME_MS, agent_event, bot_arg_parser, read_wav, run_bounded
 SPEECH_FLOOR = 0.02  # |sample| above this counts as speech for the eot
 
 
-def last_speech_index(x: np.ndarray, wav: Path | None = None) -> int:
-    """From the case's sidecar JSON (written by make_cases from the clean speech) when there is
-    one, else the last sample above SPEECH_FLOOR."""
+def speech_timing(x: np.ndarray, wav: Path | None = None) -> dict[str, Any]:
+    """First and last speech sample and the pauses ([start, end) sample indices): from the
+    case's sidecar JSON (written by make_cases from the clean speech) when there is one, else
+    the first and last sample above SPEECH_FLOOR and no pauses."""
     meta = wav.with_suffix(".json") if wav is not None else None
     if meta is not None and meta.exists():
-        return int(json.loads(meta.read_text())["last_speech_sample"])
+        m = json.loads(meta.read_text())
+        return {"first_speech_sample": int(m["first_speech_sample"]),
+                "last_speech_sample": int(m["last_speech_sample"]), "pauses": m["pauses"]}
     idx = np.flatnonzero(np.abs(x) > SPEECH_FLOOR)
-    return int(idx[-1]) if idx.size else len(x) - 1
+    first, last = (int(idx[0]), int(idx[-1])) if idx.size else (0, len(x) - 1)
+    return {"first_speech_sample": first, "last_speech_sample": last, "pauses": []}
 
 
 class UserBot:
@@ -65,11 +70,12 @@ class UserBot:
             if self.replies_ended >= self.args.expect_replies:
                 self.all_done.set()
 
-    async def play(self, x: np.ndarray, wav: Path | None = None) -> dict[str, float]:
-        """Real-time playback; returns wall times of start, eot and end (ms)."""
+    async def play(self, x: np.ndarray, wav: Path | None = None) -> dict[str, Any]:
+        """Real-time playback; returns wall times (ms) of start, speech onset, eot, the pauses
+        and the end."""
         n = self.rate * FRAME_MS // 1000
         pcm = np.clip(x * 32768.0, -32768, 32767).astype(np.int16)
-        last = last_speech_index(x, wav=wav)
+        timing = speech_timing(x, wav=wav)
         t_start = time.time() * 1000
         for i in range(0, len(pcm), n):
             chunk = pcm[i:i + n]
@@ -79,9 +85,17 @@ class UserBot:
         await self.source.wait_for_playout()
         t_end = time.time() * 1000
         padded = -(-len(pcm) // n) * n
-        eot = t_end - (padded - (last + 1)) / self.rate * 1000.0
-        return {"start_wall_ms": round(t_start, 3), "eot_wall_ms": round(eot, 3),
-                "end_wall_ms": round(t_end, 3), "last_speech_sample": last}
+
+        def wall(sample: int) -> float:
+            """When `sample` went to WebRTC: playout end minus the samples after it."""
+            return round(t_end - (padded - sample) / self.rate * 1000.0, 3)
+
+        last = timing["last_speech_sample"]
+        return {"start_wall_ms": round(t_start, 3),
+                "onset_wall_ms": wall(timing["first_speech_sample"]),
+                "eot_wall_ms": wall(last + 1), "end_wall_ms": round(t_end, 3),
+                "pauses_wall_ms": [[wall(a), wall(b)] for a, b in timing["pauses"]],
+                "last_speech_sample": last}
 
     async def silence_until(self, stop: asyncio.Event, max_s: float) -> None:
         n = self.rate * FRAME_MS // 1000
