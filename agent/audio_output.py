@@ -94,6 +94,7 @@ class RoomAudioSink(io.AudioOutput):
         self._seg_first_sent = False
         self._playout_task: asyncio.Task[None] | None = None
         self._forward_task: asyncio.Task[None] | None = None
+        self._track: rtc.LocalAudioTrack | None = None
         self._publication: rtc.LocalTrackPublication | None = None
         self.published = asyncio.Event()
         self.subscribed = asyncio.Event()
@@ -103,13 +104,44 @@ class RoomAudioSink(io.AudioOutput):
 
     async def start(self) -> None:
         """Publish the track in the room and start feeding it."""
-        track = rtc.LocalAudioTrack.create_audio_track(self._track_name, self._source)
+        await self.publish()
+        self.start_forwarding()
+
+    async def publish(self) -> None:
+        """Publish the voice track (again, after `withdraw()`); a no-op while published."""
+        if self._publication is not None:
+            return
+        self._track = rtc.LocalAudioTrack.create_audio_track(self._track_name, self._source)
         self._publication = await self._room.local_participant.publish_track(
-            track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+            self._track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
         )
         self.published.set()
-        self.start_forwarding()
-        asyncio.create_task(self._watch_subscription(), name="streamtalk_audio_subscribed")
+        asyncio.create_task(self._watch_subscription(self._publication),
+                            name="streamtalk_audio_subscribed")
+
+    async def withdraw(self) -> None:
+        """Unpublish the voice track while nobody is in the room to hear it.
+
+        A room that the server ends (deleted, or closed after its last person left) while
+        a local track is still published strands that track, its native audio source and
+        one capture thread for the life of the process (livekit/rust-sdks#1443); a track
+        unpublished by the agent itself is released. Frames keep flowing into the source,
+        so a reply under way goes on, unheard, and `publish()` brings the voice back."""
+        publication, self._publication = self._publication, None
+        if publication is None:
+            return
+        self.published.clear()
+        self.subscribed.clear()
+        with contextlib.suppress(Exception):
+            await self._room.local_participant.unpublish_track(publication.sid)
+        self._release_track()
+
+    def _release_track(self) -> None:
+        # the SDK has no public close for a local track; its native handle holds the
+        # native source (and its capture thread) until the object is collected
+        if self._track is not None:
+            self._track._ffi_handle.dispose()
+            self._track = None
 
     def start_forwarding(self) -> None:
         """Feed the source (published or not: taps see the frames either way)."""
@@ -117,12 +149,11 @@ class RoomAudioSink(io.AudioOutput):
             self._forward_task = asyncio.create_task(self._forward(),
                                                      name="streamtalk_audio_forward")
 
-    async def _watch_subscription(self) -> None:
-        if self._publication is None:
-            return
+    async def _watch_subscription(self, publication: rtc.LocalTrackPublication) -> None:
         with contextlib.suppress(Exception):
-            await self._publication.wait_for_subscription()
-            self.subscribed.set()
+            await publication.wait_for_subscription()
+            if publication is self._publication:
+                self.subscribed.set()
 
     async def aclose(self) -> None:
         for task in (self._playout_task, self._forward_task):
@@ -132,6 +163,7 @@ class RoomAudioSink(io.AudioOutput):
                     await task
         with contextlib.suppress(Exception):
             await self._source.aclose()
+        self._release_track()
 
     def add_frame_tap(self, tap: FrameTap) -> None:
         self._taps.append(tap)

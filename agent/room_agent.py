@@ -220,6 +220,7 @@ class RoomAgent:
         self.latency: LatencyPublisher | None = None
         self.history: RoomHistory | None = None
         self.done = asyncio.Event()
+        self._roster_changed = asyncio.Event()  # wakes the room watch at once
         self._watch: asyncio.Task[None] | None = None
         self._cleaned = False
 
@@ -310,6 +311,8 @@ class RoomAgent:
         session.on("close", on_close)
         ConnectionRestartWatch(room, self.ctx)
         room.on("disconnected", lambda *_: self.done.set())
+        for change in ("participant_connected", "participant_disconnected"):
+            room.on(change, lambda *_: self._roster_changed.set())
 
         options: dict[str, Any] = {
             "audio_input": room_io.AudioInputOptions(sample_rate=16000, pre_connect_audio=False),
@@ -342,7 +345,8 @@ class RoomAgent:
 
     async def _watch_room(self) -> None:
         """Raise the heartbeat attribute every HEARTBEAT_S (the reconciler's sign of life).
-        End the job once only agents have been in the room for AGENT_EMPTY_ROOM_GRACE_S,
+        Withdraw the voice track while only agents are in the room (see
+        `RoomAudioSink.withdraw`) and publish it again when a person comes. End the job once only agents have been in the room for AGENT_EMPTY_ROOM_GRACE_S,
         when another agent of ours serves it too (a re-dispatch that crossed a slow join:
         of two, the one whose identity sorts last leaves), or when the worker drains and
         the room is between turns."""
@@ -381,15 +385,24 @@ class RoomAgent:
                     return
                 humans = [p for p in others if p.kind != rtc.ParticipantKind.PARTICIPANT_KIND_AGENT]
                 if humans:
+                    if empty_since is not None and self.sink is not None:
+                        log.info("room %s: a person is in the room; voice track published", room.name)
+                        await self.sink.publish()
                     empty_since = None
                 elif empty_since is None:
                     empty_since = time.monotonic()
+                    if self.sink is not None:
+                        log.info("room %s: nobody is listening; voice track withdrawn", room.name)
+                        await self.sink.withdraw()
                 elif time.monotonic() - empty_since >= grace:
                     log.info("room %s has been empty for %.0f s: ending the job", room.name, grace)
                     self.ctx.shutdown("room empty")
                     return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.done.wait(), 0.5)
+                woken = [asyncio.ensure_future(e.wait()) for e in (self.done, self._roster_changed)]
+                await asyncio.wait(woken, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in woken:
+                    waiter.cancel()
+                self._roster_changed.clear()
         finally:
             heartbeat.close()
 

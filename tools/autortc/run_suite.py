@@ -69,10 +69,22 @@ def create_room(stack: Stack, room: str, meta: dict[str, str]) -> None:
                          "(is the LiveKit server up and are the API key/secret right?)") from None
 
 
-def delete_room(stack: Stack, room: str) -> None:
+def delete_room(stack: Stack, room: str, settle_s: float = 3.0) -> None:
+    """Delete a room once its agent has withdrawn its voice track (it does when the last
+    person leaves), or after `settle_s`: a room the server ends while the agent still
+    publishes strands the agent's track in its process (agent/audio_output.py, withdraw)."""
     from livekit import api
 
+    async def agent_publishing() -> bool:
+        found = await _room_service(stack, "list_participants",
+                                    api.ListParticipantsRequest(room=room))
+        return any(p.kind == api.ParticipantInfo.Kind.AGENT and p.tracks for p in found.participants)
+
+    deadline = time.monotonic() + settle_s
     with contextlib.suppress(Exception):  # the room may already be gone
+        while asyncio.run(agent_publishing()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    with contextlib.suppress(Exception):
         asyncio.run(_room_service(stack, "delete_room", api.DeleteRoomRequest(room=room)))
 
 
