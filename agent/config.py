@@ -122,10 +122,10 @@ class AgentConfig:
     vad_silence_ms: int = MODEL_MIN_VAD_SILENCE_MS  # VAD_SILENCE_MS_VAD_ONLY with turn_detection vad
     vad_threshold: float = 0.5
     min_endpointing_s: float = 0.3
-    max_endpointing_s: float = 3.0
-    min_interruption_s: float = 0.3
+    max_endpointing_s: float = 1.2
+    min_interruption_s: float = 0.15
     min_interruption_words: int = 0
-    false_interruption_timeout_s: float = 2.0
+    false_interruption_timeout_s: float = 1.5
     aec_warmup_s: float = 0.0  # 0: off (clients cancel their own echo)
     # room audio
     audio_queue_ms: int = 200

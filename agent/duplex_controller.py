@@ -87,6 +87,10 @@ class DuplexController:
 
     # -- wiring ---------------------------------------------------------------------
 
+    def agent_has_floor(self) -> bool:
+        """Whether a reply is playing, or paused while a barge-in is decided."""
+        return self.machine.state in (DuplexState.SPEAKING, *_DECIDING)
+
     def attach(self) -> None:
         s = self.session
         s.on("agent_state_changed", self._on_agent_state)

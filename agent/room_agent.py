@@ -249,7 +249,9 @@ class RoomAgent:
             bus.subscribe(save_after_reply)
 
         stt = OmniSTT(self.client, vad=self.services.vad, mode=config.stt_mode,
-                      timeout_s=config.stt_timeout_s, bus=bus)
+                      timeout_s=config.stt_timeout_s, bus=bus,
+                      agent_has_floor=lambda: (self.controller is not None
+                                               and self.controller.agent_has_floor()))
         llm = OmniLLM(self.client, max_tokens=settings.max_tokens, temperature=settings.temperature,
                       first_token_timeout_s=config.llm_first_token_timeout_s,
                       idle_timeout_s=config.llm_idle_timeout_s,

@@ -10,7 +10,9 @@ Two ways to ask (OMNI_STT_MODE):
 `recognize()` handles one buffer. `stream()` segments the room audio itself
 with the local VAD (Silero): at each end of speech it announces `vad_end` on
 the event bus, transcribes the utterance in its own task (so the VAD keeps
-listening), and emits START_OF_SPEECH / END_OF_SPEECH / FINAL_TRANSCRIPT.
+listening), and emits START_OF_SPEECH / END_OF_SPEECH / FINAL_TRANSCRIPT. While the
+agent has the floor, an utterance of backchannel words only gets no transcript
+(agent/backchannel.py), so it pauses the reply without ending it.
 WAV encoding and base64 run in a worker thread, never on the event loop.
 
 A backend that is down, slow or broken does not kill the stream: the turn
@@ -24,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from livekit import rtc
 from livekit.agents import stt, utils, vad
@@ -36,6 +39,7 @@ from livekit.agents.types import (
     NotGivenOr,
 )
 
+from .backchannel import is_backchannel
 from .events import EventBus
 from .omni_client import TRANSCRIBE_PROMPT, BackendError, OmniClient, encode_wav, wav_data_uri
 
@@ -53,6 +57,7 @@ class OmniSTT(stt.STT):
         bus: EventBus | None = None,
         language: str | None = None,
         min_speech_s: float = 0.1,
+        agent_has_floor: Callable[[], bool] = lambda: False,
     ) -> None:
         if mode not in ("chat", "transcriptions"):
             raise ValueError(f"STT mode must be chat or transcriptions, got {mode!r}")
@@ -66,6 +71,7 @@ class OmniSTT(stt.STT):
         self.bus = bus or EventBus()
         self.language = language
         self.min_speech_s = min_speech_s
+        self.agent_has_floor = agent_has_floor  # while True, backchannels are not turns
 
     @property
     def model(self) -> str:
@@ -193,6 +199,10 @@ class OmniRecognizeStream(stt.RecognizeStream):
                 bus.emit("backend_ok", component="stt")
                 if not text:
                     log.info("turn of %.2f s had no words", duration)
+                    continue
+                if omni.agent_has_floor() and is_backchannel(text):
+                    log.info("backchannel %r while the agent speaks: not a turn", text)
+                    bus.emit("backchannel", text=text)
                     continue
                 ev = _final(text, omni.language)
                 ev.speech_end_time = end_time
