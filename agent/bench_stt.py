@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 import wave
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from livekit import rtc
+
+from streamtalk_common.tables import write_json
 
 from .gpu_scheduler import percentile
 from .omni_client import BackendError, OmniClient
@@ -103,9 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, BackendError) as exc:
         print(f"bench_stt: {exc}", file=sys.stderr)
         return 2
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(a.json, result)
     print(format_table(result))
     return 0
 

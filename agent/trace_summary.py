@@ -15,6 +15,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from streamtalk_common.tables import write_json
+
 from .gpu_scheduler import percentile
 
 # (name, from point, to point)
@@ -109,9 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     except TraceFormatError as exc:
         print(f"trace_summary: {exc}", file=sys.stderr)
         return 2
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(args.json, summary)
     print(format_table(summary))
     return 0
 

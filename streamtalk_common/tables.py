@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 
@@ -24,3 +26,10 @@ def format_table(title: str, rows: list[dict[str, Any]]) -> str:
 
 def print_table(title: str, rows: list[dict[str, Any]]) -> None:
     print("\n" + format_table(title, rows))
+
+
+def write_json(path: Path | None, result: dict[str, Any]) -> None:
+    """A tool's result as indented JSON at `path` (its folder made first); None: nowhere."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
