@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from livekit import rtc
-from livekit.agents import Agent, AgentSession, AutoSubscribe, JobContext, room_io
+from livekit.agents import AgentSession, AutoSubscribe, JobContext, room_io
 from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.agents.voice.events import CloseEvent, ConversationItemAddedEvent, ErrorEvent
 from livekit.agents.voice.speech_handle import SpeechHandle
@@ -37,6 +37,7 @@ from .attribute_publisher import AttributePublisher
 from .audio_output import RoomAudioSink
 from .autortc import AutoRTCResponder
 from .config import AgentConfig, RoomSettings
+from .conversation_agent import ConversationAgent
 from .drain import SETTLE_MARGIN_S, TurnActivity
 from .duplex import DUPLEX_ATTRIBUTE
 from .duplex_controller import DuplexController
@@ -328,7 +329,8 @@ class RoomAgent:
         if found:
             log.info("room %s: picking up the conversation (%d messages in the room's history)",
                      room.name, len(found))
-        await session.start(agent=Agent(instructions=settings.system_prompt, chat_ctx=chat_context(found)),
+        await session.start(agent=ConversationAgent(omni_stt=stt, instructions=settings.system_prompt,
+                                                    chat_ctx=chat_context(found)),
                             room=room, room_options=room_io.RoomOptions(**options), record=False)
         if config.history_turns:
             history = self.history = RoomHistory(self.ctx.api, room.name, found, config.history_turns,

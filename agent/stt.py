@@ -26,7 +26,9 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from livekit import rtc
 from livekit.agents import stt, utils, vad
@@ -72,6 +74,7 @@ class OmniSTT(stt.STT):
         self.language = language
         self.min_speech_s = min_speech_s
         self.agent_has_floor = agent_has_floor  # while True, backchannels are not turns
+        self._streams: weakref.WeakSet[OmniRecognizeStream] = weakref.WeakSet()
 
     @property
     def model(self) -> str:
@@ -126,7 +129,16 @@ class OmniSTT(stt.STT):
     ) -> OmniRecognizeStream:
         if self._vad is None:
             raise RuntimeError("OmniSTT.stream() needs a VAD (OmniSTT(vad=...))")
-        return OmniRecognizeStream(self, self._vad, conn_options=conn_options)
+        stream = OmniRecognizeStream(self, self._vad, conn_options=conn_options)
+        self._streams.add(stream)
+        return stream
+
+    async def take_unheard(self) -> str:
+        """The words of the utterances that ended but are not transcribed yet, awaited and
+        taken (they will not come as transcripts of their own): a turn committed before
+        the STT had its last utterance gets that utterance's words this way."""
+        found = [await s.take_unheard() for s in list(self._streams)]
+        return " ".join(t for texts in found for t in texts)
 
 
 def _final(text: str, language: str | None) -> stt.SpeechEvent:
@@ -136,17 +148,38 @@ def _final(text: str, language: str | None) -> stt.SpeechEvent:
     )
 
 
+@dataclass(eq=False)
+class _Utterance:
+    """One stretch of speech between the VAD's start and end, on its way to words."""
+
+    frame: rtc.AudioFrame
+    end_time: float
+    words: asyncio.Future[str]  # its transcript ("" when none), once recognised
+    claimed: bool = False  # taken into a committed turn: not sent as a transcript
+
+
 class OmniRecognizeStream(stt.RecognizeStream):
     def __init__(self, omni: OmniSTT, vad_model: vad.VAD, *, conn_options: APIConnectOptions) -> None:
         super().__init__(stt=omni, conn_options=conn_options)
         self._omni = omni
         self._vad_model = vad_model
+        self._unheard: list[_Utterance] = []  # ended, transcript not yet sent
+
+    async def take_unheard(self) -> list[str]:
+        """The words of every utterance that ended but whose transcript is not out yet,
+        awaited (each recognition is bounded by the STT timeout) and kept from being
+        sent as transcripts of their own."""
+        taken = list(self._unheard)
+        for u in taken:
+            u.claimed = True
+        texts = await asyncio.gather(*(asyncio.shield(u.words) for u in taken))
+        return [t for t in texts if t]
 
     async def _run(self) -> None:
         omni = self._omni
         bus = omni.bus
         vad_stream = self._vad_model.stream()
-        utterances: asyncio.Queue[tuple[rtc.AudioFrame, float] | None] = asyncio.Queue()
+        utterances: asyncio.Queue[_Utterance | None] = asyncio.Queue()
 
         async def forward_input() -> None:
             async for item in self._input_ch:
@@ -170,43 +203,55 @@ class OmniRecognizeStream(stt.RecognizeStream):
                         self._event_ch.send_nowait(stt.SpeechEvent(
                             stt.SpeechEventType.END_OF_SPEECH, speech_end_time=end_time))
                         if ev.frames:
-                            utterances.put_nowait((utils.merge_frames(ev.frames), end_time))
+                            u = _Utterance(utils.merge_frames(ev.frames), end_time,
+                                           asyncio.get_running_loop().create_future())
+                            self._unheard.append(u)
+                            utterances.put_nowait(u)
             finally:
                 utterances.put_nowait(None)
 
+        async def words_of(u: _Utterance) -> str:
+            duration = u.frame.samples_per_channel / max(u.frame.sample_rate, 1)
+            if duration < omni.min_speech_s:
+                return ""
+            bus.emit("stt_start", audio_s=round(duration, 3))
+            t0 = time.monotonic()
+            try:
+                text = await omni.transcribe_frame(u.frame)
+            except BackendError as exc:
+                log.error("speech recognition failed, this turn has no transcript: %s", exc)
+                bus.emit("stt_end", ok=False)
+                bus.emit("backend_down", component="stt", detail=str(exc))
+                return ""
+            except Exception:
+                log.exception("speech recognition crashed; this turn has no transcript")
+                bus.emit("stt_end", ok=False)
+                return ""
+            bus.emit("stt_end", ok=True)
+            bus.emit("stt_result", text=text, ms=round((time.monotonic() - t0) * 1000, 1),
+                     audio_s=round(duration, 3))
+            bus.emit("backend_ok", component="stt")
+            if not text:
+                log.info("turn of %.2f s had no words", duration)
+            elif omni.agent_has_floor() and is_backchannel(text):
+                log.info("backchannel %r while the agent speaks: not a turn", text)
+                bus.emit("backchannel", text=text)
+                return ""
+            return text
+
         async def recognize() -> None:
-            while (item := await utterances.get()) is not None:
-                frame, end_time = item
-                duration = frame.samples_per_channel / max(frame.sample_rate, 1)
-                if duration < omni.min_speech_s:
-                    continue
-                bus.emit("stt_start", audio_s=round(duration, 3))
-                t0 = time.monotonic()
+            while (u := await utterances.get()) is not None:
                 try:
-                    text = await omni.transcribe_frame(frame)
-                except BackendError as exc:
-                    log.error("speech recognition failed, this turn has no transcript: %s", exc)
-                    bus.emit("stt_end", ok=False)
-                    bus.emit("backend_down", component="stt", detail=str(exc))
-                    continue
-                except Exception:
-                    log.exception("speech recognition crashed; this turn has no transcript")
-                    bus.emit("stt_end", ok=False)
-                    continue
-                bus.emit("stt_end", ok=True)
-                bus.emit("stt_result", text=text, ms=round((time.monotonic() - t0) * 1000, 1),
-                         audio_s=round(duration, 3))
-                bus.emit("backend_ok", component="stt")
-                if not text:
-                    log.info("turn of %.2f s had no words", duration)
-                    continue
-                if omni.agent_has_floor() and is_backchannel(text):
-                    log.info("backchannel %r while the agent speaks: not a turn", text)
-                    bus.emit("backchannel", text=text)
-                    continue
-                ev = _final(text, omni.language)
-                ev.speech_end_time = end_time
-                self._event_ch.send_nowait(ev)
+                    text = await words_of(u)
+                except asyncio.CancelledError:
+                    u.words.set_result("")  # the stream closes: nobody waits for these words
+                    raise
+                u.words.set_result(text)
+                self._unheard.remove(u)
+                if text and not u.claimed:
+                    ev = _final(text, omni.language)
+                    ev.speech_end_time = u.end_time
+                    self._event_ch.send_nowait(ev)
 
         tasks = [
             asyncio.create_task(forward_input(), name="omni_stt_input"),

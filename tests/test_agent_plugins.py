@@ -267,6 +267,45 @@ async def test_streaming_stt_segments_with_the_vad_and_transcribes(
     assert order == ["vad_end", "stt_start", "stt_end"]
 
 
+async def test_a_committed_turn_takes_the_words_still_with_the_stt(
+    omni_dev_server: OmniDevServer, make_speech_wav
+) -> None:
+    """An utterance whose transcription is under way when the turn is committed is awaited
+    and taken into the turn (agent/conversation_agent.py); it then comes as no transcript of
+    its own, which would start a second turn that interrupts the reply."""
+    vad = load_vad(AgentConfig.from_env({}))
+    bus, seen = recorder()
+    client = OmniClient(omni_dev_server.base_url, model=omni_dev_server.model)
+    stt = OmniSTT(client, vad=vad, bus=bus)
+    pcm, rate = read_wav(make_speech_wav("Hello there, how are you?", lead_silence_s=0.5,
+                                         tail_silence_s=1.0, sample_rate=16000))
+    stream = stt.stream()
+    finals: list = []
+
+    async def read() -> None:
+        async for ev in stream:
+            if ev.type.name == "FINAL_TRANSCRIPT":
+                finals.append(ev)
+
+    reader = asyncio.create_task(read())
+    try:
+        feeder = asyncio.create_task(feed(stream, pcm, rate))
+        deadline = time.monotonic() + 30
+        while "vad_end" not in names(seen) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        assert "stt_end" not in names(seen)  # still transcribing: the case this is about
+        words = await asyncio.wait_for(stt.take_unheard(), 30)
+        await feeder
+        await asyncio.sleep(0.5)
+    finally:
+        await stream.aclose()
+        await client.aclose()
+        reader.cancel()
+    assert "hello" in words.lower()
+    assert finals == []
+    assert await stt.take_unheard() == ""  # taken once
+
+
 async def test_streaming_stt_survives_a_dead_backend(make_speech_wav) -> None:
     vad = load_vad(AgentConfig.from_env({}))
     bus, seen = recorder()
