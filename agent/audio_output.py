@@ -102,11 +102,6 @@ class RoomAudioSink(io.AudioOutput):
 
     # -- lifecycle ----------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Publish the track in the room and start feeding it."""
-        await self.publish()
-        self.start_forwarding()
-
     async def publish(self) -> None:
         """Publish the voice track (again, after `withdraw()`); a no-op while published."""
         if self._publication is not None:

@@ -131,6 +131,12 @@ class ConnectionRestartWatch:
         self.ctx.shutdown("connection restarted")
 
 
+def people_in(room: rtc.Room) -> list[rtc.RemoteParticipant]:
+    """The room's participants that are not agents (users, AutoRTC bots)."""
+    return [p for p in room.remote_participants.values()
+            if p.kind != rtc.ParticipantKind.PARTICIPANT_KIND_AGENT]
+
+
 class ParticipantLinker:
     """Which participant the agent listens to: the metadata's `user_identity` if given; else the
     first one that publishes a microphone (a listen-only probe never captures the agent); when
@@ -238,7 +244,9 @@ class RoomAgent:
         if config.debug_mute_tts:
             log.warning("room %s: AGENT_DEBUG_MUTE_TTS=1: the room hears silence instead of "
                         "the TTS audio (a debug switch; unset it for real use)", ctx.room.name)
-        await sink.start()
+        sink.start_forwarding()
+        if people_in(room):  # else the room watch publishes when someone comes
+            await sink.publish()
         if self.recorder is not None:
             recorder = self.recorder
             sink.add_frame_tap(recorder.on_frame)
@@ -387,7 +395,7 @@ class RoomAgent:
                     log.warning("room %s: agent %s serves it already; leaving", room.name, min(twins))
                     self.ctx.shutdown("another agent serves the room")
                     return
-                humans = [p for p in others if p.kind != rtc.ParticipantKind.PARTICIPANT_KIND_AGENT]
+                humans = people_in(room)
                 if humans:
                     if empty_since is not None and self.sink is not None:
                         log.info("room %s: a person is in the room; voice track published", room.name)
