@@ -204,7 +204,10 @@ def test_fast_ci_run_passes_against_golden(tmp_path):
                                    "stream_bad_audio"}
     summary = json.loads((latest / "summary.json").read_text())
     assert summary["runs_per_case"] == 3 and len(summary["cases"]) >= 8
-    assert summary["gates"]["SNR_vs_baseline"]["min_vs_baseline_db"] >= 100.0  # bit-exact engine on one CPU
+    # bit-exact (>= 100 dB) on the CPU kind that recorded the baseline; another kernel path
+    # (AVX-512 against AVX2) rounds float32 sums differently: 97 dB measured on such a CPU.
+    # Any real change to the audio (another checkpoint: see below) is far below 90 dB.
+    assert summary["gates"]["SNR_vs_baseline"]["min_vs_baseline_db"] >= 90.0
     assert not (latest / "wav").exists()  # no WAVs in fast mode
     assert summary["engine"]["device"] == "cpu" and summary["engine"]["dtype"] == "float32"
     assert summary["engine"]["cuda_graphs"] is False  # graphs are a CUDA thing
