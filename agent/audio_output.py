@@ -102,10 +102,10 @@ class RoomAudioSink(io.AudioOutput):
 
     # -- lifecycle ----------------------------------------------------------------
 
-    async def publish(self) -> None:
-        """Publish the voice track (again, after `withdraw()`); a no-op while published."""
+    async def publish(self) -> bool:
+        """Publish the voice track (again, after `withdraw()`); whether it was not already."""
         if self._publication is not None:
-            return
+            return False
         self._track = rtc.LocalAudioTrack.create_audio_track(self._track_name, self._source)
         self._publication = await self._room.local_participant.publish_track(
             self._track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
@@ -113,23 +113,26 @@ class RoomAudioSink(io.AudioOutput):
         self.published.set()
         asyncio.create_task(self._watch_subscription(self._publication),
                             name="streamtalk_audio_subscribed")
+        return True
 
-    async def withdraw(self) -> None:
+    async def withdraw(self) -> bool:
         """Unpublish the voice track while nobody is in the room to hear it.
 
         A room that the server ends (deleted, or closed after its last person left) while
         a local track is still published strands that track, its native audio source and
         one capture thread for the life of the process (livekit/rust-sdks#1443); a track
         unpublished by the agent itself is released. Frames keep flowing into the source,
-        so a reply under way goes on, unheard, and `publish()` brings the voice back."""
+        so a reply under way goes on, unheard, and `publish()` brings the voice back.
+        Whether a track was published."""
         publication, self._publication = self._publication, None
         if publication is None:
-            return
+            return False
         self.published.clear()
         self.subscribed.clear()
         with contextlib.suppress(Exception):
             await self._room.local_participant.unpublish_track(publication.sid)
         self._release_track()
+        return True
 
     def _release_track(self) -> None:
         # the SDK has no public close for a local track; its native handle holds the

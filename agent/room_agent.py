@@ -244,9 +244,7 @@ class RoomAgent:
         if config.debug_mute_tts:
             log.warning("room %s: AGENT_DEBUG_MUTE_TTS=1: the room hears silence instead of "
                         "the TTS audio (a debug switch; unset it for real use)", ctx.room.name)
-        sink.start_forwarding()
-        if people_in(room):  # else the room watch publishes when someone comes
-            await sink.publish()
+        sink.start_forwarding()  # the room watch publishes the voice once a person is in the room
         if self.recorder is not None:
             recorder = self.recorder
             sink.add_frame_tap(recorder.on_frame)
@@ -397,15 +395,13 @@ class RoomAgent:
                     return
                 humans = people_in(room)
                 if humans:
-                    if empty_since is not None and self.sink is not None:
+                    if self.sink is not None and await self.sink.publish():
                         log.info("room %s: a person is in the room; voice track published", room.name)
-                        await self.sink.publish()
                     empty_since = None
                 elif empty_since is None:
                     empty_since = time.monotonic()
-                    if self.sink is not None:
+                    if self.sink is not None and await self.sink.withdraw():
                         log.info("room %s: nobody is listening; voice track withdrawn", room.name)
-                        await self.sink.withdraw()
                 elif time.monotonic() - empty_since >= grace:
                     log.info("room %s has been empty for %.0f s: ending the job", room.name, grace)
                     self.ctx.shutdown("room empty")

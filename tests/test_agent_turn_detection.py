@@ -102,7 +102,7 @@ def test_model_rooms_get_the_local_detector_and_dynamic_endpointing() -> None:
     assert options["endpointing"] == {"mode": "dynamic", "min_delay": 0.4, "max_delay": 2.5}
     interruption = options["interruption"]
     assert interruption["mode"] == "vad"  # "adaptive" would call LiveKit Cloud
-    assert (interruption["min_duration"], interruption["min_words"]) == (0.3, 1)
+    assert (interruption["min_duration"], interruption["min_words"]) == (0.15, 1)
     assert interruption["resume_false_interruption"] is True
     assert options["preemptive_generation"] == {"enabled": False}
 
@@ -110,7 +110,7 @@ def test_model_rooms_get_the_local_detector_and_dynamic_endpointing() -> None:
 def test_vad_rooms_end_turns_on_a_fixed_delay() -> None:
     options = turn_handling(AgentConfig.from_env({}), TurnChoice("vad", "test"))
     assert options["turn_detection"] == "vad"
-    assert options["endpointing"] == {"mode": "fixed", "min_delay": 0.3, "max_delay": 3.0}
+    assert options["endpointing"] == {"mode": "fixed", "min_delay": 0.3, "max_delay": 1.2}
     assert options["interruption"]["min_words"] == 0
 
 
