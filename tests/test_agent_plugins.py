@@ -244,15 +244,20 @@ async def events_until(stream: AsyncIterator, want: set[str], timeout_s: float) 
     return got
 
 
+def streaming_stt_on_a_greeting(omni_dev_server: OmniDevServer, make_speech_wav):  # noqa: ANN201
+    """A streaming OmniSTT on the dev backend, its bus events, and a spoken greeting at 16 kHz."""
+    bus, seen = recorder()
+    client = OmniClient(omni_dev_server.base_url, model=omni_dev_server.model)
+    stt = OmniSTT(client, vad=load_vad(AgentConfig.from_env({})), bus=bus)
+    pcm, rate = read_wav(make_speech_wav("Hello there, how are you?", lead_silence_s=0.5,
+                                         tail_silence_s=1.0, sample_rate=16000))
+    return client, stt, seen, pcm, rate
+
+
 async def test_streaming_stt_segments_with_the_vad_and_transcribes(
     omni_dev_server: OmniDevServer, make_speech_wav
 ) -> None:
-    vad = load_vad(AgentConfig.from_env({}))
-    bus, seen = recorder()
-    client = OmniClient(omni_dev_server.base_url, model=omni_dev_server.model)
-    stt = OmniSTT(client, vad=vad, bus=bus)
-    pcm, rate = read_wav(make_speech_wav("Hello there, how are you?", lead_silence_s=0.5,
-                                         tail_silence_s=1.0, sample_rate=16000))
+    client, stt, seen, pcm, rate = streaming_stt_on_a_greeting(omni_dev_server, make_speech_wav)
     stream = stt.stream()
     try:
         feeder = asyncio.create_task(feed(stream, pcm, rate))
@@ -273,12 +278,7 @@ async def test_a_committed_turn_takes_the_words_still_with_the_stt(
     """An utterance whose transcription is under way when the turn is committed is awaited
     and taken into the turn (agent/conversation_agent.py); it then comes as no transcript of
     its own, which would start a second turn that interrupts the reply."""
-    vad = load_vad(AgentConfig.from_env({}))
-    bus, seen = recorder()
-    client = OmniClient(omni_dev_server.base_url, model=omni_dev_server.model)
-    stt = OmniSTT(client, vad=vad, bus=bus)
-    pcm, rate = read_wav(make_speech_wav("Hello there, how are you?", lead_silence_s=0.5,
-                                         tail_silence_s=1.0, sample_rate=16000))
+    client, stt, seen, pcm, rate = streaming_stt_on_a_greeting(omni_dev_server, make_speech_wav)
     stream = stt.stream()
     finals: list = []
 
