@@ -241,13 +241,12 @@ class OmniRecognizeStream(stt.RecognizeStream):
 
         async def recognize() -> None:
             while (u := await utterances.get()) is not None:
+                text = ""  # the stream closes mid-recognition: nobody waits for these words
                 try:
                     text = await words_of(u)
-                except asyncio.CancelledError:
-                    u.words.set_result("")  # the stream closes: nobody waits for these words
-                    raise
-                u.words.set_result(text)
-                self._unheard.remove(u)
+                finally:
+                    u.words.set_result(text)
+                    self._unheard.remove(u)
                 if text and not u.claimed:
                     ev = _final(text, omni.language)
                     ev.speech_end_time = u.end_time
