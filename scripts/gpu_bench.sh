@@ -9,7 +9,7 @@
 #   step: STEP_VARIANTS (graph eager), STEP_DECODERS (tf32, the engine's default; also float32, bfloat16)
 #   regression: the TTS regression's fast mode in the golden GPU configuration (tiny checkpoint)
 #          against this card's baseline golden/tts/gpu-<card>; where there is none yet, it is
-#          created first (full mode) and copied to OUT_DIR to be committed
+#          created first (full mode) and packed into OUT_DIR/gpu-<card>.tar to be committed
 # Wheels for packages the GPU host lacks may sit in .whl/ (scripts/fetch_gpu_wheels.sh).
 set -uo pipefail
 OUT_DIR="${1:?usage: scripts/gpu_bench.sh OUT_DIR [sections...]}"
@@ -74,10 +74,10 @@ if has regression; then
     GOLDEN_GPU="$(python3 -c 'import torch; from tools.tts_regression.suite import baseline_dir_for
 print(baseline_dir_for({"device": "cuda", "card": torch.cuda.get_device_name(0)}))')"
     if [[ ! -f "$GOLDEN_GPU/baseline.json" ]]; then
-        echo "no baseline for this card at $GOLDEN_GPU yet: creating it (full mode); it is copied to" \
-            "$OUT_DIR/$(basename "$GOLDEN_GPU"): read its README.md, then commit it as $GOLDEN_GPU"
-        python3 -m tools.tts_regression --mode full --profile gpu --update-baseline --out "$OUT_DIR/tts_regression" \
-            && cp -r "$GOLDEN_GPU" "$OUT_DIR/"
+        echo "no baseline for this card at $GOLDEN_GPU yet: creating it (full mode); it is packed into" \
+            "$OUT_DIR/$(basename "$GOLDEN_GPU").tar: read its README.md, then commit it as $GOLDEN_GPU"
+        python3 -m tools.tts_regression --mode full --profile gpu --update-baseline --out "$OUT_DIR/tts_regression"
+        tar -C "$(dirname "$GOLDEN_GPU")" -cf "$OUT_DIR/$(basename "$GOLDEN_GPU").tar" "$(basename "$GOLDEN_GPU")"
     fi
     python3 -m tools.tts_regression --mode fast --profile gpu --out "$OUT_DIR/tts_regression"
     cp "$OUT_DIR/tts_regression/latest/summary.json" "$RES/regression.json"

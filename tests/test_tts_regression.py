@@ -84,6 +84,17 @@ def test_code_repeat_flags_stuck_token():
     assert M.code_repeats(_random_codes(4, 19) + [7] * 24)[0]["count"] >= 3
 
 
+def test_a_loop_the_baseline_had_is_known_and_any_other_is_new():
+    from tools.tts_regression.suite import new_code_repeats
+
+    block = _random_codes(8, 21)
+    loops = M.code_repeats(_random_codes(5, 22) + block * 3 + _random_codes(30, 23) + block * 3)
+    assert len(loops) == 2
+    assert new_code_repeats(loops, {"code_repeats": loops[:1]}) == (loops[1:], loops[:1])
+    assert new_code_repeats(loops, {"code_repeats": [dict(loops[0], start=loops[0]["start"] + 1)]}) == (loops, [])
+    assert new_code_repeats(loops, None) == (loops, [])  # no baseline: every loop is new
+
+
 def test_code_repeat_clean_random_sequence():
     assert M.code_repeats(_random_codes(400, 20)) == []
 
