@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Run the GPU benchmark set on a CUDA machine; results as JSON + a log.
 # Usage: scripts/gpu_bench.sh OUT_DIR [sections...]
-#   sections: check step decoder e2e launches cancel divergence batch peer compiled regression
-#             (default: all)
+#   sections: check step decoder e2e metrics memory launches cancel divergence batch peer compiled
+#             regression (default: all)
+#   metrics: per-packet metrics on vs off in one engine of 64 rows, alternating rounds of
+#          METRICS_CONCURRENCY (default 1 64) medium replies at once; about 4 minutes on an H200
+#   memory: the engine's start-up GPU memory at each maximum batch in MEMORY_LEVELS (default
+#          16 64 256; 128 left out to stay within one 10-minute call: each level is a fresh
+#          process that loads, captures its graphs and warms up, up to ~2 minutes at 256 rows)
 #   batch: the server under a concurrency ladder (BATCH_LADDER, default 1 4 16 64 128 256),
 #          then Poisson arrivals (BATCH_RATES requests/s, default 2 5 10), BATCH_DURATION s
 #          (default 30) each; fits one 10-minute call on its own
@@ -14,7 +19,7 @@
 set -uo pipefail
 OUT_DIR="${1:?usage: scripts/gpu_bench.sh OUT_DIR [sections...]}"
 shift
-SECTIONS="${*:-check step decoder e2e launches cancel divergence batch peer compiled regression}"
+SECTIONS="${*:-check step decoder e2e metrics memory launches cancel divergence batch peer compiled regression}"
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT_DIR"
 RES="$OUT_DIR/parts"
@@ -44,6 +49,10 @@ has step && { step "batch step"; $B step --model-dir "$CK" --variants ${STEP_VAR
     --decoder-dtypes ${STEP_DECODERS:-tf32} --out "$RES/step.json"; }
 has decoder && { step decoder; $B decoder --model-dir "$CK" --frames 200 --out "$RES/decoder.json"; }
 has e2e && { step e2e; $B e2e --model-dir "$CK" --out "$RES/e2e.json"; }
+has metrics && { step "per-packet metrics on vs off"; $B metrics --model-dir "$CK" \
+    --concurrency ${METRICS_CONCURRENCY:-1 64} --out "$RES/metrics_ab.json"; }
+has memory && { step "start-up memory per maximum batch"; $B memory --model-dir "$CK" \
+    --max-batch ${MEMORY_LEVELS:-16 64 256} --out "$RES/memory.json"; }
 has launches && { step launches; $B launches --model-dir "$CK" --out "$RES/launches.json"; }
 has divergence && { step divergence; $B divergence --model-dir "$CK" --out "$RES/divergence.json"; }
 has cancel && { step cancel; $B cancel --model-dir "$CK" --rounds 1000 --concurrency 16 --out "$RES/cancel.json"; }

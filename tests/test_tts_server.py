@@ -181,6 +181,19 @@ async def test_speakers_health_ready(tts_server):
     assert status == 200 and body["ready"] is True
 
 
+async def test_ready_and_metrics_carry_the_start_up_memory(tts_server):
+    """On a CPU nothing is measured: the parts are 0, the row pool's size is known."""
+    _, body = await get_json(tts_server, "/readyz")
+    memory = body["memory"]
+    assert memory["device"] == "cpu" and memory["rows"] == body["rows"] and memory["positions"] == 1024
+    parts = ("weights", "rows", "graphs", "workspace", "reserved", "peak_reserved", "device_total", "device_free")
+    assert {memory[f"{p}_mib"] for p in parts} == {0}
+    assert memory["row_pool_mib"] > 0
+    gauges = await prometheus(tts_server)
+    for part in ("weights", "rows", "graphs", "workspace", "reserved", "peak"):
+        assert gauges[f"tts_engine_gpu_memory_{part}_mib"] == 0
+
+
 SURROGATE = b'"a\\ud800b"'  # an unpaired surrogate, as a JSON escape
 BAD_REQUESTS = [  # path, body, status, code, field
     ("/tts/stream", b"{not json", 400, "invalid_json", None),

@@ -7,6 +7,10 @@
     decoder      codec decoder per precision (float32, tf32, bfloat16): SNR vs the float32 offline
                  decode and ms per packet, per batched frame and offline
     e2e          in-process engine: TTFA and RTF per utterance length (P50/P95 after warm-up)
+    metrics      per-packet metrics (TTS_DEEP_STREAM_METRICS) on against off, alternating in one
+                 engine: TTFA, RTF and ms per frame at each concurrency, and their difference
+    memory       the engine's start-up GPU memory per maximum batch (one fresh process each):
+                 weights, rows, graphs, workspace, reserved and its peak
     throughput   against a running server: a concurrency ladder (closed loop), or with --rate
                  Poisson arrivals (open loop, mixed reply lengths); audio s/s, client TTFB and
                  server TTFA P50/P95/P99, RTF, underruns, 503 refusals, peak GPU memory
@@ -25,12 +29,15 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import logging
+import multiprocessing
 import os
 import platform
 import random
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +46,7 @@ import torch
 from streamtalk_common.tables import print_table
 
 from .config import DECODER_DTYPES, EngineConfig
+from .errors import EngineStartError
 from .runtime.session import PLAYOUT_BUFFER_S
 
 FRAME_S = 0.08
@@ -269,6 +277,110 @@ def cmd_e2e(args: argparse.Namespace) -> list[dict]:
                      "rtf_p95": pct(rtf, 95), "runs": len(ttfa)})
     engine.close()
     print_table("end to end in process (server-side TTFA = request accepted -> first PCM packet)", rows)
+    return rows
+
+
+# -- per-packet metrics ------------------------------------------------------------
+
+
+async def _streams_at_once(engine, concurrency: int, length: str) -> tuple[list, float]:
+    """`concurrency` fixed-length streams opened together, read to the end: their metrics
+    and the wall time from the first open to the last close."""
+    t0 = time.perf_counter()
+    handles = [engine.open_stream(fixed_request(engine, length)) for _ in range(concurrency)]
+
+    async def drain(handle):
+        async for _ in handle:
+            pass
+        return await handle.closed()
+
+    metrics = await asyncio.gather(*[drain(h) for h in handles])
+    return metrics, time.perf_counter() - t0
+
+
+def _metrics_row(concurrency: int, variant: str, rounds: list[tuple[list, float]], frames: int) -> dict:
+    streams = [m for metrics, _ in rounds for m in metrics]
+    ttfa = [m.ttfa_ms for m in streams]
+    return {"concurrency": concurrency, "packet_metrics": variant, "ttfa_ms_p50": pct(ttfa, 50),
+            "ttfa_ms_p95": pct(ttfa, 95), "rtf_p50": pct([m.rtf for m in streams], 50),
+            "ms_per_frame_p50": statistics.median(wall * 1000 / frames for _, wall in rounds),
+            "packets_logged_per_stream": statistics.mean(len(m.packet_log) for m in streams),
+            "rounds": len(rounds)}
+
+
+def cmd_metrics(args: argparse.Namespace) -> list[dict]:
+    """Per-packet metrics on against off in one engine, rounds alternating on/off then
+    off/on (drift cancels): at each concurrency, that many streams of one length at once.
+    ms per frame = a round's wall time / its frames: one batch step per frame, with the
+    hand-over of every stream's frame, where the per-packet work runs."""
+    engine = make_engine(args, max_batch=max(args.concurrency), **UNGATED)
+    frames = LENGTHS[args.length]
+    rows = []
+    for c in args.concurrency:
+        rounds: dict[bool, list] = {True: [], False: []}
+        for rep in range(args.repeats + 1):  # the first round of each is a warm-up
+            for on in ((True, False) if rep % 2 == 0 else (False, True)):
+                # the worker reads the flag per packet; between rounds no stream runs
+                engine.config = dataclasses.replace(engine.config, packet_metrics=int(on))
+                metrics, wall = asyncio.run(_streams_at_once(engine, c, args.length))
+                progress(f"metrics {'on' if on else 'off'} concurrency {c} round {rep}: "
+                         f"{wall * 1000 / frames:.2f} ms per frame")
+                if rep > 0:
+                    rounds[on].append((metrics, wall))
+        on, off = _metrics_row(c, "on", rounds[True], frames), _metrics_row(c, "off", rounds[False], frames)
+        diff = {k: on[k] - off[k] for k in ("ttfa_ms_p50", "ttfa_ms_p95", "rtf_p50", "ms_per_frame_p50")}
+        rows += [on, off, {"concurrency": c, "packet_metrics": "on - off", **diff,
+                           "packets_logged_per_stream": None, "rounds": None}]
+    engine.close()
+    print_table(f"per-packet metrics on vs off ({args.length} replies of {frames} frames, "
+                f"ms per frame = round wall / frames)", rows)
+    return rows
+
+
+# -- memory ----------------------------------------------------------------------
+
+MEMORY_COLUMNS = ("max_batch", "rows_x_positions", "weights_mib", "rows_mib", "row_pool_mib", "graphs_mib",
+                  "workspace_mib", "reserved_mib", "peak_reserved_mib", "outside_torch_mib", "capacity",
+                  "start_s", "error")
+
+
+def _engine_memory(model_dir: str, device: str | None, dtype: str | None, max_batch: int) -> dict:
+    """Start an engine of `max_batch` rows (default configuration otherwise) and return its
+    memory account; meant for a fresh process, whose allocator holds nothing else."""
+    from .runtime import TTSEngine
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = EngineConfig.from_env(model_dir=model_dir, device=device, dtype=dtype, max_batch=max_batch)
+    try:
+        engine = TTSEngine(cfg)
+    except EngineStartError as exc:  # too many rows for this card: the table says so
+        return {"error": str(exc)}
+    account = engine.memory
+    engine.close()
+    return {**account.to_dict(), "capacity": engine.capacity, "load_s": engine.load_s,
+            "warmup_s": engine.warmup_s}
+
+
+def cmd_memory(args: argparse.Namespace) -> list[dict]:
+    """The engine's start-up memory per maximum batch (TTS_MAX_BATCH), each in a fresh
+    process. outside_torch = the card's used memory less torch's reserve: the CUDA
+    context and libraries when nothing else runs on the card."""
+    rows = []
+    for n in args.max_batch:
+        progress(f"memory: an engine of {n} rows in a fresh process")
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            m = pool.submit(_engine_memory, args.model_dir, args.device, args.dtype, n).result()
+        if "error" in m:
+            progress(f"memory: {n} rows did not start: {m['error']}")
+            rows.append({"max_batch": n, "error": m["error"]})
+            continue
+        used = m["device_total_mib"] - m["device_free_mib"]
+        rows.append({"max_batch": n, "rows_x_positions": f"{m['rows']} x {m['positions']}", **m,
+                     "outside_torch_mib": used - m["reserved_mib"],
+                     "start_s": m["load_s"] + m["warmup_s"], "error": None})
+        progress(f"memory {n} rows: " + ", ".join(f"{k} {rows[-1][k]:.0f}" for k in MEMORY_COLUMNS[2:10]))
+    print_table("engine memory at start-up per maximum batch (MiB; peak_reserved = weights + rows + graphs + "
+                "workspace)", [{k: r.get(k) for k in MEMORY_COLUMNS} for r in rows])
     return rows
 
 
@@ -558,7 +670,7 @@ def cmd_launches(args: argparse.Namespace) -> list[dict]:
 COMMANDS = {
     "prepare": cmd_prepare, "step": cmd_step, "decoder": cmd_decoder, "e2e": cmd_e2e,
     "throughput": cmd_throughput, "cancel": cmd_cancel, "divergence": cmd_divergence,
-    "launches": cmd_launches,
+    "launches": cmd_launches, "metrics": cmd_metrics, "memory": cmd_memory,
 }
 
 
@@ -593,6 +705,14 @@ def add_parser(sub) -> None:
     common(q)
     q.add_argument("--compile", action="store_true", help="fuse the frame steps with torch.compile")
     q.add_argument("--lengths", nargs="+", default=list(LENGTHS), choices=list(LENGTHS))
+    q = bsub.add_parser("metrics")
+    common(q)
+    q.add_argument("--concurrency", type=int, nargs="+", default=[1, 64], help="streams at once per round")
+    q.add_argument("--length", default="medium", choices=list(LENGTHS))
+    q = bsub.add_parser("memory")
+    common(q)
+    q.add_argument("--max-batch", type=int, nargs="+", default=[16, 64, 128, 256],
+                   help="TTS_MAX_BATCH of each engine (1..256)")
     q = bsub.add_parser("throughput")
     common(q, model=False)
     q.add_argument("--url", default="http://127.0.0.1:9000")

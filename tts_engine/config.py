@@ -64,7 +64,7 @@ FIELDS: tuple[Knob, ...] = (
     Knob("TTS_COMPILE", "compile_steps", "fuse the frame steps with torch.compile before graph capture (slower start-up)"),
     Knob("TTS_DECODER_CUDAGRAPH", "cudagraph_decoder", "CUDA graph for the incremental codec decoder step"),
     Knob("TTS_DEEP_STREAM_SILENCE_PACKETS", "silence_packets", "stop after N consecutive silent packets (0 = off)"),
-    Knob("TTS_DEEP_STREAM_METRICS", "packet_metrics", "per-packet timing metrics"),
+    Knob("TTS_DEEP_STREAM_METRICS", "packet_metrics", "per-packet timing metrics: a line per packet in its request's packet_log (GET /tts/requests/{id}); their cost: `bench metrics`"),
     Knob("TTS_DEEP_STREAM_PACKET_TRACE", "packet_trace", "log one line per packet"),
     Knob("TTS_CODE_DUMP_ENABLE", "code_dump", "write each request's codes to TTS_CODE_DUMP_DIR"),
     Knob("TTS_CODE_DUMP_DIR", "code_dump_dir", "codes dump folder (default: $STREAMTALK_OUTPUT/code_dumps)"),

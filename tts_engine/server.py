@@ -64,6 +64,7 @@ from .config import EngineConfig
 from .errors import EngineStartError, OverCapacity, ReplyTooLong, TTSError
 from .heap import freeze_startup_heap
 from .runtime import RequestMetrics, StreamHandle, TTSEngine, check_device_memory
+from .runtime.memory import PARTS as MEMORY_PARTS
 from .synthesis import SAMPLE_RATE, Request, pcm16_bytes, write_wav
 
 log = logging.getLogger("tts_engine.server")
@@ -82,6 +83,8 @@ ENGINE_GAUGES = (  # TTSEngine.stats() key, metric, help
     ("rows", "tts_engine_rows", "batch rows (TTS_MAX_BATCH)"),
     ("underruns", "tts_engine_underruns", "packets ready after their playback time (150 ms playout buffer) since start"),
     ("gpu_memory_peak_mib", "tts_engine_gpu_memory_peak_mib", "peak GPU memory allocated by torch since start (0 on a CPU)"),
+    ("gpu_memory_reserved_mib", "tts_engine_gpu_memory_reserved_mib",
+     "GPU memory torch's allocator holds now (0 on a CPU)"),
 )
 
 
@@ -104,6 +107,11 @@ class Stats:
         for key, name, doc in ENGINE_GAUGES:
             gauge = Gauge(name, doc, registry=self.registry)
             gauge.set_function(lambda key=key: (e.stats()[key] if (e := engine_of()) is not None else 0))
+        for part, doc in MEMORY_PARTS.items():
+            gauge = Gauge(f"tts_engine_gpu_memory_{part}_mib", f"{doc}, measured at start-up (0 on a CPU)",
+                          registry=self.registry)
+            gauge.set_function(lambda part=part: (getattr(e.memory, f"{part}_mib")
+                                                  if (e := engine_of()) is not None and e.memory else 0))
 
     def observe(self, route: str, m: RequestMetrics) -> None:
         self.requests.labels(route, m.stop_reason or "unknown").inc()
@@ -314,7 +322,7 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"ready": True, "load_s": round(engine.load_s, 2), "warmup_s": round(engine.warmup_s, 2),
                               "device": str(engine.config.torch_device), "model_dir": str(engine.model.model_dir),
                               "rows": engine.pool.rows, "capacity": engine.capacity,
-                              "capacity_left": engine.capacity_left})
+                              "capacity_left": engine.capacity_left, "memory": engine.memory.to_dict()})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -353,7 +361,8 @@ def openapi_spec(models: RequestModels, bearer: bool) -> dict[str, Any]:
         Operation("GET", "/v1/speakers", "The speakers and languages", None, {200: "the names", **engine}),
         Operation("GET", "/healthz", "Liveness"),
         Operation("GET", "/readyz", "Readiness: the engine has loaded and warmed up",
-                  None, {200: "ready, with the engine's rows and capacity", 503: "still loading, or failed to load"}),
+                  None, {200: "ready, with the engine's rows, capacity and start-up GPU memory",
+                         503: "still loading, or failed to load"}),
         Operation("GET", "/metrics", "Prometheus metrics", None, {200: "the metrics", **guarded},
                   {200: "text/plain"}),
         Operation("GET", "/openapi.json", "This document", None,

@@ -57,6 +57,7 @@ from ..sampling import seed_as_int64
 from ..synthesis import Request, TTSModel
 from .admission import REALTIME_BUDGET_MS, Admission
 from .code_dump import dump_codes
+from .memory import MemoryAccount, MemoryProbe
 from .rows import PrefillStage, RowPool, row_bytes
 from .session import _DONE, StreamHandle, StreamSession, call_in_loop
 from .stepper import PREFILL_GROUPS, PREFILL_TOKENS, BatchStepper, RowStart
@@ -74,15 +75,19 @@ class TTSEngine:
         self.config = config
         device = config.torch_device
         check_device_memory(device, config.min_free_gpu_mib)
+        self._probe = MemoryProbe(device)
+        self.memory: MemoryAccount | None = None  # measured by warmup()
         load_start = time.perf_counter()
         self.model = TTSModel(config.resolved_model_dir, device, config.torch_dtype, config.max_text_chars,
                               resolve_dtype(config.decoder_dtype, device))
         decoder = CodecStreamDecoder(self.model.decoder, tf32=config.decoder_dtype == "tf32")
+        self._probe.mark("loaded")
         rows = batch_rows(config, self.model, decoder)
         self.pool = RowPool(self.model.codegen, decoder, rows, config.row_positions)
         graphs_on = bool(config.cudagraph_talker and config.cudagraph_cp and config.cudagraph_decoder)
         self.stepper = BatchStepper(self.model.codegen, decoder, self.pool, graphs_on,
                                     invariant=bool(config.batch_invariant), compile_steps=bool(config.compile_steps))
+        self._probe.mark("rows")
         self.windowed = (WindowedCodecDecoder(self.model.decoder, config.left_context)
                          if config.decode_mode == "windowed" else None)
         self.admission = Admission(self.stepper.buckets, config.max_active_streams, config.queue_timeout_s,
@@ -174,13 +179,16 @@ class TTSEngine:
         return _join(parts), session.metrics
 
     def warmup(self) -> None:
-        """Run a short request end to end, capture the graphs, time the buckets (start-up only).
-        Out of GPU memory here (the largest buckets' activations) is a start-up error."""
+        """Run a short request end to end, capture the graphs, time the buckets, account for
+        the GPU memory (start-up only). Out of GPU memory here (the largest buckets'
+        activations) is a start-up error."""
         start = time.perf_counter()
         warm = self.model.make_request("Warm up the engine.", self.speakers[0], "auto")
         try:
             self.synthesize_blocking(warm)
+            self._probe.mark("before_capture", settle=True)
             self.stepper.capture()
+            self._probe.mark("captured", settle=True)
             self._calibrate()
             self.admission.forget_admission_cost()  # the first, cold admission would gate for minutes
             self.synthesize_blocking(warm)  # the graphed path once, before real requests
@@ -191,9 +199,12 @@ class TTSEngine:
                 f"positions (their graphs and activations grow with the rows): set TTS_MAX_BATCH to fewer "
                 f"rows (for example {max(1, self.pool.rows // 2)}) or free GPU memory ({exc})") from exc
         self.warmup_s = time.perf_counter() - start
+        self._probe.mark("ready")
+        self.memory = self._probe.account(self.pool.rows, self.pool.positions, self.pool.nbytes)
         self.ready = True
         log.info("engine ready: %d rows of %d positions, capacity %d streams, load %.1f s, warm-up %.1f s",
                  self.pool.rows, self.pool.positions, self.capacity, self.load_s, self.warmup_s)
+        log.info("%s", self.memory.summary())
 
     def close(self) -> None:
         with self._lock:
@@ -210,11 +221,13 @@ class TTSEngine:
     def stats(self) -> dict:
         """What /metrics and /readyz report."""
         device = self.config.torch_device
-        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+        cuda = device.type == "cuda"
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else 0.0
+        reserved = torch.cuda.memory_reserved(device) / 2**20 if cuda else 0.0
         return {"active": len(self._active), "queued": self.queued_sessions, "rejected": self.admission.rejected,
                 "rows": self.pool.rows, "batch": len(self._active), "step_ms": self.last_step_ms,
                 "capacity": self.capacity, "capacity_left": self.capacity_left, "underruns": self.underruns,
-                "gpu_memory_peak_mib": peak}
+                "gpu_memory_peak_mib": peak, "gpu_memory_reserved_mib": reserved}
 
     # -- submission -----------------------------------------------------------
 

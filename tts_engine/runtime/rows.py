@@ -14,6 +14,7 @@ one. Newcomers are prefilled straight into the rows after the active ones.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -51,24 +52,14 @@ class RowPool:
         if rows < 1:
             raise ValueError(f"a row pool needs at least one row, got {rows}")
         cfg = codegen.config.talker
-        g = cfg.geometry
         device, dtype = codegen.device, codegen.dtype
         self.rows, self.positions = rows, positions
-        talker = KVCache.allocate(g, rows, positions, device, dtype)
+        talker = KVCache.allocate(cfg.geometry, rows, positions, device, dtype)
         predictor = KVCache.allocate(cfg.code_predictor.geometry, rows, cfg.num_code_groups, device, dtype)
         self._k, self._v = talker.k, talker.v
         self._pk, self._pv = predictor.k, predictor.v
-
-        def zeros(*shape: int, dtype: torch.dtype = dtype) -> Tensor:
-            return torch.zeros(rows, *shape, dtype=dtype, device=device)
-
-        self._buffers = {
-            "pos": zeros(dtype=torch.long), "seen": zeros(g.vocab_size, dtype=torch.bool),
-            "frames_done": zeros(dtype=torch.long), "min_new_tokens": zeros(dtype=torch.long),
-            "sampled": zeros(dtype=torch.bool), "seed": zeros(dtype=torch.long),
-            "x": zeros(1, g.hidden_size), "tts_pad": zeros(g.hidden_size), "hidden": zeros(g.hidden_size),
-            "logits": zeros(g.vocab_size), "codes": zeros(cfg.num_code_groups, dtype=torch.long),
-        }
+        self._buffers = {name: torch.zeros(rows, *shape, dtype=kind, device=device)
+                         for name, (shape, kind) in _buffer_specs(codegen).items()}
         self._codec = decoder.new_state(rows)
 
     def view(self, start: int, stop: int) -> RowView:
@@ -91,6 +82,25 @@ class RowPool:
     def park(self, start: int, stop: int) -> None:
         """Rows that only pad a bucket: position 0, so their writes stay in range."""
         self._buffers["pos"][start:stop] = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every pool tensor (what row_bytes predicts for `rows` rows)."""
+        tensors = (self._k, self._v, self._pk, self._pv, *self._buffers.values(), *self._codec.tensors())
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _buffer_specs(codegen: CodeGenerator) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """A row's frame-step buffers: name -> (shape without the row axis, dtype)."""
+    cfg = codegen.config.talker
+    g, dtype = cfg.geometry, codegen.dtype
+    return {
+        "pos": ((), torch.long), "seen": ((g.vocab_size,), torch.bool), "frames_done": ((), torch.long),
+        "min_new_tokens": ((), torch.long), "sampled": ((), torch.bool), "seed": ((), torch.long),
+        "x": ((1, g.hidden_size), dtype), "tts_pad": ((g.hidden_size,), dtype), "hidden": ((g.hidden_size,), dtype),
+        "logits": ((g.vocab_size,), dtype), "codes": ((cfg.num_code_groups,), torch.long),
+    }
+
 
 class PrefillStage:
     """Where prefills of fixed shapes run: the prompts' embeddings and the KV they make,
@@ -130,5 +140,6 @@ def row_bytes(codegen: CodeGenerator, decoder: CodecStreamDecoder, positions: in
     talker = 2 * g.num_hidden_layers * g.num_key_value_heads * positions * g.head_dim * itemsize
     predictor = 2 * pg.num_hidden_layers * pg.num_key_value_heads * cfg.num_code_groups * pg.head_dim * itemsize
     codec = sum(t.numel() * t.element_size() for t in decoder.new_state(1).tensors())
-    buffers = g.vocab_size * (1 + itemsize) + 3 * g.hidden_size * itemsize + 16 * 8 + 64
+    buffers = sum(math.prod(shape) * torch.empty(0, dtype=kind).element_size()
+                  for shape, kind in _buffer_specs(codegen).values())
     return talker + predictor + codec + buffers

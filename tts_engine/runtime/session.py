@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -39,6 +39,11 @@ class PCMPacket:
     codegen_ms: float  # this packet's share of its steps' code generation
     decode_ms: float
     glue_ms: float  # conversion and hand-off
+
+    def timings(self) -> dict:
+        """Every field but the PCM: a packet's line in its request's packet_log (asdict
+        would deep-copy the PCM first, on the worker thread)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "pcm"}
 
 
 @dataclass
@@ -164,7 +169,7 @@ class StreamSession:
         m.decode_wall_total_ms += packet.decode_ms
         m.glue_wall_total_ms += packet.glue_ms
         if packet_metrics:
-            m.packet_log.append({k: v for k, v in asdict(packet).items() if k != "pcm"})
+            m.packet_log.append(packet.timings())
         return packet
 
     def close_metrics(self, reason: str) -> None:
