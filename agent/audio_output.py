@@ -30,6 +30,8 @@ from livekit import rtc
 from livekit.agents.utils.audio import AudioByteStream
 from livekit.agents.voice import io
 
+from streamtalk_common.audio import SAMPLE_RATE
+
 from .events import EventBus
 
 log = logging.getLogger("streamtalk.audio")
@@ -55,7 +57,7 @@ class RoomAudioSink(io.AudioOutput):
         self,
         room: rtc.Room,
         *,
-        sample_rate: int = 24000,
+        sample_rate: int = SAMPLE_RATE,
         frame_ms: int = 20,
         queue_ms: int = 200,
         track_name: str = "streamtalk-voice",

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from streamtalk_common.paths import output_root
+
 from . import AGENT_NAME_DEFAULT
 from .turn_detection import MODEL_MIN_VAD_SILENCE_MS, TURN_DETECTION_MODES
 
@@ -36,11 +38,6 @@ VAD_SILENCE_MS_VAD_ONLY = 200
 
 class AgentConfigError(ValueError):
     """An environment variable has a value the agent cannot run with."""
-
-
-def output_root(env: dict[str, str] | None = None) -> Path:
-    env = os.environ if env is None else env
-    return Path(env.get("STREAMTALK_OUTPUT") or "output")
 
 
 def _get(env: dict[str, str], name: str) -> str | None:
@@ -137,7 +134,7 @@ class AgentConfig:
     empty_room_grace_s: float = 10.0
     torch_threads: int = 0  # 0: leave torch's default
     # outputs
-    output_dir: Path = Path("output")
+    output_dir: Path = field(default_factory=output_root)
     save_pre_rtc: bool = False
     # debug: publish silence in place of the TTS audio (pre_rtc.wav keeps the real audio);
     # AutoRTC uses it to prove that a broken agent fails the suite

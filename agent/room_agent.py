@@ -31,6 +31,7 @@ from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.agents.voice.events import CloseEvent, ConversationItemAddedEvent, ErrorEvent
 from livekit.agents.voice.speech_handle import SpeechHandle
 
+from streamtalk_common.audio import INPUT_SAMPLE_RATE, SAMPLE_RATE
 from streamtalk_common.room_protocol import HEARTBEAT_ATTRIBUTE, HEARTBEAT_S, LATENCY_TOPIC
 
 from .attribute_publisher import AttributePublisher
@@ -50,7 +51,7 @@ from .omni_client import OmniClient
 from .pre_rtc import PreRtcRecorder
 from .stt import OmniSTT
 from .trace import TraceCollector
-from .tts import SAMPLE_RATE, StreamtalkTTS
+from .tts import StreamtalkTTS
 from .turn_detection import room_turn_detection, turn_handling
 
 log = logging.getLogger("streamtalk.agent")
@@ -324,7 +325,7 @@ class RoomAgent:
             room.on(change, lambda *_: self._roster_changed.set())
 
         options: dict[str, Any] = {
-            "audio_input": room_io.AudioInputOptions(sample_rate=16000, pre_connect_audio=False),
+            "audio_input": room_io.AudioInputOptions(sample_rate=INPUT_SAMPLE_RATE, pre_connect_audio=False),
             "audio_output": False,  # the sink above is the agent's voice
             "text_output": room_io.TextOutputOptions(sync_transcription=True),
             "close_on_disconnect": False,

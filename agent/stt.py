@@ -41,9 +41,11 @@ from livekit.agents.types import (
     NotGivenOr,
 )
 
+from streamtalk_common.audio import wav_bytes
+
 from .backchannel import is_backchannel
 from .events import EventBus
-from .omni_client import TRANSCRIBE_PROMPT, BackendError, OmniClient, encode_wav, wav_data_uri
+from .omni_client import TRANSCRIBE_PROMPT, BackendError, OmniClient, wav_data_uri
 
 log = logging.getLogger("streamtalk.stt")
 
@@ -100,7 +102,7 @@ class OmniSTT(stt.STT):
                 messages, max_tokens=256, temperature=0.0, timeout_s=self.timeout_s
             )
         else:
-            wav = await asyncio.to_thread(encode_wav, pcm, frame.sample_rate, frame.num_channels)
+            wav = await asyncio.to_thread(wav_bytes, pcm, frame.sample_rate, frame.num_channels)
             text = await self._client.transcribe(wav, timeout_s=self.timeout_s, language=self.language)
         return " ".join(text.split())
 

@@ -15,9 +15,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from streamtalk_common.stats import latency_summary
 from streamtalk_common.tables import write_json
-
-from .gpu_scheduler import percentile
 
 # (name, from point, to point)
 INTERVALS: tuple[tuple[str, str, str], ...] = (
@@ -63,20 +62,9 @@ def summarize(turns: dict[tuple[str, str, int], dict[str, float]]) -> dict[str, 
     out: dict[str, Any] = {"turns": len(turns), "intervals": {}}
     for name, a, b in INTERVALS:
         values = [p[b] - p[a] for p in turns.values() if a in p and b in p]
-        out["intervals"][name] = {
-            "from": a,
-            "to": b,
-            "n": len(values),
-            "p50_ms": _r(percentile(values, 50)),
-            "p95_ms": _r(percentile(values, 95)),
-            "max_ms": _r(max(values) if values else None),
-        }
+        out["intervals"][name] = {"from": a, "to": b, **latency_summary(values)}
     out["interrupted_turns"] = sum(1 for p in turns.values() if "interrupted" in p)
     return out
-
-
-def _r(x: float | None) -> float | None:
-    return None if x is None else round(x, 1)
 
 
 def format_table(summary: dict[str, Any]) -> str:

@@ -33,9 +33,9 @@ from livekit.agents import tts
 from livekit.agents._exceptions import APIConnectionError
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 
+from streamtalk_common.audio import SAMPLE_RATE, pcm16_bytes
 from tts_engine.errors import EngineClosed, OverCapacity, RequestError
 from tts_engine.runtime import StreamHandle, TTSEngine
-from tts_engine.synthesis import pcm16_bytes
 
 from .bridge import BridgeOptions, Segment, TextBridge
 from .events import EventBus
@@ -44,7 +44,6 @@ from .text_clean import clean_for_speech
 
 log = logging.getLogger("streamtalk.tts")
 
-SAMPLE_RATE = 24000
 NUM_CHANNELS = 1
 
 

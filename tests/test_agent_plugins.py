@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from agent_fixtures import read_wav
 from aiohttp import web
 from infra_fixtures import OmniDevServer
 from livekit import rtc
@@ -27,6 +25,8 @@ from agent.llm import OmniLLM, chat_messages
 from agent.omni_client import BackendError, OmniClient
 from agent.stt import OmniSTT
 from agent.tts import SAMPLE_RATE, StreamtalkTTS
+from streamtalk_common.audio import read_wav
+from streamtalk_common.net import free_port
 from tts_engine.config import EngineConfig
 from tts_engine.runtime import TTSEngine
 
@@ -49,9 +49,7 @@ def names(events: list[AgentEvent]) -> list[str]:
 
 
 def dead_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    return f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
 
 
 def conversation(*turns: tuple[str, str]) -> lk_llm.ChatContext:

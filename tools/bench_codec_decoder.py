@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from streamtalk_common.paths import output_root
 from tts_engine.codec_checkpoint import SPEECH_TOKENIZER_PRESETS, build_random_codec_decoder
 from tts_engine.codec_stream import CodecStreamDecoder
 
@@ -103,7 +104,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['mode']} | {r['batch']} | {r['packet']} | {r['rtf']:.4f} | {r['ms_per_step']:.2f} |")
-    out = args.json or Path(os.environ.get("STREAMTALK_OUTPUT", "output")) / "bench" / "codec_decoder.json"
+    out = args.json or output_root() / "bench" / "codec_decoder.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"wrote {out}")

@@ -16,7 +16,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .common import percentile, read_json
+from streamtalk_common.stats import percentile
+
+from .common import read_json
 from .turn_taking import INTERJECTIONS
 
 PROFILES = Path(__file__).with_name("profiles.json")
