@@ -43,7 +43,7 @@ from .drain import SETTLE_MARGIN_S, TurnActivity
 from .duplex import DUPLEX_ATTRIBUTE
 from .duplex_controller import DuplexController
 from .engine_service import SharedServices
-from .events import AgentEvent, EventBus
+from .events import AgentEvent, Event, EventBus
 from .history import RoomHistory, chat_context, history_in
 from .latency_publisher import LatencyPublisher
 from .llm import OmniLLM
@@ -75,7 +75,7 @@ class BackendStatus:
             BACKEND_ATTRIBUTE)
 
     def __call__(self, ev: AgentEvent) -> None:
-        if ev.name == "backend_down":
+        if ev.name is Event.BACKEND_DOWN:
             detail = str(ev.data.get("detail", ""))[:200]
             component = ev.data.get("component", "?")
             self._set(f"down: {component}: {detail}")
@@ -83,7 +83,7 @@ class BackendStatus:
             if component == "stt" and not speaking:  # one notice at a time, never a queue of them
                 with contextlib.suppress(RuntimeError):
                     self._notice = self.session.say(self.stt_notice, add_to_chat_ctx=False)
-        elif ev.name == "backend_ok":
+        elif ev.name is Event.BACKEND_OK:
             self._set("ok")
 
     def _set(self, value: str) -> None:
@@ -251,7 +251,7 @@ class RoomAgent:
             sink.add_frame_tap(recorder.on_frame)
 
             def save_after_reply(ev: AgentEvent) -> None:
-                if ev.name == "playback_finished":
+                if ev.name is Event.PLAYBACK_FINISHED:
                     asyncio.ensure_future(recorder.save())
 
             bus.subscribe(save_after_reply)

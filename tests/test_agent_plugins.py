@@ -19,13 +19,13 @@ from livekit.agents import llm as lk_llm
 
 from agent.config import AgentConfig
 from agent.engine_service import load_vad
-from agent.events import AgentEvent, EventBus
+from agent.events import AgentEvent, Event, EventBus
 from agent.gpu_scheduler import GpuScheduler, Lane
 from agent.llm import OmniLLM, chat_messages
 from agent.omni_client import BackendError, OmniClient
 from agent.stt import OmniSTT
-from agent.tts import SAMPLE_RATE, StreamtalkTTS
-from streamtalk_common.audio import read_wav
+from agent.tts import StreamtalkTTS
+from streamtalk_common.audio import SAMPLE_RATE, read_wav
 from streamtalk_common.net import free_port
 from tts_engine.config import EngineConfig
 from tts_engine.runtime import TTSEngine
@@ -441,5 +441,5 @@ async def test_tts_text_with_nothing_speakable_still_answers(engine: TTSEngine) 
 
 def test_metrics_are_json_serializable() -> None:
     bus, seen = recorder()
-    bus.emit("lane_wait", lane="fast", wait_ms=0.0)
+    bus.emit(Event.LANE_WAIT, lane="fast", wait_ms=0.0)
     json.dumps(seen[0].data)
