@@ -21,6 +21,7 @@ from typing import Any
 from streamtalk_common.paths import output_root
 
 from . import AGENT_NAME_DEFAULT
+from .errors import AgentConfigError
 from .turn_detection import MODEL_MIN_VAD_SILENCE_MS, TURN_DETECTION_MODES
 
 log = logging.getLogger("streamtalk.agent")
@@ -34,10 +35,6 @@ DEFAULT_STT_DOWN_MESSAGE = "Sorry, I could not reach the speech recognizer. Plea
 # the VAD's end-of-speech hangover when VAD alone ends turns; with the end-of-turn model it
 # must be at least MODEL_MIN_VAD_SILENCE_MS (250), the default then
 VAD_SILENCE_MS_VAD_ONLY = 200
-
-
-class AgentConfigError(ValueError):
-    """An environment variable has a value the agent cannot run with."""
 
 
 def _get(env: dict[str, str], name: str) -> str | None:

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from livekit.agents import vad as lk_vad
 
 from streamtalk_common.audio import INPUT_SAMPLE_RATE
-from tts_engine.config import EngineConfig, default_model_dir
+from tts_engine import EngineConfig, TTSEngine
+from tts_engine.config import default_model_dir
 from tts_engine.heap import freeze_startup_heap
-from tts_engine.runtime import TTSEngine
 
 from .config import AgentConfig
 from .gpu_scheduler import GpuScheduler

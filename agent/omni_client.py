@@ -31,6 +31,8 @@ import aiohttp
 
 from streamtalk_common.audio import wav_bytes
 
+from .errors import BackendError
+
 log = logging.getLogger("streamtalk.omni")
 
 FALLBACK_MODEL = "qwen3-omni"
@@ -38,13 +40,6 @@ TRANSCRIBE_PROMPT = (
     "Transcribe the speech in the audio exactly as spoken, in its original language. "
     "Reply with the transcript only, without any comment."
 )
-
-
-class BackendError(Exception):
-    def __init__(self, message: str, *, status: int | None = None, retryable: bool = True) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retryable = retryable
 
 
 @dataclass(frozen=True)

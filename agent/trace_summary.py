@@ -18,6 +18,7 @@ from typing import Any
 from streamtalk_common.stats import latency_summary
 from streamtalk_common.tables import write_json
 
+from .errors import TraceFormatError
 from .events import Event
 
 # (name, from point, to point)
@@ -33,10 +34,6 @@ INTERVALS: tuple[tuple[str, Event, Event], ...] = (
     ("reply_audio", Event.FIRST_AUDIO_PUBLISHED, Event.REPLY_END),
     ("interrupt_to_reply_end", Event.INTERRUPTED, Event.REPLY_END),
 )
-
-
-class TraceFormatError(ValueError):
-    pass
 
 
 def load_points(paths: list[Path]) -> dict[tuple[str, str, int], dict[str, float]]:

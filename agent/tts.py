@@ -34,8 +34,7 @@ from livekit.agents._exceptions import APIConnectionError
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 
 from streamtalk_common.audio import SAMPLE_RATE, pcm16_bytes
-from tts_engine.errors import EngineClosed, OverCapacity, RequestError
-from tts_engine.runtime import StreamHandle, TTSEngine
+from tts_engine import EngineClosed, OverCapacity, RequestError, StreamHandle, TTSEngine
 
 from .bridge import BridgeOptions, Segment, TextBridge
 from .events import Event, EventBus

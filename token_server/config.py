@@ -9,6 +9,7 @@ from pathlib import Path
 
 from livekit import api
 
+from streamtalk_common.errors import ConfigError
 from streamtalk_common.paths import cache_root
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -23,10 +24,6 @@ DEFAULT_RATE_LIMIT_PER_MIN = 30
 DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 16
 DEFAULT_RECONCILE_GRACE_S = 5.0
 DEFAULT_RECONCILE_MAX_ATTEMPTS = 5
-
-
-class ConfigError(ValueError):
-    """A setting has a value the server cannot run with."""
 
 
 def _number_env(env: dict[str, str], name: str, default: float, kind: type = int):

@@ -46,6 +46,7 @@ from pathlib import Path
 
 from streamtalk_common import paths
 
+from .errors import TokenizerFilesError
 from .model.configs import CONFIG_JSON_TRANSFORMERS_VERSION
 
 __all__ = [
@@ -82,10 +83,6 @@ MODEL_DIR_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json"
 
 _CONVERTER_VERSION = 1
 _RANKS_RESOURCE = ("resources", "qwen.tiktoken")
-
-
-class TokenizerFilesError(RuntimeError):
-    """A tokenizer file is missing or does not hold what it should."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streamtalk_common.errors import ConfigError
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_MODEL = "qwen3-omni-dev"
@@ -13,10 +15,6 @@ DEFAULT_RESPONSES = Path(__file__).resolve().parent / "responses.json"
 # The seed's reference numbers for Qwen3-Omni AWQ on vLLM: TTFT 0.078 s, 171 tokens/s.
 DEFAULT_FIRST_TOKEN_DELAY_S = 0.078
 DEFAULT_TOKENS_PER_S = 171.0
-
-
-class ConfigError(ValueError):
-    """A setting has a value the server cannot run with."""
 
 
 def bundled_whisper_dir() -> Path:
