@@ -1,7 +1,7 @@
 """RoomAudioSink: the agent's voice in the room, as a LiveKit `io.AudioOutput`.
 
 The framework captures the TTS frames into this sink; the sink re-frames them
-to TTS_FRAME_MS (20 ms) and feeds an `rtc.AudioSource` published as the
+to AGENT_FRAME_MS (20 ms) and feeds an `rtc.AudioSource` published as the
 agent's microphone track, keeping at most AGENT_AUDIO_QUEUE_MS queued inside
 the source (the rest waits here, where it can be dropped at once).
 

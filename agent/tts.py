@@ -6,7 +6,7 @@ voice and language. `stream()` takes the LLM's tokens as they come, cuts them
 into segments with the text bridge (starter first, then punctuation / length),
 cleans each segment for speech and synthesizes the segments one after another
 while the LLM keeps streaming; the PCM packets (24 kHz mono float32) go to the
-framework's audio emitter as 16-bit PCM in frames of TTS_FRAME_MS.
+framework's audio emitter as 16-bit PCM in frames of AGENT_FRAME_MS.
 
 Each segment asks the GPU scheduler for a lane first: the reply's first
 segment (whose first packet the listener is waiting for) takes the fast lane;
@@ -159,7 +159,7 @@ class StreamtalkTTS(tts.TTS):
     # -- used by both stream kinds ---------------------------------------------
 
     def _init_emitter(self, output_emitter: tts.AudioEmitter, stream: bool) -> None:
-        """Every reply's emitter: 24 kHz mono PCM in TTS_FRAME_MS frames (initialised even if silent)."""
+        """Every reply's emitter: 24 kHz mono PCM in AGENT_FRAME_MS frames (initialised even if silent)."""
         output_emitter.initialize(
             request_id=uuid.uuid4().hex[:12],
             sample_rate=SAMPLE_RATE,
