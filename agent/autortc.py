@@ -1,4 +1,4 @@
-"""AutoRTC protocol, agent side (seed-digest section 10; interfaces.md).
+"""AutoRTC protocol, agent side (the bots and the suite: tools/autortc/, docs/AUTORTC.md).
 
 Data packets are UTF-8 JSON, reliable, on topic `autortc.probe` (probe -> agent)
 and `autortc.agent` (agent -> bots):

@@ -113,7 +113,8 @@ async def test_silence_early_stop(tiny_model_dir, monkeypatch):
 
 
 async def test_windowed_decode_mode(tiny_model_dir):
-    """The seed's windowed mode streams the same length as the exact mode, approximately the same audio."""
+    """The windowed decode mode (approximate, kept for comparison: docs/CODEC_STREAMING.md)
+    streams the same length as the exact mode, approximately the same audio."""
     eng = TTSEngine(EngineConfig.from_env({}, model_dir=str(tiny_model_dir), device="cpu",
                                           decode_mode="windowed", left_context=72), warmup=False)
     try:

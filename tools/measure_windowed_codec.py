@@ -1,6 +1,6 @@
 """Error of the windowed codec decode mode against one full offline decode.
 
-The windowed mode (the seed's) re-decodes the last `left_context` frames plus each new
+The windowed mode (approximate, kept for comparison) re-decodes the last `left_context` frames plus each new
 packet from scratch and keeps the new samples; the exact incremental decoder carries
 every layer's state instead. This prints, per (left_context, packet size), the max abs
 error and the SNR of the windowed PCM against `CodecDecoder.forward` of all codes, plus

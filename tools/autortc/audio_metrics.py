@@ -1,4 +1,4 @@
-"""AutoRTC metrics for one case folder, in three rings (seed-digest section 10).
+"""AutoRTC metrics for one case folder, in three rings (docs/AUTORTC.md defines each).
 
 capture_status comes first; quality is computed only when capture is OK.
 - Ring0 transport (reply segment only, 20 ms energy frames): post_rms, max_gap_ms,

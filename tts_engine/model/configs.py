@@ -169,8 +169,9 @@ def parse_model_config(raw: dict[str, Any]) -> TTSModelConfig:
 
 
 # ---------------------------------------------------------------------------
-# Presets for random-init checkpoints. Values of 0.6b/1.7b are the official
-# geometry (research notes section 1.3); `tiny` keeps every id and vocabulary
+# Presets for random-init checkpoints. Values of 0.6b/1.7b are the geometry of the released
+# Qwen3-TTS-12Hz-0.6B/1.7B-CustomVoice config.json files (so benchmarks on random weights
+# cost what the real model costs); `tiny` keeps every id and vocabulary
 # size but shrinks widths and depths so it runs faster than real time on CPU.
 
 SPEAKERS = {
