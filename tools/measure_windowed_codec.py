@@ -15,7 +15,6 @@ Random codes; weights random (preset) or from a checkpoint directory.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from datetime import date
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 
 from streamtalk_common.paths import output_root
+from streamtalk_common.tables import write_json
 from tts_engine.codec_checkpoint import SPEECH_TOKENIZER_PRESETS, build_random_codec_decoder
 from tts_engine.codec_stream import CodecStreamDecoder, WindowedCodecDecoder, decode_in_packets
 from tts_engine.model.codec_decoder import CodecDecoder, load_codec_decoder
@@ -112,8 +112,7 @@ def main() -> None:
     print(f"{geometry}; {args.streams} x {args.frames} frames of random codes; {device}, {args.dtype}; {meta['date']}")
     print_table(rows)
     out = args.json or output_root() / "bench" / "windowed_codec.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    write_json(out, {"meta": meta, "rows": rows})
     print(f"wrote {out}")
 
 
