@@ -1,7 +1,7 @@
 """RoomAudioSink: the agent's voice in the room, as a LiveKit `io.AudioOutput`.
 
 The framework captures the TTS frames into this sink; the sink re-frames them
-to TTS_FRAME_MS (20 ms) and feeds an `rtc.AudioSource` published as the
+to AGENT_FRAME_MS (20 ms) and feeds an `rtc.AudioSource` published as the
 agent's microphone track, keeping at most AGENT_AUDIO_QUEUE_MS queued inside
 the source (the rest waits here, where it can be dropped at once).
 
@@ -30,7 +30,9 @@ from livekit import rtc
 from livekit.agents.utils.audio import AudioByteStream
 from livekit.agents.voice import io
 
-from .events import EventBus
+from streamtalk_common.audio import SAMPLE_RATE
+
+from .events import Event, EventBus
 
 log = logging.getLogger("streamtalk.audio")
 
@@ -55,7 +57,7 @@ class RoomAudioSink(io.AudioOutput):
         self,
         room: rtc.Room,
         *,
-        sample_rate: int = 24000,
+        sample_rate: int = SAMPLE_RATE,
         frame_ms: int = 20,
         queue_ms: int = 200,
         track_name: str = "streamtalk-voice",
@@ -237,7 +239,7 @@ class RoomAudioSink(io.AudioOutput):
             self._interrupt.set()
             self._wake.set()
         if dropped or in_source:
-            self.bus.emit("audio_cleared", dropped_s=round(dropped + in_source, 3),
+            self.bus.emit(Event.AUDIO_CLEARED, dropped_s=round(dropped + in_source, 3),
                           clear_ms=round((time.perf_counter() - t0) * 1000, 3))
         if self._capturing and end_segment:
             # interrupted before the framework flushed: finish this segment now
@@ -264,7 +266,7 @@ class RoomAudioSink(io.AudioOutput):
         self._seg_sent_s = max(0.0, self._seg_sent_s - held)
         self._recent.clear()
         self._source.clear_queue()
-        self.bus.emit("audio_paused", held_back_s=round(held, 3))
+        self.bus.emit(Event.AUDIO_PAUSED, held_back_s=round(held, 3))
 
     def resume(self) -> None:
         super().resume()
@@ -272,7 +274,7 @@ class RoomAudioSink(io.AudioOutput):
             return
         self._paused = False
         self._wake.set()
-        self.bus.emit("audio_resumed", queued_s=round(self.queued_s, 3))
+        self.bus.emit(Event.AUDIO_RESUMED, queued_s=round(self.queued_s, 3))
 
     # -- internals --------------------------------------------------------------------
 
@@ -306,7 +308,7 @@ class RoomAudioSink(io.AudioOutput):
                     self._source.clear_queue()  # the reply does not wait behind idle silence
                     silence_queued = False
                 self.on_playback_started(created_at=time.time())
-                self.bus.emit("first_audio_published")
+                self.bus.emit(Event.FIRST_AUDIO_PUBLISHED)
             try:
                 await self._source.capture_frame(_silent_copy(item.frame) if self.mute_output
                                                  else item.frame)
@@ -360,5 +362,5 @@ class RoomAudioSink(io.AudioOutput):
         had_audio = self._seg_first_sent
         self.on_playback_finished(playback_position=position, interrupted=interrupted)
         if had_audio:
-            self.bus.emit("playback_finished", interrupted=interrupted,
+            self.bus.emit(Event.PLAYBACK_FINISHED, interrupted=interrupted,
                           position_s=round(position, 3))

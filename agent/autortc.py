@@ -1,4 +1,4 @@
-"""AutoRTC protocol, agent side (seed-digest section 10; interfaces.md).
+"""AutoRTC protocol, agent side (the bots and the suite: tools/autortc/, docs/AUTORTC.md).
 
 Data packets are UTF-8 JSON, reliable, on topic `autortc.probe` (probe -> agent)
 and `autortc.agent` (agent -> bots):
@@ -29,7 +29,7 @@ from typing import Any
 
 from livekit import rtc
 
-from .events import AgentEvent, EventBus
+from .events import AgentEvent, Event, EventBus
 
 log = logging.getLogger("streamtalk.autortc")
 
@@ -108,11 +108,11 @@ class AutoRTCResponder:
                          case_id=msg.get("case_id") or self.case_id)
 
     def _on_event(self, ev: AgentEvent) -> None:
-        if ev.name == "first_audio_published":
+        if ev.name is Event.FIRST_AUDIO_PUBLISHED:
             self.reply_seq += 1
             self._open_reply = self.reply_seq
             self._spawn(self._send("reply_start", reply_seq=self.reply_seq, t_wall_ms=ev.t_wall_ms))
-        elif ev.name == "playback_finished" and self._open_reply is not None:
+        elif ev.name is Event.PLAYBACK_FINISHED and self._open_reply is not None:
             seq, self._open_reply = self._open_reply, None
             self._spawn(self._send("reply_end", reply_seq=seq, t_wall_ms=ev.t_wall_ms,
                                    interrupted=bool(ev.data.get("interrupted"))))

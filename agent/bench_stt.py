@@ -14,35 +14,29 @@ import argparse
 import asyncio
 import sys
 import time
-import wave
 from pathlib import Path
 from typing import Any
 
 from livekit import rtc
 
+from streamtalk_common.audio import INPUT_SAMPLE_RATE, read_wav
+from streamtalk_common.stats import latency_summary
 from streamtalk_common.tables import write_json
 
-from .gpu_scheduler import percentile
 from .omni_client import BackendError, OmniClient
 from .stt import OmniSTT
 
-ROOM_INPUT_RATE = 16000  # what the agent's room input hands the STT (room_agent.py)
-
 
 def load_frame(path: Path) -> rtc.AudioFrame:
-    """The WAV as one 16 kHz frame; ValueError says what a WAV must be."""
+    """The WAV as one frame at the agent's room input rate; ValueError says what a WAV must be."""
     try:
-        with wave.open(str(path), "rb") as w:
-            if w.getsampwidth() != 2 or w.getnchannels() != 1:
-                raise ValueError(f"{path}: 16-bit mono WAV needed, got {8 * w.getsampwidth()}-bit "
-                                 f"with {w.getnchannels()} channel(s)")
-            rate, data = w.getframerate(), w.readframes(w.getnframes())
-    except (OSError, wave.Error, EOFError) as exc:
+        pcm, rate = read_wav(path)
+    except OSError as exc:
         raise ValueError(f"{path}: not a readable WAV ({exc})") from None
-    frame = rtc.AudioFrame(data, rate, 1, len(data) // 2)
-    if rate == ROOM_INPUT_RATE:
+    frame = rtc.AudioFrame(pcm.tobytes(), rate, 1, len(pcm))
+    if rate == INPUT_SAMPLE_RATE:
         return frame
-    resampler = rtc.AudioResampler(rate, ROOM_INPUT_RATE)
+    resampler = rtc.AudioResampler(rate, INPUT_SAMPLE_RATE)
     return rtc.combine_audio_frames([*resampler.push(frame), *resampler.flush()])
 
 
@@ -64,14 +58,8 @@ async def bench(base_url: str, paths: list[Path], *, mode: str, repeat: int, war
     finally:
         await client.aclose()
     rows = [{"wav": path.name, "audio_s": round(frame.duration, 3), "text": texts[path.name],
-             **_stats(times[path])} for path, frame in frames]
+             **latency_summary(times[path])} for path, frame in frames]
     return {"base_url": base_url, "mode": mode, "warmup": warmup, "repeat": repeat, "wavs": rows}
-
-
-def _stats(ms: list[float]) -> dict[str, Any]:
-    return {"n": len(ms), **{k: round(v, 1) for k, v in (
-        ("p50_ms", percentile(ms, 50)), ("p95_ms", percentile(ms, 95)),
-        ("min_ms", min(ms)), ("max_ms", max(ms)))}}
 
 
 def format_table(result: dict[str, Any]) -> str:

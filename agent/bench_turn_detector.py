@@ -24,23 +24,24 @@ import time
 
 import numpy as np
 
-from tts_engine.bench import pct, print_table, write_json
+from streamtalk_common.audio import INPUT_SAMPLE_RATE
+from streamtalk_common.stats import percentile
+from tts_engine.bench import print_table, write_json
 
-SAMPLE_RATE = 16000
-FRAME_SAMPLES = SAMPLE_RATE // 100
+FRAME_SAMPLES = INPUT_SAMPLE_RATE // 100
 
 
 def speech_like_signal(seconds: float = 1.2, seed: int = 0) -> np.ndarray:
     """Speech-like int16 audio: a seeded noise burst shaped by a 4 Hz syllable envelope."""
     rng = np.random.default_rng(seed)
-    n = int(seconds * SAMPLE_RATE)
-    t = np.arange(n) / SAMPLE_RATE
+    n = int(seconds * INPUT_SAMPLE_RATE)
+    t = np.arange(n) / INPUT_SAMPLE_RATE
     envelope = 0.5 * (1 + np.sin(2 * np.pi * 4 * t))
     return (rng.standard_normal(n) * envelope * 3000).clip(-32768, 32767).astype(np.int16)
 
 
 def _row(path: str, walls: list[float], cpus: list[float]) -> dict:
-    return {"path": path, "n": len(walls), "wall_p50_ms": pct(walls, 50), "wall_p95_ms": pct(walls, 95),
+    return {"path": path, "n": len(walls), "wall_p50_ms": percentile(walls, 50), "wall_p95_ms": percentile(walls, 95),
             "wall_max_ms": max(walls), "cpu_p50_ms": statistics.median(cpus)}
 
 
@@ -66,7 +67,7 @@ async def bench_session(pcm: np.ndarray, warmup: int, repeats: int) -> dict:
     stream = TurnDetector(version="v1-mini").stream()
     try:
         for i in range(0, len(pcm) - FRAME_SAMPLES + 1, FRAME_SAMPLES):
-            stream.push_audio(rtc.AudioFrame(pcm[i:i + FRAME_SAMPLES].tobytes(), SAMPLE_RATE, 1, FRAME_SAMPLES))
+            stream.push_audio(rtc.AudioFrame(pcm[i:i + FRAME_SAMPLES].tobytes(), INPUT_SAMPLE_RATE, 1, FRAME_SAMPLES))
         await asyncio.sleep(0.1)  # the stream's task moves the frames into the model's buffer
         for _ in range(warmup):
             await stream.predict()

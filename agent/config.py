@@ -1,8 +1,11 @@
 """Agent configuration: one process-wide AgentConfig (env) and per-room RoomSettings.
 
-AgentConfig is read once per worker process from the environment; every knob
-has the name the seed uses where one exists (LLM_MAX_TOKENS, TTS_FRAME_MS,
-VAD_SILENCE_MS, MIN_ENDPOINTING, ENABLE_CONTINUATION ...). RoomSettings are the
+AgentConfig is read once per worker process from the environment (the table is in
+docs/AGENT.md): AGENT_* for the agent's own knobs, OMNI_* and LLM_* for the backend,
+VAD_*, MIN_/MAX_ENDPOINTING and ENABLE_CONTINUATION for turn taking. TTS_* is the
+engine's prefix (tts_engine/config.py), so the agent's voice and frame knobs are
+AGENT_SPEAKER, AGENT_LANGUAGE and AGENT_FRAME_MS; their old names TTS_SPEAKER,
+TTS_LANGUAGE and TTS_FRAME_MS still work, with a deprecation warning. RoomSettings are the
 per-conversation choices (system prompt, voice, language, LLM sampling, AutoRTC
 ids): dispatch metadata JSON wins over the environment, a bad value falls back
 to the default with a warning instead of failing the room.
@@ -18,7 +21,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from streamtalk_common.paths import output_root
+
 from . import AGENT_NAME_DEFAULT
+from .errors import AgentConfigError
 from .turn_detection import MODEL_MIN_VAD_SILENCE_MS, TURN_DETECTION_MODES
 
 log = logging.getLogger("streamtalk.agent")
@@ -32,15 +38,21 @@ DEFAULT_STT_DOWN_MESSAGE = "Sorry, I could not reach the speech recognizer. Plea
 # the VAD's end-of-speech hangover when VAD alone ends turns; with the end-of-turn model it
 # must be at least MODEL_MIN_VAD_SILENCE_MS (250), the default then
 VAD_SILENCE_MS_VAD_ONLY = 200
+# old name -> new name: knobs that moved off the engine's TTS_ prefix
+RENAMED_KNOBS = {"TTS_SPEAKER": "AGENT_SPEAKER", "TTS_LANGUAGE": "AGENT_LANGUAGE",
+                 "TTS_FRAME_MS": "AGENT_FRAME_MS"}
 
 
-class AgentConfigError(ValueError):
-    """An environment variable has a value the agent cannot run with."""
-
-
-def output_root(env: dict[str, str] | None = None) -> Path:
-    env = os.environ if env is None else env
-    return Path(env.get("STREAMTALK_OUTPUT") or "output")
+def _accept_renamed(env: dict[str, str]) -> None:
+    """Give a knob set under its old name to its new name, with a deprecation warning."""
+    for old, new in RENAMED_KNOBS.items():
+        if _get(env, old) is None:
+            continue
+        if _get(env, new) is None:
+            log.warning("%s is deprecated: it is read as %s, set that instead", old, new)
+            env[new] = env[old]
+        else:
+            log.warning("%s is deprecated and ignored: %s is set", old, new)
 
 
 def _get(env: dict[str, str], name: str) -> str | None:
@@ -137,7 +149,7 @@ class AgentConfig:
     empty_room_grace_s: float = 10.0
     torch_threads: int = 0  # 0: leave torch's default
     # outputs
-    output_dir: Path = Path("output")
+    output_dir: Path = field(default_factory=output_root)
     save_pre_rtc: bool = False
     # debug: publish silence in place of the TTS audio (pre_rtc.wav keeps the real audio);
     # AutoRTC uses it to prove that a broken agent fails the suite
@@ -146,6 +158,7 @@ class AgentConfig:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> AgentConfig:
         env = dict(os.environ if env is None else env)
+        _accept_renamed(env)
         stt_mode = (_get(env, "OMNI_STT_MODE") or "chat").lower()
         if stt_mode not in ("chat", "transcriptions"):
             raise AgentConfigError(f"OMNI_STT_MODE={stt_mode!r}; valid: chat, transcriptions")
@@ -178,9 +191,9 @@ class AgentConfig:
             "history_turns": _int(env, "AGENT_HISTORY_TURNS", cls.history_turns, 0, 100),
             # a few KiB: far below the room metadata size livekit-server accepts
             "history_max_bytes": _int(env, "AGENT_HISTORY_MAX_BYTES", cls.history_max_bytes, 256, 32768),
-            "tts_speaker": _get(env, "TTS_SPEAKER") or cls.tts_speaker,
-            "tts_language": _get(env, "TTS_LANGUAGE") or cls.tts_language,
-            "tts_frame_ms": _int(env, "TTS_FRAME_MS", cls.tts_frame_ms, 10, 100),
+            "tts_speaker": _get(env, "AGENT_SPEAKER") or cls.tts_speaker,
+            "tts_language": _get(env, "AGENT_LANGUAGE") or cls.tts_language,
+            "tts_frame_ms": _int(env, "AGENT_FRAME_MS", cls.tts_frame_ms, 10, 100),
             "slow_lane_slack_s": _float(env, "AGENT_SLOW_LANE_SLACK_S", cls.slow_lane_slack_s, 0.0, 60),
             "turn_detection": turn_detection,
             "vad_silence_ms": _int(env, "VAD_SILENCE_MS", vad_silence_default, 32, 5000),
@@ -205,7 +218,7 @@ class AgentConfig:
             "debug_mute_tts": _bool(env, "AGENT_DEBUG_MUTE_TTS", False),
         }
         if values["tts_frame_ms"] % 10:
-            raise AgentConfigError(f"TTS_FRAME_MS={values['tts_frame_ms']} must be a multiple of 10")
+            raise AgentConfigError(f"AGENT_FRAME_MS={values['tts_frame_ms']} must be a multiple of 10")
         if values["max_endpointing_s"] < values["min_endpointing_s"]:
             raise AgentConfigError("MAX_ENDPOINTING must not be below MIN_ENDPOINTING")
         if turn_detection == "model" and values["vad_silence_ms"] < MODEL_MIN_VAD_SILENCE_MS:
@@ -216,11 +229,12 @@ class AgentConfig:
         return cls(**values)
 
 
-# Dispatch metadata keys: a short name and the env name are both accepted.
+# Dispatch metadata keys: a short name and the env name are both accepted (an env name of
+# RENAMED_KNOBS under its old name too, with a warning).
 _META_KEYS: dict[str, tuple[str, ...]] = {
     "system_prompt": ("system_prompt", "AGENT_SYSTEM_PROMPT"),
-    "speaker": ("speaker", "TTS_SPEAKER"),
-    "language": ("language", "TTS_LANGUAGE"),
+    "speaker": ("speaker", "AGENT_SPEAKER", "TTS_SPEAKER"),
+    "language": ("language", "AGENT_LANGUAGE", "TTS_LANGUAGE"),
     "max_tokens": ("max_tokens", "LLM_MAX_TOKENS"),
     "temperature": ("temperature", "LLM_TEMPERATURE"),
     "trace_id": ("trace_id",),
@@ -274,6 +288,9 @@ class RoomSettings:
         def pick(name: str) -> Any:
             for key in _META_KEYS[name]:
                 if key in meta and meta[key] is not None:
+                    if key in RENAMED_KNOBS:
+                        warnings.append(f"metadata key {key} is deprecated; use {name} "
+                                        f"or {RENAMED_KNOBS[key]}")
                     return meta[key]
             return None
 

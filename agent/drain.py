@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 
 from .duplex import DuplexState
-from .events import AgentEvent
+from .events import AgentEvent, Event
 
 # Added to the endpointing delay: the time from the end of recognition to the framework's
 # commit of the turn (and so to THINKING) is that delay plus a few event-loop steps.
@@ -42,15 +42,15 @@ class TurnActivity:
 
     def __call__(self, ev: AgentEvent) -> None:
         name = ev.name
-        if name == "vad_start":
+        if name is Event.VAD_START:
             self._user_speaking = True
-        elif name == "vad_end":
+        elif name is Event.VAD_END:
             self._user_speaking = False
-        elif name == "stt_start":
+        elif name is Event.STT_START:
             self._recognizing += 1
-        elif name == "stt_end":
+        elif name is Event.STT_END:
             self._recognizing = max(0, self._recognizing - 1)
-        elif name == "duplex":
+        elif name is Event.DUPLEX:
             self._duplex = DuplexState(ev.data["to"])
         else:
             return

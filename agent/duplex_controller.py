@@ -41,7 +41,7 @@ from livekit.agents.voice.speech_handle import SpeechHandle
 from .attribute_publisher import AttributePublisher, Send
 from .audio_output import RoomAudioSink
 from .duplex import DuplexEvent, DuplexState, DuplexStateMachine, Transition
-from .events import AgentEvent, EventBus
+from .events import AgentEvent, Event, EventBus
 from .llm import OmniLLM
 from .tts import StreamtalkTTS
 
@@ -144,16 +144,16 @@ class DuplexController:
         if ev.new_state == "speaking" and state in (DuplexState.SPEAKING, DuplexState.THINKING):
             self._barge_in_at = time.perf_counter()
             self.machine.handle(DuplexEvent.USER_SPEECH, "user talks over the agent")
-            self.bus.emit("barge_in", during=state.value)
+            self.bus.emit(Event.BARGE_IN, during=state.value)
         elif ev.new_state != "speaking" and state is DuplexState.INTERRUPTING:
             if not self.sink.paused and self._resumable():
                 # too short to pause anything: the reply never stopped
-                self.bus.emit("false_interruption", paused=False)
+                self.bus.emit(Event.FALSE_INTERRUPTION, paused=False)
                 self.machine.handle(DuplexEvent.RESUMED, "user speech too short to interrupt")
 
     def _on_false_interruption(self, ev: AgentFalseInterruptionEvent) -> None:
         if ev.resumed and self.machine.state in _DECIDING and self._resumable():
-            self.bus.emit("false_interruption", paused=True)
+            self.bus.emit(Event.FALSE_INTERRUPTION, paused=True)
             self.machine.handle(DuplexEvent.RESUMED, "false interruption: playback resumed")
 
     def _on_speech_created(self, ev: SpeechCreatedEvent) -> None:
@@ -162,7 +162,7 @@ class DuplexController:
         self.tts.release()
         self._reply_id = handle.id
         self._speech_audio[handle.id] = False
-        self.bus.emit("reply_begin", speech_id=handle.id, source=ev.source,
+        self.bus.emit(Event.REPLY_BEGIN, speech_id=handle.id, source=ev.source,
                       user_initiated=ev.user_initiated)
         handle.add_done_callback(self._on_speech_done)
 
@@ -173,38 +173,38 @@ class DuplexController:
         if handle.interrupted:
             self._finish_interruption("speech interrupted", handle.id)
             if not had_audio:
-                self.bus.emit("reply_end", speech_id=handle.id, audio=False, interrupted=True)
+                self.bus.emit(Event.REPLY_END, speech_id=handle.id, audio=False, interrupted=True)
         elif not had_audio:
-            self.bus.emit("reply_end", speech_id=handle.id, audio=False, interrupted=False)
+            self.bus.emit(Event.REPLY_END, speech_id=handle.id, audio=False, interrupted=False)
             self.machine.handle(DuplexEvent.REPLY_FAILED, "reply without audio")
         elif self.machine.state is DuplexState.SPEAKING:
             self.machine.handle(DuplexEvent.REPLY_DONE, "reply finished")
 
     def _on_bus(self, ev: AgentEvent) -> None:
         name = ev.name
-        if name == "first_audio_published":
+        if name is Event.FIRST_AUDIO_PUBLISHED:
             speech = self.session.current_speech
             self._playing_id = speech.id if speech is not None else self._reply_id
             if self._playing_id is not None:
                 self._speech_audio[self._playing_id] = True
-        elif name == "playback_finished":
-            self.bus.emit("reply_end", speech_id=self._playing_id, audio=True,
+        elif name is Event.PLAYBACK_FINISHED:
+            self.bus.emit(Event.REPLY_END, speech_id=self._playing_id, audio=True,
                           interrupted=bool(ev.data.get("interrupted")),
                           position_s=ev.data.get("position_s"))
             self._playing_id = None
-        elif name == "audio_paused":
+        elif name is Event.AUDIO_PAUSED:
             if self.machine.state in (DuplexState.SPEAKING, DuplexState.INTERRUPTING):
                 if self._barge_in_at is None:
                     self._barge_in_at = time.perf_counter()
                 self.machine.handle(DuplexEvent.PAUSED, "playback paused for a barge-in")
                 self.tts.hold()
-                self.bus.emit("barge_in_paused",
+                self.bus.emit(Event.BARGE_IN_PAUSED,
                               detect_to_pause_ms=round((time.perf_counter() - self._barge_in_at) * 1000, 3))
-        elif name == "audio_resumed":
+        elif name is Event.AUDIO_RESUMED:
             self.tts.release()
             if self.machine.state in _DECIDING and self._resumable():
                 self.machine.handle(DuplexEvent.RESUMED, "playback resumed")
-        elif name == "audio_cleared":
+        elif name is Event.AUDIO_CLEARED:
             if self.machine.state in _DECIDING and self._cascade_at is None:
                 # the framework confirmed the barge-in and is cancelling: finish the cascade
                 begun = self._begin("barge-in confirmed")
@@ -251,7 +251,7 @@ class DuplexController:
         timings["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
         if self._barge_in_at is not None:
             timings["detect_to_cascade_ms"] = round((t0 - self._barge_in_at) * 1000, 3)
-        self.bus.emit("cancel_cascade", speech_id=speech_id, **timings)
+        self.bus.emit(Event.CANCEL_CASCADE, speech_id=speech_id, **timings)
         self.interruptions.append(timings)
         log.info("reply cancelled (%s): audio %.1f ms, tts %d stream(s) %.1f ms, "
                  "llm %d stream(s) %.1f ms, total %.1f ms", reason, timings["audio_stop_ms"],
@@ -265,7 +265,7 @@ class DuplexController:
         key = speech_id or ""
         if key not in self._reported:
             self._reported.add(key)
-            self.bus.emit("interrupted", speech_id=speech_id, reason=reason)
+            self.bus.emit(Event.INTERRUPTED, speech_id=speech_id, reason=reason)
 
     def _finish_interruption(self, reason: str, speech_id: str | None) -> None:
         self.tts.release()
@@ -278,7 +278,7 @@ class DuplexController:
     # -- outputs ------------------------------------------------------------------------
 
     def _on_transition(self, tr: Transition) -> None:
-        self.bus.emit("duplex", **tr.to_dict())
+        self.bus.emit(Event.DUPLEX, **tr.to_dict())
         self._schedule_publish()
 
     def _schedule_publish(self) -> None:

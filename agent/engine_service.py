@@ -19,9 +19,10 @@ from dataclasses import dataclass
 
 from livekit.agents import vad as lk_vad
 
-from tts_engine.config import EngineConfig, default_model_dir
+from streamtalk_common.audio import INPUT_SAMPLE_RATE
+from tts_engine import EngineConfig, TTSEngine
+from tts_engine.config import default_model_dir
 from tts_engine.heap import freeze_startup_heap
-from tts_engine.runtime import TTSEngine
 
 from .config import AgentConfig
 from .gpu_scheduler import GpuScheduler
@@ -50,7 +51,7 @@ def load_vad(config: AgentConfig) -> lk_vad.VAD:
     return silero.VAD.load(
         min_silence_duration=config.vad_silence_ms / 1000.0,
         activation_threshold=config.vad_threshold,
-        sample_rate=16000,
+        sample_rate=INPUT_SAMPLE_RATE,
         force_cpu=True,
     )
 

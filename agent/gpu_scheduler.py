@@ -28,23 +28,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
 
+from streamtalk_common.stats import percentile
+
 
 class Lane(StrEnum):
     FAST = "fast"
     SLOW = "slow"
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Linear-interpolated percentile (q in 0..100); None for no values."""
-    if not values:
-        return None
-    xs = sorted(values)
-    if len(xs) == 1:
-        return xs[0]
-    pos = (len(xs) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 @dataclass

@@ -36,15 +36,12 @@ from streamtalk_common.room_protocol import (
 )
 
 from .attribute_publisher import AttributePublisher
+from .errors import HistoryFormatError
 
 log = logging.getLogger("streamtalk.agent")
 
 ROLES = ("user", "assistant")
 ELLIPSIS = "..."
-
-
-class HistoryFormatError(ValueError):
-    """The room metadata's history is not the shape this module writes."""
 
 
 @dataclass(frozen=True)

@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 import logging
 import time
-import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+
+from streamtalk_common.audio import wav_bytes
+
+from .errors import BackendError
 
 log = logging.getLogger("streamtalk.omni")
 
@@ -40,13 +42,6 @@ TRANSCRIBE_PROMPT = (
 )
 
 
-class BackendError(Exception):
-    def __init__(self, message: str, *, status: int | None = None, retryable: bool = True) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retryable = retryable
-
-
 @dataclass(frozen=True)
 class ChatDelta:
     content: str = ""
@@ -54,20 +49,9 @@ class ChatDelta:
     completion_tokens: int | None = None
 
 
-def encode_wav(pcm: bytes, sample_rate: int, channels: int = 1) -> bytes:
-    """16-bit PCM -> WAV container bytes."""
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(channels)
-        w.setsampwidth(2)
-        w.setframerate(sample_rate)
-        w.writeframes(pcm)
-    return buf.getvalue()
-
-
 def wav_data_uri(pcm: bytes, sample_rate: int, channels: int = 1) -> str:
     """WAV + base64 as a data URI (CPU work: call it off the event loop)."""
-    return "data:audio/wav;base64," + base64.b64encode(encode_wav(pcm, sample_rate, channels)).decode()
+    return "data:audio/wav;base64," + base64.b64encode(wav_bytes(pcm, sample_rate, channels)).decode()
 
 
 def _error_message(body: str) -> str:

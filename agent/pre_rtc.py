@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import wave
 from pathlib import Path
 
 from livekit import rtc
+
+from streamtalk_common.audio import SAMPLE_RATE, write_wav
 
 log = logging.getLogger("streamtalk.pre_rtc")
 
@@ -25,7 +26,7 @@ MAX_SECONDS = 600.0  # keep at most this much audio (a long-running room)
 
 
 class PreRtcRecorder:
-    def __init__(self, output_dir: Path, trace_id: str, sample_rate: int = 24000) -> None:
+    def __init__(self, output_dir: Path, trace_id: str, sample_rate: int = SAMPLE_RATE) -> None:
         self.path = output_dir / "pre_rtc" / trace_id / "pre_rtc.wav"
         self.sample_rate = sample_rate
         self._chunks: list[bytes] = []
@@ -54,13 +55,8 @@ class PreRtcRecorder:
             data = b"".join(self._chunks)
             self._dirty = False
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".wav.tmp")
-            with wave.open(str(tmp), "wb") as w:
-                w.setnchannels(1)
-                w.setsampwidth(2)
-                w.setframerate(self.sample_rate)
-                w.writeframes(data)
+            write_wav(tmp, data, self.sample_rate)
             tmp.replace(self.path)
         except OSError as exc:
             log.error("cannot write %s: %s", self.path, exc)

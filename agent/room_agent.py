@@ -31,6 +31,7 @@ from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.agents.voice.events import CloseEvent, ConversationItemAddedEvent, ErrorEvent
 from livekit.agents.voice.speech_handle import SpeechHandle
 
+from streamtalk_common.audio import INPUT_SAMPLE_RATE, SAMPLE_RATE
 from streamtalk_common.room_protocol import HEARTBEAT_ATTRIBUTE, HEARTBEAT_S, LATENCY_TOPIC
 
 from .attribute_publisher import AttributePublisher
@@ -42,7 +43,7 @@ from .drain import SETTLE_MARGIN_S, TurnActivity
 from .duplex import DUPLEX_ATTRIBUTE
 from .duplex_controller import DuplexController
 from .engine_service import SharedServices
-from .events import AgentEvent, EventBus
+from .events import AgentEvent, Event, EventBus
 from .history import RoomHistory, chat_context, history_in
 from .latency_publisher import LatencyPublisher
 from .llm import OmniLLM
@@ -50,7 +51,7 @@ from .omni_client import OmniClient
 from .pre_rtc import PreRtcRecorder
 from .stt import OmniSTT
 from .trace import TraceCollector
-from .tts import SAMPLE_RATE, StreamtalkTTS
+from .tts import StreamtalkTTS
 from .turn_detection import room_turn_detection, turn_handling
 
 log = logging.getLogger("streamtalk.agent")
@@ -74,7 +75,7 @@ class BackendStatus:
             BACKEND_ATTRIBUTE)
 
     def __call__(self, ev: AgentEvent) -> None:
-        if ev.name == "backend_down":
+        if ev.name is Event.BACKEND_DOWN:
             detail = str(ev.data.get("detail", ""))[:200]
             component = ev.data.get("component", "?")
             self._set(f"down: {component}: {detail}")
@@ -82,7 +83,7 @@ class BackendStatus:
             if component == "stt" and not speaking:  # one notice at a time, never a queue of them
                 with contextlib.suppress(RuntimeError):
                     self._notice = self.session.say(self.stt_notice, add_to_chat_ctx=False)
-        elif ev.name == "backend_ok":
+        elif ev.name is Event.BACKEND_OK:
             self._set("ok")
 
     def _set(self, value: str) -> None:
@@ -250,7 +251,7 @@ class RoomAgent:
             sink.add_frame_tap(recorder.on_frame)
 
             def save_after_reply(ev: AgentEvent) -> None:
-                if ev.name == "playback_finished":
+                if ev.name is Event.PLAYBACK_FINISHED:
                     asyncio.ensure_future(recorder.save())
 
             bus.subscribe(save_after_reply)
@@ -324,7 +325,7 @@ class RoomAgent:
             room.on(change, lambda *_: self._roster_changed.set())
 
         options: dict[str, Any] = {
-            "audio_input": room_io.AudioInputOptions(sample_rate=16000, pre_connect_audio=False),
+            "audio_input": room_io.AudioInputOptions(sample_rate=INPUT_SAMPLE_RATE, pre_connect_audio=False),
             "audio_output": False,  # the sink above is the agent's voice
             "text_output": room_io.TextOutputOptions(sync_transcription=True),
             "close_on_disconnect": False,

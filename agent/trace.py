@@ -1,4 +1,4 @@
-"""Turn traces: an observer of the room's event bus that writes the nine timing points.
+"""Turn traces: an observer of the room's event bus that writes the timing points.
 
 One JSON object per line in `${STREAMTALK_OUTPUT}/traces/<room>.jsonl`:
 `{"trace_id", "room", "turn", "point", "t_wall_ms", "t_mono_ms"}`. A turn is
@@ -27,18 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from .events import INTERRUPTED_POINT, TRACE_POINTS, AgentEvent
+from .events import METRIC_EVENTS, REPLY_POINTS, USER_POINTS, AgentEvent, Event
 
 log = logging.getLogger("streamtalk.trace")
-
-USER_POINTS = frozenset({"vad_end", "stt_start", "stt_end"})
-REPLY_POINTS = frozenset(TRACE_POINTS) - USER_POINTS | {INTERRUPTED_POINT}
-# events (not trace points) whose data goes into the reply's metrics line
-METRIC_EVENTS = frozenset(
-    {"lane_wait", "tts_segment", "cancel_cascade", "llm_done", "llm_cancelled", "tts_cancelled",
-     "audio_cleared", "backend_down", "stt_result", "barge_in", "false_interruption",
-     "barge_in_paused", "audio_paused", "audio_resumed", "tts_error", "vad_start", "tts_held", "gpu_lanes"}
-)
 
 
 # (turn, point, t_mono_ms)
@@ -79,12 +70,12 @@ class TraceCollector:
 
     def __call__(self, ev: AgentEvent) -> None:
         name = ev.name
-        if name == "reply_begin":
+        if name is Event.REPLY_BEGIN:
             self.reply_turn = self.user_turn
             if ev.data.get("speech_id"):
                 self._speech_turn[str(ev.data["speech_id"])] = self.user_turn
             return
-        if name == "vad_end":
+        if name is Event.VAD_END:
             self.user_turn += 1
             self._write(self.user_turn, name, ev)
             return
@@ -94,11 +85,12 @@ class TraceCollector:
         if name in REPLY_POINTS:
             turn = self._turn_of(ev)
             self._write(turn, name, ev)
-            if name == "reply_end":
+            if name is Event.REPLY_END:
                 self._schedule_metrics(turn, ev)
             return
         if name in METRIC_EVENTS:
-            turn = self.user_turn if name.startswith("stt_") else self._turn_of(ev)
+            # the recognition's result belongs to the user's turn, the rest to the reply's
+            turn = self.user_turn if name is Event.STT_RESULT else self._turn_of(ev)
             m = self._reply_metrics.setdefault(turn, {})
             m.setdefault(name, []).append({"t_mono_ms": round(ev.t_mono_ms, 3), **ev.data})
 
@@ -149,11 +141,12 @@ class TraceCollector:
             handle.cancel()
             self._flush_metrics(turn, ev)
 
-    def _flush_metrics(self, turn: int, ev: AgentEvent) -> None:
+    def _flush_metrics(self, turn: int, end: AgentEvent | None) -> None:
+        """The reply's metrics line; `end` is its reply_end (None: the reply never ended)."""
         self._pending.pop(turn, None)
         m = self._reply_metrics.pop(turn, {})
-        line = {"trace_id": self.trace_id, "room": self.room, "turn": turn,
-                "t_wall_ms": round(ev.t_wall_ms, 3), **ev.data, **m}
+        ended = {"t_wall_ms": round(end.t_wall_ms, 3), **end.data} if end else {"t_wall_ms": 0.0}
+        line = {"trace_id": self.trace_id, "room": self.room, "turn": turn, **ended, **m}
         self._append(self._metrics_file, line)
 
     def _append(self, f: IO[str] | None, obj: dict[str, Any]) -> None:
@@ -172,7 +165,7 @@ class TraceCollector:
     def close(self) -> None:
         self._flush_pending()
         for turn in list(self._reply_metrics):  # metrics of replies that never ended
-            self._flush_metrics(turn, AgentEvent("close", 0.0, 0.0))
+            self._flush_metrics(turn, None)
         with self._lock:
             for f in (self._file, self._metrics_file):
                 if f is not None:

@@ -15,27 +15,25 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from streamtalk_common.stats import latency_summary
 from streamtalk_common.tables import write_json
 
-from .gpu_scheduler import percentile
+from .errors import TraceFormatError
+from .events import Event
 
 # (name, from point, to point)
-INTERVALS: tuple[tuple[str, str, str], ...] = (
-    ("eot_to_first_audio", "vad_end", "first_audio_published"),
-    ("vad_end_to_stt_start", "vad_end", "stt_start"),
-    ("stt", "stt_start", "stt_end"),
-    ("stt_end_to_llm_request", "stt_end", "llm_request"),
-    ("fast_lane_ttft", "llm_request", "llm_first_token"),
-    ("first_token_to_first_segment", "llm_first_token", "first_segment"),
-    ("first_segment_to_tts_first_packet", "first_segment", "tts_first_packet"),
-    ("tts_first_to_publish", "tts_first_packet", "first_audio_published"),
-    ("reply_audio", "first_audio_published", "reply_end"),
-    ("interrupt_to_reply_end", "interrupted", "reply_end"),
+INTERVALS: tuple[tuple[str, Event, Event], ...] = (
+    ("eot_to_first_audio", Event.VAD_END, Event.FIRST_AUDIO_PUBLISHED),
+    ("vad_end_to_stt_start", Event.VAD_END, Event.STT_START),
+    ("stt", Event.STT_START, Event.STT_END),
+    ("stt_end_to_llm_request", Event.STT_END, Event.LLM_REQUEST),
+    ("fast_lane_ttft", Event.LLM_REQUEST, Event.LLM_FIRST_TOKEN),
+    ("first_token_to_first_segment", Event.LLM_FIRST_TOKEN, Event.FIRST_SEGMENT),
+    ("first_segment_to_tts_first_packet", Event.FIRST_SEGMENT, Event.TTS_FIRST_PACKET),
+    ("tts_first_to_publish", Event.TTS_FIRST_PACKET, Event.FIRST_AUDIO_PUBLISHED),
+    ("reply_audio", Event.FIRST_AUDIO_PUBLISHED, Event.REPLY_END),
+    ("interrupt_to_reply_end", Event.INTERRUPTED, Event.REPLY_END),
 )
-
-
-class TraceFormatError(ValueError):
-    pass
 
 
 def load_points(paths: list[Path]) -> dict[tuple[str, str, int], dict[str, float]]:
@@ -63,20 +61,9 @@ def summarize(turns: dict[tuple[str, str, int], dict[str, float]]) -> dict[str, 
     out: dict[str, Any] = {"turns": len(turns), "intervals": {}}
     for name, a, b in INTERVALS:
         values = [p[b] - p[a] for p in turns.values() if a in p and b in p]
-        out["intervals"][name] = {
-            "from": a,
-            "to": b,
-            "n": len(values),
-            "p50_ms": _r(percentile(values, 50)),
-            "p95_ms": _r(percentile(values, 95)),
-            "max_ms": _r(max(values) if values else None),
-        }
-    out["interrupted_turns"] = sum(1 for p in turns.values() if "interrupted" in p)
+        out["intervals"][name] = {"from": a, "to": b, **latency_summary(values)}
+    out["interrupted_turns"] = sum(1 for p in turns.values() if Event.INTERRUPTED in p)
     return out
-
-
-def _r(x: float | None) -> float | None:
-    return None if x is None else round(x, 1)
 
 
 def format_table(summary: dict[str, Any]) -> str:

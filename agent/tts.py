@@ -6,7 +6,7 @@ voice and language. `stream()` takes the LLM's tokens as they come, cuts them
 into segments with the text bridge (starter first, then punctuation / length),
 cleans each segment for speech and synthesizes the segments one after another
 while the LLM keeps streaming; the PCM packets (24 kHz mono float32) go to the
-framework's audio emitter as 16-bit PCM in frames of TTS_FRAME_MS.
+framework's audio emitter as 16-bit PCM in frames of AGENT_FRAME_MS.
 
 Each segment asks the GPU scheduler for a lane first: the reply's first
 segment (whose first packet the listener is waiting for) takes the fast lane;
@@ -33,18 +33,16 @@ from livekit.agents import tts
 from livekit.agents._exceptions import APIConnectionError
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 
-from tts_engine.errors import EngineClosed, OverCapacity, RequestError
-from tts_engine.runtime import StreamHandle, TTSEngine
-from tts_engine.synthesis import pcm16_bytes
+from streamtalk_common.audio import SAMPLE_RATE, pcm16_bytes
+from tts_engine import EngineClosed, OverCapacity, RequestError, StreamHandle, TTSEngine
 
 from .bridge import BridgeOptions, Segment, TextBridge
-from .events import EventBus
+from .events import Event, EventBus
 from .gpu_scheduler import GpuScheduler, Lane
 from .text_clean import clean_for_speech
 
 log = logging.getLogger("streamtalk.tts")
 
-SAMPLE_RATE = 24000
 NUM_CHANNELS = 1
 
 
@@ -121,12 +119,12 @@ class StreamtalkTTS(tts.TTS):
         `streamtalk.backend` attribute, which the web page displays), instead of failing."""
         log.warning("segment %d skipped, the TTS engine is over capacity: %s", segment, error)
         self._busy = True
-        self.bus.emit("backend_down", component="tts", detail=f"busy, over capacity (retry in {error.retry_after_s} s)")
+        self.bus.emit(Event.BACKEND_DOWN, component="tts", detail=f"busy, over capacity (retry in {error.retry_after_s} s)")
 
     def not_busy(self) -> None:
         if self._busy:
             self._busy = False
-            self.bus.emit("backend_ok")
+            self.bus.emit(Event.BACKEND_OK)
 
     def hold(self) -> None:
         """Start no new segment (the reply is paused while a barge-in is decided): a paused
@@ -161,7 +159,7 @@ class StreamtalkTTS(tts.TTS):
     # -- used by both stream kinds ---------------------------------------------
 
     def _init_emitter(self, output_emitter: tts.AudioEmitter, stream: bool) -> None:
-        """Every reply's emitter: 24 kHz mono PCM in TTS_FRAME_MS frames (initialised even if silent)."""
+        """Every reply's emitter: 24 kHz mono PCM in AGENT_FRAME_MS frames (initialised even if silent)."""
         output_emitter.initialize(
             request_id=uuid.uuid4().hex[:12],
             sample_rate=SAMPLE_RATE,
@@ -213,13 +211,13 @@ class _ReplyAudio:
             request = owner.engine.make_request(text, speaker=opts.speaker, language=opts.language)
         except RequestError as exc:  # bad text / voice: skip this piece, keep talking
             log.warning("segment %d skipped: %s", seg.index, exc)
-            owner.bus.emit("tts_error", detail=str(exc))
+            owner.bus.emit(Event.TTS_ERROR, detail=str(exc))
             return
         first = self.segments == 0
         if not first and owner.held:
             t_hold = time.monotonic()
             await owner._running.wait()
-            owner.bus.emit("tts_held", segment=seg.index,
+            owner.bus.emit(Event.TTS_HELD, segment=seg.index,
                            held_ms=round((time.monotonic() - t_hold) * 1000, 3))
             if self.cancelled:
                 return
@@ -232,7 +230,7 @@ class _ReplyAudio:
         if self.cancelled:
             ticket.release()
             return
-        owner.bus.emit("lane_wait", lane=ticket.lane.value, requested=lane.value,
+        owner.bus.emit(Event.LANE_WAIT, lane=ticket.lane.value, requested=lane.value,
                        wait_ms=round(ticket.wait_ms, 3), segment=seg.index,
                        slack_s=round(slack, 3))
         self._begin()
@@ -262,7 +260,7 @@ class _ReplyAudio:
                     ticket.release()
                 if not self.first_packet_seen:
                     self.first_packet_seen = True
-                    owner.bus.emit("tts_first_packet", ttfa_ms=handle.metrics.ttfa_ms,
+                    owner.bus.emit(Event.TTS_FIRST_PACKET, ttfa_ms=handle.metrics.ttfa_ms,
                                    queue_wait_ms=handle.metrics.queue_wait_ms)
                 self.emitter.push(pcm16_bytes(packet.pcm))
                 if self.t_first_push is None:
@@ -280,7 +278,7 @@ class _ReplyAudio:
                 handle.cancel()
                 cancelled_at = cancelled_at or time.perf_counter()
             m = handle.metrics
-            owner.bus.emit("tts_segment", segment=seg.index, chars=len(text),
+            owner.bus.emit(Event.TTS_SEGMENT, segment=seg.index, chars=len(text),
                            ttfa_ms=m.ttfa_ms, audio_s=round(m.audio_s, 3), packets=m.packets)
             if cancelled_at is not None:
                 _report_cancel(owner.bus, handle, cancelled_at)
@@ -307,7 +305,7 @@ def _report_cancel(bus: EventBus, handle: StreamHandle, cancelled_at: float) -> 
             loop.call_later(0.05, check)
             return
         stopped_at = s.accepted_at + s.metrics.wall_ms / 1000.0
-        bus.emit("tts_cancelled", engine_stop_ms=round(max(0.0, stopped_at - cancelled_at) * 1000, 3),
+        bus.emit(Event.TTS_CANCELLED, engine_stop_ms=round(max(0.0, stopped_at - cancelled_at) * 1000, 3),
                  stop_reason=s.metrics.stop_reason, audio_s=round(s.metrics.audio_s, 3))
 
     try:
@@ -331,7 +329,7 @@ class StreamtalkSynthesizeStream(tts.SynthesizeStream):
         def put(segs: list[Segment]) -> None:
             for s in segs:
                 if s.index == 0:
-                    owner.bus.emit("first_segment", chars=len(s.text), reason=s.reason)
+                    owner.bus.emit(Event.FIRST_SEGMENT, chars=len(s.text), reason=s.reason)
                 segments.put_nowait(s)
 
         async def read_input() -> None:
@@ -354,7 +352,7 @@ class StreamtalkSynthesizeStream(tts.SynthesizeStream):
                 await reader
         finally:
             owner._replies.discard(audio)
-            owner.bus.emit("gpu_lanes", **owner.scheduler.stats())
+            owner.bus.emit(Event.GPU_LANES, **owner.scheduler.stats())
             if not reader.done():
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -374,7 +372,7 @@ class StreamtalkChunkedStream(tts.ChunkedStream):
         audio = owner._segment_audio(output_emitter, streaming=False)
         segs = bridge.push(self._input_text) + bridge.flush()
         if segs:
-            owner.bus.emit("first_segment", chars=len(segs[0].text), reason=segs[0].reason)
+            owner.bus.emit(Event.FIRST_SEGMENT, chars=len(segs[0].text), reason=segs[0].reason)
         try:
             for seg in segs:
                 await audio.speak(seg, None)

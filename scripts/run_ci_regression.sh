@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# TTS regression (the seed's six gates) against the golden baseline of the profile's device.
+# TTS regression (the six gates of docs/TTS_REGRESSION.md) against the golden baseline of the
+# profile's device.
 #   scripts/run_ci_regression.sh --mode fast|full [--profile ci|gpu] [extra args of tools.tts_regression]
 # Output: $STREAMTALK_OUTPUT/tts_regression/<run_id>/ (summary.json, summary_brief.json, WAVs in full mode)
 # and a `latest` link. Exit status: 0 all gates pass, 1 a gate failed, 2 the suite could not run.

@@ -43,6 +43,7 @@ from infra_fixtures import (
 )
 from livekit import api, rtc
 
+from streamtalk_common.audio import read_wav
 from streamtalk_common.room_protocol import dispatch_attribute
 
 AGENT_READY_TIMEOUT_S = 180.0
@@ -203,15 +204,6 @@ def unique_room(prefix: str) -> str:
 
 
 # --------------------------------------------------------------------------- bots
-
-
-def read_wav(path: Path) -> tuple[np.ndarray, int]:
-    import wave
-
-    with wave.open(str(path), "rb") as w:
-        if w.getsampwidth() != 2 or w.getnchannels() != 1:
-            raise ValueError(f"{path}: expected 16-bit mono WAV")
-        return np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16), w.getframerate()
 
 
 @dataclass

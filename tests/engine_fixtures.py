@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from streamtalk_common.net import free_port
+from streamtalk_common.paths import cache_root
 from tts_engine.checkpoint import ensure_checkpoint
-from tts_engine.config import cache_root
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,12 +23,6 @@ REPO = Path(__file__).resolve().parent.parent
 def tiny_model_dir() -> Path:
     """The tiny random checkpoint in the cache root (rewritten when its writer changes)."""
     return ensure_checkpoint(cache_root() / "checkpoints" / "tiny-test", "tiny", seed=0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class TTSServer:

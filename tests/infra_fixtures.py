@@ -33,11 +33,13 @@ from pathlib import Path
 
 import pytest
 
+from streamtalk_common.audio import read_wav, write_wav
 from streamtalk_common.livekit_keys import write_key_file
+from streamtalk_common.net import free_port
+from streamtalk_common.paths import REPO_ROOT, cache_root, output_root
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CACHE_ROOT = Path(os.environ.get("STREAMTALK_HOME") or Path.home() / ".cache" / "streamtalk")
-OUTPUT_ROOT = Path(os.environ.get("STREAMTALK_OUTPUT") or REPO_ROOT / "output")
+CACHE_ROOT = cache_root()
+OUTPUT_ROOT = output_root()
 LOG_DIR = OUTPUT_ROOT / "test-logs"
 LIVEKIT_BIN = Path(os.environ.get("LIVEKIT_SERVER_BIN") or CACHE_ROOT / "bin" / "server")
 LIVEKIT_CONFIG = REPO_ROOT / "scripts" / "livekit-dev.yaml"
@@ -59,13 +61,6 @@ def require(condition: bool, message: str) -> None:
     ):
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port that is free on 127.0.0.1 right now (TCP by default, or SOCK_DGRAM)."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def service_env(**extra: str) -> dict[str, str]:
@@ -349,8 +344,6 @@ def make_speech_wav_file(
     sample_rate: int = 48000,
 ) -> Path:
     """espeak-ng speech as 16-bit mono WAV at `sample_rate`, padded with silence."""
-    import wave
-
     import numpy as np
 
     require(
@@ -365,9 +358,7 @@ def make_speech_wav_file(
         timeout=60,
         capture_output=True,
     )
-    with wave.open(str(raw), "rb") as w:
-        sr = w.getframerate()
-        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+    pcm, sr = read_wav(raw)
     raw.unlink()
     if sr != sample_rate:
         # linear interpolation is enough for test speech
@@ -377,11 +368,7 @@ def make_speech_wav_file(
     lead = np.zeros(int(lead_silence_s * sample_rate), dtype=np.int16)
     tail = np.zeros(int(tail_silence_s * sample_rate), dtype=np.int16)
     pcm = np.concatenate([lead, pcm, tail])
-    with wave.open(str(out), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sample_rate)
-        w.writeframes(pcm.tobytes())
+    write_wav(out, pcm, sample_rate)
     return out
 
 

@@ -1,6 +1,6 @@
 """Python participants for integration tests, built on the real `livekit.rtc` SDK.
 
-- `read_wav` / `play_pcm`: publish 16-bit mono PCM into a room in real time.
+- `play_pcm`: publish 16-bit mono PCM into a room in real time.
 - `AudioLevelMonitor`: read a remote audio track and note when sound arrives.
 - `ResponderBot`: a stand-in agent. It listens to the user's microphone with an
   energy VAD, answers each turn with a WAV after a fixed delay, publishes the
@@ -14,21 +14,12 @@ import asyncio
 import contextlib
 import time
 import uuid
-import wave
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from livekit import rtc
 
 FRAME_MS = 10
-
-
-def read_wav(path: Path) -> tuple[np.ndarray, int]:
-    with wave.open(str(path), "rb") as w:
-        if w.getsampwidth() != 2 or w.getnchannels() != 1:
-            raise ValueError(f"{path}: expected 16-bit mono WAV")
-        return np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16), w.getframerate()
 
 
 async def play_pcm(

@@ -18,7 +18,7 @@ from livekit.agents.voice.events import (
 
 from agent.duplex import TRANSITIONS, DuplexEvent, DuplexState, DuplexStateMachine, Transition
 from agent.duplex_controller import DuplexController
-from agent.events import AgentEvent, EventBus
+from agent.events import AgentEvent, Event, EventBus
 
 S, E = DuplexState, DuplexEvent
 
@@ -243,9 +243,9 @@ async def test_controller_follows_a_normal_turn_and_publishes_each_state() -> No
     c, session, _, _, events, published = controller()
     session.agent("listening", "thinking")
     sp = session.speech("s1")
-    c.bus.emit("first_audio_published")
+    c.bus.emit(Event.FIRST_AUDIO_PUBLISHED)
     session.agent("thinking", "speaking")
-    c.bus.emit("playback_finished", interrupted=False, position_s=1.0)
+    c.bus.emit(Event.PLAYBACK_FINISHED, interrupted=False, position_s=1.0)
     sp.finish()
     assert c.state is S.LISTENING
     await asyncio.sleep(0.05)
@@ -259,7 +259,7 @@ async def test_stop_runs_the_cascade_once_and_reports_it() -> None:
     c, session, sink, tts, events, _ = controller()
     session.agent("listening", "thinking")
     sp = session.speech("s1")
-    c.bus.emit("first_audio_published")
+    c.bus.emit(Event.FIRST_AUDIO_PUBLISHED)
     session.agent("thinking", "speaking")
     tts.active_handles = 2
     c.llm.active_streams = 1  # type: ignore[attr-defined]
@@ -281,17 +281,17 @@ async def test_barge_in_confirmed_by_the_framework_finishes_the_cascade() -> Non
     c, session, sink, tts, events, _ = controller()
     session.agent("listening", "thinking")
     sp = session.speech("s1")
-    c.bus.emit("first_audio_published")
+    c.bus.emit(Event.FIRST_AUDIO_PUBLISHED)
     session.agent("thinking", "speaking")
     session.user("listening", "speaking")
     assert c.state is S.INTERRUPTING
     sink.paused = True
-    c.bus.emit("audio_paused", held_back_s=0.2)
+    c.bus.emit(Event.AUDIO_PAUSED, held_back_s=0.2)
     assert tts.held  # no new segment while the barge-in is decided
     assert "barge_in_paused" in names(events)
     session.user("speaking", "listening")
     assert c.state is S.PAUSED  # waiting for the words
-    c.bus.emit("audio_cleared", dropped_s=3.0)
+    c.bus.emit(Event.AUDIO_CLEARED, dropped_s=3.0)
     await asyncio.sleep(0.05)
     assert c.state is S.LISTENING and not tts.held
     assert sink.interrupted == 0  # the framework already silenced the audio
@@ -306,10 +306,10 @@ async def test_the_stop_button_on_a_paused_reply_runs_the_cascade() -> None:
     c, session, sink, tts, events, published = controller()
     session.agent("listening", "thinking")
     session.speech("s1")
-    c.bus.emit("first_audio_published")
+    c.bus.emit(Event.FIRST_AUDIO_PUBLISHED)
     session.agent("thinking", "speaking")
     sink.paused = True
-    c.bus.emit("audio_paused", held_back_s=0.2)  # the pause may come before the VAD's start
+    c.bus.emit(Event.AUDIO_PAUSED, held_back_s=0.2)  # the pause may come before the VAD's start
     assert c.state is S.PAUSED
     await asyncio.sleep(0.01)
     assert published[-1] == "PAUSED"  # the room sees the pause, not an interruption
@@ -341,13 +341,13 @@ async def test_paused_false_interruption_resumes_speaking() -> None:
     session.agent("thinking", "speaking")
     session.user("listening", "speaking")
     sink.paused = True
-    c.bus.emit("audio_paused", held_back_s=0.2)
+    c.bus.emit(Event.AUDIO_PAUSED, held_back_s=0.2)
     session.user("speaking", "listening")
     assert c.state is S.PAUSED
     sink.paused = False
     session.emit("agent_false_interruption", AgentFalseInterruptionEvent(resumed=True))
     assert c.state is S.SPEAKING
-    c.bus.emit("audio_resumed", queued_s=2.0)
+    c.bus.emit(Event.AUDIO_RESUMED, queued_s=2.0)
     assert not tts.held and c.state is S.SPEAKING
     assert "interrupted" not in names(events)
 
@@ -358,8 +358,8 @@ async def test_resume_signals_during_a_cascade_are_ignored() -> None:
     sp = session.speech("s1")
     session.agent("thinking", "speaking")
     session.user("listening", "speaking")
-    c.bus.emit("audio_cleared", dropped_s=1.0)  # cascade begins (spawned)
-    c.bus.emit("audio_resumed", queued_s=0.0)  # the next speech's reconcile: not a resume
+    c.bus.emit(Event.AUDIO_CLEARED, dropped_s=1.0)  # cascade begins (spawned)
+    c.bus.emit(Event.AUDIO_RESUMED, queued_s=0.0)  # the next speech's reconcile: not a resume
     assert c.state is S.INTERRUPTING
     await asyncio.sleep(0.05)
     assert c.state is S.LISTENING

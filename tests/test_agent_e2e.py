@@ -12,10 +12,8 @@ import asyncio
 import json
 import os
 import re
-import socket
 import statistics
 import time
-import wave
 from pathlib import Path
 
 import pytest
@@ -27,6 +25,9 @@ from agent_fixtures import (
     unique_room,
 )
 from infra_fixtures import LiveKitServer
+
+from streamtalk_common.audio import SAMPLE_RATE, read_wav
+from streamtalk_common.net import free_port
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -110,9 +111,8 @@ async def test_turn_is_answered_traced_and_marked(
     deadline = time.monotonic() + 20
     while not pre.exists() and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
-    with wave.open(str(pre), "rb") as w:
-        assert w.getframerate() == 24000 and w.getnchannels() == 1
-        assert w.getnframes() > 24000 * 0.5
+    pcm, rate = read_wav(pre)  # 16-bit mono, or it raises
+    assert rate == SAMPLE_RATE and len(pcm) > SAMPLE_RATE * 0.5
 
 
 
@@ -318,9 +318,7 @@ def _child_pids(pid: int) -> list[int]:
 async def test_backend_down_is_shown_and_the_room_stays_usable(
     livekit_server: LiveKitServer, start_agent_worker, make_speech_wav
 ) -> None:
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     worker = start_agent_worker(dead, OMNI_MAX_RETRIES="1")
     room = unique_room("e2e-down")
     user = CallBot(livekit_server.url, dispatch_token(livekit_server, room, "user",

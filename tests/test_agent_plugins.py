@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from agent_fixtures import read_wav
 from aiohttp import web
 from infra_fixtures import OmniDevServer
 from livekit import rtc
@@ -26,7 +24,9 @@ from agent.gpu_scheduler import GpuScheduler, Lane
 from agent.llm import OmniLLM, chat_messages
 from agent.omni_client import BackendError, OmniClient
 from agent.stt import OmniSTT
-from agent.tts import SAMPLE_RATE, StreamtalkTTS
+from agent.tts import StreamtalkTTS
+from streamtalk_common.audio import SAMPLE_RATE, read_wav
+from streamtalk_common.net import free_port
 from tts_engine.config import EngineConfig
 from tts_engine.runtime import TTSEngine
 
@@ -48,10 +48,14 @@ def names(events: list[AgentEvent]) -> list[str]:
     return [e.name for e in events]
 
 
+def assert_strict_json(events: list[AgentEvent]) -> None:
+    """The events' data is plain JSON (no numpy scalars, no NaN, no objects): the metrics
+    file holds it as emitted, not its str() (agent/trace.py writes with default=str)."""
+    json.dumps([e.data for e in events], allow_nan=False)
+
+
 def dead_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    return f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
 
 
 def conversation(*turns: tuple[str, str]) -> lk_llm.ChatContext:
@@ -363,6 +367,8 @@ async def test_tts_streams_20ms_frames_from_llm_tokens(engine: TTSEngine) -> Non
     assert len(segs) >= 2 and segs[0].data["chars"] <= 6  # the starter went first
     lanes = [e.data["lane"] for e in seen if e.name == "lane_wait"]
     assert lanes[0] == "fast"
+    assert {"lane_wait", "gpu_lanes", "tts_first_packet", "tts_segment"} <= set(names(seen))
+    assert_strict_json(seen)
 
 
 async def test_tts_cancel_stops_the_engine_mid_reply(engine: TTSEngine) -> None:
@@ -390,6 +396,7 @@ async def test_tts_cancel_stops_the_engine_mid_reply(engine: TTSEngine) -> None:
     assert engine.active_sessions == 0
     # the story was far from done: the engine did not finish it in the background
     assert sum(e.data["audio_s"] for e in seen if e.name == "tts_segment") < 10
+    assert_strict_json(seen)
 
 
 async def test_tts_slow_lane_yields_to_another_rooms_first_packet(engine: TTSEngine) -> None:
@@ -440,8 +447,3 @@ async def test_tts_text_with_nothing_speakable_still_answers(engine: TTSEngine) 
             frames.append(ev.frame)
     assert frames and all(not np.frombuffer(f.data, dtype=np.int16).any() for f in frames)
 
-
-def test_metrics_are_json_serializable() -> None:
-    bus, seen = recorder()
-    bus.emit("lane_wait", lane="fast", wait_ms=0.0)
-    json.dumps(seen[0].data)

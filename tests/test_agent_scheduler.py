@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from agent.gpu_scheduler import GpuScheduler, Lane, percentile
+from agent.gpu_scheduler import GpuScheduler, Lane
 
 
 def test_fast_is_always_admitted() -> None:
@@ -125,13 +125,6 @@ async def test_many_slow_requests_all_get_through_in_bounded_time() -> None:
     await asyncio.wait_for(asyncio.gather(*tasks), 5)
     assert sorted(done) == list(range(10))
     assert s.stats()["slow"]["acquired"] == 10 and s.slow_active == 0
-
-
-def test_percentile() -> None:
-    assert percentile([], 50) is None
-    assert percentile([5.0], 95) == 5.0
-    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
-    assert percentile(list(range(101)), 95) == 95
 
 
 def test_slots_are_validated() -> None:

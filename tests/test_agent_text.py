@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
-from agent.config import AgentConfig, AgentConfigError, RoomSettings
+from agent.config import RENAMED_KNOBS, AgentConfig, AgentConfigError, RoomSettings
 from agent.text_clean import clean_for_speech
 
 SPEAKERS = ["aiden", "ryan", "serena", "vivian"]
@@ -70,18 +71,39 @@ def test_config_defaults_are_the_seed_values() -> None:
 def test_config_reads_env_and_rejects_bad_values() -> None:
     c = AgentConfig.from_env({"LIVEKIT_AGENT_NAME": "other", "OMNI_BASE_URL": "http://h:1/v1/",
                               "LLM_MAX_TOKENS": "64", "ENABLE_CONTINUATION": "0",
-                              "TTS_FRAME_MS": "40", "OMNI_STT_MODE": "transcriptions"})
+                              "AGENT_FRAME_MS": "40", "OMNI_STT_MODE": "transcriptions"})
     assert (c.agent_name, c.omni_base_url, c.llm_max_tokens) == ("other", "http://h:1/v1", 64)
     assert c.enable_continuation is False and c.tts_frame_ms == 40
     assert c.stt_mode == "transcriptions"
     for env, word in [({"LLM_MAX_TOKENS": "lots"}, "integer"),
                       ({"LLM_TEMPERATURE": "9"}, "range"),
-                      ({"TTS_FRAME_MS": "25"}, "multiple of 10"),
+                      ({"AGENT_FRAME_MS": "25"}, "AGENT_FRAME_MS=25 must be a multiple of 10"),
                       ({"ENABLE_CONTINUATION": "maybe"}, "boolean"),
                       ({"OMNI_STT_MODE": "x"}, "chat, transcriptions"),
                       ({"MIN_ENDPOINTING": "2", "MAX_ENDPOINTING": "1"}, "MAX_ENDPOINTING")]:
         with pytest.raises(AgentConfigError, match=word):
             AgentConfig.from_env(env)
+
+
+def test_knobs_renamed_off_the_engine_prefix_still_work_with_a_warning(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="streamtalk.agent"):
+        c = AgentConfig.from_env({"TTS_SPEAKER": "ryan", "TTS_LANGUAGE": "english",
+                                  "TTS_FRAME_MS": "40"})
+    assert (c.tts_speaker, c.tts_language, c.tts_frame_ms) == ("ryan", "english", 40)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{old} is deprecated: it is read as {new}, set that instead"
+        for old, new in RENAMED_KNOBS.items()]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="streamtalk.agent"):
+        c = AgentConfig.from_env({"TTS_SPEAKER": "ryan", "AGENT_SPEAKER": "vivian"})
+    assert c.tts_speaker == "vivian"
+    assert caplog.messages == ["TTS_SPEAKER is deprecated and ignored: AGENT_SPEAKER is set"]
+    with pytest.raises(AgentConfigError, match="AGENT_FRAME_MS=25"):  # named as it is read
+        AgentConfig.from_env({"TTS_FRAME_MS": "25"})
+    s = resolve({"TTS_SPEAKER": "Vivian", "AGENT_LANGUAGE": "chinese"})
+    assert (s.speaker, s.language) == ("vivian", "chinese")
+    assert s.warnings == ("metadata key TTS_SPEAKER is deprecated; use speaker or AGENT_SPEAKER",)
 
 
 def resolve(meta: object, **env: str) -> RoomSettings:
@@ -91,7 +113,7 @@ def resolve(meta: object, **env: str) -> RoomSettings:
 
 
 def test_room_settings_default_to_env() -> None:
-    s = resolve(None, TTS_SPEAKER="ryan", AGENT_SYSTEM_PROMPT="Be brief.", LLM_TEMPERATURE="0.5")
+    s = resolve(None, AGENT_SPEAKER="ryan", AGENT_SYSTEM_PROMPT="Be brief.", LLM_TEMPERATURE="0.5")
     assert (s.speaker, s.language, s.system_prompt, s.temperature) == (
         "ryan", "auto", "Be brief.", 0.5)
     assert s.trace_id.startswith("room-1-") and not s.trace_id_from_metadata
@@ -102,7 +124,7 @@ def test_room_settings_default_to_env() -> None:
 def test_dispatch_metadata_wins_over_env() -> None:
     s = resolve({"speaker": "Vivian", "language": "chinese", "system_prompt": "Speak Chinese.",
                  "LLM_MAX_TOKENS": 40, "temperature": "0.1", "trace_id": "t-1", "case_id": "c-1",
-                 "user_identity": "user_bot"}, TTS_SPEAKER="ryan")
+                 "user_identity": "user_bot"}, AGENT_SPEAKER="ryan")
     assert (s.speaker, s.language, s.system_prompt, s.max_tokens, s.temperature) == (
         "vivian", "chinese", "Speak Chinese.", 40, 0.1)
     assert (s.trace_id, s.case_id, s.user_identity) == ("t-1", "c-1", "user_bot")

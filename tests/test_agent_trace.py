@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.events import TRACE_POINTS, EventBus
+from agent.events import TRACE_POINTS, Event, EventBus, Role
 from agent.trace import TraceCollector
 from agent.trace_summary import load_points, main, summarize
 
@@ -39,29 +39,29 @@ def setup(tmp_path: Path) -> tuple[EventBus, TraceCollector, Clock]:
 
 
 def a_turn(bus: EventBus, clock: Clock, speech: str, *, interrupt: bool = False) -> None:
-    for point in ("vad_end", "stt_start", "stt_end"):
+    for point in (Event.VAD_END, Event.STT_START, Event.STT_END):
         bus.emit(point)
         clock.advance(100)
-    bus.emit("reply_begin", speech_id=speech)
-    for point in ("llm_request", "llm_first_token", "first_segment", "tts_first_packet",
-                  "first_audio_published"):
+    bus.emit(Event.REPLY_BEGIN, speech_id=speech)
+    for point in (Event.LLM_REQUEST, Event.LLM_FIRST_TOKEN, Event.FIRST_SEGMENT,
+                  Event.TTS_FIRST_PACKET, Event.FIRST_AUDIO_PUBLISHED):
         bus.emit(point)
         clock.advance(50)
-    bus.emit("lane_wait", lane="fast", wait_ms=0.0)
+    bus.emit(Event.LANE_WAIT, lane="fast", wait_ms=0.0)
     if interrupt:
-        bus.emit("interrupted", speech_id=speech)
+        bus.emit(Event.INTERRUPTED, speech_id=speech)
     clock.advance(1000)
-    bus.emit("reply_end", speech_id=speech, interrupted=interrupt)
+    bus.emit(Event.REPLY_END, speech_id=speech, interrupted=interrupt)
 
 
 def read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_each_turn_gets_the_nine_points_once_in_the_documented_format(tmp_path: Path) -> None:
+def test_each_turn_gets_its_points_once_in_the_documented_format(tmp_path: Path) -> None:
     bus, collector, clock = setup(tmp_path)
     a_turn(bus, clock, "s1")
-    bus.emit("llm_request")  # a continuation request of the same reply: not a new point
+    bus.emit(Event.LLM_REQUEST)  # a continuation request of the same reply: not a new point
     a_turn(bus, clock, "s2", interrupt=True)
     collector.close()
     assert collector.path.name == "room_1.jsonl"  # a safe file name
@@ -71,8 +71,8 @@ def test_each_turn_gets_the_nine_points_once_in_the_documented_format(tmp_path: 
     assert {e["trace_id"] for e in events} == {"trace-1"} and {e["room"] for e in events} == {"room/1"}
     turn1 = [e["point"] for e in events if e["turn"] == 1]
     turn2 = [e["point"] for e in events if e["turn"] == 2]
-    assert turn1 == list(TRACE_POINTS)
-    assert set(turn2) == set(TRACE_POINTS) | {"interrupted"}
+    assert turn1 == [p for p in TRACE_POINTS if p is not Event.INTERRUPTED]  # in turn order
+    assert set(turn2) == set(TRACE_POINTS)
     t = {e["point"]: e["t_mono_ms"] for e in events if e["turn"] == 1}
     assert t["stt_start"] - t["vad_end"] == pytest.approx(100)
     assert events[0]["t_wall_ms"] - events[0]["t_mono_ms"] == pytest.approx(1_700_000_000_000)
@@ -82,18 +82,18 @@ def test_a_reply_interrupted_by_the_next_turn_keeps_its_own_turn(tmp_path: Path)
     bus, collector, clock = setup(tmp_path)
     a_turn(bus, clock, "s1")
     # turn 2's reply is playing when the user talks over it (turn 3 begins)
-    for point in ("vad_end", "stt_start", "stt_end"):
+    for point in (Event.VAD_END, Event.STT_START, Event.STT_END):
         bus.emit(point)
-    bus.emit("reply_begin", speech_id="s2")
-    bus.emit("first_audio_published")
-    bus.emit("vad_end")  # barge-in: turn 3
-    bus.emit("stt_start")
-    bus.emit("stt_end")
-    bus.emit("reply_begin", speech_id="s3")  # the answer to turn 3 starts first...
-    bus.emit("interrupted", speech_id="s2")  # ...then turn 2's reply reports its cancellation
-    bus.emit("cancel_cascade", speech_id="s2", total_ms=12.0)
-    bus.emit("reply_end", speech_id="s2", interrupted=True)
-    bus.emit("first_audio_published")
+    bus.emit(Event.REPLY_BEGIN, speech_id="s2")
+    bus.emit(Event.FIRST_AUDIO_PUBLISHED)
+    bus.emit(Event.VAD_END)  # barge-in: turn 3
+    bus.emit(Event.STT_START)
+    bus.emit(Event.STT_END)
+    bus.emit(Event.REPLY_BEGIN, speech_id="s3")  # the answer to turn 3 starts first...
+    bus.emit(Event.INTERRUPTED, speech_id="s2")  # ...then turn 2's reply reports its cancellation
+    bus.emit(Event.CANCEL_CASCADE, speech_id="s2", total_ms=12.0)
+    bus.emit(Event.REPLY_END, speech_id="s2", interrupted=True)
+    bus.emit(Event.FIRST_AUDIO_PUBLISHED)
     collector.close()
     events = read(collector.path)
     assert ("interrupted", 2) in {(e["point"], e["turn"]) for e in events}
@@ -147,3 +147,12 @@ def test_summary_rejects_a_file_that_is_not_a_trace(tmp_path: Path, capsys) -> N
     bad.write_text('{"hello": 1}\n')
     assert main([str(bad)]) == 2
     assert "bad.jsonl:1: not a trace event" in capsys.readouterr().err
+
+
+def test_events_are_declared_members_and_documented() -> None:
+    with pytest.raises(TypeError, match="Event members"):
+        EventBus().emit("llm_first_token")  # type: ignore[arg-type]
+    agent_doc = (REPO / "docs" / "AGENT.md").read_text()
+    undocumented = [e.value for e in Event if f"`{e.value}`" not in agent_doc]
+    assert not undocumented, f"docs/AGENT.md does not list {undocumented}"
+    assert {e.role for e in Event} == set(Role)

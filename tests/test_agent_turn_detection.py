@@ -4,9 +4,7 @@ and VAD alone, the session options built from it, and the real local end-of-turn
 from __future__ import annotations
 
 import asyncio
-import wave
 
-import numpy as np
 import pytest
 from livekit import rtc
 from livekit.agents.inference import TurnDetector
@@ -21,6 +19,7 @@ from agent.turn_detection import (
     room_turn_detection,
     turn_handling,
 )
+from streamtalk_common.audio import read_wav
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -119,9 +118,7 @@ def test_vad_rooms_end_turns_on_a_fixed_delay() -> None:
 
 async def _end_of_turn_probability(wav_path: object) -> float:
     """What the session's detector says 200 ms into the silence after an utterance."""
-    with wave.open(str(wav_path)) as w:
-        rate = w.getframerate()
-        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+    pcm, rate = read_wav(wav_path)
     stream = TurnDetector(version="v1-mini").stream()
     try:
         step = rate // 100  # 10 ms frames, as the room delivers them

@@ -29,9 +29,11 @@ from pathlib import Path
 import pytest
 from infra_fixtures import require
 
+from streamtalk_common.paths import cache_root
+
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "golden" / "autortc" / "summary.json"
-CACHE = Path(os.environ.get("STREAMTALK_HOME") or Path.home() / ".cache" / "streamtalk")
+CACHE = cache_root()
 
 pytestmark = [pytest.mark.timeout(480), pytest.mark.quiet_machine]
 

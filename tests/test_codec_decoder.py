@@ -21,8 +21,8 @@ from tts_engine.codec_checkpoint import (
     speech_tokenizer_config,
     write_speech_tokenizer,
 )
+from tts_engine.errors import CodecCheckpointError
 from tts_engine.model.codec_decoder import (
-    CodecCheckpointError,
     CodecDecoder,
     CodecDecoderConfig,
     load_codec_decoder,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import wave
 
 import numpy as np
 import pytest
 
 import tts_engine.runtime.session as session_module
+from streamtalk_common.audio import from_pcm16, read_wav
 from tts_engine.config import ConfigValueError, EngineConfig
 from tts_engine.runtime import TTSEngine, load_codes
 from tts_engine.runtime.code_dump import read_dump_meta
@@ -71,8 +71,7 @@ async def test_code_dump_replays_to_the_same_audio(engine, tmp_path, tiny_model_
     out = tmp_path / "replay.wav"
     subprocess.run([sys.executable, "-m", "tts_engine", "decode-codes", str(dump), "--model-dir", str(tiny_model_dir),
                     "--out", str(out), "--device", "cpu"], check=True, capture_output=True, timeout=120)
-    with wave.open(str(out)) as w:
-        replay = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32767
+    replay = from_pcm16(read_wav(out)[0])
     assert replay.shape == pcm.shape and np.abs(replay - pcm).max() <= 1.5 / 32767
 
 
@@ -114,7 +113,8 @@ async def test_silence_early_stop(tiny_model_dir, monkeypatch):
 
 
 async def test_windowed_decode_mode(tiny_model_dir):
-    """The seed's windowed mode streams the same length as the exact mode, approximately the same audio."""
+    """The windowed decode mode (approximate, kept for comparison: docs/CODEC_STREAMING.md)
+    streams the same length as the exact mode, approximately the same audio."""
     eng = TTSEngine(EngineConfig.from_env({}, model_dir=str(tiny_model_dir), device="cpu",
                                           decode_mode="windowed", left_context=72), warmup=False)
     try:

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from streamtalk_common.paths import cache_root
 from tts_engine.checkpoint import CHECKPOINT_STAMP, checkpoint_stamp, ensure_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-CACHE = Path(os.environ.get("STREAMTALK_HOME") or Path.home() / ".cache" / "streamtalk")
+CACHE = cache_root()
 
 
 def bash(script: str, home: Path, repo: Path = REPO) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from test_agent_trace import a_turn, read, setup
 
+from agent.events import TRACE_POINTS, Event
 from agent.latency_publisher import LatencyPublisher
 from streamtalk_common.latency_breakdown import POINTS, SEGMENTS, LatencyBreakdown
 
@@ -27,6 +28,10 @@ def test_segments_chain_the_points_and_add_up_to_the_whole() -> None:
                                        "segments_ms": b.segments_ms()}
 
 
+def test_the_segments_run_between_agent_trace_points_in_turn_order() -> None:
+    assert [TRACE_POINTS.index(p) for p in POINTS] == sorted(TRACE_POINTS.index(p) for p in POINTS)
+
+
 @pytest.mark.parametrize("missing", POINTS)
 def test_a_turn_without_every_point_has_no_breakdown(missing: str) -> None:
     assert LatencyBreakdown.from_points(1, {p: t for p, t in TURN.items() if p != missing}) is None
@@ -41,10 +46,10 @@ async def test_the_publisher_sends_each_turn_once_as_the_trace_has_it(tmp_path: 
 
     publisher = LatencyPublisher(send)
     collector.subscribe_points(publisher)
-    bus.emit("reply_begin", speech_id="greeting")  # a greeting: no user turn, nothing to send
-    bus.emit("first_audio_published")
+    bus.emit(Event.REPLY_BEGIN, speech_id="greeting")  # a greeting: no user turn, nothing to send
+    bus.emit(Event.FIRST_AUDIO_PUBLISHED)
     a_turn(bus, clock, "s1")
-    bus.emit("first_audio_published")  # the same turn again: the trace keeps the first only
+    bus.emit(Event.FIRST_AUDIO_PUBLISHED)  # the same turn again: the trace keeps the first only
     a_turn(bus, clock, "s2", interrupt=True)
     await asyncio.sleep(0)
     collector.close()

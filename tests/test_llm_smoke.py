@@ -4,13 +4,14 @@ and its failures: an unreachable backend, a model the backend does not serve, an
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from infra_fixtures import REPO_ROOT, OmniDevServer, service_env, start_omni_dev_process
+
+from streamtalk_common.net import free_port
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -45,9 +46,7 @@ def test_text_and_audio_turns_pass_against_the_dev_backend(
 
 
 def test_unreachable_backend_fails_with_a_clear_error(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"  # nothing listens once closed
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     proc, report = smoke(tmp_path, "--base-url", url)
     assert proc.returncode == 1
     assert f"{url} is unreachable" in proc.stderr

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from streamtalk_common.audio import from_pcm16, to_pcm16
 from tools.tts_regression import metrics as M
 from tools.tts_regression.suite import (
     CaseResult,
@@ -57,7 +58,7 @@ def test_snr_of_unrelated_signals_fails_threshold():
 
 def test_int16_roundtrip_keeps_snr_high():
     x = _noise(24000, 5)
-    assert M.snr_db(x, M.from_int16(M.to_int16(x))) > 80.0
+    assert M.snr_db(x, from_pcm16(to_pcm16(x))) > 80.0
 
 
 # --- repeat detector ----------------------------------------------------------------------
@@ -115,7 +116,7 @@ def test_audio_repeat_ignores_silence_and_distinct_audio():
     assert M.audio_repeats(np.concatenate([chunk, chunk])) == []
 
 
-# --- bad audio, percentile ------------------------------------------------------------------
+# --- bad audio ---------------------------------------------------------------------------
 
 def test_bad_audio_counts_problems():
     spf = M.SAMPLES_PER_FRAME
@@ -131,13 +132,6 @@ def test_bad_audio_counts_problems():
     clean = M.bad_audio(_noise(4 * spf, 27), [1, 1, 2])
     assert (clean["silent_packets"], clean["nonfinite_samples"], clean["empty"], clean["all_zero"]) == (0, 0, False, False)
     assert M.bad_audio(np.zeros(0, dtype=np.float32), [])["empty"]
-
-
-def test_percentile_nearest_rank():
-    values = list(range(1, 21))  # 1..20
-    assert M.percentile(values, 95) == 19
-    assert M.percentile(values, 50) == 10
-    assert M.percentile([5.0], 95) == 5.0
 
 
 # --- gate evaluation on planted results ------------------------------------------------------

@@ -26,8 +26,9 @@ from infra_fixtures import (
     free_port,
 )
 from livekit import rtc
-from lk_bots import ResponderBot, read_wav
+from lk_bots import ResponderBot
 
+from streamtalk_common.audio import read_wav
 from streamtalk_common.latency_breakdown import LatencyBreakdown
 from streamtalk_common.room_protocol import LATENCY_TOPIC
 

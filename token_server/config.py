@@ -9,6 +9,9 @@ from pathlib import Path
 
 from livekit import api
 
+from streamtalk_common.errors import ConfigError
+from streamtalk_common.paths import cache_root
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_HOST = "127.0.0.1"
@@ -21,14 +24,6 @@ DEFAULT_RATE_LIMIT_PER_MIN = 30
 DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 16
 DEFAULT_RECONCILE_GRACE_S = 5.0
 DEFAULT_RECONCILE_MAX_ATTEMPTS = 5
-
-
-class ConfigError(ValueError):
-    """A setting has a value the server cannot run with."""
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("STREAMTALK_HOME") or Path.home() / ".cache" / "streamtalk")
 
 
 def _number_env(env: dict[str, str], name: str, default: float, kind: type = int):
@@ -87,7 +82,7 @@ class TokenServerConfig:
     reconcile_max_attempts: int = DEFAULT_RECONCILE_MAX_ATTEMPTS
     web_root: Path = REPO_ROOT / "web"
     # Folder holding livekit-client/dist/livekit-client.umd.js (npm install).
-    node_modules: Path = field(default_factory=lambda: _cache_root() / "node" / "node_modules")
+    node_modules: Path = field(default_factory=lambda: cache_root() / "node" / "node_modules")
 
     def __post_init__(self) -> None:
         if not 1 <= self.ttl_s <= MAX_TTL_S:

@@ -11,7 +11,6 @@ JSON. Compute does not depend on weight values, so random weights time honestly.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from streamtalk_common.paths import output_root
+from streamtalk_common.tables import write_json
 from tts_engine.codec_checkpoint import SPEECH_TOKENIZER_PRESETS, build_random_codec_decoder
 from tts_engine.codec_stream import CodecStreamDecoder
 
@@ -103,9 +104,8 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['mode']} | {r['batch']} | {r['packet']} | {r['rtf']:.4f} | {r['ms_per_step']:.2f} |")
-    out = args.json or Path(os.environ.get("STREAMTALK_OUTPUT", "output")) / "bench" / "codec_decoder.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    out = args.json or output_root() / "bench" / "codec_decoder.json"
+    write_json(out, {"meta": meta, "rows": rows})
     print(f"wrote {out}")
 
 

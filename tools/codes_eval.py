@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from streamtalk_common.paths import output_root
 from streamtalk_common.tables import format_table
-from tools.autortc.common import output_root, write_json
+from tools.autortc.common import write_json
 from tts_engine.runtime.code_dump import read_codes, read_dump_meta
 
 TALKER_CODEBOOK = 0  # codebooks 1-15 come from the code predictor

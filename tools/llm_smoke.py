@@ -30,8 +30,9 @@ import numpy as np
 
 from agent.config import AgentConfig, AgentConfigError
 from agent.omni_client import BackendError, OmniClient, wav_data_uri
+from streamtalk_common.paths import output_root
 from streamtalk_common.tables import format_table
-from tools.autortc.common import output_root, read_wav, write_json
+from tools.autortc.common import read_wav, write_json
 
 DEFAULT_TEXT = "What is the weather like today?"
 # rendered when no --audio is given (tools/autortc/make_cases.py recipe fields)

@@ -1,6 +1,6 @@
 """Error of the windowed codec decode mode against one full offline decode.
 
-The windowed mode (the seed's) re-decodes the last `left_context` frames plus each new
+The windowed mode (approximate, kept for comparison) re-decodes the last `left_context` frames plus each new
 packet from scratch and keeps the new samples; the exact incremental decoder carries
 every layer's state instead. This prints, per (left_context, packet size), the max abs
 error and the SNR of the windowed PCM against `CodecDecoder.forward` of all codes, plus
@@ -15,8 +15,6 @@ Random codes; weights random (preset) or from a checkpoint directory.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import time
 from datetime import date
@@ -24,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from streamtalk_common.paths import output_root
+from streamtalk_common.tables import write_json
 from tts_engine.codec_checkpoint import SPEECH_TOKENIZER_PRESETS, build_random_codec_decoder
 from tts_engine.codec_stream import CodecStreamDecoder, WindowedCodecDecoder, decode_in_packets
 from tts_engine.model.codec_decoder import CodecDecoder, load_codec_decoder
@@ -111,9 +111,8 @@ def main() -> None:
             "streams": args.streams, "device": device, "dtype": args.dtype, "torch": torch.__version__}
     print(f"{geometry}; {args.streams} x {args.frames} frames of random codes; {device}, {args.dtype}; {meta['date']}")
     print_table(rows)
-    out = args.json or Path(os.environ.get("STREAMTALK_OUTPUT", "output")) / "bench" / "windowed_codec.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    out = args.json or output_root() / "bench" / "windowed_codec.json"
+    write_json(out, {"meta": meta, "rows": rows})
     print(f"wrote {out}")
 
 

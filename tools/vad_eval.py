@@ -32,8 +32,10 @@ from typing import Any
 import numpy as np
 
 from agent.config import AgentConfig
+from streamtalk_common.paths import REPO_ROOT, output_root
+from streamtalk_common.stats import percentile
 from streamtalk_common.tables import format_table
-from tools.autortc.common import FRAME_MS, REPO_ROOT, output_root, percentile, read_wav, write_json
+from tools.autortc.common import FRAME_MS, read_wav, write_json
 from tools.autortc.make_cases import load_cases, make_case
 
 CASES_DIR = REPO_ROOT / "tools" / "autortc" / "cases"

@@ -23,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .errors import CheckpointError
 from .model.configs import GENERATION_CONFIG, TTSModelConfig, parse_model_config, preset_config
 from .model.layers import RotaryTable
 from .model.talker import Qwen3TTSModel
@@ -34,10 +35,6 @@ MODEL_FILES = (
 )
 SPEECH_TOKENIZER_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 PRESETS = ("tiny", "0.6b", "1.7b")
-
-
-class CheckpointError(ValueError):
-    """A model directory that cannot be loaded; the message says why."""
 
 
 def _require(root: Path, names: list[str]) -> Path:

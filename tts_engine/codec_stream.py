@@ -22,7 +22,7 @@ RoPE positions and the attention mask come from the device tensor `frames`; noth
 reads a value back to the host (with `check_codes=False`), and every shape depends
 only on (B, n). The same step serves eager decoding and graph replay.
 
-`WindowedCodecDecoder` is the seed's approximate mode, kept for comparison: each
+`WindowedCodecDecoder` is the approximate mode, kept for comparison: each
 packet re-decodes the last `left_context` frames plus the new ones from scratch and
 keeps the new samples. docs/CODEC_STREAMING.md gives its error.
 
@@ -48,7 +48,7 @@ from tts_engine.model.codec_decoder import (
     sliding_window_mask,
 )
 
-DEFAULT_LEFT_CONTEXT = 72  # the seed's TTS_DEEP_STREAM_LEFT_CONTEXT
+DEFAULT_LEFT_CONTEXT = 72  # TTS_DEEP_STREAM_LEFT_CONTEXT's default (tts_engine/config.py)
 
 
 @dataclass
@@ -283,7 +283,7 @@ class WindowedStreamState:
 
 
 class WindowedCodecDecoder:
-    """The seed's approximate streaming: each step decodes (up to) `left_context` old
+    """Approximate streaming: each step decodes (up to) `left_context` old
     frames plus the n new ones with a fresh offline decode and keeps the last n*1920
     samples. Exact only while all of a stream's earlier frames fit in left_context."""
 

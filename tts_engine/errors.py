@@ -13,7 +13,11 @@ server maps an error by its type, never by its message:
     ├── ReplyTooLong              the reply outgrew its row (its audio so far was sent)
     ├── EngineOutOfMemory (503)
     ├── EngineClosed (503)
-    └── EngineStartError          the engine refuses to start (device, memory, model)
+    └── EngineStartError          the engine refuses to start (device, memory, port, model)
+        ├── CheckpointError       a model directory that cannot be loaded (also a ValueError)
+        │   ├── ModelConfigError  its config.json is not a Qwen3-TTS 12 Hz CustomVoice config
+        │   └── CodecCheckpointError  its speech tokenizer cannot be loaded
+        └── TokenizerFilesError   a text-tokenizer file is missing or wrong
 """
 
 from __future__ import annotations
@@ -74,3 +78,19 @@ class EngineClosed(TTSError):
 
 class EngineStartError(TTSError, RuntimeError):
     code = "engine_start_failed"
+
+
+class CheckpointError(EngineStartError, ValueError):
+    code = "checkpoint_invalid"
+
+
+class ModelConfigError(CheckpointError):
+    code = "model_config_invalid"
+
+
+class CodecCheckpointError(CheckpointError):
+    code = "codec_checkpoint_invalid"
+
+
+class TokenizerFilesError(EngineStartError):
+    code = "tokenizer_files_invalid"

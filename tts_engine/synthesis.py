@@ -16,6 +16,12 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from streamtalk_common.audio import SAMPLE_RATE, to_pcm16
+from streamtalk_common.audio import (
+    pcm16_bytes as pcm16_bytes,  # tts_engine/server.py imports it from here
+)
+from streamtalk_common.audio import write_wav as write_pcm16_wav
+
 from .checkpoint import check_model_dir, load_talker
 from .codegen import CodeGenerator, frame_limit
 from .errors import InvalidText, TextTooLong
@@ -30,8 +36,6 @@ from .prompt import (
 from .sampling import SamplingParams
 from .text_tokenizer import TextTokenizer
 
-SAMPLE_RATE = 24000
-SAMPLES_PER_FRAME = 1920  # 80 ms at 24 kHz
 DEFAULT_MAX_TEXT_CHARS = 2000
 
 
@@ -130,17 +134,6 @@ class TTSModel:
         return SynthesisResult(pcm=pcm, codes=codes.cpu(), stop_reason=reason, wall_s=time.perf_counter() - start)
 
 
-def pcm16_bytes(pcm: np.ndarray) -> bytes:
-    """float PCM in [-1, 1] -> little-endian int16 bytes."""
-    return (np.clip(pcm, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
-
-
 def write_wav(target: str | Path | BinaryIO, pcm: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
-    """16-bit mono WAV to a path or a binary file object."""
-    import wave
-
-    with wave.open(target if hasattr(target, "write") else str(target), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sample_rate)
-        w.writeframes(pcm16_bytes(pcm))
+    """float PCM in [-1, 1] as a 16-bit mono WAV, to a path or a binary file object."""
+    write_pcm16_wav(target, to_pcm16(pcm), sample_rate)

@@ -44,6 +44,9 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from streamtalk_common import paths
+
+from .errors import TokenizerFilesError
 from .model.configs import CONFIG_JSON_TRANSFORMERS_VERSION
 
 __all__ = [
@@ -80,10 +83,6 @@ MODEL_DIR_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json"
 
 _CONVERTER_VERSION = 1
 _RANKS_RESOURCE = ("resources", "qwen.tiktoken")
-
-
-class TokenizerFilesError(RuntimeError):
-    """A tokenizer file is missing or does not hold what it should."""
 
 
 @dataclass(frozen=True)
@@ -282,11 +281,6 @@ def _convert(tokens: list[bytes]) -> tuple[str, str]:
     return vocab_text, "\n".join(merge_lines) + "\n"
 
 
-def _streamtalk_home() -> Path:
-    home = os.environ.get("STREAMTALK_HOME")
-    return Path(home) if home else Path.home() / ".cache" / "streamtalk"
-
-
 def _atomic_write(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -308,7 +302,7 @@ def converted_vocab_dir(cache_root: Path | None = None) -> Path:
     ranks_path = qwen_ranks_path()
     data = ranks_path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
-    root = Path(cache_root) if cache_root is not None else _streamtalk_home() / "tokenizer"
+    root = Path(cache_root) if cache_root is not None else paths.cache_root() / "tokenizer"
     out = root / f"qwen-bpe-v{_CONVERTER_VERSION}-{digest[:16]}"
     stamp = out / "converted.json"
     if stamp.is_file() and (out / "vocab.json").is_file() and (out / "merges.txt").is_file():

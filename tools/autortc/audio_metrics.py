@@ -1,4 +1,4 @@
-"""AutoRTC metrics for one case folder, in three rings (seed-digest section 10).
+"""AutoRTC metrics for one case folder, in three rings (docs/AUTORTC.md defines each).
 
 capture_status comes first; quality is computed only when capture is OK.
 - Ring0 transport (reply segment only, 20 ms energy frames): post_rms, max_gap_ms,
@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from streamtalk_common.audio import SAMPLE_RATE
 from streamtalk_common.latency_breakdown import LatencyBreakdown
 
 from .common import GAP_RMS, SILENCE_RMS, read_json, read_wav, rms
@@ -93,7 +94,7 @@ def dropout_count(x: np.ndarray, rate: int) -> int:
 
 
 def audible_dropout(post: np.ndarray, post_rate: int, pre: np.ndarray | None,
-                    pre_rate: int = 24000) -> int:
+                    pre_rate: int = SAMPLE_RATE) -> int:
     """Digital-silence holes in the post reply that the agent did not send itself."""
     d = dropout_count(post, post_rate)
     if pre is not None and len(pre):
@@ -264,7 +265,7 @@ def case_metrics(cdir: Path, case: dict[str, Any],
         case_wav, _ = read_wav(input_wav)
         row["input_spikes"] = int(np.sum(np.abs(case_wav) >= BOOM_LEVEL))
     pre: np.ndarray | None = None
-    pre_rate = 24000
+    pre_rate = SAMPLE_RATE
     if (cdir / "pre_rtc.wav").exists():
         pre, pre_rate = read_wav(cdir / "pre_rtc.wav")
         row["pre_rms"] = round(rms(pre), 5)

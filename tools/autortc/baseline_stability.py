@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from .common import percentile, read_json, write_json
+from streamtalk_common.stats import percentile
+
+from .common import read_json, write_json
 from .gates import gated_values
 
 METRICS = {  # run-level statistic of each gate metric, over the cases its gate counts

@@ -1,5 +1,5 @@
-"""The AutoRTC gates, evaluated per profile (profiles.json: `gpu` = the seed's
-thresholds, `ci` = a 2-core CPU machine), plus P1 WARN fingerprints.
+"""The AutoRTC gates, evaluated per profile (profiles.json: `gpu` = the targets of a GPU
+deployment, `ci` = calibrated on a 2-core CPU machine), plus P1 WARN fingerprints.
 
 Nine gates hold for every run. Five turn-taking gates hold for the cases of their
 kind (turn_taking.py) and are SKIP when a run has none: premature_replies (pause),
@@ -16,7 +16,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .common import percentile, read_json
+from streamtalk_common.stats import percentile
+
+from .common import read_json
 from .turn_taking import INTERJECTIONS
 
 PROFILES = Path(__file__).with_name("profiles.json")

@@ -15,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from streamtalk_common.stats import percentile
+
 from .audio_metrics import FRAME_S, frame_rms, reply_gaps
-from .common import percentile, read_json, read_wav
+from .common import read_json, read_wav
 
 MIN_MARKED_GAP_FRAMES = 2  # 40 ms: shorter dips are the pauses inside words
 

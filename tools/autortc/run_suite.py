@@ -30,8 +30,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from streamtalk_common.paths import output_root
+
 from . import audio_metrics, gates, report
-from .common import SILENCE_RMS, output_root, read_json, write_json
+from .common import SILENCE_RMS, read_json, write_json
 from .make_cases import load_cases, make_case
 from .stack import Stack, start_stack
 

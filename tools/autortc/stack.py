@@ -16,20 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from streamtalk_common.livekit_keys import write_key_file
-
-from .common import REPO_ROOT
+from streamtalk_common.net import free_port
+from streamtalk_common.paths import REPO_ROOT, cache_root
 
 _SCRUB = ("LIVEKIT_", "TOKEN_", "OMNI_", "NODE_IP", "UDP_PORT")
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("STREAMTALK_HOME") or Path.home() / ".cache" / "streamtalk")
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def clean_env(**extra: str) -> dict[str, str]:

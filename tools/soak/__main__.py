@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tools.autortc.common import output_root, write_json
+from streamtalk_common.paths import cache_root, output_root
+from tools.autortc.common import write_json
 
 from . import __doc__ as PACKAGE_DOC
 
@@ -105,7 +106,6 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     if "cancel" in args.parts:
         from tts_engine.checkpoint import ensure_checkpoint
-        from tts_engine.config import cache_root
 
         from .cancel import run_cancel
 

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from streamtalk_common.stats import latency_summary
+
 from .procstat import thread_count
 
 WARMUP_ROUNDS_PER_STREAM = 2
@@ -25,7 +27,7 @@ WARMUP_ROUNDS_PER_STREAM = 2
 
 def run_cancel(model_dir: Path, rounds: int, concurrency: int, seed: int,
                progress) -> dict[str, Any]:  # noqa: ANN001
-    from tts_engine.bench import UNGATED, cancel_rounds, pct
+    from tts_engine.bench import UNGATED, cancel_rounds
     from tts_engine.config import EngineConfig
     from tts_engine.runtime import TTSEngine
 
@@ -53,11 +55,12 @@ def run_cancel(model_dir: Path, rounds: int, concurrency: int, seed: int,
                  "threads": max(0, threads_after - threads_before)}
     finally:
         engine.close()
+    summary = latency_summary(latencies, digits=2)
     return {
         "rounds": len(latencies), "concurrency": concurrency, "seed": seed, "wall_s": round(wall_s, 1),
         "cancel_points": result["points"],
-        "cancel_to_freed_ms_p50": round(pct(latencies, 50), 2),
-        "cancel_to_freed_ms_p95": round(pct(latencies, 95), 2),
+        "cancel_to_freed_ms_p50": summary["p50_ms"],
+        "cancel_to_freed_ms_p95": summary["p95_ms"],
         "leaked_sessions": leaks["sessions"], "queued_after": leaks["queued"],
         "rows_in_use_after": leaks["rows_in_use"], "rows": stats["rows"],
         "threads_before": threads_before, "threads_after": threads_after,

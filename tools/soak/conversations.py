@@ -39,10 +39,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from streamtalk_common.net import free_port
 from tools.autortc.common import read_json
 from tools.autortc.make_cases import load_cases, make_case
 from tools.autortc.run_suite import probe_silent, run_attempt
-from tools.autortc.stack import Service, Stack, clean_env, free_port, http_ok, start_stack
+from tools.autortc.stack import Service, Stack, clean_env, http_ok, start_stack
 from tools.omni_dev.config import DEFAULT_RESPONSES
 from tools.omni_dev.protocol import MAX_TOKENS_LIMIT
 

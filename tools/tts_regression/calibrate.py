@@ -20,8 +20,9 @@ import math
 import os
 import platform
 
-from . import metrics as M
-from .suite import PROFILES_PATH, RUNS_PER_MODE, load_cases, open_engine, run_cases
+from streamtalk_common.stats import latency_summary
+
+from .suite import PROFILES_PATH, RUNS_PER_MODE, TTFA_PERCENTILE, load_cases, open_engine, run_cases
 
 HEADROOM = 1.5
 
@@ -38,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.rounds):
             results = run_cases(engine, cases, RUNS_PER_MODE["fast"], log=lambda *_: None)
             ttfa = [t for r in results for t in r.ttfa_ms]
-            rounds.append({"round": i, "samples": len(ttfa), "p50_ms": round(M.percentile(ttfa, 50), 2),
-                           "p95_ms": round(M.percentile(ttfa, 95), 2), "max_ms": round(max(ttfa), 2)})
+            summary = latency_summary(ttfa, digits=2, method=TTFA_PERCENTILE)
+            rounds.append({"round": i, "samples": len(ttfa), "p50_ms": summary["p50_ms"],
+                           "p95_ms": summary["p95_ms"], "max_ms": summary["max_ms"]})
             print(json.dumps(rounds[-1]))
     finally:
         engine.close()

@@ -19,8 +19,9 @@ import math
 
 import numpy as np
 
+from streamtalk_common.audio import SAMPLES_PER_FRAME, from_pcm16, to_pcm16
+
 SNR_CAP_DB = 150.0
-SAMPLES_PER_FRAME = 1920
 
 CODE_REPEAT_MIN_LEN = 8
 CODE_REPEAT_MIN_COUNT = 3
@@ -28,15 +29,6 @@ AUDIO_REPEAT_MIN_FRAMES = 13
 AUDIO_REPEAT_MIN_COUNT = 2
 SILENT_RMS = 1e-3  # the engine's silent-packet threshold
 CLIP_LEVEL = 0.999
-
-
-def to_int16(pcm: np.ndarray) -> np.ndarray:
-    """float PCM in [-1, 1] -> int16, as the WAV writer stores it."""
-    return (np.clip(np.asarray(pcm, dtype=np.float64), -1.0, 1.0) * 32767.0).round().astype(np.int16)
-
-
-def from_int16(pcm16: np.ndarray) -> np.ndarray:
-    return np.asarray(pcm16, dtype=np.float64) / 32767.0
 
 
 def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
@@ -92,11 +84,11 @@ def code_repeats(codebook0: list[int]) -> list[dict]:
 
 def audio_frame_keys(pcm: np.ndarray) -> list[str | None]:
     """One hash per 1920-sample frame of int16 audio; None for silent or partial frames."""
-    pcm16 = to_int16(pcm)
+    pcm16 = to_pcm16(pcm)
     keys: list[str | None] = []
     for i in range(len(pcm16) // SAMPLES_PER_FRAME):
         frame = pcm16[i * SAMPLES_PER_FRAME:(i + 1) * SAMPLES_PER_FRAME]
-        rms = float(np.sqrt(np.mean((frame.astype(np.float64) / 32767.0) ** 2)))
+        rms = float(np.sqrt(np.mean(from_pcm16(frame) ** 2)))
         keys.append(None if rms < SILENT_RMS else hashlib.sha1(frame.tobytes()).hexdigest())
     return keys
 
@@ -134,15 +126,6 @@ def bad_audio(pcm: np.ndarray, packet_frames: list[int]) -> dict:
         "clipped_fraction": float(np.mean(np.abs(x[finite]) >= CLIP_LEVEL)) if finite.any() else 0.0,
         "peak": float(np.max(np.abs(x[finite]))) if finite.any() else 0.0,
     }
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (no interpolation): the smallest value with >= q% at or below it."""
-    if not values:
-        raise ValueError("percentile of no values")
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
-    return float(ordered[rank - 1])
 
 
 def pcm_sha256(pcm: np.ndarray) -> str:

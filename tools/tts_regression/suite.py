@@ -8,21 +8,23 @@ import os
 import platform
 import re
 import time
-import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from streamtalk_common.audio import SAMPLE_RATE, from_pcm16, read_wav, to_pcm16, write_wav
+from streamtalk_common.paths import REPO_ROOT, cache_root, output_root
+from streamtalk_common.stats import percentile
+
 from . import metrics as M
 
 HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parent.parent
 CASES_PATH = HERE / "cases.json"
 PROFILES_PATH = HERE / "profiles.json"
 CPU_BASELINE = REPO_ROOT / "golden" / "tts"
 RUNS_PER_MODE = {"fast": 3, "full": 10}
-SAMPLE_RATE = 24000
+TTFA_PERCENTILE = "nearest_rank"  # a measured TTFA, never one between two requests
 GATES = ["determinism", "abs_duration_diff_ms", "repeat", "SNR_vs_baseline", "TTFA", "stream_bad_audio"]
 
 
@@ -72,19 +74,11 @@ def baseline_dir_for(engine_info: dict) -> Path:
     return CPU_BASELINE / ("gpu-" + re.sub(r"[^a-z0-9]+", "-", card.lower()).strip("-"))
 
 
-def read_wav_int16(path: Path) -> np.ndarray:
-    with wave.open(str(path), "rb") as w:
-        if w.getsampwidth() != 2 or w.getnchannels() != 1:
-            raise RegressionError(f"{path.name}: expected 16-bit mono WAV")
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.int16)
-
-
-def write_wav_int16(path: Path, pcm16: np.ndarray) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes(np.asarray(pcm16, dtype="<i2").tobytes())
+def read_baseline_wav(path: Path) -> np.ndarray:
+    try:
+        return read_wav(path)[0]
+    except ValueError as exc:
+        raise RegressionError(str(exc)) from None
 
 
 @dataclass
@@ -107,7 +101,7 @@ def open_engine(model_dir: str | None, device: str = "cpu"):
     """The engine as EngineConfig configures it (TTS_* variables, golden defaults: graphs on
     CUDA), on the profile's device."""
     from tts_engine.checkpoint import ensure_checkpoint
-    from tts_engine.config import ConfigValueError, EngineConfig, cache_root
+    from tts_engine.config import ConfigValueError, EngineConfig
     from tts_engine.runtime import TTSEngine
 
     if model_dir is None:
@@ -178,9 +172,9 @@ def write_baseline(baseline_dir: Path, results: list[CaseResult], info: dict) ->
     for r in results:
         if r.stream_pcm is None:
             raise RegressionError(f"cannot write a baseline: case {r.case['id']} produced no audio ({r.error})")
-        pcm16 = M.to_int16(r.stream_pcm)
+        pcm16 = to_pcm16(r.stream_pcm)
         name = f"{r.case['id']}.wav"
-        write_wav_int16(baseline_dir / name, pcm16)
+        write_wav(baseline_dir / name, pcm16, SAMPLE_RATE)
         entries[r.case["id"]] = {
             "wav": name, "samples": int(len(pcm16)), "frames": r.frames,
             "pcm_float32_sha256": r.hashes[0], "text": r.case["text"],
@@ -287,8 +281,8 @@ def evaluate(results: list[CaseResult], th: dict, baseline_dir: Path) -> tuple[d
                     f"{cid}: baseline missing ({wav if wav else 'no entry in baseline.json'}); "
                     "re-create it with --update-baseline")
             else:
-                ref = M.from_int16(read_wav_int16(wav))
-                cur = M.from_int16(M.to_int16(r.stream_pcm))
+                ref = from_pcm16(read_baseline_wav(wav))
+                cur = from_pcm16(to_pcm16(r.stream_pcm))
                 v = M.snr_db(ref, cur)
                 snr["vs_baseline_db"] = v
                 snr["baseline_samples"] = int(len(ref))
@@ -324,7 +318,8 @@ def evaluate(results: list[CaseResult], th: dict, baseline_dir: Path) -> tuple[d
 
     ttfa: dict = {"samples": len(all_ttfa), "threshold_ms": th["ttfa_p95_ms_max"]}
     if all_ttfa:
-        ttfa.update({"p50_ms": M.percentile(all_ttfa, 50), "p95_ms": M.percentile(all_ttfa, 95),
+        ttfa.update({"p50_ms": percentile(all_ttfa, 50, TTFA_PERCENTILE),
+                     "p95_ms": percentile(all_ttfa, 95, TTFA_PERCENTILE),
                      "max_ms": max(all_ttfa), "mean_ms": float(np.mean(all_ttfa))})
         if ttfa["p95_ms"] > th["ttfa_p95_ms_max"]:
             reasons["TTFA"].append(f"TTFA P95 {ttfa['p95_ms']:.1f} ms > {th['ttfa_p95_ms_max']} ms "
@@ -385,7 +380,7 @@ def run_suite(mode: str, profile: str, model_dir: str | None = None, out: str | 
     runs = runs or RUNS_PER_MODE[mode]
     started = _dt.datetime.now(_dt.UTC)
     run_id = started.strftime("%Y%m%dT%H%M%S") + f"Z-{mode}-{profile}-{os.getpid()}"
-    out_root = Path(out) if out else Path(os.environ.get("STREAMTALK_OUTPUT", "output")) / "tts_regression"
+    out_root = Path(out) if out else output_root() / "tts_regression"
     run_dir = out_root / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -430,9 +425,9 @@ def run_suite(mode: str, profile: str, model_dir: str | None = None, out: str | 
         wav_dir.mkdir(exist_ok=True)
         for r in results:
             if r.stream_pcm is not None:
-                write_wav_int16(wav_dir / f"{r.case['id']}.stream.wav", M.to_int16(r.stream_pcm))
+                write_wav(wav_dir / f"{r.case['id']}.stream.wav", to_pcm16(r.stream_pcm), SAMPLE_RATE)
             if r.offline_pcm is not None:
-                write_wav_int16(wav_dir / f"{r.case['id']}.offline.wav", M.to_int16(r.offline_pcm))
+                write_wav(wav_dir / f"{r.case['id']}.offline.wav", to_pcm16(r.offline_pcm), SAMPLE_RATE)
     overall = all(g["pass"] for g in gates.values())
     if update_baseline:
         write_baseline_readme(baseline_dir, info, gates, overall)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import CodecCheckpointError
 from .layers import RMSNorm, apply_rope
 
 MODEL_TYPE = "qwen3_tts_tokenizer_12hz"
@@ -545,10 +546,6 @@ class CodecDecoder(nn.Module):
 
 # ----------------------------------------------------------------------------------
 # Loading the official directory layout.
-
-
-class CodecCheckpointError(ValueError):
-    """A speech-tokenizer directory that cannot be loaded, with the reason."""
 
 
 def read_speech_tokenizer_config(speech_tokenizer_dir: str | Path) -> dict[str, Any]:

@@ -18,14 +18,12 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import ModelConfigError
+
 CONFIG_JSON_TRANSFORMERS_VERSION = "5.24.0"
 MODEL_TYPE = "qwen3_tts"
 TOKENIZER_TYPE = "qwen3_tts_tokenizer_12hz"
 SUPPORTED_MODEL_KINDS = ("custom_voice",)
-
-
-class ConfigError(ValueError):
-    """A config.json that is not a Qwen3-TTS 12 Hz CustomVoice config."""
 
 
 @dataclass(frozen=True)
@@ -111,19 +109,19 @@ def parse_model_config(raw: dict[str, Any]) -> TTSModelConfig:
     """Validate and parse a top-level config.json dict."""
     model_type = raw.get("model_type")
     if model_type != MODEL_TYPE:
-        raise ConfigError(
+        raise ModelConfigError(
             f"config.json has model_type {model_type!r}; this engine loads {MODEL_TYPE!r} "
             "(Qwen3-TTS-12Hz-*-CustomVoice)"
         )
     tokenizer_type = raw.get("tokenizer_type")
     if tokenizer_type != TOKENIZER_TYPE:
-        raise ConfigError(
+        raise ModelConfigError(
             f"config.json has tokenizer_type {tokenizer_type!r}; this engine supports "
             f"{TOKENIZER_TYPE!r} only (the 12 Hz speech tokenizer)"
         )
     kind = raw.get("tts_model_type")
     if kind not in SUPPORTED_MODEL_KINDS:
-        raise ConfigError(
+        raise ModelConfigError(
             f"config.json has tts_model_type {kind!r}; supported: {list(SUPPORTED_MODEL_KINDS)} "
             "(voice-clone 'base' and 'voice_design' models are not served)"
         )
@@ -152,11 +150,11 @@ def parse_model_config(raw: dict[str, Any]) -> TTSModelConfig:
             code_predictor=cp_config,
         )
     except KeyError as exc:
-        raise ConfigError(f"config.json is missing key {exc.args[0]!r}") from exc
+        raise ModelConfigError(f"config.json is missing key {exc.args[0]!r}") from exc
     if talker.num_code_groups != cp_config.num_code_groups:
-        raise ConfigError("talker and code predictor disagree on num_code_groups")
+        raise ModelConfigError("talker and code predictor disagree on num_code_groups")
     if not talker.speaker_ids:
-        raise ConfigError("config.json defines no speakers (talker_config.spk_id is empty)")
+        raise ModelConfigError("config.json defines no speakers (talker_config.spk_id is empty)")
     return TTSModelConfig(
         talker=talker,
         tts_model_type=kind,
@@ -171,8 +169,9 @@ def parse_model_config(raw: dict[str, Any]) -> TTSModelConfig:
 
 
 # ---------------------------------------------------------------------------
-# Presets for random-init checkpoints. Values of 0.6b/1.7b are the official
-# geometry (research notes section 1.3); `tiny` keeps every id and vocabulary
+# Presets for random-init checkpoints. Values of 0.6b/1.7b are the geometry of the released
+# Qwen3-TTS-12Hz-0.6B/1.7B-CustomVoice config.json files (so benchmarks on random weights
+# cost what the real model costs); `tiny` keeps every id and vocabulary
 # size but shrinks widths and depths so it runs faster than real time on CPU.
 
 SPEAKERS = {
