@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+
+from tools.talker_parity import default_parity_python
 
 
 @pytest.fixture(scope="session")
 def parity_python() -> Path:
     """The python of the venv that runs the official implementation."""
-    home = Path(os.environ.get("STREAMTALK_HOME") or Path.home() / ".cache" / "streamtalk")
-    python = home / "parity-venv" / "bin" / "python"
+    python = default_parity_python()
     if not python.exists():
         pytest.fail(f"{python} is missing: run scripts/setup_parity_venv.sh (scripts/test.sh does it)")
     return python
