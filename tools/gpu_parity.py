@@ -255,10 +255,10 @@ def run_set(parity_set: ParitySet, device: torch.device, official: OfficialSide,
     parity_set.write_checkpoint(model_dir)
     cases = parity_set.cases
     dtypes = ["float32"] + (["bfloat16"] if device.type == "cuda" else [])
+    # the official runs go on in their own processes while ours run here
+    official_runs = {dtype: official.start_codes(model_dir, cases, model_dir, device.type, dtype) for dtype in dtypes}
     codes: dict[str, list[Codes]] = {}
     tapes: dict[str, tuple[CodeGenerator, list]] = {}
-    for dtype in dtypes:
-        codes[f"official {dtype}"] = official.codes(model_dir, cases, model_dir, device.type, dtype)
     with float32_numerics():  # TF32 off for matmuls and convolutions
         codes["eager float32"], logits, gen = eager_codes(model_dir, cases, device, torch.float32)
         tapes["eager float32"] = (gen, logits)
@@ -274,6 +274,8 @@ def run_set(parity_set: ParitySet, device: torch.device, official: OfficialSide,
             codes["engine bfloat16"] = engine_codes(engine, cases)
         finally:
             engine.close()
+    for dtype, result in official_runs.items():
+        codes[f"official {dtype}"] = result()
     rows = []
     for name, a, b in COMPARISONS:
         if a in codes and b in codes:
@@ -315,10 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu_parity-") as tmp:
         work = Path(tmp)
         try:
-            official_env = official.environment(work)
+            official_env = official.start_environment(work)
             for parity_set in sets:
                 print(f"gpu_parity: {parity_set.name} on {device}", file=sys.stderr)
                 rows += run_set(parity_set, device, official, work)
+            official_env = official_env()
         except OfficialRunError as exc:
             print(f"gpu_parity: {exc}", file=sys.stderr)
             return 1

@@ -14,6 +14,8 @@ import json
 import os
 import random
 import subprocess
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,6 +137,31 @@ class OfficialRunError(RuntimeError):
     pass
 
 
+class OfficialRun:
+    """One official_talker.py process, started; its output goes to a temporary file (a pipe
+    nobody reads while ours runs could fill and stall it)."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], what: str) -> None:
+        self.what = what
+        self._log = tempfile.TemporaryFile(mode="w+")
+        self._proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, text=True, env=env)
+
+    def wait(self, timeout: float = 900) -> None:
+        try:
+            code = self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+            code = None
+        self._log.seek(0)
+        tail = self._log.read()[-3000:]
+        self._log.close()
+        if code is None:
+            raise OfficialRunError(f"official run `{self.what}` took longer than {timeout} s:\n{tail}")
+        if code != 0:
+            raise OfficialRunError(f"official run `{self.what}` failed (exit {code}):\n{tail}")
+
+
 @dataclass(frozen=True)
 class OfficialSide:
     """tests/parity/official_talker.py run by `python`, with `pythonpath` (may be empty)
@@ -144,27 +171,41 @@ class OfficialSide:
     python: Path
     pythonpath: str = ""
 
-    def run(self, *args: object, timeout: int = 900) -> None:
+    def start(self, *args: object) -> OfficialRun:
         env = dict(os.environ)
         if self.pythonpath:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (self.pythonpath, env.get("PYTHONPATH", "")) if p)
-        proc = subprocess.run([str(self.python), str(OFFICIAL_TALKER), *map(str, args)],
-                              capture_output=True, text=True, timeout=timeout, env=env)
-        if proc.returncode != 0:
-            raise OfficialRunError(f"official run `{args[0]}` failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        return OfficialRun([str(self.python), str(OFFICIAL_TALKER), *map(str, args)], env, str(args[0]))
 
-    def codes(self, model_dir: Path, cases: list[Case], workdir: Path,
-              device: str = "cpu", dtype: str = "float32") -> list[Codes]:
+    def run(self, *args: object, timeout: float = 900) -> None:
+        self.start(*args).wait(timeout)
+
+    def start_codes(self, model_dir: Path, cases: list[Case], workdir: Path,
+                    device: str = "cpu", dtype: str = "float32") -> Callable[[], list[Codes]]:
+        """Start the official generate; the returned call waits for its codes."""
         workdir.mkdir(parents=True, exist_ok=True)
         cases_path, out_path = workdir / "cases.json", workdir / f"official_{device}_{dtype}.json"
         cases_path.write_text(json.dumps(cases))
-        self.run("generate", model_dir, cases_path, out_path, "--device", device, "--dtype", dtype)
-        return [r["codes"] for r in json.loads(out_path.read_text())]
+        run = self.start("generate", model_dir, cases_path, out_path, "--device", device, "--dtype", dtype)
 
-    def environment(self, workdir: Path) -> dict[str, Any]:
+        def result() -> list[Codes]:
+            run.wait()
+            return [r["codes"] for r in json.loads(out_path.read_text())]
+        return result
+
+    def codes(self, model_dir: Path, cases: list[Case], workdir: Path,
+              device: str = "cpu", dtype: str = "float32") -> list[Codes]:
+        return self.start_codes(model_dir, cases, workdir, device, dtype)()
+
+    def start_environment(self, workdir: Path) -> Callable[[], dict[str, Any]]:
+        """Start the official side's version report; the returned call waits for it."""
         out = workdir / "official_env.json"
-        self.run("env", out, timeout=300)
-        return json.loads(out.read_text())
+        run = self.start("env", out)
+
+        def result() -> dict[str, Any]:
+            run.wait(300)
+            return json.loads(out.read_text())
+        return result
 
 
 # -- comparison -------------------------------------------------------------------
