@@ -1,6 +1,6 @@
 """Parity with the official qwen-tts implementation on one device: greedy codes, case by case.
 
-    python -m tools.gpu_parity --out DIR [--presets tiny,custom:256,6,256,3,0.6b] [--device auto|cuda|cpu]
+    python -m tools.gpu_parity [--out DIR] [--presets tiny,custom:256,6,256,3,0.6b] [--device auto|cuda|cpu]
         [--official-python PY] [--official-pythonpath DIRS]
 
 Per preset, a random checkpoint and its parity cases (tools/talker_parity.py: the cases
@@ -10,9 +10,9 @@ of tests/test_talker_parity.py; 0.6b: 3 cases of at most 60 frames), run by each
   official bfloat16    the same in bfloat16
   eager float32        ours, CodeGenerator (dynamic KV cache, no graphs), float32, TF32 off
   eager bfloat16       the same in bfloat16
-  engine bfloat16      ours as served: TTSEngine in the default (golden) configuration, on
-                       CUDA bfloat16 talker and predictor, static KV rows, CUDA graphs, one
-                       stream (bucket 1), driven row by row through its stepper
+  engine bfloat16      ours as served: TTSEngine in its default (golden) configuration on
+                       CUDA (bfloat16 talker and predictor, static KV rows, CUDA graphs) with
+                       one row; each case alone on it, stepped by hand (bucket 1's graphs)
 
 and compared (per case: frames of each side, the first frame where they part, the
 codebooks that differ there):
@@ -30,9 +30,10 @@ The bfloat16 runs need CUDA; on a CPU they are skipped, with the reason in the J
 The official side is tests/parity/official_talker.py run by --official-python (default: the
 parity venv's, scripts/setup_parity_venv.sh) with --official-pythonpath ahead of PYTHONPATH
 (a folder holding transformers 4.57.3 and qwen-tts, on a host whose own transformers is newer).
-Checkpoints live in a temporary folder; a table is printed last and DIR/gpu_parity.json
-written (rows, skipped comparisons, both sides' environments). Exit status: 0 when every
-float32 case is identical, 1 when one is not, 2 on a bad argument.
+Checkpoints live in a temporary folder. A table is printed and DIR/gpu_parity.json written
+(rows, skipped comparisons, both sides' environments; default DIR:
+${STREAMTALK_OUTPUT:-output}/gpu_parity). Exit status: 0 when every float32 case is
+identical, 1 when one is not (or the official side fails), 2 on a bad argument.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from typing import Any
 import torch
 
 from streamtalk_common.tables import format_table, write_json
+from tools.autortc.common import output_root
 from tools.talker_parity import (
     Case,
     Codes,
@@ -294,7 +296,7 @@ def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tools.gpu_parity", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, required=True, help="folder for gpu_parity.json")
+    p.add_argument("--out", type=Path, default=output_root() / "gpu_parity", help="folder for gpu_parity.json")
     p.add_argument("--presets", default=DEFAULT_PRESETS, help=f"comma-separated, of: {DEFAULT_PRESETS}")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto: cuda when present")
     p.add_argument("--official-python", default=str(default_parity_python()),
