@@ -23,6 +23,7 @@ def test_float32_rows_match_official_on_cpu(parity_python, tmp_path):
     assert len(rows) == len(tiny_set(0).cases) == len(result["rows"])
     assert all(r["first_frame"] is None and r["frames_a"] == r["frames_b"] > 0 for r in rows), rows
     assert result["float32_identical"] is True
+    assert result["rope_as_on_cpu"] == {"tiny": True}
     assert [s["comparison"] for s in result["skipped"]] == [name for name, *_ in gpu_parity.COMPARISONS[1:]]
     assert result["environment"]["official"]["transformers"] == "4.57.3"
     assert result["environment"]["official"]["qwen_tts"]

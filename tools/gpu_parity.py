@@ -24,7 +24,9 @@ codebooks that differ there):
 
 `gap` explains a first divergence: ours' logit of its own pick minus its logit of the
 other side's pick, there, in its (processed) scores; a gap at rounding size is a near tie
-that rounding decided. Only the eager runs record logits.
+that rounding decided. Only the eager runs record logits. `rope_as_on_cpu` (per preset):
+whether our rotary frequencies, computed on the device, equal the CPU's, from which the
+official model's come.
 
 The bfloat16 runs need CUDA; on a CPU they are skipped, with the reason in the JSON.
 The official side is tests/parity/official_talker.py run by --official-python (default: the
@@ -71,6 +73,7 @@ from tts_engine.codec_checkpoint import write_speech_tokenizer
 from tts_engine.codegen import CodeGenerator
 from tts_engine.config import EngineConfig
 from tts_engine.model.codec_decoder import float32_numerics
+from tts_engine.model.layers import RotaryTable
 from tts_engine.prompt import build_prompt
 from tts_engine.runtime import TTSEngine
 from tts_engine.runtime.stepper import RowStart
@@ -227,6 +230,14 @@ def compare(preset: str, name: str, a: list[Codes], b: list[Codes], cases: list[
 # -- the run ------------------------------------------------------------------
 
 
+def rope_as_on_cpu(gen: CodeGenerator) -> bool:
+    """Whether our rotary frequencies, computed on the device, equal the CPU's: the official
+    model computes them on the CPU and moves them (an ulp apart, they would part float32 runs
+    slowly, over the positions)."""
+    tables = [m for m in gen.talker.modules() if isinstance(m, RotaryTable)]
+    return all(torch.equal(t.inv_freq.cpu(), RotaryTable(t.head_dim, t.theta).inv_freq) for t in tables)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -252,7 +263,8 @@ def our_environment(device: torch.device) -> dict[str, Any]:
             "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
 
 
-def run_set(parity_set: ParitySet, device: torch.device, official: OfficialSide, work: Path) -> list[dict[str, Any]]:
+def run_set(parity_set: ParitySet, device: torch.device, official: OfficialSide, work: Path) -> dict[str, Any]:
+    """The comparisons' rows of one parity set, and whether ours' rotary tables equal the CPU's."""
     model_dir = work / parity_set.preset.replace(":", "_").replace(",", "_")
     parity_set.write_checkpoint(model_dir)
     cases = parity_set.cases
@@ -264,6 +276,7 @@ def run_set(parity_set: ParitySet, device: torch.device, official: OfficialSide,
     with float32_numerics():  # TF32 off for matmuls and convolutions
         codes["eager float32"], logits, gen = eager_codes(model_dir, cases, device, torch.float32)
         tapes["eager float32"] = (gen, logits)
+    rope_ok = rope_as_on_cpu(gen)
     if "bfloat16" in dtypes:
         codes["eager bfloat16"], logits, gen = eager_codes(model_dir, cases, device, torch.bfloat16)
         tapes["eager bfloat16"] = (gen, logits)
@@ -283,7 +296,7 @@ def run_set(parity_set: ParitySet, device: torch.device, official: OfficialSide,
         if a in codes and b in codes:
             gen, logits = tapes.get(a, (None, None))
             rows += compare(parity_set.preset, name, codes[a], codes[b], cases, gen, logits)
-    return rows
+    return {"rows": rows, "rope_as_on_cpu": rope_ok}
 
 
 def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -316,13 +329,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu_parity: {exc}", file=sys.stderr)
         return 2
     rows: list[dict[str, Any]] = []
+    rope: dict[str, bool] = {}
     with tempfile.TemporaryDirectory(prefix="gpu_parity-") as tmp:
         work = Path(tmp)
         try:
             official_env = official.start_environment(work)
             for parity_set in sets:
                 print(f"gpu_parity: {parity_set.name} on {device}", file=sys.stderr)
-                rows += run_set(parity_set, device, official, work)
+                result = run_set(parity_set, device, official, work)
+                rows += result["rows"]
+                rope[parity_set.preset] = result["rope_as_on_cpu"]
             official_env = official_env()
         except OfficialRunError as exc:
             print(f"gpu_parity: {exc}", file=sys.stderr)
@@ -335,10 +351,12 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "float32": "TF32 off on both sides (torch.backends.cuda.matmul.allow_tf32 = "
                        "torch.backends.cudnn.allow_tf32 = False)",
-            "bfloat16": "torch defaults on both sides (bf16 matmuls may reduce in reduced precision)",
+            "bfloat16": "torch defaults on both sides (bf16 matmuls may reduce in reduced precision); the "
+                        "official model built under bfloat16 as the default dtype, as from_pretrained builds it",
             "engine": "EngineConfig defaults (golden configuration) with max_batch=1; each case alone on row 0",
             "frame_cap": "max_new_tokens - 1 frames, as the official generate gives at most",
         },
+        "rope_as_on_cpu": rope,  # per preset: see rope_as_on_cpu
         "environment": {"ours": our_environment(device), "official": official_env},
         "rows": rows, "skipped": skipped,
     }
@@ -347,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                        table_rows(rows)))
     for s in skipped:
         print(f"skipped: {s['comparison']}: {s['reason']}")
+    print(f"rotary tables as on the CPU: {rope}")
     print(f"float32 identical: {float32_ok}; wrote {args.out / 'gpu_parity.json'}")
     return 0 if float32_ok else 1
 

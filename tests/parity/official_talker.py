@@ -45,11 +45,18 @@ def generate(model_dir: str, cases_path: str, out_path: str, device: str = "cpu"
         # true float32 matmuls (and convolutions), as the float32 side of ours runs
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     AutoConfig.register("qwen3_tts", Qwen3TTSConfig)
-    model = Qwen3TTSForConditionalGeneration(Qwen3TTSConfig.from_pretrained(model_dir))
+    # Built under the dtype as the default, as from_pretrained(dtype=...) builds it: the
+    # rotary tables, made in float32 explicitly, stay float32 (a cast of the whole model
+    # would round them to the dtype).
+    torch.set_default_dtype(DTYPES[dtype])
+    try:
+        model = Qwen3TTSForConditionalGeneration(Qwen3TTSConfig.from_pretrained(model_dir))
+    finally:
+        torch.set_default_dtype(torch.float32)
     missing, unexpected = model.load_state_dict(load_file(f"{model_dir}/model.safetensors"), strict=False)
     if missing or unexpected:
         raise SystemExit(f"official model refuses the checkpoint: missing={missing[:5]} unexpected={unexpected[:5]}")
-    model = model.to(device=device, dtype=DTYPES[dtype]).eval()
+    model = model.to(device).eval()
     results = []
     for case in json.loads(Path(cases_path).read_text()):
         with torch.no_grad():
