@@ -120,7 +120,7 @@ fetch() {
     count="$(find "$dir" -maxdepth 1 -type f -name '*.whl' | wc -l)"
     [[ "$count" -eq "$#" ]] || { log "ERROR: expected $# wheels in $dir, have $count"; exit 1; }
     (cd "$dir" && ls -l ./*.whl | awk '{printf "%9d  %s\n", $5, $9}')
-    log "$count wheels, $(du -sh "$dir" | cut -f1) in $dir"
+    log "$count wheels, $(du -ch "$dir"/*.whl | tail -1 | cut -f1) in $dir"
 }
 
 fetch "$DEST" "${WHEELS[@]}"
