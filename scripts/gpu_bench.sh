@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Run the GPU benchmark set on a CUDA machine; results as JSON + a log.
 # Usage: scripts/gpu_bench.sh OUT_DIR [sections...]
-#   sections: check step decoder e2e metrics memory launches cancel divergence batch peer compiled
-#             regression (default: all)
+#   sections: check parity step decoder e2e metrics memory launches cancel divergence batch peer
+#             compiled regression (default: all)
+#   parity: greedy codes of ours against the official qwen-tts (tools/gpu_parity.py), float32 and
+#          bfloat16, presets tiny, custom:256,6,256,3 and 0.6b; the official side runs with
+#          .whl/parity/ (transformers 4.57.3) installed in /tmp/parity-site ahead of the host's packages
 #   metrics: per-packet metrics on vs off in one engine of 64 rows, alternating rounds of
 #          METRICS_CONCURRENCY (default 1 64) medium replies at once; about 4 minutes on an H200
 #   memory: the engine's start-up GPU memory at each maximum batch in MEMORY_LEVELS (default
@@ -19,7 +22,7 @@
 set -uo pipefail
 OUT_DIR="${1:?usage: scripts/gpu_bench.sh OUT_DIR [sections...]}"
 shift
-SECTIONS="${*:-check step decoder e2e metrics memory launches cancel divergence batch peer compiled regression}"
+SECTIONS="${*:-check parity step decoder e2e metrics memory launches cancel divergence batch peer compiled regression}"
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT_DIR"
 RES="$OUT_DIR/parts"
@@ -44,6 +47,19 @@ $B prepare "$CK" --preset 0.6b --out "$RES/prepare.json" || exit 1
 if has check; then
     step "batch graphs == eager, invariant mode == solo (pytest, tiny)"
     PYTHONPATH="$PYTHONPATH:$PWD/tests" python3 -m pytest -q -s -p no:cacheprovider --noconftest -p engine_fixtures tests/test_gpu.py
+fi
+if has parity; then
+    step "parity with the official implementation (float32, bfloat16)"
+    if compgen -G "$WHEELS/parity/*.whl" >/dev/null; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target /tmp/parity-site "$WHEELS"/parity/*.whl \
+            && python3 -m tools.gpu_parity --out "$OUT_DIR/parity" --official-python python3 \
+                --official-pythonpath /tmp/parity-site
+        [[ -f "$OUT_DIR/parity/gpu_parity.json" ]] && cp "$OUT_DIR/parity/gpu_parity.json" "$RES/parity.json"
+    else
+        echo "parity: no wheels in $WHEELS/parity (the official qwen-tts and transformers 4.57.3):" \
+            "run scripts/fetch_gpu_wheels.sh and bring .whl/ along; section skipped"
+    fi
 fi
 has step && { step "batch step"; $B step --model-dir "$CK" --variants ${STEP_VARIANTS:-graph eager} \
     --decoder-dtypes ${STEP_DECODERS:-tf32} --out "$RES/step.json"; }

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from streamtalk_common.paths import cache_root
+from tools.talker_parity import default_parity_python
 
 
 @pytest.fixture(scope="session")
 def parity_python() -> Path:
     """The python of the venv that runs the official implementation."""
-    python = cache_root() / "parity-venv" / "bin" / "python"
+    python = default_parity_python()
     if not python.exists():
         pytest.fail(f"{python} is missing: run scripts/setup_parity_venv.sh (scripts/test.sh does it)")
     return python

@@ -10,75 +10,47 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
+from tools.talker_parity import (
+    OfficialSide,
+    ParitySet,
+    boundary_set,
+    divergence,
+    eos_at_min_set,
+    mid_size_set,
+    our_codes,
+    prompt_ids,
+    tiny_set,
+)
 from tts_engine.checkpoint import load_talker, write_talker_files
-from tts_engine.codegen import CodeGenerator
 from tts_engine.prompt import build_prompt
-from tts_engine.sampling import SamplingParams
-
-OFFICIAL = Path(__file__).parent / "parity" / "official_talker.py"
-ROLE, SUFFIX = [151644, 77091, 198], [151645, 198, 151644, 77091, 198]
-
-
-def run_official(parity_python: Path, *args: str, timeout: int = 900) -> None:
-    proc = subprocess.run(
-        [str(parity_python), str(OFFICIAL), *map(str, args)], capture_output=True, text=True, timeout=timeout
-    )
-    assert proc.returncode == 0, f"official run failed:\n{proc.stderr[-3000:]}"
-
-
-def prompt_ids(n_text: int, rng: random.Random) -> list[int]:
-    return ROLE + [rng.randrange(0, 151643) for _ in range(n_text)] + SUFFIX
-
-
-def our_codes(model_dir: Path, cases: list[dict]) -> list[list[list[int]]]:
-    model = load_talker(model_dir)
-    gen = CodeGenerator(model.talker, model.config)
-    out = []
-    for case in cases:
-        prompt = build_prompt(model.talker, model.config, case["ids"], case["speaker"], case["language"])
-        # The official loop samples max_new_tokens tokens but completes a frame only
-        # for each token before the last: max_new_tokens - 1 frames at most.
-        codes, _ = gen.generate(prompt, SamplingParams(), case["max_new_tokens"] - 1)
-        out.append(codes.tolist())
-    return out
 
 
 def official_codes(parity_python: Path, model_dir: Path, cases: list[dict], tmp: Path) -> list[list[list[int]]]:
-    cases_path, out_path = tmp / "cases.json", tmp / "official.json"
-    cases_path.write_text(json.dumps(cases))
-    run_official(parity_python, "generate", model_dir, cases_path, out_path)
-    return [r["codes"] for r in json.loads(out_path.read_text())]
+    return OfficialSide(parity_python).codes(model_dir, cases, tmp)
 
 
 def assert_same_codes(ours: list, theirs: list, cases: list[dict]) -> None:
     for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
-        first = next((t for t, (fa, fb) in enumerate(zip(a, b)) if fa != fb), None)
-        assert a == b, (
+        d = divergence(a, b)
+        assert d["identical"], (
             f"case {i} ({cases[i]['speaker']}, {cases[i]['language']}): ours {len(a)} frames, "
-            f"official {len(b)}; first differing frame {first}"
+            f"official {len(b)}; first differing frame {d['first_frame']}"
         )
 
 
-VOICES = [
-    ("serena", "auto"), ("ryan", "english"), ("eric", "auto"), ("dylan", "chinese"),
-    ("sohee", "korean"), ("ono_anna", "japanese"), ("uncle_fu", "auto"), ("aiden", "french"),
-]
+def checkpoint_and_cases(parity_set: ParitySet, model_dir: Path) -> list[dict]:
+    parity_set.write_checkpoint(model_dir)
+    return parity_set.cases
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_tiny_greedy_codes_match_official(parity_python, tmp_path, seed):
-    write_talker_files(tmp_path, "tiny", seed)
-    rng = random.Random(seed)
-    cases = [
-        {"ids": prompt_ids(n, rng), "speaker": spk, "language": lang, "max_new_tokens": 120}
-        for n, (spk, lang) in zip([1, 3, 8, 15, 24], rng.sample(VOICES, 5))
-    ]
+    cases = checkpoint_and_cases(tiny_set(seed), tmp_path)
     ours = our_codes(tmp_path, cases)
     assert_same_codes(ours, official_codes(parity_python, tmp_path, cases, tmp_path), cases)
     # The shaped tiny weights end by EOS at a length that grows with the text.
@@ -89,24 +61,13 @@ def test_tiny_greedy_codes_match_official(parity_python, tmp_path, seed):
 
 def test_mid_size_greedy_codes_match_official(parity_python, tmp_path):
     """A wider, deeper, unshaped geometry (hidden 256, 6 talker + 3 predictor layers)."""
-    write_talker_files(tmp_path, "custom:256,6,256,3", seed=7)
-    rng = random.Random(7)
-    cases = [
-        {"ids": prompt_ids(n, rng), "speaker": spk, "language": lang, "max_new_tokens": 41}
-        for n, (spk, lang) in zip([2, 9, 30], VOICES[:3])
-    ]
+    cases = checkpoint_and_cases(mid_size_set(), tmp_path)
     assert_same_codes(our_codes(tmp_path, cases), official_codes(parity_python, tmp_path, cases, tmp_path), cases)
 
 
 def test_boundary_cases_match_official(parity_python, tmp_path):
     """1-frame output, the max_new_tokens cap on a long text, and a 300-frame run."""
-    write_talker_files(tmp_path, "tiny", seed=3, frames_per_text=40.0)
-    rng = random.Random(3)
-    cases = [
-        {"ids": prompt_ids(5, rng), "speaker": "serena", "language": "auto", "max_new_tokens": 2},
-        {"ids": prompt_ids(40, rng), "speaker": "ryan", "language": "english", "max_new_tokens": 9},
-        {"ids": prompt_ids(12, rng), "speaker": "vivian", "language": "chinese", "max_new_tokens": 301},
-    ]
+    cases = checkpoint_and_cases(boundary_set(), tmp_path)
     ours = our_codes(tmp_path, cases)
     assert [len(c) for c in ours] == [1, 8, 300]
     assert_same_codes(ours, official_codes(parity_python, tmp_path, cases, tmp_path), cases)
@@ -114,9 +75,7 @@ def test_boundary_cases_match_official(parity_python, tmp_path):
 
 def test_eos_at_min_new_tokens_matches_official(parity_python, tmp_path):
     """EOS strongest from the first frame on: both sides stop after min_new_tokens (2) frames."""
-    write_talker_files(tmp_path, "tiny", seed=4, frames_per_text=0.0)
-    rng = random.Random(4)
-    cases = [{"ids": prompt_ids(n, rng), "speaker": "aiden", "language": "english", "max_new_tokens": 50} for n in (1, 10)]
+    cases = checkpoint_and_cases(eos_at_min_set(), tmp_path)
     ours = our_codes(tmp_path, cases)
     assert [len(c) for c in ours] == [2, 2]
     assert_same_codes(ours, official_codes(parity_python, tmp_path, cases, tmp_path), cases)
@@ -130,7 +89,7 @@ def test_official_saved_checkpoint_loads_in_ours(parity_python, tmp_path):
     config_path = tmp_path / "config_in.json"
     config_path.write_text(json.dumps(raw))
     out = tmp_path / "official_ckpt"
-    run_official(parity_python, "save-random", config_path, out, 11)
+    OfficialSide(parity_python).run("save-random", config_path, out, 11)
     model = load_talker(out)  # with the config.json that save_pretrained wrote
     weights = model.state_dict()
     assert weights["talker.codec_head.weight"].shape == (3072, 64)
