@@ -52,8 +52,8 @@ from typing import Any
 
 import torch
 
+from streamtalk_common.paths import output_root
 from streamtalk_common.tables import format_table, write_json
-from tools.autortc.common import output_root
 from tools.talker_parity import (
     Case,
     Codes,

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamtalk_common.paths import cache_root
 from tools.codes_eval import first_divergence
 from tts_engine.checkpoint import load_talker, write_talker_files
 from tts_engine.codegen import CodeGenerator
-from tts_engine.config import cache_root
 from tts_engine.prompt import build_prompt
 from tts_engine.sampling import SamplingParams
 
