@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -88,3 +89,25 @@ def test_soak_conversations_answered_and_services_keep_their_fds_and_threads(sho
 def test_soak_agent_keeps_its_fds_and_threads(short_form) -> None:
     agent = short_form[0]["soak"]["services"]["agent"]
     assert idle_counts_held(agent), {k: v for k, v in agent.items() if k != "series"}
+
+
+def test_a_service_that_exited_unreaped_has_left_its_group() -> None:
+    """A dead service whose parent has not reaped it yet is a zombie: sampling its group
+    must report it gone, not a live process holding nothing."""
+    from tools.soak.procstat import sample_group
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not _is_zombie(proc.pid):
+            assert time.monotonic() < deadline, "the child never exited"
+            time.sleep(0.02)
+        with pytest.raises(ProcessLookupError):
+            sample_group(proc.pid)
+    finally:
+        proc.wait()
+
+
+def _is_zombie(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "Z"

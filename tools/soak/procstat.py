@@ -5,7 +5,8 @@ started), and the least-squares slope of a series.
 Each service of the stack runs in its own process group (its own session), so a
 group is the whole service: the agent worker with any helper process it spawns,
 LiveKit, the token server, the dev backend. A process that exits between listing
-and reading is skipped.
+and reading is skipped, and an exited one that is not reaped yet (a zombie) is
+not a member.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ def _group_members(pgid: int) -> list[int]:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid:  # after the state and the parent: the process group
+        # fields: state, parent, process group; a zombie (Z) has exited, its parent not
+        # having reaped it yet: it holds nothing and must not keep a dead service "alive"
+        if int(fields[2]) == pgid and fields[0] != "Z":
             members.append(int(name))
     return members
 
