@@ -83,6 +83,14 @@ ENGINE_GAUGES = (  # TTSEngine.stats() key, metric, help
     ("underruns", "tts_engine_underruns", "packets ready after their playback time (150 ms playout buffer) since start"),
     ("gpu_memory_peak_mib", "tts_engine_gpu_memory_peak_mib", "peak GPU memory allocated by torch since start (0 on a CPU)"),
 )
+STARTUP_GAUGES = (  # TTSEngine.startup_report() key, metric, help
+    ("load_s", "tts_engine_startup_load_seconds", "start-up: loading the model and allocating the batch rows"),
+    ("compile_s", "tts_engine_startup_compile_seconds", "start-up: torch.compile of the decoder layers (TTS_COMPILE=1)"),
+    ("warmup_s", "tts_engine_startup_warmup_seconds", "start-up: the warm-up syntheses"),
+    ("capture_s", "tts_engine_startup_capture_seconds", "start-up: capturing the CUDA graphs"),
+    ("calibrate_s", "tts_engine_startup_calibrate_seconds", "start-up: timing the batch buckets"),
+    ("total_s", "tts_engine_startup_total_seconds", "start-up: all phases"),
+)
 
 
 class Stats:
@@ -104,6 +112,9 @@ class Stats:
         for key, name, doc in ENGINE_GAUGES:
             gauge = Gauge(name, doc, registry=self.registry)
             gauge.set_function(lambda key=key: (e.stats()[key] if (e := engine_of()) is not None else 0))
+        for key, name, doc in STARTUP_GAUGES:
+            gauge = Gauge(name, doc, registry=self.registry)
+            gauge.set_function(lambda key=key: (e.startup_report()[key] if (e := engine_of()) is not None else 0))
 
     def observe(self, route: str, m: RequestMetrics) -> None:
         self.requests.labels(route, m.stop_reason or "unknown").inc()
@@ -314,7 +325,7 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"ready": True, "load_s": round(engine.load_s, 2), "warmup_s": round(engine.warmup_s, 2),
                               "device": str(engine.config.torch_device), "model_dir": str(engine.model.model_dir),
                               "rows": engine.pool.rows, "capacity": engine.capacity,
-                              "capacity_left": engine.capacity_left})
+                              "capacity_left": engine.capacity_left, "startup": engine.startup_report()})
 
 
 async def metrics(request: web.Request) -> web.Response:
