@@ -11,9 +11,8 @@ each serves every layer of a geometry, every batch bucket and every span:
                are the predictor's first step and every prefill)
 
 which makes 4 compiled variants per part and geometry (8 graphs for the 0.6B,
-whose talker and predictor layers have one geometry; 16 for the 1.7B), more if an
-attention kernel lays its output out differently on one path (the `finish` of
-that layout is compiled on its own).
+whose talker and predictor layers have one geometry; 16 for the 1.7B), and one
+more of `finish` wherever an attention kernel lays its output out differently.
 `precompile` compiles all of them at start-up, before the warm-up synthesis and
 the CUDA graphs, which then capture the compiled kernels per bucket as before.
 The mode is torch.compile's default: the engine captures its own graphs.
