@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tts_engine.runtime import compile_cache
+from tts_engine.config import EngineConfig
+from tts_engine.errors import EngineStartError
+from tts_engine.runtime import TTSEngine, compile_cache
 from tts_engine.runtime.compile_cache import ARTEFACTS, CompileCache
 from tts_engine.runtime.compiled import DYNAMIC_DIMS
 
@@ -121,6 +123,20 @@ def test_corrupt_artefacts_are_replaced_with_a_warning(tiny_model_dir, cold, eag
         np.testing.assert_array_equal(started["streams"][key], want, err_msg=key)
     fresh = CompileCache(cache_dir(home), json.loads((cache_dir(home) / "key.json").read_text()))
     fresh._verified_payload(artefacts.read_bytes())  # rewritten whole after the warm-up
+
+
+def test_a_compile_that_fails_stops_the_start_with_the_way_out(tiny_model_dir, tmp_path, monkeypatch):
+    for variable in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.delenv(variable, raising=False)  # restored afterwards: the engine points them
+    monkeypatch.setenv("STREAMTALK_HOME", str(tmp_path))
+
+    def no_compiler(*_args) -> None:
+        raise RuntimeError("no working C++ compiler found")
+
+    monkeypatch.setattr("tts_engine.runtime.engine.precompile", no_compiler)
+    config = EngineConfig.from_env({}, model_dir=str(tiny_model_dir), device="cpu", max_batch=1, compile_steps="1")
+    with pytest.raises(EngineStartError, match="no working C\\+\\+ compiler found.*TTS_COMPILE=0 starts the engine"):
+        TTSEngine(config)
 
 
 # -- the artefacts file and the retry, without compiling ------------------------------

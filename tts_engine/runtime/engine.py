@@ -228,7 +228,7 @@ class TTSEngine:
                 log.info("start-up: compiling the decoder layers (cache %s; an empty one takes a minute or more)",
                          self.compile_cache.dir)
                 with phases.timed("compile"):
-                    self.compile_cache.compile(lambda: precompile(self.model.codegen.talker, self.stepper.spans[0]))
+                    self._compile()
                 graphs = compiled_graphs()
             log.info("start-up: warm-up synthesis")
             with phases.timed("warmup"):
@@ -257,6 +257,14 @@ class TTSEngine:
                  self.pool.rows, self.pool.positions, self.capacity, phases.total_s,
                  ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in phases.report().items() if k != "total_s"),
                  f"; compile cache {self.compile_cache.report()}" if self.compile_cache else "")
+
+    def _compile(self) -> None:
+        try:
+            self.compile_cache.compile(lambda: precompile(self.model.codegen.talker, self.stepper.spans[0]))
+        except Exception as exc:
+            self.close()
+            raise EngineStartError(f"torch.compile of the decoder layers failed ({type(exc).__name__}: {exc}); "
+                                   "TTS_COMPILE=0 starts the engine without it") from exc
 
     def startup_report(self) -> dict:
         """Seconds per start-up phase, and (TTS_COMPILE=1) what came from the compile cache."""
