@@ -15,6 +15,9 @@
 #          then Poisson arrivals (BATCH_RATES requests/s, default 2 5 10), BATCH_DURATION s
 #          (default 30) each; fits one 10-minute call on its own
 #   step: STEP_VARIANTS (graph eager), STEP_DECODERS (tf32, the engine's default; also float32, bfloat16)
+#   compiled: engine start-up and e2e (medium replies) without compile, then with TTS_COMPILE=1
+#          from an empty compile cache (cold) and again from the cache it left (warm, a second
+#          process); every batch bucket (TTS_MAX_BATCH as set, default all rows the card holds)
 #   regression: the TTS regression's fast mode in the golden GPU configuration (tiny checkpoint)
 #          against this card's baseline golden/tts/gpu-<card>; where there is none yet, it is
 #          created first (full mode) and packed into OUT_DIR/gpu-<card>.tar to be committed
@@ -90,9 +93,37 @@ if has batch; then
     kill $SERVER; wait $SERVER 2>/dev/null
 fi
 if has compiled; then
-    step "e2e with torch.compile (compiles every bucket: slow start)"
-    export TORCHINDUCTOR_CACHE_DIR="$STREAMTALK_HOME/inductor-cache" TTS_MAX_BATCH=4
-    $B e2e --model-dir "$CK" --compile --out "$RES/e2e_compiled.json"
+    # the compile cache lives in the cache root: a fresh one makes the first compiled start cold
+    COMPILE_HOME="$STREAMTALK_HOME/compile-bench"
+    rm -rf "$COMPILE_HOME"
+    E2E=(e2e --model-dir "$CK" --lengths medium --repeats 3)
+    step "start-up without compile (the reference for the warm start)"
+    (unset TORCHINDUCTOR_CACHE_DIR TRITON_CACHE_DIR; $B "${E2E[@]}" --out "$RES/startup_uncompiled.json")
+    step "start-up with TTS_COMPILE=1, empty compile cache (cold)"
+    (unset TORCHINDUCTOR_CACHE_DIR TRITON_CACHE_DIR; STREAMTALK_HOME="$COMPILE_HOME" $B "${E2E[@]}" --compile \
+        --out "$RES/startup_cold.json")
+    step "start-up with TTS_COMPILE=1, the cache of the cold start (warm)"
+    (unset TORCHINDUCTOR_CACHE_DIR TRITON_CACHE_DIR; STREAMTALK_HOME="$COMPILE_HOME" $B "${E2E[@]}" --compile \
+        --out "$RES/startup_warm.json")
+    python3 - "$RES" <<'PY'
+import json, pathlib, sys
+from streamtalk_common.tables import print_table
+res = pathlib.Path(sys.argv[1])
+if missing := [n for n in ("uncompiled", "cold", "warm") if not (res / f"startup_{n}.json").exists()]:
+    sys.exit(f"compiled: no result of the {', '.join(missing)} start (it failed: see above)")
+runs = {name: json.loads((res / f"startup_{name}.json").read_text()) for name in ("uncompiled", "cold", "warm")}
+rows = []
+for name, run in runs.items():
+    phases, cache, e2e = run["startup"], run["startup"]["compile"] or {}, run["rows"][0]
+    rows.append({"start": name, **{k: v for k, v in phases.items() if k != "compile"},
+                 "graphs": cache.get("graphs", 0), "cache_hits": cache.get("fx_graph_cache_hits", 0),
+                 "cache_misses": cache.get("fx_graph_cache_misses", 0), "ttfa_ms_p50": e2e["ttfa_ms_p50"],
+                 "rtf_p50": e2e["rtf_p50"]})
+print_table("start-up per phase (s) and e2e, medium replies", rows)
+cold, warm, plain = (runs[n]["startup"]["total_s"] for n in ("cold", "warm", "uncompiled"))
+print(f"targets: cold start {cold:.1f} s (<= 120: {'met' if cold <= 120 else 'NOT met'}); warm start {warm:.1f} s "
+      f"<= uncompiled {plain:.1f} s + 10: {'met' if warm <= plain + 10 else 'NOT met'}")
+PY
 fi
 if has regression; then
     step "TTS regression: fast mode, golden GPU configuration"

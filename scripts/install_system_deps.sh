@@ -2,7 +2,9 @@
 # System packages the stack and its browser tests need (Debian 12 / Ubuntu):
 # chromium (headless browser tests), espeak-ng (deterministic test speech),
 # sox (audio inspection), nodejs + npm (playwright-core, livekit-client),
-# curl and ca-certificates. Installs only what is missing; non-interactive.
+# curl and ca-certificates, g++ and python3-dev (torch.compile, TTS_COMPILE=1,
+# builds C++ against Python's headers on a CPU, as its tests do). Installs only
+# what is missing; non-interactive.
 # Run as root, or as a user with passwordless sudo.
 set -euo pipefail
 
@@ -16,6 +18,7 @@ declare -A WANT=(
     [node]=nodejs
     [npm]=npm
     [curl]=curl
+    [g++]=g++
 )
 
 missing=()
@@ -24,6 +27,9 @@ for cmd in "${!WANT[@]}"; do
         missing+=("${WANT[$cmd]}")
     fi
 done
+if ! python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null; then
+    missing+=(python3-dev)
+fi
 if [[ ! -e /etc/ssl/certs/ca-certificates.crt ]]; then
     missing+=(ca-certificates)
 fi

@@ -24,7 +24,8 @@
 # the token server's TOKEN_* settings pass through), TOKEN_SERVER_PORT 3000, OMNI_BACKEND
 # (dev | vllm | external), OMNI_BASE_URL, OMNI_DEV_PORT 8000, VLLM_PORT 8000,
 # VLLM_GPU_MEMORY_UTILIZATION 0.6, VLLM_START_TIMEOUT_S 900, STREAMTALK_TTS_SERVER=1, TTS_HOST,
-# TTS_PORT 9000, STREAMTALK_SKIP_INSTALL=1 (skip install steps), STREAMTALK_SKIP_TTS_DEMO=1.
+# TTS_PORT 9000, TTS_START_TIMEOUT_S 600 (the agent's and the TTS server's engine start-up),
+# STREAMTALK_SKIP_INSTALL=1 (skip install steps), STREAMTALK_SKIP_TTS_DEMO=1.
 . "$(dirname "$0")/common.sh"
 . "$REPO_ROOT/scripts/livekit_keys.sh"
 . "$REPO_ROOT/scripts/vllm_env.sh"
@@ -47,6 +48,8 @@ OMNI_DEV_PORT="${OMNI_DEV_PORT:-8000}"
 OMNI_DEV_URL="http://127.0.0.1:$OMNI_DEV_PORT/v1"
 VLLM_URL="http://$([[ "$VLLM_HOST" == 0.0.0.0 || "$VLLM_HOST" == :: ]] && echo 127.0.0.1 || echo "$VLLM_HOST"):$VLLM_PORT/v1"
 VLLM_START_TIMEOUT_S="${VLLM_START_TIMEOUT_S:-900}"  # loading the weights takes minutes
+# The engine warms up every batch bucket, and with TTS_COMPILE=1 an empty compile cache compiles first
+TTS_START_TIMEOUT_S="${TTS_START_TIMEOUT_S:-600}"
 STREAMTALK_TTS_SERVER="${STREAMTALK_TTS_SERVER:-0}"
 TTS_HOST="${TTS_HOST:-127.0.0.1}"  # EngineConfig's defaults
 TTS_PORT="${TTS_PORT:-9000}"
@@ -187,6 +190,7 @@ start_service() {  # name health-url timeout-s cmd...
     stop_service "$name"
     local hint=""
     [[ "$name" == vllm ]] && hint="; vLLM may need longer to load: raise VLLM_START_TIMEOUT_S"
+    [[ "$name" == tts_server || "$name" == agent ]] && hint="; the TTS engine may need longer to start: raise TTS_START_TIMEOUT_S"
     die "$name not healthy at $url after ${timeout}s, stopped it; see $logf$hint"
 }
 
@@ -276,6 +280,7 @@ tts_demo() {
 
 cmd_start() {
     resolve_omni_backend
+    [[ "$TTS_START_TIMEOUT_S" =~ ^[1-9][0-9]*$ ]] || die "TTS_START_TIMEOUT_S=$TTS_START_TIMEOUT_S; valid: whole seconds > 0"
     mkdir -p "$RUN_DIR"
     install_missing
     [[ -x "$LIVEKIT_BIN" ]] || die "LiveKit server missing at $LIVEKIT_BIN: run scripts/install_livekit_server.sh"
@@ -320,7 +325,7 @@ cmd_start() {
 
     if enabled tts_server; then
         is_running tts_server || require_port tts_server tcp "$TTS_HOST" "$TTS_PORT" TTS_PORT
-        start_service tts_server "$(health_url tts_server)" 180 \
+        start_service tts_server "$(health_url tts_server)" "$TTS_START_TIMEOUT_S" \
             "$PY" -m tts_engine serve --model-dir "$TTS_CHECKPOINT" --host "$TTS_HOST" --port "$TTS_PORT"
     fi
 
@@ -334,7 +339,7 @@ cmd_start() {
     # Its health endpoint answers once the TTS engine and VAD are loaded and warm.
     export AGENT_HTTP_PORT="${AGENT_HTTP_PORT:-8081}"
     is_running agent || require_port agent tcp 127.0.0.1 "$AGENT_HTTP_PORT" AGENT_HTTP_PORT
-    start_service agent "$(health_url agent)" 180 "$PY" -m agent start
+    start_service agent "$(health_url agent)" "$TTS_START_TIMEOUT_S" "$PY" -m agent start
 
     log "stack is up"
     echo

@@ -1,8 +1,8 @@
 """GPU-only checks (run on a CUDA machine; CI has no GPU and skips them).
 
 The batch step's CUDA graphs must reproduce the same parts run eagerly bit for
-bit at several batch buckets, and streams must equal their solo runs in
-batch-invariant mode on the GPU too.
+bit at several batch buckets (with the compiled layers of TTS_COMPILE=1 too), and
+streams must equal their solo runs in batch-invariant mode on the GPU too.
 """
 
 from __future__ import annotations
@@ -39,12 +39,13 @@ def rows_run(engine: TTSEngine, batch: int, steps: int = 60) -> tuple[np.ndarray
     return np.stack(codes), np.stack(pcm)
 
 
-@pytest.mark.parametrize("batch", [1, 3, 16, 64])
-def test_batch_graphs_equal_the_same_parts_eager(tiny_model_dir, batch):
+@pytest.mark.parametrize("batch, compile_steps", [(1, "0"), (3, "0"), (16, "0"), (64, "0"), (1, "1"), (16, "1")])
+def test_batch_graphs_equal_the_same_parts_eager(tiny_model_dir, batch, compile_steps):
     outs = []
     for graphs in (1, 0):
         engine = TTSEngine(EngineConfig.from_env(model_dir=str(tiny_model_dir), max_batch=64,
-                                                 cudagraph_talker=graphs, cudagraph_cp=graphs, cudagraph_decoder=graphs))
+                                                 cudagraph_talker=graphs, cudagraph_cp=graphs, cudagraph_decoder=graphs,
+                                                 compile_steps=compile_steps))
         try:
             assert engine.stepper.graphed == bool(graphs)
             outs.append(rows_run(engine, batch))

@@ -359,6 +359,14 @@ def test_backend_settings_that_cannot_work_are_refused(
     assert not (tmp_path / "output" / "run").exists()  # refused before anything started
 
 
+def test_an_engine_start_timeout_that_cannot_work_is_refused(tmp_path: Path) -> None:
+    env = service_env(STREAMTALK_OUTPUT=str(tmp_path / "output"), STREAMTALK_SKIP_INSTALL="1",
+                      TTS_START_TIMEOUT_S="2m")
+    said = run_script(env, "start", timeout=30)
+    assert said.returncode == 1 and "TTS_START_TIMEOUT_S=2m; valid: whole seconds > 0" in said.stderr, said.stderr
+    assert not (tmp_path / "output" / "run").exists()
+
+
 # ------------------------------------------------------------------ the key file alone
 
 

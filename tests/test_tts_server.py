@@ -179,6 +179,14 @@ async def test_speakers_health_ready(tts_server):
     assert (await get_json(tts_server, "/healthz"))[0] == 200
     status, body = await get_json(tts_server, "/readyz")
     assert status == 200 and body["ready"] is True
+    startup = body["startup"]  # seconds per phase; no compile (TTS_COMPILE=0), no graphs on a CPU
+    assert startup["load_s"] > 0 and startup["warmup_s"] > 0 and startup["compile_s"] == startup["capture_s"] == 0
+    phases = ("load_s", "compile_s", "warmup_s", "capture_s", "calibrate_s")
+    assert startup["total_s"] == pytest.approx(sum(startup[k] for k in phases), abs=0.05)
+    assert startup["compile"] is None
+    gauges = await prometheus(tts_server)
+    for key in (*phases, "total_s"):
+        assert gauges[f"tts_engine_startup_{key.removesuffix('_s')}_seconds"] == startup[key]
 
 
 async def test_ready_and_metrics_carry_the_start_up_memory(tts_server):

@@ -6,7 +6,9 @@
                  codegen and decode parts, audio s/s (graphs vs eager)
     decoder      codec decoder per precision (float32, tf32, bfloat16): SNR vs the float32 offline
                  decode and ms per packet, per batched frame and offline
-    e2e          in-process engine: TTFA and RTF per utterance length (P50/P95 after warm-up)
+    e2e          in-process engine: its start-up phases (load, compile, warm-up, capture,
+                 calibration; with --compile what came from the compile cache), then TTFA and
+                 RTF per utterance length (P50/P95 after warm-up)
     metrics      per-packet metrics (TTS_DEEP_STREAM_METRICS) on against off, alternating in one
                  engine: TTFA, RTF and ms per frame at each concurrency, and their difference
     memory       the engine's start-up GPU memory per maximum batch (one fresh process each):
@@ -103,7 +105,8 @@ def make_engine(args: argparse.Namespace, **overrides):
     cfg = EngineConfig.from_env(model_dir=args.model_dir, device=args.device, dtype=args.dtype, **overrides)
     progress(f"loading {cfg.resolved_model_dir} on {cfg.torch_device} ({cfg.torch_dtype}) {overrides or ''}")
     engine = TTSEngine(cfg)
-    progress(f"engine ready: load {engine.load_s:.1f} s, warm-up + capture {engine.warmup_s:.1f} s")
+    phases = engine.startup_report()
+    progress("engine ready: " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items() if k != "compile"))
     return engine
 
 
@@ -260,8 +263,9 @@ def _decoder_rows(args, model, name: str, codes: torch.Tensor, reference: torch.
 # -- e2e -------------------------------------------------------------------------
 
 
-def cmd_e2e(args: argparse.Namespace) -> list[dict]:
-    engine = make_engine(args, compile_steps=int(args.compile))
+def cmd_e2e(args: argparse.Namespace) -> tuple[list[dict], dict]:
+    engine = make_engine(args, compile_steps="1" if args.compile else "0")
+    startup = engine.startup_report()
     rows = []
     for length in args.lengths:
         ttfa: list[float] = []
@@ -276,8 +280,14 @@ def cmd_e2e(args: argparse.Namespace) -> list[dict]:
                      "ttfa_ms_p50": pct(ttfa, 50), "ttfa_ms_p95": pct(ttfa, 95), "rtf_p50": pct(rtf, 50),
                      "rtf_p95": pct(rtf, 95), "runs": len(ttfa)})
     engine.close()
+    phases = {k: v for k, v in startup.items() if k != "compile"}
+    cache = startup["compile"] or {}
+    print_table("engine start-up, seconds per phase", [{
+        "compiled": bool(args.compile), "rows": engine.pool.rows, "buckets": len(engine.stepper.buckets), **phases,
+        **{k: cache[k] for k in ("graphs", "fx_graph_cache_hits", "fx_graph_cache_misses", "artefacts_loaded")
+           if k in cache}}])
     print_table("end to end in process (server-side TTFA = request accepted -> first PCM packet)", rows)
-    return rows
+    return rows, {"startup": startup}
 
 
 # -- per-packet metrics ------------------------------------------------------------
@@ -703,7 +713,8 @@ def add_parser(sub) -> None:
     q.add_argument("--batch", type=int, nargs="+", default=[1, 16, 64, 256], help="batched frame steps")
     q = bsub.add_parser("e2e")
     common(q)
-    q.add_argument("--compile", action="store_true", help="fuse the frame steps with torch.compile")
+    q.add_argument("--compile", action="store_true",
+                   help="TTS_COMPILE=1: torch.compile of the decoder layers (the compile cache in the cache root)")
     q.add_argument("--lengths", nargs="+", default=list(LENGTHS), choices=list(LENGTHS))
     q = bsub.add_parser("metrics")
     common(q)
@@ -736,6 +747,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    rows = COMMANDS[args.bench](args)
-    write_json(args.out, args.bench, rows, {"args": {k: v for k, v in vars(args).items() if k != "func"}})
+    result = COMMANDS[args.bench](args)
+    rows, extra = result if isinstance(result, tuple) else (result, {})  # a command may add top-level keys
+    write_json(args.out, args.bench, rows, {"args": {k: v for k, v in vars(args).items() if k != "func"}, **extra})
     return 0

@@ -61,7 +61,7 @@ FIELDS: tuple[Knob, ...] = (
     Knob("TTS_ADMISSION", "admission", "realtime (admit while every stream stays real time at the measured step times), rows (fill every row; streams may fall behind: offline batch work)"),
     Knob("TTS_QUEUE_TIMEOUT_S", "queue_timeout_s", "how long a request waits for room before 503 over_capacity"),
     Knob("TTS_BATCH_INVARIANT", "batch_invariant", "1 = every stream steps alone: output bit-identical to a solo run whatever the batch (slower)"),
-    Knob("TTS_COMPILE", "compile_steps", "fuse the frame steps with torch.compile before graph capture (slower start-up)"),
+    Knob("TTS_COMPILE", "compile_steps", "1 = torch.compile the decoder layers before graph capture (faster steps); the first start compiles, later ones load the compile cache in $STREAMTALK_HOME/compile-cache (docs/PERFORMANCE.md); auto = 1 on CUDA, 0 on a CPU"),
     Knob("TTS_DECODER_CUDAGRAPH", "cudagraph_decoder", "CUDA graph for the incremental codec decoder step"),
     Knob("TTS_DEEP_STREAM_SILENCE_PACKETS", "silence_packets", "stop after N consecutive silent packets (0 = off)"),
     Knob("TTS_DEEP_STREAM_METRICS", "packet_metrics", "per-packet timing metrics: a line per packet in its request's packet_log (GET /tts/requests/{id}); their cost: `bench metrics`"),
@@ -77,7 +77,7 @@ FIELDS: tuple[Knob, ...] = (
 )
 
 _INT_ATTRS = {
-    "packet_tokens", "first_packet_tokens", "compile_steps", "left_context", "process", "group_parallel", "deterministic", "seed",
+    "packet_tokens", "first_packet_tokens", "left_context", "process", "group_parallel", "deterministic", "seed",
     "cudagraph_talker", "cudagraph_cp", "cudagraph_decoder", "max_batch", "row_positions", "max_active_streams",
     "batch_invariant", "silence_packets", "packet_metrics",
     "packet_trace", "code_dump", "max_new_tokens", "max_text_chars", "min_free_gpu_mib", "port",
@@ -97,6 +97,7 @@ _CHOICES = {
     "dtype": ("auto", "float32", "bfloat16", "float16"),
     "decoder_dtype": DECODER_DTYPES,
     "admission": ("realtime", "rows"),
+    "compile_steps": ("0", "1", "auto"),
 }
 
 
@@ -120,7 +121,7 @@ class EngineConfig:
     cudagraph_talker: int = 1
     cudagraph_cp: int = 1
     cudagraph_decoder: int = 1
-    compile_steps: int = 0
+    compile_steps: str = "0"
     max_batch: int = 0
     row_positions: int = 1024
     max_active_streams: int = 0
@@ -193,6 +194,12 @@ class EngineConfig:
     @property
     def torch_dtype(self) -> torch.dtype:
         return resolve_dtype(self.dtype, self.torch_device)
+
+    @property
+    def compiled(self) -> bool:
+        """TTS_COMPILE resolved: `auto` compiles on CUDA only (on a CPU, inductor needs a C++
+        compiler and the compile costs more than it saves)."""
+        return self.compile_steps == "1" or (self.compile_steps == "auto" and self.torch_device.type == "cuda")
 
     @property
     def sample_by_default(self) -> bool:

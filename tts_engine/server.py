@@ -86,6 +86,14 @@ ENGINE_GAUGES = (  # TTSEngine.stats() key, metric, help
     ("gpu_memory_reserved_mib", "tts_engine_gpu_memory_reserved_mib",
      "GPU memory torch's allocator holds now (0 on a CPU)"),
 )
+STARTUP_GAUGES = (  # TTSEngine.startup_report() key, metric, help
+    ("load_s", "tts_engine_startup_load_seconds", "start-up: loading the model and allocating the batch rows"),
+    ("compile_s", "tts_engine_startup_compile_seconds", "start-up: torch.compile of the decoder layers (TTS_COMPILE=1)"),
+    ("warmup_s", "tts_engine_startup_warmup_seconds", "start-up: the warm-up syntheses"),
+    ("capture_s", "tts_engine_startup_capture_seconds", "start-up: capturing the CUDA graphs"),
+    ("calibrate_s", "tts_engine_startup_calibrate_seconds", "start-up: timing the batch buckets"),
+    ("total_s", "tts_engine_startup_total_seconds", "start-up: all phases"),
+)
 
 
 class Stats:
@@ -112,6 +120,9 @@ class Stats:
                           registry=self.registry)
             gauge.set_function(lambda part=part: (getattr(e.memory, f"{part}_mib")
                                                   if (e := engine_of()) is not None and e.memory else 0))
+        for key, name, doc in STARTUP_GAUGES:
+            gauge = Gauge(name, doc, registry=self.registry)
+            gauge.set_function(lambda key=key: (e.startup_report()[key] if (e := engine_of()) is not None else 0))
 
     def observe(self, route: str, m: RequestMetrics) -> None:
         self.requests.labels(route, m.stop_reason or "unknown").inc()
@@ -322,7 +333,8 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"ready": True, "load_s": round(engine.load_s, 2), "warmup_s": round(engine.warmup_s, 2),
                               "device": str(engine.config.torch_device), "model_dir": str(engine.model.model_dir),
                               "rows": engine.pool.rows, "capacity": engine.capacity,
-                              "capacity_left": engine.capacity_left, "memory": engine.memory.to_dict()})
+                              "capacity_left": engine.capacity_left, "memory": engine.memory.to_dict(),
+                              "startup": engine.startup_report()})
 
 
 async def metrics(request: web.Request) -> web.Response:

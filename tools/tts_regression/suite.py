@@ -123,7 +123,7 @@ def engine_info(engine) -> dict:
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     return {"device": device.type, "card": card, "dtype": str(cfg.torch_dtype).removeprefix("torch."),
             "decoder_dtype": cfg.decoder_dtype, "cuda_graphs": bool(engine.stepper.use_graphs),
-            "compile_steps": cfg.compile_steps, "batch_invariant": cfg.batch_invariant,
+            "compile_steps": int(cfg.compiled), "batch_invariant": cfg.batch_invariant,
             "decode_mode": cfg.decode_mode, "torch_threads": _torch_threads()}
 
 

@@ -88,22 +88,32 @@ class KVCache:
     def positions(self, batch: int, s: int, device: torch.device) -> torch.Tensor:
         if s > 1 and self.length != 0:
             raise RuntimeError("multi-position steps are only supported as the first (prefill) step")
+        if self.length + s > self.capacity:
+            raise RuntimeError(f"KV cache overflow: {self.length + s} positions > capacity {self.capacity}")
         return torch.arange(self.length, self.length + s, device=device).expand(batch, s)
 
-    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
-        """Append k/v [B, Hkv, S, D] at the current length; return all valid k/v (no mask)."""
-        start, end = self.length, self.length + k.shape[2]
-        if end > self.capacity:
-            raise RuntimeError(f"KV cache overflow: {end} positions > capacity {self.capacity}")
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end], None
+    def layer(self, i: int) -> AppendedKV:
+        return AppendedKV(self.k[i], self.v[i], self.length)
 
     def advance(self, n: int) -> None:
         self.length += n
 
     def reset(self) -> None:
         self.length = 0
+
+
+class AppendedKV:
+    """One layer's part of a KVCache: new keys/values go after the first `start` positions."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, start: int) -> None:
+        self.k, self.v, self.start = k, v, start  # [B, Hkv, capacity, D]
+
+    def write(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        """Append k/v [B, Hkv, S, D]; return all valid k/v (no mask)."""
+        end = self.start + k.shape[2]
+        self.k[:, :, self.start : end] = k
+        self.v[:, :, self.start : end] = v
+        return self.k[:, :, :end], self.v[:, :, :end], None
 
 
 class StaticKVCache:
@@ -126,20 +136,33 @@ class StaticKVCache:
         self._mask = visible[:, None, None, :]
         return self.pos[:, None]
 
-    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        index = self.pos.view(-1, 1, 1, 1).expand(-1, k.shape[1], 1, k.shape[3])
-        self.k[layer].scatter_(2, index, k)
-        self.v[layer].scatter_(2, index, v)
-        return self.k[layer, :, :, : self.span], self.v[layer, :, :, : self.span], self._mask
+    def layer(self, i: int) -> ScatteredKV:
+        if self._mask is None:
+            raise RuntimeError("StaticKVCache.positions() comes first: it makes the step's mask")
+        return ScatteredKV(self.k[i], self.v[i], self.pos, self._mask)
 
     def advance(self, n: int) -> None:
         self.pos.add_(n)
 
 
+class ScatteredKV:
+    """One layer's part of a StaticKVCache: each row's keys/values go to its own position;
+    attention reads the mask's span of positions (its last dimension)."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> None:
+        self.k, self.v, self.pos, self.mask = k, v, pos, mask  # k/v [B, Hkv, capacity, D]; mask [B, 1, 1, span]
+
+    def write(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        index = self.pos.view(-1, 1, 1, 1).expand(-1, k.shape[1], 1, k.shape[3])
+        self.k.scatter_(2, index, k)
+        self.v.scatter_(2, index, v)
+        span = self.mask.shape[-1]
+        return self.k[:, :, :span], self.v[:, :, :span], self.mask
+
+
 class Attention(nn.Module):
-    def __init__(self, g: TransformerGeometry, layer_idx: int) -> None:
+    def __init__(self, g: TransformerGeometry) -> None:
         super().__init__()
-        self.layer_idx = layer_idx
         self.n_heads, self.n_kv, self.head_dim = g.num_attention_heads, g.num_key_value_heads, g.head_dim
         self.q_proj = nn.Linear(g.hidden_size, g.num_attention_heads * g.head_dim, bias=False)
         self.k_proj = nn.Linear(g.hidden_size, g.num_key_value_heads * g.head_dim, bias=False)
@@ -148,19 +171,24 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(g.head_dim, g.rms_norm_eps)  # per head, before RoPE
         self.k_norm = RMSNorm(g.head_dim, g.rms_norm_eps)
 
-    def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | StaticKVCache
-    ) -> torch.Tensor:
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Normed x [B, S, C] -> q [B, H, S, D], k and v [B, Hkv, S, D], RoPE applied."""
         b, s, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(b, s, self.n_heads, self.head_dim)).transpose(1, 2)
         k = self.k_norm(self.k_proj(x).view(b, s, self.n_kv, self.head_dim)).transpose(1, 2)
         v = self.v_proj(x).view(b, s, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        k_all, v_all, mask = cache.write(self.layer_idx, k, v)  # [B, Hkv, T, D]
-        out = F.scaled_dot_product_attention(
-            q, k_all, v_all, attn_mask=mask, is_causal=s > 1 and mask is None,
-            enable_gqa=self.n_heads != self.n_kv,
-        )  # [B, H, S, D]; a multi-position (causal) step is always the prefill of an empty cache
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: AppendedKV | ScatteredKV) -> torch.Tensor:
+        """Write k/v into the cache, attend over it: [B, H, S, D]."""
+        k_all, v_all, mask = kv.write(k, v)  # [B, Hkv, T, D]
+        # a multi-position (causal) step is always the prefill of an empty cache
+        return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, is_causal=q.shape[2] > 1 and mask is None,
+                                              enable_gqa=self.n_heads != self.n_kv)
+
+    def output(self, out: torch.Tensor) -> torch.Tensor:
+        """Attention output [B, H, S, D] -> [B, S, C]."""
+        b, _, s, _ = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(b, s, self.n_heads * self.head_dim))
 
 
@@ -176,15 +204,27 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, g: TransformerGeometry, layer_idx: int) -> None:
+    """One transformer layer, in three parts: `project` (norm, q/k/v, RoPE), the attention
+    over this layer's part of the cache (`kv`), and `finish` (output projection, MLP, the
+    residuals). `project` and `finish` see activations only, never the cache or the layer's
+    index, so one compiled code of each serves every layer (runtime/compiled.py)."""
+
+    def __init__(self, g: TransformerGeometry) -> None:
         super().__init__()
-        self.self_attn = Attention(g, layer_idx)
+        self.self_attn = Attention(g)
         self.mlp = MLP(g)
         self.input_layernorm = RMSNorm(g.hidden_size, g.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(g.hidden_size, g.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | StaticKVCache) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv: AppendedKV | ScatteredKV) -> torch.Tensor:
+        q, k, v = self.project(x, cos, sin)
+        return self.finish(x, self.self_attn.attend(q, k, v, kv))
+
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.self_attn.project(self.input_layernorm(x), cos, sin)
+
+    def finish(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn.output(attended)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -194,7 +234,7 @@ class DecoderStack(nn.Module):
     def __init__(self, g: TransformerGeometry) -> None:
         super().__init__()
         self.geometry = g
-        self.layers = nn.ModuleList(DecoderLayer(g, i) for i in range(g.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(g) for _ in range(g.num_hidden_layers))
         self.norm = RMSNorm(g.hidden_size, g.rms_norm_eps)
         self.rotary = RotaryTable(g.head_dim, g.rope_theta)
 
@@ -202,7 +242,7 @@ class DecoderStack(nn.Module):
         """x [B, S, C] at the cache's next positions -> normed hidden [B, S, C]; advances the cache."""
         b, s, _ = x.shape
         cos, sin = self.rotary(cache.positions(b, s, x.device), x.dtype)
-        for layer in self.layers:
-            x = layer(x, cos, sin, cache)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, cache.layer(i))
         cache.advance(s)
         return self.norm(x)

@@ -35,14 +35,16 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 from ..codec_stream import CodecStreamDecoder, WindowedCodecDecoder
 from ..codegen import frame_limit
-from ..config import EngineConfig, resolve_dtype
+from ..config import EngineConfig, cache_root, resolve_dtype
 from ..errors import (
     EngineClosed,
     EngineOutOfMemory,
@@ -57,6 +59,8 @@ from ..sampling import seed_as_int64
 from ..synthesis import Request, TTSModel
 from .admission import REALTIME_BUDGET_MS, Admission
 from .code_dump import dump_codes
+from .compile_cache import CompileCache
+from .compiled import compile_layers, compiled_graphs, precompile
 from .memory import MemoryAccount, MemoryProbe
 from .rows import PrefillStage, RowPool, row_bytes
 from .session import _DONE, StreamHandle, StreamSession, call_in_loop
@@ -70,6 +74,32 @@ GRAPH_RESERVE_MIB = 2048  # GPU memory kept for graphs and activations when sizi
 CALIBRATION_STEPS = 3  # timed steps per bucket at start-up
 
 
+@dataclass
+class StartupPhases:
+    """Seconds per start-up phase: logged at ready, /readyz `startup`, /metrics."""
+
+    load_s: float = 0.0  # model, tokenizer, decoder, batch rows
+    compile_s: float = 0.0  # TTS_COMPILE=1: the compile cache and every compiled variant
+    warmup_s: float = 0.0  # the two warm-up syntheses: eager, then graphed
+    capture_s: float = 0.0  # the CUDA graphs of every bucket, span and prefill shape
+    calibrate_s: float = 0.0  # timing every bucket's step for admission control
+
+    @property
+    def total_s(self) -> float:
+        return self.load_s + self.compile_s + self.warmup_s + self.capture_s + self.calibrate_s
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            setattr(self, f"{phase}_s", getattr(self, f"{phase}_s") + time.perf_counter() - start)
+
+    def report(self) -> dict[str, float]:
+        return {k: round(v, 2) for k, v in {**asdict(self), "total_s": self.total_s}.items()}
+
+
 class TTSEngine:
     def __init__(self, config: EngineConfig, warmup: bool = True) -> None:
         self.config = config
@@ -77,22 +107,28 @@ class TTSEngine:
         check_device_memory(device, config.min_free_gpu_mib)
         self._probe = MemoryProbe(device)
         self.memory: MemoryAccount | None = None  # measured by warmup()
-        load_start = time.perf_counter()
-        self.model = TTSModel(config.resolved_model_dir, device, config.torch_dtype, config.max_text_chars,
-                              resolve_dtype(config.decoder_dtype, device))
-        decoder = CodecStreamDecoder(self.model.decoder, tf32=config.decoder_dtype == "tf32")
-        self._probe.mark("loaded")
-        rows = batch_rows(config, self.model, decoder)
-        self.pool = RowPool(self.model.codegen, decoder, rows, config.row_positions)
+        self.startup = StartupPhases()
+        with self.startup.timed("load"):
+            self.model = TTSModel(config.resolved_model_dir, device, config.torch_dtype, config.max_text_chars,
+                                  resolve_dtype(config.decoder_dtype, device))
+            decoder = CodecStreamDecoder(self.model.decoder, tf32=config.decoder_dtype == "tf32")
+            self._probe.mark("loaded")
+            rows = batch_rows(config, self.model, decoder)
+            self.pool = RowPool(self.model.codegen, decoder, rows, config.row_positions)
+        self.compile_cache: CompileCache | None = None
+        if config.compiled:
+            with self.startup.timed("compile"):
+                self.compile_cache = CompileCache.open(cache_root(), self.model.config, self.model.codegen.dtype,
+                                                       self.model.device)
+                compile_layers(self.model.codegen.talker)
         graphs_on = bool(config.cudagraph_talker and config.cudagraph_cp and config.cudagraph_decoder)
         self.stepper = BatchStepper(self.model.codegen, decoder, self.pool, graphs_on,
-                                    invariant=bool(config.batch_invariant), compile_steps=bool(config.compile_steps))
+                                    invariant=bool(config.batch_invariant))
         self._probe.mark("rows")
         self.windowed = (WindowedCodecDecoder(self.model.decoder, config.left_context)
                          if config.decode_mode == "windowed" else None)
         self.admission = Admission(self.stepper.buckets, config.max_active_streams, config.queue_timeout_s,
                                    realtime=config.admission == "realtime")
-        self.load_s = time.perf_counter() - load_start
         self._queued: deque[StreamSession] = deque()
         self._active: list[StreamSession] = []  # index = row
         self._lock = threading.Condition()
@@ -102,11 +138,19 @@ class TTSEngine:
         self._worker = threading.Thread(target=self._run, name="tts-engine", daemon=True)
         self._worker.start()
         self.ready = False
-        self.warmup_s = 0.0
         if warmup:
             self.warmup()
 
     # -- public API ---------------------------------------------------------
+
+    @property
+    def load_s(self) -> float:
+        return self.startup.load_s
+
+    @property
+    def warmup_s(self) -> float:
+        """Start-up after the load: compile, warm-up, capture, calibration."""
+        return self.startup.total_s - self.startup.load_s
 
     @property
     def speakers(self) -> list[str]:
@@ -179,32 +223,65 @@ class TTSEngine:
         return _join(parts), session.metrics
 
     def warmup(self) -> None:
-        """Run a short request end to end, capture the graphs, time the buckets, account for
-        the GPU memory (start-up only). Out of GPU memory here (the largest buckets'
-        activations) is a start-up error."""
-        start = time.perf_counter()
+        """Compile (TTS_COMPILE=1), run a short request end to end, capture the graphs, time
+        the buckets, account for the GPU memory (start-up only). Out of GPU memory here (the
+        largest buckets' activations) is a start-up error."""
         warm = self.model.make_request("Warm up the engine.", self.speakers[0], "auto")
+        phases = self.startup
         try:
-            self.synthesize_blocking(warm)
+            if self.compile_cache is not None:
+                log.info("start-up: compiling the decoder layers (cache %s; an empty one takes a minute or more)",
+                         self.compile_cache.dir)
+                with phases.timed("compile"):
+                    self._compile()
+                graphs = compiled_graphs()
+            log.info("start-up: warm-up synthesis")
+            with phases.timed("warmup"):
+                self.synthesize_blocking(warm)
             self._probe.mark("before_capture", settle=True)
-            self.stepper.capture()
+            with phases.timed("capture"):
+                self.stepper.capture()
             self._probe.mark("captured", settle=True)
-            self._calibrate()
+            log.info("start-up: timing the batch buckets")
+            with phases.timed("calibrate"):
+                self._calibrate()
             self.admission.forget_admission_cost()  # the first, cold admission would gate for minutes
-            self.synthesize_blocking(warm)  # the graphed path once, before real requests
+            with phases.timed("warmup"):
+                self.synthesize_blocking(warm)  # the graphed path once, before real requests
         except (torch.OutOfMemoryError, EngineOutOfMemory) as exc:
             self.close()
             raise EngineStartError(
                 f"the GPU ran out of memory while warming up {self.pool.rows} rows of {self.pool.positions} "
                 f"positions (their graphs and activations grow with the rows): set TTS_MAX_BATCH to fewer "
                 f"rows (for example {max(1, self.pool.rows // 2)}) or free GPU memory ({exc})") from exc
-        self.warmup_s = time.perf_counter() - start
+        if self.compile_cache is not None:
+            self.compile_cache.save()
+            if (late := compiled_graphs() - graphs) > 0:
+                log.warning("%d graphs were compiled after the compile phase: the engine runs a variant "
+                            "that runtime/compiled.py's precompile does not cover", late)
         self._probe.mark("ready")
         self.memory = self._probe.account(self.pool.rows, self.pool.positions, self.pool.nbytes)
         self.ready = True
-        log.info("engine ready: %d rows of %d positions, capacity %d streams, load %.1f s, warm-up %.1f s",
-                 self.pool.rows, self.pool.positions, self.capacity, self.load_s, self.warmup_s)
+        log.info("engine ready: %d rows of %d positions, capacity %d streams; start-up %.1f s: %s%s",
+                 self.pool.rows, self.pool.positions, self.capacity, phases.total_s,
+                 ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in phases.report().items() if k != "total_s"),
+                 f"; compile cache {self.compile_cache.report()}" if self.compile_cache else "")
         log.info("%s", self.memory.summary())
+
+    def _compile(self) -> None:
+        try:
+            self.compile_cache.compile(lambda: precompile(self.model.codegen.talker, self.stepper.spans[0]))
+        except Exception as exc:
+            self.close()
+            raise EngineStartError(f"torch.compile of the decoder layers failed ({type(exc).__name__}: {exc}); "
+                                   "TTS_COMPILE=0 starts the engine without it") from exc
+
+    def startup_report(self) -> dict:
+        """Seconds per start-up phase, and (TTS_COMPILE=1) what came from the compile cache."""
+        report: dict = self.startup.report()
+        report["compile"] = (None if self.compile_cache is None
+                             else {**self.compile_cache.report(), "graphs": compiled_graphs()})
+        return report
 
     def close(self) -> None:
         with self._lock:

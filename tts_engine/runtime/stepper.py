@@ -12,7 +12,9 @@ A step runs three shape-static parts over a bucket of b >= n rows of the pool:
 Rows n..b-1 only pad the bucket: they compute on stale state and nothing reads
 their results. No value crosses to the host inside a part, so each part runs
 eagerly or as a CUDA graph captured at start-up per bucket (the talker also per
-span): the same kernels on the same buffers, hence the same results.
+span): the same kernels on the same buffers, hence the same results. With
+TTS_COMPILE=1 the decoder layers in them run compiled code (runtime/compiled.py),
+which the graphs capture likewise.
 
 Newcomers join between steps on the rows after the batch. One eager prefill
 writes the KV of every prompt position but the last, for all of them at once
@@ -139,15 +141,13 @@ class StepResult:
 
 class BatchStepper:
     def __init__(self, codegen: CodeGenerator, decoder: CodecStreamDecoder, pool: RowPool,
-                 use_graphs: bool, invariant: bool, compile_steps: bool = False) -> None:
+                 use_graphs: bool, invariant: bool) -> None:
         self.codegen, self.decoder, self.pool = codegen, decoder, pool
         self.device = codegen.device
         self.buckets = buckets_for(pool.rows)
         self.spans = spans_for(pool.positions)
         self.invariant = invariant
         self.use_graphs = use_graphs and self.device.type == "cuda"
-        parts = {"talker": talker_part, "tail": tail_part}
-        self._parts = {k: torch.compile(f, dynamic=False) for k, f in parts.items()} if compile_steps else parts
         self._stage = None if invariant else PrefillStage(codegen, PREFILL_TOKENS)
         self.prefill_shapes = prefill_shapes_for(pool.positions) if self._stage else []
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
@@ -191,13 +191,14 @@ class BatchStepper:
             return
         runs: list[tuple[tuple, Callable[[], Tensor | None]]] = []
         for b, v in self._views.items():
-            runs += [(("talker", b, s), lambda v=v, s=s: self._parts["talker"](self.codegen, v, s))
+            runs += [(("talker", b, s), lambda v=v, s=s: talker_part(self.codegen, v, s))
                      for s in self.spans]
-            runs += [(("tail", b, mixed), lambda v=v, m=mixed: self._parts["tail"](self.codegen, v, m))
+            runs += [(("tail", b, mixed), lambda v=v, m=mixed: tail_part(self.codegen, v, m))
                      for mixed in (False, True)]
             runs += [(("decode", b), lambda v=v: decode_part(self.decoder, v))]
         runs += [(("prefill", *shape), lambda shape=shape: self._prefill_staged(*shape))
                  for shape in self.prefill_shapes]
+        log.info("capturing %d graphs", len(runs))
         side = torch.cuda.Stream(self.device)
         pool = None
         start = time.perf_counter()
@@ -205,7 +206,7 @@ class BatchStepper:
             for key, run in runs:
                 self.reset()  # each run advances its rows; unreset, they would pass the row's end
                 side.wait_stream(torch.cuda.current_stream(self.device))
-                with torch.cuda.stream(side):  # initialises cuBLAS/cuDNN workspaces (and compiles)
+                with torch.cuda.stream(side):  # initialises cuBLAS/cuDNN workspaces
                     run()
                     run()
                 torch.cuda.current_stream(self.device).wait_stream(side)
@@ -229,6 +230,7 @@ class BatchStepper:
 
     # -- per step ----------------------------------------------------------------
 
+    @torch.no_grad()  # every caller's grad mode alike: the compiled layers guard on it
     def prefill(self, start: int, newcomers: list[RowStart]) -> None:
         """Ready rows start..start+k-1 for newcomers: their prompts' KV but the last
         position, whose embedding becomes the row's next input, and fresh frame state.
@@ -288,6 +290,7 @@ class BatchStepper:
         embeds, staged = self._stage.shape(group, length)
         self.codegen.talker.model(embeds, staged)
 
+    @torch.no_grad()
     def step(self, n: int, positions: list[int], mixed: bool) -> StepResult:
         """Advance rows 0..n-1 by one frame; positions[i] is row i's talker position."""
         if self.invariant:
@@ -297,8 +300,8 @@ class BatchStepper:
         self.pool.park(n, b)
         span = self.span(max(positions))
         clock = _Clock(self.device)
-        self._run(("talker", b, span), lambda: self._parts["talker"](self.codegen, v, span))
-        self._run(("tail", b, mixed), lambda: self._parts["tail"](self.codegen, v, mixed))
+        self._run(("talker", b, span), lambda: talker_part(self.codegen, v, span))
+        self._run(("tail", b, mixed), lambda: tail_part(self.codegen, v, mixed))
         clock.mark()
         pcm = self._run(("decode", b), lambda: decode_part(self.decoder, v))
         return self._to_host(v.codes[:n], pcm[:n], clock)

@@ -1,0 +1,98 @@
+"""Regional compilation (TTS_COMPILE=1): torch.compile of the decoder layers' two parts.
+
+Every talker and code-predictor layer runs `DecoderLayer.project` (norm, q/k/v,
+RoPE) and `DecoderLayer.finish` (output projection, MLP, residuals); the cache
+write and the attention between them stay eager (model/layers.py). The two parts
+see activations only, never a cache or a layer index, so one compiled code of
+each serves every layer of a geometry, every batch bucket and every span:
+
+    batch      dynamic (a bucket of 1 is specialised: torch always does for size 1)
+    positions  dynamic (one position, a decode step, is specialised; two or more
+               are the predictor's first step and every prefill)
+
+which makes 4 compiled variants per part and geometry (8 graphs for the 0.6B,
+whose talker and predictor layers have one geometry; 16 for the 1.7B), and one
+more of `finish` wherever an attention kernel lays its output out differently.
+`precompile` compiles all of them at start-up, before the warm-up synthesis and
+the CUDA graphs, which then capture the compiled kernels per bucket as before.
+The mode is torch.compile's default: the engine captures its own graphs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ..model.configs import TransformerGeometry
+from ..model.layers import KVCache, StaticKVCache
+from ..model.talker import Talker
+
+# The dynamic dimensions of each part's tensor arguments: batch and positions.
+DYNAMIC_DIMS = {
+    "project": ((0, 1), (0, 1), (0, 1)),  # x [B, S, C], cos and sin [B, S, D]
+    "finish": ((0, 1), (0, 2)),  # x [B, S, C], attended [B, H, S, D]
+}
+# Compiled variants a part may hold before torch gives up and runs it eagerly: 4 per
+# geometry, more where attention kernels lay their output out differently per path;
+# torch's default (8) is too tight for the 1.7B's two geometries.
+RECOMPILE_LIMIT = 32
+
+
+def compile_layers(talker: Talker) -> None:
+    """Route every decoder layer's `project` and `finish` through torch.compile (lazily:
+    the first call of each variant compiles it; `precompile` makes those calls)."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    for stack in (talker.model, talker.code_predictor.model):
+        for layer in stack.layers:
+            for part, dims in DYNAMIC_DIMS.items():
+                setattr(layer, part, _compiled(getattr(layer, part), dims))
+
+
+def _compiled(part: Callable[..., Tensor], dims: tuple[tuple[int, ...], ...]) -> Callable[..., Tensor]:
+    compiled = torch.compile(part, dynamic=False)  # dynamic: only the dimensions marked below
+
+    def call(*tensors: Tensor) -> Tensor:
+        # detach(): the same memory, but not a view. Dynamo guards a view's base, which
+        # differs between a stack's input (a row of the pool) and a layer's output, and
+        # would compile every variant twice.
+        tensors = tuple(t.detach() for t in tensors)
+        for t, marked in zip(tensors, dims):
+            for dim in marked:
+                torch._dynamo.maybe_mark_dynamic(t, dim)
+        return compiled(*tensors)
+
+    return call
+
+
+@torch.no_grad()
+def precompile(talker: Talker, span: int) -> None:
+    """Compile every variant now, by running both stacks as the engine does, on scratch
+    caches, at batch 1 and 2 (2 stands for any larger batch): the talker's prefill (two
+    positions or more, causal) and its decode step (one position over a static cache of
+    `span` positions, masked), the predictor's first step (two positions) and the steps
+    after it (one, unmasked). The attention's output layout, on which `finish` is
+    specialised, may differ between these paths."""
+    device, dtype = talker.codec_head.weight.device, talker.codec_head.weight.dtype
+    talker_g, predictor_g = talker.model.geometry, talker.code_predictor.model.geometry
+
+    def zeros(g: TransformerGeometry, batch: int, positions: int) -> Tensor:
+        return torch.zeros(batch, positions, g.hidden_size, device=device, dtype=dtype)
+
+    for batch in (1, 2):
+        talker.model(zeros(talker_g, batch, 2), KVCache.allocate(talker_g, batch, 2, device, dtype))
+        rows = KVCache.allocate(talker_g, batch, span, device, dtype)
+        pos = torch.zeros(batch, dtype=torch.long, device=device)
+        talker.model(zeros(talker_g, batch, 1), StaticKVCache(rows.k, rows.v, pos, span))
+        predictor = KVCache.allocate(predictor_g, batch, 3, device, dtype)
+        for positions in (2, 1):
+            talker.code_predictor.model(zeros(predictor_g, batch, positions), predictor)
+
+
+def compiled_graphs() -> int:
+    """Graphs dynamo has compiled in this process."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
