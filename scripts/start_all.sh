@@ -332,8 +332,11 @@ cmd_start() {
     # ---------------------------------------------------------------- AGENT WORKER
     # Registers as $LIVEKIT_AGENT_NAME against $LIVEKIT_URL and talks to $OMNI_BASE_URL.
     # Its health endpoint answers once the TTS engine and VAD are loaded and warm.
-    export AGENT_HTTP_PORT="${AGENT_HTTP_PORT:-8081}"
-    is_running agent || require_port agent tcp 127.0.0.1 "$AGENT_HTTP_PORT" AGENT_HTTP_PORT
+    export AGENT_HTTP_PORT="${AGENT_HTTP_PORT:-8081}" AGENT_METRICS_PORT="${AGENT_METRICS_PORT:-8091}"
+    if ! is_running agent; then
+        require_port agent tcp 127.0.0.1 "$AGENT_HTTP_PORT" AGENT_HTTP_PORT
+        require_port agent tcp 127.0.0.1 "$AGENT_METRICS_PORT" AGENT_METRICS_PORT
+    fi
     start_service agent "$(health_url agent)" 180 "$PY" -m agent start
 
     log "stack is up"

@@ -115,6 +115,7 @@ def start_agent_worker_process(
         "TTS_DEEP_STREAM_DEVICE": "cpu",
         "STREAMTALK_OUTPUT": str(output_dir),
         "AGENT_HTTP_PORT": str(http_port),
+        "AGENT_METRICS_PORT": str(free_port()),
         "AGENT_TORCH_THREADS": "1",
         "AGENT_EMPTY_ROOM_GRACE_S": "3",
         "OMP_NUM_THREADS": "1",

@@ -84,6 +84,7 @@ def stack_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         TOKEN_SERVER_PORT=str(free_port()),
         OMNI_DEV_PORT=str(free_port()),
         AGENT_HTTP_PORT=str(free_port()),
+        AGENT_METRICS_PORT=str(free_port()),
         STOP_GRACE_S="5",
         LIVEKIT_KEY_FILE=str(tmp_path / "livekit-keys.yaml"),  # not the user's own keys
     )

@@ -153,6 +153,7 @@ def start_stack(log_dir: Path, agent_output: Path, agent_env: dict[str, str] | N
             OMNI_MODEL="qwen3-omni-dev", TTS_DEEP_STREAM_MODEL_DIR=str(model_dir),
             TTS_DEEP_STREAM_DEVICE=os.environ.get("AUTORTC_TTS_DEVICE", "cpu"),
             STREAMTALK_OUTPUT=str(agent_output), AGENT_HTTP_PORT=str(free_port()),
+            AGENT_METRICS_PORT=str(free_port()),
             AGENT_TORCH_THREADS="1", AGENT_EMPTY_ROOM_GRACE_S="3", OMP_NUM_THREADS="1",
             **(agent_env or {}))
         agent = Service("agent", [sys.executable, "-m", "agent", "start", "--log-level", "INFO"],
