@@ -2,7 +2,9 @@
 # System packages the stack and its browser tests need (Debian 12 / Ubuntu):
 # chromium (headless browser tests), espeak-ng (deterministic test speech),
 # sox (audio inspection), nodejs + npm (playwright-core, livekit-client),
-# curl and ca-certificates. Installs only what is missing; non-interactive.
+# redis-server (several LiveKit nodes share rooms through it: LIVEKIT_NODES=2 in
+# start_all.sh, the multi-node tests; started by them on loopback, never as a system
+# service here), curl and ca-certificates. Installs only what is missing; non-interactive.
 # Run as root, or as a user with passwordless sudo.
 set -euo pipefail
 
@@ -16,6 +18,7 @@ declare -A WANT=(
     [node]=nodejs
     [npm]=npm
     [curl]=curl
+    [redis-server]=redis-server
 )
 
 missing=()

@@ -21,6 +21,9 @@ The page learns of it from the room's metadata, a JSON object whose
 `{"state": "reconnecting", "attempt": n}` while it tries, `{"state": "lost"}`
 when it gave up, `{"state": "back"}` once an agent is in the room again.
 
+With several LiveKit nodes (LIVEKIT_URLS) each sweep asks the first one that answers
+(token_server/live_nodes.py): they share rooms through Redis, so any of them lists all.
+
 Everything it acts on is read from LiveKit on each sweep; only when it first
 saw a room without its agent, and its attempts since, live here, so a restarted
 reconciler starts those afresh.
@@ -45,6 +48,8 @@ from streamtalk_common.room_protocol import (
     set_room_metadata_key,
 )
 
+from .live_nodes import LiveNodes
+
 log = logging.getLogger("token_server.reconciler")
 
 AGENT = api.ParticipantInfo.Kind.AGENT
@@ -62,9 +67,10 @@ class Stranded:
 
 
 class RoomReconciler:
-    def __init__(self, lkapi: api.LiveKitAPI, agent_name: str, grace_s: float,
+    def __init__(self, nodes: LiveNodes, agent_name: str, grace_s: float,
                  max_attempts: int, interval_s: float = 1.0) -> None:
-        self.lkapi = lkapi
+        self.nodes = nodes
+        self.lkapi = nodes.api()
         self.agent_name = agent_name
         self.grace_s = grace_s
         self.max_attempts = max_attempts
@@ -88,6 +94,7 @@ class RoomReconciler:
             await asyncio.sleep(self.interval_s)
 
     async def sweep(self) -> None:
+        self.lkapi = self.nodes.api()  # a live node's (with several, one may have gone)
         rooms = (await self.lkapi.room.list_rooms(api.ListRoomsRequest())).rooms
         seen = set()
         for room in rooms:
