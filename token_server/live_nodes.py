@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -23,6 +25,9 @@ log = logging.getLogger("token_server.live_nodes")
 
 CHECK_EVERY_S = 1.0
 CHECK_TIMEOUT_S = 1.0
+# livekit-server counts a node dead once its stats are this old, and then moves its rooms to
+# the live nodes (pkg/routing/selector: a node whose stats are older than 5 s is unavailable)
+NODE_STALE_S = 5.0
 
 
 def http_url(ws_url: str) -> str:
@@ -42,6 +47,7 @@ class LiveNodes:
         self.api_key = api_key
         self.api_secret = api_secret
         self.live = dict.fromkeys(urls, True)  # until the first check says otherwise
+        self.last_lost = -math.inf  # when a node last stopped answering (monotonic)
         self._next = 0
         self._apis: dict[str, api.LiveKitAPI] = {}
 
@@ -77,6 +83,8 @@ class LiveNodes:
         for url, up in zip(self.urls, await asyncio.gather(*(answers(u) for u in self.urls)), strict=True):
             if up != self.live[url]:
                 log.warning("LiveKit node %s %s", url, "answers again" if up else "does not answer: left out")
+                if not up:
+                    self.last_lost = time.monotonic()
             self.live[url] = up
 
     async def watch(self) -> None:
