@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import uuid
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -143,8 +144,12 @@ class AgentConfig:
     audio_queue_ms: int = 200
     # worker
     max_rooms: int = 8
+    # full (no new room) at this load; below 1, the engine's reject point (agent/load.py)
+    load_threshold: float = 0.9
     idle_jobs: int = 2
     http_port: int = 8081
+    metrics_port: int = 8091  # Prometheus /metrics (the load among them); 0: off
+    worker_name: str = ""  # this worker in rooms and logs; empty: <host>:<pid>
     drain_timeout_s: int = 60
     empty_room_grace_s: float = 10.0
     torch_threads: int = 0  # 0: leave torch's default
@@ -208,8 +213,11 @@ class AgentConfig:
             "aec_warmup_s": _float(env, "AGENT_AEC_WARMUP_S", cls.aec_warmup_s, 0.0, 30),
             "audio_queue_ms": _int(env, "AGENT_AUDIO_QUEUE_MS", cls.audio_queue_ms, 20, 2000),
             "max_rooms": _int(env, "AGENT_MAX_ROOMS", cls.max_rooms, 1, 10_000),
+            "load_threshold": _float(env, "AGENT_LOAD_THRESHOLD", cls.load_threshold, 0.05, 0.99),
             "idle_jobs": _int(env, "AGENT_IDLE_JOBS", cls.idle_jobs, 0, 64),
             "http_port": _int(env, "AGENT_HTTP_PORT", cls.http_port, 0, 65535),
+            "metrics_port": _int(env, "AGENT_METRICS_PORT", cls.metrics_port, 0, 65535),
+            "worker_name": _get(env, "AGENT_WORKER_NAME") or f"{socket.gethostname()}:{os.getpid()}",
             "drain_timeout_s": _int(env, "AGENT_DRAIN_TIMEOUT_S", cls.drain_timeout_s, 0, 86400),
             "empty_room_grace_s": _float(env, "AGENT_EMPTY_ROOM_GRACE_S", cls.empty_room_grace_s, 0, 3600),
             "torch_threads": _int(env, "AGENT_TORCH_THREADS", 0, 0, 256),

@@ -132,6 +132,13 @@ class ConnectionRestartWatch:
         self.ctx.shutdown("connection restarted")
 
 
+def seniority(p: rtc.Participant) -> tuple[int, str]:
+    """When the participant joined the room (ms, assigned by the server; a session that
+    LiveKit restarted joins anew) and its identity, which breaks a tie. The SDK keeps
+    ParticipantInfo.joined_at in `_info` and has no property for it."""
+    return p._info.joined_at, p.identity
+
+
 def people_in(room: rtc.Room) -> list[rtc.RemoteParticipant]:
     """The room's participants that are not agents (users, AutoRTC bots)."""
     return [p for p in room.remote_participants.values()
@@ -358,9 +365,10 @@ class RoomAgent:
         """Raise the heartbeat attribute every HEARTBEAT_S (the reconciler's sign of life).
         Withdraw the voice track while only agents are in the room (see
         `RoomAudioSink.withdraw`) and publish it again when a person comes. End the job once only agents have been in the room for AGENT_EMPTY_ROOM_GRACE_S,
-        when another agent of ours serves it too (a re-dispatch that crossed a slow join:
-        of two, the one whose identity sorts last leaves), or when the worker drains and
-        the room is between turns."""
+        when another agent of ours serves it too (a re-dispatch that crossed a slow join, or
+        an agent whose session LiveKit brought back after a node died: of two, the one that
+        joined the room last leaves, the identity breaking a tie), or when the worker drains
+        and the room is between turns."""
         room = self.ctx.room
         grace = self.config.empty_room_grace_s
         empty_since: float | None = None
@@ -388,10 +396,12 @@ class RoomAgent:
                                  "ends (%s)", room.name, self.turns.describe())
                     drain_seen = True
                 others = room.remote_participants.values()
-                twins = [p.identity for p in others
-                         if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT and DUPLEX_ATTRIBUTE in p.attributes]
-                if any(t < room.local_participant.identity for t in twins):
-                    log.warning("room %s: agent %s serves it already; leaving", room.name, min(twins))
+                me = seniority(room.local_participant)
+                older = sorted(seniority(p) for p in others
+                               if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+                               and DUPLEX_ATTRIBUTE in p.attributes and seniority(p) < me)
+                if older:
+                    log.warning("room %s: agent %s serves it already; leaving", room.name, older[0][1])
                     self.ctx.shutdown("another agent serves the room")
                     return
                 humans = people_in(room)

@@ -8,9 +8,13 @@
   GPU, one worker thread that schedules all streams) and the Silero VAD are
   loaded once, before the worker registers, and shared by all rooms. With
   the default process executor each job process would load its own engine.
-- Capacity: at most AGENT_MAX_ROOMS rooms (further job requests are declined,
-  so the server tries another worker); the reported load is rooms/max_rooms.
-- The worker's health endpoint listens on 127.0.0.1:AGENT_HTTP_PORT.
+- Load: max(rooms / AGENT_MAX_ROOMS, engine streams in use / engine capacity)
+  (agent/load.py). At AGENT_LOAD_THRESHOLD the worker reports itself full and
+  LiveKit sends its rooms to other workers; a job request that still comes (two
+  crossing) is declined beyond AGENT_MAX_ROOMS, so the server tries another worker.
+- The worker's health endpoint listens on 127.0.0.1:AGENT_HTTP_PORT, its Prometheus
+  metrics (the load and its parts among them) on 127.0.0.1:AGENT_METRICS_PORT.
+- Its agents carry the attribute `streamtalk.worker` = AGENT_WORKER_NAME.
 - Drain: on SIGTERM the framework marks the worker full (LiveKit sends it no new
   job) and waits up to AGENT_DRAIN_TIMEOUT_S for its jobs to end; each room sees
   `draining()` and leaves between turns (agent/drain.py), so the process exits
@@ -20,15 +24,18 @@
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import threading
 from typing import Any
 
 from livekit.agents import AgentServer, JobContext, JobExecutorType, JobProcess, JobRequest, cli
+from prometheus_client import REGISTRY
+
+from streamtalk_common.room_protocol import WORKER_ATTRIBUTE
 
 from . import engine_service
 from .config import AgentConfig, AgentConfigError
+from .load import LoadCollector, WorkerLoad
 from .room_agent import RoomAgent
 
 log = logging.getLogger("streamtalk.agent")
@@ -70,7 +77,7 @@ async def on_request(req: JobRequest) -> None:
                     req.room.name, cfg.max_rooms)
         await req.reject(terminate=False)
         return
-    await req.accept(name="streamtalk", attributes={"streamtalk.agent": "1"})
+    await req.accept(name="streamtalk", attributes={"streamtalk.agent": "1", WORKER_ATTRIBUTE: cfg.worker_name})
 
 
 async def entrypoint(ctx: JobContext) -> None:
@@ -93,9 +100,17 @@ async def entrypoint(ctx: JobContext) -> None:
         raise
 
 
-def load() -> float:
+def worker_load() -> WorkerLoad:
+    services = engine_service.loaded()
     with _rooms_lock:
-        return min(1.0, len(_rooms) / max(1, config().max_rooms))
+        rooms = len(_rooms)
+    return WorkerLoad(rooms=rooms, max_rooms=config().max_rooms,
+                      engine_streams=services.engine.active_sessions if services else 0,
+                      engine_capacity=services.engine.capacity if services else 1)
+
+
+def load() -> float:
+    return worker_load().load
 
 
 def build_server(cfg: AgentConfig) -> AgentServer:
@@ -104,14 +119,16 @@ def build_server(cfg: AgentConfig) -> AgentServer:
         job_executor_type=JobExecutorType.THREAD,
         num_idle_processes=cfg.idle_jobs,
         load_fnc=load,
-        load_threshold=math.inf,  # capacity is enforced by on_request (AGENT_MAX_ROOMS)
+        load_threshold=cfg.load_threshold,
         setup_fnc=prewarm,
         initialize_process_timeout=120.0,
         shutdown_process_timeout=20.0,
         drain_timeout=cfg.drain_timeout_s,
         host="127.0.0.1",
         port=cfg.http_port,
+        prometheus_port=cfg.metrics_port or None,
     )
+    REGISTRY.register(LoadCollector(worker_load, cfg.load_threshold))
     server.rtc_session(entrypoint, agent_name=cfg.agent_name, on_request=on_request)
     return server
 

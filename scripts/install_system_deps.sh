@@ -2,9 +2,11 @@
 # System packages the stack and its browser tests need (Debian 12 / Ubuntu):
 # chromium (headless browser tests), espeak-ng (deterministic test speech),
 # sox (audio inspection), nodejs + npm (playwright-core, livekit-client),
-# curl and ca-certificates, g++ and python3-dev (torch.compile, TTS_COMPILE=1,
-# builds C++ against Python's headers on a CPU, as its tests do). Installs only
-# what is missing; non-interactive.
+# redis-server (several LiveKit nodes share rooms through it: LIVEKIT_NODES=2 in
+# start_all.sh, the multi-node tests; started by them on loopback, never as a system
+# service here), curl and ca-certificates, g++ and python3-dev (torch.compile,
+# TTS_COMPILE=1, builds C++ against Python's headers on a CPU, as its tests do).
+# Installs only what is missing; non-interactive.
 # Run as root, or as a user with passwordless sudo.
 set -euo pipefail
 
@@ -19,6 +21,7 @@ declare -A WANT=(
     [npm]=npm
     [curl]=curl
     [g++]=g++
+    [redis-server]=redis-server
 )
 
 missing=()

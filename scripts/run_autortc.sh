@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # AutoRTC end-to-end regression (docs/AUTORTC.md).
-#   scripts/run_autortc.sh --tier mini|fast|nightly|stability [--profile ci|gpu]
+#   scripts/run_autortc.sh --tier mini|fast|nightly|stability|load [--profile ci|gpu]
 #       [--out DIR] [--baseline golden/autortc/summary.json] [-- extra run_suite args]
 # Starts its own LiveKit server, dev backend and agent worker (tiny checkpoint) on
 # loopback ports unless extra args say otherwise; exit 0 = all gates pass.
+# load: K = 1, 2, 4 conversations at once on 2 LiveKit nodes (Redis) and 2 workers,
+# stopping at the first K whose gates fail (tools/autortc/load_tier.py; extra args after
+# -- go to it, e.g. -- --ks 1 2 --workers 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HOME_DIR="${STREAMTALK_HOME:-$HOME/.cache/streamtalk}"
@@ -42,5 +45,8 @@ case "$TIER" in
     "$PY" -m tools.autortc.baseline_stability "$OUT"/run-* --out "$OUT"
     echo "stability report: $OUT/stability.md (gate results above are informational)"
     exit 0;;
+  load)
+    timeout --kill-after=20 1800 "$PY" -m tools.autortc.load_tier --out "$OUT" --profile "$PROFILE" \
+      "${EXTRA[@]}";;
   *) echo "unknown tier $TIER" >&2; exit 2;;
 esac

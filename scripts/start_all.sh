@@ -6,6 +6,9 @@
 # start: installs what is missing (venv, LiveKit server, npm packages), makes the
 # tiny TTS checkpoint and a demo WAV, then starts
 #   livekit       LiveKit server            ws://127.0.0.1:${LIVEKIT_PORT:-7880}
+#                 (LIVEKIT_NODES=M: livekit-1 .. livekit-M on ports +10 each, sharing rooms
+#                 and workers through `redis` on 127.0.0.1:${REDIS_PORT:-6379};
+#                 scripts/livekit_node.sh, scripts/redis_server.sh)
 #   vllm          vLLM with Qwen3-Omni      http://127.0.0.1:${VLLM_PORT:-8000}/v1
 #                 (OMNI_BACKEND=vllm: scripts/run_llm_server.sh; needs a GPU)
 #   omni_dev      local Omni-compatible LLM http://127.0.0.1:${OMNI_DEV_PORT:-8000}/v1
@@ -13,6 +16,8 @@
 #   tts_server    standalone TTS HTTP server http://${TTS_HOST:-127.0.0.1}:${TTS_PORT:-9000}
 #                 (only with STREAMTALK_TTS_SERVER=1)
 #   token_server  token API + web client    http://127.0.0.1:${TOKEN_SERVER_PORT:-3000}
+#   agent         the agent worker (AGENT_WORKERS=N: agent-1 .. agent-N, one per GPU;
+#                 scripts/agent_worker.sh, scripts/stack_layout.sh)
 # each in its own process group, with pid files and logs in $STREAMTALK_OUTPUT/run/.
 # stop: SIGTERM each service, SIGKILL after a grace period, and verify nothing of it is left
 # (children that left the group included: streamtalk_common/service_procs.py).
@@ -25,23 +30,29 @@
 # (dev | vllm | external), OMNI_BASE_URL, OMNI_DEV_PORT 8000, VLLM_PORT 8000,
 # VLLM_GPU_MEMORY_UTILIZATION 0.6, VLLM_START_TIMEOUT_S 900, STREAMTALK_TTS_SERVER=1, TTS_HOST,
 # TTS_PORT 9000, TTS_START_TIMEOUT_S 600 (the agent's and the TTS server's engine start-up),
-# STREAMTALK_SKIP_INSTALL=1 (skip install steps), STREAMTALK_SKIP_TTS_DEMO=1.
+# STREAMTALK_SKIP_INSTALL=1 (skip install steps), STREAMTALK_SKIP_TTS_DEMO=1,
+# AGENT_WORKERS 1, AGENT_HTTP_PORT 8081, AGENT_METRICS_PORT 8091 (worker i: +i-1),
+# LIVEKIT_NODES 1, REDIS_PORT 6379.
 . "$(dirname "$0")/common.sh"
 . "$REPO_ROOT/scripts/livekit_keys.sh"
 . "$REPO_ROOT/scripts/vllm_env.sh"
+. "$REPO_ROOT/scripts/stack_layout.sh"
 cd "$REPO_ROOT"
+check_layout
 
-RUN_DIR="$STREAMTALK_OUTPUT/run"
 STOP_GRACE_S="${STOP_GRACE_S:-10}"
 PROGRESS_EVERY_S=10  # a service still loading says so this often
 
-LIVEKIT_PORT="${LIVEKIT_PORT:-7880}"
-LIVEKIT_UDP_PORT="${LIVEKIT_UDP_PORT:-7882}"
 LIVEKIT_NODE_IP="${LIVEKIT_NODE_IP:-127.0.0.1}"
 LIVEKIT_BIND="${LIVEKIT_BIND:-127.0.0.1}"
 LIVEKIT_BIN="${LIVEKIT_SERVER_BIN:-$STREAMTALK_HOME/bin/server}"
 LIVEKIT_CONFIG="${LIVEKIT_CONFIG_FILE:-$REPO_ROOT/scripts/livekit-dev.yaml}"
+export LIVEKIT_NODES LIVEKIT_PORT LIVEKIT_UDP_PORT REDIS_PORT AGENT_WORKERS
 export LIVEKIT_URL="${LIVEKIT_URL:-ws://127.0.0.1:$LIVEKIT_PORT}"
+if ((LIVEKIT_NODES > 1)); then  # the token server hands out a live one of them
+    LIVEKIT_URLS="$(for ((i = 1; i <= LIVEKIT_NODES; i++)); do livekit_node_url "$i"; done | paste -sd,)"
+    export LIVEKIT_URLS
+fi
 export TOKEN_SERVER_HOST="${TOKEN_SERVER_HOST:-127.0.0.1}"
 export TOKEN_SERVER_PORT="${TOKEN_SERVER_PORT:-3000}"
 OMNI_DEV_PORT="${OMNI_DEV_PORT:-8000}"
@@ -55,10 +66,27 @@ TTS_HOST="${TTS_HOST:-127.0.0.1}"  # EngineConfig's defaults
 TTS_PORT="${TTS_PORT:-9000}"
 TTS_CHECKPOINT="${TTS_DEEP_STREAM_MODEL_DIR:-$STREAMTALK_HOME/checkpoints/tiny}"
 
-SERVICES=(livekit vllm omni_dev tts_server token_server agent)
 VLLM_PROCESS_NAMES='vllm|VLLM|EngineCore'  # what vLLM's processes are called
 
 # ------------------------------------------------------------------ helpers
+
+services() {  # every service of this layout, in start order
+    ((LIVEKIT_NODES == 1)) || echo redis
+    livekit_services
+    printf '%s\n' vllm omni_dev tts_server token_server
+    agent_services
+}
+
+# Services that left a pid file but are not of this layout (AGENT_WORKERS was changed while
+# they ran): stop and status still see them.
+stray_services() {
+    local f name
+    for f in "$RUN_DIR"/*.pid; do
+        [[ -e "$f" ]] || continue
+        name="$(basename "$f" .pid)"
+        services | grep -qxF "$name" || echo "$name"
+    done
+}
 
 # Which Omni backend serves the agent; sets OMNI_BACKEND. Unset: the dev backend, unless
 # OMNI_BASE_URL names another address (then that backend, started elsewhere).
@@ -100,7 +128,7 @@ enabled() {  # service -> 0 when this configuration runs it
         vllm) [[ "$OMNI_BACKEND" == vllm ]] ;;
         omni_dev) [[ "$OMNI_BACKEND" == dev ]] ;;
         tts_server) [[ "$STREAMTALK_TTS_SERVER" == 1 ]] ;;
-        *) return 0 ;;
+        *) return 0 ;;  # livekit*, token_server, agent*
     esac
 }
 
@@ -120,7 +148,9 @@ is_running() {  # service -> 0 when any process of it lives
 }
 
 answers() {  # service url -> 0 when the url answers; vLLM's /v1 routes want its API key
-    if [[ "$1" == vllm && -n "${OMNI_API_KEY:-}" && "$OMNI_API_KEY" != EMPTY ]]; then
+    if [[ "$2" == redis://* ]]; then  # redis://127.0.0.1:PORT; its password through the environment
+        [[ "$(REDISCLI_AUTH="$(redis_password)" redis-cli -u "$2" ping 2>/dev/null)" == PONG ]]
+    elif [[ "$1" == vllm && -n "${OMNI_API_KEY:-}" && "$OMNI_API_KEY" != EMPTY ]]; then
         # through curl's config on stdin: the key shows on no command line
         printf 'header = "Authorization: Bearer %s"\n' "$OMNI_API_KEY" | curl -fsS -m 2 -K - "$2" >/dev/null 2>&1
     else
@@ -190,7 +220,7 @@ start_service() {  # name health-url timeout-s cmd...
     stop_service "$name"
     local hint=""
     [[ "$name" == vllm ]] && hint="; vLLM may need longer to load: raise VLLM_START_TIMEOUT_S"
-    [[ "$name" == tts_server || "$name" == agent ]] && hint="; the TTS engine may need longer to start: raise TTS_START_TIMEOUT_S"
+    [[ "$name" == tts_server || "$name" == agent || "$name" == agent-* ]] && hint="; the TTS engine may need longer to start: raise TTS_START_TIMEOUT_S"
     die "$name not healthy at $url after ${timeout}s, stopped it; see $logf$hint"
 }
 
@@ -287,17 +317,24 @@ cmd_start() {
     tts_demo
     load_livekit_keys
 
-    if ! is_running livekit; then
-        require_port livekit tcp "$LIVEKIT_BIND" "$LIVEKIT_PORT" LIVEKIT_PORT
-        # media binds the node IP's interface; a public node IP may be NAT-ed, so test all
-        local udp_host=0.0.0.0
-        [[ "$LIVEKIT_NODE_IP" == 127.* ]] && udp_host=127.0.0.1
-        require_port livekit udp "$udp_host" "$LIVEKIT_UDP_PORT" LIVEKIT_UDP_PORT
+    if ((LIVEKIT_NODES > 1)); then  # the nodes share rooms and workers through it
+        is_running redis || require_port redis tcp 127.0.0.1 "$REDIS_PORT" REDIS_PORT
+        start_service redis "$(health_url redis)" 30 bash "$REPO_ROOT/scripts/redis_server.sh"
     fi
-    start_service livekit "$(health_url livekit)" 30 \
-        "$LIVEKIT_BIN" --config "$LIVEKIT_CONFIG" --bind "$LIVEKIT_BIND" \
-        --node-ip "$LIVEKIT_NODE_IP" --port "$LIVEKIT_PORT" --udp-port "$LIVEKIT_UDP_PORT" \
-        --key-file "$LIVEKIT_SERVER_KEY_FILE"
+    local node name
+    for ((node = 1; node <= LIVEKIT_NODES; node++)); do
+        name="$(livekit_service "$node")"
+        if ! is_running "$name"; then
+            require_port "$name" tcp "$LIVEKIT_BIND" "$(livekit_port "$node")" LIVEKIT_PORT
+            # media binds the node IP's interface; a public node IP may be NAT-ed, so test all
+            local udp_host=0.0.0.0
+            [[ "$LIVEKIT_NODE_IP" == 127.* ]] && udp_host=127.0.0.1
+            require_port "$name" udp "$udp_host" "$(livekit_udp_port "$node")" LIVEKIT_UDP_PORT
+        fi
+        LIVEKIT_SERVER_BIN="$LIVEKIT_BIN" LIVEKIT_CONFIG_FILE="$LIVEKIT_CONFIG" LIVEKIT_BIND="$LIVEKIT_BIND" \
+            LIVEKIT_NODE_IP="$LIVEKIT_NODE_IP" start_service "$name" "$(health_url "$name")" 30 \
+            bash "$REPO_ROOT/scripts/livekit_node.sh" "$node"
+    done
 
     case "$OMNI_BACKEND" in
         dev)
@@ -334,12 +371,22 @@ cmd_start() {
     start_service token_server "$(health_url token_server)" 30 \
         "$PY" -m token_server --host "$TOKEN_SERVER_HOST" --port "$TOKEN_SERVER_PORT"
 
-    # ---------------------------------------------------------------- AGENT WORKER
-    # Registers as $LIVEKIT_AGENT_NAME against $LIVEKIT_URL and talks to $OMNI_BASE_URL.
-    # Its health endpoint answers once the TTS engine and VAD are loaded and warm.
-    export AGENT_HTTP_PORT="${AGENT_HTTP_PORT:-8081}"
-    is_running agent || require_port agent tcp 127.0.0.1 "$AGENT_HTTP_PORT" AGENT_HTTP_PORT
-    start_service agent "$(health_url agent)" "$TTS_START_TIMEOUT_S" "$PY" -m agent start
+    # ---------------------------------------------------------------- AGENT WORKERS
+    # Each registers as $LIVEKIT_AGENT_NAME with LiveKit and talks to $OMNI_BASE_URL, on its
+    # own GPU where there are GPUs (scripts/agent_worker.sh). Its health endpoint answers
+    # once its TTS engine and VAD are loaded and warm.
+    export AGENT_WORKERS AGENT_HTTP_PORT AGENT_METRICS_PORT
+    local i
+    for ((i = 1; i <= AGENT_WORKERS; i++)); do
+        name="$(agent_service "$i")"
+        if ! is_running "$name"; then
+            require_port "$name" tcp 127.0.0.1 "$(agent_http_port "$i")" AGENT_HTTP_PORT
+            ((AGENT_METRICS_PORT == 0)) \
+                || require_port "$name" tcp 127.0.0.1 "$(agent_metrics_port "$i")" AGENT_METRICS_PORT
+        fi
+        start_service "$name" "$(health_url "$name")" "$TTS_START_TIMEOUT_S" \
+            bash "$REPO_ROOT/scripts/agent_worker.sh" "$i"
+    done
 
     log "stack is up"
     echo
@@ -352,22 +399,23 @@ cmd_start() {
 }
 
 cmd_stop() {
-    local i
-    # reverse order: clients of a service stop before it
-    for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do
-        stop_service "${SERVICES[$i]}"
+    local name
+    # strays first (workers of an earlier layout), then reverse order: clients before servers
+    for name in $(stray_services) $(services | tac); do
+        stop_service "$name"
     done
     log "all services stopped"
 }
 
 health_url() {
     case "$1" in
-        livekit) echo "http://127.0.0.1:$LIVEKIT_PORT/" ;;
+        redis) echo "redis://127.0.0.1:$REDIS_PORT" ;;
+        livekit*) echo "http://127.0.0.1:$(livekit_port "$(index_of "$1")")/" ;;
         vllm) echo "$VLLM_URL/models" ;;
         omni_dev) echo "http://127.0.0.1:$OMNI_DEV_PORT/health" ;;
         tts_server) echo "http://$TTS_HOST:$TTS_PORT/readyz" ;;
         token_server) echo "http://$TOKEN_SERVER_HOST:$TOKEN_SERVER_PORT/healthz" ;;
-        agent) echo "http://127.0.0.1:${AGENT_HTTP_PORT:-8081}/" ;;
+        agent*) echo "http://127.0.0.1:$(agent_http_port "$(index_of "$1")")/" ;;
     esac
 }
 
@@ -381,9 +429,9 @@ agent_probe() {
 # then exits, and meanwhile its health route still says OK. Its goroutine dump (served in
 # development mode, scripts/livekit-dev.yaml) then shows the server's Stop under way.
 # Prints "draining", "serving", or "unknown" (no dump: development mode is off).
-livekit_drain_state() {
+livekit_drain_state() {  # service
     local dump
-    if ! dump="$(curl -fsS -m 5 "http://127.0.0.1:$LIVEKIT_PORT/debug/goroutine" 2>/dev/null)"; then
+    if ! dump="$(curl -fsS -m 5 "http://127.0.0.1:$(livekit_port "$(index_of "$1")")/debug/goroutine" 2>/dev/null)"; then
         echo unknown
     elif [[ "$dump" == *'(*LivekitServer).Stop('* ]]; then
         echo draining
@@ -392,10 +440,24 @@ livekit_drain_state() {
     fi
 }
 
+# A worker's load and its parts (its /metrics) and its GPU (its environment), for status.
+worker_note() {  # name pid
+    local port gpu note="" metrics
+    port="$(agent_metrics_port "$(index_of "$1")")"
+    if ((port)) && metrics="$(curl -fsS -m 2 "http://127.0.0.1:$port/metrics" 2>/dev/null)"; then
+        note="$(awk '/^streamtalk_agent_/ { v[$1] = $2 } END {
+            printf "load %.2f (%d of %d rooms, %d of %d engine streams), ", v["streamtalk_agent_load"],
+                v["streamtalk_agent_rooms"], v["streamtalk_agent_max_rooms"],
+                v["streamtalk_agent_engine_streams"], v["streamtalk_agent_engine_capacity"] }' <<<"$metrics")"
+    fi
+    gpu="$(tr '\0' '\n' <"/proc/$2/environ" 2>/dev/null | sed -n 's/^CUDA_VISIBLE_DEVICES=//p')"
+    echo "${note}${gpu:+GPU $gpu}${gpu:-CPU}"
+}
+
 cmd_status() {
-    local name pid url state probe rc=0
+    local name pid url state probe rc=0 workers=0
     resolve_omni_backend
-    for name in "${SERVICES[@]}"; do
+    for name in $(services) $(stray_services); do
         pid="$(pid_of "$name")" || true
         # a service this configuration leaves out is listed only when it left a pid file
         enabled "$name" || [[ -n "$pid" ]] || continue
@@ -404,8 +466,8 @@ cmd_status() {
             if ! answers "$name" "$url"; then
                 state="running (pid $pid), NOT answering at $url"
                 rc=1
-            elif [[ "$name" == livekit ]]; then
-                case "$(livekit_drain_state)" in
+            elif [[ "$name" == livekit* ]]; then
+                case "$(livekit_drain_state "$name")" in
                     draining)
                         state="running (pid $pid), answering at $url but DRAINING: it exits once its participants leave"
                         rc=1
@@ -413,11 +475,14 @@ cmd_status() {
                     unknown) state="running (pid $pid), healthy at $url (drain state unknown: /debug/goroutine needs development mode)" ;;
                     *) state="running (pid $pid), healthy at $url" ;;
                 esac
+            elif [[ "$name" == agent-* ]]; then  # one of several: the probe follows them all
+                state="running (pid $pid), healthy at $url; $(worker_note "$name" "$pid")"
+                workers=$((workers + 1))
             elif [[ "$name" == agent ]] && ! probe="$(agent_probe)"; then
                 state="running (pid $pid), answering at $url but NOT serving rooms: ${probe##*$'\n'}"
                 rc=1
             elif [[ "$name" == agent ]]; then
-                state="running (pid $pid), healthy at $url; $probe"
+                state="running (pid $pid), healthy at $url; $(worker_note "$name" "$pid"); $probe"
             else
                 state="running (pid $pid), healthy at $url"
             fi
@@ -429,6 +494,14 @@ cmd_status() {
         fi
         printf '%-13s %s\n' "$name" "$state"
     done
+    if ((workers)); then  # whether LiveKit brings one of the workers into a room
+        if probe="$(agent_probe)"; then
+            printf '%-13s %s\n' agents "$workers workers; $probe"
+        else
+            printf '%-13s %s\n' agents "$workers workers, NOT serving rooms: ${probe##*$'\n'}"
+            rc=1
+        fi
+    fi
     return $rc
 }
 

@@ -9,6 +9,8 @@
   agent dispatch: `{"agent_name", "metadata"}` as JSON. LiveKit applies it at every join,
   so a room that LiveKit recreated without the dispatch (the agent's reconnection may
   create it first) still says which agent its people expect.
+- `WORKER_ATTRIBUTE`: the agent's participant attribute naming the worker that serves the
+  room (`AGENT_WORKER_NAME`): which worker took which room, with several of them.
 - `LATENCY_TOPIC`: the data topic on which the agent publishes each turn's latency
   breakdown, reliable UTF-8 JSON (streamtalk_common/latency_breakdown.py).
 """
@@ -24,6 +26,7 @@ STALE_AFTER_S = 3 * HEARTBEAT_S
 RECONCILER_METADATA_KEY = "streamtalk.agent"
 DISPATCH_ATTRIBUTE = "streamtalk.agent_dispatch"
 HISTORY_METADATA_KEY = "streamtalk.history"
+WORKER_ATTRIBUTE = "streamtalk.worker"
 LATENCY_TOPIC = "streamtalk.latency"
 
 

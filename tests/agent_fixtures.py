@@ -44,10 +44,11 @@ from infra_fixtures import (
 from livekit import api, rtc
 
 from streamtalk_common.audio import read_wav
-from streamtalk_common.room_protocol import dispatch_attribute
+from streamtalk_common.room_protocol import HEARTBEAT_ATTRIBUTE, STALE_AFTER_S, dispatch_attribute
 
 AGENT_READY_TIMEOUT_S = 180.0
 FRAME_MS = 10
+TWIN_TOLERANCE_S = 1.5  # the agent's twin check runs every 0.5 s, then the later agent leaves
 
 
 # --------------------------------------------------------------------------- worker
@@ -116,6 +117,7 @@ def start_agent_worker_process(
         "TTS_DEEP_STREAM_DEVICE": "cpu",
         "STREAMTALK_OUTPUT": str(output_dir),
         "AGENT_HTTP_PORT": str(http_port),
+        "AGENT_METRICS_PORT": str(free_port()),
         "AGENT_TORCH_THREADS": "1",
         "AGENT_EMPTY_ROOM_GRACE_S": "3",
         "OMP_NUM_THREADS": "1",
@@ -201,6 +203,51 @@ def dispatch_token(livekit: LiveKitServer, room: str, identity: str, agent_name:
 
 def unique_room(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def two_agents_seen(lk: LiveKitServer, room: str, seconds: float,
+                          tolerance_s: float = TWIN_TOLERANCE_S, until: asyncio.Event | None = None,
+                          live_only: bool = False) -> bool:
+    """Watch the room for `seconds` (or until `until` is set): did it hold two agent
+    participants for longer than `tolerance_s`? (Two can meet for a moment, when LiveKit's
+    own dispatch and an old agent's rejoin cross after a restart; the later one sees the
+    other and leaves.) With `live_only`, only live agents count: one that joined during the
+    watch, or whose heartbeat attribute moved within STALE_AFTER_S. After a node died,
+    LiveKit lists the dead session's agent, its heartbeat frozen, in the room it moved for
+    a few seconds; the reconciler does not count it either."""
+    twins_since = None
+    beats: dict[str, tuple[str | None, float, bool]] = {}  # identity: heartbeat, since, seen alive
+    first_look = True
+    async with api.LiveKitAPI(lk.url, lk.api_key, lk.api_secret) as lkapi:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not (until is not None and until.is_set()):
+            try:
+                people = (await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))).participants
+            except api.TwirpError:  # the room is not there (yet)
+                people = []
+            now = time.monotonic()
+            agents = 0
+            for p in people:
+                if p.kind != api.ParticipantInfo.Kind.AGENT:
+                    continue
+                beat = p.attributes.get(HEARTBEAT_ATTRIBUTE)
+                known = beats.get(p.identity)
+                if known is None:
+                    beats[p.identity] = (beat, now, not first_look)  # a newcomer is alive
+                elif known[0] != beat:
+                    beats[p.identity] = (beat, now, True)
+                _, since, seen_alive = beats[p.identity]
+                live = seen_alive and (beat is None or now - since <= STALE_AFTER_S)
+                agents += live or not live_only
+            first_look = False
+            if agents < 2:
+                twins_since = None
+            elif twins_since is None:
+                twins_since = now
+            elif now - twins_since >= tolerance_s:
+                return True
+            await asyncio.sleep(0.25)
+    return False
 
 
 # --------------------------------------------------------------------------- bots

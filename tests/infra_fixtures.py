@@ -3,6 +3,8 @@
 Registered from tests/conftest.py through `pytest_plugins`. Fixtures:
 
 - `livekit_server` (session): the LiveKit server binary with fresh keys (from a key file).
+- `start_redis`, `start_livekit_server(..., redis=, keys=)`: a Redis and LiveKit nodes that
+  share it (and their keys), so they share rooms and agent workers.
 - `token_server` (session): `python -m token_server` against that LiveKit server.
 - `start_token_server` (factory): another token server with extra env (access key...).
 - `omni_dev_server` (session): `python -m tools.omni_dev` (faster-whisper + scripted replies).
@@ -17,6 +19,7 @@ STREAMTALK_REQUIRE_INFRA=1 it fails instead, so CI never passes by skipping.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -48,7 +51,8 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 
 # Variables of a user's own deployment that must not leak into test services.
-_SCRUBBED_ENV_PREFIXES = ("LIVEKIT_", "TOKEN_", "OMNI_", "VLLM_", "STREAMTALK_TTS_SERVER", "NODE_IP", "UDP_PORT")
+_SCRUBBED_ENV_PREFIXES = ("LIVEKIT_", "TOKEN_", "OMNI_", "VLLM_", "STREAMTALK_TTS_SERVER", "NODE_IP", "UDP_PORT",
+                          "REDIS_", "AGENT_WORKERS")
 
 
 def require(condition: bool, message: str) -> None:
@@ -172,6 +176,12 @@ class LiveKitServer:
     udp_port: int
     process: ServiceProcess
 
+    def node_id(self) -> str:
+        """The node's id (`ND_...`), as Redis's `room_node_map` names the node a room lives on."""
+        found = re.search(r'"nodeID": "(ND_[A-Za-z0-9]+)"', self.process.log_path.read_text(errors="replace"))
+        assert found, f"no node id in {self.process.log_path}"
+        return found.group(1)
+
     def token(
         self,
         identity: str,
@@ -197,19 +207,57 @@ class LiveKitServer:
         return at.to_jwt()
 
 
+@dataclass
+class RedisServer:
+    port: int
+    password: str = field(repr=False)
+    process: ServiceProcess
+
+    def cli(self, *args: str) -> str:
+        """A redis-cli command's answer (the password through the environment)."""
+        return subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True,
+                              timeout=10, env={**os.environ, "REDISCLI_AUTH": self.password}).stdout.strip()
+
+
+def start_redis(conf_dir: Path) -> RedisServer:
+    """redis-server on a free loopback port, nothing on disk, a password from a mode-600 file
+    (as scripts/redis_server.sh runs it)."""
+    require(shutil.which("redis-server") is not None and shutil.which("redis-cli") is not None,
+            "redis-server missing: run scripts/install_system_deps.sh")
+    port = free_port()
+    password = secrets.token_hex(32)
+    conf = conf_dir / f"redis-{port}.conf"
+    conf.touch(mode=0o600)
+    conf.write_text(f"requirepass {password}\n")
+    argv = ["redis-server", str(conf), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+            "--appendonly", "no", "--dir", str(conf_dir)]
+    redis = RedisServer(port, password, ServiceProcess("redis", argv, service_env(), LOG_DIR / f"redis-{port}.log"))
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while redis.cli("ping") != "PONG":
+        if redis.process.proc.poll() is not None or time.monotonic() > deadline:
+            redis.process.stop()
+            raise RuntimeError(f"redis-server did not answer; log {redis.process.log_path}:\n"
+                               + redis.process.log_tail())
+        time.sleep(0.1)
+    return redis
+
+
 def start_livekit_server(key_dir: Path, log_name: str = "livekit-server", *,
-                         node_ip: str = "127.0.0.1", config: Path = LIVEKIT_CONFIG) -> LiveKitServer:
-    """The server on free ports; its fresh keys reach it through a key file in `key_dir`.
-    Its media socket binds 127.0.0.1 (scripts/livekit-dev.yaml); `node_ip` is the address
-    its ICE candidates advertise (another one puts a relay listening there in the path)."""
+                         node_ip: str = "127.0.0.1", config: Path = LIVEKIT_CONFIG,
+                         redis: RedisServer | None = None,
+                         keys: tuple[str, str] | None = None) -> LiveKitServer:
+    """The server on free ports; its keys (fresh, or `keys` to share them with other nodes)
+    reach it through a key file in `key_dir`. Its media socket binds 127.0.0.1
+    (scripts/livekit-dev.yaml); `node_ip` is the address its ICE candidates advertise
+    (another one puts a relay listening there in the path). With `redis` it is one node of
+    several that share rooms and agent workers through that Redis."""
     require(
         LIVEKIT_BIN.is_file() and os.access(LIVEKIT_BIN, os.X_OK),
         f"LiveKit server binary missing at {LIVEKIT_BIN}: run scripts/install_livekit_server.sh",
     )
     port = free_port()
     udp_port = free_port(socket.SOCK_DGRAM)
-    api_key = "test" + secrets.token_hex(4)
-    api_secret = secrets.token_urlsafe(32)
+    api_key, api_secret = keys or ("test" + secrets.token_hex(4), secrets.token_urlsafe(32))
     key_file = write_key_file(key_dir / f"livekit-keys-{port}.yaml", api_key, api_secret)
     argv = [
         str(LIVEKIT_BIN),
@@ -220,7 +268,11 @@ def start_livekit_server(key_dir: Path, log_name: str = "livekit-server", *,
         "--udp-port", str(udp_port),
         "--key-file", str(key_file),
     ]  # fmt: skip
-    proc = ServiceProcess(log_name, argv, service_env(), LOG_DIR / f"{log_name}-{port}.log")
+    env = service_env()
+    if redis is not None:
+        argv += ["--redis-host", f"127.0.0.1:{redis.port}"]
+        env["REDIS_PASSWORD"] = redis.password
+    proc = ServiceProcess(log_name, argv, env, LOG_DIR / f"{log_name}-{port}.log")
     proc.wait_http(f"http://127.0.0.1:{port}/")
     return LiveKitServer(
         url=f"ws://127.0.0.1:{port}",

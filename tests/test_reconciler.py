@@ -13,16 +13,20 @@ import signal
 import time
 
 import pytest
-from agent_fixtures import CallBot, dispatch_token, start_agent_worker_process, unique_room
+from agent_fixtures import (
+    CallBot,
+    dispatch_token,
+    start_agent_worker_process,
+    two_agents_seen,
+    unique_room,
+)
 from infra_fixtures import LiveKitServer, start_livekit_server, start_token_server_process
-from livekit import api
 
 from streamtalk_common.room_protocol import HISTORY_METADATA_KEY, RECONCILER_METADATA_KEY
 
 pytestmark = pytest.mark.timeout(300)
 
 GRACE_S = 2.0
-TWIN_TOLERANCE_S = 1.5  # the twin check runs every 0.5 s, then the agent leaves
 
 
 def agent_name() -> str:
@@ -70,30 +74,6 @@ async def first_turn(bot: CallBot, wav) -> None:
     await bot.start()
     await bot.wait_for(lambda: bot.agent_identity is not None, 30, "the agent")
     await answered(bot, wav, 60)
-
-
-async def two_agents_seen(lk: LiveKitServer, room: str, seconds: float,
-                          tolerance_s: float = TWIN_TOLERANCE_S, until: asyncio.Event | None = None) -> bool:
-    """Watch the room for `seconds` (or until `until` is set): did it hold two agent
-    participants for longer than `tolerance_s`? (Two can meet for a moment, when LiveKit's
-    own dispatch and an old agent's rejoin cross after a restart; the later one sees the
-    other and leaves.)"""
-    twins_since = None
-    async with api.LiveKitAPI(lk.url, lk.api_key, lk.api_secret) as lkapi:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and not (until is not None and until.is_set()):
-            try:
-                people = (await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))).participants
-            except api.TwirpError:  # the room is not there (yet)
-                people = []
-            if sum(p.kind == api.ParticipantInfo.Kind.AGENT for p in people) < 2:
-                twins_since = None
-            elif twins_since is None:
-                twins_since = time.monotonic()
-            elif time.monotonic() - twins_since >= tolerance_s:
-                return True
-            await asyncio.sleep(0.25)
-    return False
 
 
 async def test_an_agent_that_could_not_be_dispatched_is_brought_in_later(

@@ -84,6 +84,7 @@ def stack_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         TOKEN_SERVER_PORT=str(free_port()),
         OMNI_DEV_PORT=str(free_port()),
         AGENT_HTTP_PORT=str(free_port()),
+        AGENT_METRICS_PORT=str(free_port()),
         STOP_GRACE_S="5",
         LIVEKIT_KEY_FILE=str(tmp_path / "livekit-keys.yaml"),  # not the user's own keys
     )
@@ -218,6 +219,85 @@ async def test_given_keys_win_and_status_reports_dead_and_draining_services(
     await wait_gone(livekit, 10)
     status = run_script(env, "status", timeout=30)
     assert "livekit       dead (stale pid file" in status.stdout, status.stdout
+
+
+# ------------------------------------------------------------------ several nodes and workers
+
+
+def free_port_pair(step: int, kind: int = socket.SOCK_STREAM) -> int:
+    """A port P with P + step free too (node 2 listens 10 above node 1, worker 2 one above worker 1)."""
+    while True:
+        port = free_port(kind)
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port + step))
+            except OSError:
+                continue
+        return port
+
+
+async def test_two_livekit_nodes_with_redis_and_a_worker_per_gpu(stack_env: dict[str, str], tmp_path: Path) -> None:
+    """LIVEKIT_NODES=2 AGENT_WORKERS=2 on a box whose nvidia-smi lists two GPUs: Redis on
+    loopback with a password no command line shows, a node each on its own ports, a worker
+    each on its own GPU and node, all under one agent name; the token server names the nodes
+    in turn; stop leaves nothing."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text('#!/bin/sh\n[ "$1" = --query-gpu=index ] || exit 2\necho 0\necho 1\n')
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    env = {**stack_env, "LIVEKIT_NODES": "2", "AGENT_WORKERS": "2", "REDIS_PORT": str(free_port()),
+           "LIVEKIT_PORT": str(free_port_pair(10)), "LIVEKIT_UDP_PORT": str(free_port_pair(10, socket.SOCK_DGRAM)),
+           "AGENT_HTTP_PORT": str(free_port_pair(1)), "AGENT_METRICS_PORT": str(free_port_pair(1)),
+           "PATH": f"{bin_dir}:{stack_env['PATH']}"}
+    nodes = [f"ws://127.0.0.1:{int(env['LIVEKIT_PORT']) + step}" for step in (0, 10)]
+    refused = run_script({**env, "AGENT_WORKERS": "0"}, "start", timeout=30)
+    assert refused.returncode == 1 and "AGENT_WORKERS=0; valid: 1..64 (one per GPU)" in refused.stderr
+
+    started = run_script(env, "start")
+    assert started.returncode == 0, started.stderr[-3000:]
+    run_dir = Path(env["STREAMTALK_OUTPUT"]) / "run"
+    status = run_script(env, "status", timeout=40)
+    assert status.returncode == 0, status.stdout + status.stderr
+    lines = {line.split()[0]: line for line in status.stdout.splitlines()}
+    assert list(lines) == ["redis", "livekit-1", "livekit-2", "omni_dev", "token_server", "agent-1", "agent-2",
+                           "agents"], status.stdout
+    assert all("healthy" in lines[n] for n in lines if n != "agents"), status.stdout
+    for i, gpu in ((1, "0"), (2, "1")):
+        assert "load 0.00 (0 of 8 rooms, 0 of " in lines[f"agent-{i}"] and f"GPU {gpu}" in lines[f"agent-{i}"], \
+            status.stdout
+        said = (run_dir / f"agent-{i}.log").read_text()
+        assert f"agent-{i}: LiveKit {nodes[i - 1]}, GPU {gpu}" in said, said[:2000]
+    assert "2 workers; agent streamtalk joined a probe room" in lines["agents"], status.stdout
+
+    # Redis: loopback only, refuses clients without the password, which no command line shows
+    password = next(x.split()[1] for x in (run_dir / "redis.conf").read_text().splitlines()
+                    if x.startswith("requirepass "))
+    assert private_file(run_dir / "redis.conf") and len(bytes.fromhex(password)) == 32
+    assert not [c for c in command_lines() if password.encode() in c]
+    def redis(password: str, *args: str) -> str:
+        return subprocess.run(["redis-cli", "-p", env["REDIS_PORT"], *args], capture_output=True, text=True,
+                              timeout=10, env={**env, "REDISCLI_AUTH": password}).stdout.split()
+
+    assert "NOAUTH" in redis("", "ping")
+    assert redis(password, "config", "get", "bind") == ["bind", "127.0.0.1"]
+    assert redis(password, "config", "get", "save") == ["save"]  # nothing kept on disk
+    assert redis(password, "hlen", "nodes") == ["2"]  # both LiveKit nodes registered in it
+
+    # each token names a live node, the two in turn
+    web_url = f"http://127.0.0.1:{env['TOKEN_SERVER_PORT']}/api/token"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as s:
+        urls = []
+        for _ in range(2):
+            async with s.post(web_url, json={"room": "nodes"}) as r:
+                assert r.status == 200
+                urls.append((await r.json())["url"])
+    assert sorted(urls) == nodes
+
+    pids = [int(f.read_text()) for f in run_dir.glob("*.pid")]
+    assert len(pids) == 7
+    stopped = run_script(env, "stop", timeout=90)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not any(alive(pid) for pid in pids) and not list(run_dir.glob("*.pid"))
 
 
 # ------------------------------------------------------------------ vLLM and the TTS server

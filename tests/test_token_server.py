@@ -653,7 +653,7 @@ async def test_the_openapi_document_describes_the_api(token_server: TokenServer)
     labels = {result.ok().label for result in schema.get_all_operations()}
     assert labels == {"POST /api/token", "GET /api/config", "GET /healthz"}
     token_op = doc["paths"]["/api/token"]["post"]
-    assert set(token_op["responses"]) == {"200", "400", "401", "413", "415", "429"}
+    assert set(token_op["responses"]) == {"200", "400", "401", "413", "415", "429", "503"}
     request = doc["components"]["schemas"]["TokenRequest"]
     assert request["additionalProperties"] is False and "required" not in request
     room = request["properties"]["room"]["anyOf"][0]

@@ -25,6 +25,7 @@ from streamtalk_common.http_api import (
 
 from .client_limits import charge_token, connection_limit
 from .config import TokenServerConfig
+from .live_nodes import LiveNodes, NoLiveNode, watching
 from .rate_limit import RateLimiter
 from .reconciler import RoomReconciler
 from .tokens import TokenRequest, grant_for, mint_token
@@ -32,6 +33,7 @@ from .tokens import TokenRequest, grant_for, mint_token
 log = logging.getLogger("token_server")
 
 CONFIG_KEY = web.AppKey("config", TokenServerConfig)
+NODES_KEY = web.AppKey("livekit_nodes", LiveNodes)
 LIMITER_KEY = web.AppKey("token_rate_limiter", RateLimiter)
 OPENAPI_KEY = web.AppKey("openapi", dict)
 MAX_BODY_BYTES = 16 * 1024
@@ -52,6 +54,7 @@ OPERATIONS = (
             413: f"the body is larger than {MAX_BODY_BYTES} bytes",
             415: "the body is not application/json",
             429: "too many token requests or concurrent requests from this client",
+            503: "no LiveKit node answers (several nodes, LIVEKIT_URLS)",
         },
     ),
     Operation("GET", "/api/config", "What the web page needs before asking for a token"),
@@ -71,11 +74,23 @@ def _check_access_key(request: web.Request, config: TokenServerConfig) -> None:
         raise ApiError(401, "access_key_invalid", f"the {ACCESS_KEY_HEADER} header is wrong")
 
 
+def client_url(app: web.Application) -> str:
+    """The LiveKit URL a client gets: the public one, else a live node."""
+    config = app[CONFIG_KEY]
+    if config.public_url:
+        return config.public_url
+    try:
+        return app[NODES_KEY].client_url()
+    except NoLiveNode as exc:
+        raise ApiError(503, "livekit_unavailable", str(exc)) from None
+
+
 async def create_token(request: web.Request) -> web.Response:
     config = request.app[CONFIG_KEY]
     charge_token(request.app.get(LIMITER_KEY), request)
     _check_access_key(request, config)
     grant = grant_for(await read_model(request, TokenRequest))
+    url = client_url(request.app)
     issued = mint_token(
         grant,
         api_key=config.api_key,
@@ -84,15 +99,16 @@ async def create_token(request: web.Request) -> web.Response:
         agent_name=config.agent_name,
     )
     log.info(
-        "token issued room=%s identity=%s expires_at=%d",
+        "token issued room=%s identity=%s expires_at=%d url=%s",
         grant.room,
         grant.identity,
         issued.expires_at,
+        url,
     )
     return web.json_response(
         {
             "token": issued.token,
-            "url": config.livekit_url,
+            "url": url,
             "room": grant.room,
             "identity": grant.identity,
             "expires_at": issued.expires_at,
@@ -106,7 +122,7 @@ async def client_config(request: web.Request) -> web.Response:
     config = request.app[CONFIG_KEY]
     return web.json_response(
         {
-            "livekit_url": config.livekit_url,
+            "livekit_url": client_url(request.app),
             "agent_name": config.agent_name,
             "access_key_required": config.access_key is not None,
             "livekit_client_available": config.livekit_client_js.is_file(),
@@ -164,6 +180,7 @@ def create_app(config: TokenServerConfig) -> web.Application:
         client_max_size=MAX_BODY_BYTES,
     )
     app[CONFIG_KEY] = config
+    app[NODES_KEY] = LiveNodes(config.livekit_urls, config.api_key, config.api_secret)
     if config.rate_limit_per_min:
         app[LIMITER_KEY] = RateLimiter(config.rate_limit_per_min)
     app[OPENAPI_KEY] = openapi_spec(config)
@@ -174,15 +191,22 @@ def create_app(config: TokenServerConfig) -> web.Application:
     app.router.add_get(VENDOR_JS, vendor_js)
     app.router.add_route("*", "/api/{tail:.*}", _api_not_found)
     app.router.add_get("/{path:.*}", static_file)
+    app.cleanup_ctx.append(watch_nodes)
     if config.reconcile_grace_s > 0:
         app.cleanup_ctx.append(run_reconciler)
     return app
 
 
+async def watch_nodes(app: web.Application) -> AsyncIterator[None]:
+    async with watching(app[NODES_KEY]) as nodes:
+        if nodes.watched:
+            log.info("LiveKit nodes %s: each token names a live one", ", ".join(nodes.urls))
+        yield
+
+
 async def run_reconciler(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG_KEY]
-    lkapi = config.livekit_api()
-    reconciler = RoomReconciler(lkapi, config.agent_name, config.reconcile_grace_s,
+    reconciler = RoomReconciler(app[NODES_KEY], config.agent_name, config.reconcile_grace_s,
                                 config.reconcile_max_attempts)
     task = asyncio.create_task(reconciler.run(), name="room_reconciler")
     log.info("room reconciler on: a room with people but no %s agent for %g s gets it "
@@ -192,7 +216,6 @@ async def run_reconciler(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    await lkapi.aclose()
 
 
 async def _api_not_found(request: web.Request) -> web.Response:

@@ -60,9 +60,12 @@ def is_loopback(host: str) -> bool:
 class TokenServerConfig:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
-    # URL handed to clients (browsers connect to it); LIVEKIT_PUBLIC_URL overrides
-    # LIVEKIT_URL when the browser reaches LiveKit under another name (TLS proxy).
-    livekit_url: str = DEFAULT_LIVEKIT_URL
+    # the LiveKit nodes (LIVEKIT_URLS, else LIVEKIT_URL): the server reaches their API, and
+    # hands a live one to each client (token_server/live_nodes.py)
+    livekit_urls: tuple[str, ...] = (DEFAULT_LIVEKIT_URL,)
+    # the URL handed to every client instead, when browsers reach LiveKit under another name
+    # (a TLS proxy or load balancer in front of the nodes): LIVEKIT_PUBLIC_URL
+    public_url: str | None = None
     # the LiveKit server's keys; no default: a well-known secret would let anyone mint tokens
     api_key: str = ""
     api_secret: str = field(default="", repr=False)
@@ -74,8 +77,6 @@ class TokenServerConfig:
     allow_open: bool = False
     rate_limit_per_min: int = DEFAULT_RATE_LIMIT_PER_MIN  # tokens per client address; 0 = off
     max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
-    # where the server reaches LiveKit's API (LIVEKIT_URL; livekit_url may be the public name)
-    livekit_api_url: str = DEFAULT_LIVEKIT_URL
     # the room reconciler (token_server/reconciler.py): seconds a room with people may lack
     # its agent before it is dispatched again (0 = off), and dispatches per room at most
     reconcile_grace_s: float = DEFAULT_RECONCILE_GRACE_S
@@ -97,10 +98,11 @@ class TokenServerConfig:
                 "(scripts/start_all.sh takes them from $STREAMTALK_HOME/livekit-keys.yaml; "
                 "scripts/livekit_keys.sh CMD runs CMD with them)"
             )
-        if not self.livekit_url.startswith(("ws://", "wss://")):
-            raise ConfigError(
-                f"LiveKit URL must start with ws:// or wss://, got {self.livekit_url!r}"
-            )
+        if not self.livekit_urls:
+            raise ConfigError("LIVEKIT_URLS names no LiveKit node")
+        for url in (*self.livekit_urls, *([self.public_url] if self.public_url else [])):
+            if not url.startswith(("ws://", "wss://")):
+                raise ConfigError(f"LiveKit URL must start with ws:// or wss://, got {url!r}")
         if not self.agent_name:
             raise ConfigError("LIVEKIT_AGENT_NAME must not be empty")
         if self.rate_limit_per_min < 0:
@@ -135,10 +137,9 @@ class TokenServerConfig:
         values: dict[str, object] = {
             "host": env.get("TOKEN_SERVER_HOST") or DEFAULT_HOST,
             "port": _number_env(env, "TOKEN_SERVER_PORT", DEFAULT_PORT),
-            "livekit_url": env.get("LIVEKIT_PUBLIC_URL")
-            or env.get("LIVEKIT_URL")
-            or DEFAULT_LIVEKIT_URL,
-            "livekit_api_url": env.get("LIVEKIT_URL") or DEFAULT_LIVEKIT_URL,
+            "livekit_urls": tuple(u.strip() for u in env.get("LIVEKIT_URLS", "").split(",") if u.strip())
+            or (env.get("LIVEKIT_URL") or DEFAULT_LIVEKIT_URL,),
+            "public_url": env.get("LIVEKIT_PUBLIC_URL") or None,
             "api_key": env.get("LIVEKIT_API_KEY", ""),
             "api_secret": env.get("LIVEKIT_API_SECRET", ""),
             "agent_name": env.get("LIVEKIT_AGENT_NAME") or DEFAULT_AGENT_NAME,
@@ -166,6 +167,16 @@ class TokenServerConfig:
             values["node_modules"] = Path(env["STREAMTALK_HOME"]) / "node" / "node_modules"
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def livekit_api_url(self) -> str:
+        """The first node's: the one a one-off client (the agent probe) asks."""
+        return self.livekit_urls[0]
+
+    @property
+    def livekit_url(self) -> str:
+        """What clients are told when no node is chosen for them (logs, one node)."""
+        return self.public_url or self.livekit_urls[0]
 
     def livekit_api(self) -> api.LiveKitAPI:
         """A client of the LiveKit server's API (the reconciler's, the agent probe's);

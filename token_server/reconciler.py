@@ -9,7 +9,10 @@ or the person's token attribute that says so: after a LiveKit restart the room
 may be recreated without the dispatch) but no live agent participant, for
 longer than `grace_s`, gets the dispatch deleted and created again with the
 same metadata. Attempts back off (grace, then 2x, 4x, ...) and
-stop after `max_attempts`.
+stop after `max_attempts`. The grace also runs from the newest person's join and, with
+several nodes, from when LiveKit moves a lost node's rooms (NODE_STALE_S after the node
+stopped answering): LiveKit then dispatches the agent itself, and a re-dispatch that
+deletes that dispatch would end the agent it brought.
 
 A killed agent's participant stays in the room for about 20 s. Our agent raises
 a heartbeat attribute every few seconds (streamtalk_common/room_protocol.py); one
@@ -20,6 +23,9 @@ The page learns of it from the room's metadata, a JSON object whose
 `streamtalk.agent` key the reconciler sets (other keys are left alone):
 `{"state": "reconnecting", "attempt": n}` while it tries, `{"state": "lost"}`
 when it gave up, `{"state": "back"}` once an agent is in the room again.
+
+With several LiveKit nodes (LIVEKIT_URLS) each sweep asks the first one that answers
+(token_server/live_nodes.py): they share rooms through Redis, so any of them lists all.
 
 Everything it acts on is read from LiveKit on each sweep; only when it first
 saw a room without its agent, and its attempts since, live here, so a restarted
@@ -45,9 +51,12 @@ from streamtalk_common.room_protocol import (
     set_room_metadata_key,
 )
 
+from .live_nodes import NODE_STALE_S, LiveNodes
+
 log = logging.getLogger("token_server.reconciler")
 
 AGENT = api.ParticipantInfo.Kind.AGENT
+FORGET_AFTER_S = 30.0  # a room's agents' heartbeats are kept this long after it was last seen
 # Participants that are not a person the agent should serve.
 NOT_PEOPLE = (AGENT, api.ParticipantInfo.Kind.EGRESS)
 
@@ -62,15 +71,17 @@ class Stranded:
 
 
 class RoomReconciler:
-    def __init__(self, lkapi: api.LiveKitAPI, agent_name: str, grace_s: float,
+    def __init__(self, nodes: LiveNodes, agent_name: str, grace_s: float,
                  max_attempts: int, interval_s: float = 1.0) -> None:
-        self.lkapi = lkapi
+        self.nodes = nodes
+        self.lkapi = nodes.api()
         self.agent_name = agent_name
         self.grace_s = grace_s
         self.max_attempts = max_attempts
         self.interval_s = interval_s
         self.stranded: dict[str, Stranded] = {}
         self.heartbeats: dict[tuple[str, str], tuple[str, float]] = {}  # (room, agent): value, since
+        self.last_seen: dict[str, float] = {}  # room: when a sweep last found people in it
         self._livekit_down = False
 
     async def run(self) -> None:
@@ -88,17 +99,25 @@ class RoomReconciler:
             await asyncio.sleep(self.interval_s)
 
     async def sweep(self) -> None:
+        self.lkapi = self.nodes.api()  # a live node's (with several, one may have gone)
         rooms = (await self.lkapi.room.list_rooms(api.ListRoomsRequest())).rooms
         seen = set()
         for room in rooms:
             if room.num_participants == 0:
                 continue
             seen.add(room.name)
+            self.last_seen[room.name] = time.monotonic()
             await self._reconcile(room, time.monotonic())
         for name in set(self.stranded) - seen:
             del self.stranded[name]
-        for key in [k for k in self.heartbeats if k[0] not in seen]:
+        # heartbeats outlive a sweep or two without the room: while a dead node's room moves to
+        # another node it may be missing or empty for a moment, and the frozen beat of its
+        # dead session's agent must still count from when it froze
+        forget = {name for name, at in self.last_seen.items() if time.monotonic() - at > FORGET_AFTER_S}
+        for key in [k for k in self.heartbeats if k[0] in forget]:
             del self.heartbeats[key]
+        for name in forget:
+            del self.last_seen[name]
 
     async def _reconcile(self, room: api.Room, now: float) -> None:
         participants = (await self.lkapi.room.list_participants(
@@ -109,6 +128,8 @@ class RoomReconciler:
         # a stale agent has been gone since its last beat, which counts toward the grace
         gone_since = min((self.heartbeats[(room.name, i)][1] for i in stale), default=now)
         has_agent = len(stale) < len(agents)
+        if has_agent and stale:
+            await self._remove_twins(room.name, stale)
         if has_agent or not people:
             if self.stranded.pop(room.name, None) is not None and has_agent:
                 log.info("room %s has its agent again", room.name)
@@ -123,7 +144,11 @@ class RoomReconciler:
         metadata = ours[0].metadata if ours else expected[0]
         stranded = self.stranded.setdefault(room.name, Stranded(since=gone_since))
         wait = self.grace_s * 2 ** max(0, stranded.attempts - 1)  # grace, grace, 2x, 4x, ...
-        if now - max(stranded.since, stranded.last_attempt) < wait:
+        # LiveKit dispatches the agent itself when a person's join makes the room, or when it
+        # moves the room of a node that died to a live one: give that the grace too
+        newest_join = now - max(0.0, time.time() - max(p.joined_at_ms / 1000 or p.joined_at for p in people))
+        moved = self.nodes.last_lost + NODE_STALE_S
+        if now - max(stranded.since, stranded.last_attempt, newest_join, moved) < wait:
             return
         if stranded.attempts >= self.max_attempts:
             if stranded.attempts == self.max_attempts:
@@ -145,6 +170,17 @@ class RoomReconciler:
                 await self.lkapi.agent_dispatch.delete_dispatch(dispatch.id, room.name)
         await self.lkapi.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
             agent_name=self.agent_name, room=room.name, metadata=metadata))
+
+    async def _remove_twins(self, room: str, stale: list[str]) -> None:
+        """Remove agents whose heartbeat stopped from a room that another agent serves. A
+        LiveKit node that dies takes its rooms' sessions with it; the node that takes a room
+        over brings the room's old participants back with it, the dead session's agent among
+        them, next to the agent the room's dispatch brings."""
+        for identity in stale:
+            log.warning("room %s: agent %s stopped its heartbeat and another agent serves the room; "
+                        "removing it", room, identity)
+            with contextlib.suppress(api.TwirpError):  # it left meanwhile
+                await self.lkapi.room.remove_participant(api.RoomParticipantIdentity(room=room, identity=identity))
 
     def _heartbeat_stopped(self, room: str, agent: api.ParticipantInfo, now: float) -> bool:
         """Whether the agent's heartbeat attribute stood still for STALE_AFTER_S (an agent

@@ -3,6 +3,8 @@
 - `latency.png`: the run's EoT -> first audio distribution (sorted per-case values with
   P50, P95, the gate's threshold and the golden baseline) and, per case, how it splits
   into EoT -> VAD end and VAD end -> first audio heard by the probe;
+- `load.png` (the load tier, load_tier.py): P95 and P50 of EoT -> first audio against the
+  concurrent conversations, with the gate and the Ks that failed their gates;
 - `<case dir>/waveform.png`: what the probe recorded, with the user's speech (user_bot's
   playback, start to end of turn), the reply window (reply_start..reply_end), the first audio and every gap inside the
   reply (runs of 20 ms frames below the gap level) marked.
@@ -120,3 +122,27 @@ def waveform_png(case_dir: Path, title: str) -> str | None:
     fig.savefig(case_dir / "waveform.png", dpi=80)
     plt.close(fig)
     return "waveform.png"
+
+
+def load_png(path: Path, per_k: list[dict[str, Any]], limit_ms: float) -> Path:
+    """The load tier's picture; `per_k` as load_tier.summary makes it."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ks = [s["k"] for s in per_k]
+    for key, label, style in (("eot_to_first_audio_p95_ms", "P95", "o-"), ("eot_to_first_audio_p50_ms", "P50", "s--")):
+        ax.plot(ks, [s[key] if s[key] is not None else float("nan") for s in per_k], style, label=label)
+    ax.axhline(limit_ms, color="tab:red", ls=":", label=f"gate {limit_ms:.0f} ms")
+    for s in per_k:
+        if s["verdict"] != "PASS":
+            ax.annotate("gate failed", (s["k"], s["eot_to_first_audio_p95_ms"] or limit_ms), color="tab:red",
+                        textcoords="offset points", xytext=(4, 6), fontsize=8)
+    ax.set_xlabel("concurrent conversations (rooms)")
+    ax.set_ylabel("EoT -> first audio at the probe (ms)")
+    ax.set_xticks(ks)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    ax.set_title("turn latency against concurrent rooms")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

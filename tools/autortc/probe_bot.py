@@ -6,7 +6,8 @@ subscribes to the agent's audio track; on the first frame it sends `probe_ready`
 with its wall-clock arrival time, collects the agent's `reply_start`/`reply_end`
 events matched on trace_id + case_id + reply_seq, and writes
 `post_rtc_full.wav`, `post_rtc_reply.wav` (reply `--reply-seq`, sliced with those
-events) and `probe_result.json` (first audio, reply window, per-frame energy).
+events) and `probe_result.json` (first audio, reply window, per-frame energy, and the
+worker that served the room: the agent's `streamtalk.worker` attribute).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any
 
 import numpy as np
 from livekit import rtc
+
+from streamtalk_common.room_protocol import WORKER_ATTRIBUTE
 
 from .common import (
     FRAME_MS,
@@ -51,6 +54,7 @@ class ProbeBot:
         self.ready = asyncio.Event()
         self.done = asyncio.Event()
         self.agent_identity = ""
+        self.agent_worker = ""
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def _spawn(self, coro: Any) -> None:
@@ -63,6 +67,7 @@ class ProbeBot:
                 and participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
                 and not self.agent_identity):
             self.agent_identity = participant.identity
+            self.agent_worker = participant.attributes.get(WORKER_ATTRIBUTE, "")
             self._spawn(self._record(track))
 
     async def _record(self, track: rtc.Track) -> None:
@@ -138,6 +143,7 @@ class ProbeBot:
         offsets = np.cumsum([0] + [len(x) for _, x in self.frames])
         frame_rms = [rms(x) for _, x in self.frames]
         res["agent_events"] = self.events
+        res["agent_worker"] = self.agent_worker
         res["full_rms"] = rms(full)
         res["full_seconds"] = round(len(full) / RATE, 3)
         res["frames"] = [[round(t, 2), round(r, 5)] for (t, _), r in zip(self.frames, frame_rms)]

@@ -1,11 +1,12 @@
-"""Start the real stack for AutoRTC on loopback ports: LiveKit server, dev Omni backend,
-agent worker (tiny checkpoint on CPU). Each service runs in its own process group and
+"""Start the real stack for AutoRTC on loopback ports: LiveKit server (or several nodes
+sharing a Redis), dev Omni backend, agent worker(s) (tiny checkpoint on CPU). Each service runs in its own process group and
 is stopped (SIGTERM, then SIGKILL) by `Stack.stop()`."""
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,11 +16,12 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streamtalk_common.gpu_assignment import assign, nvidia_smi_indices, visible_gpus
 from streamtalk_common.livekit_keys import write_key_file
 from streamtalk_common.net import free_port
 from streamtalk_common.paths import REPO_ROOT, cache_root
 
-_SCRUB = ("LIVEKIT_", "TOKEN_", "OMNI_", "NODE_IP", "UDP_PORT")
+_SCRUB = ("LIVEKIT_", "TOKEN_", "OMNI_", "NODE_IP", "UDP_PORT", "REDIS_")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -95,21 +97,47 @@ class Stack:
     agent_name: str = "streamtalk"
     agent_output: Path = Path("output")
     services: list[Service] = field(default_factory=list)
+    livekit_urls: list[str] = field(default_factory=list)  # every node (livekit_url is the first)
 
     def stop(self) -> None:
         for s in reversed(self.services):
             s.stop()
 
     def agent_log(self) -> str:
+        """The first worker's log tail."""
         for s in self.services:
-            if s.name == "agent":
+            if s.name.startswith("agent"):
                 return s.tail(60)
         return ""
 
 
+def start_redis(log_dir: Path) -> tuple[Service, int, str]:
+    """redis-server on a free loopback port for several LiveKit nodes: its service, port
+    and password (from a mode-600 config file, as scripts/redis_server.sh runs it)."""
+    if shutil.which("redis-server") is None:
+        raise RuntimeError("redis-server missing (several LiveKit nodes share it): run scripts/install_system_deps.sh")
+    port, password = free_port(), secrets.token_hex(32)
+    conf = log_dir / f"redis-{port}.conf"
+    conf.touch(mode=0o600)
+    conf.write_text(f"requirepass {password}\n")
+    redis = Service("redis", ["redis-server", str(conf), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                              "--appendonly", "no", "--dir", str(log_dir)], clean_env(), log_dir / "redis.log")
+
+    def pong() -> bool:
+        return subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True, timeout=5,
+                              env={**os.environ, "REDISCLI_AUTH": password}).stdout.strip() == "PONG"
+
+    redis.wait_until(pong, 30, "PONG")
+    return redis, port, password
+
+
 def start_stack(log_dir: Path, agent_output: Path, agent_env: dict[str, str] | None = None,
-                omni_env: dict[str, str] | None = None) -> Stack:
-    """LiveKit server + dev backend + agent worker; raises with the log tail on failure."""
+                omni_env: dict[str, str] | None = None, nodes: int = 1, workers: int = 1) -> Stack:
+    """LiveKit server(s) + dev backend + agent worker(s); raises with the log tail on failure.
+    With `nodes` > 1 the nodes share rooms and workers through a Redis; worker i registers
+    with node i mod `nodes` as `agent-<i+1>` (one worker: `agent`), all under one agent name
+    and writing to one `agent_output`. With AUTORTC_TTS_DEVICE other than cpu, worker i runs
+    on the i-th GPU (streamtalk_common/gpu_assignment.py)."""
     from tts_engine.checkpoint import ensure_checkpoint
 
     services: list[Service] = []
@@ -118,16 +146,26 @@ def start_stack(log_dir: Path, agent_output: Path, agent_env: dict[str, str] | N
         if not os.access(lk_bin, os.X_OK):
             raise RuntimeError(f"LiveKit server missing at {lk_bin}: "
                                "run scripts/install_livekit_server.sh")
-        port, udp = free_port(), free_port(socket.SOCK_DGRAM)
         key, secret = "autortc" + secrets.token_hex(4), secrets.token_urlsafe(32)
         log_dir.mkdir(parents=True, exist_ok=True)
-        key_file = write_key_file(log_dir / f"livekit-keys-{port}.yaml", key, secret)
-        lk = Service("livekit", [str(lk_bin), "--config", str(REPO_ROOT / "scripts" / "livekit-dev.yaml"),
-                                 "--bind", "127.0.0.1", "--node-ip", "127.0.0.1", "--port", str(port),
-                                 "--udp-port", str(udp), "--key-file", str(key_file)],
-                     clean_env(), log_dir / "livekit.log")
-        services.append(lk)
-        lk.wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/"), 60, "HTTP answer")
+        redis_args: list[str] = []
+        lk_env = clean_env()
+        if nodes > 1:
+            redis, redis_port, lk_env["REDIS_PASSWORD"] = start_redis(log_dir)
+            services.append(redis)
+            redis_args = ["--redis-host", f"127.0.0.1:{redis_port}"]
+        urls = []
+        for n in range(1, nodes + 1):
+            port, udp = free_port(), free_port(socket.SOCK_DGRAM)
+            key_file = write_key_file(log_dir / f"livekit-keys-{port}.yaml", key, secret)
+            name = "livekit" if nodes == 1 else f"livekit-{n}"
+            lk = Service(name, [str(lk_bin), "--config", str(REPO_ROOT / "scripts" / "livekit-dev.yaml"),
+                                "--bind", "127.0.0.1", "--node-ip", "127.0.0.1", "--port", str(port),
+                                "--udp-port", str(udp), "--key-file", str(key_file), *redis_args],
+                         lk_env, log_dir / f"{name}.log")
+            services.append(lk)
+            lk.wait_until(lambda p=port: http_ok(f"http://127.0.0.1:{p}/"), 60, "HTTP answer")
+            urls.append(f"ws://127.0.0.1:{port}")
         oport = free_port()
         omni = Service("omni-dev", [sys.executable, "-m", "tools.omni_dev", "--host", "127.0.0.1",
                                     "--port", str(oport)],
@@ -136,20 +174,30 @@ def start_stack(log_dir: Path, agent_output: Path, agent_env: dict[str, str] | N
         services.append(omni)
         omni.wait_until(lambda: http_ok(f"http://127.0.0.1:{oport}/health"), 120, "health")
         model_dir = ensure_checkpoint(cache_root() / "checkpoints" / "tiny-test", "tiny", seed=0)
-        name = "streamtalk-autortc-" + secrets.token_hex(3)
-        env = clean_env(
-            LIVEKIT_URL=f"ws://127.0.0.1:{port}", LIVEKIT_API_KEY=key, LIVEKIT_API_SECRET=secret,
-            LIVEKIT_AGENT_NAME=name, OMNI_BASE_URL=f"http://127.0.0.1:{oport}/v1",
-            OMNI_MODEL="qwen3-omni-dev", TTS_DEEP_STREAM_MODEL_DIR=str(model_dir),
-            TTS_DEEP_STREAM_DEVICE=os.environ.get("AUTORTC_TTS_DEVICE", "cpu"),
-            STREAMTALK_OUTPUT=str(agent_output), AGENT_HTTP_PORT=str(free_port()),
-            AGENT_TORCH_THREADS="1", AGENT_EMPTY_ROOM_GRACE_S="3", OMP_NUM_THREADS="1",
-            **(agent_env or {}))
-        agent = Service("agent", [sys.executable, "-m", "agent", "start", "--log-level", "INFO"],
-                        env, log_dir / "agent.log")
-        services.append(agent)
-        agent.wait_until(lambda: "registered worker" in agent.tail(400), 180, "registration")
-        return Stack(f"ws://127.0.0.1:{port}", key, secret, name, agent_output, services)
+        agent_name = "streamtalk-autortc-" + secrets.token_hex(3)
+        device = os.environ.get("AUTORTC_TTS_DEVICE", "cpu")
+        # on GPUs each worker gets its own, as scripts/agent_worker.sh gives them
+        gpus = assign(workers, [] if device == "cpu" else
+                      visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), nvidia_smi_indices()))
+        agents = []
+        for i in range(workers):
+            name = "agent" if workers == 1 else f"agent-{i + 1}"
+            env = clean_env(
+                LIVEKIT_URL=urls[i % nodes], LIVEKIT_API_KEY=key, LIVEKIT_API_SECRET=secret,
+                LIVEKIT_AGENT_NAME=agent_name, OMNI_BASE_URL=f"http://127.0.0.1:{oport}/v1",
+                OMNI_MODEL="qwen3-omni-dev", TTS_DEEP_STREAM_MODEL_DIR=str(model_dir),
+                TTS_DEEP_STREAM_DEVICE=device, **({"CUDA_VISIBLE_DEVICES": gpus[i]} if gpus[i] else {}),
+                STREAMTALK_OUTPUT=str(agent_output), AGENT_HTTP_PORT=str(free_port()),
+                AGENT_METRICS_PORT=str(free_port()), AGENT_WORKER_NAME=name,
+                AGENT_TORCH_THREADS="1", AGENT_EMPTY_ROOM_GRACE_S="3", OMP_NUM_THREADS="1",
+                **(agent_env or {}))
+            agent = Service(name, [sys.executable, "-m", "agent", "start", "--log-level", "INFO"],
+                            env, log_dir / f"{name}.log")
+            services.append(agent)
+            agents.append(agent)
+        for agent in agents:  # loading side by side
+            agent.wait_until(lambda a=agent: "registered worker" in a.tail(400), 180, "registration")
+        return Stack(urls[0], key, secret, agent_name, agent_output, services, urls)
     except BaseException:
         for s in reversed(services):
             s.stop()
