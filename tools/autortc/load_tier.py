@@ -33,10 +33,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from streamtalk_common.paths import output_root
+from streamtalk_common.stats import percentile
 from streamtalk_common.tables import print_table, write_json
 
 from . import audio_metrics, gates
-from .common import output_root, percentile, read_json
+from .common import read_json
 from .make_cases import load_cases, make_case
 from .plots import load_png
 from .run_suite import run_attempt

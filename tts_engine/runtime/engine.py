@@ -131,6 +131,7 @@ class TTSEngine:
                                    realtime=config.admission == "realtime")
         self._queued: deque[StreamSession] = deque()
         self._active: list[StreamSession] = []  # index = row
+        self._admitting = 0  # taken from the queue, not yet in a row: the prefill runs unlocked
         self._lock = threading.Condition()
         self._closed = False
         self.last_step_ms = 0.0
@@ -164,7 +165,7 @@ class TTSEngine:
     def active_sessions(self) -> int:
         """Streams holding a row or waiting for one."""
         with self._lock:
-            return len(self._active) + len(self._queued)
+            return len(self._active) + len(self._queued) + self._admitting
 
     @property
     def queued_sessions(self) -> int:
@@ -340,6 +341,8 @@ class TTSEngine:
                 self._finish(s, "cancelled")
             if newcomers := self._next_admissions():
                 self._guarded(newcomers, self._admit)
+                with self._lock:
+                    self._admitting = 0
             if self._active:
                 self._guarded(list(self._active), self._step)
 
@@ -366,6 +369,7 @@ class TTSEngine:
                 if not self.admission.may_admit(batch, self._least_margin_s(now, batch + 1)):
                     break
                 group.append(self._queued.popleft())
+            self._admitting = len(group)
             return group
 
     def _least_margin_s(self, now: float, batch: int) -> float:
