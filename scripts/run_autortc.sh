@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # AutoRTC end-to-end regression (docs/AUTORTC.md).
 #   scripts/run_autortc.sh --tier mini|fast|nightly|stability|load [--profile ci|gpu]
-#       [--out DIR] [--baseline golden/autortc/summary.json] [-- extra run_suite args]
+#       [--out DIR] [--baseline SUMMARY.json|none] [-- extra run_suite args]
+# The baseline defaults to the tier's own golden, golden/autortc/<tier>/summary.json, where
+# one exists (the fast tier's), else golden/autortc/summary.json (the mini cases').
 # Starts its own LiveKit server, dev backend and agent worker (tiny checkpoint) on
 # loopback ports unless extra args say otherwise; exit 0 = all gates pass.
 # load: K = 1, 2, 4 conversations at once on 2 LiveKit nodes (Redis) and 2 workers,
@@ -12,7 +14,7 @@ cd "$(dirname "$0")/.."
 HOME_DIR="${STREAMTALK_HOME:-$HOME/.cache/streamtalk}"
 PY="${PYTHON:-$HOME_DIR/venv/bin/python}"
 [ -x "$PY" ] || PY=python3
-TIER=mini; PROFILE=ci; OUT=""; BASELINE="golden/autortc/summary.json"; EXTRA=()
+TIER=mini; PROFILE=ci; OUT=""; BASELINE=""; EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --tier) TIER="$2"; shift 2;;
@@ -23,6 +25,10 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument $1" >&2; exit 2;;
   esac
 done
+if [ -z "$BASELINE" ]; then
+  BASELINE="golden/autortc/$TIER/summary.json"
+  [ -f "$BASELINE" ] || BASELINE="golden/autortc/summary.json"
+fi
 OUTPUT_ROOT="${STREAMTALK_OUTPUT:-output}"
 OUT="${OUT:-$OUTPUT_ROOT/autortc/$TIER-$(date +%Y%m%d-%H%M%S)}"
 BASE_ARGS=()  # --baseline none: no golden comparison (the stability tier, a new baseline)
