@@ -221,8 +221,8 @@ def test_fast_ci_run_passes_against_golden(tmp_path):
 
 
 def test_changed_checkpoint_fails_snr_gate(tmp_path):
+    from streamtalk_common.paths import cache_root
     from tts_engine.checkpoint import ensure_checkpoint
-    from tts_engine.config import cache_root
 
     other = ensure_checkpoint(cache_root() / "checkpoints" / "tiny-seed1", "tiny", seed=1)
     proc = subprocess.run([sys.executable, "-m", "tools.tts_regression", "--mode", "fast", "--profile", "ci",

@@ -15,11 +15,9 @@ from pathlib import Path
 
 import torch
 
+from streamtalk_common.paths import cache_root, output_root
+
 log = logging.getLogger("tts_engine.config")
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("STREAMTALK_HOME") or Path.home() / ".cache" / "streamtalk")
 
 
 def default_model_dir() -> Path:
@@ -209,7 +207,7 @@ class EngineConfig:
     def resolved_code_dump_dir(self) -> Path:
         if self.code_dump_dir:
             return Path(self.code_dump_dir)
-        return Path(os.environ.get("STREAMTALK_OUTPUT", "output")) / "code_dumps"
+        return output_root() / "code_dumps"
 
 
 def _renamed(env: dict[str, str]) -> dict[str, str]:

@@ -42,9 +42,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from streamtalk_common.paths import cache_root
+
 from ..codec_stream import CodecStreamDecoder, WindowedCodecDecoder
 from ..codegen import frame_limit
-from ..config import EngineConfig, cache_root, resolve_dtype
+from ..config import EngineConfig, resolve_dtype
 from ..errors import (
     EngineClosed,
     EngineOutOfMemory,
