@@ -12,9 +12,7 @@
 cd "$REPO_ROOT"
 
 check_layout
-index="${1:-}"
-[[ "$index" =~ ^[1-9][0-9]*$ ]] && ((index <= AGENT_WORKERS)) \
-    || die "usage: $0 INDEX, with INDEX 1..AGENT_WORKERS ($AGENT_WORKERS); got '${index}'"
+index="$(layout_index "$0" "${1:-}" AGENT_WORKERS "$AGENT_WORKERS")" || exit 1
 
 export AGENT_WORKER_NAME="$(agent_service "$index")"
 export AGENT_HTTP_PORT="$(agent_http_port "$index")" AGENT_METRICS_PORT="$(agent_metrics_port "$index")"

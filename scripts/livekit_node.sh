@@ -10,9 +10,7 @@
 cd "$REPO_ROOT"
 
 check_layout
-index="${1:-}"
-[[ "$index" =~ ^[1-9][0-9]*$ ]] && ((index <= LIVEKIT_NODES)) \
-    || die "usage: $0 INDEX, with INDEX 1..LIVEKIT_NODES ($LIVEKIT_NODES); got '${index}'"
+index="$(layout_index "$0" "${1:-}" LIVEKIT_NODES "$LIVEKIT_NODES")" || exit 1
 [[ -n "${LIVEKIT_SERVER_KEY_FILE:-}" ]] || die "LIVEKIT_SERVER_KEY_FILE is not set: run through scripts/livekit_keys.sh"
 redis=()
 if ((LIVEKIT_NODES > 1)); then

@@ -55,3 +55,11 @@ index_of() {  # SERVICE -> its 1-based index (agent-3 -> 3; agent, livekit -> 1)
 # LiveKit gets it through REDIS_PASSWORD): it shows on no command line.
 REDIS_CONF="$RUN_DIR/redis.conf"
 redis_password() { sed -n 's/^requirepass //p' "$REDIS_CONF" 2>/dev/null; }
+
+# layout_index SCRIPT ARG COUNT_NAME COUNT: ARG when it is a service index 1..COUNT, else dies
+# with the script's usage
+layout_index() {
+    [[ "$2" =~ ^[1-9][0-9]*$ ]] && (($2 <= $4)) \
+        || die "usage: $1 INDEX, with INDEX 1..$3 ($4); got '$2'"
+    echo "$2"
+}
