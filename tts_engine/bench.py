@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from streamtalk_common.stats import percentile
 from streamtalk_common.tables import print_table
 
 from .config import DECODER_DTYPES, EngineConfig
@@ -71,7 +72,9 @@ def progress(msg: str) -> None:
 
 
 def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
+    """The linear percentile, NaN (not None) for no values: the tables print it as such."""
+    value = percentile(values, q)
+    return float("nan") if value is None else value
 
 
 def environment() -> dict:
