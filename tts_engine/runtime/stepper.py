@@ -33,6 +33,13 @@ as is every prompt in batch-invariant mode (alone, in its own length).
 In batch-invariant mode every row steps alone (batch 1, its own span), eagerly:
 slower, but a stream's output is then bit-identical to a solo run whatever else
 is in the batch.
+
+A step is launched, then collected: `launch` enqueues its parts and the copy of
+its codes and PCM to pinned host memory and, on a GPU, returns while the device
+still works, so the engine hands the previous step's frames over meanwhile;
+`collect` waits for the step and returns its codes and PCM. One step is in
+flight at a time (the host buffers serve each step in turn). On a CPU `launch`
+computes the step itself.
 """
 
 from __future__ import annotations
@@ -135,8 +142,17 @@ class RowStart:
 class StepResult:
     codes: np.ndarray  # int64 [n, 16]
     pcm: np.ndarray  # float32 [n, 1920]
-    codegen_ms: float
+    codegen_ms: float  # device time (CUDA events; the host clock on a CPU)
     decode_ms: float
+
+
+@dataclass
+class _Launched:
+    """A step in flight: where its codes and PCM land on the host, and its clock."""
+
+    codes: Tensor
+    pcm: Tensor
+    clock: _Clock
 
 
 class BatchStepper:
@@ -156,6 +172,7 @@ class BatchStepper:
         self._rows = [pool.row(i) for i in range(pool.rows)]
         self.graph_steps = self.eager_steps = 0
         self.captured = False
+        self._launched: _Launched | None = None
         if self.device.type == "cuda":
             self._codes_host = torch.empty(pool.rows, 16, dtype=torch.long, pin_memory=True)
             self._pcm_host = torch.empty(pool.rows, decoder.samples_per_frame, pin_memory=True)
@@ -290,11 +307,20 @@ class BatchStepper:
         embeds, staged = self._stage.shape(group, length)
         self.codegen.talker.model(embeds, staged)
 
-    @torch.no_grad()
     def step(self, n: int, positions: list[int], mixed: bool) -> StepResult:
-        """Advance rows 0..n-1 by one frame; positions[i] is row i's talker position."""
+        """Advance rows 0..n-1 by one frame and wait for it; positions[i] is row i's talker
+        position."""
+        self.launch(n, positions, mixed)
+        return self.collect()
+
+    @torch.no_grad()
+    def launch(self, n: int, positions: list[int], mixed: bool) -> None:
+        """Enqueue a step of rows 0..n-1 and the copy of its codes and PCM to the host."""
+        if self._launched is not None:
+            raise RuntimeError("a step is in flight: collect() it before launching the next")
         if self.invariant:
-            return self._step_rows_alone(n, positions)
+            self._step_rows_alone(n, positions)
+            return
         b = self.bucket(n)
         v = self._views[b]
         self.pool.park(n, b)
@@ -304,9 +330,9 @@ class BatchStepper:
         self._run(("tail", b, mixed), lambda: tail_part(self.codegen, v, mixed))
         clock.mark()
         pcm = self._run(("decode", b), lambda: decode_part(self.decoder, v))
-        return self._to_host(v.codes[:n], pcm[:n], clock)
+        self._to_host(v.codes[:n], pcm[:n], clock)
 
-    def _step_rows_alone(self, n: int, positions: list[int]) -> StepResult:
+    def _step_rows_alone(self, n: int, positions: list[int]) -> None:
         clock = _Clock(self.device)
         for i in range(n):
             v = self._rows[i]
@@ -315,7 +341,7 @@ class BatchStepper:
         clock.mark()
         pcm = torch.cat([decode_part(self.decoder, self._rows[i]) for i in range(n)])
         self.eager_steps += 3 * n
-        return self._to_host(self._views[self.bucket(n)].codes[:n], pcm, clock)
+        self._to_host(self._views[self.bucket(n)].codes[:n], pcm, clock)
 
     def _run(self, key: tuple, eager: Callable[[], Tensor | None]) -> Tensor | None:
         graph = self._graphs.get(key)
@@ -326,21 +352,27 @@ class BatchStepper:
         self.graph_steps += 1
         return self._graph_out.get(key)
 
-    def _to_host(self, codes: Tensor, pcm: Tensor, clock: _Clock) -> StepResult:
-        """Codes and PCM on the host (one synchronisation), with the parts' times."""
+    def _to_host(self, codes: Tensor, pcm: Tensor, clock: _Clock) -> None:
+        """Start the copy of the step's codes and PCM to the host, behind its kernels."""
         n = codes.shape[0]
         if self.device.type == "cuda":
             host_codes, host_pcm = self._codes_host[:n], self._pcm_host[:n]
             host_codes.copy_(codes, non_blocking=True)
             host_pcm.copy_(pcm, non_blocking=True)
-            clock.mark()
-            torch.cuda.current_stream(self.device).synchronize()
-            codes_np, pcm_np = host_codes.numpy().copy(), host_pcm.numpy().copy()
         else:
-            codes_np, pcm_np = codes.numpy().copy(), pcm.float().numpy().copy()
-            clock.mark()
-        codegen_ms, decode_ms = clock.intervals_ms()
-        return StepResult(codes_np, pcm_np, codegen_ms, decode_ms)
+            host_codes, host_pcm = codes, pcm.float()
+        clock.mark()
+        self._launched = _Launched(host_codes, host_pcm, clock)
+
+    def collect(self) -> StepResult:
+        """Wait for the step in flight: its codes and PCM (copies, free of the buffers the
+        next step fills) and its parts' device times."""
+        launched, self._launched = self._launched, None
+        if launched is None:
+            raise RuntimeError("no step in flight: launch() one first")
+        launched.clock.wait()
+        codegen_ms, decode_ms = launched.clock.intervals_ms()
+        return StepResult(launched.codes.numpy().copy(), launched.pcm.numpy().copy(), codegen_ms, decode_ms)
 
 
 class _Clock:
@@ -359,6 +391,11 @@ class _Clock:
             self.marks.append(event)
         else:
             self.marks.append(time.perf_counter())
+
+    def wait(self) -> None:
+        """Until the device has passed the last mark (on a CPU it has)."""
+        if self.cuda:
+            self.marks[-1].synchronize()
 
     def intervals_ms(self) -> list[float]:
         pairs = zip(self.marks, self.marks[1:])
