@@ -26,7 +26,8 @@ def test_an_admission_waits_while_a_running_stream_cannot_spare_its_cost() -> No
     a = Admission(BUCKETS, max_active=0, queue_timeout_s=2.0)
     a.measured(1, 10.0)
     a.observe_admission(30.0)
-    needed_s = (30.0 + ADMIT_SAFETY_MS) / 1000
+    a.observe_hand_over(15.0)  # a complete packet still waits for the hand-over after the admission
+    needed_s = (30.0 + 15.0 + ADMIT_SAFETY_MS) / 1000
     assert a.may_admit(0, math.inf)
     assert a.may_admit(1, needed_s + 0.001)
     assert not a.may_admit(1, needed_s - 0.001)

@@ -5,6 +5,7 @@ control queues and refuses, and a failing stream ends alone."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import numpy as np
@@ -56,6 +57,20 @@ def open_together(engine: TTSEngine, requests) -> list:
     """Open streams that all wait before the worker looks at the queue."""
     with engine._lock:
         return [engine.open_stream(r) for r in requests]
+
+
+async def read_all(handle) -> tuple[np.ndarray, object]:
+    """Every packet of a stream to its end: its PCM and final metrics."""
+    pcm = np.concatenate([p.pcm async for p in handle])
+    return pcm, await handle.closed()
+
+
+def assert_exact(engine: TTSEngine, pcm: np.ndarray, metrics) -> None:
+    """The stream's PCM is one offline decode of exactly the codes it dumped."""
+    codes = load_codes(engine.config.resolved_code_dump_dir / f"{metrics.request_id}.npy")
+    assert codes.shape[0] == metrics.frames
+    offline = engine.model.decode(codes)
+    assert pcm.shape == offline.shape and np.abs(pcm - offline).max() <= 1e-5
 
 
 async def staggered(engine: TTSEngine, requests, gap_s: float = 0.15):
@@ -280,3 +295,111 @@ def test_a_consumer_whose_event_loop_has_closed_does_not_stop_the_engine(batched
     time.sleep(0.5)  # the abandoned stream's last packets and its end meet a closed loop
     pcm, m = asyncio.run(asyncio.wait_for(batched.synthesize_pcm(batched.make_request(TEXTS[0], "ryan")), 60))
     assert m.stop_reason == "eos" and len(pcm) == m.frames * 1920
+
+
+def in_flight_when_finished(monkeypatch, text: str) -> list[bool]:
+    """Record, for the stream of `text`, whether a step holding its row was on the device
+    when the engine ended it."""
+    seen: list[bool] = []
+    finish = TTSEngine._finish
+
+    def recorded(self, s, reason, error=None):  # noqa: ANN001, ANN202
+        if s.request.text == text and not s.finished:
+            seen.append(self._flight is not None and s in self._flight.sessions)
+        return finish(self, s, reason, error)
+
+    monkeypatch.setattr(TTSEngine, "_finish", recorded)
+    return seen
+
+
+async def test_a_stream_ended_by_silence_while_its_next_step_runs_loses_only_that_unsent_frame(
+        tiny_model_dir, tmp_path, monkeypatch):
+    """Packets go out while the next step runs, so the silence rule ends a stream whose next
+    frame is already being made: that frame is dropped (never sent, not in its codes) and
+    its row freed when the step lands; the streams beside it, joining and leaving (EOS, a
+    frame limit), stay exact."""
+    victim_text = "This stream falls silent after two packets."
+    take_packet = session_module.StreamSession.take_packet
+
+    def silent_victim(self, packet_metrics):  # noqa: ANN001, ANN202
+        packet = take_packet(self, packet_metrics)
+        if self.request.text == victim_text:
+            self.silent_packets = self.metrics.packets  # each of its packets counts as silent
+        return packet
+
+    monkeypatch.setattr(session_module.StreamSession, "take_packet", silent_victim)
+    in_flight = in_flight_when_finished(monkeypatch, victim_text)
+    eng = make_engine(tiny_model_dir, tmp_path, silence_packets=2)
+    try:
+        limited = dataclasses.replace(eng.make_request(TEXTS[4], "eric"), max_frames=7)
+        requests = [eng.make_request(t, s) for t, s in zip(TEXTS[:3], SPEAKERS, strict=False)]
+        handles = [eng.open_stream(r) for r in [*requests, limited]]
+        await asyncio.sleep(0.2)  # the victim joins a running batch
+        victim = eng.open_stream(eng.make_request(victim_text, "ryan"))
+        results = await asyncio.gather(*[read_all(h) for h in [victim, *handles]])
+        (pcm, m), others = results[0], results[1:]
+        assert m.stop_reason == "silence" and in_flight == [True] and m.batch_max >= 3
+        assert m.packets == 2 and m.frames == 3 and len(pcm) == 3 * 1920  # frame 0, then frames 1-2
+        assert_exact(eng, pcm, m)
+        assert [o.stop_reason for _, o in others] == ["eos", "eos", "eos", "max_frames"]
+        assert others[-1][1].frames == 7
+        for pcm, o in others:
+            assert_exact(eng, pcm, o)
+        # the victim's in-flight frame landed long ago: dropped, not sent late
+        assert len(victim.session.codes) == 3 and victim.metrics.packets == 2
+        assert eng.active_sessions == 0
+        stats = eng.stats()  # a step's period holds its device time (on a CPU, its launch)
+        assert stats["steps"] > 0 and stats["step_period_ms_sum"] > stats["step_device_ms_sum"] > 0
+        assert stats["step_rows_sum"] > stats["steps"] and stats["step_hand_over_ms_sum"] > 0
+    finally:
+        eng.close()
+
+
+async def test_a_stream_whose_packet_fails_while_its_next_step_runs_ends_alone(batched, monkeypatch):
+    """An error while sending a packet (the next step already on the device) ends that
+    stream only: its packets so far arrived, then the error; its in-flight frame is dropped
+    and its row freed; the others stay exact."""
+    victim_text = "This stream fails on its second packet."
+    take_packet = session_module.StreamSession.take_packet
+
+    def failing_victim(self, packet_metrics):  # noqa: ANN001, ANN202
+        if self.request.text == victim_text and self.metrics.packets == 1:
+            raise RuntimeError("injected packet failure")
+        return take_packet(self, packet_metrics)
+
+    monkeypatch.setattr(session_module.StreamSession, "take_packet", failing_victim)
+    in_flight = in_flight_when_finished(monkeypatch, victim_text)
+    handles = [batched.open_stream(batched.make_request(t, "aiden")) for t in TEXTS[:3]]
+    victim = batched.open_stream(batched.make_request(victim_text, "serena"))
+    received = []
+    with pytest.raises(RuntimeError, match="injected packet failure"):
+        async for packet in victim:
+            received.append(packet)
+    assert in_flight == [True] and [p.frames for p in received] == [1]
+    for pcm, m in await asyncio.gather(*[read_all(h) for h in handles]):
+        assert m.stop_reason == "eos" and m.batch_max == 4
+        assert_exact(batched, pcm, m)
+    metrics = await victim.closed()
+    assert metrics.stop_reason == "error" and "injected packet failure" in metrics.error
+    assert len(victim.session.codes) == 3 and victim.session.row is None  # frames 0-2; frame 3 dropped
+    assert batched.active_sessions == 0
+
+
+async def test_a_cancel_frees_the_row_within_one_step(batched):
+    """Cancelled while the engine sends packets (a step on the device) or while it steps:
+    the stream takes part in at most one more step, and its row is free once it closes."""
+    handles = [batched.open_stream(batched.make_request(t, "vivian")) for t in TEXTS[:3]]
+    victim = batched.open_stream(batched.make_request(" ".join(TEXTS), "ryan"))
+    got = 0
+    async for _ in victim:
+        got += 1
+        if got == 3:
+            position = victim.session.position  # one more per step it takes part in
+            victim.cancel()
+            break
+    metrics = await asyncio.wait_for(victim.closed(), 10)
+    assert metrics.stop_reason == "cancelled" and victim.session.row is None
+    assert victim.session.position <= position + 1
+    for pcm, m in await asyncio.gather(*[read_all(h) for h in handles]):
+        assert m.stop_reason == "eos" and len(pcm) == m.frames * 1920
+    assert batched.active_sessions == 0

@@ -2,20 +2,26 @@
 
 One worker thread owns every model call. Each turn of its loop:
 
-1. drops cancelled streams (their rows are free before the next step) and
-   refuses queued ones that waited past TTS_QUEUE_TIMEOUT_S;
-2. admits queued streams, oldest first, while the capacity allows and every
-   running stream can spare the time (runtime/admission.py): all of them in
-   one prefill, straight into the rows after the batch, which they join;
-3. steps the batch: every active stream gets one frame, all in one batched
-   talker step, one predictor loop and one decoder step (runtime/stepper.py);
-   a newcomer's first step gives its frame 0, and its first packet leaves at
-   once (first packets first);
-4. hands each stream its frame, sends the packets that are complete, and
-   releases the rows of streams that ended (EOS, frame limit, silence, error).
+1. the step in flight lands (its codes and PCM reach the host) and decides who
+   leaves the batch: a stream whose frame is EOS or its last ends now (its last
+   packet sent), the others take their frame, a newcomer's first packet leaves
+   at once (first packets first); ended and cancelled streams free their rows,
+   so the batch's rows are final;
+2. queued streams that waited past TTS_QUEUE_TIMEOUT_S are refused, and the
+   oldest are admitted while the capacity allows and every running stream can
+   spare the time (runtime/admission.py): all of them in one prefill, straight
+   into the rows after the batch, which they join;
+3. the next step is launched: every active stream gets one frame, all in one
+   batched talker step, one predictor loop and one decoder step
+   (runtime/stepper.py); on a GPU the launch returns while the device works;
+4. meanwhile, the landed step's packets are sent: a packet per stream whose
+   frames are complete (packetising, silence detection, metrics, hand-off to
+   the consumer), so this host work overlaps the next step on the device.
 
-Streams join and leave between steps; the graphs never change. A failure in
-one stream's hand-over ends that stream only.
+A stream that ends in 4 (silence, a failing hand-over) keeps its row while the
+step runs; that step's frame of it is dropped when the step lands, and the row
+is freed then. Streams join and leave between steps; the graphs never change. A
+failure in one stream's hand-over ends that stream only.
 
     engine = TTSEngine(EngineConfig.from_env())      # loads, warms up, captures
     async with engine.open_stream(request) as stream:
@@ -74,6 +80,31 @@ CPU_ROWS = 32  # batch rows on a CPU (TTS_MAX_BATCH=0)
 MAX_ROWS = 256
 GRAPH_RESERVE_MIB = 2048  # GPU memory kept for graphs and activations when sizing the rows
 CALIBRATION_STEPS = 3  # timed steps per bucket at start-up
+
+
+@dataclass
+class Flight:
+    """The step on the device: its streams (sessions[i] is row i during the step) and when
+    it was launched."""
+
+    sessions: list[StreamSession]
+    launched_at: float
+    device_ms: float = 0.0  # codegen + decode, known once it lands
+
+
+@dataclass
+class StepTotals:
+    """Sums over every step since start (/metrics): two readings give the means between them."""
+
+    steps: int = 0
+    rows: int = 0  # streams stepped (rows / steps: the mean batch)
+    period_ms: float = 0.0  # launch -> landed with its rows freed: the frame period, admissions aside
+    device_ms: float = 0.0  # codegen + decode on the device (CUDA events; the host clock on a CPU)
+    hand_over_ms: float = 0.0  # sending the landed step's packets while the next step runs
+
+    def report(self) -> dict[str, float]:
+        return {"steps": self.steps, "step_rows_sum": self.rows, "step_period_ms_sum": self.period_ms,
+                "step_device_ms_sum": self.device_ms, "step_hand_over_ms_sum": self.hand_over_ms}
 
 
 @dataclass
@@ -136,7 +167,10 @@ class TTSEngine:
         self._admitting = 0  # taken from the queue, not yet in a row: the prefill runs unlocked
         self._lock = threading.Condition()
         self._closed = False
-        self.last_step_ms = 0.0
+        self._flight: Flight | None = None  # the step the device runs (worker thread only)
+        self.last_step_ms = 0.0  # the last step's period (as in StepTotals)
+        self.last_batch = 0
+        self.step_totals = StepTotals()
         self.underruns = 0
         self._worker = threading.Thread(target=self._run, name="tts-engine", daemon=True)
         self._worker.start()
@@ -305,9 +339,9 @@ class TTSEngine:
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else 0.0
         reserved = torch.cuda.memory_reserved(device) / 2**20 if cuda else 0.0
         return {"active": len(self._active), "queued": self.queued_sessions, "rejected": self.admission.rejected,
-                "rows": self.pool.rows, "batch": len(self._active), "step_ms": self.last_step_ms,
+                "rows": self.pool.rows, "batch": self.last_batch, "step_ms": self.last_step_ms,
                 "capacity": self.capacity, "capacity_left": self.capacity_left, "underruns": self.underruns,
-                "gpu_memory_peak_mib": peak, "gpu_memory_reserved_mib": reserved}
+                "gpu_memory_peak_mib": peak, "gpu_memory_reserved_mib": reserved, **self.step_totals.report()}
 
     # -- submission -----------------------------------------------------------
 
@@ -335,18 +369,27 @@ class TTSEngine:
         torch.set_grad_enabled(False)
         while True:
             with self._lock:
-                while not self._queued and not self._active and not self._closed:
+                while (self._flight is None and not self._queued and not self._active
+                       and not self._closed):
                     self._lock.wait()
-                if self._closed and not self._queued and not self._active:
+                if self._closed and self._flight is None and not self._queued and not self._active:
                     return
+            landed, flight = None, self._flight
+            if flight is not None:  # 1: the rows of the next step are settled first
+                landed = self._guarded(flight.sessions, self._land)
+                self._free_rows()
             for s in [s for s in self._active if s.cancelled.is_set()]:
                 self._finish(s, "cancelled")
-            if newcomers := self._next_admissions():
-                self._guarded(newcomers, self._admit)
+            if landed is not None:
+                self._observe_step(flight)
+            if newcomers := self._next_admissions():  # 2
+                self._guarded(newcomers, self._admit, newcomers)
                 with self._lock:
                     self._admitting = 0
-            if self._active:
-                self._guarded(list(self._active), self._step)
+            if batch := list(self._active):  # 3
+                self._guarded(batch, self._launch, batch)
+            if landed:  # 4: while the device runs the step just launched
+                self._send_packets(landed)
 
     def _next_admissions(self) -> list[StreamSession]:
         """Drop cancelled and expired waiters; the oldest waiters that may be admitted now."""
@@ -380,10 +423,10 @@ class TTSEngine:
         step_s = self.admission.predicted_ms(batch) / 1000
         return min((s.margin_s(now, step_s) for s in self._active), default=math.inf)
 
-    def _guarded(self, sessions: list[StreamSession], work: Callable) -> None:
-        """Run worker work for `sessions`; an error ends those sessions, not the worker."""
+    def _guarded(self, sessions: list[StreamSession], work: Callable, *args: object) -> object | None:
+        """`work(*args)` for `sessions`; an error ends those sessions, not the worker (None then)."""
         try:
-            work(sessions)
+            return work(*args)
         except Exception as exc:  # noqa: BLE001 - delivered to the consumers
             if isinstance(exc, torch.OutOfMemoryError):
                 exc = EngineOutOfMemory(f"the GPU ran out of memory: {exc}")
@@ -393,6 +436,7 @@ class TTSEngine:
                 log.exception("step failed for %d request(s)", len(sessions))
             for s in sessions:
                 self._finish(s, "error", exc)
+            return None
 
     def _admit(self, sessions: list[StreamSession]) -> None:
         """Prefill the newcomers into the rows after the batch, which they then join. A
@@ -436,47 +480,103 @@ class TTSEngine:
             s.windowed_state = self.windowed.new_state(1)
         return RowStart(prompt, s.sampled, seed_as_int64(s.request.seed or 0), s.request.params.min_new_tokens)
 
-    def _step(self, sessions: list[StreamSession]) -> None:
+    def _launch(self, sessions: list[StreamSession]) -> None:
+        """Start the next step of `sessions` (rows 0..n-1) on the device."""
         n = len(sessions)
-        start = time.perf_counter()
-        result = self.stepper.step(n, [s.position for s in sessions], any(s.sampled for s in sessions))
-        for s in sessions:  # every row has written its KV at `position` (a move copies it)
+        launched_at = time.perf_counter()
+        self.stepper.launch(n, [s.position for s in sessions], any(s.sampled for s in sessions))
+        for s in sessions:  # every row's KV at `position` is being written (a move copies it)
             s.position += 1
             s.metrics.batch_max = max(s.metrics.batch_max, n)
+        self._flight = Flight(sessions, launched_at)
+
+    def _land(self) -> list[StreamSession]:
+        """Wait for the step in flight and decide who leaves the batch (step 1 of the loop).
+        The streams that go on have their frame; their packets are for _send_packets."""
+        flight, self._flight = self._flight, None  # from here a stream that ends frees its row at once
+        result = self.stepper.collect()
+        flight.device_ms = result.codegen_ms + result.decode_ms
+        eos = result.codes[:, 0] == self.model.codegen.eos_id
+        going_on = []
         # sessions[i] was row i during the step; a stream that ends here frees its row at
         # once (the last row moves into it), which leaves the rows still to visit unchanged
-        for i, s in enumerate(sessions):
+        for i, s in enumerate(flight.sessions):
+            if s.finished:  # ended while the step ran: its frame is dropped
+                continue
             try:
+                if eos[i]:
+                    self._end(s, "eos")
+                    continue
                 self._take_frame(s, result.codes[i], result.pcm[i], result.codegen_ms, result.decode_ms)
+                if len(s.codes) >= s.frame_limit:
+                    self._end_at_frame_limit(s)
+                    continue
+                if not s.metrics.packets:
+                    self._send_if_complete(s)  # first packets first: the time to first audio
+                if not s.finished:
+                    going_on.append(s)
             except Exception as exc:  # noqa: BLE001 - this stream only
                 log.exception("request %s failed", s.id)
                 self._finish(s, "error", exc)
-        # what the streams wait between frames: the step and the hand-over of n frames
-        # (host work that grows with the batch, which admission control must count too)
-        self.last_step_ms = (time.perf_counter() - start) * 1000
+        return going_on
+
+    def _free_rows(self) -> None:
+        """Free the rows of the streams that ended while the step ran."""
+        for s in [s for s in self._active if s.finished]:
+            self._release(s)
+
+    def _observe_step(self, flight: Flight) -> None:
+        """The landed step's period, launch to its rows freed (what streams wait between
+        frames, admissions aside: they are timed on their own), for admission control."""
+        n = len(flight.sessions)
+        self.last_step_ms, self.last_batch = (time.perf_counter() - flight.launched_at) * 1000, n
         self.admission.observe(n, self.last_step_ms)
+        totals = self.step_totals
+        totals.steps += 1
+        totals.rows += n
+        totals.period_ms += self.last_step_ms
+        totals.device_ms += flight.device_ms
+
+    def _send_packets(self, sessions: list[StreamSession]) -> None:
+        """The landed step's complete packets, while the device runs the next step (step 4
+        of the loop). A stream that ends here keeps its row until that step lands."""
+        start = time.perf_counter()
+        for s in sessions:
+            if s.finished:  # cancelled, or the launch failed
+                continue
+            try:
+                self._send_if_complete(s)
+            except Exception as exc:  # noqa: BLE001 - this stream only
+                log.exception("request %s failed", s.id)
+                self._finish(s, "error", exc)
+        ms = (time.perf_counter() - start) * 1000
+        self.step_totals.hand_over_ms += ms
+        self.admission.observe_hand_over(ms)
 
     def _take_frame(self, s: StreamSession, codes: np.ndarray, pcm: np.ndarray,
-                    codegen_ms: float, decode_ms: float) -> bool:
-        """Give `s` its next frame; send a packet when one is complete. True when `s` ended."""
-        if int(codes[0]) == self.model.codegen.eos_id:
-            return self._end(s, "eos")
+                    codegen_ms: float, decode_ms: float) -> None:
         if s.windowed_state is not None:
             frame = torch.from_numpy(codes).to(self.model.device)[None, :, None]
             pcm = self.windowed.step(s.windowed_state, frame, check_codes=False)[0].float().cpu().numpy()
         s.add_frame(codes, pcm, codegen_ms, decode_ms)
-        if len(s.pending) >= s.next_packet_frames:
-            self._send_packet(s)
-        if len(s.codes) >= s.frame_limit:
-            if s.row_limited:
-                return self._end(s, "row_full", ReplyTooLong(
-                    f"the reply reached {len(s.codes)} frames, all its row holds (TTS_ROW_POSITIONS="
-                    f"{self.pool.positions}); the audio so far was sent"))
-            return self._end(s, "max_frames")
+
+    def _send_if_complete(self, s: StreamSession) -> None:
+        """Send s's packet once its frames are in; TTS_DEEP_STREAM_SILENCE_PACKETS silent
+        packets in a row end s."""
+        if len(s.pending) < s.next_packet_frames:
+            return
+        self._send_packet(s)
         n = self.config.silence_packets
         if n > 0 and s.silent_packets >= n:
-            return self._end(s, "silence")
-        return False
+            self._end(s, "silence")
+
+    def _end_at_frame_limit(self, s: StreamSession) -> None:
+        if s.row_limited:
+            self._end(s, "row_full", ReplyTooLong(
+                f"the reply reached {len(s.codes)} frames, all its row holds (TTS_ROW_POSITIONS="
+                f"{self.pool.positions}); the audio so far was sent"))
+        else:
+            self._end(s, "max_frames")
 
     def _send_packet(self, s: StreamSession) -> None:
         packet = s.take_packet(bool(self.config.packet_metrics))
@@ -485,14 +585,14 @@ class TTSEngine:
                      s.id, packet.index, packet.frames, packet.t_ready_ms, packet.codegen_ms, packet.decode_ms)
         s.emit(packet)
 
-    def _end(self, s: StreamSession, reason: str, error: TTSError | None = None) -> bool:
+    def _end(self, s: StreamSession, reason: str, error: TTSError | None = None) -> None:
         if s.pending:
             self._send_packet(s)  # the last packet may be short
         self._finish(s, reason, error)
-        return True
 
     def _finish(self, s: StreamSession, reason: str, error: BaseException | None = None) -> None:
-        """Close a session: its error (if any), metrics, dump, end of stream; free its row."""
+        """Close a session: its error (if any), metrics, dump, end of stream; free its row, or
+        while a step is in flight, leave that to the step's landing (rows move)."""
         if s.finished:
             return
         s.finished = True
@@ -506,7 +606,8 @@ class TTSEngine:
                        speaker=s.request.speaker, language=s.request.language,
                        model_dir=str(self.model.model_dir), stop_reason=s.metrics.stop_reason,
                        text_tokens=s.text_tokens)
-        self._release(s)
+        if self._flight is None:
+            self._release(s)
         s.on_admitted(error)  # a stream that ends before its admission stops waiting too
         s.on_closed()  # before the end of stream: a consumer that reads to the end finds it closed
         s.emit(_DONE)
