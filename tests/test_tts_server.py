@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import schemathesis
 
+from tts_engine.bench import step_means
 from tts_engine.config import EngineConfig
 from tts_engine.server import bind_socket, create_app
 from tts_engine.synthesis import TTSModel
@@ -73,6 +74,20 @@ async def test_stream_headers_audio_and_metrics(tts_server):
     assert [p["frames"] for p in metrics["packet_log"][:2]] == [1, 2]
     assert metrics["stop_reason"] == "eos" and metrics["ttfa_ms"] > 0 and metrics["rtf"] > 0
     assert len(metrics["packet_log"]) == metrics["packets"]
+
+
+async def test_metrics_carry_the_engine_steps_that_bench_throughput_averages(tts_server):
+    """Two readings of /metrics around one stream give the means of its steps (as bench
+    throughput reports them per level): one stream per step, a period that holds the
+    step's device time (on a CPU, its launch)."""
+    before = await prometheus(tts_server)
+    _, headers, _ = await post(tts_server, "/tts/stream", {"text": TEXT, "speaker": "serena"})
+    metrics = await finished_metrics(tts_server, headers["X-Request-Id"])
+    after = await prometheus(tts_server)
+    assert after["tts_engine_steps"] - before["tts_engine_steps"] >= metrics["frames"]
+    means = step_means(before, after)
+    assert means["mean_batch"] == 1 and means["step_period_ms"] > means["step_device_ms"] > 0
+    assert means["hand_over_ms"] > 0
 
 
 async def test_first_bytes_arrive_before_generation_ends(tts_server):

@@ -3,7 +3,7 @@
     prepare      write a benchmark checkpoint (preset geometry, EOS row of codec_head zeroed
                  so every run has the requested length; random weights time like real ones)
     step         the batched engine step per batch size and decoder precision: ms per step, its
-                 codegen and decode parts, audio s/s (graphs vs eager)
+                 launch (host), codegen and decode parts (device), audio s/s (graphs vs eager)
     decoder      codec decoder per precision (float32, tf32, bfloat16): SNR vs the float32 offline
                  decode and ms per packet, per batched frame and offline
     e2e          in-process engine: its start-up phases (load, compile, warm-up, capture,
@@ -15,7 +15,8 @@
                  weights, rows, graphs, workspace, reserved and its peak
     throughput   against a running server: a concurrency ladder (closed loop), or with --rate
                  Poisson arrivals (open loop, mixed reply lengths); audio s/s, client TTFB and
-                 server TTFA P50/P95/P99, RTF, underruns, 503 refusals, peak GPU memory
+                 server TTFA P50/P95/P99, RTF, underruns, 503 refusals, the engine's mean step
+                 period, device ms, hand-over ms and batch (from its /metrics), peak GPU memory
     cancel       1000 cancel rounds at concurrency 16: cancel latency P95, leaked sessions, GPU memory
     divergence   default mode: share of streams whose codes differ from their solo run, and from
                  which frame, at concurrency 16 and 64
@@ -146,8 +147,10 @@ def cmd_prepare(args: argparse.Namespace) -> list[dict]:
 
 def cmd_step(args: argparse.Namespace) -> list[dict]:
     """The batched engine step (talker + predictor + decoder, one frame for each of b streams)
-    on idle rows, per batch size and decoder precision: ms per step, the codegen and decode
-    parts (device time), and the real-time streams it implies."""
+    on idle rows, per batch size and decoder precision: ms per step, the host's launch of it
+    (graph replays and copies; on a GPU the engine's hand-over of packets overlaps the rest,
+    on a CPU the launch computes the step), the codegen and decode parts (device time), and
+    the real-time streams it implies."""
     rows = []
     graph_modes = [("graph", 1), ("eager", 0)] if torch.cuda.is_available() else [("eager", 0)]
     graph_modes = [m for m in graph_modes if m[0] in args.variants]
@@ -156,22 +159,27 @@ def cmd_step(args: argparse.Namespace) -> list[dict]:
             engine = make_engine(args, cudagraph_talker=graphs, cudagraph_cp=graphs, cudagraph_decoder=graphs,
                                  max_batch=max(args.batch), decoder_dtype=decoder_dtype)
             for b in args.batch:
-                times, codegen, decode = [], [], []
+                times, launch, codegen, decode = [], [], [], []
                 for rep in range(args.repeats + 2):
                     sync()
                     t0 = time.perf_counter()
-                    result = engine.stepper.step(b, [256] * b, mixed=False)
+                    engine.stepper.launch(b, [256] * b, mixed=False)
+                    t1 = time.perf_counter()
+                    result = engine.stepper.collect()
                     if rep >= 2:  # two warm-up steps
                         times.append((time.perf_counter() - t0) * 1000)
+                        launch.append((t1 - t0) * 1000)
                         codegen.append(result.codegen_ms)
                         decode.append(result.decode_ms)
                 ms = statistics.median(times)
                 rows.append({"variant": name, "decoder": decoder_dtype, "batch": b, "ms_per_step_p50": ms,
-                             "ms_per_step_p95": pct(times, 95), "codegen_ms_p50": statistics.median(codegen),
+                             "ms_per_step_p95": pct(times, 95), "launch_ms_p50": statistics.median(launch),
+                             "codegen_ms_p50": statistics.median(codegen),
                              "decode_ms_p50": statistics.median(decode),
                              "audio_s_per_s": b * FRAME_S * 1000 / ms, "per_stream_rtf": ms / 1000 / FRAME_S})
-                progress(f"step {name} decoder {decoder_dtype} batch {b}: {ms:.2f} ms "
-                         f"(codegen {rows[-1]['codegen_ms_p50']:.2f}, decode {rows[-1]['decode_ms_p50']:.2f})")
+                progress(f"step {name} decoder {decoder_dtype} batch {b}: {ms:.2f} ms (launch "
+                         f"{rows[-1]['launch_ms_p50']:.2f}, codegen {rows[-1]['codegen_ms_p50']:.2f}, "
+                         f"decode {rows[-1]['decode_ms_p50']:.2f})")
             engine.close()
     print_table("batch step (one 80 ms frame for each stream: talker + predictor + decoder)", rows)
     return rows
@@ -445,12 +453,24 @@ async def _server_metrics(session, url: str, request_id: str) -> dict:
     return {}
 
 
-async def _engine_gauge(session, url: str, name: str) -> float | None:
+async def _engine_gauges(session, url: str) -> dict[str, float]:
+    """The engine's gauges on the server's /metrics, by name."""
     async with session.get(url + "/metrics") as r:
-        for line in (await r.text()).splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    return None
+        lines = (await r.text()).splitlines()
+    return {name: float(value) for name, value in
+            (line.split()[:2] for line in lines if line.startswith("tts_engine_"))}
+
+
+STEP_SUMS = {"step_period_ms": "tts_engine_step_period_ms_sum", "step_device_ms": "tts_engine_step_device_ms_sum",
+             "hand_over_ms": "tts_engine_step_hand_over_ms_sum", "mean_batch": "tts_engine_step_rows_sum"}
+
+
+def step_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The engine's steps between two readings of its gauges: the mean period (wall ms from
+    one step to the next, admissions aside), device ms, hand-over ms and batch (NaN without
+    a step)."""
+    steps = after["tts_engine_steps"] - before["tts_engine_steps"]
+    return {key: (after[name] - before[name]) / steps if steps else float("nan") for key, name in STEP_SUMS.items()}
 
 
 async def _throughput(url: str, concurrency: int, duration: float, length: str) -> dict:
@@ -498,10 +518,11 @@ async def _measured(url: str, duration: float, load, results: list[dict]) -> dic
 
     timeout = aiohttp.ClientTimeout(total=duration + 300)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+        before = await _engine_gauges(session, url)
         t0 = time.perf_counter()
         await load(session)
         wall = time.perf_counter() - t0
-        peak_mib = await _engine_gauge(session, url, "tts_engine_gpu_memory_peak_mib")
+        after = await _engine_gauges(session, url)
     ok = [r for r in results if "error" not in r]
     ttfb = [r["ttfb_ms"] for r in ok]
     ttfa = [r["server_ttfa_ms"] for r in ok if r["server_ttfa_ms"] is not None]
@@ -513,7 +534,8 @@ async def _measured(url: str, duration: float, load, results: list[dict]) -> dic
             "server_ttfa_ms_p95": pct(ttfa, 95), "server_ttfa_ms_p99": pct(ttfa, 99),
             "queue_wait_ms_p95": pct(wait, 95), "rtf_p50": pct(rtf, 50), "rtf_p95": pct(rtf, 95),
             "underruns": sum(r["underruns"] for r in ok),
-            "streams_with_underruns": sum(1 for r in ok if r["underruns"]), "gpu_memory_peak_mib": peak_mib}
+            "streams_with_underruns": sum(1 for r in ok if r["underruns"]), **step_means(before, after),
+            "gpu_memory_peak_mib": after["tts_engine_gpu_memory_peak_mib"]}
 
 
 def _tts_body(length: str) -> dict:
