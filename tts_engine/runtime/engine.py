@@ -555,6 +555,7 @@ class TTSEngine:
 
     def _take_frame(self, s: StreamSession, codes: np.ndarray, pcm: np.ndarray,
                     codegen_ms: float, decode_ms: float) -> None:
+        """Give s its frame (in windowed mode its PCM is decoded here, no step being in flight)."""
         if s.windowed_state is not None:
             frame = torch.from_numpy(codes).to(self.model.device)[None, :, None]
             pcm = self.windowed.step(s.windowed_state, frame, check_codes=False)[0].float().cpu().numpy()
