@@ -17,14 +17,14 @@ import time
 from pathlib import Path
 
 import pytest
-from agent_fixtures import (
+from support.agent_worker import (
     AgentWorker,
     CallBot,
     ProbeBot,
     dispatch_token,
     unique_room,
 )
-from infra_fixtures import LiveKitServer
+from support.infra import LiveKitServer
 
 from streamtalk_common.audio import SAMPLE_RATE, read_wav
 from streamtalk_common.net import free_port

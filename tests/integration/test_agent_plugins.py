@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from aiohttp import web
-from infra_fixtures import OmniDevServer
 from livekit import rtc
 from livekit.agents import llm as lk_llm
+from support.infra import OmniDevServer
 
 from agent.config import AgentConfig
 from agent.engine_service import load_vad

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from infra_fixtures import LIVEKIT_BIN, require
+from support.infra import LIVEKIT_BIN, require
 
-REPO = Path(__file__).resolve().parent.parent
+from streamtalk_common.paths import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -30,7 +30,7 @@ def test_the_load_tier_reports_latency_rooms_per_worker_and_a_picture(tmp_path: 
     argv = ["bash", "scripts/run_autortc.sh", "--tier", "load", "--out", str(out), "--",
             "--ks", "1", "2", "--per-k", "1", "--keep-going"]
     env = {**os.environ, "PYTHON": sys.executable, "STREAMTALK_OUTPUT": str(tmp_path / "output")}
-    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
+    proc = subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=280)
     log = proc.stdout + proc.stderr
     result = json.loads((out / "load.json").read_text())
     assert (result["nodes"], result["workers"]) == (2, 2), result

@@ -27,12 +27,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from infra_fixtures import require
+from support.infra import require
 
-from streamtalk_common.paths import cache_root
+from streamtalk_common.paths import REPO_ROOT, cache_root
 
-REPO = Path(__file__).resolve().parent.parent
-GOLDEN = REPO / "golden" / "autortc" / "summary.json"
+GOLDEN = REPO_ROOT / "golden" / "autortc" / "summary.json"
 CACHE = cache_root()
 
 pytestmark = [pytest.mark.timeout(480), pytest.mark.quiet_machine]
@@ -53,7 +52,7 @@ def run_tier(out: Path, *extra: str) -> tuple[int, dict, str]:
     if extra:
         argv += ["--", *extra]
     env = {**os.environ, "PYTHON": sys.executable, "STREAMTALK_OUTPUT": str(out.parent / "output")}
-    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=460)
+    proc = subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=460)
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     return proc.returncode, summary, proc.stdout + proc.stderr

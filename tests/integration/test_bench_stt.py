@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from infra_fixtures import free_port
+from support.infra import free_port
 
 from agent import bench_stt
 

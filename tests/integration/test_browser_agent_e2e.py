@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_fixtures import AgentWorker
-from infra_fixtures import BrowserEnv, LiveKitServer
 from livekit import api
+from support.agent_worker import AgentWorker
+from support.infra import BrowserEnv, LiveKitServer
 from test_web_client import ARTIFACTS, run_web_driver
 
 from streamtalk_common.latency_breakdown import LatencyBreakdown

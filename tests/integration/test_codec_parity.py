@@ -1,7 +1,7 @@
 """Our codec decoder == the official qwen-tts speech tokenizer on the same checkpoint.
 
 We write a random checkpoint; the official `Qwen3TTSTokenizer.from_pretrained` loads it
-in the parity venv (tests/parity/official_codec.py, transformers 4.57.3) and decodes
+in the parity venv (tests/support/parity/official_codec.py, transformers 4.57.3) and decodes
 the same codes through its public `decode`. The official decode chunks at 300 frames
 with 25 frames of context, so lengths stop at 300: up to there it is one full causal
 decode, like ours. Checked on the tiny preset and on `mid` (grouped-query attention,
@@ -19,11 +19,12 @@ import numpy as np
 import pytest
 import torch
 
+from streamtalk_common.paths import REPO_ROOT
 from tts_engine.codec_checkpoint import write_speech_tokenizer
 from tts_engine.codec_stream import CodecStreamDecoder, decode_in_packets
 from tts_engine.model.codec_decoder import load_codec_decoder
 
-OFFICIAL = Path(__file__).parent / "parity" / "official_codec.py"
+OFFICIAL = REPO_ROOT / "tests" / "support" / "parity" / "official_codec.py"
 PARITY = 1e-4  # max abs difference allowed against the official waveform
 LENGTHS = (1, 2, 37, 150, 300)
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streamtalk_common.paths import REPO_ROOT
 from tools.codes_eval import codebook_stats, frame_runs
 from tts_engine.runtime.code_dump import read_codes, read_dump_meta
 
-REPO = Path(__file__).resolve().parent.parent
 TEXTS = {"hello": "Hello there, how are you today?", "weather": "It is sunny and warm outside."}
 
 pytestmark = pytest.mark.timeout(600)
@@ -28,14 +28,14 @@ def dumps(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
         subprocess.run([sys.executable, "-m", "tts_engine", "synthesize", "--model-dir", str(tiny_model_dir),
                         "--text", text, "--speaker", "serena", "--language", "english", "--device", "cpu",
                         "--out", str(folder / "wav" / f"{name}.wav"), "--dump-codes", str(folder)],
-                       check=True, capture_output=True, timeout=300, cwd=REPO)
+                       check=True, capture_output=True, timeout=300, cwd=REPO_ROOT)
     return folder
 
 
 def codes_eval(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict]:
     out = tmp_path / "eval.json"
     proc = subprocess.run([sys.executable, "-m", "tools.codes_eval", *args, "--out", str(out)],
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
+                          capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     return proc, json.loads(out.read_text()) if out.exists() else {}
 
 

@@ -1,6 +1,6 @@
 """TTS_COMPILE=1 on a CPU: the compiled engine's output, the compile cache across starts.
 
-Each engine start runs in a fresh process (tests/engine_probe.py): dynamo's in-process
+Each engine start runs in a fresh process (tests/support/engine_probe.py): dynamo's in-process
 caches would hide what a start takes from the compile cache. Inductor compiles for the
 CPU too (it needs a C++ compiler: scripts/install_system_deps.sh), and the tiny
 checkpoint keeps a cold compile under a minute on two cores.
@@ -19,26 +19,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streamtalk_common.paths import REPO_ROOT
 from tts_engine.config import EngineConfig
 from tts_engine.errors import EngineStartError
 from tts_engine.runtime import TTSEngine, compile_cache
 from tts_engine.runtime.compile_cache import ARTEFACTS, CompileCache
 from tts_engine.runtime.compiled import DYNAMIC_DIMS
 
-REPO = Path(__file__).resolve().parent.parent
 # 4 variants (batch 1 or more x one position or more) of each compiled part; the tiny
 # checkpoint's talker and predictor layers share one geometry
 GRAPHS = 4 * len(DYNAMIC_DIMS)
 
 
 def start(model_dir: Path, home: Path, out: Path, compile_on: bool) -> dict:
-    """One engine start in a fresh process (tests/engine_probe.py): what it wrote, and its log."""
+    """One engine start in a fresh process (tests/support/engine_probe.py): what it wrote, and its log."""
     out.mkdir(parents=True)
     env = {**os.environ, "STREAMTALK_HOME": str(home), "TTS_COMPILE": str(int(compile_on)),
-           "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+           "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     for variable in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
         env.pop(variable, None)
-    proc = subprocess.run([sys.executable, str(REPO / "tests" / "engine_probe.py"), str(model_dir), str(out)],
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "support" / "engine_probe.py"), str(model_dir), str(out)],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     streams = np.load(out / "streams.npz")

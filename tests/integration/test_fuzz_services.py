@@ -12,13 +12,13 @@ import os
 import re
 
 import pytest
-from engine_fixtures import TTSServer
-from infra_fixtures import (
+from support.infra import (
     OUTPUT_ROOT,
     LiveKitServer,
     start_omni_dev_process,
     start_token_server_process,
 )
+from support.tts_server import TTSServer
 
 from tools.fuzz_api import FuzzReport, fuzz, print_report
 

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from streamtalk_common.paths import cache_root
+from streamtalk_common.paths import REPO_ROOT, cache_root
 from tts_engine.checkpoint import CHECKPOINT_STAMP, checkpoint_stamp, ensure_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
 CACHE = cache_root()
 
 
-def bash(script: str, home: Path, repo: Path = REPO) -> str:
+def bash(script: str, home: Path, repo: Path = REPO_ROOT) -> str:
     """Run `script` after sourcing common.sh with `home` as the cache root; its stdout."""
     env = {**os.environ, "STREAMTALK_HOME": str(home)}
     env.pop("STREAMTALK_DOWNLOADS", None)
@@ -27,7 +26,7 @@ def bash(script: str, home: Path, repo: Path = REPO) -> str:
 
 
 def pins() -> dict[str, str]:
-    out = subprocess.run(["bash", "-c", f'. "{REPO}/scripts/pins.sh"; echo "$TORCH_VERSION $TORCHAUDIO_VERSION"'],
+    out = subprocess.run(["bash", "-c", f'. "{REPO_ROOT}/scripts/pins.sh"; echo "$TORCH_VERSION $TORCHAUDIO_VERSION"'],
                          capture_output=True, text=True, check=True).stdout.split()
     return {"torch": out[0], "torchaudio": out[1]}
 
@@ -81,9 +80,9 @@ def test_read_only_go_module_files_are_removed(tmp_path):
 
 def test_all_install_inputs_key_changes_with_a_pin(tmp_path):
     repo = tmp_path / "repo"
-    shutil.copytree(REPO / "scripts", repo / "scripts")
-    shutil.copytree(REPO / ".ci", repo / ".ci")
-    shutil.copy(REPO / "pyproject.toml", repo / "pyproject.toml")
+    shutil.copytree(REPO_ROOT / "scripts", repo / "scripts")
+    shutil.copytree(REPO_ROOT / ".ci", repo / ".ci")
+    shutil.copy(REPO_ROOT / "pyproject.toml", repo / "pyproject.toml")
     before = bash("all_install_inputs_key", tmp_path, repo)
     pins_file = repo / "scripts" / "pins.sh"
     pins_file.write_text(pins_file.read_text().replace("TORCHAUDIO_VERSION=", "TORCHAUDIO_VERSION=9"))

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from infra_fixtures import LIVEKIT_BIN, REPO_ROOT, LiveKitServer
 from livekit import api
+from support.infra import LIVEKIT_BIN, REPO_ROOT, LiveKitServer
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from infra_fixtures import REPO_ROOT, OmniDevServer, service_env, start_omni_dev_process
+from support.infra import REPO_ROOT, OmniDevServer, service_env, start_omni_dev_process
 
 from streamtalk_common.net import free_port
 

@@ -27,14 +27,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from agent_fixtures import (
+from support.agent_worker import (
     AgentWorker,
     CallBot,
     dispatch_token,
     start_agent_worker_process,
     unique_room,
 )
-from infra_fixtures import (
+from support.infra import (
     LIVEKIT_CONFIG,
     LiveKitServer,
     OmniDevServer,

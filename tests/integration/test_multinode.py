@@ -22,7 +22,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from agent_fixtures import (
+from livekit import api
+from support.agent_worker import (
     TWIN_TOLERANCE_S,
     AgentWorker,
     CallBot,
@@ -30,7 +31,7 @@ from agent_fixtures import (
     two_agents_seen,
     unique_room,
 )
-from infra_fixtures import (
+from support.infra import (
     LiveKitServer,
     OmniDevServer,
     RedisServer,
@@ -39,7 +40,6 @@ from infra_fixtures import (
     start_redis,
     start_token_server_process,
 )
-from livekit import api
 
 from streamtalk_common.room_protocol import WORKER_ATTRIBUTE
 from streamtalk_common.tables import print_table

@@ -22,7 +22,7 @@ import aiohttp
 import numpy as np
 import pytest
 from aiohttp import web
-from infra_fixtures import REPO_ROOT, OmniDevServer, service_env, start_omni_dev_process
+from support.infra import REPO_ROOT, OmniDevServer, service_env, start_omni_dev_process
 
 from streamtalk_common.http_api import MAX_JSON_DEPTH
 from tools.omni_dev.app import MAX_ASR_REQUESTS, SERVICES_KEY, create_app
@@ -40,7 +40,7 @@ HELLO_REPLY = next(r["reply"] for r in RULES["rules"] if "hello" in r["keywords"
 
 @pytest.fixture(scope="module")
 def weather_wav(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    from infra_fixtures import make_speech_wav_file
+    from support.infra import make_speech_wav_file
 
     path = tmp_path_factory.mktemp("omni") / "weather.wav"
     make_speech_wav_file("What is the weather like today?", path, sample_rate=16000)

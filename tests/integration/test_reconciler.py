@@ -13,14 +13,14 @@ import signal
 import time
 
 import pytest
-from agent_fixtures import (
+from support.agent_worker import (
     CallBot,
     dispatch_token,
     start_agent_worker_process,
     two_agents_seen,
     unique_room,
 )
-from infra_fixtures import LiveKitServer, start_livekit_server, start_token_server_process
+from support.infra import LiveKitServer, start_livekit_server, start_token_server_process
 
 from streamtalk_common.room_protocol import HISTORY_METADATA_KEY, RECONCILER_METADATA_KEY
 

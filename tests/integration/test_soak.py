@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 import pytest
-from infra_fixtures import CACHE_ROOT, LIVEKIT_BIN, REPO_ROOT, require
+from support.infra import CACHE_ROOT, LIVEKIT_BIN, REPO_ROOT, require
 
 pytestmark = pytest.mark.timeout(480)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from infra_fixtures import LIVEKIT_BIN, REPO_ROOT, free_port, require, service_env
 from livekit import api, rtc
+from support.infra import LIVEKIT_BIN, REPO_ROOT, free_port, require, service_env
 
 SCRIPT = REPO_ROOT / "scripts" / "start_all.sh"
 KEYS_SCRIPT = REPO_ROOT / "scripts" / "livekit_keys.sh"
@@ -302,7 +302,7 @@ async def test_two_livekit_nodes_with_redis_and_a_worker_per_gpu(stack_env: dict
 
 # ------------------------------------------------------------------ vLLM and the TTS server
 
-STANDIN = REPO_ROOT / "tests" / "vllm_standin.py"
+STANDIN = REPO_ROOT / "tests" / "support" / "vllm_standin.py"
 GPU_TOTAL_MIB = 143771  # what the nvidia-smi stand-in reports: an H200
 VLLM_NEEDS_MIB = 86263  # 0.6 of it, rounded up
 
@@ -321,7 +321,7 @@ def tagged(tag: str) -> list[int]:
 
 @pytest.fixture
 def vllm_env(stack_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
-    """The stack with OMNI_BACKEND=vllm, where `vllm` is tests/vllm_standin.py (the dev backend
+    """The stack with OMNI_BACKEND=vllm, where `vllm` is tests/support/vllm_standin.py (the dev backend
     behind vLLM's command line) and nvidia-smi reports an H200 with NVIDIA_SMI_FREE_MIB free."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

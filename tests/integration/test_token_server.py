@@ -19,7 +19,8 @@ import aiohttp
 import jwt
 import pytest
 import schemathesis
-from infra_fixtures import (
+from livekit import api, rtc
+from support.infra import (
     LOG_DIR,
     REPO_ROOT,
     LiveKitServer,
@@ -30,7 +31,6 @@ from infra_fixtures import (
     service_env,
     start_token_server_process,
 )
-from livekit import api, rtc
 from yarl import URL
 
 from token_server.config import ConfigError, TokenServerConfig
@@ -164,7 +164,7 @@ async def test_two_token_holders_exchange_audio(
     token_server: TokenServer, livekit_server: LiveKitServer
 ) -> None:
     import numpy as np
-    from lk_bots import AudioLevelMonitor, play_pcm
+    from support.lk_bots import AudioLevelMonitor, play_pcm
 
     room_name = _room()
     _, a = await post_token(token_server.base_url, {"room": room_name, "identity": "speaker"})

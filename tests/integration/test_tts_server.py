@@ -334,7 +334,7 @@ AUTHORIZED = {"Content-Type": "application/json", "Authorization": f"Bearer {API
 @pytest.fixture(scope="module")
 def keyed_server(tiny_model_dir, tmp_path_factory):
     """A server with a bearer key, and rows of 64 positions that a short reply fills."""
-    from engine_fixtures import TTSServer
+    from support.tts_server import TTSServer
 
     server = TTSServer(tiny_model_dir, tmp_path_factory.mktemp("keyed") / "server.log",
                        {"TTS_API_KEY": API_KEY, "TTS_ROW_POSITIONS": "64", "TTS_ADMISSION": "rows"})
@@ -377,7 +377,7 @@ async def test_a_reply_that_fills_its_row_ends_there_cleanly(keyed_server):
 
 
 async def test_over_capacity_is_a_503_with_retry_after_before_any_audio(tiny_model_dir, tmp_path):
-    from engine_fixtures import TTSServer
+    from support.tts_server import TTSServer
 
     server = TTSServer(tiny_model_dir, tmp_path / "server.log",
                        {"TTS_MAX_ACTIVE_STREAMS": "2", "TTS_QUEUE_TIMEOUT_S": "0.5", "TTS_ADMISSION": "rows"})

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from infra_fixtures import REPO_ROOT, require, service_env
+from support.infra import REPO_ROOT, require, service_env
 
 from tools.vad_eval import Segment, score
 

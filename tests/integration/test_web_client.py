@@ -1,7 +1,7 @@
 """The browser client in real headless Chromium against the real LiveKit and token servers.
 
 A fake microphone plays an espeak-ng WAV in a loop; a Python bot in the same room
-(tests/lk_bots.py) answers each turn. The page must connect, publish, hear the bot,
+(tests/support/lk_bots.py) answers each turn. The page must connect, publish, hear the bot,
 show its state and transcript, measure latency and reach the bot's stop RPC.
 Failures (wrong access key, unreachable LiveKit, refused token, no microphone)
 must show a clear message.
@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from infra_fixtures import (
+from livekit import rtc
+from support.infra import (
     OUTPUT_ROOT,
     REPO_ROOT,
     BrowserEnv,
@@ -25,14 +26,13 @@ from infra_fixtures import (
     TokenServer,
     free_port,
 )
-from livekit import rtc
-from lk_bots import ResponderBot
+from support.lk_bots import ResponderBot
 
 from streamtalk_common.audio import read_wav
 from streamtalk_common.latency_breakdown import LatencyBreakdown
 from streamtalk_common.room_protocol import LATENCY_TOPIC
 
-DRIVER = REPO_ROOT / "tests" / "browser" / "drive_web.mjs"
+DRIVER = REPO_ROOT / "tests" / "support" / "browser" / "drive_web.mjs"
 ARTIFACTS = OUTPUT_ROOT / "browser"
 
 pytestmark = pytest.mark.timeout(180)

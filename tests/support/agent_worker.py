@@ -1,10 +1,9 @@
-"""Fixtures for the voice agent's tests: the real worker as a subprocess, and call bots.
+"""The voice agent's real worker as a subprocess, and call bots (the fixtures built on
+them, `agent_worker` and `start_agent_worker`, are in tests/integration/conftest.py).
 
-- `agent_worker` (session): `python -m agent start` against the session's LiveKit
-  server and dev Omni backend, with the tiny TTS checkpoint on CPU; its traces
-  and pre_rtc files go to a temporary output folder.
-- `start_agent_worker` (factory): another worker with extra env (a backend that is
-  down...), stopped after the test.
+- `start_agent_worker_process`: `python -m agent start` against a LiveKit server and an
+  Omni backend, with a TTS checkpoint on CPU; its traces and pre_rtc files go to an
+  output folder of the caller's.
 - `CallBot`: a participant built on the real `livekit.rtc` SDK that joins a room
   with a token dispatching the agent, speaks WAV files into its microphone,
   records the agent's audio with arrival times, and collects transcripts,
@@ -25,26 +24,19 @@ import secrets
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
-from infra_fixtures import (
-    LOG_DIR,
-    LiveKitServer,
-    OmniDevServer,
-    ServiceProcess,
-    free_port,
-    service_env,
-)
 from livekit import api, rtc
 
 from streamtalk_common.audio import read_wav
+from streamtalk_common.net import free_port
 from streamtalk_common.room_protocol import HEARTBEAT_ATTRIBUTE, STALE_AFTER_S, dispatch_attribute
+from support.infra import LOG_DIR, LiveKitServer, ServiceProcess, service_env
 
 AGENT_READY_TIMEOUT_S = 180.0
 FRAME_MS = 10
@@ -138,48 +130,6 @@ def start_agent_worker_process(
     proc.stop()
     raise RuntimeError(f"agent worker did not register in {AGENT_READY_TIMEOUT_S:.0f}s; log "
                        f"{proc.log_path}:\n{proc.log_tail(60)}")
-
-
-@pytest.fixture(scope="session")
-def agent_output_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("agent-output")
-
-
-@pytest.fixture(scope="session")
-def agent_worker(
-    livekit_server: LiveKitServer,
-    omni_dev_server: OmniDevServer,
-    tiny_model_dir: Path,
-    agent_output_dir: Path,
-) -> Iterator[AgentWorker]:
-    worker = start_agent_worker_process(
-        livekit_server, omni_dev_server.base_url, omni_dev_server.model, tiny_model_dir,
-        agent_output_dir,
-    )
-    try:
-        yield worker
-    finally:
-        worker.process.stop(timeout_s=20)
-
-
-@pytest.fixture
-def start_agent_worker(
-    livekit_server: LiveKitServer, tiny_model_dir: Path, tmp_path: Path
-) -> Iterator[Callable[..., AgentWorker]]:
-    """Factory: `start_agent_worker(omni_base_url, omni_model="m", **env)`; stopped after the test."""
-    started: list[AgentWorker] = []
-
-    def start(omni_base_url: str, omni_model: str = "qwen3-omni-dev", **env: str) -> AgentWorker:
-        worker = start_agent_worker_process(livekit_server, omni_base_url, omni_model,
-                                            tiny_model_dir, tmp_path / f"out-{len(started)}", **env)
-        started.append(worker)
-        return worker
-
-    try:
-        yield start
-    finally:
-        for w in started:
-            w.process.stop(timeout_s=20)
 
 
 def dispatch_token(livekit: LiveKitServer, room: str, identity: str, agent_name: str,

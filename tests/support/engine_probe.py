@@ -2,12 +2,12 @@
 TTSEngine configured by the environment (TTS_COMPILE, STREAMTALK_HOME, ...), step one
 stream alone and then two streams together on its rows, and write what the tests compare:
 
-    python tests/engine_probe.py MODEL_DIR OUT_DIR
+    python tests/support/engine_probe.py MODEL_DIR OUT_DIR
     OUT_DIR/streams.npz    codes_b1, pcm_b1 (batch 1), codes_b2, pcm_b2 (batch 2)
     OUT_DIR/startup.json   TTSEngine.startup_report()
 
 A fresh process each time: dynamo's in-process caches would hide what a start loads
-from the compile cache. The streams are placed on rows by hand, as in test_gpu.py:
+from the compile cache. The streams are placed on rows by hand, as in tests/gpu/test_gpu.py:
 through the engine's queue, whether two requests share a step would depend on timing.
 """
 

@@ -1,18 +1,16 @@
-"""Shared pytest fixtures that run the real services on free loopback ports.
+"""The real services on free loopback ports, for the integration tests; the fixtures built
+on them are in tests/integration/conftest.py.
 
-Registered from tests/conftest.py through `pytest_plugins`. Fixtures:
-
-- `livekit_server` (session): the LiveKit server binary with fresh keys (from a key file).
-- `start_redis`, `start_livekit_server(..., redis=, keys=)`: a Redis and LiveKit nodes that
-  share it (and their keys), so they share rooms and agent workers.
-- `token_server` (session): `python -m token_server` against that LiveKit server.
-- `start_token_server` (factory): another token server with extra env (access key...).
-- `omni_dev_server` (session): `python -m tools.omni_dev` (faster-whisper + scripted replies).
-- `make_speech_wav` (factory): a deterministic espeak-ng WAV.
-- `browser_env` (session): system chromium + node modules for playwright-core.
+- `start_livekit_server(..., redis=, keys=)`: the LiveKit server binary with fresh keys (from
+  a key file); `start_redis`: a Redis that LiveKit nodes share (with their keys), so they
+  share rooms and agent workers.
+- `start_token_server_process`: `python -m token_server` against a LiveKit server.
+- `start_omni_dev_process`: `python -m tools.omni_dev` (faster-whisper + scripted replies).
+- `make_speech_wav_file`: a deterministic espeak-ng WAV.
+- `BrowserEnv`: system chromium + node modules for playwright-core.
 
 A missing prerequisite (binary not built, chromium not installed) skips the test
-with the command that installs it; under CI (env CI=true) or with
+with the command that installs it (`require`); under CI (env CI=true) or with
 STREAMTALK_REQUIRE_INFRA=1 it fails instead, so CI never passes by skipping.
 """
 
@@ -29,7 +27,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -285,15 +282,6 @@ def start_livekit_server(key_dir: Path, log_name: str = "livekit-server", *,
     )
 
 
-@pytest.fixture(scope="session")
-def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
-    server = start_livekit_server(tmp_path_factory.mktemp("livekit"))
-    try:
-        yield server
-    finally:
-        server.process.stop()
-
-
 # --------------------------------------------------------------------------- token server
 
 
@@ -321,32 +309,6 @@ def start_token_server_process(livekit: LiveKitServer, **env_extra: str) -> Toke
     return TokenServer(base_url=f"http://127.0.0.1:{port}", port=port, env=env, process=proc)
 
 
-@pytest.fixture(scope="session")
-def token_server(livekit_server: LiveKitServer) -> Iterator[TokenServer]:
-    server = start_token_server_process(livekit_server)
-    try:
-        yield server
-    finally:
-        server.process.stop()
-
-
-@pytest.fixture
-def start_token_server(livekit_server: LiveKitServer) -> Iterator[Callable[..., TokenServer]]:
-    """Factory: `start_token_server(TOKEN_ACCESS_KEY="k")`; stopped after the test."""
-    started: list[TokenServer] = []
-
-    def start(**env_extra: str) -> TokenServer:
-        server = start_token_server_process(livekit_server, **env_extra)
-        started.append(server)
-        return server
-
-    try:
-        yield start
-    finally:
-        for server in started:
-            server.process.stop()
-
-
 # --------------------------------------------------------------------------- Omni dev backend
 
 
@@ -368,18 +330,6 @@ def start_omni_dev_process(**env_extra: str) -> OmniDevServer:
     return OmniDevServer(
         base_url=f"http://127.0.0.1:{port}/v1", model=model, port=port, process=proc
     )
-
-
-@pytest.fixture(scope="session")
-def omni_dev_server() -> Iterator[OmniDevServer]:
-    # Fast replies keep tests short; the timing knobs get their own test.
-    server = start_omni_dev_process(
-        OMNI_DEV_FIRST_TOKEN_DELAY_S="0.05", OMNI_DEV_TOKENS_PER_S="200"
-    )
-    try:
-        yield server
-    finally:
-        server.process.stop()
 
 
 # --------------------------------------------------------------------------- speech and browser
@@ -424,37 +374,8 @@ def make_speech_wav_file(
     return out
 
 
-@pytest.fixture
-def make_speech_wav(tmp_path: Path) -> Callable[..., Path]:
-    """Factory: `make_speech_wav("hello", tail_silence_s=2.0, sample_rate=16000)` -> Path."""
-    counter = iter(range(1_000_000))
-
-    def make(text: str, **kwargs: object) -> Path:
-        return make_speech_wav_file(text, tmp_path / f"speech-{next(counter)}.wav", **kwargs)  # type: ignore[arg-type]
-
-    return make
-
-
 @dataclass(frozen=True)
 class BrowserEnv:
     chromium: Path
     node: Path
     node_modules: Path
-
-
-@pytest.fixture(scope="session")
-def browser_env() -> BrowserEnv:
-    chromium = (
-        os.environ.get("CHROMIUM_BIN")
-        or shutil.which("chromium")
-        or shutil.which("chromium-browser")
-    )
-    require(chromium is not None, "chromium missing: run scripts/install_system_deps.sh")
-    node = shutil.which("node")
-    require(node is not None, "node missing: run scripts/install_system_deps.sh")
-    require(
-        (NODE_MODULES / "playwright-core" / "package.json").is_file()
-        and (NODE_MODULES / "livekit-client" / "dist" / "livekit-client.umd.js").is_file(),
-        f"playwright-core/livekit-client missing in {NODE_MODULES}: run scripts/install_node_deps.sh",
-    )
-    return BrowserEnv(chromium=Path(chromium), node=Path(node), node_modules=NODE_MODULES)  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""Fixtures for engine and TTS-server tests: the tiny checkpoint and a live server."""
+"""`python -m tts_engine serve` as a child process, on a free port and the CPU."""
 
 from __future__ import annotations
 
@@ -10,19 +10,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 from streamtalk_common.net import free_port
-from streamtalk_common.paths import cache_root
-from tts_engine.checkpoint import ensure_checkpoint
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir() -> Path:
-    """The tiny random checkpoint in the cache root (rewritten when its writer changes)."""
-    return ensure_checkpoint(cache_root() / "checkpoints" / "tiny-test", "tiny", seed=0)
+from streamtalk_common.paths import REPO_ROOT
 
 
 class TTSServer:
@@ -33,7 +22,7 @@ class TTSServer:
         self.log_path = log_path
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tts_engine", "serve", "--model-dir", str(model_dir), "--port", str(self.port)],
-            cwd=REPO, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
         )
 
     def wait_ready(self, timeout: float = 180) -> None:
@@ -66,15 +55,3 @@ class TTSServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-
-
-@pytest.fixture(scope="module")
-def tts_server(tiny_model_dir, tmp_path_factory):
-    # invariant: concurrent streams equal solo runs byte for byte; rows: no real-time refusals on a CPU
-    env = {"TTS_BATCH_INVARIANT": "1", "TTS_ADMISSION": "rows"}
-    server = TTSServer(tiny_model_dir, tmp_path_factory.mktemp("tts") / "server.log", env)
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()

@@ -12,8 +12,7 @@ import pytest
 from agent.events import TRACE_POINTS, Event, EventBus, Role
 from agent.trace import TraceCollector
 from agent.trace_summary import load_points, main, summarize
-
-REPO = Path(__file__).resolve().parent.parent
+from streamtalk_common.paths import REPO_ROOT
 
 
 class Clock:
@@ -135,7 +134,7 @@ def test_summary_command_prints_a_table_and_writes_json(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "agent.trace_summary", str(collector.path),
          str(collector.metrics_path), "--json", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True)
     assert "fast_lane_ttft" in proc.stdout and "P95 ms" in proc.stdout
     assert "turns: 3  interrupted: 1" in proc.stdout
     data = json.loads(out.read_text())
@@ -152,7 +151,7 @@ def test_summary_rejects_a_file_that_is_not_a_trace(tmp_path: Path, capsys) -> N
 def test_events_are_declared_members_and_documented() -> None:
     with pytest.raises(TypeError, match="Event members"):
         EventBus().emit("llm_first_token")  # type: ignore[arg-type]
-    agent_doc = (REPO / "docs" / "AGENT.md").read_text()
+    agent_doc = (REPO_ROOT / "docs" / "AGENT.md").read_text()
     undocumented = [e.value for e in Event if f"`{e.value}`" not in agent_doc]
     assert not undocumented, f"docs/AGENT.md does not list {undocumented}"
     assert {e.role for e in Event} == set(Role)

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from infra_fixtures import require
+from support.infra import require
 
+from streamtalk_common.paths import REPO_ROOT
 from tools.autortc.common import read_wav
 from tools.autortc.make_cases import RATE, check_case, load_cases, make_case
 from tools.autortc.user_bot import speech_timing
 
-CASES = Path(__file__).resolve().parent.parent / "tools" / "autortc" / "cases"
+CASES = REPO_ROOT / "tools" / "autortc" / "cases"
 
 
 def test_recipes_have_the_promised_shape() -> None:

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from streamtalk_common.gpu_assignment import assign, visible_gpus
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from streamtalk_common.paths import REPO_ROOT
 
 
 def test_each_worker_gets_its_own_gpu_round_robin() -> None:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from streamtalk_common.audio import from_pcm16, to_pcm16
+from streamtalk_common.paths import REPO_ROOT
 from tools.tts_regression import metrics as M
 from tools.tts_regression.suite import (
     CaseResult,
@@ -23,8 +24,7 @@ from tools.tts_regression.suite import (
     thresholds_for,
 )
 
-REPO = Path(__file__).resolve().parent.parent
-GOLDEN = REPO / "golden" / "tts"
+GOLDEN = REPO_ROOT / "golden" / "tts"
 
 
 def _noise(n: int, seed: int) -> np.ndarray:
@@ -166,7 +166,7 @@ def test_evaluate_duration_drift_fails(tmp_path):
 
 def test_ci_profile_is_calibrated():
     th = thresholds_for("ci")
-    calib = json.loads((REPO / "tools" / "tts_regression" / "profiles.json").read_text())["profiles"]["ci"]["calibration"]
+    calib = json.loads((REPO_ROOT / "tools" / "tts_regression" / "profiles.json").read_text())["profiles"]["ci"]["calibration"]
     assert isinstance(th["ttfa_p95_ms_max"], int) and th["ttfa_p95_ms_max"] > 0
     assert th["ttfa_p95_ms_max"] >= max(r["p95_ms"] for r in calib["rounds"])
     assert thresholds_for("gpu")["ttfa_p95_ms_max"] == 350
@@ -183,7 +183,7 @@ def test_profiles_name_their_device_and_baselines_are_per_device():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the gpu profile runs")
 def test_gpu_profile_without_cuda_says_why(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tools.tts_regression", "--profile", "gpu", "--out", str(tmp_path)],
-                          cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+                          cwd=REPO_ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "'cuda' requested but CUDA is not available" in proc.stderr
     assert "(the profile runs on cuda)" in proc.stderr
@@ -199,8 +199,8 @@ def _env(tmp_path: Path) -> dict:
 
 def test_fast_ci_run_passes_against_golden(tmp_path):
     assert (GOLDEN / "baseline.json").is_file(), "golden/tts baseline missing"
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "run_ci_regression.sh"), "--mode", "fast", "--profile", "ci"],
-                          cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "run_ci_regression.sh"), "--mode", "fast", "--profile", "ci"],
+                          cwd=REPO_ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     latest = tmp_path / "tts_regression" / "latest"
     brief = json.loads((latest / "summary_brief.json").read_text())
@@ -221,14 +221,14 @@ def test_fast_ci_run_passes_against_golden(tmp_path):
 
 
 def test_changed_checkpoint_fails_snr_gate(tmp_path):
-    from streamtalk_common.paths import cache_root
+    from streamtalk_common.paths import REPO_ROOT, cache_root
     from tts_engine.checkpoint import ensure_checkpoint
 
     other = ensure_checkpoint(cache_root() / "checkpoints" / "tiny-seed1", "tiny", seed=1)
     proc = subprocess.run([sys.executable, "-m", "tools.tts_regression", "--mode", "fast", "--profile", "ci",
                            "--model-dir", str(other), "--cases", "en_short_serena,zh_short_vivian",
                            "--out", str(tmp_path)],
-                          cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+                          cwd=REPO_ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "[FAIL] SNR_vs_baseline" in proc.stdout
     assert "SNR vs golden baseline" in proc.stdout

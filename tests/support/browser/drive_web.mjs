@@ -1,6 +1,6 @@
 // Drive the streamtalk web client in headless Chromium with playwright-core.
 //
-//   node tests/browser/drive_web.mjs '<json options>'
+//   node tests/support/browser/drive_web.mjs '<json options>'
 //
 // Options: chromium, nodeModules, url, room (left out: the field as the page has it),
 // userDataDir, screenshot, timeoutMs, fakeAudioWav (null: no fake microphone), accessKey,
