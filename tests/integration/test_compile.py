@@ -3,13 +3,13 @@
 Each engine start runs in a fresh process (tests/support/engine_probe.py): dynamo's in-process
 caches would hide what a start takes from the compile cache. Inductor compiles for the
 CPU too (it needs a C++ compiler: scripts/install_system_deps.sh), and the tiny
-checkpoint keeps a cold compile under a minute on two cores.
+checkpoint keeps a cold compile under a minute on two cores. The cache's artefacts file
+and its retry, without compiling: unit/test_compile_cache.py.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -22,7 +22,7 @@ import pytest
 from streamtalk_common.paths import REPO_ROOT
 from tts_engine.config import EngineConfig
 from tts_engine.errors import EngineStartError
-from tts_engine.runtime import TTSEngine, compile_cache
+from tts_engine.runtime import TTSEngine
 from tts_engine.runtime.compile_cache import ARTEFACTS, CompileCache
 from tts_engine.runtime.compiled import DYNAMIC_DIMS
 
@@ -137,64 +137,3 @@ def test_a_compile_that_fails_stops_the_start_with_the_way_out(tiny_model_dir, t
     config = EngineConfig.from_env({}, model_dir=str(tiny_model_dir), device="cpu", max_batch=1, compile_steps="1")
     with pytest.raises(EngineStartError, match="no working C\\+\\+ compiler found.*TTS_COMPILE=0 starts the engine"):
         TTSEngine(config)
-
-
-# -- the artefacts file and the retry, without compiling ------------------------------
-
-
-@pytest.fixture
-def cache(tmp_path) -> CompileCache:
-    folder = tmp_path / "compile-cache" / "0123456789abcdef"
-    folder.mkdir(parents=True)
-    return CompileCache(folder, {"device": "cpu test"})
-
-
-def write_artefacts(cache: CompileCache, payload: bytes, key: str | None = None) -> None:
-    import hashlib
-
-    header = {"key": key or cache.key, "parts": cache.parts, "bytes": len(payload),
-              "sha256": hashlib.sha256(payload).hexdigest()}
-    cache.artefacts_path.write_bytes(compile_cache.MAGIC + json.dumps(header).encode() + b"\n" + payload)
-
-
-@pytest.mark.parametrize("damage, problem", [
-    (lambda c: c.artefacts_path.write_bytes(b"\x00\x01garbage"), "not a streamtalk artefacts file"),
-    (lambda c: c.artefacts_path.write_bytes(compile_cache.MAGIC + b"{half a header"), "unreadable header"),
-    (lambda c: write_artefacts(c, b"payload", key="fedcba9876543210"), "written for key 'fedcba9876543210'"),
-    (lambda c: c.artefacts_path.write_bytes(c.artefacts_path.read_bytes()[:-3]), "truncated or altered"),
-    (lambda c: None, "torch could not read them"),  # a well-formed file of bytes torch cannot read
-])
-def test_an_unusable_artefacts_file_is_removed_with_a_warning(cache, caplog, damage, problem):
-    write_artefacts(cache, b"not torch's serialisation")
-    damage(cache)
-    with caplog.at_level(logging.WARNING, logger="tts_engine.compile_cache"):
-        cache.load()
-    assert problem in cache.artefacts_problem and not cache.artefacts_loaded
-    assert not cache.artefacts_path.exists()
-    assert any("ignoring and removing" in r.getMessage() for r in caplog.records)
-
-
-def test_a_compile_that_fails_with_a_warm_cache_is_retried_once_from_an_empty_one(cache, caplog):
-    (cache.dir / "key.json").write_text("{}")
-    (cache.dir / "inductor").mkdir()
-    (cache.dir / "inductor" / "entry").write_text("stale")
-    runs = []
-
-    def run() -> None:
-        runs.append(sorted(p.name for p in cache.dir.iterdir()))
-        if len(runs) == 1:
-            raise RuntimeError("a broken cache entry")
-
-    with caplog.at_level(logging.WARNING, logger="tts_engine.compile_cache"):
-        cache.compile(run)
-    assert runs == [["inductor", "key.json"], ["key.json"]] and cache.retried
-    assert any("clearing it and compiling afresh" in r.getMessage() for r in caplog.records)
-
-
-def test_a_compile_that_fails_with_an_empty_cache_fails(cache):
-    def run() -> None:
-        raise RuntimeError("no C++ compiler")
-
-    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
-        cache.compile(run)
-    assert not cache.retried

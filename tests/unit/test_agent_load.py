@@ -1,5 +1,6 @@
 """The load a worker reports to LiveKit (agent/load.py): the tighter of its rooms and its
-TTS engine's streams, full below the engine's reject point, and on its /metrics."""
+TTS engine's streams, full below the engine's reject point, and on its /metrics. With the
+real engine's streams: integration/test_agent_load_engine.py."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from agent.config import AgentConfig, AgentConfigError
 from agent.load import LoadCollector, WorkerLoad
-from tts_engine.config import EngineConfig
-from tts_engine.runtime import TTSEngine
 
 
 def test_the_load_is_the_tighter_of_rooms_and_engine_streams() -> None:
@@ -45,27 +44,3 @@ def test_the_metrics_show_the_load_and_its_parts() -> None:
                  "streamtalk_agent_max_rooms 8.0", "streamtalk_agent_engine_streams 2.0",
                  "streamtalk_agent_engine_capacity 4.0"):
         assert line in text.splitlines(), text
-
-
-async def test_a_busy_engine_fills_the_worker_with_few_rooms(tiny_model_dir) -> None:
-    """The real engine's streams in use (active and queued) against its capacity: two
-    streams of an engine that keeps two real time make a worker of one room full."""
-    engine = TTSEngine(EngineConfig.from_env({}, model_dir=str(tiny_model_dir), device="cpu", max_batch=4,
-                                             max_active_streams=2, admission="rows"), warmup=False)
-    try:
-        assert engine.capacity == 2
-
-        def now() -> WorkerLoad:
-            return WorkerLoad(rooms=1, max_rooms=8, engine_streams=engine.active_sessions,
-                              engine_capacity=engine.capacity)
-
-        assert now().load == 1 / 8
-        request = engine.make_request("A sentence long enough to keep the stream busy for a while.", "serena")
-        handles = [engine.open_stream(request) for _ in range(2)]
-        assert now().load == 1.0 and now().load >= 0.9
-        for handle in handles:
-            handle.cancel()
-            await handle.closed()
-        assert now().load == 1 / 8
-    finally:
-        engine.close()
