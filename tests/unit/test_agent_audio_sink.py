@@ -1,5 +1,6 @@
-"""The room audio sink with a real `rtc.AudioSource` (not published): 20 ms frames, the
-playback events the framework relies on, pause/resume without loss, and instant clearing."""
+"""The room audio sink with a real `rtc.AudioSource` in a fake room (support/fake_room.py):
+20 ms frames, the playback events the framework relies on, pause/resume without loss,
+instant clearing, and its voice track published, withdrawn and published again."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from livekit import rtc
 from livekit.agents.voice.io import PlaybackFinishedEvent
+from support.fake_room import FakeRoom
 
 from agent.audio_output import RoomAudioSink
 from agent.events import AgentEvent, EventBus
@@ -32,7 +34,8 @@ class Harness:
         self.bus = EventBus()
         self.events: list[AgentEvent] = []
         self.bus.subscribe(self.events.append)
-        self.sink = RoomAudioSink(rtc.Room(), sample_rate=RATE, frame_ms=20, queue_ms=100,
+        self.room = FakeRoom()
+        self.sink = RoomAudioSink(self.room, sample_rate=RATE, frame_ms=20, queue_ms=100,
                                   bus=self.bus, subscribe_timeout_s=0.0, **kwargs)  # type: ignore[arg-type]
         self.sent: list[tuple[float, rtc.AudioFrame]] = []
         self.sink.add_frame_tap(lambda f: self.sent.append((time.monotonic(), f)))
@@ -220,5 +223,23 @@ async def test_debug_mute_sends_silence_and_taps_keep_the_real_audio(muted: bool
         assert np.abs(tapped).max() > 7000  # pre_rtc.wav keeps the real reply either way
         loudest = max(int(np.abs(np.frombuffer(f.data, np.int16)).max()) for f in to_source)
         assert (loudest == 0) if muted else (loudest > 7000)
+    finally:
+        await h.sink.aclose()
+
+
+async def test_the_voice_track_is_published_withdrawn_and_published_again() -> None:
+    h = Harness()
+    me = h.room.local_participant
+    try:
+        assert await h.sink.publish() and not await h.sink.publish()  # one track at a time
+        [publication] = me.published.values()
+        assert h.sink.published.is_set() and not h.sink.subscribed.is_set()
+        publication.subscribe()
+        await h.until(h.sink.subscribed.is_set)
+        assert await h.sink.withdraw() and not await h.sink.withdraw()
+        assert me.unpublished == [publication.sid] and not me.published
+        assert not h.sink.published.is_set() and not h.sink.subscribed.is_set()
+        assert await h.sink.publish()  # the voice comes back, on a new track
+        assert list(me.published) != [publication.sid] and len(me.published) == 1
     finally:
         await h.sink.aclose()

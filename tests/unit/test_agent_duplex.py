@@ -1,24 +1,32 @@
-"""The duplex state machine (pure) and the controller that drives it (with fakes of the
-session, sink, TTS and LLM interfaces)."""
+"""The duplex state machine (pure) and the controller that drives it: fakes of the voice
+session and the audio sink, the real TTS and LLM of the agent on the fakes of the engine and
+the Omni client (support/)."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from livekit import rtc
+from livekit.agents import llm as lk_llm
 from livekit.agents.voice.events import (
     AgentFalseInterruptionEvent,
     AgentStateChangedEvent,
     UserStateChangedEvent,
 )
+from support.fake_engine import FakeEngine
+from support.fake_omni import FakeOmniClient
 
 from agent.duplex import TRANSITIONS, DuplexEvent, DuplexState, DuplexStateMachine, Transition
 from agent.duplex_controller import DuplexController
 from agent.events import AgentEvent, Event, EventBus
+from agent.llm import OmniLLM
+from agent.tts import StreamtalkTTS
 
 S, E = DuplexState, DuplexEvent
 
@@ -192,36 +200,12 @@ class FakeSink:
         self.unmuted += 1
 
 
-@dataclass
-class FakeTTS:
-    active_handles: int = 0
-    cancelled: int = 0
-    held: bool = False
-
-    def cancel_active(self) -> int:
-        n, self.active_handles = self.active_handles, 0
-        self.cancelled += n
-        return n
-
-    def hold(self) -> None:
-        self.held = True
-
-    def release(self) -> None:
-        self.held = False
-
-
-@dataclass
-class FakeLLM:
-    active_streams: int = 0
-
-    async def cancel_active(self) -> int:
-        n, self.active_streams = self.active_streams, 0
-        return n
-
-
-def controller() -> tuple[DuplexController, FakeSession, FakeSink, FakeTTS, list[AgentEvent],
+def controller() -> tuple[DuplexController, FakeSession, FakeSink, StreamtalkTTS, list[AgentEvent],
                           list[str]]:
-    session, sink, tts, llm, bus = FakeSession(), FakeSink(), FakeTTS(), FakeLLM(), EventBus()
+    # a packet a second and an LLM that takes a minute per token: replies that run until stopped
+    tts = StreamtalkTTS(FakeEngine(packet_interval_s=1.0))
+    llm = OmniLLM(FakeOmniClient(token_delay_s=60.0))
+    session, sink, bus = FakeSession(), FakeSink(), EventBus()
     events: list[AgentEvent] = []
     bus.subscribe(events.append)
     published: list[str] = []
@@ -237,6 +221,13 @@ def controller() -> tuple[DuplexController, FakeSession, FakeSink, FakeTTS, list
 
 def names(events: list[AgentEvent]) -> list[str]:
     return [e.name for e in events]
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
 
 
 async def test_controller_follows_a_normal_turn_and_publishes_each_state() -> None:
@@ -261,11 +252,12 @@ async def test_stop_runs_the_cascade_once_and_reports_it() -> None:
     sp = session.speech("s1")
     c.bus.emit(Event.FIRST_AUDIO_PUBLISHED)
     session.agent("thinking", "speaking")
-    tts.active_handles = 2
-    c.llm.active_streams = 1  # type: ignore[attr-defined]
+    replies = [tts.synthesize("A reply that goes on for a good while.") for _ in range(2)]
+    c.llm.chat(chat_ctx=lk_llm.ChatContext.empty())
+    await until(lambda: tts.active_handles == 2 and c.llm.active_streams == 1)
     result = await c.stop("stop_reply from user")
     assert result["stopped"] is True and result["tts_streams"] == 2 and result["llm_streams"] == 1
-    assert sink.interrupted == 1 and session.interrupts == 1 and tts.cancelled == 2
+    assert sink.interrupted == 1 and session.interrupts == 1 and tts.engine.cancelled_streams == 2
     assert c.state is S.LISTENING
     interrupted = [e for e in events if e.name == "interrupted"]
     assert len(interrupted) == 1 and interrupted[0].data["speech_id"] == "s1"
@@ -275,6 +267,8 @@ async def test_stop_runs_the_cascade_once_and_reports_it() -> None:
     sp.finish()  # the framework's speech ends interrupted: no second report
     assert len([e for e in events if e.name == "interrupted"]) == 1
     assert (await c.stop("again"))["stopped"] is False  # nothing left to stop
+    for reply in replies:
+        await reply.aclose()
 
 
 async def test_barge_in_confirmed_by_the_framework_finishes_the_cascade() -> None:

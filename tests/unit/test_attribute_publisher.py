@@ -1,4 +1,4 @@
-"""The latest-value-wins attribute publisher, against a sender whose answers can be lost
+"""The latest-value-wins attribute publisher, against a room whose answers can be lost
 (the SDK's `set_attributes` then waits until its own 5 s timeout)."""
 
 from __future__ import annotations
@@ -6,27 +6,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 
 import pytest
+from support.fake_room import FakeLocalParticipant, FakeRoom
 
 from agent import attribute_publisher
 from agent.attribute_publisher import AttributePublisher
 
 
-class FlakyServer:
-    """Applies every update at once; answers only those not listed in `lost`."""
+def publisher(what: str, lost: Iterable[int] = ()) -> tuple[AttributePublisher, FakeLocalParticipant]:
+    """The publisher as the agent builds it, on a room that loses the answers to the
+    `set_attributes` calls numbered in `lost`."""
+    me = FakeRoom().local_participant
+    me.lost_answers = set(lost)
+    return AttributePublisher(lambda value: me.set_attributes({"state": value}), what), me
 
-    def __init__(self, lost: set[int] = frozenset()) -> None:  # type: ignore[assignment]
-        self.lost = lost
-        self.sent: list[str] = []
-        self.applied: str | None = None
 
-    async def send(self, value: str) -> None:
-        self.sent.append(value)
-        self.applied = value
-        if len(self.sent) in self.lost:
-            await asyncio.sleep(5.0)  # the SDK's own timeout
-            raise TimeoutError("request timeout")
+def sent(me: FakeLocalParticipant) -> list[str]:
+    return [call["state"] for call in me.attribute_calls]
 
 
 @pytest.fixture(autouse=True)
@@ -42,49 +40,45 @@ async def settle(publisher: AttributePublisher) -> None:
 
 
 async def test_values_set_meanwhile_are_coalesced_and_the_latest_wins() -> None:
-    server = FlakyServer()
-    p = AttributePublisher(server.send, "state")
+    p, me = publisher("state")
     for value in ("A", "B", "C"):
         p.set(value)
     await settle(p)
-    assert server.sent == ["C"] and p.published == "C"
+    assert sent(me) == ["C"] and p.published == "C"
     p.set("C")
     await settle(p)
-    assert server.sent == ["C"]  # already acknowledged: nothing sent again
+    assert sent(me) == ["C"]  # already acknowledged: nothing sent again
 
 
 async def test_a_new_value_does_not_wait_behind_a_lost_answer() -> None:
-    server = FlakyServer(lost={1})
-    p = AttributePublisher(server.send, "state")
+    p, me = publisher("state", lost={1})
     p.set("INTERRUPTING")
     await asyncio.sleep(0.05)
     t0 = time.monotonic()
     p.set("LISTENING")
     await settle(p)
-    assert server.sent == ["INTERRUPTING", "LISTENING"]
-    assert server.applied == p.published == "LISTENING"
+    assert sent(me) == ["INTERRUPTING", "LISTENING"]
+    assert me.attributes["state"] == p.published == "LISTENING"
     assert time.monotonic() - t0 < 1.0  # one short ack wait, not the SDK's 5 s
 
 
 async def test_an_unanswered_value_is_sent_again() -> None:
-    server = FlakyServer(lost={1})
-    p = AttributePublisher(server.send, "state")
+    p, me = publisher("state", lost={1})
     p.set("LISTENING")
     await settle(p)
-    assert server.sent == ["LISTENING", "LISTENING"] and p.published == "LISTENING"
+    assert sent(me) == ["LISTENING", "LISTENING"] and p.published == "LISTENING"
 
 
 async def test_a_value_never_answered_is_given_up_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    server = FlakyServer(lost={1, 2, 3})
-    p = AttributePublisher(server.send, "the duplex state")
+    p, me = publisher("the duplex state", lost={1, 2, 3})
     with caplog.at_level(logging.WARNING, logger="streamtalk.agent"):
         p.set("SPEAKING")
         await settle(p)
-    assert server.sent == ["SPEAKING"] * attribute_publisher.ATTEMPTS
+    assert sent(me) == ["SPEAKING"] * attribute_publisher.ATTEMPTS
     assert p.published is None
     assert "cannot publish the duplex state 'SPEAKING' after 3 attempts" in caplog.text
     p.set("LISTENING")  # a new value starts afresh
     await settle(p)
-    assert server.sent[-1] == "LISTENING" and p.published == "LISTENING"
+    assert sent(me)[-1] == "LISTENING" and p.published == "LISTENING"
