@@ -4,7 +4,7 @@
         [--official-python PY] [--official-pythonpath DIRS]
 
 Per preset, a random checkpoint and its parity cases (tools/talker_parity.py: the cases
-of tests/test_talker_parity.py; 0.6b: 3 cases of at most 60 frames), run by each side:
+of tests/integration/test_talker_parity.py; 0.6b: 3 cases of at most 60 frames), run by each side:
 
   official float32     the official package's generate, float32, TF32 off
   official bfloat16    the same in bfloat16

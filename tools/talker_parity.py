@@ -4,7 +4,7 @@ A parity set is a random checkpoint (preset, seed) and cases of prompt token ids
 with a voice and a frame cap. The official side is the `qwen_tts` package,
 driven by tests/support/parity/official_talker.py in its own Python (transformers
 4.57.3, the parity venv); ours is `CodeGenerator.generate`, eager. Used by
-tests/test_talker_parity.py (float32 on CPU) and tools/gpu_parity.py (on a GPU
+tests/integration/test_talker_parity.py (float32 on CPU) and tools/gpu_parity.py (on a GPU
 too, float32 and bfloat16).
 """
 

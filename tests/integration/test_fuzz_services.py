@@ -3,7 +3,7 @@ FUZZ_SECONDS (default 45 s): no 5xx but the engine's over_capacity, every error 
 truncated 200, no traceback in the server's log, and afterwards a normal request as fast
 as before with resident memory grown by less than 50 MB. Each report is written to
 `${STREAMTALK_OUTPUT}/fuzz/<service>.json`; a longer run:
-`FUZZ_SECONDS=600 scripts/test.sh tests/test_fuzz_services.py`."""
+`FUZZ_SECONDS=600 scripts/test.sh tests/integration/test_fuzz_services.py`."""
 
 from __future__ import annotations
 

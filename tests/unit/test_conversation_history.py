@@ -2,7 +2,7 @@
 
 The history goes through the same JSON a room's metadata holds (merged_metadata, then
 history_in as a new agent reads it); the write to LiveKit and the pick-up by a new agent
-run on the real stack in tests/test_reconciler.py.
+run on the real stack in tests/integration/test_reconciler.py.
 """
 
 from __future__ import annotations
