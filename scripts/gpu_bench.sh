@@ -49,7 +49,7 @@ step prepare
 $B prepare "$CK" --preset 0.6b --out "$RES/prepare.json" || exit 1
 if has check; then
     step "batch graphs == eager, invariant mode == solo (pytest, tiny)"
-    PYTHONPATH="$PYTHONPATH:$PWD/tests" python3 -m pytest -q -s -p no:cacheprovider --noconftest -p engine_fixtures tests/test_gpu.py
+    python3 -m pytest -q -s -p no:cacheprovider tests/gpu
 fi
 if has parity; then
     step "parity with the official implementation (float32, bfloat16)"

@@ -1,5 +1,16 @@
-"""Test configuration: registers the shared fixture modules, and gives the tests marked
-`quiet_machine` a quiet machine.
+"""What every test folder shares: the tiny checkpoint, and a quiet machine for the tests
+marked `quiet_machine`.
+
+The folders:
+- unit/: fast, CPU only, in this process (a test may run one of our own CLIs in a child
+  Python); no service, no checkpoint, no parity venv; the agent's seams (the TTS engine,
+  the Omni client, the LiveKit room) are the fakes in support/.
+- integration/: the real things on loopback: the tiny checkpoint's engine, the LiveKit
+  server, the token server, the dev Omni backend, the agent worker, the official
+  implementation in the parity venv; their fixtures are in integration/conftest.py.
+- gpu/: CUDA only (skipped elsewhere); scripts/gpu_bench.sh runs them with the GPU host's
+  own packages, so they and this file import nothing of the voice stack (no livekit).
+- support/: what the tests import (`from support.infra import ...`) or run.
 
 The AutoRTC gates compare latencies with a golden baseline recorded on a quiet 2-core
 machine. Later in a run the session-scoped services of other tests (a LiveKit server,
@@ -11,10 +22,12 @@ run first, after the disk is flushed and the CPUs have gone idle.
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["infra_fixtures", "parity_fixtures", "engine_fixtures", "agent_fixtures"]
+from streamtalk_common.paths import cache_root
+from tts_engine.checkpoint import ensure_checkpoint
 
 QUIET_IDLE_SHARE = 0.8  # of the CPUs' time over one second
 QUIET_WAIT_LIMIT_S = 90.0
@@ -50,3 +63,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pass
     if idle < QUIET_IDLE_SHARE:
         print(f"\n[quiet_machine] CPUs only {idle:.0%} idle after {QUIET_WAIT_LIMIT_S:.0f} s; running anyway")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """The tiny random checkpoint in the cache root (rewritten when its writer changes)."""
+    return ensure_checkpoint(cache_root() / "checkpoints" / "tiny-test", "tiny", seed=0)

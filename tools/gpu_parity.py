@@ -4,7 +4,7 @@
         [--official-python PY] [--official-pythonpath DIRS]
 
 Per preset, a random checkpoint and its parity cases (tools/talker_parity.py: the cases
-of tests/test_talker_parity.py; 0.6b: 3 cases of at most 60 frames), run by each side:
+of tests/integration/test_talker_parity.py; 0.6b: 3 cases of at most 60 frames), run by each side:
 
   official float32     the official package's generate, float32, TF32 off
   official bfloat16    the same in bfloat16
@@ -29,7 +29,7 @@ whether our rotary frequencies, computed on the device, equal the CPU's, from wh
 official model's come.
 
 The bfloat16 runs need CUDA; on a CPU they are skipped, with the reason in the JSON.
-The official side is tests/parity/official_talker.py run by --official-python (default: the
+The official side is tests/support/parity/official_talker.py run by --official-python (default: the
 parity venv's, scripts/setup_parity_venv.sh) with --official-pythonpath ahead of PYTHONPATH
 (a folder holding transformers 4.57.3 and qwen-tts, on a host whose own transformers is newer).
 Checkpoints live in a temporary folder. A table is printed and DIR/gpu_parity.json written

@@ -2,9 +2,9 @@
 
 A parity set is a random checkpoint (preset, seed) and cases of prompt token ids
 with a voice and a frame cap. The official side is the `qwen_tts` package,
-driven by tests/parity/official_talker.py in its own Python (transformers
+driven by tests/support/parity/official_talker.py in its own Python (transformers
 4.57.3, the parity venv); ours is `CodeGenerator.generate`, eager. Used by
-tests/test_talker_parity.py (float32 on CPU) and tools/gpu_parity.py (on a GPU
+tests/integration/test_talker_parity.py (float32 on CPU) and tools/gpu_parity.py (on a GPU
 too, float32 and bfloat16).
 """
 
@@ -30,7 +30,7 @@ from tts_engine.codegen import CodeGenerator
 from tts_engine.prompt import build_prompt
 from tts_engine.sampling import SamplingParams
 
-OFFICIAL_TALKER = Path(__file__).resolve().parents[1] / "tests" / "parity" / "official_talker.py"
+OFFICIAL_TALKER = Path(__file__).resolve().parents[1] / "tests" / "support" / "parity" / "official_talker.py"
 ROLE, SUFFIX = [151644, 77091, 198], [151645, 198, 151644, 77091, 198]
 VOICES = [
     ("serena", "auto"), ("ryan", "english"), ("eric", "auto"), ("dylan", "chinese"),
@@ -164,7 +164,7 @@ class OfficialRun:
 
 @dataclass(frozen=True)
 class OfficialSide:
-    """tests/parity/official_talker.py run by `python`, with `pythonpath` (may be empty)
+    """tests/support/parity/official_talker.py run by `python`, with `pythonpath` (may be empty)
     ahead of the inherited PYTHONPATH: on a host whose own transformers is newer, a
     folder holding transformers 4.57.3 and qwen-tts shadows it."""
 
