@@ -186,7 +186,7 @@ class KnobTable:
             name += f" (`{k.flag}`)" if k.flag else ""
             default = k.shown_default if k.shown_default is not None else _shown(self.defaults[k.attr])
             rows.append(f"| {name} | {default} | {_code_list(k.valid())} | {k.help} |")
-        rows += [f"| `{k.env}` | `{k.choices[0]}` | only `{k.choices[0]}` | a constant: {k.help} |"
+        rows += [f"| `{k.env}` | `{k.choices[0]}` | only `{k.choices[0]}` | a constant, kept for its name: {k.help} |"
                  for k in self.constants]
         rows += [f"| `{old}` | | | old name of `{new}` (a deprecation warning) |" for old, new in self.renamed.items()]
         rows += [f"| `{name}` | | | removed, ignored with a warning: {why} |" for name, why in self.removed.items()]

@@ -99,7 +99,7 @@ def test_the_markdown_table_has_a_row_per_name() -> None:
     assert "| `DEMO_ON` | `0` | `1`, `0` | switch |" in rows
     assert "| `DEMO_NAME` (else `OTHER_NAME`) | `x` |  | a name |" in rows
     assert "| `DEMO_PATH` | unset |  | a folder |" in rows
-    assert "| `DEMO_FIXED` | `0` | only `0` | a constant: one value only |" in rows
+    assert "| `DEMO_FIXED` | `0` | only `0` | a constant, kept for its name: one value only |" in rows
     assert "| `OLD_RATE` | | | old name of `DEMO_RATE` (a deprecation warning) |" in rows
     assert "| `DEMO_GONE` | | | removed, ignored with a warning: nothing reads it |" in rows
 
@@ -107,3 +107,22 @@ def test_the_markdown_table_has_a_row_per_name() -> None:
 def test_the_docs_hold_every_package_table_as_generated() -> None:
     assert documented_modules() >= {"tts_engine.config"}
     assert stale_docs() == [], "run: python -m streamtalk_common.knobs"
+
+
+# --------------------------------------------------------------------------- the packages' tables
+
+
+def test_the_engine_refuses_its_constants_and_ignores_removed_knobs(caplog: pytest.LogCaptureFixture) -> None:
+    from tts_engine.config import ConfigValueError, EngineConfig
+
+    for name in ("TTS_DEEP_STREAM_PROCESS", "TTS_CODEGEN_GROUP_PARALLEL"):
+        assert EngineConfig.from_env({name: "0"}) == EngineConfig()
+        with pytest.raises(ConfigValueError, match=f"{name}='1'; valid: only 0"):
+            EngineConfig.from_env({name: "1"})
+    with caplog.at_level(logging.WARNING, logger="tts_engine.config"):
+        config = EngineConfig.from_env({"TTS_DEEP_STREAM_CODEGEN_DEVICE": "cuda:1",
+                                        "TTS_DEEP_STREAM_DETERMINISTIC": "0"})
+    assert config == EngineConfig()
+    assert [m.split(" (")[0] for m in caplog.messages] == [
+        "TTS_DEEP_STREAM_CODEGEN_DEVICE does nothing and was removed",
+        "TTS_DEEP_STREAM_DETERMINISTIC does nothing and was removed"]

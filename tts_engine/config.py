@@ -39,7 +39,6 @@ class EngineConfig:
 
     model_dir: str = knob("TTS_DEEP_STREAM_MODEL_DIR", "", "model directory (official layout); empty = the tiny checkpoint in the cache root")
     device: str = knob("TTS_DEEP_STREAM_DEVICE", "auto", "auto (cuda:0 when present, else cpu), cpu, cuda, cuda:N")
-    codegen_device: str = knob("TTS_DEEP_STREAM_CODEGEN_DEVICE", "auto", "device of talker + code predictor (auto = TTS_DEEP_STREAM_DEVICE)")
     dtype: str = knob("TTS_DEEP_STREAM_DTYPE", "auto", "auto = bfloat16 on CUDA, float32 on CPU",
                       choices=("auto", "float32", "bfloat16", "float16"))
     decoder_dtype: str = knob("TTS_DECODER_DTYPE", "tf32", "codec decoder precision: tf32 (float32 weights, TF32 convs and matmuls on CUDA: 57 dB vs the float32 offline decode, the step at 256 streams 1.7x faster; true float32 on a CPU), float32 (> 100 dB) or bfloat16 (33 dB)",
@@ -49,8 +48,7 @@ class EngineConfig:
     packet_tokens: int = knob("TTS_DEEP_STREAM_PACKET_TOKENS", 2, "codec frames per streamed packet (80 ms each)", lo=1, hi=64)
     first_packet_tokens: int = knob("TTS_DEEP_STREAM_FIRST_PACKET_TOKENS", 1, "frames in a reply's first packet (then packet_tokens); 1 = audio after one frame", lo=1, hi=64)
     left_context: int = knob("TTS_DEEP_STREAM_LEFT_CONTEXT", 72, "frames of left context in windowed decode mode", lo=1, hi=512)
-    deterministic: int = knob("TTS_DEEP_STREAM_DETERMINISTIC", 1, "1 = requests without an explicit sample flag decode by the policy below")
-    deterministic_policy: str = knob("TTS_DEEP_STREAM_DETERMINISTIC_POLICY", "greedy", "greedy, sample (seeded sampling with the official defaults)",
+    deterministic_policy: str = knob("TTS_DEEP_STREAM_DETERMINISTIC_POLICY", "greedy", "how a request without a sample flag decodes: greedy, or sample (seeded sampling with the official defaults)",
                                      choices=("greedy", "sample"))
     seed_mode: str = knob("TTS_DEEP_STREAM_SEED_MODE", "fixed", "fixed (every request uses TTS_DEEP_STREAM_SEED unless it sends one), request",
                           choices=("fixed", "request"))
@@ -135,8 +133,8 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 KNOBS = KnobTable(
     EngineConfig, ConfigValueError, log,
     constants=(
-        constant("TTS_DEEP_STREAM_PROCESS", "0", "codegen and decode share one process"),
-        constant("TTS_CODEGEN_GROUP_PARALLEL", "0", "parallel codebook prediction ruins audio"),
+        constant("TTS_DEEP_STREAM_PROCESS", "0", "codegen and decode always share one process"),
+        constant("TTS_CODEGEN_GROUP_PARALLEL", "0", "the code predictor's codebooks always come one after another: parallel prediction ruins audio"),
     ),
     renamed={
         "TTS_GRAPH_MAX_POSITIONS": "TTS_ROW_POSITIONS",  # the knobs before continuous batching
@@ -144,6 +142,8 @@ KNOBS = KnobTable(
     },
     removed={
         "TTS_DECODE_OVERLAP": "the batched engine decodes every step in line",
+        "TTS_DEEP_STREAM_CODEGEN_DEVICE": "the talker, code predictor and decoder all run on TTS_DEEP_STREAM_DEVICE",
+        "TTS_DEEP_STREAM_DETERMINISTIC": "TTS_DEEP_STREAM_DETERMINISTIC_POLICY alone says how a request without a sample flag decodes",
     },
 )
 
