@@ -126,3 +126,19 @@ def test_the_engine_refuses_its_constants_and_ignores_removed_knobs(caplog: pyte
     assert [m.split(" (")[0] for m in caplog.messages] == [
         "TTS_DEEP_STREAM_CODEGEN_DEVICE does nothing and was removed",
         "TTS_DEEP_STREAM_DETERMINISTIC does nothing and was removed"]
+
+
+def test_the_old_cuda_graph_switches_set_tts_cuda_graphs(caplog: pytest.LogCaptureFixture) -> None:
+    from tts_engine.config import ConfigValueError, EngineConfig
+
+    assert EngineConfig.from_env({}).cuda_graphs is True
+    assert EngineConfig.from_env({"TTS_CUDA_GRAPHS": "0"}).cuda_graphs is False
+    with caplog.at_level(logging.WARNING, logger="tts_engine.config"):
+        assert EngineConfig.from_env({"TTS_CODEGEN_CUDAGRAPH_TALKER": "0"}).cuda_graphs is False
+        assert EngineConfig.from_env({"TTS_CODEGEN_CUDAGRAPH_CP": "1", "TTS_DECODER_CUDAGRAPH": "1"}).cuda_graphs
+    assert caplog.messages == [f"{old} is deprecated: it is read as TTS_CUDA_GRAPHS, set that instead" for old in
+                               ("TTS_CODEGEN_CUDAGRAPH_TALKER", "TTS_CODEGEN_CUDAGRAPH_CP", "TTS_DECODER_CUDAGRAPH")]
+    with pytest.raises(ConfigValueError, match="TTS_CODEGEN_CUDAGRAPH_TALKER=0 and TTS_DECODER_CUDAGRAPH=1 disagree"):
+        EngineConfig.from_env({"TTS_CODEGEN_CUDAGRAPH_TALKER": "0", "TTS_DECODER_CUDAGRAPH": "1"})
+    with pytest.raises(ConfigValueError, match="TTS_CUDA_GRAPHS='2' is not a boolean"):
+        EngineConfig.from_env({"TTS_CUDA_GRAPHS": "2"})

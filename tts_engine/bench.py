@@ -149,12 +149,11 @@ def cmd_step(args: argparse.Namespace) -> list[dict]:
     on idle rows, per batch size and decoder precision: ms per step, the codegen and decode
     parts (device time), and the real-time streams it implies."""
     rows = []
-    graph_modes = [("graph", 1), ("eager", 0)] if torch.cuda.is_available() else [("eager", 0)]
+    graph_modes = [("graph", True), ("eager", False)] if torch.cuda.is_available() else [("eager", False)]
     graph_modes = [m for m in graph_modes if m[0] in args.variants]
     for name, graphs in graph_modes:
         for decoder_dtype in args.decoder_dtypes:
-            engine = make_engine(args, cudagraph_talker=graphs, cudagraph_cp=graphs, cudagraph_decoder=graphs,
-                                 max_batch=max(args.batch), decoder_dtype=decoder_dtype)
+            engine = make_engine(args, cuda_graphs=graphs, max_batch=max(args.batch), decoder_dtype=decoder_dtype)
             for b in args.batch:
                 times, codegen, decode = [], [], []
                 for rep in range(args.repeats + 2):
@@ -659,8 +658,8 @@ def cmd_launches(args: argparse.Namespace) -> list[dict]:
     if not torch.cuda.is_available():
         raise SystemExit("bench launches needs CUDA")
     rows = []
-    for name, graphs in (("graph", 1), ("eager", 0)):
-        engine = make_engine(args, cudagraph_talker=graphs, cudagraph_cp=graphs, cudagraph_decoder=graphs)
+    for name, graphs in (("graph", True), ("eager", False)):
+        engine = make_engine(args, cuda_graphs=graphs)
         for _ in range(5):
             engine.stepper.step(1, [256], mixed=False)
         sync()

@@ -53,9 +53,7 @@ class EngineConfig:
     seed_mode: str = knob("TTS_DEEP_STREAM_SEED_MODE", "fixed", "fixed (every request uses TTS_DEEP_STREAM_SEED unless it sends one), request",
                           choices=("fixed", "request"))
     seed: int = knob("TTS_DEEP_STREAM_SEED", 42, "seed for sampled decoding")
-    cudagraph_talker: int = knob("TTS_CODEGEN_CUDAGRAPH_TALKER", 1, "frame graph (talker step + predictor loop); 0 with the next = same static step, eager")
-    cudagraph_cp: int = knob("TTS_CODEGEN_CUDAGRAPH_CP", 1, "the predictor loop runs inside the frame graph; both must be 1 for graphs")
-    cudagraph_decoder: int = knob("TTS_DECODER_CUDAGRAPH", 1, "CUDA graph for the incremental codec decoder step")
+    cuda_graphs: bool = knob("TTS_CUDA_GRAPHS", True, "CUDA graphs for the frame step (talker step + code predictor loop) and the codec decoder step; 0 = the same static steps, eager (on a CPU there are none)")
     max_batch: int = knob("TTS_MAX_BATCH", 0, "batch rows (streams that can hold state at once); 0 = as many as free GPU memory allows (up to 256), 32 on CPU", lo=0, hi=256)
     row_positions: int = knob("TTS_ROW_POSITIONS", 1024, "talker positions per row (prompt + frames): 1024 holds about 75 s of speech", lo=64, hi=16384)
     max_active_streams: int = knob("TTS_MAX_ACTIVE_STREAMS", 0, "hand cap on streams in the batch (0 = the measured real-time capacity)", lo=0)
@@ -137,6 +135,10 @@ KNOBS = KnobTable(
         constant("TTS_CODEGEN_GROUP_PARALLEL", "0", "the code predictor's codebooks always come one after another: parallel prediction ruins audio"),
     ),
     renamed={
+        # the three switches of the original interface, one switch here
+        "TTS_CODEGEN_CUDAGRAPH_TALKER": "TTS_CUDA_GRAPHS",
+        "TTS_CODEGEN_CUDAGRAPH_CP": "TTS_CUDA_GRAPHS",
+        "TTS_DECODER_CUDAGRAPH": "TTS_CUDA_GRAPHS",
         "TTS_GRAPH_MAX_POSITIONS": "TTS_ROW_POSITIONS",  # the knobs before continuous batching
         "TTS_GRAPH_SLOTS": "TTS_MAX_BATCH",
     },
