@@ -42,6 +42,7 @@ _KNOB = "streamtalk_knob"  # the field metadata key that holds a field's Knob
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 _WHAT = {int: "an integer", float: "a number"}
+PORT_RANGE = {"lo": 0, "hi": 65535}  # knob(..., **PORT_RANGE): a TCP port
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from streamtalk_common.knobs import KnobTable, constant, knob
+from streamtalk_common.knobs import PORT_RANGE, KnobTable, constant, knob
 from streamtalk_common.paths import cache_root, output_root
 
 from .errors import ConfigValueError
@@ -30,7 +30,6 @@ def default_model_dir() -> Path:
 
 
 DECODER_DTYPES = ("float32", "tf32", "bfloat16")
-PORTS = {"lo": 0, "hi": 65535}
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ class EngineConfig:
     max_text_chars: int = knob("TTS_MAX_TEXT_CHARS", 2000, "longest accepted text, in characters", lo=1)
     min_free_gpu_mib: int = knob("TTS_MIN_FREE_GPU_MIB", 8000, "start-up refuses a GPU with less free memory than this")
     host: str = knob("TTS_HOST", "127.0.0.1", "HTTP server address")
-    port: int = knob("TTS_PORT", 9000, "HTTP server port", **PORTS)
+    port: int = knob("TTS_PORT", 9000, "HTTP server port", **PORT_RANGE)
     api_key: str = knob("TTS_API_KEY", "", "when set, every route but health needs `Authorization: Bearer <key>`", repr=False)
 
     def __post_init__(self) -> None:
