@@ -169,6 +169,15 @@ class KnobTable:
                 self.log.warning("%s is deprecated: it is read as %s, set that instead", old, new)
             env[new] = env[olds[0]]
 
+    def add_flags(self, parser: argparse.ArgumentParser) -> None:
+        """A command-line flag for each knob that names one; pass the parsed flags to
+        `values` as overrides (a flag left out is None: the variable or the default holds)."""
+        for k in self.knobs:
+            if k.flag:
+                parser.add_argument(k.flag, dest=k.attr, type=k.kind, metavar=k.attr.upper(),
+                                    help=f"{k.help} (env {', else '.join((k.env, *k.fallback))}; "
+                                         f"default {self.shown_default(k)})".replace("`", ""))
+
     def check(self, config: Any) -> None:
         """Every knob's value in range and among its choices."""
         for k in self.knobs:
@@ -179,14 +188,16 @@ class KnobTable:
             if value is not None and k.out_of_bounds(value):
                 raise self.error(f"{k.env}={value} is out of range {k.valid()}{flag}")
 
+    def shown_default(self, k: Knob) -> str:
+        return k.shown_default if k.shown_default is not None else _shown(self.defaults[k.attr])
+
     def markdown(self) -> str:
         """The docs' table of these knobs."""
         rows = ["| variable | default | valid | meaning |", "|---|---|---|---|"]
         for k in self.knobs:
-            name = f"`{k.env}`" + "".join(f" (else `{f}`)" for f in k.fallback)
+            name = f"`{k.env}`" + "".join(f", else `{f}`" for f in k.fallback)
             name += f" (`{k.flag}`)" if k.flag else ""
-            default = k.shown_default if k.shown_default is not None else _shown(self.defaults[k.attr])
-            rows.append(f"| {name} | {default} | {_code_list(k.valid())} | {k.help} |")
+            rows.append(f"| {name} | {self.shown_default(k)} | {_code_list(k.valid())} | {k.help} |")
         rows += [f"| `{k.env}` | `{k.choices[0]}` | only `{k.choices[0]}` | a constant, kept for its name: {k.help} |"
                  for k in self.constants]
         rows += [f"| `{old}` | | | old name of `{new}` (a deprecation warning) |" for old, new in self.renamed.items()]

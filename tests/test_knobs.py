@@ -3,6 +3,7 @@ and the docs' tables, which must match every package's table."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,14 @@ def test_old_names_are_read_as_the_new_one_and_removed_names_ignored(caplog: pyt
     assert caplog.messages == ["OLD_RATE is deprecated and ignored: DEMO_RATE is set"]
 
 
+def test_a_knob_with_a_flag_gets_a_command_line_flag_that_wins() -> None:
+    parser = argparse.ArgumentParser()
+    DEMO.add_flags(parser)
+    assert demo({"DEMO_RATE": "3"}, **vars(parser.parse_args([]))).rate == 3.0
+    assert demo({"DEMO_RATE": "3"}, **vars(parser.parse_args(["--rate", "4"]))).rate == 4.0
+    assert "per second (env DEMO_RATE; default 2.0)" in " ".join(parser.format_help().split())
+
+
 def test_every_field_must_be_a_knob() -> None:
     @dataclass
     class Loose:
@@ -97,7 +106,7 @@ def test_the_markdown_table_has_a_row_per_name() -> None:
     assert rows[:3] == ["| variable | default | valid | meaning |", "|---|---|---|---|",
                         "| `DEMO_RATE` (`--rate`) | `2.0` | `(0, 10]` | per second |"]
     assert "| `DEMO_ON` | `0` | `1`, `0` | switch |" in rows
-    assert "| `DEMO_NAME` (else `OTHER_NAME`) | `x` |  | a name |" in rows
+    assert "| `DEMO_NAME`, else `OTHER_NAME` | `x` |  | a name |" in rows
     assert "| `DEMO_PATH` | unset |  | a folder |" in rows
     assert "| `DEMO_FIXED` | `0` | only `0` | a constant, kept for its name: one value only |" in rows
     assert "| `OLD_RATE` | | | old name of `DEMO_RATE` (a deprecation warning) |" in rows
@@ -105,7 +114,8 @@ def test_the_markdown_table_has_a_row_per_name() -> None:
 
 
 def test_the_docs_hold_every_package_table_as_generated() -> None:
-    assert documented_modules() >= {"tts_engine.config", "agent.config", "token_server.config"}
+    assert documented_modules() >= {"tts_engine.config", "agent.config", "token_server.config",
+                                    "tools.omni_dev.config"}
     assert stale_docs() == [], "run: python -m streamtalk_common.knobs"
 
 
