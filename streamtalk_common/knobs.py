@@ -123,6 +123,9 @@ class KnobTable:
             raise TypeError(f"{config.__name__}: fields {bare} are not knobs; declare them with knob()")
         self.knobs = tuple(dataclasses.replace(f.metadata[_KNOB], attr=f.name) for f in fields)
         self.defaults = {f.name: f.default for f in fields}
+        unshown = [k.env for k in self.knobs if self.defaults[k.attr] is dataclasses.MISSING and k.shown_default is None]
+        if unshown:  # a factory's value depends on the machine: the docs need words for it
+            raise TypeError(f"{config.__name__}: knobs {unshown} have a default factory but no shown_default")
         self.renamed = dict(renamed or {})  # old name -> new name
         self.removed = dict(removed or {})  # name -> why it does nothing now
         self.constants = tuple(constants)
