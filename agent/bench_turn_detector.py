@@ -26,7 +26,8 @@ import numpy as np
 
 from streamtalk_common.audio import INPUT_SAMPLE_RATE
 from streamtalk_common.stats import percentile
-from tts_engine.bench import print_table, write_json
+from streamtalk_common.tables import print_table
+from tts_engine.bench import write_result
 
 FRAME_SAMPLES = INPUT_SAMPLE_RATE // 100
 
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = {"model": "turn-detector-v1-mini (livekit-local-inference)", "load_s": round(load_s, 3),
              "native_parallelism": _native._parallelism(), "window_samples": len(pcm),
              "warmup": args.warmup}
-    write_json(args.json, "turn_detector", rows, extra)
+    write_result(args.json, "turn_detector", rows, extra)
     print(f"model load {load_s:.2f} s, native parallelism {extra['native_parallelism']}, "
           f"window {len(pcm)} samples, {args.warmup} warm-up decisions")
     print_table("end-of-turn model, cost per decision (ms)", rows)

@@ -1,8 +1,9 @@
 """Agent configuration: one process-wide AgentConfig (env) and per-room RoomSettings.
 
-AgentConfig is read once per worker process from the environment (the table is in
-docs/AGENT.md): AGENT_* for the agent's own knobs, OMNI_* and LLM_* for the backend,
-VAD_*, MIN_/MAX_ENDPOINTING and ENABLE_CONTINUATION for turn taking. TTS_* is the
+AgentConfig is read once per worker process from the environment; each of its fields is a
+knob, defined here only (docs/AGENT.md's table is generated from them): AGENT_* for the
+agent's own knobs, OMNI_* and LLM_* for the backend, VAD_*, MIN_/MAX_ENDPOINTING and
+ENABLE_CONTINUATION for turn taking. TTS_* is the
 engine's prefix (tts_engine/config.py), so the agent's voice and frame knobs are
 AGENT_SPEAKER, AGENT_LANGUAGE and AGENT_FRAME_MS; their old names TTS_SPEAKER,
 TTS_LANGUAGE and TTS_FRAME_MS still work, with a deprecation warning. RoomSettings are the
@@ -18,10 +19,12 @@ import logging
 import os
 import socket
 import uuid
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from streamtalk_common.knobs import PORT_RANGE, KnobTable, knob
 from streamtalk_common.paths import output_root
 
 from . import AGENT_NAME_DEFAULT
@@ -44,197 +47,110 @@ RENAMED_KNOBS = {"TTS_SPEAKER": "AGENT_SPEAKER", "TTS_LANGUAGE": "AGENT_LANGUAGE
                  "TTS_FRAME_MS": "AGENT_FRAME_MS"}
 
 
-def _accept_renamed(env: dict[str, str]) -> None:
-    """Give a knob set under its old name to its new name, with a deprecation warning."""
-    for old, new in RENAMED_KNOBS.items():
-        if _get(env, old) is None:
-            continue
-        if _get(env, new) is None:
-            log.warning("%s is deprecated: it is read as %s, set that instead", old, new)
-            env[new] = env[old]
-        else:
-            log.warning("%s is deprecated and ignored: %s is set", old, new)
-
-
-def _get(env: dict[str, str], name: str) -> str | None:
-    raw = env.get(name)
-    if raw is None:
-        return None
-    raw = raw.strip()
-    return raw or None
-
-
-def _number(env: dict[str, str], name: str, default: float, lo: float, hi: float,
-            kind: type[int] | type[float]) -> float:
-    raw = _get(env, name)
-    if raw is None:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        what = "an integer" if kind is int else "a number"
-        raise AgentConfigError(f"{name}={raw!r} is not {what}") from None
-    if not lo <= value <= hi:
-        raise AgentConfigError(f"{name}={value} is out of range [{lo}, {hi}]")
-    return value
-
-
-def _float(env: dict[str, str], name: str, default: float, lo: float, hi: float) -> float:
-    return float(_number(env, name, default, lo, hi, float))
-
-
-def _int(env: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
-    return int(_number(env, name, default, lo, hi, int))
-
-
-def _bool(env: dict[str, str], name: str, default: bool) -> bool:
-    raw = _get(env, name)
-    if raw is None:
-        return default
-    if raw.lower() in ("1", "true", "yes", "on"):
-        return True
-    if raw.lower() in ("0", "false", "no", "off"):
-        return False
-    raise AgentConfigError(f"{name}={raw!r} is not a boolean (use 1/0)")
+def _without_trailing_slash(url: str) -> str:
+    return url.rstrip("/")
 
 
 @dataclass(frozen=True)
 class AgentConfig:
-    """Process-wide settings of the worker (see docs/AGENT.md for the table)."""
+    """Process-wide settings of the worker: every field is a knob (its variable, default,
+    what is valid, its meaning in docs/AGENT.md's generated table)."""
 
-    agent_name: str = AGENT_NAME_DEFAULT
+    agent_name: str = knob("LIVEKIT_AGENT_NAME", AGENT_NAME_DEFAULT, "explicit-dispatch agent name")
     # Omni backend (OpenAI-compatible)
-    omni_base_url: str = "http://127.0.0.1:8000/v1"
-    omni_model: str = ""  # empty: the first model the backend lists, else "qwen3-omni"
-    omni_api_key: str = field(default="EMPTY", repr=False)
-    stt_mode: str = "chat"  # chat (audio_url in chat completions) | transcriptions
-    connect_timeout_s: float = 3.0
-    stt_timeout_s: float = 15.0
-    llm_first_token_timeout_s: float = 10.0
-    llm_idle_timeout_s: float = 10.0
-    max_retries: int = 2
+    omni_base_url: str = knob("OMNI_BASE_URL", "http://127.0.0.1:8000/v1", "OpenAI-compatible backend",
+                              kind=_without_trailing_slash)
+    omni_model: str = knob("OMNI_MODEL", "", "model name sent",
+                           shown_default="first model of `GET /models`, else `qwen3-omni`")
+    omni_api_key: str = knob("OMNI_API_KEY", "EMPTY", "bearer key", repr=False)
+    stt_mode: str = knob("OMNI_STT_MODE", "chat", "`chat`: `audio_url` data-URI WAV in chat completions (Qwen3-Omni); `transcriptions`: `/audio/transcriptions`",
+                         choices=("chat", "transcriptions"))
+    connect_timeout_s: float = knob("OMNI_CONNECT_TIMEOUT_S", 3.0, "TCP connect (s)", lo=0.1, hi=60)
+    stt_timeout_s: float = knob("OMNI_STT_TIMEOUT_S", 15.0, "one recognition (s)", lo=0.5, hi=300)
+    llm_first_token_timeout_s: float = knob("OMNI_LLM_FIRST_TOKEN_TIMEOUT_S", 10.0, "wait for a reply's first token (s)", lo=0.5, hi=300)
+    llm_idle_timeout_s: float = knob("OMNI_LLM_IDLE_TIMEOUT_S", 10.0, "gap between tokens (s)", lo=0.5, hi=300)
+    max_retries: int = knob("OMNI_MAX_RETRIES", 2, "retries (backoff 0.3 s × 2ⁿ) before any text was produced", lo=0, hi=10)
     # LLM
-    llm_max_tokens: int = 150
-    llm_temperature: float = 0.3
-    enable_continuation: bool = True
-    llm_first_max_tokens: int = 32
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    backend_down_message: str = DEFAULT_BACKEND_DOWN_MESSAGE
-    stt_down_message: str = DEFAULT_STT_DOWN_MESSAGE
-    greeting: str = ""
+    llm_max_tokens: int = knob("LLM_MAX_TOKENS", 150, "tokens per reply", lo=1, hi=4096)
+    llm_temperature: float = knob("LLM_TEMPERATURE", 0.3, "sampling temperature", lo=0.0, hi=2.0)
+    enable_continuation: bool = knob("ENABLE_CONTINUATION", True, "short answer first, then its continuation (below)")
+    llm_first_max_tokens: int = knob("LLM_FIRST_MAX_TOKENS", 32, "tokens of that short first answer", lo=1, hi=4096)
+    system_prompt: str = knob("AGENT_SYSTEM_PROMPT", DEFAULT_SYSTEM_PROMPT, "system message",
+                              shown_default="a short spoken-style prompt")
+    backend_down_message: str = knob("AGENT_BACKEND_DOWN_MESSAGE", DEFAULT_BACKEND_DOWN_MESSAGE, "spoken when the LLM backend fails",
+                                     shown_default="a short apology")
+    stt_down_message: str = knob("AGENT_STT_DOWN_MESSAGE", DEFAULT_STT_DOWN_MESSAGE, "spoken when speech recognition fails",
+                                 shown_default="a short apology")
+    greeting: str = knob("AGENT_GREETING", "", "said when the agent joins (off by default: AutoRTC timing); not said by an agent that picks up a conversation (below)")
     # conversation history kept in the room metadata for a re-dispatched agent (agent/history.py)
-    history_turns: int = 8  # 0: off
-    history_max_bytes: int = 4096
+    history_turns: int = knob("AGENT_HISTORY_TURNS", 8, "user turns (with the replies to them) kept in the room metadata for a re-dispatched agent; 0 = none kept, none picked up",
+                              lo=0, hi=100)
+    history_max_bytes: int = knob("AGENT_HISTORY_MAX_BYTES", 4096, "at most this much of that history in the room metadata (JSON; far below what livekit-server accepts); the oldest messages go first",
+                                  lo=256, hi=32768)
     # TTS
-    tts_speaker: str = "serena"
-    tts_language: str = "auto"
-    tts_frame_ms: int = 20
-    slow_lane_slack_s: float = 1.0
+    tts_speaker: str = knob("AGENT_SPEAKER", "serena", "voice; an invalid name falls back with a warning that lists the valid ones")
+    tts_language: str = knob("AGENT_LANGUAGE", "auto", "language; an invalid one falls back likewise")
+    tts_frame_ms: int = knob("AGENT_FRAME_MS", 20, "audio frame size into the room, a multiple of 10", lo=10, hi=100)
+    slow_lane_slack_s: float = knob("AGENT_SLOW_LANE_SLACK_S", 1.0, "playback slack above which a segment takes the slow lane (s)", lo=0.0, hi=60)
     # turn taking (local only; agent/turn_detection.py)
-    turn_detection: str = "model"  # model: VAD + the local end-of-turn model | vad: VAD alone
-    vad_silence_ms: int = MODEL_MIN_VAD_SILENCE_MS  # VAD_SILENCE_MS_VAD_ONLY with turn_detection vad
-    vad_threshold: float = 0.5
-    min_endpointing_s: float = 0.3
-    max_endpointing_s: float = 1.2
-    min_interruption_s: float = 0.15
-    min_interruption_words: int = 0
-    false_interruption_timeout_s: float = 1.5
-    aec_warmup_s: float = 0.0  # 0: off (clients cancel their own echo)
+    turn_detection: str = knob("AGENT_TURN_DETECTION", "model", "`model`: end of turn by the VAD and the local end-of-turn model; `vad`: by VAD silence alone (below)",
+                               choices=TURN_DETECTION_MODES)
+    vad_silence_ms: int = knob("VAD_SILENCE_MS", MODEL_MIN_VAD_SILENCE_MS, f"Silero hangover; with `model` at least {MODEL_MIN_VAD_SILENCE_MS} (the framework refuses a quicker VAD)",
+                               lo=32, hi=5000,
+                               shown_default=f"`{MODEL_MIN_VAD_SILENCE_MS}` (`model`), `{VAD_SILENCE_MS_VAD_ONLY}` (`vad`)")
+    vad_threshold: float = knob("VAD_THRESHOLD", 0.5, "Silero activation", lo=0.05, hi=0.95)
+    min_endpointing_s: float = knob("MIN_ENDPOINTING", 0.3, "end-of-turn delay after the user's last speech when the turn is over (s)", lo=0.0, hi=10)
+    max_endpointing_s: float = knob("MAX_ENDPOINTING", 1.2, "the delay when the model says the user is mid-thought (s); not below `MIN_ENDPOINTING`", lo=0.1, hi=30)
+    min_interruption_s: float = knob("AGENT_MIN_INTERRUPTION_S", 0.15, "speech over the agent needed to pause it (s)", lo=0.05, hi=5)
+    min_interruption_words: int = knob("AGENT_MIN_INTERRUPTION_WORDS", 0, "words the STT must have recognised before speech over the agent pauses or interrupts it; 0 = the VAD decides alone (why: below)",
+                                       lo=0, hi=10)
+    false_interruption_timeout_s: float = knob("AGENT_FALSE_INTERRUPTION_TIMEOUT_S", 1.5, "wait for words after a pause before resuming (s); keep it above the STT's P95",
+                                               lo=0.2, hi=30)
+    aec_warmup_s: float = knob("AGENT_AEC_WARMUP_S", 0.0, "the framework's echo warm-up (s); 0 = off (clients cancel their own echo)", lo=0.0, hi=30)
     # room audio
-    audio_queue_ms: int = 200
+    audio_queue_ms: int = knob("AGENT_AUDIO_QUEUE_MS", 200, "audio held inside the WebRTC source (the rest waits in the sink, where it can be dropped)", lo=20, hi=2000)
     # worker
-    max_rooms: int = 8
-    # full (no new room) at this load; below 1, the engine's reject point (agent/load.py)
-    load_threshold: float = 0.9
-    idle_jobs: int = 2
-    http_port: int = 8081
-    metrics_port: int = 8091  # Prometheus /metrics (the load among them); 0: off
-    worker_name: str = ""  # this worker in rooms and logs; empty: <host>:<pid>
-    drain_timeout_s: int = 60
-    empty_room_grace_s: float = 10.0
-    torch_threads: int = 0  # 0: leave torch's default
+    max_rooms: int = knob("AGENT_MAX_ROOMS", 8, "rooms at which the rooms' share of the load is 1 (and past which a job is declined)", lo=1, hi=10_000)
+    load_threshold: float = knob("AGENT_LOAD_THRESHOLD", 0.9, "the worker takes no new room at this load (above); below the engine's reject point (agent/load.py)",
+                                 lo=0.05, hi=0.99)
+    idle_jobs: int = knob("AGENT_IDLE_JOBS", 2, "pre-initialised job threads", lo=0, hi=64)
+    http_port: int = knob("AGENT_HTTP_PORT", 8081, "health server (127.0.0.1)", **PORT_RANGE)
+    metrics_port: int = knob("AGENT_METRICS_PORT", 8091, "Prometheus `/metrics` (127.0.0.1): the load and its parts; 0 = off", **PORT_RANGE)
+    worker_name: str = knob("AGENT_WORKER_NAME", "", "the worker's name in its agents' `streamtalk.worker` attribute and in logs (`start_all.sh` names it `agent`, or `agent-1` .. `agent-N` with `AGENT_WORKERS=N`)",
+                            shown_default="`<host>:<pid>`")
+    drain_timeout_s: int = knob("AGENT_DRAIN_TIMEOUT_S", 60, "on SIGTERM the worker takes no new room and each room leaves once the turn under way has ended; the process exits when its rooms are gone, or after this many seconds at most (the rooms still held are then closed); `0` = no bound",
+                                lo=0, hi=86400)
+    empty_room_grace_s: float = knob("AGENT_EMPTY_ROOM_GRACE_S", 10.0, "end a job once only agents have been in the room this long (s)", lo=0, hi=3600)
+    torch_threads: int = knob("AGENT_TORCH_THREADS", 0, "CPU threads for torch (1 on small CPU hosts); 0 = torch's default", lo=0, hi=256)
     # outputs
-    output_dir: Path = field(default_factory=output_root)
-    save_pre_rtc: bool = False
-    # debug: publish silence in place of the TTS audio (pre_rtc.wav keeps the real audio);
-    # AutoRTC uses it to prove that a broken agent fails the suite
-    debug_mute_tts: bool = False
+    output_dir: Path = knob("STREAMTALK_OUTPUT", None, "traces and pre_rtc files", kind=Path, factory=output_root,
+                            shown_default="`output`")
+    save_pre_rtc: bool = knob("AGENT_SAVE_PRE_RTC", False, "save pre_rtc.wav even without a trace_id")
+    debug_mute_tts: bool = knob("AGENT_DEBUG_MUTE_TTS", False, "debug only: the room hears silence of the same length instead of the reply, while pre_rtc.wav keeps the real audio (AutoRTC's broken-agent check); logged as a warning per room")
+
+    def __post_init__(self) -> None:
+        KNOBS.check(self)
+        if self.tts_frame_ms % 10:
+            raise AgentConfigError(f"AGENT_FRAME_MS={self.tts_frame_ms} must be a multiple of 10")
+        if self.max_endpointing_s < self.min_endpointing_s:
+            raise AgentConfigError("MAX_ENDPOINTING must not be below MIN_ENDPOINTING")
+        if self.turn_detection == "model" and self.vad_silence_ms < MODEL_MIN_VAD_SILENCE_MS:
+            raise AgentConfigError(
+                f"VAD_SILENCE_MS={self.vad_silence_ms} is below the {MODEL_MIN_VAD_SILENCE_MS} ms "
+                "the end-of-turn model needs; raise it, or set AGENT_TURN_DETECTION=vad")
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> AgentConfig:
-        env = dict(os.environ if env is None else env)
-        _accept_renamed(env)
-        stt_mode = (_get(env, "OMNI_STT_MODE") or "chat").lower()
-        if stt_mode not in ("chat", "transcriptions"):
-            raise AgentConfigError(f"OMNI_STT_MODE={stt_mode!r}; valid: chat, transcriptions")
-        turn_detection = (_get(env, "AGENT_TURN_DETECTION") or cls.turn_detection).lower()
-        if turn_detection not in TURN_DETECTION_MODES:
-            raise AgentConfigError(f"AGENT_TURN_DETECTION={turn_detection!r}; valid: "
-                                   f"{', '.join(TURN_DETECTION_MODES)}")
-        vad_silence_default = cls.vad_silence_ms if turn_detection == "model" else VAD_SILENCE_MS_VAD_ONLY
-        values: dict[str, Any] = {
-            "agent_name": _get(env, "LIVEKIT_AGENT_NAME") or AGENT_NAME_DEFAULT,
-            "omni_base_url": (_get(env, "OMNI_BASE_URL") or cls.omni_base_url).rstrip("/"),
-            "omni_model": _get(env, "OMNI_MODEL") or "",
-            "omni_api_key": _get(env, "OMNI_API_KEY") or "EMPTY",
-            "stt_mode": stt_mode,
-            "connect_timeout_s": _float(env, "OMNI_CONNECT_TIMEOUT_S", cls.connect_timeout_s, 0.1, 60),
-            "stt_timeout_s": _float(env, "OMNI_STT_TIMEOUT_S", cls.stt_timeout_s, 0.5, 300),
-            "llm_first_token_timeout_s": _float(
-                env, "OMNI_LLM_FIRST_TOKEN_TIMEOUT_S", cls.llm_first_token_timeout_s, 0.5, 300
-            ),
-            "llm_idle_timeout_s": _float(env, "OMNI_LLM_IDLE_TIMEOUT_S", cls.llm_idle_timeout_s, 0.5, 300),
-            "max_retries": _int(env, "OMNI_MAX_RETRIES", cls.max_retries, 0, 10),
-            "llm_max_tokens": _int(env, "LLM_MAX_TOKENS", cls.llm_max_tokens, 1, 4096),
-            "llm_temperature": _float(env, "LLM_TEMPERATURE", cls.llm_temperature, 0.0, 2.0),
-            "enable_continuation": _bool(env, "ENABLE_CONTINUATION", cls.enable_continuation),
-            "llm_first_max_tokens": _int(env, "LLM_FIRST_MAX_TOKENS", cls.llm_first_max_tokens, 1, 4096),
-            "system_prompt": _get(env, "AGENT_SYSTEM_PROMPT") or DEFAULT_SYSTEM_PROMPT,
-            "backend_down_message": _get(env, "AGENT_BACKEND_DOWN_MESSAGE") or DEFAULT_BACKEND_DOWN_MESSAGE,
-            "stt_down_message": _get(env, "AGENT_STT_DOWN_MESSAGE") or DEFAULT_STT_DOWN_MESSAGE,
-            "greeting": _get(env, "AGENT_GREETING") or "",
-            "history_turns": _int(env, "AGENT_HISTORY_TURNS", cls.history_turns, 0, 100),
-            # a few KiB: far below the room metadata size livekit-server accepts
-            "history_max_bytes": _int(env, "AGENT_HISTORY_MAX_BYTES", cls.history_max_bytes, 256, 32768),
-            "tts_speaker": _get(env, "AGENT_SPEAKER") or cls.tts_speaker,
-            "tts_language": _get(env, "AGENT_LANGUAGE") or cls.tts_language,
-            "tts_frame_ms": _int(env, "AGENT_FRAME_MS", cls.tts_frame_ms, 10, 100),
-            "slow_lane_slack_s": _float(env, "AGENT_SLOW_LANE_SLACK_S", cls.slow_lane_slack_s, 0.0, 60),
-            "turn_detection": turn_detection,
-            "vad_silence_ms": _int(env, "VAD_SILENCE_MS", vad_silence_default, 32, 5000),
-            "vad_threshold": _float(env, "VAD_THRESHOLD", cls.vad_threshold, 0.05, 0.95),
-            "min_endpointing_s": _float(env, "MIN_ENDPOINTING", cls.min_endpointing_s, 0.0, 10),
-            "max_endpointing_s": _float(env, "MAX_ENDPOINTING", cls.max_endpointing_s, 0.1, 30),
-            "min_interruption_s": _float(env, "AGENT_MIN_INTERRUPTION_S", cls.min_interruption_s, 0.05, 5),
-            "min_interruption_words": _int(env, "AGENT_MIN_INTERRUPTION_WORDS", cls.min_interruption_words, 0, 10),
-            "false_interruption_timeout_s": _float(
-                env, "AGENT_FALSE_INTERRUPTION_TIMEOUT_S", cls.false_interruption_timeout_s, 0.2, 30
-            ),
-            "aec_warmup_s": _float(env, "AGENT_AEC_WARMUP_S", cls.aec_warmup_s, 0.0, 30),
-            "audio_queue_ms": _int(env, "AGENT_AUDIO_QUEUE_MS", cls.audio_queue_ms, 20, 2000),
-            "max_rooms": _int(env, "AGENT_MAX_ROOMS", cls.max_rooms, 1, 10_000),
-            "load_threshold": _float(env, "AGENT_LOAD_THRESHOLD", cls.load_threshold, 0.05, 0.99),
-            "idle_jobs": _int(env, "AGENT_IDLE_JOBS", cls.idle_jobs, 0, 64),
-            "http_port": _int(env, "AGENT_HTTP_PORT", cls.http_port, 0, 65535),
-            "metrics_port": _int(env, "AGENT_METRICS_PORT", cls.metrics_port, 0, 65535),
-            "worker_name": _get(env, "AGENT_WORKER_NAME") or f"{socket.gethostname()}:{os.getpid()}",
-            "drain_timeout_s": _int(env, "AGENT_DRAIN_TIMEOUT_S", cls.drain_timeout_s, 0, 86400),
-            "empty_room_grace_s": _float(env, "AGENT_EMPTY_ROOM_GRACE_S", cls.empty_room_grace_s, 0, 3600),
-            "torch_threads": _int(env, "AGENT_TORCH_THREADS", 0, 0, 256),
-            "output_dir": output_root(env),
-            "save_pre_rtc": _bool(env, "AGENT_SAVE_PRE_RTC", False),
-            "debug_mute_tts": _bool(env, "AGENT_DEBUG_MUTE_TTS", False),
-        }
-        if values["tts_frame_ms"] % 10:
-            raise AgentConfigError(f"AGENT_FRAME_MS={values['tts_frame_ms']} must be a multiple of 10")
-        if values["max_endpointing_s"] < values["min_endpointing_s"]:
-            raise AgentConfigError("MAX_ENDPOINTING must not be below MIN_ENDPOINTING")
-        if turn_detection == "model" and values["vad_silence_ms"] < MODEL_MIN_VAD_SILENCE_MS:
-            raise AgentConfigError(
-                f"VAD_SILENCE_MS={values['vad_silence_ms']} is below the {MODEL_MIN_VAD_SILENCE_MS} ms "
-                "the end-of-turn model needs; raise it, or set AGENT_TURN_DETECTION=vad")
-        values.update(overrides)
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> AgentConfig:
+        env = os.environ if env is None else env
+        values = KNOBS.values(env, overrides)
+        if values.get("turn_detection") == "vad":
+            values.setdefault("vad_silence_ms", VAD_SILENCE_MS_VAD_ONLY)
+        values.setdefault("worker_name", f"{socket.gethostname()}:{os.getpid()}")
+        values.setdefault("output_dir", output_root(env))
         return cls(**values)
+
+
+KNOBS = KnobTable(AgentConfig, AgentConfigError, log, renamed=RENAMED_KNOBS)
 
 
 # Dispatch metadata keys: a short name and the env name are both accepted (an env name of

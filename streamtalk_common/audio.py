@@ -8,6 +8,7 @@ to within half a step).
 from __future__ import annotations
 
 import io
+import struct
 import wave
 from pathlib import Path
 from typing import BinaryIO
@@ -18,6 +19,7 @@ SAMPLE_RATE = 24000  # the 12 Hz codec's output: what the engine emits and the a
 SAMPLES_PER_FRAME = 1920  # one codec frame: 80 ms at SAMPLE_RATE
 INPUT_SAMPLE_RATE = 16000  # the agent's room input: what the VAD, STT and end-of-turn model hear
 PCM16_SCALE = 32767.0
+PCM16_BYTES = 2  # bytes of one int16 sample
 
 
 def to_pcm16(pcm: np.ndarray) -> np.ndarray:
@@ -56,6 +58,15 @@ def wav_bytes(pcm16: np.ndarray | bytes, sample_rate: int, channels: int = 1) ->
     buf = io.BytesIO()
     write_wav(buf, pcm16, sample_rate, channels)
     return buf.getvalue()
+
+
+def wav_stream_header(sample_rate: int, channels: int = 1) -> bytes:
+    """The 44-byte header of a 16-bit PCM WAV stream of unknown length: the RIFF and data
+    sizes at their maximum, which players of a stream read as "until the end"."""
+    block = channels * PCM16_BYTES
+    return (b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVE"
+            + b"fmt " + struct.pack("<IHHIIHH", 16, 1, channels, sample_rate, sample_rate * block, block, 16)
+            + b"data" + struct.pack("<I", 0xFFFFFFFF))
 
 
 def read_wav(source: str | Path | BinaryIO) -> tuple[np.ndarray, int]:

@@ -9,7 +9,7 @@ import sys
 from aiohttp import web
 
 from .app import create_app, web_root_problems
-from .config import ConfigError, TokenServerConfig, is_loopback
+from .config import KNOBS, ConfigError, TokenServerConfig, is_loopback
 
 log = logging.getLogger("token_server")
 
@@ -19,12 +19,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m token_server",
         description="LiveKit join-token API and host of the streamtalk web client.",
     )
-    parser.add_argument("--host", help="bind address (env TOKEN_SERVER_HOST, default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port (env TOKEN_SERVER_PORT, default 3000)")
+    KNOBS.add_flags(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        config = TokenServerConfig.from_env(host=args.host, port=args.port)
+        config = TokenServerConfig.from_env(**vars(args))
     except ConfigError as exc:
         print(f"token_server: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -1,49 +1,30 @@
-"""Token server configuration: one dataclass, read from the environment."""
+"""Token server configuration: TokenServerConfig, whose fields are its knobs (each defined
+here only; the README's table is generated from them)."""
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from livekit import api
 
 from streamtalk_common.errors import ConfigError
-from streamtalk_common.paths import cache_root
+from streamtalk_common.knobs import PORT_RANGE, KnobTable, knob
+from streamtalk_common.paths import REPO_ROOT, cache_root
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 3000
-DEFAULT_LIVEKIT_URL = "ws://127.0.0.1:7880"
-DEFAULT_AGENT_NAME = "streamtalk"
-DEFAULT_TTL_S = 3600
-MAX_TTL_S = 86400
-DEFAULT_RATE_LIMIT_PER_MIN = 30
-DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 16
-DEFAULT_RECONCILE_GRACE_S = 5.0
-DEFAULT_RECONCILE_MAX_ATTEMPTS = 5
+log = logging.getLogger("token_server")
 
 
-def _number_env(env: dict[str, str], name: str, default: float, kind: type = int):
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return kind(raw)
-    except ValueError:
-        what = "an integer" if kind is int else "a number"
-        raise ConfigError(f"{name} must be {what}, got {raw!r}") from None
+def _node_modules(home: Path) -> Path:
+    return home / "node" / "node_modules"
 
 
-def _bool_env(env: dict[str, str], name: str) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    raise ConfigError(f"{name} must be 1 or 0, got {env[name]!r}")
+def _url_list(raw: str) -> tuple[str, ...]:
+    return tuple(url.strip() for url in raw.split(",") if url.strip())
 
 
 def is_loopback(host: str) -> bool:
@@ -58,40 +39,37 @@ def is_loopback(host: str) -> bool:
 
 @dataclass(frozen=True)
 class TokenServerConfig:
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    # the LiveKit nodes (LIVEKIT_URLS, else LIVEKIT_URL): the server reaches their API, and
-    # hands a live one to each client (token_server/live_nodes.py)
-    livekit_urls: tuple[str, ...] = (DEFAULT_LIVEKIT_URL,)
-    # the URL handed to every client instead, when browsers reach LiveKit under another name
-    # (a TLS proxy or load balancer in front of the nodes): LIVEKIT_PUBLIC_URL
-    public_url: str | None = None
-    # the LiveKit server's keys; no default: a well-known secret would let anyone mint tokens
-    api_key: str = ""
-    api_secret: str = field(default="", repr=False)
-    agent_name: str = DEFAULT_AGENT_NAME
-    ttl_s: int = DEFAULT_TTL_S
-    access_key: str | None = field(default=None, repr=False)
-    # Bound to a non-loopback address without an access key, the server starts only when
-    # this says an open token server is intended.
-    allow_open: bool = False
-    rate_limit_per_min: int = DEFAULT_RATE_LIMIT_PER_MIN  # tokens per client address; 0 = off
-    max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
-    # the room reconciler (token_server/reconciler.py): seconds a room with people may lack
-    # its agent before it is dispatched again (0 = off), and dispatches per room at most
-    reconcile_grace_s: float = DEFAULT_RECONCILE_GRACE_S
-    reconcile_max_attempts: int = DEFAULT_RECONCILE_MAX_ATTEMPTS
-    web_root: Path = REPO_ROOT / "web"
-    # Folder holding livekit-client/dist/livekit-client.umd.js (npm install).
-    node_modules: Path = field(default_factory=lambda: cache_root() / "node" / "node_modules")
+    host: str = knob("TOKEN_SERVER_HOST", "127.0.0.1", "bind address; an address other than loopback needs `TOKEN_ACCESS_KEY` or `TOKEN_ALLOW_OPEN=1`, else the server refuses to start",
+                     flag="--host")
+    port: int = knob("TOKEN_SERVER_PORT", 3000, "port", flag="--port", **PORT_RANGE)
+    livekit_urls: tuple[str, ...] = knob("LIVEKIT_URLS", ("ws://127.0.0.1:7880",), "the LiveKit nodes, comma-separated: the server reaches their API and hands a live one to each client (token_server/live_nodes.py)",
+                                         kind=_url_list, fallback=("LIVEKIT_URL",))
+    public_url: str | None = knob("LIVEKIT_PUBLIC_URL", None, "the URL handed to every client instead, when browsers reach LiveKit under another name (a TLS proxy or load balancer in front of the nodes)",
+                                  kind=str)
+    # no default: a well-known secret would let anyone mint tokens
+    api_key: str = knob("LIVEKIT_API_KEY", "", "the LiveKit server's key (`scripts/start_all.sh` takes the keys from `$STREAMTALK_HOME/livekit-keys.yaml`)",
+                        shown_default="none: required")
+    api_secret: str = knob("LIVEKIT_API_SECRET", "", "the LiveKit server's secret", shown_default="none: required", repr=False)
+    agent_name: str = knob("LIVEKIT_AGENT_NAME", "streamtalk", "the agent every token dispatches")
+    ttl_s: int = knob("TOKEN_TTL_S", 3600, "token lifetime (s)", lo=1, hi=86400)
+    access_key: str | None = knob("TOKEN_ACCESS_KEY", None, "when set, `POST /api/token` needs the header `X-Access-Key` with this value (compared in constant time)",
+                                  kind=str, repr=False)
+    allow_open: bool = knob("TOKEN_ALLOW_OPEN", False, "`1`: serve tokens to anyone on a non-loopback address (not 127.0.0.0/8, `::1`, `localhost`) without an access key, on purpose")
+    rate_limit_per_min: int = knob("TOKEN_RATE_LIMIT_PER_MIN", 30, "`POST /api/token` requests per client address a minute (a token bucket: bursts of as many, then one every 60/N s); past it `429 rate_limited` with `Retry-After` (seconds); `0` = off",
+                                   lo=0)
+    max_connections_per_client: int = knob("TOKEN_MAX_CONNECTIONS_PER_CLIENT", 16, "requests in flight at once per client address, any route; past it `429 too_many_connections` with `Retry-After: 1`",
+                                           lo=1)
+    # the room reconciler (token_server/reconciler.py)
+    reconcile_grace_s: float = knob("TOKEN_RECONCILE_GRACE_S", 5.0, "seconds a room with people may lack its agent before it is dispatched again (then 1x, 2x, 4x... between attempts); `0` = reconciler off",
+                                    lo=0, hi=3600)
+    reconcile_max_attempts: int = knob("TOKEN_RECONCILE_MAX_ATTEMPTS", 5, "dispatches per stranded room before it gives up (the page then says so)", lo=1, hi=100)
+    web_root: Path = knob("WEB_ROOT", REPO_ROOT / "web", "the web client's files", kind=Path)
+    node_modules: Path = knob("STREAMTALK_NODE_MODULES", None, "the folder holding `livekit-client/dist/livekit-client.umd.js` (npm install)",
+                              kind=Path, factory=lambda: _node_modules(cache_root()),
+                              shown_default="`$STREAMTALK_HOME/node/node_modules`")
 
     def __post_init__(self) -> None:
-        if not 1 <= self.ttl_s <= MAX_TTL_S:
-            raise ConfigError(
-                f"TOKEN_TTL_S must be within 1..{MAX_TTL_S} seconds, got {self.ttl_s}"
-            )
-        if not 0 <= self.port <= 65535:
-            raise ConfigError(f"port must be within 0..65535, got {self.port}")
+        KNOBS.check(self)
         if not self.api_key or not self.api_secret:
             raise ConfigError(
                 "set LIVEKIT_API_KEY and LIVEKIT_API_SECRET to the LiveKit server's keys "
@@ -105,25 +83,6 @@ class TokenServerConfig:
                 raise ConfigError(f"LiveKit URL must start with ws:// or wss://, got {url!r}")
         if not self.agent_name:
             raise ConfigError("LIVEKIT_AGENT_NAME must not be empty")
-        if self.rate_limit_per_min < 0:
-            raise ConfigError(
-                f"TOKEN_RATE_LIMIT_PER_MIN must be 0 (off) or more, got {self.rate_limit_per_min}"
-            )
-        if self.max_connections_per_client < 1:
-            raise ConfigError(
-                "TOKEN_MAX_CONNECTIONS_PER_CLIENT must be 1 or more, "
-                f"got {self.max_connections_per_client}"
-            )
-        if not 0 <= self.reconcile_grace_s <= 3600:
-            raise ConfigError(
-                "TOKEN_RECONCILE_GRACE_S must be within 0 (off)..3600 seconds, "
-                f"got {self.reconcile_grace_s:g}"
-            )
-        if not 1 <= self.reconcile_max_attempts <= 100:
-            raise ConfigError(
-                "TOKEN_RECONCILE_MAX_ATTEMPTS must be within 1..100, "
-                f"got {self.reconcile_max_attempts}"
-            )
         if not is_loopback(self.host) and self.access_key is None and not self.allow_open:
             raise ConfigError(
                 f"the bind address {self.host} is not loopback, so anyone who reaches it could "
@@ -132,41 +91,11 @@ class TokenServerConfig:
             )
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> TokenServerConfig:
-        env = dict(os.environ if env is None else env)
-        values: dict[str, object] = {
-            "host": env.get("TOKEN_SERVER_HOST") or DEFAULT_HOST,
-            "port": _number_env(env, "TOKEN_SERVER_PORT", DEFAULT_PORT),
-            "livekit_urls": tuple(u.strip() for u in env.get("LIVEKIT_URLS", "").split(",") if u.strip())
-            or (env.get("LIVEKIT_URL") or DEFAULT_LIVEKIT_URL,),
-            "public_url": env.get("LIVEKIT_PUBLIC_URL") or None,
-            "api_key": env.get("LIVEKIT_API_KEY", ""),
-            "api_secret": env.get("LIVEKIT_API_SECRET", ""),
-            "agent_name": env.get("LIVEKIT_AGENT_NAME") or DEFAULT_AGENT_NAME,
-            "ttl_s": _number_env(env, "TOKEN_TTL_S", DEFAULT_TTL_S),
-            "access_key": env.get("TOKEN_ACCESS_KEY") or None,
-            "allow_open": _bool_env(env, "TOKEN_ALLOW_OPEN"),
-            "rate_limit_per_min": _number_env(
-                env, "TOKEN_RATE_LIMIT_PER_MIN", DEFAULT_RATE_LIMIT_PER_MIN
-            ),
-            "max_connections_per_client": _number_env(
-                env, "TOKEN_MAX_CONNECTIONS_PER_CLIENT", DEFAULT_MAX_CONNECTIONS_PER_CLIENT
-            ),
-            "reconcile_grace_s": _number_env(
-                env, "TOKEN_RECONCILE_GRACE_S", DEFAULT_RECONCILE_GRACE_S, float
-            ),
-            "reconcile_max_attempts": _number_env(
-                env, "TOKEN_RECONCILE_MAX_ATTEMPTS", DEFAULT_RECONCILE_MAX_ATTEMPTS
-            ),
-        }
-        if env.get("WEB_ROOT"):
-            values["web_root"] = Path(env["WEB_ROOT"])
-        if env.get("STREAMTALK_NODE_MODULES"):
-            values["node_modules"] = Path(env["STREAMTALK_NODE_MODULES"])
-        elif env.get("STREAMTALK_HOME"):
-            values["node_modules"] = Path(env["STREAMTALK_HOME"]) / "node" / "node_modules"
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)  # type: ignore[arg-type]
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> TokenServerConfig:
+        env = os.environ if env is None else env
+        values = KNOBS.values(env, overrides)
+        values.setdefault("node_modules", _node_modules(cache_root(env)))
+        return cls(**values)
 
     @property
     def livekit_api_url(self) -> str:
@@ -186,3 +115,6 @@ class TokenServerConfig:
     @property
     def livekit_client_js(self) -> Path:
         return self.node_modules / "livekit-client" / "dist" / "livekit-client.umd.js"
+
+
+KNOBS = KnobTable(TokenServerConfig, ConfigError, log)

@@ -281,8 +281,7 @@ def run_set(parity_set: ParitySet, device: torch.device, official: OfficialSide,
         codes["eager bfloat16"], logits, gen = eager_codes(model_dir, cases, device, torch.bfloat16)
         tapes["eager bfloat16"] = (gen, logits)
         config = EngineConfig(model_dir=str(engine_model_dir(parity_set, model_dir)), device=device.type, max_batch=1)
-        config.validate()
-        engine = TTSEngine(config)
+        engine = TTSEngine(config)  # the config checked itself when built
         try:
             if not engine.stepper.graphed:
                 raise RuntimeError(f"the engine steps eagerly ({engine.stepper.eager_reason}): no golden configuration")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import (
     CheckpointError,
     CodecCheckpointError,
+    ConfigValueError,
     EngineClosed,
     EngineOutOfMemory,
     EngineStartError,
@@ -52,6 +53,7 @@ _LAZY = {
 __all__ = [
     "CheckpointError",
     "CodecCheckpointError",
+    "ConfigValueError",
     "EngineClosed",
     "EngineConfig",
     "EngineOutOfMemory",

@@ -46,14 +46,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from streamtalk_common.audio import PCM16_BYTES, SAMPLE_RATE, SAMPLES_PER_FRAME
 from streamtalk_common.stats import percentile
-from streamtalk_common.tables import print_table
+from streamtalk_common.tables import print_table, write_json
 
 from .config import DECODER_DTYPES, EngineConfig
 from .errors import EngineStartError
 from .runtime.session import PLAYOUT_BUFFER_S
 
-FRAME_S = 0.08
+FRAME_S = SAMPLES_PER_FRAME / SAMPLE_RATE
+PCM_BYTES_PER_S = SAMPLE_RATE * PCM16_BYTES  # the /tts/stream body: mono int16
 LENGTHS = {"short": 50, "medium": 210, "long": 670}
 TEXTS = {
     "short": "Hello, how can I help you today?",
@@ -86,13 +88,12 @@ def environment() -> dict:
     return env
 
 
-def write_json(path: str | None, name: str, rows: list[dict], extra: dict | None = None) -> None:
-    if not path:
-        return
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"bench": name, "env": environment(), "rows": rows, **(extra or {})}, indent=2))
-    progress(f"wrote {out}")
+def write_result(path: str | None, name: str, rows: list[dict], extra: dict | None = None) -> None:
+    """A benchmark's result as JSON at `path` (None: nowhere): its name, the environment, its
+    rows and `extra`."""
+    if path:
+        write_json(Path(path), {"bench": name, "env": environment(), "rows": rows, **(extra or {})})
+        progress(f"wrote {path}")
 
 
 def sync() -> None:
@@ -152,12 +153,11 @@ def cmd_step(args: argparse.Namespace) -> list[dict]:
     on a CPU the launch computes the step), the codegen and decode parts (device time), and
     the real-time streams it implies."""
     rows = []
-    graph_modes = [("graph", 1), ("eager", 0)] if torch.cuda.is_available() else [("eager", 0)]
+    graph_modes = [("graph", True), ("eager", False)] if torch.cuda.is_available() else [("eager", False)]
     graph_modes = [m for m in graph_modes if m[0] in args.variants]
     for name, graphs in graph_modes:
         for decoder_dtype in args.decoder_dtypes:
-            engine = make_engine(args, cudagraph_talker=graphs, cudagraph_cp=graphs, cudagraph_decoder=graphs,
-                                 max_batch=max(args.batch), decoder_dtype=decoder_dtype)
+            engine = make_engine(args, cuda_graphs=graphs, max_batch=max(args.batch), decoder_dtype=decoder_dtype)
             for b in args.batch:
                 times, launch, codegen, decode = [], [], [], []
                 for rep in range(args.repeats + 2):
@@ -431,14 +431,14 @@ async def _one_request(session, url: str, body: dict, frames: int) -> dict:
             now = time.perf_counter()
             if first is None:
                 first = now
-            elif now > first + PLAYOUT_BUFFER_S + size / 2 / 24000:
+            elif now > first + PLAYOUT_BUFFER_S + size / PCM_BYTES_PER_S:
                 underruns += 1
             size += len(chunk)
-            if size >= frames * FRAME_S * 24000 * 2:
+            if size >= frames * SAMPLES_PER_FRAME * PCM16_BYTES:
                 break
     wall = time.perf_counter() - t0
     server = await _server_metrics(session, url, request_id)
-    return {"ttfb_ms": ((first or t0 + wall) - t0) * 1000, "wall_s": wall, "audio_s": size / 2 / 24000,
+    return {"ttfb_ms": ((first or t0 + wall) - t0) * 1000, "wall_s": wall, "audio_s": size / PCM_BYTES_PER_S,
             "underruns": underruns, "server_ttfa_ms": server.get("ttfa_ms"),
             "queue_wait_ms": server.get("queue_wait_ms")}
 
@@ -681,8 +681,8 @@ def cmd_launches(args: argparse.Namespace) -> list[dict]:
     if not torch.cuda.is_available():
         raise SystemExit("bench launches needs CUDA")
     rows = []
-    for name, graphs in (("graph", 1), ("eager", 0)):
-        engine = make_engine(args, cudagraph_talker=graphs, cudagraph_cp=graphs, cudagraph_decoder=graphs)
+    for name, graphs in (("graph", True), ("eager", False)):
+        engine = make_engine(args, cuda_graphs=graphs)
         for _ in range(5):
             engine.stepper.step(1, [256], mixed=False)
         sync()
@@ -774,5 +774,5 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     result = COMMANDS[args.bench](args)
     rows, extra = result if isinstance(result, tuple) else (result, {})  # a command may add top-level keys
-    write_json(args.out, args.bench, rows, {"args": {k: v for k, v in vars(args).items() if k != "func"}, **extra})
+    write_result(args.out, args.bench, rows, {"args": {k: v for k, v in vars(args).items() if k != "func"}, **extra})
     return 0

@@ -4,6 +4,9 @@ Each class carries the `code` and HTTP `status` the server sends, so the
 server maps an error by its type, never by its message:
 
     TTSError
+    ├── ConfigValueError          a TTS_* knob (or the flag or argument that sets it) has a
+    │                             value the engine cannot run with; also the shared
+    │                             streamtalk_common ConfigError, a ValueError
     ├── RequestError (400)        bad input; `valid` lists what would be accepted
     │   ├── UnknownSpeaker
     │   ├── UnknownLanguage
@@ -22,6 +25,8 @@ server maps an error by its type, never by its message:
 
 from __future__ import annotations
 
+from streamtalk_common import errors as common  # by module: every class here is a TTSError
+
 
 class TTSError(Exception):
     code = "internal_error"
@@ -30,6 +35,10 @@ class TTSError(Exception):
     def __init__(self, message: str, valid: list[str] | None = None) -> None:
         super().__init__(message)
         self.valid = valid
+
+
+class ConfigValueError(TTSError, common.ConfigError):
+    code = "invalid_config"
 
 
 class RequestError(TTSError, ValueError):

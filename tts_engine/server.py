@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hmac
-import io
 import logging
 import socket
 import threading
@@ -50,6 +49,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from streamtalk_common.audio import SAMPLE_RATE, pcm16_bytes, to_pcm16, wav_bytes, wav_stream_header
 from streamtalk_common.http_api import (
     BEARER,
     ApiError,
@@ -65,7 +65,7 @@ from .errors import EngineStartError, OverCapacity, ReplyTooLong, TTSError
 from .heap import freeze_startup_heap
 from .runtime import RequestMetrics, StreamHandle, TTSEngine, check_device_memory
 from .runtime.memory import PARTS as MEMORY_PARTS
-from .synthesis import SAMPLE_RATE, Request, pcm16_bytes, write_wav
+from .synthesis import Request
 
 log = logging.getLogger("tts_engine.server")
 
@@ -252,18 +252,6 @@ async def _record_when_done(holder: EngineHolder, route: str, handle: StreamHand
     holder.stats.observe(route, metrics)
 
 
-def _wav_stream_header() -> bytes:
-    """A WAV header for a stream of unknown length (sizes at their maximum)."""
-    buf = io.BytesIO()
-    byte_rate = SAMPLE_RATE * 2
-    buf.write(b"RIFF" + (0xFFFFFFFF).to_bytes(4, "little") + b"WAVEfmt ")
-    buf.write((16).to_bytes(4, "little") + (1).to_bytes(2, "little") + (1).to_bytes(2, "little"))
-    buf.write(SAMPLE_RATE.to_bytes(4, "little") + byte_rate.to_bytes(4, "little"))
-    buf.write((2).to_bytes(2, "little") + (16).to_bytes(2, "little"))
-    buf.write(b"data" + (0xFFFFFFFF).to_bytes(4, "little"))
-    return buf.getvalue()
-
-
 async def _whole_pcm(request: web.Request, route: str, req: Request,
                      packet_tokens: int | None) -> tuple[np.ndarray, str]:
     """The whole reply and its request id; a client that goes away meanwhile cancels it."""
@@ -283,9 +271,8 @@ async def _whole_pcm(request: web.Request, route: str, req: Request,
 
 
 def _wav_response(pcm: np.ndarray, request_id: str) -> web.Response:
-    buf = io.BytesIO()
-    write_wav(buf, pcm)
-    return web.Response(body=buf.getvalue(), content_type="audio/wav", headers={"X-Request-Id": request_id})
+    return web.Response(body=wav_bytes(to_pcm16(pcm), SAMPLE_RATE), content_type="audio/wav",
+                        headers={"X-Request-Id": request_id})
 
 
 # -- routes ---------------------------------------------------------------
@@ -310,7 +297,7 @@ async def openai_speech(request: web.Request) -> web.StreamResponse:
     if body.stream:
         return await _stream_pcm(request, "openai_speech", req, None,
                                  "audio/wav" if wav else "application/octet-stream",
-                                 _wav_stream_header() if wav else b"")
+                                 wav_stream_header(SAMPLE_RATE) if wav else b"")
     pcm, request_id = await _whole_pcm(request, "openai_speech", req, None)
     if wav:
         return _wav_response(pcm, request_id)

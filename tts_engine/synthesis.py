@@ -17,9 +17,6 @@ import numpy as np
 import torch
 
 from streamtalk_common.audio import SAMPLE_RATE, to_pcm16
-from streamtalk_common.audio import (
-    pcm16_bytes as pcm16_bytes,  # tts_engine/server.py imports it from here
-)
 from streamtalk_common.audio import write_wav as write_pcm16_wav
 
 from .checkpoint import check_model_dir, load_talker

@@ -42,12 +42,11 @@ def rows_run(engine: TTSEngine, batch: int, steps: int = 60) -> tuple[np.ndarray
 @pytest.mark.parametrize("batch, compile_steps", [(1, "0"), (3, "0"), (16, "0"), (64, "0"), (1, "1"), (16, "1")])
 def test_batch_graphs_equal_the_same_parts_eager(tiny_model_dir, batch, compile_steps):
     outs = []
-    for graphs in (1, 0):
-        engine = TTSEngine(EngineConfig.from_env(model_dir=str(tiny_model_dir), max_batch=64,
-                                                 cudagraph_talker=graphs, cudagraph_cp=graphs, cudagraph_decoder=graphs,
+    for graphs in (True, False):
+        engine = TTSEngine(EngineConfig.from_env(model_dir=str(tiny_model_dir), max_batch=64, cuda_graphs=graphs,
                                                  compile_steps=compile_steps))
         try:
-            assert engine.stepper.graphed == bool(graphs)
+            assert engine.stepper.graphed == graphs
             outs.append(rows_run(engine, batch))
         finally:
             engine.close()

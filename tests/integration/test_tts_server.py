@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import time
-import wave
 from typing import Any
 
 import aiohttp
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 import schemathesis
 
+from streamtalk_common.audio import from_pcm16, read_wav
 from tts_engine.bench import step_means
 from tts_engine.config import EngineConfig
 from tts_engine.server import bind_socket, create_app
@@ -57,7 +57,7 @@ def logged_errors(server) -> list[str]:
 
 
 def pcm_of(body: bytes) -> np.ndarray:
-    return np.frombuffer(body, dtype="<i2").astype(np.float32) / 32767.0
+    return from_pcm16(np.frombuffer(body, dtype="<i2"))
 
 
 async def test_stream_headers_audio_and_metrics(tts_server):
@@ -112,9 +112,8 @@ async def test_stream_equals_synthesize_and_is_deterministic(tts_server, tiny_mo
     assert len(hashes) == 1  # determinism: one PCM hash
     status, headers, wav_bytes = await post(tts_server, "/synthesize", body)
     assert status == 200 and headers["Content-Type"] == "audio/wav"
-    with wave.open(io.BytesIO(wav_bytes)) as w:
-        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (24000, 1, 2)
-        assert w.readframes(w.getnframes()) == streams[0][2]
+    pcm16, rate = read_wav(io.BytesIO(wav_bytes))  # 16-bit mono, or a ValueError
+    assert rate == 24000 and pcm16.astype("<i2").tobytes() == streams[0][2]
     # The stream equals one offline decode of all codes (up to int16 rounding).
     model = TTSModel(tiny_model_dir)
     offline = model.decode(model.generate_codes(model.make_request(TEXT, "vivian", "english"))[0])
@@ -182,8 +181,7 @@ async def test_openai_speech(tts_server):
         tts_server, "/v1/audio/speech", {"input": TEXT, "voice": "serena", "response_format": "pcm", "stream": True}
     )
     assert stream_status == 200
-    with wave.open(io.BytesIO(body)) as w:
-        assert w.readframes(w.getnframes()) == pcm_body
+    assert read_wav(io.BytesIO(body))[0].astype("<i2").tobytes() == pcm_body
     status, _, wav_stream = await post(tts_server, "/v1/audio/speech", {"input": TEXT, "voice": "serena", "stream": True})
     assert status == 200 and wav_stream[:4] == b"RIFF" and wav_stream[44:] == pcm_body
 
@@ -385,8 +383,7 @@ async def test_a_reply_that_fills_its_row_ends_there_cleanly(keyed_server):
     status, headers, wav_bytes = await post(keyed_server, "/synthesize", {"text": TEXT, "speaker": "serena"},
                                             headers=AUTHORIZED)
     assert status == 200 and headers["Content-Type"] == "audio/wav"
-    with wave.open(io.BytesIO(wav_bytes)) as w:
-        assert w.readframes(w.getnframes()) == body
+    assert read_wav(io.BytesIO(wav_bytes))[0].astype("<i2").tobytes() == body
     assert "all its row holds" in keyed_server.log_path.read_text()
     assert not logged_errors(keyed_server)
 

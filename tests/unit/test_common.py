@@ -15,6 +15,7 @@ from streamtalk_common.audio import (
     read_wav,
     to_pcm16,
     wav_bytes,
+    wav_stream_header,
     write_wav,
 )
 from streamtalk_common.paths import REPO_ROOT, cache_root, output_root
@@ -64,6 +65,15 @@ def test_wav_round_trip(tmp_path: Path) -> None:
     assert rate == 16000 and back.dtype == np.int16 and np.array_equal(back, pcm)
     assert path.read_bytes() == wav_bytes(pcm.tobytes(), 16000)
     assert np.array_equal(read_wav(io.BytesIO(wav_bytes(pcm, 24000)))[0], pcm)
+
+
+def test_a_wav_stream_header_is_a_whole_wav_header_of_unknown_length() -> None:
+    pcm = np.arange(-500, 500, dtype=np.int16)
+    header = wav_stream_header(24000)
+    assert len(header) == 44 and header[4:8] == header[40:44] == b"\xff" * 4  # the sizes: unknown
+    assert header[8:] == wav_bytes(pcm, 24000)[8:40] + header[40:]  # the format of a whole WAV
+    back, rate = read_wav(io.BytesIO(header + pcm.tobytes()))
+    assert rate == 24000 and np.array_equal(back, pcm)
 
 
 def test_read_wav_names_what_a_wav_must_be(tmp_path: Path) -> None:

@@ -6,13 +6,12 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 
 from aiohttp import web
 
 from .app import create_app
 from .asr import Transcriber
-from .config import ConfigError, OmniDevConfig
+from .config import KNOBS, ConfigError, OmniDevConfig
 from .responder import ResponsesFileError, ScriptedResponder
 
 log = logging.getLogger("omni_dev")
@@ -23,31 +22,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m tools.omni_dev",
         description="OpenAI-compatible dev stand-in for Qwen3-Omni: real ASR, scripted replies.",
     )
-    parser.add_argument("--host", help="bind address (env OMNI_DEV_HOST, default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port (env OMNI_DEV_PORT, default 8000)")
-    parser.add_argument("--model", help="served model name (env OMNI_DEV_MODEL, else OMNI_MODEL)")
-    parser.add_argument("--responses", type=Path, help="rules file (env OMNI_DEV_RESPONSES)")
-    parser.add_argument(
-        "--first-token-delay", type=float, help="seconds (env OMNI_DEV_FIRST_TOKEN_DELAY_S)"
-    )
-    parser.add_argument("--token-rate", type=float, help="tokens/s (env OMNI_DEV_TOKENS_PER_S)")
-    parser.add_argument(
-        "--whisper-model-dir",
-        type=Path,
-        help="faster-whisper model (env OMNI_DEV_WHISPER_MODEL_DIR)",
-    )
+    KNOBS.add_flags(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        config = OmniDevConfig.from_env(
-            host=args.host,
-            port=args.port,
-            model=args.model,
-            responses_path=args.responses,
-            first_token_delay_s=args.first_token_delay,
-            tokens_per_s=args.token_rate,
-            whisper_model_dir=args.whisper_model_dir,
-        )
+        config = OmniDevConfig.from_env(**vars(args))
         responder = ScriptedResponder.from_file(config.responses_path)
         model_dir = config.resolved_whisper_dir()
     except (ConfigError, ResponsesFileError) as exc:

