@@ -58,7 +58,7 @@ FIELDS: tuple[Knob, ...] = (
     Knob("TTS_MAX_ACTIVE_STREAMS", "max_active_streams", "hand cap on streams in the batch (0 = the measured real-time capacity)"),
     Knob("TTS_ADMISSION", "admission", "realtime (admit while every stream stays real time at the measured step times), rows (fill every row; streams may fall behind: offline batch work)"),
     Knob("TTS_QUEUE_TIMEOUT_S", "queue_timeout_s", "how long a request waits for room before 503 over_capacity"),
-    Knob("TTS_BATCH_INVARIANT", "batch_invariant", "1 = every stream steps alone: output bit-identical to a solo run whatever the batch (slower)"),
+    Knob("TTS_BATCH_INVARIANT", "batch_invariant", "1 = a stream's output is bit-identical to its solo run whatever the batch: on a GPU the batched steps and graphs run batch-invariant Triton kernels (not with TTS_COMPILE=1; its cost: docs/PERFORMANCE.md), on a CPU every stream steps alone (slower)"),
     Knob("TTS_COMPILE", "compile_steps", "1 = torch.compile the decoder layers before graph capture (faster steps); the first start compiles, later ones load the compile cache in $STREAMTALK_HOME/compile-cache (docs/PERFORMANCE.md); auto = 1 on CUDA, 0 on a CPU"),
     Knob("TTS_DECODER_CUDAGRAPH", "cudagraph_decoder", "CUDA graph for the incremental codec decoder step"),
     Knob("TTS_DEEP_STREAM_SILENCE_PACKETS", "silence_packets", "stop after N consecutive silent packets (0 = off)"),
