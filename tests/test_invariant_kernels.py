@@ -221,6 +221,22 @@ def test_the_mode_runs_norms_and_sums_by_row(mode):
 
 
 @cases
+def test_the_mode_routes_the_models_layers_to_the_kernels(kernels, mode):
+    """nn.Linear, nn.Conv1d (dilated, as the decoder's) and SDPA (as the talker calls it)."""
+    linear, conv = torch.nn.Linear(32, 24), torch.nn.Conv1d(12, 10, 7, dilation=3)
+    x, xc = rand(5, 32), rand(2, 12, 30)
+    q, k, v = rand(2, 4, 1, 16), rand(2, 2, 64, 16, seed=1), rand(2, 2, 64, 16, seed=2)
+    mask = decode_mask([10, 50], 64)
+    with mode, torch.no_grad():
+        routed = linear(x), conv(xc), F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    with torch.no_grad():
+        direct = (kernels.linear(x, linear.weight, linear.bias), kernels.conv1d(xc, conv.weight, conv.bias, 3),
+                  kernels.attention(q, k, v, mask, causal=False))
+    for a, b in zip(routed, direct, strict=True):
+        assert torch.equal(a, b)
+
+
+@cases
 def test_the_mode_refuses_batch_dependent_reductions_it_does_not_cover(mode):
     x = rand(4, 8)
     with mode, pytest.raises(RuntimeError, match="no batch-invariant kernel"):
