@@ -90,7 +90,8 @@ def test_linear_keeps_leading_dimensions(kernels):
 @cases
 def test_gemm_tiles_depend_on_the_weight_shape_only(kernels):
     config = kernels.gemm_config(3072, 1024, torch.bfloat16)
-    assert config.block_m == 64 and config.block_k == 64
+    assert (config.block_m, config.block_n, config.block_k) == (64, 32, 64)
+    assert [kernels.gemm_config(n, 1024, torch.bfloat16).block_n for n in (64, 1024, 2048, 8192)] == [16, 16, 32, 64]
     assert kernels.gemm_config(16, 1024, torch.float32).block_n == 16
     assert kernels.gemm_config(64, 16, torch.float32).block_k == 16
 

@@ -51,9 +51,14 @@ def _pow2_between(n: int, low: int, high: int) -> int:
 def gemm_config(n: int, k: int, dtype: torch.dtype) -> GemmConfig:
     """The one tile configuration of a weight of shape (N, K): a function of N, K and
     the dtype only, never of M (16 is tl.dot's smallest tile side)."""
-    wide = dtype == torch.float32  # twice the bytes per element: half the K tile
-    return GemmConfig(block_m=64, block_n=_pow2_between(n, 16, 64), block_k=_pow2_between(k, 16, 32 if wide else 64),
-                      num_warps=4, num_stages=3)
+    if dtype == torch.float32:  # the codec decoder: many rows (streams x time steps), wide tiles
+        return GemmConfig(block_m=64, block_n=_pow2_between(n, 16, 64), block_k=_pow2_between(k, 16, 32),
+                          num_warps=4, num_stages=3)
+    # the talker and predictor: a decode step's few rows read each weight once, so narrow
+    # tiles spread that read over more programs (64 or more for N >= 1024)
+    narrow = 1 << (max(n // 64, 1).bit_length() - 1)
+    return GemmConfig(block_m=64, block_n=_pow2_between(narrow, 16, 64), block_k=_pow2_between(k, 16, 64),
+                      num_warps=4, num_stages=4)
 
 
 def dot_precision(dtype: torch.dtype, tf32: bool) -> str:
