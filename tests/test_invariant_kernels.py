@@ -3,7 +3,8 @@ routes torch functions to them (model/batch_invariant.py), run by the Triton
 interpreter on CPU tensors: each matches torch within rounding, and a row's result is
 bit-identical whatever rows share its call (batches of 1, 3, 17 and 64), whatever the
 padding a batch adds (masked keys past a row's span, prompt positions past its own).
-The GPU compiles the same kernels (tests/test_gpu.py runs them there in bf16).
+The same kernels compile for the H200 here (Triton's ptxas needs no GPU); tests/test_gpu.py
+runs them there in bf16.
 
 Triton picks its interpreter when it is imported (TRITON_INTERPRET=1), and other tests
 of a session may import it first, so the cases run in a child pytest of this file with
@@ -21,7 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 BATCHES = (1, 3, 17, 64)
@@ -37,6 +38,43 @@ def test_the_kernels_under_the_triton_interpreter():
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and "failed" not in run.stdout
+
+
+def _signature(kernel, pointers: dict[str, str], floats: tuple[str, ...] = ()) -> dict[str, str]:
+    return {p.name: "constexpr" if p.is_constexpr else pointers.get(p.name) or ("fp32" if p.name in floats else "i32")
+            for p in kernel.params}
+
+
+@pytest.mark.skipif(INTERPRETED, reason="compiles for a GPU, which the interpreter does not")
+def test_the_kernels_compile_for_the_h200():
+    """Each kernel as the launchers call it, compiled for sm_90 (Triton's own ptxas, no GPU
+    needed): the bf16 GEMM on Hopper's wgmma tensor-core instructions."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    import tts_engine.model.invariant_kernels as k
+
+    def compile_ptx(kernel, pointers, constants, floats=(), **options) -> str:
+        source = ASTSource(fn=kernel, signature=_signature(kernel, pointers, floats), constexprs=constants)
+        return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+
+    def gemm_case(dtype: torch.dtype, n: int, kk: int, taps: int, precision: str, has_bias: bool) -> str:
+        cfg = k.gemm_config(n, kk, dtype)
+        name = {torch.bfloat16: "*bf16", torch.float32: "*fp32"}[dtype]
+        return compile_ptx(k._gemm_kernel, dict.fromkeys(("x", "w", "bias", "out"), name),
+                           {"N": n, "K": kk, "TAPS": taps, "DILATION": 3, "HAS_BIAS": has_bias, "PRECISION": precision,
+                            "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k},
+                           num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+    assert "wgmma" in gemm_case(torch.bfloat16, 3072, 1024, 1, "tf32", False)
+    for precision in ("tf32", "ieee"):
+        gemm_case(torch.float32, 96, 672, 7, precision, True)
+    compile_ptx(k._row_sum_kernel, {"x": "*fp32", "out": "*fp32"}, {"N": 1024, "BLOCK": 1024}, num_warps=4)
+    for dtype, dim, precision in (("bf16", 128, "tf32"), ("fp32", 64, "ieee")):
+        for mode in (k.MASK_NONE, k.MASK_CAUSAL, k.MASK_TENSOR):
+            compile_ptx(k._attention_kernel, {**dict.fromkeys(("q", "k", "v", "out"), f"*{dtype}"), "mask": "*i1"},
+                        {"H": 16, "GROUPS": 2, "D": dim, "MASK_MODE": mode, "PRECISION": precision,
+                         "BLOCK_M": k.ATTENTION_BLOCK_M, "BLOCK_N": k.ATTENTION_BLOCK_N}, floats=("scale",), num_warps=4)
 
 
 @pytest.fixture(scope="module")
