@@ -663,19 +663,24 @@ PROOF_TEXTS = [
     TEXTS["medium"],
     "Numbers like 42 and 1,024 are read out in full.",
     "Thank you for waiting. Your order has shipped and should arrive on Thursday.",
-    TEXTS["long"],
+    "One moment, please.",
 ]
+
+
+LONG_EVERY = 16  # every 16th request of the invariance proof runs long
 
 
 def proof_request(engine, i: int, frames: int, long_frames: int):
     """Request i of the invariance proof: its own text and speaker, greedy (even i) or sampled
-    with its own seed (odd i), a fixed length (EOS masked); every 8th runs long_frames, so
-    that its rows pass the talker's first span (256 positions) while others stay short."""
+    with its own seed (odd i), a fixed length (EOS masked); every LONG_EVERY-th runs
+    long_frames with the longest text, so that its rows pass the talker's first span (256
+    positions) while the others stay short."""
     speakers = engine.speakers
-    text = PROOF_TEXTS[-1] if i % 8 == 7 else PROOF_TEXTS[i % len(PROOF_TEXTS)]
+    long = i % LONG_EVERY == LONG_EVERY - 1
+    text = TEXTS["long"] if long else PROOF_TEXTS[i % len(PROOF_TEXTS)]
     req = engine.make_request(text, speakers[(i * 3) % len(speakers)], "english", sample=bool(i % 2), seed=1000 + i)
     params = dataclasses.replace(req.params, min_new_tokens=10**9)
-    return dataclasses.replace(req, params=params, max_frames=long_frames if i % 8 == 7 else frames)
+    return dataclasses.replace(req, params=params, max_frames=long_frames if long else frames)
 
 
 async def _pcm_together(engine, requests) -> list[np.ndarray]:
@@ -729,15 +734,15 @@ def cmd_invariance(args: argparse.Namespace) -> tuple[list[dict], dict]:
     engine.close()
     engine = make_engine(args, batch_invariant=1, max_batch=args.eager_batch, cudagraph_talker=0, cudagraph_cp=0,
                          cudagraph_decoder=0, **UNGATED)
-    short = [i for i in range(len(requests)) if i % 8 != 7]  # eager steps are slow: the short requests
+    short = [i for i, r in enumerate(requests) if r.max_frames == args.frames]  # eager steps are slow
     mix = [rng.choice(short) for _ in range(args.eager_batch)]
     outputs = [asyncio.run(_pcm_together(engine, [requests[i] for i in mix]))]
     record({**_compare(f"eager batch {args.eager_batch} vs graph solo", solo, [mix], outputs),
             "graphs": engine.stepper.graphed})
     engine.close()
     passed = all(not r["requests_differing"] for r in rows)
-    print_table(f"batch-invariant mode: PCM of {args.requests} requests ({args.frames} frames, every 8th "
-                f"{args.long_frames}; odd ones sampled) in batches against their solo runs", rows)
+    print_table(f"batch-invariant mode: PCM of {args.requests} requests ({args.frames} frames, every "
+                f"{LONG_EVERY}th {args.long_frames}; odd ones sampled) in batches against their solo runs", rows)
     print(f"invariance: {'PASSED: every stream bit-identical to its solo run' if passed else 'FAILED'}")
     return rows, {"passed": passed}
 
@@ -840,8 +845,9 @@ def add_parser(sub) -> None:
     common(q)
     q.add_argument("--requests", type=int, default=32)
     q.add_argument("--batches", type=int, nargs="+", default=[2, 16, 64, 256], help="streams per batch (1..256)")
-    q.add_argument("--frames", type=int, default=40, help="frames per request")
-    q.add_argument("--long-frames", type=int, default=200, help="frames of every 8th request (past 256 positions)")
+    q.add_argument("--frames", type=int, default=32, help="frames per request")
+    q.add_argument("--long-frames", type=int, default=200,
+                   help=f"frames of every {LONG_EVERY}th request (past 256 positions)")
     q.add_argument("--eager-batch", type=int, default=16, help="streams of the run without CUDA graphs")
     q.add_argument("--seed", type=int, default=0, help="the random mixes")
     q = bsub.add_parser("launches")
