@@ -40,41 +40,52 @@ def test_the_kernels_under_the_triton_interpreter():
     assert " passed" in run.stdout and "failed" not in run.stdout
 
 
-def _signature(kernel, pointers: dict[str, str], floats: tuple[str, ...] = ()) -> dict[str, str]:
-    return {p.name: "constexpr" if p.is_constexpr else pointers.get(p.name) or ("fp32" if p.name in floats else "i32")
-            for p in kernel.params}
-
-
 @pytest.mark.skipif(INTERPRETED, reason="compiles for a GPU, which the interpreter does not")
 def test_the_kernels_compile_for_the_h200():
     """Each kernel as the launchers call it, compiled for sm_90 (Triton's own ptxas, no GPU
-    needed): the bf16 GEMM on Hopper's wgmma tensor-core instructions."""
+    needed), with the specialisations Triton's launcher makes of such calls (unit strides
+    as constants, pointers and other strides multiples of 16): the bf16 GEMM of a linear
+    layer runs on Hopper's wgmma, its loads pipelined (asynchronous copies)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     import tts_engine.model.invariant_kernels as k
 
-    def compile_ptx(kernel, pointers, constants, floats=(), **options) -> str:
-        source = ASTSource(fn=kernel, signature=_signature(kernel, pointers, floats), constexprs=constants)
-        return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+    def compile_asm(kernel, pointers: dict[str, str], constants: dict, unit: tuple[str, ...] = (),
+                    scalars: dict[str, str] | None = None, **options) -> dict[str, str]:
+        signature, attrs = {}, {}
+        for i, p in enumerate(kernel.params):
+            if p.is_constexpr or p.name in unit:
+                signature[p.name] = "constexpr"
+                if p.name in unit:
+                    constants = {**constants, p.name: 1}
+            else:
+                signature[p.name] = pointers.get(p.name) or (scalars or {}).get(p.name, "i32")
+                if p.name in pointers or p.name.startswith("s_"):
+                    attrs[(i,)] = [["tt.divisibility", 16]]
+        source = ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs)
+        return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm
 
-    def gemm_case(dtype: torch.dtype, n: int, kk: int, taps: int, precision: str, has_bias: bool) -> str:
+    def gemm(dtype: torch.dtype, n: int, kk: int, taps: int, precision: str, has_bias: bool,
+             unit: tuple[str, ...]) -> dict[str, str]:
         cfg = k.gemm_config(n, kk, dtype)
         name = {torch.bfloat16: "*bf16", torch.float32: "*fp32"}[dtype]
-        return compile_ptx(k._gemm_kernel, dict.fromkeys(("x", "w", "bias", "out"), name),
+        return compile_asm(k._gemm_kernel, dict.fromkeys(("x", "w", "bias", "out"), name),
                            {"N": n, "K": kk, "TAPS": taps, "DILATION": 3, "HAS_BIAS": has_bias, "PRECISION": precision,
-                            "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k},
+                            "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k}, unit,
                            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
-    assert "wgmma" in gemm_case(torch.bfloat16, 3072, 1024, 1, "tf32", False)
-    for precision in ("tf32", "ieee"):
-        gemm_case(torch.float32, 96, 672, 7, precision, True)
-    compile_ptx(k._row_sum_kernel, {"x": "*fp32", "out": "*fp32"}, {"N": 1024, "BLOCK": 1024}, num_warps=4)
+    linear = gemm(torch.bfloat16, 3072, 1024, 1, "tf32", False, unit=("s_xc", "s_wk", "s_on"))
+    assert "wgmma" in linear["ptx"] and "async_copy_global_to_local" in linear["ttgir"]
+    for precision in ("tf32", "ieee"):  # the decoder's convs: time steps contiguous
+        gemm(torch.float32, 96, 672, 7, precision, True, unit=("s_xl", "s_wk", "s_ol"))
+    compile_asm(k._row_sum_kernel, {"x": "*fp32", "out": "*fp32"}, {"N": 1024, "BLOCK": 1024}, num_warps=4)
     for dtype, dim, precision in (("bf16", 128, "tf32"), ("fp32", 64, "ieee")):
         for mode in (k.MASK_NONE, k.MASK_CAUSAL, k.MASK_TENSOR):
-            compile_ptx(k._attention_kernel, {**dict.fromkeys(("q", "k", "v", "out"), f"*{dtype}"), "mask": "*i1"},
+            compile_asm(k._attention_kernel, {**dict.fromkeys(("q", "k", "v", "out"), f"*{dtype}"), "mask": "*i1"},
                         {"H": 16, "GROUPS": 2, "D": dim, "MASK_MODE": mode, "PRECISION": precision,
-                         "BLOCK_M": k.ATTENTION_BLOCK_M, "BLOCK_N": k.ATTENTION_BLOCK_N}, floats=("scale",), num_warps=4)
+                         "BLOCK_M": k.ATTENTION_BLOCK_M, "BLOCK_N": k.ATTENTION_BLOCK_N},
+                        scalars={"scale": "fp32"}, num_warps=4)
 
 
 @pytest.fixture(scope="module")
