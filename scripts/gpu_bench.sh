@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Run the GPU benchmark set on a CUDA machine; results as JSON + a log.
 # Usage: scripts/gpu_bench.sh OUT_DIR [sections...]
-#   sections: check parity step decoder e2e metrics memory launches cancel divergence batch peer
-#             compiled regression (default: all)
+#   sections: check parity step decoder e2e metrics memory launches cancel divergence invariant
+#             invariant_cost batch peer compiled regression (default: all)
 #   parity: greedy codes of ours against the official qwen-tts (tools/gpu_parity.py), float32 and
 #          bfloat16, presets tiny, custom:256,6,256,3 and 0.6b; the official side runs with
 #          .whl/parity/ (transformers 4.57.3) installed in /tmp/parity-site ahead of the host's packages
@@ -15,6 +15,13 @@
 #          then Poisson arrivals (BATCH_RATES requests/s, default 2 5 10), BATCH_DURATION s
 #          (default 30) each; fits one 10-minute call on its own
 #   step: STEP_VARIANTS (graph eager), STEP_DECODERS (tf32, the engine's default; also float32, bfloat16)
+#   invariant: batch-invariant mode's proof (TTS_BATCH_INVARIANT=1, bench invariance): 32 requests,
+#          greedy and seeded, solo and in random mixes of 2, 16, 64 and 256, and a mix without graphs:
+#          PCM bit-identical (INVARIANT_PROOF_ARGS adds arguments); the first start compiles the kernels
+#   invariant_cost: the server in the default mode and in invariant mode (TTS_MAX_BATCH=64), each at
+#          concurrency 1, 16 and 64 for INVARIANT_DURATION s (default 15): audio s/s, TTFA, and whether
+#          invariant mode costs at most 15% of the audio s/s at 16 (the bar for making it the GPU
+#          default). Each of the two takes about 5 minutes: under a 10-minute limit, one call each
 #   compiled: engine start-up and e2e (medium replies) without compile, then with TTS_COMPILE=1
 #          from an empty compile cache (cold) and again from the cache it left (warm, a second
 #          process); every batch bucket (TTS_MAX_BATCH as set, default all rows the card holds)
@@ -25,7 +32,7 @@
 set -uo pipefail
 OUT_DIR="${1:?usage: scripts/gpu_bench.sh OUT_DIR [sections...]}"
 shift
-SECTIONS="${*:-check parity step decoder e2e metrics memory launches cancel divergence batch peer compiled regression}"
+SECTIONS="${*:-check parity step decoder e2e metrics memory launches cancel divergence invariant invariant_cost batch peer compiled regression}"
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT_DIR"
 RES="$OUT_DIR/parts"
@@ -44,6 +51,22 @@ CK="$STREAMTALK_HOME/bench-0.6b"
 B="python3 -m tts_engine bench"
 step() { echo "=== $1 ($(date +%H:%M:%S))"; }
 has() { [[ " $SECTIONS " == *" $1 "* ]]; }
+# start_server LOG [VAR=value...]: `tts_engine serve` on :9000 in the background (SERVER = its pid), with the
+# benchmark checkpoint's replies never ending by themselves (the client hangs up at each reply's length);
+# returns once /readyz answers, or fails with the log's tail if the server exits or is not ready in 300 s
+start_server() {
+    local log=$1
+    shift
+    env "$@" TTS_MAX_NEW_TOKENS=670 python3 -m tts_engine serve --model-dir "$CK" --port 9000 >"$log" 2>&1 &
+    SERVER=$!
+    for _ in $(seq 1 300); do
+        curl -sf http://127.0.0.1:9000/readyz >/dev/null && return 0
+        kill -0 $SERVER 2>/dev/null || { echo "server exited before it was ready:"; tail -20 "$log"; return 1; }
+        sleep 1
+    done
+    echo "server not ready in 300 s:"; tail -20 "$log"; kill $SERVER; wait $SERVER 2>/dev/null; return 1
+}
+stop_server() { kill $SERVER; wait $SERVER 2>/dev/null; }
 
 step prepare
 $B prepare "$CK" --preset 0.6b --out "$RES/prepare.json" || exit 1
@@ -75,22 +98,53 @@ has memory && { step "start-up memory per maximum batch"; $B memory --model-dir 
 has launches && { step launches; $B launches --model-dir "$CK" --out "$RES/launches.json"; }
 has divergence && { step divergence; $B divergence --model-dir "$CK" --out "$RES/divergence.json"; }
 has cancel && { step cancel; $B cancel --model-dir "$CK" --rounds 1000 --concurrency 16 --out "$RES/cancel.json"; }
+if has invariant; then
+    step "batch-invariant mode: 32 requests solo and in mixes of 2, 16, 64, 256 (graphs), one mix eager"
+    # shellcheck disable=SC2086  # INVARIANT_PROOF_ARGS is a list of arguments
+    $B invariance --model-dir "$CK" --out "$RES/invariance.json" ${INVARIANT_PROOF_ARGS:-}
+fi
+if has invariant_cost; then
+    for MODE in default invariant; do
+        step "batch-invariant mode's cost: the server in the $MODE mode at concurrency 1, 16, 64"
+        if start_server "$OUT_DIR/server_$MODE.log" TTS_MAX_BATCH=64 \
+                TTS_BATCH_INVARIANT="$([[ $MODE == invariant ]] && echo 1 || echo 0)"; then
+            $B throughput --url http://127.0.0.1:9000 --concurrency 1 16 64 --duration "${INVARIANT_DURATION:-15}" \
+                --out "$RES/invariant_cost_$MODE.json"
+            stop_server
+        fi
+    done
+    python3 - "$RES" <<'PY'
+import json, pathlib, sys
+from streamtalk_common.tables import print_table, write_json
+res = pathlib.Path(sys.argv[1])
+if missing := [m for m in ("default", "invariant") if not (res / f"invariant_cost_{m}.json").exists()]:
+    sys.exit(f"invariant: no cost measured in the {', '.join(missing)} mode (its server failed: see above)")
+level = {m: {r["concurrency"]: r for r in json.loads((res / f"invariant_cost_{m}.json").read_text())["rows"]}
+         for m in ("default", "invariant")}
+rows = []
+for c, key in ((1, "server_ttfa_ms_p50"), (1, "server_ttfa_ms_p95"), (16, "audio_s_per_s"), (16, "ttfb_ms_p95"),
+               (16, "underruns"), (64, "audio_s_per_s"), (64, "ttfb_ms_p95"), (64, "underruns"), (64, "rejected")):
+    d, i = level["default"][c][key], level["invariant"][c][key]
+    rows.append({"concurrency": c, "measure": key, "default": d, "invariant": i,
+                 "change_pct": 100 * (i - d) / d if d else None})
+print_table("batch-invariant mode against the default mode (server, TTS_MAX_BATCH=64)", rows)
+cost16 = 100 * (1 - level["invariant"][16]["audio_s_per_s"] / level["default"][16]["audio_s_per_s"])
+verdict = ("at most 15%: invariant mode qualifies as the GPU default" if cost16 <= 15
+           else "more than 15%: the default mode stays the GPU default")
+print(f"invariant mode costs {cost16:.1f}% of the audio s/s at concurrency 16, {verdict}")
+write_json(res / "invariant_cost.json", {"cost_pct_audio_s_per_s_c16": cost16, "verdict": verdict, "rows": rows})
+PY
+fi
 if has batch; then
     step "batch: concurrency ladder and open loop against the server"
-    # the benchmark checkpoint never ends a reply: the client hangs up at each reply's length
-    TTS_MAX_NEW_TOKENS=670 python3 -m tts_engine serve --model-dir "$CK" --port 9000 \
-        >"$OUT_DIR/server.log" 2>&1 &
-    SERVER=$!
-    for _ in $(seq 1 240); do
-        curl -sf http://127.0.0.1:9000/readyz >/dev/null && break
-        sleep 1
-    done
-    $B throughput --url http://127.0.0.1:9000 --concurrency ${BATCH_LADDER:-1 4 16 64 128 256} \
-        --duration "${BATCH_DURATION:-30}" --out "$RES/batch.json"
-    $B throughput --url http://127.0.0.1:9000 --rate ${BATCH_RATES:-2 5 10} \
-        --duration "${BATCH_DURATION:-30}" --out "$RES/open_loop.json"
-    curl -s http://127.0.0.1:9000/metrics | grep '^tts_engine' >"$OUT_DIR/engine_metrics.txt"
-    kill $SERVER; wait $SERVER 2>/dev/null
+    if start_server "$OUT_DIR/server.log"; then
+        $B throughput --url http://127.0.0.1:9000 --concurrency ${BATCH_LADDER:-1 4 16 64 128 256} \
+            --duration "${BATCH_DURATION:-30}" --out "$RES/batch.json"
+        $B throughput --url http://127.0.0.1:9000 --rate ${BATCH_RATES:-2 5 10} \
+            --duration "${BATCH_DURATION:-30}" --out "$RES/open_loop.json"
+        curl -s http://127.0.0.1:9000/metrics | grep '^tts_engine' >"$OUT_DIR/engine_metrics.txt"
+        stop_server
+    fi
 fi
 if has compiled; then
     # the compile cache lives in the cache root: a fresh one makes the first compiled start cold

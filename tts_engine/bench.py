@@ -20,6 +20,9 @@
     cancel       1000 cancel rounds at concurrency 16: cancel latency P95, leaked sessions, GPU memory
     divergence   default mode: share of streams whose codes differ from their solo run, and from
                  which frame, at concurrency 16 and 64
+    invariance   batch-invariant mode's proof: 32 requests (greedy and seeded sampling) solo, then
+                 in random mixes of 2, 16, 64 and 256 streams, and a mix without graphs: PCM
+                 bit-identical to the solo run in every case (exit status 1 if not)
     launches     CUDA kernel launches per frame, eager vs graph
 
 Timing: medians of repeated runs after warm-up; CUDA work is timed at natural
@@ -672,6 +675,102 @@ def cmd_divergence(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+# -- invariance ------------------------------------------------------------------
+
+PROOF_TEXTS = [
+    "Hello, how can I help you today?",
+    "Sure.",
+    "The weather tomorrow looks bright, with a light breeze from the west in the afternoon.",
+    "Let me check that for you; it will only take a moment.",
+    TEXTS["medium"],
+    "Numbers like 42 and 1,024 are read out in full.",
+    "Thank you for waiting. Your order has shipped and should arrive on Thursday.",
+    "One moment, please.",
+]
+
+
+LONG_EVERY = 16  # every 16th request of the invariance proof runs long
+
+
+def proof_request(engine, i: int, frames: int, long_frames: int):
+    """Request i of the invariance proof: its own text and speaker, greedy (even i) or sampled
+    with its own seed (odd i), a fixed length (EOS masked); every LONG_EVERY-th runs
+    long_frames with the longest text, so that its rows pass the talker's first span (256
+    positions) while the others stay short."""
+    speakers = engine.speakers
+    long = i % LONG_EVERY == LONG_EVERY - 1
+    text = TEXTS["long"] if long else PROOF_TEXTS[i % len(PROOF_TEXTS)]
+    req = engine.make_request(text, speakers[(i * 3) % len(speakers)], "english", sample=bool(i % 2), seed=1000 + i)
+    params = dataclasses.replace(req.params, min_new_tokens=10**9)
+    return dataclasses.replace(req, params=params, max_frames=long_frames if long else frames)
+
+
+async def _pcm_together(engine, requests) -> list[np.ndarray]:
+    """The requests' streams opened at once (admitted in groups as rows and the gate allow)."""
+    return [pcm for pcm, _ in await asyncio.gather(*[engine.synthesize_pcm(r) for r in requests])]
+
+
+def _mixes(rng: random.Random, count: int, size: int) -> list[list[int]]:
+    """Random mixes of `size` of `count` requests: a shuffled partition when size <= count
+    (every request once), else one batch drawn with repeats."""
+    if size > count:
+        return [rng.choices(range(count), k=size)]
+    order = rng.sample(range(count), count)
+    return [order[i : i + size] for i in range(0, count - count % size, size)]
+
+
+def _compare(check: str, solo: list[np.ndarray], mixes: list[list[int]], outputs: list[list[np.ndarray]]) -> dict:
+    """Each stream of each mix (request indices; odd ones sampled) against its request's solo PCM."""
+    identical, differing, first_sample = 0, set(), []
+    for mix, pcms in zip(mixes, outputs, strict=True):
+        for i, pcm in zip(mix, pcms, strict=True):
+            if np.array_equal(pcm, solo[i]):
+                identical += 1
+                continue
+            differing.add(i)
+            diff = np.flatnonzero(pcm[: len(solo[i])] != solo[i][: len(pcm)])
+            first_sample.append(int(diff[0]) if diff.size else min(len(pcm), len(solo[i])))
+    return {"check": check, "batches": len(mixes), "streams": sum(len(m) for m in mixes),
+            "requests": len({i for m in mixes for i in m}), "sampled_streams": sum(i % 2 for m in mixes for i in m),
+            "identical_streams": identical, "requests_differing": sorted(differing),
+            "first_differing_sample_min": min(first_sample, default=None)}
+
+
+def cmd_invariance(args: argparse.Namespace) -> tuple[list[dict], dict]:
+    """TTS_BATCH_INVARIANT=1: every request's PCM solo, then in random mixes of each batch size
+    and once more without CUDA graphs, compared bit for bit with its solo PCM."""
+    rng = random.Random(args.seed)
+    rows: list[dict] = []
+
+    def record(row: dict) -> None:
+        rows.append(row)
+        progress(str(row))
+        write_result(args.out, "invariance", rows, {"passed": None})  # partial results as they come
+
+    engine = make_engine(args, batch_invariant=1, max_batch=max(args.batches), **UNGATED)
+    requests = [proof_request(engine, i, args.frames, args.long_frames) for i in range(args.requests)]
+    solo = [asyncio.run(_pcm_together(engine, [r]))[0] for r in requests]
+    progress(f"invariance: {len(solo)} solo runs, graphs {engine.stepper.graphed}")
+    for size in args.batches:
+        mixes = _mixes(rng, len(requests), size)
+        outputs = [asyncio.run(_pcm_together(engine, [requests[i] for i in mix])) for mix in mixes]
+        record({**_compare(f"batch {size} vs solo", solo, mixes, outputs), "graphs": engine.stepper.graphed})
+    engine.close()
+    engine = make_engine(args, batch_invariant=1, max_batch=args.eager_batch, cuda_graphs=False,
+                         **UNGATED)
+    short = [i for i, r in enumerate(requests) if r.max_frames == args.frames]  # eager steps are slow
+    mix = [rng.choice(short) for _ in range(args.eager_batch)]
+    outputs = [asyncio.run(_pcm_together(engine, [requests[i] for i in mix]))]
+    record({**_compare(f"eager batch {args.eager_batch} vs graph solo", solo, [mix], outputs),
+            "graphs": engine.stepper.graphed})
+    engine.close()
+    passed = all(not r["requests_differing"] for r in rows)
+    print_table(f"batch-invariant mode: PCM of {args.requests} requests ({args.frames} frames, every "
+                f"{LONG_EVERY}th {args.long_frames}; odd ones sampled) in batches against their solo runs", rows)
+    print(f"invariance: {'PASSED: every stream bit-identical to its solo run' if passed else 'FAILED'}")
+    return rows, {"passed": passed}
+
+
 # -- launches --------------------------------------------------------------------
 
 
@@ -705,7 +804,7 @@ def cmd_launches(args: argparse.Namespace) -> list[dict]:
 COMMANDS = {
     "prepare": cmd_prepare, "step": cmd_step, "decoder": cmd_decoder, "e2e": cmd_e2e,
     "throughput": cmd_throughput, "cancel": cmd_cancel, "divergence": cmd_divergence,
-    "launches": cmd_launches, "metrics": cmd_metrics, "memory": cmd_memory,
+    "launches": cmd_launches, "metrics": cmd_metrics, "memory": cmd_memory, "invariance": cmd_invariance,
 }
 
 
@@ -766,6 +865,15 @@ def add_parser(sub) -> None:
     common(q)
     q.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     q.add_argument("--frames", type=int, default=60)
+    q = bsub.add_parser("invariance")
+    common(q)
+    q.add_argument("--requests", type=int, default=32)
+    q.add_argument("--batches", type=int, nargs="+", default=[2, 16, 64, 256], help="streams per batch (1..256)")
+    q.add_argument("--frames", type=int, default=32, help="frames per request")
+    q.add_argument("--long-frames", type=int, default=200,
+                   help=f"frames of every {LONG_EVERY}th request (past 256 positions)")
+    q.add_argument("--eager-batch", type=int, default=16, help="streams of the run without CUDA graphs")
+    q.add_argument("--seed", type=int, default=0, help="the random mixes")
     q = bsub.add_parser("launches")
     common(q)
     p.set_defaults(func=run)
@@ -775,4 +883,4 @@ def run(args: argparse.Namespace) -> int:
     result = COMMANDS[args.bench](args)
     rows, extra = result if isinstance(result, tuple) else (result, {})  # a command may add top-level keys
     write_result(args.out, args.bench, rows, {"args": {k: v for k, v in vars(args).items() if k != "func"}, **extra})
-    return 0
+    return 0 if extra.get("passed", True) else 1  # a check that failed (invariance) fails the command

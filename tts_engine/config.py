@@ -59,7 +59,7 @@ class EngineConfig:
     admission: str = knob("TTS_ADMISSION", "realtime", "realtime (admit while every stream stays real time at the measured step times), rows (fill every row; streams may fall behind: offline batch work)",
                           choices=("realtime", "rows"))
     queue_timeout_s: float = knob("TTS_QUEUE_TIMEOUT_S", 2.0, "how long a request waits for room before 503 over_capacity", lo=0, lo_open=True, hi=600)
-    batch_invariant: int = knob("TTS_BATCH_INVARIANT", 0, "1 = every stream steps alone: output bit-identical to a solo run whatever the batch (slower)")
+    batch_invariant: int = knob("TTS_BATCH_INVARIANT", 0, "1 = a stream's output is bit-identical to its solo run whatever the batch: on a GPU the batched steps and graphs run batch-invariant Triton kernels (not with TTS_COMPILE=1; its cost: docs/PERFORMANCE.md), on a CPU every stream steps alone (slower)")
     compile_steps: str = knob("TTS_COMPILE", "0", "1 = torch.compile the decoder layers before graph capture (faster steps); the first start compiles, later ones load the compile cache in $STREAMTALK_HOME/compile-cache (docs/PERFORMANCE.md); auto = 1 on CUDA, 0 on a CPU",
                               choices=("0", "1", "auto"))
     silence_packets: int = knob("TTS_DEEP_STREAM_SILENCE_PACKETS", 0, "stop after N consecutive silent packets (0 = off)")

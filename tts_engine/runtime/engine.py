@@ -72,7 +72,7 @@ from .compiled import compile_layers, compiled_graphs, precompile
 from .memory import MemoryAccount, MemoryProbe
 from .rows import PrefillStage, RowPool, row_bytes
 from .session import _DONE, StreamHandle, StreamSession, call_in_loop
-from .stepper import PREFILL_GROUPS, PREFILL_TOKENS, BatchStepper, RowStart
+from .stepper import PREFILL_GROUPS, PREFILL_TOKENS, BatchStepper, RowStart, invariance_for
 
 log = logging.getLogger("tts_engine")
 
@@ -137,6 +137,11 @@ class TTSEngine:
     def __init__(self, config: EngineConfig, warmup: bool = True) -> None:
         self.config = config
         device = config.torch_device
+        invariance = invariance_for(bool(config.batch_invariant), device)
+        if invariance == "kernels" and config.compile_steps == "1":
+            raise EngineStartError("TTS_COMPILE=1 does not combine with TTS_BATCH_INVARIANT=1 on a GPU: the compiled "
+                                   "layers bring their own kernels, whose sums depend on the batch; set TTS_COMPILE=0 "
+                                   "(auto leaves compile off in batch-invariant mode)")
         check_device_memory(device, config.min_free_gpu_mib)
         self._probe = MemoryProbe(device)
         self.memory: MemoryAccount | None = None  # measured by warmup()
@@ -149,13 +154,16 @@ class TTSEngine:
             rows = batch_rows(config, self.model, decoder)
             self.pool = RowPool(self.model.codegen, decoder, rows, config.row_positions)
         self.compile_cache: CompileCache | None = None
-        if config.compiled:
+        if config.compiled and invariance != "kernels":
             with self.startup.timed("compile"):
                 self.compile_cache = CompileCache.open(cache_root(), self.model.config, self.model.codegen.dtype,
                                                        self.model.device)
                 compile_layers(self.model.codegen.talker)
-        self.stepper = BatchStepper(self.model.codegen, decoder, self.pool, config.cuda_graphs,
-                                    invariant=bool(config.batch_invariant))
+        try:
+            self.stepper = BatchStepper(self.model.codegen, decoder, self.pool, config.cuda_graphs, invariance)
+        except ImportError as exc:
+            raise EngineStartError(f"TTS_BATCH_INVARIANT=1 on a GPU runs Triton kernels, and Triton does not import "
+                                   f"({exc}); install the triton that matches torch, or set TTS_BATCH_INVARIANT=0") from exc
         self._probe.mark("rows")
         self.windowed = (WindowedCodecDecoder(self.model.decoder, config.left_context)
                          if config.decode_mode == "windowed" else None)

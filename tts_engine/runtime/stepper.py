@@ -27,12 +27,17 @@ The prefill runs in shapes fixed at start-up (newcomers and prompt length
 rounded up to PREFILL_GROUPS x PREFILL_LENGTHS) on a staging area, on a GPU
 as a CUDA graph per shape, and the staged KV is copied into the rows: an
 eager prefill would launch a thousand small kernels one by one. A prompt
-longer than the largest shape is prefilled eagerly, straight into its row,
-as is every prompt in batch-invariant mode (alone, in its own length).
+longer than the largest shape is prefilled eagerly, straight into its row.
 
-In batch-invariant mode every row steps alone (batch 1, its own span), eagerly:
-slower, but a stream's output is then bit-identical to a solo run whatever else
-is in the batch.
+Batch-invariant mode (TTS_BATCH_INVARIANT=1) makes a stream's output bit-identical
+to a solo run whatever else is in the batch, in one of two ways (`invariance_for`):
+
+    kernels  (GPU) the path above, graphs and all, with every model call inside
+             BatchInvariantMode (model/batch_invariant.py): GEMMs, norms, attention and
+             convolutions whose sums per row do not depend on the batch, the staged
+             prefill's padding or the talker's span
+    rows     (CPU, which has no such kernels) every row steps alone (batch 1, its own
+             span) and every prompt is prefilled alone in its own length, eagerly
 
 A step is launched, then collected: `launch` enqueues its parts and the copy of
 its codes and PCM to pinned host memory and, on a GPU, returns while the device
@@ -47,6 +52,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,6 +75,13 @@ PREFILL_GROUPS = (1, 2, 4, 8, 16)  # newcomers per prefill shape; the last is th
 PREFILL_LENGTHS = (16, 32, 64, 128, 256, 512, 1024)  # prompt positions per prefill shape
 PREFILL_TOKENS = 4096  # the staging area: no prefill shape is larger
 SAMPLED = SamplingParams.sampled()  # the constants of sampled rows (requests cannot change them)
+
+
+def invariance_for(invariant: bool, device: torch.device) -> str | None:
+    """How TTS_BATCH_INVARIANT=1 is kept on `device` (see the module's docstring); None when off."""
+    if not invariant:
+        return None
+    return "kernels" if device.type == "cuda" else "rows"
 
 
 def buckets_for(rows: int) -> tuple[int, ...]:
@@ -157,14 +170,22 @@ class _Launched:
 
 class BatchStepper:
     def __init__(self, codegen: CodeGenerator, decoder: CodecStreamDecoder, pool: RowPool,
-                 use_graphs: bool, invariant: bool) -> None:
+                 use_graphs: bool, invariance: str | None) -> None:
+        if invariance not in (None, "kernels", "rows"):
+            raise ValueError(f"invariance {invariance!r}; valid: None, 'kernels', 'rows'")
         self.codegen, self.decoder, self.pool = codegen, decoder, pool
         self.device = codegen.device
         self.buckets = buckets_for(pool.rows)
         self.spans = spans_for(pool.positions)
-        self.invariant = invariant
+        self.invariance = invariance
+        self.rows_alone = invariance == "rows"
         self.use_graphs = use_graphs and self.device.type == "cuda"
-        self._stage = None if invariant else PrefillStage(codegen, PREFILL_TOKENS)
+        self._invariant_mode = None
+        if invariance == "kernels":
+            from ..model.batch_invariant import BatchInvariantMode  # imports Triton
+
+            self._invariant_mode = BatchInvariantMode
+        self._stage = None if self.rows_alone else PrefillStage(codegen, PREFILL_TOKENS)
         self.prefill_shapes = prefill_shapes_for(pool.positions) if self._stage else []
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self._graph_out: dict[tuple, Tensor] = {}
@@ -180,7 +201,7 @@ class BatchStepper:
     @property
     def graphed(self) -> bool:
         """Steps replay CUDA graphs (else they run the same parts eagerly)."""
-        return self.captured and not self.invariant
+        return self.captured
 
     @property
     def eager_reason(self) -> str | None:
@@ -188,9 +209,13 @@ class BatchStepper:
             return "no_cuda"
         if not self.use_graphs:
             return "graphs_disabled"
-        if self.invariant:
+        if self.rows_alone:
             return "batch_invariant"
         return None if self.captured else "not_captured"
+
+    def numerics(self) -> AbstractContextManager:
+        """Where every model call runs: inside BatchInvariantMode with invariant kernels."""
+        return self._invariant_mode(self.device.type) if self._invariant_mode else nullcontext()
 
     def bucket(self, n: int) -> int:
         return next(b for b in self.buckets if b >= n)
@@ -202,9 +227,8 @@ class BatchStepper:
     # -- start-up --------------------------------------------------------------
 
     def capture(self) -> None:
-        """Capture every part's graph per bucket, start-up only; not in batch-invariant
-        mode, whose rows step alone and eagerly."""
-        if not self.use_graphs or self.invariant:
+        """Capture every part's graph per bucket, start-up only; not when rows step alone."""
+        if not self.use_graphs or self.rows_alone:
             return
         runs: list[tuple[tuple, Callable[[], Tensor | None]]] = []
         for b, v in self._views.items():
@@ -219,7 +243,7 @@ class BatchStepper:
         side = torch.cuda.Stream(self.device)
         pool = None
         start = time.perf_counter()
-        with torch.no_grad(), float32_numerics():
+        with torch.no_grad(), float32_numerics(), self.numerics():
             for key, run in runs:
                 self.reset()  # each run advances its rows; unreset, they would pass the row's end
                 side.wait_stream(torch.cuda.current_stream(self.device))
@@ -251,14 +275,15 @@ class BatchStepper:
     def prefill(self, start: int, newcomers: list[RowStart]) -> None:
         """Ready rows start..start+k-1 for newcomers: their prompts' KV but the last
         position, whose embedding becomes the row's next input, and fresh frame state.
-        All in one prefill; in batch-invariant mode one per row, as a solo run does."""
+        All in one prefill; when rows step alone, one per row, as a solo run does."""
         k = len(newcomers)
         v = self.pool.view(start, start + k)
-        if self.invariant:
-            for i in range(k):
-                self._prefill_rows(start + i, newcomers[i : i + 1])
-        else:
-            self._prefill_rows(start, newcomers)
+        with self.numerics():
+            if self.rows_alone:
+                for i in range(k):
+                    self._prefill_rows(start + i, newcomers[i : i + 1])
+            else:
+                self._prefill_rows(start, newcomers)
         for i, n in enumerate(newcomers):
             v.x[i].copy_(n.prompt.embeds[0, -1:])
             v.tts_pad[i].copy_(n.prompt.tts_pad_embed[0, 0])
@@ -318,7 +343,7 @@ class BatchStepper:
         """Enqueue a step of rows 0..n-1 and the copy of its codes and PCM to the host."""
         if self._launched is not None:
             raise RuntimeError("a step is in flight: collect() it before launching the next")
-        if self.invariant:
+        if self.rows_alone:
             self._step_rows_alone(n, positions)
             return
         b = self.bucket(n)
@@ -326,10 +351,11 @@ class BatchStepper:
         self.pool.park(n, b)
         span = self.span(max(positions))
         clock = _Clock(self.device)
-        self._run(("talker", b, span), lambda: talker_part(self.codegen, v, span))
-        self._run(("tail", b, mixed), lambda: tail_part(self.codegen, v, mixed))
-        clock.mark()
-        pcm = self._run(("decode", b), lambda: decode_part(self.decoder, v))
+        with self.numerics():
+            self._run(("talker", b, span), lambda: talker_part(self.codegen, v, span))
+            self._run(("tail", b, mixed), lambda: tail_part(self.codegen, v, mixed))
+            clock.mark()
+            pcm = self._run(("decode", b), lambda: decode_part(self.decoder, v))
         self._to_host(v.codes[:n], pcm[:n], clock)
 
     def _step_rows_alone(self, n: int, positions: list[int]) -> None:
