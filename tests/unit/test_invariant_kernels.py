@@ -34,7 +34,7 @@ cases = pytest.mark.skipif(not INTERPRETED, reason="run under the interpreter by
 def test_the_kernels_under_the_triton_interpreter():
     here = Path(__file__)
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--noconftest", str(here)],
-                         cwd=here.parent.parent, env={**os.environ, "TRITON_INTERPRET": "1"},
+                         cwd=here.parents[2], env={**os.environ, "TRITON_INTERPRET": "1"},
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and "failed" not in run.stdout
