@@ -59,7 +59,7 @@ OMNI_DEV_PORT="${OMNI_DEV_PORT:-8000}"
 OMNI_DEV_URL="http://127.0.0.1:$OMNI_DEV_PORT/v1"
 VLLM_URL="http://$([[ "$VLLM_HOST" == 0.0.0.0 || "$VLLM_HOST" == :: ]] && echo 127.0.0.1 || echo "$VLLM_HOST"):$VLLM_PORT/v1"
 VLLM_START_TIMEOUT_S="${VLLM_START_TIMEOUT_S:-900}"  # loading the weights takes minutes
-# The engine warms up every batch bucket, and with TTS_COMPILE=1 an empty compile cache compiles first
+# The engine warms up every batch bucket, and with compile on (TTS_COMPILE, the CUDA default) an empty compile cache compiles first
 TTS_START_TIMEOUT_S="${TTS_START_TIMEOUT_S:-600}"
 STREAMTALK_TTS_SERVER="${STREAMTALK_TTS_SERVER:-0}"
 TTS_HOST="${TTS_HOST:-127.0.0.1}"  # EngineConfig's defaults

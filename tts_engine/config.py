@@ -60,7 +60,7 @@ class EngineConfig:
                           choices=("realtime", "rows"))
     queue_timeout_s: float = knob("TTS_QUEUE_TIMEOUT_S", 2.0, "how long a request waits for room before 503 over_capacity", lo=0, lo_open=True, hi=600)
     batch_invariant: int = knob("TTS_BATCH_INVARIANT", 0, "1 = a stream's output is bit-identical to its solo run whatever the batch: on a GPU the batched steps and graphs run batch-invariant Triton kernels (not with TTS_COMPILE=1; its cost: docs/PERFORMANCE.md), on a CPU every stream steps alone (slower)")
-    compile_steps: str = knob("TTS_COMPILE", "0", "1 = torch.compile the decoder layers before graph capture (faster steps); the first start compiles, later ones load the compile cache in $STREAMTALK_HOME/compile-cache (docs/PERFORMANCE.md); auto = 1 on CUDA, 0 on a CPU",
+    compile_steps: str = knob("TTS_COMPILE", "auto", "auto = 1 on CUDA (not with TTS_BATCH_INVARIANT=1), 0 on a CPU; 1 = torch.compile the decoder layers before graph capture (faster steps; on an H200 a cold start 73 s, warm 53 s); the first start compiles, later ones load the compile cache in $STREAMTALK_HOME/compile-cache (docs/PERFORMANCE.md); 0 = off",
                               choices=("0", "1", "auto"))
     silence_packets: int = knob("TTS_DEEP_STREAM_SILENCE_PACKETS", 0, "stop after N consecutive silent packets (0 = off)")
     packet_metrics: int = knob("TTS_DEEP_STREAM_METRICS", 1, "per-packet timing metrics: a line per packet in its request's packet_log (GET /tts/requests/{id}); their cost: `bench metrics`")
