@@ -557,7 +557,8 @@ async def _measured(url: str, duration: float, load, results: list[dict]) -> dic
             "server_ttfa_ms_p95": pct(ttfa, 95), "server_ttfa_ms_p99": pct(ttfa, 99),
             "queue_wait_ms_p95": pct(wait, 95), "rtf_p50": pct(rtf, 50), "rtf_p95": pct(rtf, 95),
             "underruns": sum(r["underruns"] for r in ok),
-            "streams_with_underruns": sum(1 for r in ok if r["underruns"]), **engine_means(before, after),
+            "streams_with_underruns": sum(1 for r in ok if r["underruns"]),
+            **engine_means(before, after),
             "capacity_min": min(capacities), "capacity_end": after["tts_engine_capacity_streams"],
             "gpu_memory_peak_mib": after["tts_engine_gpu_memory_peak_mib"]}
 

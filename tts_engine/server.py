@@ -80,8 +80,9 @@ ENGINE_GAUGES = (  # TTSEngine.stats() key, metric, help
     ("queued", "tts_engine_queued_streams", "streams waiting for a row"),
     ("rejected", "tts_engine_rejected_streams", "streams refused with 503 over_capacity since start"),
     ("batch", "tts_engine_batch_size", "streams in the last engine step"),
-    ("step_ms", "tts_engine_step_ms", "period of the last engine step: its launch until it landed, its "
-     "frames taken (the wall time between a stream's frames, admissions and freed rows aside)"),
+    ("step_ms", "tts_engine_step_ms",
+     "period of the last engine step: its launch until it landed, its frames taken (the wall "
+     "time between a stream's frames, admissions and freed rows aside)"),
     ("steps", "tts_engine_steps", "engine steps since start"),
     ("step_rows_sum", "tts_engine_step_rows_sum", "streams stepped since start (over tts_engine_steps: the mean batch)"),
     ("step_period_ms_sum", "tts_engine_step_period_ms_sum", "the steps' periods (as tts_engine_step_ms) since start"),
@@ -164,12 +165,13 @@ class AdmissionModel(Collector):
         self.engine_of = engine_of
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        steps = GaugeMetricFamily("tts_engine_step_predicted_ms", "predicted step period per "
-                                  "batch bucket: its start-up calibration x tts_engine_step_slowdown",
-                                  labels=["bucket"])
-        admissions = GaugeMetricFamily("tts_engine_admission_planned_ms", "what the deadline gate "
-                                       "plans an admission of that many newcomers together to cost "
-                                       "(a high quantile of recent ones)", labels=["newcomers"])
+        steps = GaugeMetricFamily(
+            "tts_engine_step_predicted_ms", "predicted step period per batch bucket: its "
+            "start-up calibration x tts_engine_step_slowdown", labels=["bucket"])
+        admissions = GaugeMetricFamily(
+            "tts_engine_admission_planned_ms", "what the deadline gate plans an admission of "
+            "that many newcomers together to cost (a high quantile of recent ones)",
+            labels=["newcomers"])
         if (engine := self.engine_of()) is not None:
             for bucket, ms in engine.admission.predicted_steps().items():
                 steps.add_metric([str(bucket)], ms)
