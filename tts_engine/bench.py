@@ -16,7 +16,8 @@
     throughput   against a running server: a concurrency ladder (closed loop), or with --rate
                  Poisson arrivals (open loop, mixed reply lengths); audio s/s, client TTFB and
                  server TTFA P50/P95/P99, RTF, underruns, 503 refusals, the engine's mean step
-                 period, device ms, hand-over ms and batch (from its /metrics), peak GPU memory
+                 period, device ms, hand-over ms and batch, its mean admission and group, its
+                 capacity (lowest during the level, and at its end; from /metrics), peak GPU memory
     cancel       1000 cancel rounds at concurrency 16: cancel latency P95, leaked sessions, GPU memory
     divergence   default mode: share of streams whose codes differ from their solo run, and from
                  which frame, at concurrency 16 and 64
@@ -464,16 +465,30 @@ async def _engine_gauges(session, url: str) -> dict[str, float]:
             (line.split()[:2] for line in lines if line.startswith("tts_engine_"))}
 
 
-STEP_SUMS = {"step_period_ms": "tts_engine_step_period_ms_sum", "step_device_ms": "tts_engine_step_device_ms_sum",
-             "hand_over_ms": "tts_engine_step_hand_over_ms_sum", "mean_batch": "tts_engine_step_rows_sum"}
+# The engine's sums on /metrics, by the count they are averaged over between two readings.
+ENGINE_SUMS = {
+    "tts_engine_steps": {"step_period_ms": "tts_engine_step_period_ms_sum",
+                         "step_device_ms": "tts_engine_step_device_ms_sum",
+                         "hand_over_ms": "tts_engine_step_hand_over_ms_sum",
+                         "settle_ms": "tts_engine_step_settle_ms_sum",
+                         "mean_batch": "tts_engine_step_rows_sum"},
+    "tts_engine_admissions": {"admission_ms": "tts_engine_admission_ms_sum",
+                              "mean_group": "tts_engine_admitted_sum"},
+}
+CAPACITY_POLL_S = 1.0  # how often a throughput level reads the engine's capacity
 
 
-def step_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """The engine's steps between two readings of its gauges: the mean period (wall ms from
-    one step to the next, admissions aside), device ms, hand-over ms and batch (NaN without
-    a step)."""
-    steps = after["tts_engine_steps"] - before["tts_engine_steps"]
-    return {key: (after[name] - before[name]) / steps if steps else float("nan") for key, name in STEP_SUMS.items()}
+def engine_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The engine's steps and admissions between two readings of its gauges: per step the
+    mean period (launch to landed, admissions and freed rows aside), device ms, hand-over
+    ms, ms freeing rows between steps and batch; per admission its ms and newcomers (NaN
+    without one)."""
+    means = {}
+    for count, sums in ENGINE_SUMS.items():
+        n = after[count] - before[count]
+        means.update({key: (after[name] - before[name]) / n if n else float("nan")
+                      for key, name in sums.items()})
+    return means
 
 
 async def _throughput(url: str, concurrency: int, duration: float, length: str) -> dict:
@@ -523,7 +538,12 @@ async def _measured(url: str, duration: float, load, results: list[dict]) -> dic
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
         before = await _engine_gauges(session, url)
         t0 = time.perf_counter()
-        await load(session)
+        running = asyncio.ensure_future(load(session))
+        capacities = [before["tts_engine_capacity_streams"]]
+        while not running.done():
+            await asyncio.wait([running], timeout=CAPACITY_POLL_S)
+            capacities.append((await _engine_gauges(session, url))["tts_engine_capacity_streams"])
+        await running
         wall = time.perf_counter() - t0
         after = await _engine_gauges(session, url)
     ok = [r for r in results if "error" not in r]
@@ -537,7 +557,9 @@ async def _measured(url: str, duration: float, load, results: list[dict]) -> dic
             "server_ttfa_ms_p95": pct(ttfa, 95), "server_ttfa_ms_p99": pct(ttfa, 99),
             "queue_wait_ms_p95": pct(wait, 95), "rtf_p50": pct(rtf, 50), "rtf_p95": pct(rtf, 95),
             "underruns": sum(r["underruns"] for r in ok),
-            "streams_with_underruns": sum(1 for r in ok if r["underruns"]), **step_means(before, after),
+            "streams_with_underruns": sum(1 for r in ok if r["underruns"]),
+            **engine_means(before, after),
+            "capacity_min": min(capacities), "capacity_end": after["tts_engine_capacity_streams"],
             "gpu_memory_peak_mib": after["tts_engine_gpu_memory_peak_mib"]}
 
 

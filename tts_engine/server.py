@@ -35,7 +35,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -48,6 +48,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from streamtalk_common.audio import SAMPLE_RATE, pcm16_bytes, to_pcm16, wav_bytes, wav_stream_header
 from streamtalk_common.http_api import (
@@ -78,8 +80,9 @@ ENGINE_GAUGES = (  # TTSEngine.stats() key, metric, help
     ("queued", "tts_engine_queued_streams", "streams waiting for a row"),
     ("rejected", "tts_engine_rejected_streams", "streams refused with 503 over_capacity since start"),
     ("batch", "tts_engine_batch_size", "streams in the last engine step"),
-    ("step_ms", "tts_engine_step_ms", "period of the last engine step: its launch until it landed with its rows "
-     "settled (the wall time between a stream's frames, admissions aside)"),
+    ("step_ms", "tts_engine_step_ms",
+     "period of the last engine step: its launch until it landed, its frames taken (the wall "
+     "time between a stream's frames, admissions and freed rows aside)"),
     ("steps", "tts_engine_steps", "engine steps since start"),
     ("step_rows_sum", "tts_engine_step_rows_sum", "streams stepped since start (over tts_engine_steps: the mean batch)"),
     ("step_period_ms_sum", "tts_engine_step_period_ms_sum", "the steps' periods (as tts_engine_step_ms) since start"),
@@ -87,6 +90,17 @@ ENGINE_GAUGES = (  # TTSEngine.stats() key, metric, help
      "the steps' device time since start: codegen + decode (CUDA events; the host clock on a CPU)"),
     ("step_hand_over_ms_sum", "tts_engine_step_hand_over_ms_sum",
      "host time since start sending each step's packets, while the next step runs on the device"),
+    ("step_settle_ms_sum", "tts_engine_step_settle_ms_sum",
+     "host time since start between steps freeing the rows of cancelled streams and of streams "
+     "that ended during a hand-over (not in the step periods)"),
+    ("admissions", "tts_engine_admissions", "admissions since start (one prefill each)"),
+    ("admitted_sum", "tts_engine_admitted_sum",
+     "streams admitted since start (over tts_engine_admissions: the mean group)"),
+    ("admission_ms_sum", "tts_engine_admission_ms_sum",
+     "time since start the batch waited for admissions (prompts and prefills)"),
+    ("step_slowdown", "tts_engine_step_slowdown",
+     "real step periods over their start-up calibration (median of the recent steps); "
+     "tts_engine_step_predicted_ms = calibration x this"),
     ("capacity", "tts_engine_capacity_streams", "real-time streams the engine can carry at the measured step times"),
     ("rows", "tts_engine_rows", "batch rows (TTS_MAX_BATCH)"),
     ("underruns", "tts_engine_underruns", "packets ready after their playback time (150 ms playout buffer) since start"),
@@ -131,6 +145,7 @@ class Stats:
         for key, name, doc in STARTUP_GAUGES:
             gauge = Gauge(name, doc, registry=self.registry)
             gauge.set_function(lambda key=key: (e.startup_report()[key] if (e := engine_of()) is not None else 0))
+        self.registry.register(AdmissionModel(engine_of))
 
     def observe(self, route: str, m: RequestMetrics) -> None:
         self.requests.labels(route, m.stop_reason or "unknown").inc()
@@ -140,6 +155,30 @@ class Stats:
             self.ttfa.observe(m.ttfa_ms / 1000)
         if m.rtf is not None:
             self.rtf.observe(m.rtf)
+
+
+class AdmissionModel(Collector):
+    """Admission control's model at each scrape (runtime/admission.py): every batch bucket's
+    predicted step period, and the planned cost of admitting a group per group size seen."""
+
+    def __init__(self, engine_of: Callable[[], TTSEngine | None]) -> None:
+        self.engine_of = engine_of
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        steps = GaugeMetricFamily(
+            "tts_engine_step_predicted_ms", "predicted step period per batch bucket: its "
+            "start-up calibration x tts_engine_step_slowdown", labels=["bucket"])
+        admissions = GaugeMetricFamily(
+            "tts_engine_admission_planned_ms", "what the deadline gate plans an admission of "
+            "that many newcomers together to cost (a high quantile of recent ones)",
+            labels=["newcomers"])
+        if (engine := self.engine_of()) is not None:
+            for bucket, ms in engine.admission.predicted_steps().items():
+                steps.add_metric([str(bucket)], ms)
+            for newcomers, ms in engine.admission.admission_costs().items():
+                admissions.add_metric([str(newcomers)], ms)
+        yield steps
+        yield admissions
 
 
 class EngineHolder:

@@ -226,7 +226,8 @@ def test_the_cold_start_up_admission_does_not_gate_later_ones(tiny_model_dir, mo
     engine = TTSEngine(EngineConfig.from_env({}, model_dir=str(tiny_model_dir), device="cpu", max_batch=4))
     try:
         assert len(calls) == 2  # the warm-up's two admissions
-        assert 0 < engine.admission.admit_ms < 500
+        assert engine.admission.admission_costs().keys() == {1}  # the second, warm one
+        assert 0 < engine.admission.admission_ms(1) < 500
     finally:
         engine.close()
 
@@ -249,6 +250,7 @@ async def test_a_burst_of_arrivals_is_prefilled_together_and_joins_in_one_step(t
             pcm = np.concatenate([p.pcm async for p in h])
             results.append((pcm, await h.closed()))
         assert groups == [(0, 6)]
+        assert eng.admission.admission_costs().keys() == {6}  # the gate's plan for a group of 6
         for pcm, m in results:
             assert m.stop_reason == "eos" and m.batch_max == 6
             offline = eng.model.decode(load_codes(eng.config.resolved_code_dump_dir / f"{m.request_id}.npy"))

@@ -15,7 +15,7 @@ import pytest
 import schemathesis
 
 from streamtalk_common.audio import from_pcm16, read_wav
-from tts_engine.bench import step_means
+from tts_engine.bench import _throughput, engine_means
 from tts_engine.config import EngineConfig
 from tts_engine.server import bind_socket, create_app
 from tts_engine.synthesis import TTSModel
@@ -77,17 +77,36 @@ async def test_stream_headers_audio_and_metrics(tts_server):
 
 
 async def test_metrics_carry_the_engine_steps_that_bench_throughput_averages(tts_server):
-    """Two readings of /metrics around one stream give the means of its steps (as bench
-    throughput reports them per level): one stream per step, a period that holds the
-    step's device time (on a CPU, its launch)."""
+    """Two readings of /metrics around one stream give the means of its steps and its
+    admission (as bench throughput reports them per level): one stream per step, a period
+    that holds the step's device time (on a CPU, its launch), one newcomer admitted; and
+    the admission model behind the capacity."""
     before = await prometheus(tts_server)
     _, headers, _ = await post(tts_server, "/tts/stream", {"text": TEXT, "speaker": "serena"})
     metrics = await finished_metrics(tts_server, headers["X-Request-Id"])
     after = await prometheus(tts_server)
     assert after["tts_engine_steps"] - before["tts_engine_steps"] >= metrics["frames"]
-    means = step_means(before, after)
+    means = engine_means(before, after)
     assert means["mean_batch"] == 1 and means["step_period_ms"] > means["step_device_ms"] > 0
     assert means["hand_over_ms"] > 0
+    assert means["mean_group"] == 1 and means["admission_ms"] > 0
+    prefix = 'tts_engine_step_predicted_ms{bucket="'
+    predicted = sorted((int(k.removeprefix(prefix).split('"')[0]), v) for k, v in after.items()
+                       if k.startswith(prefix))
+    assert [b for b, _ in predicted][:3] == [1, 2, 3] and predicted[0][1] > 0
+    steps_ms = [ms for _, ms in predicted]
+    assert steps_ms == sorted(steps_ms)  # larger batches, longer steps
+    assert after['tts_engine_admission_planned_ms{newcomers="1"}'] > 0
+
+
+async def test_a_throughput_level_records_the_engines_capacity(tts_server):
+    """bench throughput's row per level: the engine's lowest capacity during the level and
+    its capacity at the end (the server's rows mode: every row), beside the step means."""
+    row = await _throughput(tts_server.url, 2, 1.0, "short")
+    _, ready = await get_json(tts_server, "/readyz")
+    assert row["requests"] >= 2 and row["rejected"] == 0
+    assert row["capacity_min"] == row["capacity_end"] == ready["capacity"] == ready["rows"]
+    assert row["mean_group"] >= 1 and row["step_period_ms"] > 0
 
 
 async def test_first_bytes_arrive_before_generation_ends(tts_server):

@@ -90,6 +90,7 @@ class Flight:
     sessions: list[StreamSession]
     launched_at: float
     device_ms: float = 0.0  # codegen + decode, known once it lands
+    landed_at: float = 0.0  # its frames taken
 
 
 @dataclass
@@ -98,13 +99,19 @@ class StepTotals:
 
     steps: int = 0
     rows: int = 0  # streams stepped (rows / steps: the mean batch)
-    period_ms: float = 0.0  # launch -> landed with its rows freed: the frame period, admissions aside
+    period_ms: float = 0.0  # launch -> landed, its frames taken (admission control's period)
     device_ms: float = 0.0  # codegen + decode on the device (CUDA events; the host clock on a CPU)
     hand_over_ms: float = 0.0  # sending the landed step's packets while the next step runs
+    settle_ms: float = 0.0  # freeing rows of streams cancelled or ended outside a landing
+    admissions: int = 0
+    admitted: int = 0  # newcomers admitted (over admissions: the mean group)
+    admission_ms: float = 0.0  # their prompts and prefills, the batch waiting
 
     def report(self) -> dict[str, float]:
         return {"steps": self.steps, "step_rows_sum": self.rows, "step_period_ms_sum": self.period_ms,
-                "step_device_ms_sum": self.device_ms, "step_hand_over_ms_sum": self.hand_over_ms}
+                "step_device_ms_sum": self.device_ms, "step_hand_over_ms_sum": self.hand_over_ms,
+                "step_settle_ms_sum": self.settle_ms, "admissions": self.admissions,
+                "admitted_sum": self.admitted, "admission_ms_sum": self.admission_ms}
 
 
 @dataclass
@@ -347,7 +354,8 @@ class TTSEngine:
         reserved = torch.cuda.memory_reserved(device) / 2**20 if cuda else 0.0
         return {"active": len(self._active), "queued": self.queued_sessions, "rejected": self.admission.rejected,
                 "rows": self.pool.rows, "batch": self.last_batch, "step_ms": self.last_step_ms,
-                "capacity": self.capacity, "capacity_left": self.capacity_left, "underruns": self.underruns,
+                "capacity": self.capacity, "capacity_left": self.capacity_left,
+                "step_slowdown": self.admission.slowdown, "underruns": self.underruns,
                 "gpu_memory_peak_mib": peak, "gpu_memory_reserved_mib": reserved, **self.step_totals.report()}
 
     # -- submission -----------------------------------------------------------
@@ -384,9 +392,7 @@ class TTSEngine:
             landed, flight = None, self._flight
             if flight is not None:  # 1: the rows of the next step are settled first
                 landed = self._guarded(flight.sessions, self._land)
-                self._free_rows()
-            for s in [s for s in self._active if s.cancelled.is_set()]:
-                self._finish(s, "cancelled")
+            self._settle_rows()
             if landed is not None:
                 self._observe_step(flight)
             if newcomers := self._next_admissions():  # 2
@@ -418,7 +424,8 @@ class TTSEngine:
                 batch = len(self._active) + len(group)
                 if batch >= self.pool.rows:
                     break
-                if not self.admission.may_admit(batch, self._least_margin_s(now, batch + 1)):
+                margin_s = self._least_margin_s(now, batch + 1)
+                if not self.admission.may_admit(batch, len(group) + 1, margin_s):
                     break
                 group.append(self._queued.popleft())
             self._admitting = len(group)
@@ -462,7 +469,13 @@ class TTSEngine:
             return
         first_row = len(self._active)
         self.stepper.prefill(first_row, [start_ for _, start_ in joining])
-        self.admission.observe_admission((time.perf_counter() - start) * 1000)
+        # the device's prefill is over here: it ends with copies from the host, which wait for it
+        ms = (time.perf_counter() - start) * 1000
+        self.admission.observe_admission(len(sessions), ms)
+        totals = self.step_totals
+        totals.admissions += 1
+        totals.admitted += len(sessions)
+        totals.admission_ms += ms
         for i, (s, row_start) in enumerate(joining):
             s.row, s.position = first_row + i, row_start.start_position
             s.metrics.graph_stats = {"codegen_graph_used": self.stepper.graphed,
@@ -525,18 +538,24 @@ class TTSEngine:
             except Exception as exc:  # noqa: BLE001 - this stream only
                 log.exception("request %s failed", s.id)
                 self._finish(s, "error", exc)
+        flight.landed_at = time.perf_counter()
         return going_on
 
-    def _free_rows(self) -> None:
-        """Free the rows of the streams that ended while the step ran."""
+    def _settle_rows(self) -> None:
+        """Free the rows of the streams that ended while the step ran, and end the cancelled
+        ones (timed apart from the step's period: their cost is per stream, not per step)."""
+        start = time.perf_counter()
         for s in [s for s in self._active if s.finished]:
             self._release(s)
+        for s in [s for s in self._active if s.cancelled.is_set()]:
+            self._finish(s, "cancelled")
+        self.step_totals.settle_ms += (time.perf_counter() - start) * 1000
 
     def _observe_step(self, flight: Flight) -> None:
-        """The landed step's period, launch to its rows freed (what streams wait between
-        frames, admissions aside: they are timed on their own), for admission control."""
+        """The landed step's period, launch to its frames taken (what streams wait between
+        frames; admissions and settled rows are timed on their own), for admission control."""
         n = len(flight.sessions)
-        self.last_step_ms, self.last_batch = (time.perf_counter() - flight.launched_at) * 1000, n
+        self.last_step_ms, self.last_batch = (flight.landed_at - flight.launched_at) * 1000, n
         self.admission.observe(n, self.last_step_ms)
         totals = self.step_totals
         totals.steps += 1
