@@ -73,6 +73,7 @@ class Event(StrEnum):
     FALSE_INTERRUPTION = "false_interruption", Role.METRIC
     CANCEL_CASCADE = "cancel_cascade", Role.METRIC
     BACKEND_DOWN = "backend_down", Role.METRIC
+    BACKEND_BUSY = "backend_busy", Role.METRIC
     # signals
     BACKEND_OK = "backend_ok", Role.SIGNAL
     REPLY_BEGIN = "reply_begin", Role.SIGNAL

@@ -61,38 +61,46 @@ STOP_RPC = "stop_reply"
 
 
 class BackendStatus:
-    """Shows the Omni backend's health in the room: attribute `streamtalk.backend`
-    (`ok` or `down: <component>: <why>`) and, when speech recognition fails, a short
-    spoken notice (the LLM speaks its own when it is the one down)."""
+    """Shows the backends' health in the room: attribute `streamtalk.backend` (`ok`, or the
+    latest problem of a component not answering again yet: `down: <component>: <why>`, or
+    `busy: tts: <why>` while the TTS engine has no room) and, when speech recognition fails,
+    a short spoken notice (the LLM speaks its own when it is the one down)."""
 
     def __init__(self, room: rtc.Room, session: AgentSession, stt_notice: str) -> None:
         self.session = session
         self.stt_notice = stt_notice
         self.state = "unknown"
+        self._problems: dict[str, str] = {}  # component -> its problem, the latest last
         self._notice: SpeechHandle | None = None
         self._publisher = AttributePublisher(
             lambda value: room.local_participant.set_attributes({BACKEND_ATTRIBUTE: value}),
             BACKEND_ATTRIBUTE)
 
     def __call__(self, ev: AgentEvent) -> None:
-        if ev.name is Event.BACKEND_DOWN:
-            detail = str(ev.data.get("detail", ""))[:200]
-            component = ev.data.get("component", "?")
-            self._set(f"down: {component}: {detail}")
-            speaking = self._notice is not None and not self._notice.done()
-            if component == "stt" and not speaking:  # one notice at a time, never a queue of them
-                with contextlib.suppress(RuntimeError):
-                    self._notice = self.session.say(self.stt_notice, add_to_chat_ctx=False)
-        elif ev.name is Event.BACKEND_OK:
-            self._set("ok")
+        component = str(ev.data.get("component", "?"))
+        detail = str(ev.data.get("detail", ""))[:200]
+        if ev.name is Event.BACKEND_OK:
+            self._problems.pop(component, None)
+        elif ev.name in (Event.BACKEND_DOWN, Event.BACKEND_BUSY):
+            self._problems.pop(component, None)
+            kind = "down" if ev.name is Event.BACKEND_DOWN else "busy"
+            self._problems[component] = f"{kind}: {component}: {detail}"
+        else:
+            return
+        self._set(list(self._problems.values())[-1] if self._problems else "ok")
+        speaking = self._notice is not None and not self._notice.done()
+        if ev.name is Event.BACKEND_DOWN and component == "stt" and not speaking:
+            with contextlib.suppress(RuntimeError):  # one notice at a time, never a queue of them
+                self._notice = self.session.say(self.stt_notice, add_to_chat_ctx=False)
 
     def _set(self, value: str) -> None:
         if value == self.state:
             return
         previous, self.state = self.state, value
-        if value != "ok":
+        if value.startswith("down"):
             log.error("Omni backend problem, shown in the room: %s", value)
-        elif previous.startswith("down"):
+        elif previous.startswith("down") and not any(p.startswith("down")
+                                                     for p in self._problems.values()):
             log.info("Omni backend is answering again")
         self._publisher.set(value)
 

@@ -18,6 +18,14 @@ Cancellation (barge-in): when the framework closes the stream, or the duplex
 cascade calls `cancel_active()`, every running engine handle is cancelled; the
 engine stops before its next frame. The time the engine took to stop is
 measured and announced (`tts_cancelled`).
+
+Refusals: a segment the engine refuses for want of room (`OverCapacity` after
+TTS_QUEUE_TIMEOUT_S, `EngineOutOfMemory`) ends the reply's speech: its audio so far stays,
+the rest is not tried (the next reply tries again), and `backend_busy` tells the room why
+(the page shows a notice; the reply's text is still shown). A segment refused for itself
+(text too long, a reply that outgrew its row) is skipped with `tts_error` and the reply goes
+on. A reply without any audio still ends with 20 ms of silence, so the framework sees its
+text answered and neither retries nor fails it.
 """
 
 from __future__ import annotations
@@ -34,7 +42,14 @@ from livekit.agents._exceptions import APIConnectionError
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 
 from streamtalk_common.audio import SAMPLE_RATE, pcm16_bytes
-from tts_engine import EngineClosed, OverCapacity, RequestError, StreamHandle, TTSEngine
+from tts_engine import (
+    EngineClosed,
+    EngineOutOfMemory,
+    OverCapacity,
+    StreamHandle,
+    TTSEngine,
+    TTSError,
+)
 
 from .bridge import BridgeOptions, Segment, TextBridge
 from .events import Event, EventBus
@@ -83,7 +98,7 @@ class StreamtalkTTS(tts.TTS):
         self._replies: set[_ReplyAudio] = set()
         self._running = asyncio.Event()  # cleared while the reply's playback is paused
         self._running.set()
-        self._busy = False  # the engine refused the last segment (over capacity)
+        self._busy = False  # the engine had no room for the last reply that asked
 
     @property
     def model(self) -> str:
@@ -114,17 +129,24 @@ class StreamtalkTTS(tts.TTS):
     ) -> StreamtalkSynthesizeStream:
         return StreamtalkSynthesizeStream(tts=self, conn_options=conn_options)
 
-    def busy(self, segment: int, error: OverCapacity) -> None:
-        """The engine has no room for this segment: skip it and show the room why (the
-        `streamtalk.backend` attribute, which the web page displays), instead of failing."""
-        log.warning("segment %d skipped, the TTS engine is over capacity: %s", segment, error)
+    def busy(self, segment: int, error: TTSError) -> None:
+        """The engine has no room for this room's reply: show the room why (`backend_busy`,
+        the `streamtalk.backend` attribute). Logged as a warning once, until a reply gets
+        room again."""
+        if self._busy:
+            log.info("the TTS engine still has no room (segment %d): %s", segment, error)
+        else:
+            log.warning("the TTS engine has no room for this reply from segment %d on; the rest "
+                        "is shown, not spoken: %s", segment, error)
         self._busy = True
-        self.bus.emit(Event.BACKEND_DOWN, component="tts", detail=f"busy, over capacity (retry in {error.retry_after_s} s)")
+        self.bus.emit(Event.BACKEND_BUSY, component="tts", segment=segment, code=error.code,
+                      detail=str(error))
 
     def not_busy(self) -> None:
         if self._busy:
             self._busy = False
-            self.bus.emit(Event.BACKEND_OK)
+            log.info("the TTS engine has room again")
+            self.bus.emit(Event.BACKEND_OK, component="tts")
 
     def hold(self) -> None:
         """Start no new segment (the reply is paused while a barge-in is decided): a paused
@@ -189,6 +211,7 @@ class _ReplyAudio:
         self.t_first_push: float | None = None
         self.first_packet_seen = False
         self.cancelled = False
+        self.refused = False  # the engine had no room: the reply's remaining segments are not tried
 
     def slack_s(self) -> float:
         if self.t_first_push is None:
@@ -201,17 +224,27 @@ class _ReplyAudio:
             if self.streaming:
                 self.emitter.start_segment(segment_id=self.segment_id)
 
+    def refuse(self, segment: int, error: TTSError) -> None:
+        """The engine refused `segment`: for want of room the reply stops here (not retried:
+        the next reply tries again); refused for itself, the segment is skipped."""
+        if isinstance(error, (OverCapacity, EngineOutOfMemory)):
+            self.refused = True
+            self.owner.busy(segment, error)
+        else:
+            log.warning("segment %d refused by the TTS engine (%s): %s", segment, error.code, error)
+            self.owner.bus.emit(Event.TTS_ERROR, segment=segment, code=error.code,
+                                detail=str(error))
+
     async def speak(self, seg: Segment, mark_started: object) -> None:
         owner = self.owner
         text = clean_for_speech(seg.raw)
-        if not text or self.cancelled:
+        if not text or self.cancelled or self.refused:
             return
         opts = owner.opts
         try:
             request = owner.engine.make_request(text, speaker=opts.speaker, language=opts.language)
-        except RequestError as exc:  # bad text / voice: skip this piece, keep talking
-            log.warning("segment %d skipped: %s", seg.index, exc)
-            owner.bus.emit(Event.TTS_ERROR, detail=str(exc))
+        except TTSError as exc:  # bad text / voice
+            self.refuse(seg.index, exc)
             return
         first = self.segments == 0
         if not first and owner.held:
@@ -239,21 +272,17 @@ class _ReplyAudio:
             mark_started()
         try:
             handle = owner.engine.open_stream(request, packet_tokens=opts.packet_tokens)
-        except OverCapacity as exc:
-            ticket.release()
-            owner.busy(seg.index, exc)
-            return
         except EngineClosed as exc:  # the worker is shutting down
             ticket.release()
             raise APIConnectionError(f"TTS engine unavailable: {exc}", retryable=False) from exc
+        except TTSError as exc:
+            ticket.release()
+            self.refuse(seg.index, exc)
+            return
         owner._handles[handle] = 0.0
         cancelled_at: float | None = None
         try:
-            try:
-                await handle.admitted()
-            except OverCapacity as exc:
-                owner.busy(seg.index, exc)
-                return
+            await handle.admitted()
             owner.not_busy()
             async for packet in handle:
                 if not ticket.released:
@@ -266,6 +295,8 @@ class _ReplyAudio:
                 if self.t_first_push is None:
                     self.t_first_push = time.monotonic()
                 self.pushed_s += len(packet.pcm) / SAMPLE_RATE
+        except TTSError as exc:  # refused at admission, or ended midway (its audio so far stays)
+            self.refuse(seg.index, exc)
         except asyncio.CancelledError:
             cancelled_at = owner._handles.get(handle) or time.perf_counter()
             raise
@@ -284,10 +315,10 @@ class _ReplyAudio:
                 _report_cancel(owner.bus, handle, cancelled_at)
 
     def finish(self) -> None:
-        """Close the emitter's segment; a reply that produced no audio sends 20 ms of silence
-        so the framework sees the text answered."""
+        """Close the emitter's segment; a reply without audio (nothing speakable, refused,
+        cancelled) sends 20 ms of silence so the framework sees the text answered."""
         self.owner._replies.discard(self)
-        if not self.started:
+        if not self.pushed_s:
             self._begin()
             self.emitter.push(b"\x00\x00" * (SAMPLE_RATE // 50))
         if self.streaming:

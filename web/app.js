@@ -7,7 +7,10 @@ const LK = globalThis.LivekitClient;
 const AGENT_STATE_ATTR = "lk.agent.state";
 const DUPLEX_ATTR = "streamtalk.duplex";
 const RECONCILER_KEY = "streamtalk.agent";
-const BACKEND_ATTR = "streamtalk.backend"; // "ok", or "down: <component>: <why>" (e.g. the voice is busy)
+// "ok", "down: <component>: <why>", or "busy: tts: <why>" (the TTS engine has no room)
+const BACKEND_ATTR = "streamtalk.backend";
+const BUSY_NOTICE =
+  "The agent's voice is busy (its GPU is full): replies are shown as text until there is room.";
 const TRANSCRIPTION_TOPIC = "lk.transcription";
 const STOP_RPC = "stop_reply";
 // what the page shows for each duplex state: a paused reply is not (yet) an interrupted one
@@ -228,7 +231,9 @@ function renderAgent() {
   $("duplex-state").textContent = DUPLEX_LABELS[state.duplexState] || state.duplexState || "-";
   $("duplex-state").dataset.state = state.duplexState || "";
   $("backend-state").textContent = state.backendState || "-";
-  $("backend-state").className = (state.backendState || "").startsWith("down") ? "bad" : "";
+  const backend = state.backendState || "";
+  $("backend-state").className =
+    backend.startsWith("down") ? "bad" : backend.startsWith("busy") ? "busy" : "";
   $("stop").disabled = !agent;
   showNotice(agentNotice(agent));
 }
@@ -247,6 +252,7 @@ function reconcilerStatus() {
 function agentNotice(agent) {
   if (!room || room.state !== "connected") return "";
   const status = reconcilerStatus();
+  if (agent && (state.backendState || "").startsWith("busy")) return BUSY_NOTICE;
   if (agent) return status.state === "back" ? "The agent is back." : "";
   if (status.state === "reconnecting") return `The agent left; reconnecting the agent (attempt ${status.attempt})...`;
   if (status.state === "lost") return "The agent left and could not be brought back. Leave and join again.";

@@ -1,6 +1,7 @@
 """The agent's LiveKit plugins against the real parts: the dev Omni backend (real whisper,
 scripted replies), the tiny TTS engine on CPU and the Silero VAD. Also the backend-down and
-backend-slow paths, which must end in bounded time with a clear sign, never a hang."""
+backend-slow paths and a TTS engine without room, which must end in bounded time with a clear
+sign, never a hang."""
 
 from __future__ import annotations
 
@@ -447,3 +448,43 @@ async def test_tts_text_with_nothing_speakable_still_answers(engine: TTSEngine) 
             frames.append(ev.frame)
     assert frames and all(not np.frombuffer(f.data, dtype=np.int16).any() for f in frames)
 
+
+
+@pytest.fixture
+def one_stream_engine(tiny_model_dir: Path) -> Iterator[TTSEngine]:
+    """An engine with room for one stream (TTS_MAX_ACTIVE_STREAMS=1) that refuses a waiter
+    after 0.3 s (TTS_QUEUE_TIMEOUT_S), as a full GPU does."""
+    eng = TTSEngine(EngineConfig.from_env(model_dir=str(tiny_model_dir), device="cpu",
+                                          max_active_streams=1, queue_timeout_s=0.3))
+    try:
+        yield eng
+    finally:
+        eng.close()
+
+
+async def test_tts_reply_the_engine_has_no_room_for_is_silent_and_the_next_one_spoken(
+        one_stream_engine: TTSEngine) -> None:
+    engine = one_stream_engine
+    other_room = engine.open_stream(engine.make_request(STORY, "serena"))  # ~12 s of audio
+    await other_room.admitted()
+    bus, seen = recorder()
+    tts = StreamtalkTTS(engine, bus=bus)
+
+    async def reply(text: str) -> np.ndarray:
+        stream = tts.stream()  # the framework's retries on: none may be needed
+        stream.push_text(text)
+        stream.end_input()
+        async with stream:
+            frames = [ev.frame async for ev in stream]
+        return np.concatenate([np.frombuffer(f.data, dtype=np.int16) for f in frames])
+
+    assert not (await reply("Hello there. How are you?")).any()
+    busy = [e.data for e in seen if e.name == "backend_busy"]
+    assert [(b["segment"], b["code"]) for b in busy] == [(0, "over_capacity")]
+    assert "TTS_QUEUE_TIMEOUT_S" in busy[0]["detail"]
+    other_room.cancel()
+    await other_room.closed()
+    assert np.abs(await reply("Hello there. How are you?")).max() > 100
+    assert names(seen).count("backend_ok") == 1 and names(seen).count("backend_busy") == 1
+    assert engine.stats()["rejected"] == 1
+    assert_strict_json(seen)

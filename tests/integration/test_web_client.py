@@ -223,6 +223,44 @@ async def test_page_shows_agent_name_paused_state_backend_and_turn_latency(
     assert not result["pageErrors"], result["pageErrors"]
 
 
+async def test_page_shows_a_busy_voice_until_the_agent_has_room_again(
+    livekit_server: LiveKitServer,
+    token_server: TokenServer,
+    browser_env: BrowserEnv,
+    make_speech_wav: Any,
+    tmp_path: Path,
+) -> None:
+    """The agent's TTS engine has no room (`busy: tts: ...`): the page says so in its notice,
+    then the notice goes once the agent publishes `ok`."""
+    room = _room()
+    bot = rtc.Room()
+    page_mic = asyncio.Event()
+    bot.on("track_subscribed", lambda *_: page_mic.set())
+    token = livekit_server.token("agent-AJ_busy", room, kind="agent", name="streamtalk",
+                                 can_update_own_metadata=True)
+    await asyncio.wait_for(bot.connect(livekit_server.url, token), 20)
+    try:
+        await bot.local_participant.set_attributes({
+            "streamtalk.duplex": "LISTENING",
+            "streamtalk.backend": "busy: tts: no capacity for 2 s (TTS_QUEUE_TIMEOUT_S)"})
+        driver = asyncio.ensure_future(run_web_driver(
+            browser_env, tmp_path, url=f"{token_server.base_url}/", room=room,
+            fakeAudioWav=str(make_speech_wav("hello", sample_rate=48000)),
+            untilNotice="voice is busy", untilUi={"backend-state": "ok"}))
+        await asyncio.wait_for(page_mic.wait(), 60)  # the page is in the room and publishing
+        await asyncio.sleep(1.0)
+        await bot.local_participant.set_attributes({"streamtalk.backend": "ok"})
+        result = await driver
+    finally:
+        await bot.disconnect()
+    snap, ui = result.get("snapshot") or {}, result.get("ui") or {}
+    assert result["ok"], (result.get("reason"), ui, result.get("console"))
+    busy = [n for n in snap["notices"] if "busy" in n]
+    assert len(busy) == 1 and "replies are shown as text" in busy[0], snap["notices"]
+    assert snap["notice"] == "" and ui["backend-state"] == "ok"
+    assert not result["pageErrors"], result["pageErrors"]
+
+
 async def test_an_empty_room_field_joins_a_new_random_room(
     token_server: TokenServer, browser_env: BrowserEnv, make_speech_wav: Any, tmp_path: Path
 ) -> None:

@@ -9,13 +9,14 @@ import asyncio
 import base64
 import inspect
 import io
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 from livekit import rtc
-from livekit.agents import APIConnectOptions, APIError
+from livekit.agents import AgentSession
 from livekit.agents import llm as lk_llm
 from support.fake_engine import FakeEngine
 from support.fake_omni import FakeOmniClient
@@ -26,14 +27,15 @@ from support.fake_room import (
     FakeTrackPublication,
 )
 
-from agent.events import AgentEvent, EventBus
+from agent.bridge import TextBridge
+from agent.events import AgentEvent, Event, EventBus
 from agent.llm import CONTINUE_BODY, OmniLLM
 from agent.omni_client import TRANSCRIBE_PROMPT, OmniClient
-from agent.room_agent import ConnectionRestartWatch, people_in
+from agent.room_agent import BACKEND_ATTRIBUTE, BackendStatus, ConnectionRestartWatch, people_in
 from agent.stt import OmniSTT
 from agent.tts import StreamtalkTTS
 from streamtalk_common.audio import SAMPLE_RATE, read_wav, to_pcm16
-from tts_engine.runtime import TTSEngine
+from tts_engine.runtime import StreamHandle, TTSEngine
 
 # --------------------------------------------------------------------------- the fakes' surfaces
 
@@ -93,26 +95,103 @@ async def test_the_tts_sends_the_engines_packets_whole_and_in_order() -> None:
     assert engine.active_sessions == 0
 
 
-@pytest.mark.xfail(strict=True, raises=APIError, reason=(
-    "agent/tts.py begins the segment before the engine refuses it, so a reply without audio "
-    "sends no silence either and the framework fails it (no audio frames were pushed)"))
-async def test_a_reply_the_engine_has_no_room_for_is_answered_silently_and_shown() -> None:
+def heard(frames: list[rtc.AudioFrame]) -> np.ndarray:
+    return np.concatenate([np.frombuffer(f.data, np.int16) for f in frames])
+
+
+async def reply(tts: StreamtalkTTS, text: str) -> list[rtc.AudioFrame]:
+    """The frames of one reply streamed as the framework streams the LLM's text."""
+    stream = tts.stream()
+    stream.push_text(text)
+    stream.end_input()
+    async with stream:
+        return [ev.frame async for ev in stream]
+
+
+def take_the_only_stream(engine: FakeEngine) -> StreamHandle:
+    """Another room's long reply takes the engine's only stream."""
+    request = engine.make_request("Another room's long reply takes the only stream.", "serena")
+    return engine.open_stream(request)
+
+
+async def test_a_reply_the_engine_has_no_room_for_is_answered_silently_and_shown(
+        caplog: pytest.LogCaptureFixture) -> None:
     engine = FakeEngine(capacity=1, packet_interval_s=1.0)
-    other_room = StreamtalkTTS(engine).synthesize("Another room's long reply takes the only stream.")
+    other_room = take_the_only_stream(engine)
     bus, seen = recorder()
     tts = StreamtalkTTS(engine, bus=bus)
     try:
-        while engine.active_sessions < 1:
-            await asyncio.sleep(0.01)
-        stream = tts.stream(conn_options=APIConnectOptions(max_retry=0))
-        stream.push_text("Hello.")
-        stream.end_input()
-        async with stream:
-            frames = [ev.frame async for ev in stream]
+        frames = await reply(tts, "Hello.")  # the framework's retries on: none is needed
     finally:
-        await other_room.aclose()
-    assert [e.data["component"] for e in seen if e.name == "backend_down"] == ["tts"]
-    assert frames and not any(np.frombuffer(f.data, np.int16).any() for f in frames)
+        other_room.cancel()
+    busy = [e.data for e in seen if e.name == "backend_busy"]
+    assert [(b["component"], b["segment"], b["code"]) for b in busy] == [
+        ("tts", 0, "over_capacity")]
+    assert "retry in 1 s" in busy[0]["detail"]  # the engine's own words
+    assert frames and not heard(frames).any()
+    assert engine.requests == [other_room.session.request]
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "retry in 1 s" in warnings[0].getMessage()
+
+
+async def test_a_reply_refused_midway_keeps_its_audio_and_tries_no_further() -> None:
+    engine = FakeEngine(capacity=1, packet_interval_s=0.01)
+    bus, seen = recorder()
+    others: list[StreamHandle] = []
+
+    def room_full_after_the_first_segment(ev: AgentEvent) -> None:
+        if ev.name == "tts_segment" and ev.data["segment"] == 0:
+            others.append(take_the_only_stream(engine))
+
+    bus.subscribe(room_full_after_the_first_segment)
+    tts = StreamtalkTTS(engine, bus=bus)
+    text = "Good morning. The weather is fine today. Let us go for a walk."
+    bridge = TextBridge(tts.bridge_options)
+    assert len(bridge.push(text) + bridge.flush()) > 2
+    try:
+        frames = await reply(tts, text)
+    finally:
+        others[0].cancel()
+    first, other = engine.requests  # the segments after the refused one were not tried
+    assert other is others[0].session.request
+    made = to_pcm16(engine.audio(first.text))
+    assert np.array_equal(heard(frames)[:len(made)], made) and not heard(frames)[len(made):].any()
+    order = [e.name for e in seen if e.name in ("tts_first_packet", "backend_busy")]
+    assert order == ["tts_first_packet", "backend_busy"]
+    assert [e.data["segment"] for e in seen if e.name == "backend_busy"] == [1]
+
+
+async def test_the_next_reply_is_spoken_once_the_engine_has_room_again(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="streamtalk.tts")
+    engine = FakeEngine(capacity=1, packet_interval_s=1.0)
+    bus, seen = recorder()
+    room = FakeRoom()
+    bus.subscribe(BackendStatus(room, AgentSession(), "unused"))  # type: ignore[arg-type]
+    tts = StreamtalkTTS(engine, bus=bus)
+    other_room = take_the_only_stream(engine)
+    assert not heard(await reply(tts, "Hello.")).any()
+    assert not heard(await reply(tts, "Are you there?")).any()
+    await until(lambda: room.local_participant.attributes.get(BACKEND_ATTRIBUTE, "")
+                .startswith("busy: tts: "))
+    other_room.cancel()
+    await other_room.closed()
+    engine.packet_interval_s = 0.0
+    frames = await reply(tts, "Yes.")
+    made = to_pcm16(np.concatenate([engine.audio(r.text) for r in engine.requests[1:]]))
+    assert np.array_equal(heard(frames)[:len(made)], made)
+    assert [(e.name, e.data["component"]) for e in seen if e.name.startswith("backend")] == [
+        ("backend_busy", "tts"), ("backend_busy", "tts"), ("backend_ok", "tts")]
+    await until(lambda: room.local_participant.attributes[BACKEND_ATTRIBUTE] == "ok")
+    assert [r.levelname for r in caplog.records if r.name == "streamtalk.tts"] == [
+        "WARNING", "INFO", "INFO"]  # refused, still refused, room again
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "the condition never held"
+        await asyncio.sleep(0.01)
 
 
 # --------------------------------------------------------------------------- the Omni client under the LLM and STT
@@ -188,3 +267,24 @@ def test_the_people_in_a_room_are_its_participants_that_are_not_agents() -> None
     room.join("agent-other", kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT)
     probe = room.join("autortc-probe")
     assert people_in(room) == [user, probe]  # type: ignore[arg-type]
+
+
+async def test_the_backend_attribute_shows_a_components_problem_until_it_answers_again() -> None:
+    bus, room = EventBus(), FakeRoom()
+    status = BackendStatus(room, AgentSession(), "unused")  # type: ignore[arg-type]
+    bus.subscribe(status)
+    shown: list[str] = []
+    for name, data in [
+        (Event.BACKEND_OK, {"component": "stt"}),
+        (Event.BACKEND_BUSY, {"component": "tts", "detail": "no capacity for 2 s"}),
+        (Event.BACKEND_OK, {"component": "llm"}),  # the LLM answering says nothing of the TTS
+        (Event.BACKEND_DOWN, {"component": "llm", "detail": "connection refused"}),
+        (Event.BACKEND_OK, {"component": "llm"}),
+        (Event.BACKEND_OK, {"component": "tts"}),
+    ]:
+        bus.emit(name, **data)
+        shown.append(status.state)
+        await until(lambda: room.local_participant.attributes.get(BACKEND_ATTRIBUTE)
+                    == status.state)
+    assert shown == ["ok", "busy: tts: no capacity for 2 s", "busy: tts: no capacity for 2 s",
+                     "down: llm: connection refused", "busy: tts: no capacity for 2 s", "ok"]

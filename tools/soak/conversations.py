@@ -14,8 +14,8 @@ for a token, as a browser would.
 
 - `long_reply`: one conversation whose answer is the long text. It passes when the
   reply ended (trace point `reply_end`, no `interrupted`), was spoken in several TTS
-  segments covering the text, no `tts_error`/`backend_down` was reported, the agent
-  logged no ERROR, and the probe received at least the audio the engine produced.
+  segments covering the text, no `tts_error`/`backend_down`/`backend_busy` was reported,
+  the agent logged no ERROR, and the probe received at least the audio the engine produced.
 - `soak`: `conversations` conversations at a time, cycling the AutoRTC mini cases,
   for `duration_s`, while every service's process group is sampled (procstat.py).
   Two rounds of the same load run first (warm-up: pools, caches and allocator
@@ -177,7 +177,8 @@ def run_long_reply(stack: Stack, token_url: str, reply_chars: int, out: Path, pr
     received_s = probe.get("reply_seconds", 0.0)
     new_log = agent_log.read_bytes()[log_start:].decode(errors="replace")
     errors = [ln for ln in new_log.splitlines() if " ERROR " in ln or "Traceback" in ln]
-    problems = [k for k in ("tts_error", "backend_down", "llm_cancelled", "tts_cancelled") if metrics.get(k)]
+    problems = [k for k in ("tts_error", "backend_down", "backend_busy", "llm_cancelled",
+                            "tts_cancelled") if metrics.get(k)]
     spoken_chars = sum(s["chars"] for s in segments)
     result = {
         "reply_chars": len(text), "segments": len(segments), "spoken_chars": spoken_chars,
