@@ -65,7 +65,8 @@ def wav_stream_header(sample_rate: int, channels: int = 1) -> bytes:
     sizes at their maximum, which players of a stream read as "until the end"."""
     block = channels * PCM16_BYTES
     return (b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVE"
-            + b"fmt " + struct.pack("<IHHIIHH", 16, 1, channels, sample_rate, sample_rate * block, block, 16)
+            + b"fmt " + struct.pack("<IHHIIHH", 16, 1, channels, sample_rate, sample_rate * block,
+                                    block, 16)
             + b"data" + struct.pack("<I", 0xFFFFFFFF))
 
 

@@ -54,10 +54,12 @@ def main(argv: list[str]) -> int:
         if not 1 <= index <= workers:
             raise ValueError(f"worker index {index}; valid: 1..{workers}")
     except ValueError as exc:
-        print(f"usage: python -m streamtalk_common.gpu_assignment WORKERS INDEX ({exc})", file=sys.stderr)
+        print(f"usage: python -m streamtalk_common.gpu_assignment WORKERS INDEX ({exc})",
+              file=sys.stderr)
         return 2
     if gpus and workers > len(gpus):
-        print(f"{workers} workers on {len(gpus)} GPUs ({','.join(gpus)}): some share a GPU", file=sys.stderr)
+        print(f"{workers} workers on {len(gpus)} GPUs ({','.join(gpus)}): some share a GPU",
+              file=sys.stderr)
     print(assigned[index - 1] or "")
     return 0
 

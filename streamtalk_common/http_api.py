@@ -60,7 +60,8 @@ class ApiError(web.HTTPException):
         """This error with OpenAI's error `type` (for services that speak OpenAI)."""
         if type is None or self.type is not None:
             return self
-        headers = {k: v for k, v in self.headers.items() if k not in ("Content-Type", "Content-Length")}
+        headers = {k: v for k, v in self.headers.items()
+                   if k not in ("Content-Type", "Content-Length")}
         return ApiError(self.status_code, self.code, self.message, field=self.field,
                         valid=self.valid, type=type, headers=headers)
 
@@ -143,7 +144,8 @@ def json_errors(log: logging.Logger, *, error_type: Callable[[int], str | None] 
             raise _from_http_exception(request, exc, error_type(exc.status)) from None
         except Exception as exc:
             transport = request.transport
-            if isinstance(exc, ConnectionResetError) and (transport is None or transport.is_closing()):
+            if isinstance(exc, ConnectionResetError) and (transport is None
+                                                          or transport.is_closing()):
                 log.info("%s %s: the client went away", request.method, request.path)
                 # aiohttp finds the connection closed when it sends this, and drops it quietly
                 return web.Response(status=499, reason="Client Closed Request")

@@ -57,7 +57,8 @@ class Knob:
     hi: float | None = None
     lo_open: bool = False  # lo itself is out of range
     choices: tuple[str, ...] = ()
-    fallback: tuple[str, ...] = ()  # read, in order, when `env` is unset: other names of the same setting
+    # read, in order, when `env` is unset: other names of the same setting
+    fallback: tuple[str, ...] = ()
     flag: str = ""  # the command-line flag that sets it too
     shown_default: str | None = None  # the docs' default where the field's is computed at run time
 
@@ -84,7 +85,8 @@ class Knob:
             return self.kind(raw.lower() if self.choices else raw)
         except ValueError as exc:
             what = _WHAT.get(self.kind)
-            raise error(f"{name}={raw!r} " + (f"is not {what}" if what else f"is not valid: {exc}")) from None
+            raise error(f"{name}={raw!r} "
+                        + (f"is not {what}" if what else f"is not valid: {exc}")) from None
 
     def out_of_bounds(self, value: Any) -> bool:
         if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
@@ -120,12 +122,15 @@ class KnobTable:
         fields = dataclasses.fields(config)
         bare = [f.name for f in fields if _KNOB not in f.metadata]
         if bare:
-            raise TypeError(f"{config.__name__}: fields {bare} are not knobs; declare them with knob()")
+            raise TypeError(f"{config.__name__}: fields {bare} are not knobs; "
+                            "declare them with knob()")
         self.knobs = tuple(dataclasses.replace(f.metadata[_KNOB], attr=f.name) for f in fields)
         self.defaults = {f.name: f.default for f in fields}
-        unshown = [k.env for k in self.knobs if self.defaults[k.attr] is dataclasses.MISSING and k.shown_default is None]
+        unshown = [k.env for k in self.knobs
+                   if self.defaults[k.attr] is dataclasses.MISSING and k.shown_default is None]
         if unshown:  # a factory's value depends on the machine: the docs need words for it
-            raise TypeError(f"{config.__name__}: knobs {unshown} have a default factory but no shown_default")
+            raise TypeError(f"{config.__name__}: knobs {unshown} have a default factory "
+                            "but no shown_default")
         self.renamed = dict(renamed or {})  # old name -> new name
         self.removed = dict(removed or {})  # name -> why it does nothing now
         self.constants = tuple(constants)
@@ -135,7 +140,8 @@ class KnobTable:
             raise ValueError(f"renamed to knobs that do not exist: {sorted(unknown)}")
         self._by_env = by_env
 
-    def values(self, env: Mapping[str, str], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def values(self, env: Mapping[str, str],
+               overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The fields the variables of `env` set, then the `overrides` that are not None."""
         env = {name: raw.strip() for name, raw in env.items() if raw.strip()}
         for name, why in self.removed.items():
@@ -200,11 +206,15 @@ class KnobTable:
         for k in self.knobs:
             name = f"`{k.env}`" + "".join(f", else `{f}`" for f in k.fallback)
             name += f" (`{k.flag}`)" if k.flag else ""
-            rows.append(f"| {name} | {self.shown_default(k)} | {_code_list(k.valid())} | {k.help} |")
-        rows += [f"| `{k.env}` | `{k.choices[0]}` | only `{k.choices[0]}` | a constant, kept for its name: {k.help} |"
+            rows.append(f"| {name} | {self.shown_default(k)} | "
+                        f"{_code_list(k.valid())} | {k.help} |")
+        rows += [f"| `{k.env}` | `{k.choices[0]}` | only `{k.choices[0]}` | a constant, "
+                 f"kept for its name: {k.help} |"
                  for k in self.constants]
-        rows += [f"| `{old}` | | | old name of `{new}` (a deprecation warning) |" for old, new in self.renamed.items()]
-        rows += [f"| `{name}` | | | removed, ignored with a warning: {why} |" for name, why in self.removed.items()]
+        rows += [f"| `{old}` | | | old name of `{new}` (a deprecation warning) |"
+                 for old, new in self.renamed.items()]
+        rows += [f"| `{name}` | | | removed, ignored with a warning: {why} |"
+                 for name, why in self.removed.items()]
         return "\n".join(rows)
 
 
@@ -259,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m streamtalk_common.knobs",
         description="Rewrite the knob tables of README.md and docs/*.md from the packages' KNOBS.")
-    parser.add_argument("--check", action="store_true", help="only list the stale docs (exit 1 if any)")
+    parser.add_argument("--check", action="store_true",
+                        help="only list the stale docs (exit 1 if any)")
     args = parser.parse_args(argv)
     stale = stale_docs()
     for path in stale:

@@ -72,4 +72,5 @@ async def set_room_metadata_key(lkapi: api.LiveKitAPI, room: str, key: str, valu
         return
     metadata = merged_metadata(rooms[0].metadata, key, value)
     if metadata is not None:
-        await lkapi.room.update_room_metadata(api.UpdateRoomMetadataRequest(room=room, metadata=metadata))
+        await lkapi.room.update_room_metadata(
+            api.UpdateRoomMetadataRequest(room=room, metadata=metadata))

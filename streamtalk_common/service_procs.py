@@ -52,7 +52,8 @@ def _read(pid: str) -> Proc | None:
     base = Path("/proc") / pid
     try:
         stat = (base / "stat").read_text()
-        cmdline = (base / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        cmdline = ((base / "cmdline").read_bytes().replace(b"\0", b" ")
+                   .decode(errors="replace").strip())
     except OSError:  # gone meanwhile
         return None
     comm = stat[stat.index("(") + 1 : stat.rindex(")")]
@@ -64,7 +65,8 @@ def _read(pid: str) -> Proc | None:
     except OSError:  # another user's process: never ours
         environ = []
     prefix = f"{TAG_VAR}=".encode()
-    tag = next((e[len(prefix) :].decode(errors="replace") for e in environ if e.startswith(prefix)), None)
+    tag = next((e[len(prefix) :].decode(errors="replace") for e in environ if e.startswith(prefix)),
+               None)
     return Proc(int(pid), int(ppid), int(pgid), comm, cmdline, tag)
 
 
@@ -102,7 +104,8 @@ def stop(tag: str, pgid: int, grace_s: float, named: str | None = None, say=prin
         live = {p.pid: p for p in now}
         current = {p.pid: p for p in members(tag, pgid, now)}
         # a child seen earlier stays ours after its parent died and it left the group
-        current.update({pid: live[pid] for pid in seen if pid in live and live[pid].cmdline == seen[pid].cmdline})
+        current.update({pid: live[pid] for pid in seen
+                        if pid in live and live[pid].cmdline == seen[pid].cmdline})
         seen.update(current)
         return list(current.values())
 
@@ -119,7 +122,8 @@ def stop(tag: str, pgid: int, grace_s: float, named: str | None = None, say=prin
                 _signal(left, pgid, signal.SIGTERM)
                 second_term = False
         if left:
-            say(f"still alive after {grace_s:g} s, SIGKILL: " + ", ".join(p.describe() for p in left))
+            say(f"still alive after {grace_s:g} s, SIGKILL: "
+                + ", ".join(p.describe() for p in left))
             _signal(left, pgid, signal.SIGKILL)
             deadline = time.monotonic() + 2.0
             while left and time.monotonic() < deadline:
@@ -129,7 +133,8 @@ def stop(tag: str, pgid: int, grace_s: float, named: str | None = None, say=prin
             say("survived SIGKILL: " + ", ".join(p.describe() for p in left))
     if named:
         pattern = re.compile(named)
-        others = [p for p in snapshot() if p.tag != tag and (pattern.search(p.comm) or pattern.search(p.cmdline))]
+        others = [p for p in snapshot()
+                  if p.tag != tag and (pattern.search(p.comm) or pattern.search(p.cmdline))]
         if others:
             say(f"left alone, not started by this stack ({TAG_VAR} is not {tag}): "
                 + ", ".join(p.describe() for p in others))
@@ -137,13 +142,15 @@ def stop(tag: str, pgid: int, grace_s: float, named: str | None = None, say=prin
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m streamtalk_common.service_procs", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m streamtalk_common.service_procs",
+                                 description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("action", choices=["members", "stop"])
     ap.add_argument("tag", help=f"the service's {TAG_VAR} value")
     ap.add_argument("pgid", type=int, help="the process group the service leads")
     ap.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL")
-    ap.add_argument("--named", default=None, help="also report untagged processes matching this regex")
+    ap.add_argument("--named", default=None,
+                    help="also report untagged processes matching this regex")
     args = ap.parse_args(argv)
     if args.action == "members":
         print("\n".join(str(p.pid) for p in members(args.tag, args.pgid)))

@@ -20,7 +20,8 @@ def format_table(title: str, rows: list[dict[str, Any]]) -> str:
     cols = list(rows[0])
     widths = {c: max(len(c), *(len(format_cell(r.get(c))) for r in rows)) for c in cols}
     lines = [title, "  ".join(c.ljust(widths[c]) for c in cols)]
-    lines += ["  ".join(format_cell(r.get(c)).ljust(widths[c]) for c in cols).rstrip() for r in rows]
+    lines += ["  ".join(format_cell(r.get(c)).ljust(widths[c]) for c in cols).rstrip()
+              for r in rows]
     return "\n".join(lines)
 
 

@@ -34,7 +34,8 @@ QUIET_WAIT_LIMIT_S = 90.0
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "quiet_machine: timing-gated; runs first, on an idle machine")
+    config.addinivalue_line("markers",
+                            "quiet_machine: timing-gated; runs first, on an idle machine")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -62,7 +63,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     while (idle := _idle_share()) < QUIET_IDLE_SHARE and time.monotonic() < deadline:
         pass
     if idle < QUIET_IDLE_SHARE:
-        print(f"\n[quiet_machine] CPUs only {idle:.0%} idle after {QUIET_WAIT_LIMIT_S:.0f} s; running anyway")
+        print(f"\n[quiet_machine] CPUs only {idle:.0%} idle after {QUIET_WAIT_LIMIT_S:.0f} s; "
+              "running anyway")
 
 
 @pytest.fixture(scope="session")

@@ -32,13 +32,16 @@ async def probe(config: TokenServerConfig, timeout_s: float) -> tuple[bool, str]
     start = time.monotonic()
     async with config.livekit_api() as lkapi:
         try:
-            await lkapi.room.create_room(api.CreateRoomRequest(name=room, empty_timeout=int(timeout_s) + 5))
+            await lkapi.room.create_room(api.CreateRoomRequest(
+                name=room, empty_timeout=int(timeout_s) + 5))
             await lkapi.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
                 agent_name=config.agent_name, room=room, metadata='{"source": "status-probe"}'))
             while time.monotonic() - start < timeout_s:
-                people = (await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))).participants
+                people = (await lkapi.room.list_participants(
+                    api.ListParticipantsRequest(room=room))).participants
                 if any(p.kind == api.ParticipantInfo.Kind.AGENT for p in people):
-                    return True, f"agent {config.agent_name} joined a probe room in {time.monotonic() - start:.1f} s"
+                    return True, (f"agent {config.agent_name} joined a probe room in "
+                                  f"{time.monotonic() - start:.1f} s")
                 await asyncio.sleep(0.2)
             return False, (f"no {config.agent_name} agent joined a probe room in {timeout_s:g} s "
                            "(is a worker of that name registered with this LiveKit?)")
@@ -50,8 +53,10 @@ async def probe(config: TokenServerConfig, timeout_s: float) -> tuple[bool, str]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m token_server.agent_probe", description=__doc__.split("\n")[0])
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the agent (10)")
+    parser = argparse.ArgumentParser(prog="python -m token_server.agent_probe",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds to wait for the agent (10)")
     args = parser.parse_args(argv)
     try:
         config = TokenServerConfig.from_env()

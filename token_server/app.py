@@ -237,6 +237,7 @@ def web_root_problems(config: TokenServerConfig) -> list[str]:
         problems.append(f"web client missing: {config.web_root}/index.html")
     if not config.livekit_client_js.is_file():
         problems.append(
-            f"livekit-client missing at {config.livekit_client_js}; run scripts/install_node_deps.sh"
+            f"livekit-client missing at {config.livekit_client_js}; "
+            "run scripts/install_node_deps.sh"
         )
     return problems

@@ -60,7 +60,8 @@ class LiveNodes:
         """A live node for the next client, the live nodes in turn."""
         live = [u for u in self.urls if self.live[u]]
         if not live:
-            raise NoLiveNode(f"no LiveKit node answers (checked every {CHECK_EVERY_S:g} s: {', '.join(self.urls)})")
+            raise NoLiveNode(f"no LiveKit node answers (checked every {CHECK_EVERY_S:g} s: "
+                             f"{', '.join(self.urls)})")
         self._next = (self._next + 1) % len(live)
         return live[self._next]
 
@@ -75,14 +76,17 @@ class LiveNodes:
     async def check(self, session: aiohttp.ClientSession) -> None:
         async def answers(url: str) -> bool:
             try:
-                async with session.get(http_url(url) + "/", timeout=aiohttp.ClientTimeout(total=CHECK_TIMEOUT_S)) as r:
+                async with session.get(http_url(url) + "/",
+                                       timeout=aiohttp.ClientTimeout(total=CHECK_TIMEOUT_S)) as r:
                     return r.status == 200
             except (TimeoutError, aiohttp.ClientError, OSError):
                 return False
 
-        for url, up in zip(self.urls, await asyncio.gather(*(answers(u) for u in self.urls)), strict=True):
+        for url, up in zip(self.urls, await asyncio.gather(*(answers(u) for u in self.urls)),
+                           strict=True):
             if up != self.live[url]:
-                log.warning("LiveKit node %s %s", url, "answers again" if up else "does not answer: left out")
+                log.warning("LiveKit node %s %s", url,
+                            "answers again" if up else "does not answer: left out")
                 if not up:
                     self.last_lost = time.monotonic()
             self.live[url] = up

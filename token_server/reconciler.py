@@ -80,7 +80,8 @@ class RoomReconciler:
         self.max_attempts = max_attempts
         self.interval_s = interval_s
         self.stranded: dict[str, Stranded] = {}
-        self.heartbeats: dict[tuple[str, str], tuple[str, float]] = {}  # (room, agent): value, since
+        # (room, agent): value, since
+        self.heartbeats: dict[tuple[str, str], tuple[str, float]] = {}
         self.last_seen: dict[str, float] = {}  # room: when a sweep last found people in it
         self._livekit_down = False
 
@@ -113,7 +114,8 @@ class RoomReconciler:
         # heartbeats outlive a sweep or two without the room: while a dead node's room moves to
         # another node it may be missing or empty for a moment, and the frozen beat of its
         # dead session's agent must still count from when it froze
-        forget = {name for name, at in self.last_seen.items() if time.monotonic() - at > FORGET_AFTER_S}
+        forget = {name for name, at in self.last_seen.items()
+                  if time.monotonic() - at > FORGET_AFTER_S}
         for key in [k for k in self.heartbeats if k[0] in forget]:
             del self.heartbeats[key]
         for name in forget:
@@ -146,25 +148,29 @@ class RoomReconciler:
         wait = self.grace_s * 2 ** max(0, stranded.attempts - 1)  # grace, grace, 2x, 4x, ...
         # LiveKit dispatches the agent itself when a person's join makes the room, or when it
         # moves the room of a node that died to a live one: give that the grace too
-        newest_join = now - max(0.0, time.time() - max(p.joined_at_ms / 1000 or p.joined_at for p in people))
+        newest_join = now - max(0.0, time.time() - max(p.joined_at_ms / 1000 or p.joined_at
+                                                       for p in people))
         moved = self.nodes.last_lost + NODE_STALE_S
         if now - max(stranded.since, stranded.last_attempt, newest_join, moved) < wait:
             return
         if stranded.attempts >= self.max_attempts:
             if stranded.attempts == self.max_attempts:
-                log.error("room %s: no agent after %d dispatches; giving up", room.name, stranded.attempts)
+                log.error("room %s: no agent after %d dispatches; giving up", room.name,
+                          stranded.attempts)
                 stranded.attempts += 1  # report once
                 await self._tell_page(room, {"state": "lost"})
             return
         stranded.attempts += 1
         stranded.last_attempt = now
-        log.warning("room %s has people but no agent for %.0f s: dispatching %s again (attempt %d of %d)",
-                    room.name, now - stranded.since, self.agent_name, stranded.attempts, self.max_attempts)
+        log.warning("room %s has people but no agent for %.0f s: dispatching %s again "
+                    "(attempt %d of %d)", room.name, now - stranded.since, self.agent_name,
+                    stranded.attempts, self.max_attempts)
         await self._tell_page(room, {"state": "reconnecting", "attempt": stranded.attempts})
         for identity in stale:
             log.warning("room %s: agent %s stopped its heartbeat; removing it", room.name, identity)
             with contextlib.suppress(api.TwirpError):  # it left meanwhile
-                await self.lkapi.room.remove_participant(api.RoomParticipantIdentity(room=room.name, identity=identity))
+                await self.lkapi.room.remove_participant(
+                    api.RoomParticipantIdentity(room=room.name, identity=identity))
         for dispatch in ours:
             with contextlib.suppress(api.TwirpError):  # gone already
                 await self.lkapi.agent_dispatch.delete_dispatch(dispatch.id, room.name)
@@ -177,10 +183,11 @@ class RoomReconciler:
         over brings the room's old participants back with it, the dead session's agent among
         them, next to the agent the room's dispatch brings."""
         for identity in stale:
-            log.warning("room %s: agent %s stopped its heartbeat and another agent serves the room; "
-                        "removing it", room, identity)
+            log.warning("room %s: agent %s stopped its heartbeat and another agent serves the "
+                        "room; removing it", room, identity)
             with contextlib.suppress(api.TwirpError):  # it left meanwhile
-                await self.lkapi.room.remove_participant(api.RoomParticipantIdentity(room=room, identity=identity))
+                await self.lkapi.room.remove_participant(
+                    api.RoomParticipantIdentity(room=room, identity=identity))
 
     def _heartbeat_stopped(self, room: str, agent: api.ParticipantInfo, now: float) -> bool:
         """Whether the agent's heartbeat attribute stood still for STALE_AFTER_S (an agent

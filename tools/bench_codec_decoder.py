@@ -34,13 +34,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench(model: torch.nn.Module, frames: int, packets: list[int], batches: list[int], repeat: int) -> list[dict]:
+def bench(model: torch.nn.Module, frames: int, packets: list[int],
+          batches: list[int], repeat: int) -> list[dict]:
     device = next(model.parameters()).device
     cfg = model.config
     rows = []
     stream = CodecStreamDecoder(model)
     for batch in batches:
-        codes = torch.randint(0, cfg.codebook_size, (batch, cfg.num_quantizers, frames), device=device)
+        codes = torch.randint(0, cfg.codebook_size, (batch, cfg.num_quantizers, frames),
+                              device=device)
         audio_s = frames * FRAME_S  # per stream; the batch makes `batch` times as much
         with torch.no_grad():
             model(codes[:, :, : min(frames, 8)])  # warm-up
@@ -71,13 +73,15 @@ def bench(model: torch.nn.Module, frames: int, packets: list[int], batches: list
                     steps.append(time.perf_counter() - s0)
                 walls.append(time.perf_counter() - t0)
             wall = statistics.median(walls)
-            rows.append({"mode": "incremental", "batch": batch, "packet": packet, "rtf": wall / audio_s,
-                         "ms_per_step": statistics.median(steps) * 1000, "wall_s": wall})
+            rows.append({"mode": "incremental", "batch": batch, "packet": packet,
+                         "rtf": wall / audio_s, "ms_per_step": statistics.median(steps) * 1000,
+                         "wall_s": wall})
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=SPEECH_TOKENIZER_PRESETS, default="tiny")
     parser.add_argument("--seconds", type=float, default=10.0, help="audio per stream")
     parser.add_argument("--packets", type=int, nargs="+", default=[1, 2, 4])
@@ -86,7 +90,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
-    parser.add_argument("--json", type=Path, help="default: $STREAMTALK_OUTPUT/bench/codec_decoder.json")
+    parser.add_argument("--json", type=Path,
+                        help="default: $STREAMTALK_OUTPUT/bench/codec_decoder.json")
     args = parser.parse_args()
 
     if args.threads:
@@ -94,16 +99,18 @@ def main() -> None:
     model = build_random_codec_decoder(args.preset).to(args.device, DTYPES[args.dtype])
     frames = max(1, round(args.seconds / FRAME_S))
     rows = bench(model, frames, args.packets, args.batches, args.repeat)
-    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else platform.processor() or "cpu"
-    meta = {"date": date.today().isoformat(), "preset": args.preset, "frames": frames, "device": device,
-            "dtype": args.dtype, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "load_avg": os.getloadavg()[0]}
+    device = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
+              else platform.processor() or "cpu")
+    meta = {"date": date.today().isoformat(), "preset": args.preset, "frames": frames,
+            "device": device, "dtype": args.dtype, "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "load_avg": os.getloadavg()[0]}
     print(f"codec decoder, preset {args.preset}, {frames} frames/stream, {device}, {args.dtype}, "
           f"{meta['threads']} threads, load {meta['load_avg']:.1f}, {meta['date']}")
     print("| mode | batch | packet | RTF | ms/step |")
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['mode']} | {r['batch']} | {r['packet']} | {r['rtf']:.4f} | {r['ms_per_step']:.2f} |")
+        print(f"| {r['mode']} | {r['batch']} | {r['packet']} | {r['rtf']:.4f} | "
+              f"{r['ms_per_step']:.2f} |")
     out = args.json or output_root() / "bench" / "codec_decoder.json"
     write_json(out, {"meta": meta, "rows": rows})
     print(f"wrote {out}")

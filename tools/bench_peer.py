@@ -107,7 +107,8 @@ def parse_mode(text: str) -> str:
         return text
     if text.startswith("stream") and text[6:].isdigit() and int(text[6:]) >= 1:
         return f"stream{int(text[6:])}"
-    raise argparse.ArgumentTypeError(f"unknown mode {text!r}; valid: stream<N> (e.g. stream8), nonstream, official")
+    raise argparse.ArgumentTypeError(f"unknown mode {text!r}; valid: stream<N> (e.g. stream8), "
+                                     "nonstream, official")
 
 
 def chunk_size(mode: str) -> int | None:
@@ -118,10 +119,14 @@ def build_parser(lengths: list[str]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bench_peer.py", description=__doc__.split("\n\n", 1)[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Usage notes, measurement definitions and the compatibility patches: see the module docstring.")
-    p.add_argument("--model-dir", help="Qwen3-TTS-12Hz CustomVoice checkpoint dir (official layout)")
-    p.add_argument("--out", default="output/bench_peer.json", help="JSON output path (default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per cell after one warm-up (default: 5)")
+        epilog="Usage notes, measurement definitions and the compatibility patches: "
+               "see the module docstring.")
+    p.add_argument("--model-dir",
+                   help="Qwen3-TTS-12Hz CustomVoice checkpoint dir (official layout)")
+    p.add_argument("--out", default="output/bench_peer.json",
+                   help="JSON output path (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed runs per cell after one warm-up (default: 5)")
     p.add_argument("--modes", nargs="+", type=parse_mode, default=list(DEFAULT_MODES),
                    help="stream<N>, nonstream, official (default: %(default)s)")
     p.add_argument("--lengths", nargs="+", choices=lengths, default=list(lengths),
@@ -131,10 +136,14 @@ def build_parser(lengths: list[str]) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda", help="cuda or cuda:N; cpu only for --modes official")
     p.add_argument("--dtype", default="bfloat16", choices=DTYPES)
     p.add_argument("--attn", default="sdpa", help="attn_implementation (default: sdpa)")
-    p.add_argument("--max-seq-len", type=int, default=2048, help="faster-qwen3-tts static cache (default: 2048)")
-    p.add_argument("--seed", type=int, default=0, help="torch.manual_seed(seed + run index) before each run")
-    p.add_argument("--keep-eos", action="store_true", help="do not zero the EOS row of codec_head in memory")
-    p.add_argument("--force-length", action="store_true", help="faster-qwen3-tts modes: also pass min_new_tokens = frames (mask EOS)")
+    p.add_argument("--max-seq-len", type=int, default=2048,
+                   help="faster-qwen3-tts static cache (default: 2048)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="torch.manual_seed(seed + run index) before each run")
+    p.add_argument("--keep-eos", action="store_true",
+                   help="do not zero the EOS row of codec_head in memory")
+    p.add_argument("--force-length", action="store_true",
+                   help="faster-qwen3-tts modes: also pass min_new_tokens = frames (mask EOS)")
     p.add_argument("--dry-run", action="store_true",
                    help="no model, no GPU: a stand-in peer exercises the loop, JSON and table")
     return p
@@ -158,13 +167,15 @@ def ensure_torchaudio_kaldi() -> str:
     def unavailable(name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
-        raise RuntimeError(f"torchaudio is a stub in bench_peer ({reason}); torchaudio.compliance.kaldi.{name} "
-                           "is only used by the 25 Hz tokenizer, not by the 12 Hz custom-voice path")
+        raise RuntimeError(f"torchaudio is a stub in bench_peer ({reason}); "
+                           f"torchaudio.compliance.kaldi.{name} is only used by the 25 Hz "
+                           "tokenizer, not by the 12 Hz custom-voice path")
 
     parent = None
     for name in ("torchaudio", "torchaudio.compliance", "torchaudio.compliance.kaldi"):
         mod = types.ModuleType(name)
-        mod.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=not name.endswith("kaldi"))
+        mod.__spec__ = importlib.machinery.ModuleSpec(name, None,
+                                                      is_package=not name.endswith("kaldi"))
         if name.endswith("kaldi"):
             mod.__getattr__ = unavailable  # type: ignore[method-assign]
         else:
@@ -182,7 +193,8 @@ class _ThetaView:
     def __init__(self, config: Any, params: dict[str, Any]) -> None:
         self._config = config
         self.rope_theta = params["rope_theta"]
-        if "partial_rotary_factor" in params and getattr(config, "partial_rotary_factor", None) is None:
+        if "partial_rotary_factor" in params \
+                and getattr(config, "partial_rotary_factor", None) is None:
             self.partial_rotary_factor = params["partial_rotary_factor"]
 
     def __getattr__(self, name: str) -> Any:
@@ -218,10 +230,12 @@ def install_rope_theta_fallback() -> dict[str, Any]:
         state.update(installed=True, reason="already installed")
         return state
     if not getattr(original, "__module__", "").startswith("qwen_tts"):
-        state["reason"] = f"'default' initializer comes from {getattr(original, '__module__', '?')}, left alone"
+        state["reason"] = ("'default' initializer comes from "
+                           f"{getattr(original, '__module__', '?')}, left alone")
         return state
 
-    def default_rope_with_fallback(config: Any, device: Any = None, *args: Any, **kwargs: Any) -> Any:
+    def default_rope_with_fallback(config: Any, device: Any = None,
+                                   *args: Any, **kwargs: Any) -> Any:
         try:
             config.rope_theta  # noqa: B018 - the attribute probe is the point
         except AttributeError:
@@ -257,12 +271,14 @@ class DryRunPeer:
         while done < frames:
             n = min(chunk, frames - done)
             done += n
-            yield np.zeros(n * SAMPLES_PER_FRAME, dtype=np.float32), SAMPLE_RATE, {"chunk_steps": n, "prefill_ms": 0.0}
+            yield (np.zeros(n * SAMPLES_PER_FRAME, dtype=np.float32), SAMPLE_RATE,
+                   {"chunk_steps": n, "prefill_ms": 0.0})
 
     def full(self, text: str, frames: int) -> tuple[list, int, dict]:
         import numpy as np
 
-        return [np.zeros(frames * SAMPLES_PER_FRAME, dtype=np.float32)], SAMPLE_RATE, {"steps": frames}
+        return ([np.zeros(frames * SAMPLES_PER_FRAME, dtype=np.float32)], SAMPLE_RATE,
+                {"steps": frames})
 
     def official(self, text: str, frames: int) -> tuple[list, int, dict]:
         return self.full(text, frames)
@@ -282,7 +298,8 @@ class FasterPeer:
         setup["torchaudio"] = ensure_torchaudio_kaldi()
         import qwen_tts
 
-        setup["rope_theta_fallback"] = install_rope_theta_fallback()  # its call count updates in place
+        # its call count updates in place
+        setup["rope_theta_fallback"] = install_rope_theta_fallback()
         self._fast_timings: list[dict] = []
         start = time.perf_counter()
         if any(m != "official" for m in args.modes):
@@ -298,13 +315,15 @@ class FasterPeer:
             self.base = qwen_tts.Qwen3TTSModel.from_pretrained(
                 args.model_dir, device_map=args.device, dtype=dtype, attn_implementation=args.attn)
         setup["load_s"] = time.perf_counter() - start
-        self.sample_rate = int(getattr(self.base.model.speech_tokenizer, "sample_rate", SAMPLE_RATE) or SAMPLE_RATE)
+        self.sample_rate = int(getattr(self.base.model.speech_tokenizer, "sample_rate", SAMPLE_RATE)
+                               or SAMPLE_RATE)
         setup["sample_rate"] = self.sample_rate
         setup["eos"] = self._zero_eos_row(keep=args.keep_eos)
         speakers = self.base.get_supported_speakers()
         setup["speakers"] = speakers
         if speakers is not None and self.speaker.lower() not in speakers:
-            raise ValueError(f"speaker {self.speaker!r} is not in this checkpoint; valid: {', '.join(speakers)}")
+            raise ValueError(f"speaker {self.speaker!r} is not in this checkpoint; valid: "
+                             f"{', '.join(speakers)}")
 
     def _wrap_fast_generate(self) -> None:
         """Record the step count of each non-streaming call (its return value carries none)."""
@@ -348,7 +367,8 @@ class FasterPeer:
 
     def stream(self, text: str, frames: int, chunk: int):
         return self.tts.generate_custom_voice_streaming(
-            text=text, speaker=self.speaker, language=self.language, chunk_size=chunk, **self._length_kwargs(frames))
+            text=text, speaker=self.speaker, language=self.language, chunk_size=chunk,
+            **self._length_kwargs(frames))
 
     def full(self, text: str, frames: int) -> tuple[list, int, dict]:
         self._fast_timings.clear()
@@ -358,8 +378,10 @@ class FasterPeer:
         return wavs, sr, timing
 
     def official(self, text: str, frames: int) -> tuple[list, int, dict]:
-        # Its generate() fixes min_new_tokens at 2 (a passed value is dropped): only the zeroed EOS row holds the length.
-        wavs, sr = self.base.generate_custom_voice(text=text, speaker=self.speaker, language=self.language,
+        # Its generate() fixes min_new_tokens at 2 (a passed value
+        # is dropped): only the zeroed EOS row holds the length.
+        wavs, sr = self.base.generate_custom_voice(text=text, speaker=self.speaker,
+                                                   language=self.language,
                                                    max_new_tokens=frames + OFFICIAL_EXTRA_STEPS)
         return wavs, sr, {}
 
@@ -433,7 +455,8 @@ def run_once(peer: Any, mode: str, text: str, frames: int, clock: Clock) -> dict
         wavs, sr, timing = call(text, frames)
         end = clock.now()
         samples = sum(_samples(w) for w in wavs)
-        rec["frames"] = int(timing["steps"]) if "steps" in timing else round(samples / SAMPLES_PER_FRAME)
+        rec["frames"] = (int(timing["steps"]) if "steps" in timing
+                         else round(samples / SAMPLES_PER_FRAME))
         if "ms_per_step" in timing:
             rec["ms_per_step"] = float(timing["ms_per_step"])
             rec["prefill_ms"] = float(timing.get("prefill_ms", 0.0))
@@ -467,7 +490,8 @@ def summarize(runs: list[dict], frames: int) -> dict[str, Any]:
 
 def run_cell(peer: Any, mode: str, length: str, text: str, frames: int, repeats: int,
              clock: Clock, seed: int) -> dict[str, Any]:
-    cell: dict[str, Any] = {"mode": mode, "length": length, "frames_expected": frames, "status": "ok", "runs": []}
+    cell: dict[str, Any] = {"mode": mode, "length": length, "frames_expected": frames,
+                            "status": "ok", "runs": []}
     try:
         import torch
 
@@ -477,8 +501,8 @@ def run_cell(peer: Any, mode: str, length: str, text: str, frames: int, repeats:
             label = "warm-up" if i == 0 else f"run {i}/{repeats}"
             ttfa = "" if rec["ttfa_ms"] is None else f"TTFA {rec['ttfa_ms']:.1f} ms, "
             rtf = "-" if rec["rtf"] is None else f"{rec['rtf']:.3f}"
-            progress(f"{mode} {length} {label}: {ttfa}wall {rec['wall_s']:.3f} s, audio {rec['audio_s']:.2f} s, "
-                     f"RTF {rtf}, frames {rec['frames']}")
+            progress(f"{mode} {length} {label}: {ttfa}wall {rec['wall_s']:.3f} s, "
+                     f"audio {rec['audio_s']:.2f} s, RTF {rtf}, frames {rec['frames']}")
             if i == 0:
                 cell["warmup"] = rec
             else:
@@ -500,8 +524,8 @@ def environment(cuda: bool) -> dict[str, Any]:
 
     env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
                            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for dist in ("torch", "transformers", "faster-qwen3-tts", "qwen-tts-hf", "accelerate", "numpy", "torchaudio",
-                 "librosa", "soundfile"):
+    for dist in ("torch", "transformers", "faster-qwen3-tts", "qwen-tts-hf", "accelerate", "numpy",
+                 "torchaudio", "librosa", "soundfile"):
         try:
             env[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -519,22 +543,26 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def table(report: dict[str, Any]) -> str:
-    head = ["mode", "length", "frames", "TTFA ms", "wall s", "audio s", "RTF", "alloc GiB", "resv GiB", "status"]
+    head = ["mode", "length", "frames", "TTFA ms", "wall s", "audio s", "RTF", "alloc GiB",
+            "resv GiB", "status"]
     rows = []
     for cell in report["cells"]:
         m = cell.get("median") or {}
-        status = cell["status"] if cell["status"] != "error" else f"FAILED {cell.get('error', '')}"[:70]
+        status = (cell["status"] if cell["status"] != "error"
+                  else f"FAILED {cell.get('error', '')}"[:70])
         if m and not m.get("frames_ok", True):
             status += f" (frames {m.get('frames')} != {cell['frames_expected']})"
         frames = m.get("frames", cell["frames_expected"]) if m else cell["frames_expected"]
         rows.append([cell["mode"], cell["length"], str(frames), _fmt(m.get("ttfa_ms"), ".1f"),
-                     _fmt(m.get("wall_s"), ".3f"), _fmt(m.get("audio_s"), ".2f"), _fmt(m.get("rtf"), ".3f"),
-                     _fmt(m.get("peak_alloc_gib"), ".2f"), _fmt(m.get("peak_reserved_gib"), ".2f"), status])
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+                     _fmt(m.get("wall_s"), ".3f"), _fmt(m.get("audio_s"), ".2f"),
+                     _fmt(m.get("rtf"), ".3f"), _fmt(m.get("peak_alloc_gib"), ".2f"),
+                     _fmt(m.get("peak_reserved_gib"), ".2f"), status])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(head)]
     env = report["environment"]
-    title = (f"{report['peer']} ({env.get('faster-qwen3-tts') or '-'}, qwen-tts-hf {env.get('qwen-tts-hf') or '-'}) "
-             f"on {env.get('gpu') or 'no GPU'}; medians of {report['settings']['repeats']} runs after warm-up; "
-             "RTF = wall / audio")
+    title = (f"{report['peer']} ({env.get('faster-qwen3-tts') or '-'}, qwen-tts-hf "
+             f"{env.get('qwen-tts-hf') or '-'}) on {env.get('gpu') or 'no GPU'}; "
+             f"medians of {report['settings']['repeats']} runs after warm-up; RTF = wall / audio")
     lines = [title, "  ".join(h.ljust(w) for h, w in zip(head, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     for err in report["errors"]:
@@ -553,7 +581,8 @@ def write_json(path: Path, report: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Before anything imports huggingface_hub: the GPU host has no network and the model dir is local.
+    # Before anything imports huggingface_hub: the GPU
+    # host has no network and the model dir is local.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     if str(REPO_ROOT) not in sys.path:
@@ -573,7 +602,8 @@ def main(argv: list[str] | None = None) -> int:
         except CheckpointError as exc:
             raise SystemExit(str(exc)) from None
         if not args.device.startswith("cuda") and any(m != "official" for m in args.modes):
-            raise SystemExit(f"faster-qwen3-tts needs CUDA (--device {args.device!r}); only --modes official runs on CPU")
+            raise SystemExit(f"faster-qwen3-tts needs CUDA (--device {args.device!r}); "
+                             "only --modes official runs on CPU")
     # Official mode last: its eager HF generate must not sit between the graphed runs.
     modes = list(dict.fromkeys(m for m in args.modes if m != "official"))
     modes += ["official"] if "official" in args.modes else []
@@ -584,20 +614,24 @@ def main(argv: list[str] | None = None) -> int:
 
     cuda = not args.dry_run and args.device.startswith("cuda") and torch.cuda.is_available()
     if cuda and torch.device(args.device).index is not None:
-        torch.cuda.set_device(torch.device(args.device).index)  # "cuda" alone keeps the current device
+        # "cuda" alone keeps the current device
+        torch.cuda.set_device(torch.device(args.device).index)
     out = Path(args.out)
     report: dict[str, Any] = {
         "tool": "tools/bench_peer.py",
         "peer": "dry-run stand-in" if args.dry_run else "faster-qwen3-tts",
         "complete": False,
         "settings": {
-            "model_dir": args.model_dir, "modes": modes, "lengths": args.lengths, "repeats": args.repeats,
-            "speaker": args.speaker, "language": args.language, "device": args.device, "dtype": args.dtype,
-            "attn_implementation": args.attn, "max_seq_len": args.max_seq_len, "seed": args.seed,
-            "keep_eos": args.keep_eos, "force_length": args.force_length, "dry_run": args.dry_run,
-            "sampling": "peer defaults: do_sample, temperature 0.9, top_k 50, top_p 1.0, repetition_penalty 1.05; "
-                        "non_streaming_mode default (True: whole text in the prefill)",
-            "texts": {k: TEXTS[k] for k in args.lengths}, "frames": {k: LENGTHS[k] for k in args.lengths},
+            "model_dir": args.model_dir, "modes": modes, "lengths": args.lengths,
+            "repeats": args.repeats, "speaker": args.speaker, "language": args.language,
+            "device": args.device, "dtype": args.dtype, "attn_implementation": args.attn,
+            "max_seq_len": args.max_seq_len, "seed": args.seed, "keep_eos": args.keep_eos,
+            "force_length": args.force_length, "dry_run": args.dry_run,
+            "sampling": "peer defaults: do_sample, temperature 0.9, top_k 50, top_p 1.0, "
+                        "repetition_penalty 1.05; non_streaming_mode default (True: whole text in "
+                        "the prefill)",
+            "texts": {k: TEXTS[k] for k in args.lengths},
+            "frames": {k: LENGTHS[k] for k in args.lengths},
         },
         "environment": environment(cuda),
         "setup": {},
@@ -608,21 +642,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         peer = DryRunPeer()
     else:
-        progress(f"loading {args.model_dir} ({args.dtype}, {args.attn}) for modes {' '.join(modes)}")
+        progress(f"loading {args.model_dir} ({args.dtype}, {args.attn}) for modes "
+                 f"{' '.join(modes)}")
         try:
             peer = FasterPeer(args, report["setup"])
             if cuda:
                 report["setup"]["memory_after_load_gib"] = torch.cuda.memory_allocated() / 2**30
-            progress(f"loaded in {report['setup']['load_s']:.1f} s; torchaudio: {report['setup']['torchaudio']}; "
-                     f"RoPE fallback: {report['setup']['rope_theta_fallback']}; EOS: {report['setup']['eos']}")
+            progress(f"loaded in {report['setup']['load_s']:.1f} s; torchaudio: "
+                     f"{report['setup']['torchaudio']}; RoPE fallback: "
+                     f"{report['setup']['rope_theta_fallback']}; EOS: {report['setup']['eos']}")
         except Exception as exc:
             report["errors"].append(error_record("load", exc))
-            progress(f"load FAILED: {report['errors'][-1]['error']}\n{report['errors'][-1]['traceback']}")
+            progress("load FAILED: "
+                     f"{report['errors'][-1]['error']}\n{report['errors'][-1]['traceback']}")
     clock = Clock(cuda)
     for mode in modes:
         for length in args.lengths:
             if peer is None:
-                report["cells"].append({"mode": mode, "length": length, "frames_expected": LENGTHS[length],
+                report["cells"].append({"mode": mode, "length": length,
+                                        "frames_expected": LENGTHS[length],
                                         "status": "skipped (load failed)"})
                 continue
             report["cells"].append(run_cell(peer, mode, length, TEXTS[length], LENGTHS[length],

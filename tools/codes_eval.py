@@ -55,7 +55,8 @@ def frame_runs(codes: np.ndarray, min_run: int) -> list[dict[str, int]]:
     same = np.all(codes[1:] == codes[:-1], axis=1)  # same[i]: frame i+1 repeats frame i
     starts = np.flatnonzero(np.concatenate([[True], ~same]))
     lengths = np.diff(np.concatenate([starts, [len(codes)]]))
-    return [{"start": int(s), "length": int(n)} for s, n in zip(starts, lengths, strict=True) if n >= min_run]
+    return [{"start": int(s), "length": int(n)} for s, n in zip(starts, lengths, strict=True)
+            if n >= min_run]
 
 
 def dump_stats(path: Path, min_run: int) -> dict[str, Any]:
@@ -78,15 +79,17 @@ def first_divergence(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
     """Where two dumps part: the first differing frame and its differing codebooks."""
     common = min(len(a), len(b))
     differs = np.any(a[:common] != b[:common], axis=1)
-    out: dict[str, Any] = {"frames_a": len(a), "frames_b": len(b), "differing_frames": int(differs.sum()),
-                           "first_frame": None, "codebooks": [], "first_codebook_source": None,
-                           "codes_a": None, "codes_b": None}
+    out: dict[str, Any] = {"frames_a": len(a), "frames_b": len(b),
+                           "differing_frames": int(differs.sum()), "first_frame": None,
+                           "codebooks": [], "first_codebook_source": None, "codes_a": None,
+                           "codes_b": None}
     if differs.any():
         f = int(np.argmax(differs))
         books = [int(k) for k in np.flatnonzero(a[f] != b[f])]
         out.update(first_frame=f, codebooks=books, codes_a=[int(a[f, k]) for k in books],
                    codes_b=[int(b[f, k]) for k in books],
-                   first_codebook_source="talker" if books[0] == TALKER_CODEBOOK else "code predictor")
+                   first_codebook_source=("talker" if books[0] == TALKER_CODEBOOK
+                                          else "code predictor"))
     elif len(a) != len(b):
         out.update(first_frame=common, first_codebook_source="length (one dump stops earlier)")
     out["identical"] = out["first_frame"] is None
@@ -104,7 +107,8 @@ def dump_paths(args: list[Path]) -> list[Path]:
         elif p.is_file():
             paths.append(p)
         else:
-            raise ValueError(f"{p}: no such file or folder (give .npy codes dumps or folders of them)")
+            raise ValueError(f"{p}: no such file or folder "
+                             "(give .npy codes dumps or folders of them)")
     return paths
 
 
@@ -112,10 +116,12 @@ def cmd_stats(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     dumps = [dump_stats(p, args.min_run) for p in dump_paths(args.dumps)]
     summary = [{"dump": Path(d["dump"]).stem, "frames": d["frames"], "stop": d["stop_reason"],
                 "eos_frame": d["eos_frame"], "text_tokens": d["text_tokens"],
-                "frames_per_token": d["frames_per_text_token"], f"runs>={args.min_run}": len(d["repeat_runs"]),
+                "frames_per_token": d["frames_per_text_token"],
+                f"runs>={args.min_run}": len(d["repeat_runs"]),
                 "longest_run": d["longest_run"]} for d in dumps]
     tables = [format_table(f"codebooks of {Path(d['dump']).stem}",
-                           [{"codebook": k, **cb} for k, cb in enumerate(d["codebooks"])]) for d in dumps]
+                           [{"codebook": k, **cb} for k, cb in enumerate(d["codebooks"])])
+              for d in dumps]
     tables.append(format_table("codes dumps", summary))
     return {"dumps": dumps, "min_run": args.min_run}, "\n\n".join(tables), 0
 
@@ -123,7 +129,8 @@ def cmd_stats(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
 def cmd_diff(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     d = first_divergence(read_codes(args.a), read_codes(args.b))
     row = {"a": args.a.stem, "b": args.b.stem, **{k: d[k] for k in (
-        "frames_a", "frames_b", "identical", "first_frame", "first_codebook_source", "differing_frames")},
+        "frames_a", "frames_b", "identical", "first_frame", "first_codebook_source",
+        "differing_frames")},
         "codebooks": ",".join(map(str, d["codebooks"])) or None}
     return {"a": str(args.a), "b": str(args.b), **d}, format_table("first divergence", [row]), \
         0 if d["identical"] else 1
@@ -135,7 +142,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sub = p.add_subparsers(dest="command", required=True)
     q = sub.add_parser("stats", help="per-dump and per-codebook statistics")
     q.add_argument("dumps", type=Path, nargs="+", help=".npy codes dumps or folders of them")
-    q.add_argument("--min-run", type=int, default=3, help="shortest run of identical frames reported (>= 2)")
+    q.add_argument("--min-run", type=int, default=3,
+                   help="shortest run of identical frames reported (>= 2)")
     q.set_defaults(func=cmd_stats)
     q = sub.add_parser("diff", help="the first divergent frame and codebook of two dumps")
     q.add_argument("a", type=Path)

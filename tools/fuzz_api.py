@@ -184,9 +184,11 @@ def fuzz(base: str, *, seconds: float, headers: dict[str, str] | None = None,
         try:
             report.probe_after_ms = _median_probe_s(probe_fn, base, headers) * 1000
         except (requests.RequestException, StopIteration) as exc:
-            report.failures.append(Failure("probe", f"a normal request failed after the run: {exc}", ""))
+            report.failures.append(Failure("probe",
+                                           f"a normal request failed after the run: {exc}", ""))
         else:
-            allowed = max(report.probe_before_ms * TTFB_RATIO, report.probe_before_ms + TTFB_SLACK_S * 1000)
+            allowed = max(report.probe_before_ms * TTFB_RATIO,
+                          report.probe_before_ms + TTFB_SLACK_S * 1000)
             if report.probe_after_ms > allowed:
                 report.failures.append(Failure("probe", (
                     f"first byte {report.probe_after_ms:.1f} ms after the run, "
@@ -237,7 +239,8 @@ def print_report(report: FuzzReport) -> None:
         print(f"probe first byte: {report.probe_before_ms:.1f} ms before, "
               f"{report.probe_after_ms or float('nan'):.1f} ms after")
     if report.rss_before_mb is not None:
-        print(f"resident memory: {report.rss_before_mb:.0f} MB before, {report.rss_after_mb:.0f} MB after")
+        print(f"resident memory: {report.rss_before_mb:.0f} MB before, "
+              f"{report.rss_after_mb:.0f} MB after")
     for f in report.failures[:20]:
         print(f"FAIL {f.operation}: {f.problem}\n     {f.curl}")
     print("result:", "ok" if report.ok else f"{len(report.failures)} failure(s)")

@@ -1,7 +1,7 @@
 """Parity with the official qwen-tts implementation on one device: greedy codes, case by case.
 
-    python -m tools.gpu_parity [--out DIR] [--presets tiny,custom:256,6,256,3,0.6b] [--device auto|cuda|cpu]
-        [--official-python PY] [--official-pythonpath DIRS]
+    python -m tools.gpu_parity [--out DIR] [--presets tiny,custom:256,6,256,3,0.6b]
+        [--device auto|cuda|cpu] [--official-python PY] [--official-pythonpath DIRS]
 
 Per preset, a random checkpoint and its parity cases (tools/talker_parity.py: the cases
 of tests/integration/test_talker_parity.py; 0.6b: 3 cases of at most 60 frames), run by each side:
@@ -80,7 +80,8 @@ from tts_engine.runtime.stepper import RowStart
 from tts_engine.sampling import SamplingParams, codebook0_logits_masked
 from tts_engine.text_tokenizer import write_tokenizer_files
 
-PARITY_SETS: dict[str, ParitySet] = {s.preset: s for s in (tiny_set(0), mid_size_set(), full_size_set())}
+PARITY_SETS: dict[str, ParitySet] = {s.preset: s
+                                     for s in (tiny_set(0), mid_size_set(), full_size_set())}
 DEFAULT_PRESETS = ",".join(PARITY_SETS)
 # (name, side a, side b): `gap` reads side a's logits
 COMPARISONS = (
@@ -120,7 +121,8 @@ class LogitTape:
     def __init__(self, gen: CodeGenerator) -> None:
         heads = [gen.talker.codec_head, *gen.talker.code_predictor.lm_head]
         self.calls: list[list[torch.Tensor]] = [[] for _ in heads]
-        self._hooks = [head.register_forward_hook(self._recorder(g)) for g, head in enumerate(heads)]
+        self._hooks = [head.register_forward_hook(self._recorder(g))
+                       for g, head in enumerate(heads)]
 
     def _recorder(self, codebook: int):
         def record(_module, _args, out: torch.Tensor) -> None:
@@ -137,7 +139,8 @@ class LogitTape:
 
 
 def eager_codes(model_dir: Path, cases: list[Case], device: torch.device,
-                dtype: torch.dtype) -> tuple[list[Codes], list[list[list[torch.Tensor]]], CodeGenerator]:
+                dtype: torch.dtype) -> tuple[list[Codes], list[list[list[torch.Tensor]]],
+                                             CodeGenerator]:
     """Ours eager, per case: (codes, the logits it chose from, the generator)."""
     gen = load_ours(model_dir, device, dtype)
     tape = LogitTape(gen)
@@ -169,12 +172,13 @@ def engine_codes(engine: TTSEngine, cases: list[Case]) -> list[Codes]:
     out = []
     for i, case in enumerate(cases):
         with torch.no_grad():
-            prompt = build_prompt(codegen.talker, codegen.config, case["ids"], case["speaker"], case["language"])
+            prompt = build_prompt(codegen.talker, codegen.config, case["ids"], case["speaker"],
+                                  case["language"])
         start = RowStart(prompt, sampled=False, seed=0, min_new_tokens=min_new_tokens)
         cap = frame_cap(case)
         if start.start_position + cap > engine.pool.positions:
-            raise ValueError(f"case {i}: a prompt of {start.start_position + 1} positions and {cap} frames "
-                             f"do not fit a row of {engine.pool.positions} positions")
+            raise ValueError(f"case {i}: a prompt of {start.start_position + 1} positions and "
+                             f"{cap} frames do not fit a row of {engine.pool.positions} positions")
         st.prefill(0, [start])
         position, frames = start.start_position, []
         while len(frames) < cap:
@@ -204,8 +208,10 @@ def logit_gap(gen: CodeGenerator, logits: list[list[torch.Tensor]], a: Codes, b:
         seen = torch.zeros(1, vocab, dtype=torch.bool)
         seen[0, [f[0] for f in a[:frame]]] = True
         params = SamplingParams()
-        scores = codebook0_logits_masked(scores, seen, torch.tensor([frame]), torch.tensor([params.min_new_tokens]),
-                                         params.repetition_penalty, gen.suppress_mask.cpu(), gen.eos_id)
+        scores = codebook0_logits_masked(scores, seen, torch.tensor([frame]),
+                                         torch.tensor([params.min_new_tokens]),
+                                         params.repetition_penalty, gen.suppress_mask.cpu(),
+                                         gen.eos_id)
     return float(scores[0, pick(a)] - scores[0, pick(b)])
 
 
@@ -219,10 +225,12 @@ def compare(preset: str, name: str, a: list[Codes], b: list[Codes], cases: list[
             codebook = d["codebooks"][0] if d["codebooks"] else 0
             gap = logit_gap(gen, logits[i], ca, cb, d["first_frame"], codebook)
         rows.append({
-            "preset": preset, "comparison": name, "case": i, "voice": f"{cases[i]['speaker']}/{cases[i]['language']}",
-            "frames_a": d["frames_a"], "frames_b": d["frames_b"], "first_frame": d["first_frame"],
-            "codebooks": d["codebooks"], "codes_a": d["codes_a"], "codes_b": d["codes_b"],
-            "differing_frames": d["differing_frames"], "gap": gap if gap is None or math.isfinite(gap) else str(gap),
+            "preset": preset, "comparison": name, "case": i,
+            "voice": f"{cases[i]['speaker']}/{cases[i]['language']}", "frames_a": d["frames_a"],
+            "frames_b": d["frames_b"], "first_frame": d["first_frame"], "codebooks": d["codebooks"],
+            "codes_a": d["codes_a"], "codes_b": d["codes_b"],
+            "differing_frames": d["differing_frames"],
+            "gap": gap if gap is None or math.isfinite(gap) else str(gap),
         })
     return rows
 
@@ -235,7 +243,8 @@ def rope_as_on_cpu(gen: CodeGenerator) -> bool:
     model computes them on the CPU and moves them (an ulp apart, they would part float32 runs
     slowly, over the positions)."""
     tables = [m for m in gen.talker.modules() if isinstance(m, RotaryTable)]
-    return all(torch.equal(t.inv_freq.cpu(), RotaryTable(t.head_dim, t.theta).inv_freq) for t in tables)
+    return all(torch.equal(t.inv_freq.cpu(), RotaryTable(t.head_dim, t.theta).inv_freq)
+               for t in tables)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -247,10 +256,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_python(python: str) -> Path:
-    found = shutil.which(python) if "/" not in python else (python if Path(python).exists() else None)
+    found = (shutil.which(python) if "/" not in python
+             else (python if Path(python).exists() else None))
     if found is None:
-        raise ValueError(f"--official-python {python}: not found (run scripts/setup_parity_venv.sh for the "
-                         f"parity venv, or name a python that imports qwen_tts and transformers 4.57.3)")
+        raise ValueError(f"--official-python {python}: not found (run scripts/setup_parity_venv.sh "
+                         "for the parity venv, or name a python that imports qwen_tts and "
+                         "transformers 4.57.3)")
     return Path(found)
 
 
@@ -259,18 +270,21 @@ def our_environment(device: torch.device) -> dict[str, Any]:
         transformers = version("transformers")
     except PackageNotFoundError:
         transformers = None
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers,
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers,
             "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
 
 
-def run_set(parity_set: ParitySet, device: torch.device, official: OfficialSide, work: Path) -> dict[str, Any]:
+def run_set(parity_set: ParitySet, device: torch.device, official: OfficialSide,
+            work: Path) -> dict[str, Any]:
     """The comparisons' rows of one parity set, and whether ours' rotary tables equal the CPU's."""
     model_dir = work / parity_set.preset.replace(":", "_").replace(",", "_")
     parity_set.write_checkpoint(model_dir)
     cases = parity_set.cases
     dtypes = ["float32"] + (["bfloat16"] if device.type == "cuda" else [])
     # the official runs go on in their own processes while ours run here
-    official_runs = {dtype: official.start_codes(model_dir, cases, model_dir, device.type, dtype) for dtype in dtypes}
+    official_runs = {dtype: official.start_codes(model_dir, cases, model_dir, device.type, dtype)
+                     for dtype in dtypes}
     codes: dict[str, list[Codes]] = {}
     tapes: dict[str, tuple[CodeGenerator, list]] = {}
     with float32_numerics():  # TF32 off for matmuls and convolutions
@@ -280,11 +294,13 @@ def run_set(parity_set: ParitySet, device: torch.device, official: OfficialSide,
     if "bfloat16" in dtypes:
         codes["eager bfloat16"], logits, gen = eager_codes(model_dir, cases, device, torch.bfloat16)
         tapes["eager bfloat16"] = (gen, logits)
-        config = EngineConfig(model_dir=str(engine_model_dir(parity_set, model_dir)), device=device.type, max_batch=1)
+        config = EngineConfig(model_dir=str(engine_model_dir(parity_set, model_dir)),
+                              device=device.type, max_batch=1)
         engine = TTSEngine(config)  # the config checked itself when built
         try:
             if not engine.stepper.graphed:
-                raise RuntimeError(f"the engine steps eagerly ({engine.stepper.eager_reason}): no golden configuration")
+                raise RuntimeError(f"the engine steps eagerly ({engine.stepper.eager_reason}): "
+                                   "no golden configuration")
             codes["engine bfloat16"] = engine_codes(engine, cases)
         finally:
             engine.close()
@@ -299,22 +315,28 @@ def run_set(parity_set: ParitySet, device: torch.device, official: OfficialSide,
 
 
 def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"preset": r["preset"], "comparison": r["comparison"], "case": r["case"], "voice": r["voice"],
-             "frames_a": r["frames_a"], "frames_b": r["frames_b"], "first_diff": r["first_frame"],
-             "codebooks": ",".join(map(str, r["codebooks"][:4])) + ("..." if len(r["codebooks"]) > 4 else "") or None,
+    return [{"preset": r["preset"], "comparison": r["comparison"], "case": r["case"],
+             "voice": r["voice"], "frames_a": r["frames_a"], "frames_b": r["frames_b"],
+             "first_diff": r["first_frame"],
+             "codebooks": ",".join(map(str, r["codebooks"][:4]))
+                          + ("..." if len(r["codebooks"]) > 4 else "") or None,
              "gap": f"{r['gap']:.2e}" if isinstance(r["gap"], float) else r["gap"]} for r in rows]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tools.gpu_parity", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=output_root() / "gpu_parity", help="folder for gpu_parity.json")
-    p.add_argument("--presets", default=DEFAULT_PRESETS, help=f"comma-separated, of: {DEFAULT_PRESETS}")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto: cuda when present")
+    p.add_argument("--out", type=Path, default=output_root() / "gpu_parity",
+                   help="folder for gpu_parity.json")
+    p.add_argument("--presets", default=DEFAULT_PRESETS,
+                   help=f"comma-separated, of: {DEFAULT_PRESETS}")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                   help="auto: cuda when present")
     p.add_argument("--official-python", default=str(default_parity_python()),
                    help="python that runs the official side (default: the parity venv's)")
     p.add_argument("--official-pythonpath", default="",
-                   help="folders put ahead of PYTHONPATH for the official side (os.pathsep-separated)")
+                   help="folders put ahead of PYTHONPATH for the official side "
+                        "(os.pathsep-separated)")
     return p.parse_args(argv)
 
 
@@ -344,15 +366,18 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     skipped = [] if device.type == "cuda" else [
         {"comparison": name, "reason": BF16_SKIP_REASON} for name, *_ in COMPARISONS[1:]]
-    float32_ok = all(r["first_frame"] is None for r in rows if r["comparison"] == FLOAT32_COMPARISON)
+    float32_ok = all(r["first_frame"] is None for r in rows
+                     if r["comparison"] == FLOAT32_COMPARISON)
     result = {
         "device": str(device), "presets": [s.preset for s in sets], "float32_identical": float32_ok,
         "settings": {
             "float32": "TF32 off on both sides (torch.backends.cuda.matmul.allow_tf32 = "
                        "torch.backends.cudnn.allow_tf32 = False)",
-            "bfloat16": "torch defaults on both sides (bf16 matmuls may reduce in reduced precision); the "
-                        "official model built under bfloat16 as the default dtype, as from_pretrained builds it",
-            "engine": "EngineConfig defaults (golden configuration) with max_batch=1; each case alone on row 0",
+            "bfloat16": "torch defaults on both sides (bf16 matmuls may reduce in reduced "
+                        "precision); the official model built under bfloat16 as the default dtype, "
+                        "as from_pretrained builds it",
+            "engine": "EngineConfig defaults (golden configuration) with max_batch=1; "
+                      "each case alone on row 0",
             "frame_cap": "max_new_tokens - 1 frames, as the official generate gives at most",
         },
         "rope_as_on_cpu": rope,  # per preset: see rope_as_on_cpu
@@ -360,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows, "skipped": skipped,
     }
     write_json(args.out / "gpu_parity.json", result)
-    print(format_table(f"parity with the official implementation on {device} (a = first side, b = second)",
+    print(format_table("parity with the official implementation "
+                       f"on {device} (a = first side, b = second)",
                        table_rows(rows)))
     for s in skipped:
         print(f"skipped: {s['comparison']}: {s['reason']}")

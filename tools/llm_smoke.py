@@ -79,7 +79,8 @@ def audio_content(path: Path) -> list[dict[str, Any]]:
 
 async def run_turn(client: OmniClient, config: AgentConfig, turn: str, content: Any) -> TurnResult:
     """One streamed completion; a failure or an empty reply is a failed TurnResult."""
-    messages = [{"role": "system", "content": config.system_prompt}, {"role": "user", "content": content}]
+    messages = [{"role": "system", "content": config.system_prompt},
+                {"role": "user", "content": content}]
     result = TurnResult(turn=turn, ok=False)
     deltas: list[str] = []
     usage_tokens: int | None = None
@@ -88,7 +89,8 @@ async def run_turn(client: OmniClient, config: AgentConfig, turn: str, content: 
     try:
         async for d in client.stream_chat(
             messages, max_tokens=config.llm_max_tokens, temperature=config.llm_temperature,
-            first_token_timeout_s=config.llm_first_token_timeout_s, idle_timeout_s=config.llm_idle_timeout_s,
+            first_token_timeout_s=config.llm_first_token_timeout_s,
+            idle_timeout_s=config.llm_idle_timeout_s,
         ):
             if d.content:
                 last = time.monotonic()
@@ -101,7 +103,8 @@ async def run_turn(client: OmniClient, config: AgentConfig, turn: str, content: 
         result.error = str(exc)
     result.total_ms = round((time.monotonic() - t0) * 1000, 1)
     result.reply = "".join(deltas).strip()
-    result.tokens, result.tokens_source = (usage_tokens, "usage") if usage_tokens else (len(deltas), "deltas")
+    result.tokens, result.tokens_source = ((usage_tokens, "usage") if usage_tokens
+                                           else (len(deltas), "deltas"))
     if first is not None:
         result.ttft_ms = round((first - t0) * 1000, 1)
         if result.tokens > 1 and last > first:  # decode rate: the tokens after the first
@@ -123,7 +126,8 @@ async def check_backend(client: OmniClient, report: dict[str, Any]) -> None:
     model = await client.model()
     if model not in report["served"]:
         raise SmokeError(f"model {model!r} is not served at {client.base_url}; served: "
-                         f"{', '.join(report['served'])} (set OMNI_MODEL or --model to one of them)")
+                         f"{', '.join(report['served'])} "
+                         "(set OMNI_MODEL or --model to one of them)")
     report["model"] = model
 
 
@@ -131,7 +135,8 @@ async def smoke(config: AgentConfig, text: str, audio: Path) -> dict[str, Any]:
     # no retries: a smoke test reports the backend's first failure, and fails fast
     client = OmniClient(config.omni_base_url, api_key=config.omni_api_key, model=config.omni_model,
                         connect_timeout_s=config.connect_timeout_s, max_retries=0)
-    report: dict[str, Any] = {"base_url": config.omni_base_url, "model": None, "served": [], "turns": []}
+    report: dict[str, Any] = {"base_url": config.omni_base_url, "model": None, "served": [],
+                              "turns": []}
     try:
         await check_backend(client, report)
         content = await asyncio.to_thread(audio_content, audio)
@@ -148,11 +153,14 @@ async def smoke(config: AgentConfig, text: str, audio: Path) -> dict[str, Any]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tools.llm_smoke", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base-url", default=None, help="default: OMNI_BASE_URL or http://127.0.0.1:8000/v1")
-    p.add_argument("--model", default=None, help="default: OMNI_MODEL, else the first model the backend lists")
+    p.add_argument("--base-url", default=None,
+                   help="default: OMNI_BASE_URL or http://127.0.0.1:8000/v1")
+    p.add_argument("--model", default=None,
+                   help="default: OMNI_MODEL, else the first model the backend lists")
     p.add_argument("--text", default=DEFAULT_TEXT, help="the text turn's user message")
     p.add_argument("--audio", type=Path, default=None, help="16-bit mono WAV for the audio turn")
-    p.add_argument("--out", type=Path, default=None, help="result JSON (default: $STREAMTALK_OUTPUT/llm_smoke.json)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="result JSON (default: $STREAMTALK_OUTPUT/llm_smoke.json)")
     args = p.parse_args(argv)
     if not args.text.strip():
         p.error("--text must not be empty")
@@ -172,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     report = asyncio.run(smoke(config, args.text, audio))
     report.update(date=time.strftime("%Y-%m-%d"), audio=str(audio), text=args.text)
     out = write_json(args.out or output_root() / "llm_smoke.json", report)
-    rows = [{k: t[k] for k in ("turn", "ok", "ttft_ms", "tokens", "tokens_per_s", "total_ms", "finish_reason")}
+    rows = [{k: t[k] for k in ("turn", "ok", "ttft_ms", "tokens", "tokens_per_s", "total_ms",
+                               "finish_reason")}
             | {"reply": t["reply"][:60] or t["error"][:120]} for t in report["turns"]]
     verdict = "PASS" if report["ok"] else "FAIL"
     print(f"wrote {out}", file=sys.stderr)

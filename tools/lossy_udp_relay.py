@@ -86,7 +86,8 @@ class LossyUdpRelay:
         self.dropped: Counter[str] = Counter()
         self._random = random.Random(seed)
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="lossy-udp-relay", daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name="lossy-udp-relay",
+                                        daemon=True)
         self._listener: asyncio.DatagramTransport | None = None
         self._upstreams: dict[Address, _Upstream] = {}
 
@@ -132,8 +133,10 @@ class LossyUdpRelay:
         upstream = self._upstreams.get(client)
         if upstream is None:
             self._upstreams[client] = upstream = _Upstream(
-                lambda reply, _target: self._impair("down", reply, lambda d: self._to_client(d, client)))
-            self._loop.create_task(self._loop.create_datagram_endpoint(lambda: upstream, remote_addr=self.target))
+                lambda reply, _target: self._impair("down", reply,
+                                                    lambda d: self._to_client(d, client)))
+            self._loop.create_task(self._loop.create_datagram_endpoint(lambda: upstream,
+                                                                       remote_addr=self.target))
         self._impair("up", data, upstream.send)
 
     def _to_client(self, data: bytes, client: Address) -> None:
@@ -154,10 +157,13 @@ class LossyUdpRelay:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--listen", type=parse_address, required=True, help="HOST:PORT clients send to")
-    parser.add_argument("--target", type=parse_address, required=True, help="HOST:PORT datagrams go to")
+    parser.add_argument("--listen", type=parse_address, required=True,
+                        help="HOST:PORT clients send to")
+    parser.add_argument("--target", type=parse_address, required=True,
+                        help="HOST:PORT datagrams go to")
     parser.add_argument("--loss", type=float, default=0.0, help="share of datagrams dropped, 0..1")
-    parser.add_argument("--jitter-ms", type=float, default=0.0, help="each datagram delayed 0..this")
+    parser.add_argument("--jitter-ms", type=float, default=0.0,
+                        help="each datagram delayed 0..this")
     parser.add_argument("--seed", type=int, default=None, help="seed of the loss and delay draws")
     args = parser.parse_args(argv)
     try:
@@ -169,8 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with relay:
-        print(f"relaying {args.listen} -> {args.target}, loss {args.loss}, jitter 0..{args.jitter_ms} ms",
-              flush=True)
+        print(f"relaying {args.listen} -> {args.target}, loss {args.loss}, "
+              f"jitter 0..{args.jitter_ms} ms", flush=True)
         stop.wait()
     print(f"forwarded {dict(relay.forwarded)} dropped {dict(relay.dropped)}", flush=True)
 

@@ -1,10 +1,10 @@
 """Error of the windowed codec decode mode against one full offline decode.
 
-The windowed mode (approximate, kept for comparison) re-decodes the last `left_context` frames plus each new
-packet from scratch and keeps the new samples; the exact incremental decoder carries
-every layer's state instead. This prints, per (left_context, packet size), the max abs
-error and the SNR of the windowed PCM against `CodecDecoder.forward` of all codes, plus
-the exact decoder's row for reference, and writes the numbers as JSON.
+The windowed mode (approximate, kept for comparison) re-decodes the last `left_context`
+frames plus each new packet from scratch and keeps the new samples; the exact incremental
+decoder carries every layer's state instead. This prints, per (left_context, packet size),
+the max abs error and the SNR of the windowed PCM against `CodecDecoder.forward` of all
+codes, plus the exact decoder's row for reference, and writes the numbers as JSON.
 
     python -m tools.measure_windowed_codec --preset tiny --frames 200
     python -m tools.measure_windowed_codec --speech-tokenizer MODEL/speech_tokenizer
@@ -33,7 +33,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 def snr_db(ref: torch.Tensor, got: torch.Tensor) -> float:
     noise = (got.double() - ref.double()).pow(2).sum().item()
-    return float("inf") if noise == 0 else 10 * torch.log10(ref.double().pow(2).sum() / noise).item()
+    return (float("inf") if noise == 0
+            else 10 * torch.log10(ref.double().pow(2).sum() / noise).item())
 
 
 def row(mode: str, left_context: int | None, packet: int, ref: torch.Tensor, got: torch.Tensor,
@@ -48,12 +49,14 @@ def row(mode: str, left_context: int | None, packet: int, ref: torch.Tensor, got
 
 
 def measure(
-    model: CodecDecoder, frames: int, streams: int, left_contexts: list[int], packets: list[int], seed: int
+    model: CodecDecoder, frames: int, streams: int, left_contexts: list[int],
+    packets: list[int], seed: int
 ) -> list[dict]:
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     cfg = model.config
-    codes = torch.randint(0, cfg.codebook_size, (streams, cfg.num_quantizers, frames), generator=gen).to(device)
+    codes = torch.randint(0, cfg.codebook_size,
+                          (streams, cfg.num_quantizers, frames), generator=gen).to(device)
     with torch.no_grad():
         ref = model(codes)
     rows = []
@@ -68,12 +71,14 @@ def measure(
         for packet in packets:
             start = time.perf_counter()
             got = decode_in_packets(WindowedCodecDecoder(model, left_context), codes, packet)
-            rows.append(row("windowed", left_context, packet, ref, got, spf, time.perf_counter() - start))
+            rows.append(row("windowed", left_context, packet, ref, got, spf,
+                            time.perf_counter() - start))
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| mode | left_context | packet | max abs err | SNR dB vs offline | SNR dB past context |")
+    print("| mode | left_context | packet | max abs err | "
+          "SNR dB vs offline | SNR dB past context |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         lc = "-" if r["left_context"] is None else r["left_context"]
@@ -82,18 +87,22 @@ def print_table(rows: list[dict]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--preset", choices=SPEECH_TOKENIZER_PRESETS, default="tiny")
-    source.add_argument("--speech-tokenizer", type=Path, help="load weights from this directory instead")
+    source.add_argument("--speech-tokenizer", type=Path,
+                        help="load weights from this directory instead")
     parser.add_argument("--seed", type=int, default=0, help="weights (preset) and codes")
-    parser.add_argument("--frames", type=int, default=200, help="frames per utterance (12.5 per second)")
+    parser.add_argument("--frames", type=int, default=200,
+                        help="frames per utterance (12.5 per second)")
     parser.add_argument("--streams", type=int, default=2, help="utterances, decoded as one batch")
     parser.add_argument("--left-context", type=int, nargs="+", default=[25, 72])
     parser.add_argument("--packets", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
-    parser.add_argument("--json", type=Path, help="default: $STREAMTALK_OUTPUT/bench/windowed_codec.json")
+    parser.add_argument("--json", type=Path,
+                        help="default: $STREAMTALK_OUTPUT/bench/windowed_codec.json")
     args = parser.parse_args()
 
     if args.device.startswith("cuda"):
@@ -103,13 +112,17 @@ def main() -> None:
         model = load_codec_decoder(args.speech_tokenizer, args.device, DTYPES[args.dtype])
         geometry = str(args.speech_tokenizer)
     else:
-        model = build_random_codec_decoder(args.preset, args.seed).to(args.device, DTYPES[args.dtype])
+        model = build_random_codec_decoder(args.preset, args.seed).to(args.device,
+                                                                      DTYPES[args.dtype])
         geometry = f"preset {args.preset} (random weights, seed {args.seed})"
     rows = measure(model, args.frames, args.streams, args.left_context, args.packets, args.seed)
-    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else platform.processor() or "cpu"
+    device = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
+              else platform.processor() or "cpu")
     meta = {"date": date.today().isoformat(), "geometry": geometry, "frames": args.frames,
-            "streams": args.streams, "device": device, "dtype": args.dtype, "torch": torch.__version__}
-    print(f"{geometry}; {args.streams} x {args.frames} frames of random codes; {device}, {args.dtype}; {meta['date']}")
+            "streams": args.streams, "device": device, "dtype": args.dtype,
+            "torch": torch.__version__}
+    print(f"{geometry}; {args.streams} x {args.frames} frames of random codes; {device}, "
+          f"{args.dtype}; {meta['date']}")
     print_table(rows)
     out = args.json or output_root() / "bench" / "windowed_codec.json"
     write_json(out, {"meta": meta, "rows": rows})

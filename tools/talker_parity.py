@@ -30,7 +30,8 @@ from tts_engine.codegen import CodeGenerator
 from tts_engine.prompt import build_prompt
 from tts_engine.sampling import SamplingParams
 
-OFFICIAL_TALKER = Path(__file__).resolve().parents[1] / "tests" / "support" / "parity" / "official_talker.py"
+OFFICIAL_TALKER = (Path(__file__).resolve().parents[1] / "tests" / "support" / "parity"
+                   / "official_talker.py")
 ROLE, SUFFIX = [151644, 77091, 198], [151645, 198, 151644, 77091, 198]
 VOICES = [
     ("serena", "auto"), ("ryan", "english"), ("eric", "auto"), ("dylan", "chinese"),
@@ -43,7 +44,8 @@ Codes = list[list[int]]  # [frames][16]
 
 
 def default_parity_python() -> Path:
-    """The python of the venv that runs the official implementation (scripts/setup_parity_venv.sh)."""
+    """The python of the venv that runs the official implementation
+    (scripts/setup_parity_venv.sh)."""
     return cache_root() / "parity-venv" / "bin" / "python"
 
 
@@ -69,40 +71,50 @@ class ParitySet:
         write_talker_files(model_dir, self.preset, self.seed, self.frames_per_text)
 
 
-def _cases(rng: random.Random, lengths: list[int], voices: list[tuple[str, str]], max_new_tokens: int) -> list[Case]:
-    return [{"ids": prompt_ids(n, rng), "speaker": spk, "language": lang, "max_new_tokens": max_new_tokens}
+def _cases(rng: random.Random, lengths: list[int],
+           voices: list[tuple[str, str]], max_new_tokens: int) -> list[Case]:
+    return [{"ids": prompt_ids(n, rng), "speaker": spk, "language": lang,
+             "max_new_tokens": max_new_tokens}
             for n, (spk, lang) in zip(lengths, voices, strict=True)]
 
 
 def tiny_set(seed: int) -> ParitySet:
-    """Five voices on the shaped tiny weights, which end by EOS at a length that grows with the text."""
+    """Five voices on the shaped tiny weights, which end by EOS at a length that grows
+    with the text."""
     rng = random.Random(seed)
-    return ParitySet(f"tiny seed {seed}", "tiny", seed, _cases(rng, [1, 3, 8, 15, 24], rng.sample(VOICES, 5), 120))
+    return ParitySet(f"tiny seed {seed}", "tiny", seed,
+                     _cases(rng, [1, 3, 8, 15, 24], rng.sample(VOICES, 5), 120))
 
 
 def mid_size_set() -> ParitySet:
     """A wider, deeper, unshaped geometry (hidden 256, 6 talker + 3 predictor layers)."""
-    return ParitySet("custom:256,6,256,3", "custom:256,6,256,3", 7, _cases(random.Random(7), [2, 9, 30], VOICES[:3], 41))
+    return ParitySet("custom:256,6,256,3", "custom:256,6,256,3", 7,
+                     _cases(random.Random(7), [2, 9, 30], VOICES[:3], 41))
 
 
 def full_size_set() -> ParitySet:
-    """The 0.6B geometry, unshaped: three voices, 60 frames each (EOS rarely wins on random weights)."""
+    """The 0.6B geometry, unshaped: three voices, 60 frames each
+    (EOS rarely wins on random weights)."""
     return ParitySet("0.6b", "0.6b", 0, _cases(random.Random(0), [3, 12, 30], VOICES[:3], 61))
 
 
 def boundary_set() -> ParitySet:
     """1-frame output, the max_new_tokens cap on a long text, and a 300-frame run."""
     rng = random.Random(3)
-    cases = [{"ids": prompt_ids(5, rng), "speaker": "serena", "language": "auto", "max_new_tokens": 2},
-             {"ids": prompt_ids(40, rng), "speaker": "ryan", "language": "english", "max_new_tokens": 9},
-             {"ids": prompt_ids(12, rng), "speaker": "vivian", "language": "chinese", "max_new_tokens": 301}]
+    cases = [{"ids": prompt_ids(5, rng), "speaker": "serena", "language": "auto",
+              "max_new_tokens": 2},
+             {"ids": prompt_ids(40, rng), "speaker": "ryan", "language": "english",
+              "max_new_tokens": 9},
+             {"ids": prompt_ids(12, rng), "speaker": "vivian", "language": "chinese",
+              "max_new_tokens": 301}]
     return ParitySet("tiny boundary", "tiny", 3, cases, frames_per_text=40.0)
 
 
 def eos_at_min_set() -> ParitySet:
     """EOS strongest from the first frame on: both sides stop after min_new_tokens (2) frames."""
     rng = random.Random(4)
-    cases = [{"ids": prompt_ids(n, rng), "speaker": "aiden", "language": "english", "max_new_tokens": 50}
+    cases = [{"ids": prompt_ids(n, rng), "speaker": "aiden", "language": "english",
+              "max_new_tokens": 50}
              for n in (1, 10)]
     return ParitySet("tiny eos at min_new_tokens", "tiny", 4, cases, frames_per_text=0.0)
 
@@ -110,7 +122,8 @@ def eos_at_min_set() -> ParitySet:
 # -- ours -------------------------------------------------------------------------
 
 
-def load_ours(model_dir: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> CodeGenerator:
+def load_ours(model_dir: Path, device: torch.device | str = "cpu",
+              dtype: torch.dtype = torch.float32) -> CodeGenerator:
     model = load_talker(model_dir, device, dtype)
     return CodeGenerator(model.talker, model.config)
 
@@ -119,7 +132,8 @@ def generate_cases(gen: CodeGenerator, cases: list[Case]) -> list[Codes]:
     """Greedy codes of each case, frame for frame as the official generate gives them."""
     out = []
     for case in cases:
-        prompt = build_prompt(gen.talker, gen.config, case["ids"], case["speaker"], case["language"])
+        prompt = build_prompt(gen.talker, gen.config, case["ids"], case["speaker"],
+                              case["language"])
         codes, _ = gen.generate(prompt, SamplingParams(), frame_cap(case))
         out.append(codes.tolist())
     return out
@@ -144,7 +158,8 @@ class OfficialRun:
     def __init__(self, argv: list[str], env: dict[str, str], what: str) -> None:
         self.what = what
         self._log = tempfile.TemporaryFile(mode="w+")
-        self._proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, text=True, env=env)
+        self._proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, text=True,
+                                      env=env)
 
     def wait(self, timeout: float = 900) -> None:
         try:
@@ -157,7 +172,8 @@ class OfficialRun:
         tail = self._log.read()[-3000:]
         self._log.close()
         if code is None:
-            raise OfficialRunError(f"official run `{self.what}` took longer than {timeout} s:\n{tail}")
+            raise OfficialRunError(f"official run `{self.what}` took longer than "
+                                   f"{timeout} s:\n{tail}")
         if code != 0:
             raise OfficialRunError(f"official run `{self.what}` failed (exit {code}):\n{tail}")
 
@@ -174,8 +190,10 @@ class OfficialSide:
     def start(self, *args: object) -> OfficialRun:
         env = dict(os.environ)
         if self.pythonpath:
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (self.pythonpath, env.get("PYTHONPATH", "")) if p)
-        return OfficialRun([str(self.python), str(OFFICIAL_TALKER), *map(str, args)], env, str(args[0]))
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (self.pythonpath, env.get("PYTHONPATH", "")) if p)
+        return OfficialRun([str(self.python), str(OFFICIAL_TALKER), *map(str, args)], env,
+                           str(args[0]))
 
     def run(self, *args: object, timeout: float = 900) -> None:
         self.start(*args).wait(timeout)
@@ -186,7 +204,8 @@ class OfficialSide:
         workdir.mkdir(parents=True, exist_ok=True)
         cases_path, out_path = workdir / "cases.json", workdir / f"official_{device}_{dtype}.json"
         cases_path.write_text(json.dumps(cases))
-        run = self.start("generate", model_dir, cases_path, out_path, "--device", device, "--dtype", dtype)
+        run = self.start("generate", model_dir, cases_path, out_path,
+                         "--device", device, "--dtype", dtype)
 
         def result() -> list[Codes]:
             run.wait()

@@ -62,8 +62,9 @@ class CaseResult:
 
 
 def read_case_files(source: Path, only: list[str]) -> list[dict[str, Any]]:
-    """The cases of every recipe file in `source` (or of the one file), first occurrence of an id wins.
-    In a folder, JSON files without a `cases` list are not case files and are passed over."""
+    """The cases of every recipe file in `source` (or of the one file), first occurrence of an
+    id wins. In a folder, JSON files without a `cases` list are not case files and are passed
+    over."""
     files = sorted(source.glob("*.json")) if source.is_dir() else [source]
     cases: dict[str, dict[str, Any]] = {}
     for f in files:
@@ -82,7 +83,8 @@ def read_case_files(source: Path, only: list[str]) -> list[dict[str, Any]]:
     if only:
         unknown = sorted(set(only) - set(cases))
         if unknown:
-            raise ValueError(f"unknown case(s) {', '.join(unknown)}; valid: {', '.join(sorted(cases))}")
+            raise ValueError(f"unknown case(s) {', '.join(unknown)}; valid: "
+                             f"{', '.join(sorted(cases))}")
         return [cases[i] for i in only]
     return list(cases.values())
 
@@ -110,7 +112,8 @@ async def vad_segments(vad: Any, samples: np.ndarray, rate: int) -> list[Segment
     return segments
 
 
-def score(name: str, noise: bool, segments: list[Segment], first_s: float, eot_s: float) -> CaseResult:
+def score(name: str, noise: bool, segments: list[Segment], first_s: float,
+          eot_s: float) -> CaseResult:
     r = CaseResult(case=name, noise=noise, speech_start_s=round(first_s, 3), eot_s=round(eot_s, 3),
                    segments=segments)
     audio_end = float("inf")  # an open segment lasts to the end of the audio
@@ -126,7 +129,8 @@ def score(name: str, noise: bool, segments: list[Segment], first_s: float, eot_s
     return r
 
 
-async def evaluate(cases: list[dict[str, Any]], work: Path, config: AgentConfig) -> list[CaseResult]:
+async def evaluate(cases: list[dict[str, Any]], work: Path,
+                   config: AgentConfig) -> list[CaseResult]:
     from agent.engine_service import load_vad  # the TTS engine's module: imported only when run
 
     vad = load_vad(config)
@@ -139,7 +143,8 @@ async def evaluate(cases: list[dict[str, Any]], work: Path, config: AgentConfig)
             samples, rate = read_wav(path)
             segments = await vad_segments(vad, samples, rate)
             name = case["id"] if key == "wav" else f"{case['id']}.barge"
-            results.append(score(name, "noise" in spec, segments, meta["first_speech_sample"] / rate,
+            results.append(score(name, "noise" in spec, segments,
+                                 meta["first_speech_sample"] / rate,
                                  meta["last_speech_sample"] / rate))
     return results
 
@@ -161,9 +166,11 @@ def summarize(results: list[CaseResult]) -> dict[str, Any]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tools.vad_eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cases", type=Path, default=CASES_DIR, help="a folder of case files or one case file")
+    p.add_argument("--cases", type=Path, default=CASES_DIR,
+                   help="a folder of case files or one case file")
     p.add_argument("--only", default="", help="comma-separated case ids (default: every case)")
-    p.add_argument("--out", type=Path, default=None, help="result JSON (default: $STREAMTALK_OUTPUT/vad_eval.json)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="result JSON (default: $STREAMTALK_OUTPUT/vad_eval.json)")
     return p.parse_args(argv)
 
 
@@ -184,15 +191,16 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary, "cases": [asdict(r) for r in results]})
     print(f"wrote {out}", file=sys.stderr)
     rows = [{"case": r.case, "noise": r.noise, "eot_s": r.eot_s, "segments": len(r.segments),
-             "end_error_ms": r.end_error_ms, "detect_ms": r.detect_ms, "false_triggers": r.false_triggers,
-             "error": r.error or None} for r in results]
-    print(format_table(f"Silero VAD (silence {config.vad_silence_ms} ms, threshold {config.vad_threshold}) "
-                       "against the known end of turn", rows))
+             "end_error_ms": r.end_error_ms, "detect_ms": r.detect_ms,
+             "false_triggers": r.false_triggers, "error": r.error or None} for r in results]
+    print(format_table(f"Silero VAD (silence {config.vad_silence_ms} ms, threshold "
+                       f"{config.vad_threshold}) against the known end of turn", rows))
     s = summary
-    print(f"\nend error P50 {s['end_error_ms_p50']} ms, P95 {s['end_error_ms_p95']} ms; end-of-speech event "
-          f"P50 {s['detect_ms_p50']} ms, P95 {s['detect_ms_p95']} ms after the end of turn; false triggers "
-          f"{s['false_triggers_noise_cases']} on {s['noise_cases']} noise cases, {s['false_triggers_all']} in all; "
-          f"failed: {', '.join(s['failed']) or 'none'}")
+    print(f"\nend error P50 {s['end_error_ms_p50']} ms, P95 {s['end_error_ms_p95']} ms; "
+          f"end-of-speech event P50 {s['detect_ms_p50']} ms, P95 {s['detect_ms_p95']} ms after the "
+          f"end of turn; false triggers {s['false_triggers_noise_cases']} on {s['noise_cases']} "
+          f"noise cases, {s['false_triggers_all']} in all; failed: "
+          f"{', '.join(s['failed']) or 'none'}")
     return 1 if summary["failed"] else 0
 
 

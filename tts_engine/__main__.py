@@ -17,7 +17,8 @@ def cmd_make_checkpoint(args: argparse.Namespace) -> int:
     from .checkpoint import ensure_checkpoint, write_checkpoint
 
     start = time.perf_counter()
-    print(f"writing random-init '{args.preset}' checkpoint (seed {args.seed}) to {args.dir} ...", flush=True)
+    print(f"writing random-init '{args.preset}' checkpoint (seed {args.seed}) to {args.dir} ...",
+          flush=True)
     if args.reuse:
         root = ensure_checkpoint(args.dir, args.preset, args.seed)
     else:
@@ -36,7 +37,8 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     model = TTSModel(cfg.resolved_model_dir, cfg.torch_device, cfg.torch_dtype, cfg.max_text_chars)
     print(f"loaded {cfg.resolved_model_dir} on {cfg.torch_device} ({cfg.torch_dtype}) "
           f"in {time.perf_counter() - load_start:.1f} s", flush=True)
-    req = model.make_request(args.text, args.speaker, args.language, sample=args.sample, seed=args.seed)
+    req = model.make_request(args.text, args.speaker, args.language, sample=args.sample,
+                             seed=args.seed)
     result = model.synthesize(req, cfg.max_new_tokens)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -47,8 +49,9 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         from .runtime.code_dump import dump_codes
 
         dump = dump_codes(Path(args.dump_codes), out.stem, result.codes.numpy(), text=req.text,
-                          speaker=req.speaker, language=req.language, model_dir=str(model.model_dir),
-                          stop_reason=result.stop_reason, text_tokens=model.prompt(req).text_token_count)
+                          speaker=req.speaker, language=req.language,
+                          model_dir=str(model.model_dir), stop_reason=result.stop_reason,
+                          text_tokens=model.prompt(req).text_token_count)
         print(f"codes dump -> {dump}")
     return 0
 
@@ -87,10 +90,12 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tts_engine", description="Qwen3-TTS deep-streaming engine")
+    parser = argparse.ArgumentParser(prog="python -m tts_engine",
+                                     description="Qwen3-TTS deep-streaming engine")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("make-checkpoint", help="write a random-init checkpoint in the official layout")
+    p = sub.add_parser("make-checkpoint",
+                       help="write a random-init checkpoint in the official layout")
     p.add_argument("dir")
     p.add_argument("--preset", default="tiny", choices=["tiny", "0.6b", "1.7b"])
     p.add_argument("--seed", type=int, default=0)
@@ -98,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_make_checkpoint)
 
     p = sub.add_parser("synthesize", help="text -> WAV (offline: all codes, then one decode)")
-    p.add_argument("--model-dir", default=None, help="default: TTS_DEEP_STREAM_MODEL_DIR or the tiny checkpoint")
+    p.add_argument("--model-dir", default=None,
+                   help="default: TTS_DEEP_STREAM_MODEL_DIR or the tiny checkpoint")
     p.add_argument("--text", required=True)
     p.add_argument("--speaker", default="serena")
     p.add_argument("--language", default="auto")
@@ -106,18 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", action="store_true", help="seeded sampling instead of greedy")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--dump-codes", default=None, metavar="DIR",
-                   help="also write the codes dump DIR/<out stem>.npy + .json (python -m tools.codes_eval)")
+                   help="also write the codes dump DIR/<out stem>.npy + .json "
+                        "(python -m tools.codes_eval)")
     _add_device_flags(p)
     p.set_defaults(func=cmd_synthesize)
 
-    p = sub.add_parser("serve", help="run the HTTP server (/tts/stream, /synthesize, /v1/audio/speech, ...)")
+    p = sub.add_parser("serve",
+                       help="run the HTTP server (/tts/stream, /synthesize, /v1/audio/speech, ...)")
     p.add_argument("--model-dir", default=None)
     p.add_argument("--host", default=None, help="default: TTS_HOST or 127.0.0.1")
     p.add_argument("--port", type=int, default=None, help="default: TTS_PORT or 9000")
     _add_device_flags(p)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("decode-codes", help="replay a codes dump (.npy [frames, 16]) through the decoder")
+    p = sub.add_parser("decode-codes",
+                       help="replay a codes dump (.npy [frames, 16]) through the decoder")
     p.add_argument("file")
     p.add_argument("--model-dir", default=None)
     p.add_argument("--out", required=True)

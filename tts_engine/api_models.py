@@ -24,10 +24,11 @@ Seed = Annotated[int, Field(
     ge=0, le=MAX_SEED,
     description="noise key of sampled decoding, 0 .. 2**64-1; absent or null: TTS_DEEP_STREAM_SEED "
                 "(TTS_DEEP_STREAM_SEED_MODE=fixed) or 0 (=request)")]
-Sample = Annotated[bool, Field(description="seeded sampling instead of greedy decoding; absent or null: "
-                                           "TTS_DEEP_STREAM_DETERMINISTIC_POLICY")]
+Sample = Annotated[bool, Field(description="seeded sampling instead of greedy decoding; "
+                                           "absent or null: TTS_DEEP_STREAM_DETERMINISTIC_POLICY")]
 PacketTokens = Annotated[int, Field(ge=1, le=64, description=(
-    "frames (80 ms each) per packet after the first; absent or null: TTS_DEEP_STREAM_PACKET_TOKENS"))]
+    "frames (80 ms each) per packet after the first; absent or null: "
+    "TTS_DEEP_STREAM_PACKET_TOKENS"))]
 
 
 @dataclass(frozen=True)
@@ -36,12 +37,14 @@ class RequestModels:
     speech: type[BaseModel]  # /v1/audio/speech
 
 
-def request_models(speakers: Sequence[str], languages: Sequence[str], max_text_chars: int) -> RequestModels:
+def request_models(speakers: Sequence[str], languages: Sequence[str],
+                   max_text_chars: int) -> RequestModels:
     """The request models of an engine with these speakers, languages and text limit."""
     Text = Annotated[str, Field(min_length=1, max_length=max_text_chars, description=(
         f"what to say: 1 .. {max_text_chars} characters (TTS_MAX_TEXT_CHARS), at least one of them "
         "not a space; its prompt must fit a batch row (TTS_ROW_POSITIONS)"))]
-    Speaker = Annotated[str, Field(max_length=MAX_NAME_CHARS, description="one of the checkpoint's speakers",
+    Speaker = Annotated[str, Field(max_length=MAX_NAME_CHARS,
+                                   description="one of the checkpoint's speakers",
                                    json_schema_extra={"enum": list(speakers)})]
     Language = Annotated[str, Field(max_length=MAX_NAME_CHARS, description="a language, or auto",
                                     json_schema_extra={"enum": list(languages)})]
@@ -73,6 +76,7 @@ def request_models(speakers: Sequence[str], languages: Sequence[str], max_text_c
         seed: Seed | None = None
         sample: Sample | None = None
         model: str | None = Field(None, description="ignored: this server has one model")
-        instructions: str | None = Field(None, description="ignored: the model takes no instructions")
+        instructions: str | None = Field(None,
+                                         description="ignored: the model takes no instructions")
 
     return RequestModels(TTSRequest, SpeechRequest)

@@ -90,11 +90,13 @@ def load_talker(
                 parts.append(f"missing tensors: {_describe_keys(missing)}")
             if unexpected:
                 parts.append(f"unexpected tensors: {_describe_keys(unexpected)}")
-            raise CheckpointError(f"{root / 'model.safetensors'} does not match config.json; " + "; ".join(parts))
+            raise CheckpointError(f"{root / 'model.safetensors'} does not match config.json; "
+                                  + "; ".join(parts))
         for name, ref in expected.items():
             t = f.get_tensor(name)
             if tuple(t.shape) != tuple(ref.shape):
-                raise CheckpointError(f"tensor {name} has shape {tuple(t.shape)}, config.json implies {tuple(ref.shape)}")
+                raise CheckpointError(f"tensor {name} has shape {tuple(t.shape)}, "
+                                      f"config.json implies {tuple(ref.shape)}")
             tensors[name] = t.to(device=device, dtype=dtype)
     model.load_state_dict(tensors, strict=True, assign=True)
     for module in model.modules():
@@ -139,9 +141,11 @@ def write_talker_files(
     config = parse_model_config(raw)
     weights = random_state_dict(config, seed)
     if preset == "tiny":
-        shape_tiny_weights(weights, config, FRAMES_PER_TEXT if frames_per_text is None else frames_per_text)
+        shape_tiny_weights(weights, config,
+                           FRAMES_PER_TEXT if frames_per_text is None else frames_per_text)
     store_dtype = torch.bfloat16 if preset in ("0.6b", "1.7b") else torch.float32
-    save_file({k: v.to(store_dtype).contiguous() for k, v in weights.items()}, str(root / "model.safetensors"))
+    save_file({k: v.to(store_dtype).contiguous() for k, v in weights.items()},
+              str(root / "model.safetensors"))
     (root / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
     (root / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2) + "\n")
     return config

@@ -159,7 +159,8 @@ def _check_preset(preset: str) -> None:
 
 def decoder_config(preset: str) -> CodecDecoderConfig:
     _check_preset(preset)
-    return CodecDecoderConfig.from_dict({**CodecDecoderConfig().to_dict(), **DECODER_PRESETS[preset]})
+    return CodecDecoderConfig.from_dict({**CodecDecoderConfig().to_dict(),
+                                         **DECODER_PRESETS[preset]})
 
 
 def speech_tokenizer_config(preset: str) -> dict[str, Any]:
@@ -201,7 +202,8 @@ def encoder_tensor_shapes(enc: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     for ratio in reversed(enc["upsampling_ratios"]):
         dim = scale * nf
         for _ in range(enc["num_residual_layers"]):
-            conv(f"encoder.layers.{idx}.block.1", dim // enc["compress"], dim, enc["residual_kernel_size"])
+            conv(f"encoder.layers.{idx}.block.1", dim // enc["compress"], dim,
+                 enc["residual_kernel_size"])
             conv(f"encoder.layers.{idx}.block.3", dim, dim // enc["compress"], 1)
             if enc["use_conv_shortcut"]:
                 conv(f"encoder.layers.{idx}.shortcut", dim, dim, 1)
@@ -247,7 +249,8 @@ def encoder_tensor_shapes(enc: dict[str, Any]) -> dict[str, tuple[int, ...]]:
         for i in range(n):
             shapes[f"{p}.layers.{i}.codebook.initialized"] = (1,)
             shapes[f"{p}.layers.{i}.codebook.cluster_usage"] = (enc["codebook_size"],)
-            shapes[f"{p}.layers.{i}.codebook.embed_sum"] = (enc["codebook_size"], enc["codebook_dim"])
+            shapes[f"{p}.layers.{i}.codebook.embed_sum"] = (enc["codebook_size"],
+                                                            enc["codebook_dim"])
         if vq_dim != hidden:
             shapes[f"{p}.input_proj.weight"] = (vq_dim, hidden, 1)
             shapes[f"{p}.output_proj.weight"] = (hidden, vq_dim, 1)
@@ -303,7 +306,8 @@ def _init_decoder_(model: CodecDecoder, gen: torch.Generator) -> None:
 
     for module_name, module in model.named_modules():
         if isinstance(module, Codebook):
-            module.cluster_usage.copy_(torch.rand(module.cluster_usage.shape, generator=gen) * 1.5 + 0.5)
+            module.cluster_usage.copy_(torch.rand(module.cluster_usage.shape, generator=gen) * 1.5
+                                       + 0.5)
             normal_(module.embedding_sum, 1.0)
             module.embedding_sum.mul_(module.cluster_usage[:, None])  # entries ~ N(0, 1)
         elif isinstance(module, SnakeBeta):
@@ -321,10 +325,12 @@ def _init_decoder_(model: CodecDecoder, gen: torch.Generator) -> None:
             normal_(module.gamma, 0.05, mean=0.5)
         elif isinstance(module, (nn.Linear, nn.Conv1d, nn.ConvTranspose1d)):
             fan_in = _fan_in(module)
-            parent = model.get_submodule(module_name.rsplit(".", 1)[0]) if "." in module_name else model
+            parent = (model.get_submodule(module_name.rsplit(".", 1)[0]) if "." in module_name
+                      else model)
             if isinstance(parent, ResidualVQ) and module is parent.output_proj:
                 fan_in *= len(parent.vq.layers)  # input is a sum of that many unit vectors
-            in_residual_unit = isinstance(model.get_submodule(module_name.rsplit(".", 2)[0]), ResidualUnit)
+            in_residual_unit = isinstance(model.get_submodule(module_name.rsplit(".", 2)[0]),
+                                          ResidualUnit)
             gain = 0.25 if in_residual_unit and module_name.endswith("conv2.conv") else 1.0
             normal_(module.weight, gain / math.sqrt(fan_in))
             if module.bias is not None:

@@ -196,9 +196,10 @@ class CodecStreamDecoder:
     def step(self, state: CodecStreamState, codes: Tensor, check_codes: bool = True) -> Tensor:
         """Decode n new frames of each of the B streams in `state`: codes [B, 16, n]
         -> PCM [B, n * 1920], a new tensor. Updates `state` in place. Runs under
-        `float32_numerics` (TF32 off unless the decoder opted in, deterministic cuDNN). `check_codes=False` skips the
-        range check (a device->host read; shape and dtype are always checked): required
-        under CUDA graph capture, and for callers that guarantee valid codes."""
+        `float32_numerics` (TF32 off unless the decoder opted in, deterministic cuDNN).
+        `check_codes=False` skips the range check (a device->host read; shape and dtype are
+        always checked): required under CUDA graph capture, and for callers that guarantee
+        valid codes."""
         m = self.model
         m.check_codes(codes, values=check_codes)
         if codes.shape[0] != state.batch_size:
@@ -251,7 +252,8 @@ class CodecStreamDecoder:
         cos, sin = pt.rope.cos_sin(q_pos, x.dtype)
         h = pt.input_proj(x)
         for layer, cache in zip(pt.layers, state.attention, strict=True):
-            h, k, v = layer(h, cos, sin, mask, past=(cache.k, cache.v))  # k, v: [B, H_kv, past + n, D]
+            # k, v: [B, H_kv, past + n, D]
+            h, k, v = layer(h, cos, sin, mask, past=(cache.k, cache.v))
             # Shift the window: keep the newest `past` frames (a slice of the new k/v, so
             # copy_ never reads what it overwrites; `-past:` would keep all when past == 0).
             cache.k.copy_(k[:, :, n:])

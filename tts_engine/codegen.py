@@ -41,7 +41,8 @@ RUNAWAY_FRAMES_PER_TEXT_TOKEN = 24
 
 
 def frame_limit(text_token_count: int, max_new_tokens: int) -> int:
-    return min(max_new_tokens, RUNAWAY_BASE_FRAMES + RUNAWAY_FRAMES_PER_TEXT_TOKEN * text_token_count)
+    return min(max_new_tokens,
+               RUNAWAY_BASE_FRAMES + RUNAWAY_FRAMES_PER_TEXT_TOKEN * text_token_count)
 
 
 @dataclass
@@ -96,9 +97,11 @@ class CodeGenerator:
             talker_cache=talker_cache or KVCache.allocate(
                 self.config.talker.geometry, batch, capacity, self.device, self.dtype),
             predictor_cache=KVCache.allocate(
-                self.config.talker.code_predictor.geometry, batch, self.num_groups, self.device, self.dtype
+                self.config.talker.code_predictor.geometry, batch, self.num_groups, self.device,
+                self.dtype
             ),
-            seed=torch.full((batch,), seed_as_int64(seed or 0), dtype=torch.long, device=self.device),
+            seed=torch.full((batch,), seed_as_int64(seed or 0), dtype=torch.long,
+                            device=self.device),
             history=torch.zeros((batch, 0), dtype=torch.long, device=self.device),
         )
 
@@ -116,7 +119,8 @@ class CodeGenerator:
             hidden, logits = self.talker.step(s.next_input, s.talker_cache)
         frame = torch.full_like(s.seed, s.frames_done)
         cb0 = choose_codebook0(
-            logits, s.history, s.frames_done, s.params, self.suppress_mask, self.eos_id, NoiseKey(s.seed, frame, 0)
+            logits, s.history, s.frames_done, s.params, self.suppress_mask, self.eos_id,
+            NoiseKey(s.seed, frame, 0)
         )
         if s.history.shape[0] != 1:
             raise NotImplementedError("per-row EOS for batched codegen streams")
@@ -124,7 +128,8 @@ class CodeGenerator:
             s.finished, s.stop_reason = True, "eos"
             return None
         codes = self.predict_rest(hidden, cb0, s.predictor_cache,
-                                  lambda logits, g: choose_subcode(logits, s.params, NoiseKey(s.seed, frame, g)))
+                                  lambda logits, g: choose_subcode(logits, s.params,
+                                                                   NoiseKey(s.seed, frame, g)))
         s.history = torch.cat((s.history, cb0[:, None]), dim=1)
         s.next_input = (self.talker.frame_embedding(codes) + s.prompt.tts_pad_embed[:, 0])[:, None]
         s.frames_done += 1
@@ -135,7 +140,8 @@ class CodeGenerator:
         """Run the prompt through the talker: (last hidden [B, C], codebook-0 logits [B, V])."""
         return self.talker.step(s.prompt.embeds, s.talker_cache)
 
-    def predict_rest(self, hidden: torch.Tensor, cb0: torch.Tensor, cache: KVCache, pick: SubcodePicker) -> torch.Tensor:
+    def predict_rest(self, hidden: torch.Tensor, cb0: torch.Tensor, cache: KVCache,
+                     pick: SubcodePicker) -> torch.Tensor:
         """Codebooks 1..15 for one frame: hidden [B, C], cb0 [B] -> codes [B, 16]."""
         predictor = self.talker.code_predictor
         cache.reset()
@@ -149,10 +155,12 @@ class CodeGenerator:
                 embeds = predictor.model.codec_embedding[group - 1](code)[:, None]
         return torch.stack(codes, dim=1)
 
-    def generate(self, prompt: Prompt, params: SamplingParams, max_frames: int, seed: int | None = None):
+    def generate(self, prompt: Prompt, params: SamplingParams, max_frames: int,
+                 seed: int | None = None):
         """All frames of one stream: (codes [T, 16] for batch row 0, stop reason)."""
         s = self.start(prompt, params, max_frames, seed)
         while self.next_frame(s) is not None:
             pass
-        codes = torch.cat(s.codes, dim=0) if s.codes else torch.zeros((0, self.num_groups), dtype=torch.long)
+        codes = (torch.cat(s.codes, dim=0) if s.codes
+                 else torch.zeros((0, self.num_groups), dtype=torch.long))
         return codes, s.stop_reason

@@ -39,7 +39,8 @@ def assistant_text(text: str) -> str:
 def resolve_speaker(cfg: TTSModelConfig, speaker: str) -> str:
     name = (speaker or "").strip().lower()
     if name not in cfg.talker.speaker_ids:
-        raise UnknownSpeaker(f"unknown speaker {speaker!r}; valid speakers: {', '.join(cfg.speakers)}",
+        raise UnknownSpeaker(f"unknown speaker {speaker!r}; valid speakers: "
+                             f"{', '.join(cfg.speakers)}",
                              cfg.speakers)
     return name
 
@@ -47,7 +48,8 @@ def resolve_speaker(cfg: TTSModelConfig, speaker: str) -> str:
 def resolve_language(cfg: TTSModelConfig, language: str | None) -> str:
     name = (language or "auto").strip().lower()
     if name != "auto" and name not in cfg.talker.language_ids:
-        raise UnknownLanguage(f"unknown language {language!r}; valid languages: {', '.join(cfg.languages)}",
+        raise UnknownLanguage(f"unknown language {language!r}; valid languages: "
+                              f"{', '.join(cfg.languages)}",
                               cfg.languages)
     return name
 
@@ -70,7 +72,8 @@ class Prompt:
 
 
 @torch.no_grad()
-def build_prompt(talker: Talker, cfg: TTSModelConfig, ids: list[int], speaker: str, language: str) -> Prompt:
+def build_prompt(talker: Talker, cfg: TTSModelConfig, ids: list[int],
+                 speaker: str, language: str) -> Prompt:
     """ids: the tokenized assistant_text(text); speaker/language already resolved."""
     if len(ids) < ROLE_PREFIX_LEN + ROLE_SUFFIX_LEN + 1:
         raise InvalidText("text is empty after tokenization")
@@ -81,7 +84,8 @@ def build_prompt(talker: Talker, cfg: TTSModelConfig, ids: list[int], speaker: s
     def codec(tokens: list[int]) -> torch.Tensor:
         return talker.embed_codec(torch.tensor([tokens], device=device))
 
-    special = torch.tensor([[cfg.tts_bos_token_id, cfg.tts_eos_token_id, cfg.tts_pad_token_id]], device=device)
+    special = torch.tensor([[cfg.tts_bos_token_id, cfg.tts_eos_token_id, cfg.tts_pad_token_id]],
+                           device=device)
     tts_bos, tts_eos, tts_pad = talker.embed_text(special).chunk(3, dim=1)  # 3 x [1, 1, C]
 
     lang_id = codec_language_id(cfg, speaker, language)
@@ -101,7 +105,8 @@ def build_prompt(talker: Talker, cfg: TTSModelConfig, ids: list[int], speaker: s
 
     body_ids = input_ids[:, ROLE_PREFIX_LEN:-ROLE_SUFFIX_LEN]
     n_text = body_ids.shape[1]
-    body = torch.cat((talker.embed_text(body_ids), tts_eos), dim=1) + codec([t.codec_pad_id] * (n_text + 1))
+    body = (torch.cat((talker.embed_text(body_ids), tts_eos), dim=1)
+            + codec([t.codec_pad_id] * (n_text + 1)))
     start = tts_pad + codec([t.codec_bos_id])
     embeds = torch.cat((role, prefix_part, body, start), dim=1)
     return Prompt(embeds=embeds, tts_pad_embed=tts_pad, text_token_count=n_text)

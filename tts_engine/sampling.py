@@ -48,8 +48,10 @@ def suppressed_token_mask(vocab_size: int, eos_id: int, device: torch.device) ->
     return mask
 
 
-def apply_repetition_penalty(logits: torch.Tensor, history: torch.Tensor, penalty: float) -> torch.Tensor:
-    """logits [B, V]; history [B, n] of earlier tokens. Divides positive, multiplies negative scores."""
+def apply_repetition_penalty(logits: torch.Tensor, history: torch.Tensor,
+                             penalty: float) -> torch.Tensor:
+    """logits [B, V]; history [B, n] of earlier tokens.
+    Divides positive, multiplies negative scores."""
     if penalty == 1.0 or history.shape[1] == 0:
         return logits
     scores = torch.gather(logits, 1, history)
@@ -92,7 +94,8 @@ def _mix(z: torch.Tensor) -> torch.Tensor:
     return z ^ _shift_right(z, 31)
 
 
-def counter_uniform(seed: torch.Tensor, frame: torch.Tensor, codebook: int, size: int) -> torch.Tensor:
+def counter_uniform(seed: torch.Tensor, frame: torch.Tensor, codebook: int,
+                    size: int) -> torch.Tensor:
     """Uniform noise in (0, 1), [B, size] float32, from (seed, frame, codebook, index).
 
     seed, frame: LongTensor [B]. Pure integer arithmetic on the device (wrapping
@@ -152,7 +155,8 @@ def choose_codebook0(
     return choose(logits, params.do_sample, params.temperature, params.top_k, params.top_p, key)
 
 
-def choose_subcode(logits: torch.Tensor, params: SamplingParams, key: NoiseKey | None) -> torch.Tensor:
+def choose_subcode(logits: torch.Tensor, params: SamplingParams,
+                   key: NoiseKey | None) -> torch.Tensor:
     return choose(
         logits.float(), params.subtalker_do_sample, params.subtalker_temperature,
         params.subtalker_top_k, params.subtalker_top_p, key,
@@ -160,8 +164,9 @@ def choose_subcode(logits: torch.Tensor, params: SamplingParams, key: NoiseKey |
 
 
 def codebook0_logits_masked(
-    logits: torch.Tensor, seen: torch.Tensor, frames_done: torch.Tensor, min_new_tokens: torch.Tensor,
-    repetition_penalty: float, suppress_mask: torch.Tensor, eos_id: int,
+    logits: torch.Tensor, seen: torch.Tensor, frames_done: torch.Tensor,
+    min_new_tokens: torch.Tensor, repetition_penalty: float, suppress_mask: torch.Tensor,
+    eos_id: int,
 ) -> torch.Tensor:
     """choose_codebook0's processed logits, with the history as a `seen` mask [B, V].
 

@@ -78,14 +78,17 @@ PUBLIC_PATHS = ("/healthz", "/readyz", "/openapi.json")
 ENGINE_GAUGES = (  # TTSEngine.stats() key, metric, help
     ("active", "tts_engine_active_streams", "streams holding a batch row"),
     ("queued", "tts_engine_queued_streams", "streams waiting for a row"),
-    ("rejected", "tts_engine_rejected_streams", "streams refused with 503 over_capacity since start"),
+    ("rejected", "tts_engine_rejected_streams",
+     "streams refused with 503 over_capacity since start"),
     ("batch", "tts_engine_batch_size", "streams in the last engine step"),
     ("step_ms", "tts_engine_step_ms",
      "period of the last engine step: its launch until it landed, its frames taken (the wall "
      "time between a stream's frames, admissions and freed rows aside)"),
     ("steps", "tts_engine_steps", "engine steps since start"),
-    ("step_rows_sum", "tts_engine_step_rows_sum", "streams stepped since start (over tts_engine_steps: the mean batch)"),
-    ("step_period_ms_sum", "tts_engine_step_period_ms_sum", "the steps' periods (as tts_engine_step_ms) since start"),
+    ("step_rows_sum", "tts_engine_step_rows_sum",
+     "streams stepped since start (over tts_engine_steps: the mean batch)"),
+    ("step_period_ms_sum", "tts_engine_step_period_ms_sum",
+     "the steps' periods (as tts_engine_step_ms) since start"),
     ("step_device_ms_sum", "tts_engine_step_device_ms_sum",
      "the steps' device time since start: codegen + decode (CUDA events; the host clock on a CPU)"),
     ("step_hand_over_ms_sum", "tts_engine_step_hand_over_ms_sum",
@@ -101,16 +104,21 @@ ENGINE_GAUGES = (  # TTSEngine.stats() key, metric, help
     ("step_slowdown", "tts_engine_step_slowdown",
      "real step periods over their start-up calibration (median of the recent steps); "
      "tts_engine_step_predicted_ms = calibration x this"),
-    ("capacity", "tts_engine_capacity_streams", "real-time streams the engine can carry at the measured step times"),
+    ("capacity", "tts_engine_capacity_streams",
+     "real-time streams the engine can carry at the measured step times"),
     ("rows", "tts_engine_rows", "batch rows (TTS_MAX_BATCH)"),
-    ("underruns", "tts_engine_underruns", "packets ready after their playback time (150 ms playout buffer) since start"),
-    ("gpu_memory_peak_mib", "tts_engine_gpu_memory_peak_mib", "peak GPU memory allocated by torch since start (0 on a CPU)"),
+    ("underruns", "tts_engine_underruns",
+     "packets ready after their playback time (150 ms playout buffer) since start"),
+    ("gpu_memory_peak_mib", "tts_engine_gpu_memory_peak_mib",
+     "peak GPU memory allocated by torch since start (0 on a CPU)"),
     ("gpu_memory_reserved_mib", "tts_engine_gpu_memory_reserved_mib",
      "GPU memory torch's allocator holds now (0 on a CPU)"),
 )
 STARTUP_GAUGES = (  # TTSEngine.startup_report() key, metric, help
-    ("load_s", "tts_engine_startup_load_seconds", "start-up: loading the model and allocating the batch rows"),
-    ("compile_s", "tts_engine_startup_compile_seconds", "start-up: torch.compile of the decoder layers (TTS_COMPILE=1)"),
+    ("load_s", "tts_engine_startup_load_seconds",
+     "start-up: loading the model and allocating the batch rows"),
+    ("compile_s", "tts_engine_startup_compile_seconds",
+     "start-up: torch.compile of the decoder layers (TTS_COMPILE=1)"),
     ("warmup_s", "tts_engine_startup_warmup_seconds", "start-up: the warm-up syntheses"),
     ("capture_s", "tts_engine_startup_capture_seconds", "start-up: capturing the CUDA graphs"),
     ("calibrate_s", "tts_engine_startup_calibrate_seconds", "start-up: timing the batch buckets"),
@@ -123,28 +131,35 @@ class Stats:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("tts_requests_total", "finished requests", ["route", "outcome"], registry=self.registry)
+        self.requests = Counter("tts_requests_total", "finished requests", ["route", "outcome"],
+                                registry=self.registry)
         self.active = Gauge("tts_active_streams", "streams being generated", registry=self.registry)
         self.ttfa = Histogram("tts_ttfa_seconds", "request accepted -> first PCM packet ready",
-                              buckets=(0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 1, 2, 5), registry=self.registry)
+                              buckets=(0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 1, 2, 5),
+                              registry=self.registry)
         self.rtf = Histogram("tts_rtf", "wall time / audio time per request",
-                             buckets=(0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 1, 2, 5), registry=self.registry)
-        self.audio = Counter("tts_audio_seconds_total", "audio seconds produced", registry=self.registry)
+                             buckets=(0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 1, 2, 5),
+                             registry=self.registry)
+        self.audio = Counter("tts_audio_seconds_total", "audio seconds produced",
+                             registry=self.registry)
         self.packets = Counter("tts_packets_total", "PCM packets produced", registry=self.registry)
 
     def track(self, engine_of: Callable[[], TTSEngine | None]) -> None:
         """Gauges read from the engine at scrape time (0 while it loads)."""
         for key, name, doc in ENGINE_GAUGES:
             gauge = Gauge(name, doc, registry=self.registry)
-            gauge.set_function(lambda key=key: (e.stats()[key] if (e := engine_of()) is not None else 0))
+            gauge.set_function(lambda key=key: (e.stats()[key]
+                                                if (e := engine_of()) is not None else 0))
         for part, doc in MEMORY_PARTS.items():
-            gauge = Gauge(f"tts_engine_gpu_memory_{part}_mib", f"{doc}, measured at start-up (0 on a CPU)",
-                          registry=self.registry)
+            gauge = Gauge(f"tts_engine_gpu_memory_{part}_mib",
+                          f"{doc}, measured at start-up (0 on a CPU)", registry=self.registry)
             gauge.set_function(lambda part=part: (getattr(e.memory, f"{part}_mib")
-                                                  if (e := engine_of()) is not None and e.memory else 0))
+                                                  if (e := engine_of()) is not None
+                                                  and e.memory else 0))
         for key, name, doc in STARTUP_GAUGES:
             gauge = Gauge(name, doc, registry=self.registry)
-            gauge.set_function(lambda key=key: (e.startup_report()[key] if (e := engine_of()) is not None else 0))
+            gauge.set_function(lambda key=key: (e.startup_report()[key]
+                                                if (e := engine_of()) is not None else 0))
         self.registry.register(AdmissionModel(engine_of))
 
     def observe(self, route: str, m: RequestMetrics) -> None:
@@ -224,7 +239,8 @@ async def _tts_request(request: web.Request) -> tuple[Request, int | None]:
     holder = _holder(request)
     engine = holder.require()
     body = await read_model(request, holder.models.tts)
-    req = engine.make_request(body.text, body.speaker, body.language, sample=body.sample, seed=body.seed)
+    req = engine.make_request(body.text, body.speaker, body.language, sample=body.sample,
+                              seed=body.seed)
     return req, body.packet_tokens
 
 
@@ -249,11 +265,13 @@ async def _stream_pcm(request: web.Request, route: str, req: Request, packet_tok
             async for pcm in audio:
                 await resp.write(pcm16_bytes(pcm))
             await resp.write_eof()
-    except ConnectionResetError:  # aiohttp's ClientConnectionResetError: a write found the client gone
+    # aiohttp's ClientConnectionResetError: a write found the client gone
+    except ConnectionResetError:
         log.info("request %s: the client went away; generation cancelled", handle.id)
     except Exception as exc:  # noqa: BLE001 - after the status line an error can only cut the stream short
         # the engine has logged its own failures; anything else is this server's, with its traceback
-        log.error("request %s: stream cut short: %s", handle.id, exc, exc_info=not isinstance(exc, TTSError))
+        log.error("request %s: stream cut short: %s", handle.id, exc,
+                  exc_info=not isinstance(exc, TTSError))
         if request.transport is not None:
             request.transport.abort()  # no last chunk: the client sees the stream is incomplete
     finally:
@@ -331,7 +349,8 @@ async def openai_speech(request: web.Request) -> web.StreamResponse:
     holder = _holder(request)
     engine = holder.require()
     body = await read_model(request, holder.models.speech)
-    req = engine.make_request(body.input, body.voice, body.language, sample=body.sample, seed=body.seed)
+    req = engine.make_request(body.input, body.voice, body.language, sample=body.sample,
+                              seed=body.seed)
     wav = body.response_format == "wav"
     if body.stream:
         return await _stream_pcm(request, "openai_speech", req, None,
@@ -349,7 +368,8 @@ async def request_metrics(request: web.Request) -> web.Response:
     rid = request.match_info["request_id"]
     if rid not in holder.finished:
         raise ApiError(404, "unknown_request",
-                       f"no finished request {rid!r} (metrics are kept for the last {METRICS_KEEP} requests)")
+                       f"no finished request {rid!r} "
+                       f"(metrics are kept for the last {METRICS_KEEP} requests)")
     return web.json_response(holder.finished[rid])
 
 
@@ -364,10 +384,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     engine = _holder(request).require()
-    return web.json_response({"ready": True, "load_s": round(engine.load_s, 2), "warmup_s": round(engine.warmup_s, 2),
-                              "device": str(engine.config.torch_device), "model_dir": str(engine.model.model_dir),
-                              "rows": engine.pool.rows, "capacity": engine.capacity,
-                              "capacity_left": engine.capacity_left, "memory": engine.memory.to_dict(),
+    return web.json_response({"ready": True, "load_s": round(engine.load_s, 2),
+                              "warmup_s": round(engine.warmup_s, 2),
+                              "device": str(engine.config.torch_device),
+                              "model_dir": str(engine.model.model_dir), "rows": engine.pool.rows,
+                              "capacity": engine.capacity, "capacity_left": engine.capacity_left,
+                              "memory": engine.memory.to_dict(),
                               "startup": engine.startup_report()})
 
 
@@ -390,21 +412,25 @@ def openapi_spec(models: RequestModels, bearer: bool) -> dict[str, Any]:
     unavailable = "the engine is not ready, over capacity (with Retry-After) or out of GPU memory"
     guarded = {401: unauthorized}
     engine = {401: unauthorized, 503: unavailable}
-    body = {400: "the body is not a valid request (what is wrong and what is valid)", 401: unauthorized,
-            413: f"the body is larger than {MAX_BODY_BYTES} bytes", 415: "the body is not application/json",
-            503: unavailable}
+    body = {400: "the body is not a valid request (what is wrong and what is valid)",
+            401: unauthorized, 413: f"the body is larger than {MAX_BODY_BYTES} bytes",
+            415: "the body is not application/json", 503: unavailable}
     operations = [
-        Operation("POST", "/tts/stream", "Speak text as a chunked stream of raw PCM (s16le, 24 kHz, mono)",
-                  models.tts, {200: "PCM, packet by packet", **body}, {200: "application/octet-stream"}),
+        Operation("POST", "/tts/stream",
+                  "Speak text as a chunked stream of raw PCM (s16le, 24 kHz, mono)", models.tts,
+                  {200: "PCM, packet by packet", **body}, {200: "application/octet-stream"}),
         Operation("GET", "/tts/requests/{request_id}", "A finished request's metrics",
                   None, {200: "TTFA, RTF, frames, packets, timings, stop reason", **guarded,
                          404: f"no such request among the last {METRICS_KEEP}"}),
-        Operation("POST", "/synthesize", "Speak text as one WAV file (the samples the stream sends)",
-                  models.tts, {200: "16-bit mono WAV, 24 kHz", **body}, {200: "audio/wav"}),
-        Operation("POST", "/v1/audio/speech", "OpenAI's speech endpoint: WAV or raw PCM, whole or streamed",
-                  models.speech, {200: "WAV (response_format wav) or raw PCM s16le (pcm)", **body},
+        Operation("POST", "/synthesize",
+                  "Speak text as one WAV file (the samples the stream sends)", models.tts,
+                  {200: "16-bit mono WAV, 24 kHz", **body}, {200: "audio/wav"}),
+        Operation("POST", "/v1/audio/speech",
+                  "OpenAI's speech endpoint: WAV or raw PCM, whole or streamed", models.speech,
+                  {200: "WAV (response_format wav) or raw PCM s16le (pcm)", **body},
                   {200: "audio/wav"}),
-        Operation("GET", "/v1/speakers", "The speakers and languages", None, {200: "the names", **engine}),
+        Operation("GET", "/v1/speakers", "The speakers and languages", None,
+                  {200: "the names", **engine}),
         Operation("GET", "/healthz", "Liveness"),
         Operation("GET", "/readyz", "Readiness: the engine has loaded and warmed up",
                   None, {200: "ready, with the engine's rows, capacity and start-up GPU memory",
@@ -421,12 +447,13 @@ def openapi_spec(models: RequestModels, bearer: bool) -> dict[str, Any]:
     doc["paths"]["/tts/requests/{request_id}"]["get"]["parameters"] = [
         {"name": "request_id", "in": "path", "required": True,
          "schema": {"type": "string", "pattern": "^[0-9a-f]{16}$"}}]
-    doc["paths"]["/v1/audio/speech"]["post"]["responses"]["200"]["content"]["application/octet-stream"] = {}
+    doc["paths"]["/v1/audio/speech"]["post"]["responses"]["200"]["content"][
+        "application/octet-stream"] = {}
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     doc["components"]["responses"] = {
         "NotFound": {"description": "404: no such route", "content": error},
-        "MethodNotAllowed": {"description": "405: the method is not allowed on the path (see Allow)",
-                             "content": error},
+        "MethodNotAllowed": {"description": "405: the method is not allowed on the path "
+                                            "(see Allow)", "content": error},
     }
     return doc
 
@@ -440,7 +467,8 @@ async def bearer_key(request: web.Request, handler):
     if key and request.path not in PUBLIC_PATHS:
         given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         if not hmac.compare_digest(given, f"Bearer {key}".encode()):
-            raise ApiError(401, "unauthorized", "missing or wrong bearer key (Authorization: Bearer <TTS_API_KEY>)",
+            raise ApiError(401, "unauthorized",
+                           "missing or wrong bearer key (Authorization: Bearer <TTS_API_KEY>)",
                            headers={"WWW-Authenticate": "Bearer"})
     return await handler(request)
 
@@ -456,7 +484,8 @@ async def engine_errors(request: web.Request, handler):
 
 
 def create_app(config: EngineConfig, engine: TTSEngine | None = None) -> web.Application:
-    app = web.Application(middlewares=[json_errors(log), bearer_key, engine_errors], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[json_errors(log), bearer_key, engine_errors],
+                          client_max_size=MAX_BODY_BYTES)
     holder = EngineHolder(config)
     holder.engine = engine
     app[ENGINE_KEY] = {"holder": holder}
@@ -502,8 +531,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise EngineStartError(
-            f"cannot listen on {host}:{port}: {exc.strerror}. Another server (an earlier TTS server?) "
-            "may still be running: `scripts/start_all.sh stop`, or choose another TTS_PORT."
+            f"cannot listen on {host}:{port}: {exc.strerror}. "
+            "Another server (an earlier TTS server?) may still be running: "
+            "`scripts/start_all.sh stop`, or choose another TTS_PORT."
         ) from None
     sock.listen(128)
     return sock

@@ -45,7 +45,8 @@ class Request:
     language: str
     params: SamplingParams
     seed: int | None
-    max_frames: int | None = None  # a tighter cap than the engine's (benchmarks fix lengths with it)
+    # a tighter cap than the engine's (benchmarks fix lengths with it)
+    max_frames: int | None = None
 
 
 @dataclass
@@ -98,7 +99,8 @@ class TTSModel:
         if not isinstance(text, str) or not text.strip():
             raise InvalidText("text is empty; send at least one non-space character")
         if len(text) > self.max_text_chars:
-            raise TextTooLong(f"text has {len(text)} characters; the limit is {self.max_text_chars}")
+            raise TextTooLong(f"text has {len(text)} characters; the limit is "
+                              f"{self.max_text_chars}")
         return Request(
             text=text,
             speaker=resolve_speaker(self.config, speaker),
@@ -128,9 +130,11 @@ class TTSModel:
         start = time.perf_counter()
         codes, reason = self.generate_codes(req, max_new_tokens)
         pcm = self.decode(codes)
-        return SynthesisResult(pcm=pcm, codes=codes.cpu(), stop_reason=reason, wall_s=time.perf_counter() - start)
+        return SynthesisResult(pcm=pcm, codes=codes.cpu(), stop_reason=reason,
+                               wall_s=time.perf_counter() - start)
 
 
-def write_wav(target: str | Path | BinaryIO, pcm: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+def write_wav(target: str | Path | BinaryIO, pcm: np.ndarray,
+              sample_rate: int = SAMPLE_RATE) -> None:
     """float PCM in [-1, 1] as a 16-bit mono WAV, to a path or a binary file object."""
     write_pcm16_wav(target, to_pcm16(pcm), sample_rate)

@@ -54,7 +54,8 @@ def shape_tiny_weights(
     # Every layer ignores and leaves alone the reserved channels...
     for layer in range(g.num_hidden_layers):
         base = prefix + f"model.layers.{layer}."
-        for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj"):
+        for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj",
+                     "mlp.up_proj"):
             w[base + name + ".weight"][:, reserved] = 0.0
         for name in ("self_attn.o_proj", "mlp.down_proj"):
             w[base + name + ".weight"][reserved, :] = 0.0

@@ -39,7 +39,7 @@ from support.tts_server import TTSServer
 
 from tools.talker_parity import default_parity_python
 
-# --------------------------------------------------------------------------- LiveKit and the token server
+# ------------------------------------------------------------ LiveKit and the token server
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +77,7 @@ def start_token_server(livekit_server: LiveKitServer) -> Iterator[Callable[..., 
             server.process.stop()
 
 
-# --------------------------------------------------------------------------- Omni dev backend and TTS server
+# ------------------------------------------------------------ Omni dev backend and TTS server
 
 
 @pytest.fixture(scope="session")
@@ -93,8 +93,10 @@ def omni_dev_server() -> Iterator[OmniDevServer]:
 
 
 @pytest.fixture(scope="module")
-def tts_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TTSServer]:
-    # invariant: concurrent streams equal solo runs byte for byte; rows: no real-time refusals on a CPU
+def tts_server(tiny_model_dir: Path,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[TTSServer]:
+    # invariant: concurrent streams equal solo runs byte for byte;
+    # rows: no real-time refusals on a CPU
     env = {"TTS_BATCH_INVARIANT": "1", "TTS_ADMISSION": "rows"}
     server = TTSServer(tiny_model_dir, tmp_path_factory.mktemp("tts") / "server.log", env)
     try:
@@ -104,7 +106,7 @@ def tts_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
         server.stop()
 
 
-# --------------------------------------------------------------------------- agent worker
+# ------------------------------------------------------------ agent worker
 
 
 @pytest.fixture(scope="session")
@@ -133,7 +135,8 @@ def agent_worker(
 def start_agent_worker(
     livekit_server: LiveKitServer, tiny_model_dir: Path, tmp_path: Path
 ) -> Iterator[Callable[..., AgentWorker]]:
-    """Factory: `start_agent_worker(omni_base_url, omni_model="m", **env)`; stopped after the test."""
+    """Factory: `start_agent_worker(omni_base_url, omni_model="m", **env)`;
+    stopped after the test."""
     started: list[AgentWorker] = []
 
     def start(omni_base_url: str, omni_model: str = "qwen3-omni-dev", **env: str) -> AgentWorker:
@@ -149,7 +152,7 @@ def start_agent_worker(
             w.process.stop(timeout_s=20)
 
 
-# --------------------------------------------------------------------------- the official implementation
+# ------------------------------------------------------------ the official implementation
 
 
 @pytest.fixture(scope="session")
@@ -157,11 +160,12 @@ def parity_python() -> Path:
     """The python of the venv that runs the official implementation."""
     python = default_parity_python()
     if not python.exists():
-        pytest.fail(f"{python} is missing: run scripts/setup_parity_venv.sh (scripts/test.sh does it)")
+        pytest.fail(f"{python} is missing: run scripts/setup_parity_venv.sh "
+                    "(scripts/test.sh does it)")
     return python
 
 
-# --------------------------------------------------------------------------- speech and browser
+# ------------------------------------------------------------ speech and browser
 
 
 @pytest.fixture
@@ -170,7 +174,8 @@ def make_speech_wav(tmp_path: Path) -> Callable[..., Path]:
     counter = iter(range(1_000_000))
 
     def make(text: str, **kwargs: object) -> Path:
-        return make_speech_wav_file(text, tmp_path / f"speech-{next(counter)}.wav", **kwargs)  # type: ignore[arg-type]
+        return make_speech_wav_file(text, tmp_path / f"speech-{next(counter)}.wav",
+                                    **kwargs)  # type: ignore[arg-type]
 
     return make
 
@@ -188,6 +193,8 @@ def browser_env() -> BrowserEnv:
     require(
         (NODE_MODULES / "playwright-core" / "package.json").is_file()
         and (NODE_MODULES / "livekit-client" / "dist" / "livekit-client.umd.js").is_file(),
-        f"playwright-core/livekit-client missing in {NODE_MODULES}: run scripts/install_node_deps.sh",
+        f"playwright-core/livekit-client missing in {NODE_MODULES}: run "
+        "scripts/install_node_deps.sh",
     )
-    return BrowserEnv(chromium=Path(chromium), node=Path(node), node_modules=NODE_MODULES)  # type: ignore[arg-type]
+    return BrowserEnv(chromium=Path(chromium), node=Path(node),  # type: ignore[arg-type]
+                      node_modules=NODE_MODULES)

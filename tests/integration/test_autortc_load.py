@@ -23,9 +23,11 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def test_the_load_tier_reports_latency_rooms_per_worker_and_a_picture(tmp_path: Path) -> None:
-    require(LIVEKIT_BIN.is_file(), f"LiveKit server missing at {LIVEKIT_BIN}: run scripts/install_livekit_server.sh")
+    require(LIVEKIT_BIN.is_file(),
+            f"LiveKit server missing at {LIVEKIT_BIN}: run scripts/install_livekit_server.sh")
     for tool in ("redis-server", "espeak-ng"):
-        require(shutil.which(tool) is not None, f"{tool} missing: run scripts/install_system_deps.sh")
+        require(shutil.which(tool) is not None,
+                f"{tool} missing: run scripts/install_system_deps.sh")
     out = tmp_path / "load"
     argv = ["bash", "scripts/run_autortc.sh", "--tier", "load", "--out", str(out), "--",
             "--ks", "1", "2", "--per-k", "1", "--keep-going"]
@@ -38,6 +40,8 @@ def test_the_load_tier_reports_latency_rooms_per_worker_and_a_picture(tmp_path: 
     for k in result["per_k"]:
         assert k["conversations"] == 1 and k["failures"] == 0, (k, log[-3000:])
         assert k["eot_to_first_audio_p95_ms"] > 0
-        assert sum(k["rooms_per_worker"].values()) == 1 and set(k["rooms_per_worker"]) <= {"agent-1", "agent-2"}, k
+        assert sum(k["rooms_per_worker"].values()) == 1 \
+            and set(k["rooms_per_worker"]) <= {"agent-1", "agent-2"}, k
     assert "load tier: 2 node(s), 2 worker(s)" in log and (out / "load.png").stat().st_size > 10_000
-    assert proc.returncode == (0 if all(k["verdict"] == "PASS" for k in result["per_k"]) else 1), log[-2000:]
+    assert proc.returncode == (0 if all(k["verdict"] == "PASS" for k in result["per_k"])
+                               else 1), log[-2000:]

@@ -35,7 +35,8 @@ SPEAKERS = ["serena", "ryan", "aiden", "sohee", "vivian", "eric", "dylan", "ono_
 
 def make_engine(model_dir, dump_dir=None, **overrides) -> TTSEngine:
     cfg = EngineConfig.from_env({}, model_dir=str(model_dir), device="cpu", admission="rows",
-                                code_dump=int(dump_dir is not None), code_dump_dir=str(dump_dir or ""), **overrides)
+                                code_dump=int(dump_dir is not None),
+                                code_dump_dir=str(dump_dir or ""), **overrides)
     return TTSEngine(cfg, warmup=False)
 
 
@@ -131,7 +132,8 @@ async def test_seeded_sampling_is_the_same_solo_and_batched(invariant, batched):
     sampled = invariant.make_request(text, "serena", sample=True, seed=1234)
     alone, _ = await invariant.synthesize_pcm(sampled)
     others = [invariant.make_request(t, "ryan") for t in TEXTS[:3]]
-    results = await asyncio.gather(invariant.synthesize_pcm(sampled), *[invariant.synthesize_pcm(r) for r in others])
+    results = await asyncio.gather(invariant.synthesize_pcm(sampled),
+                                   *[invariant.synthesize_pcm(r) for r in others])
     assert results[0][1].batch_max >= 2 and np.array_equal(alone, results[0][0])
     greedy, _ = await invariant.synthesize_pcm(invariant.make_request(text, "serena", sample=False))
     assert not np.array_equal(alone[: len(greedy)], greedy[: len(alone)])
@@ -177,8 +179,9 @@ async def test_a_failing_stream_ends_alone_while_the_batch_goes_on(batched, monk
 
     monkeypatch.setattr(session_module.StreamSession, "add_frame", add_frame)
     others = [batched.make_request(t, "aiden") for t in TEXTS[:3]]
-    results = await asyncio.gather(batched.synthesize_pcm(batched.make_request(victim_text, "serena")),
-                                   *[batched.synthesize_pcm(r) for r in others], return_exceptions=True)
+    results = await asyncio.gather(
+        batched.synthesize_pcm(batched.make_request(victim_text, "serena")),
+        *[batched.synthesize_pcm(r) for r in others], return_exceptions=True)
     assert isinstance(results[0], RuntimeError) and "injected failure" in str(results[0])
     for pcm, m in results[1:]:
         assert m.stop_reason == "eos" and m.error is None and len(pcm) == m.frames * 1920
@@ -186,7 +189,9 @@ async def test_a_failing_stream_ends_alone_while_the_batch_goes_on(batched, monk
     assert batched.active_sessions == 0
 
 
-def test_out_of_memory_while_warming_up_is_a_start_error_that_says_what_to_change(tiny_model_dir, monkeypatch):
+def test_out_of_memory_while_warming_up_is_a_start_error_that_says_what_to_change(
+    tiny_model_dir, monkeypatch
+):
     def no_memory(self) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory (injected)")
 
@@ -223,7 +228,8 @@ def test_the_cold_start_up_admission_does_not_gate_later_ones(tiny_model_dir, mo
         return prefill(self, *args, **kwargs)
 
     monkeypatch.setattr(BatchStepper, "prefill", cold_then_warm)
-    engine = TTSEngine(EngineConfig.from_env({}, model_dir=str(tiny_model_dir), device="cpu", max_batch=4))
+    engine = TTSEngine(EngineConfig.from_env({}, model_dir=str(tiny_model_dir), device="cpu",
+                                             max_batch=4))
     try:
         assert len(calls) == 2  # the warm-up's two admissions
         assert engine.admission.admission_costs().keys() == {1}  # the second, warm one
@@ -232,7 +238,9 @@ def test_the_cold_start_up_admission_does_not_gate_later_ones(tiny_model_dir, mo
         engine.close()
 
 
-async def test_a_burst_of_arrivals_is_prefilled_together_and_joins_in_one_step(tiny_model_dir, tmp_path, monkeypatch):
+async def test_a_burst_of_arrivals_is_prefilled_together_and_joins_in_one_step(
+    tiny_model_dir, tmp_path, monkeypatch
+):
     """Newcomers waiting together cost the batch one prefill, and their frame 0 comes
     from the next batched step; each stream's audio is still exactly its codes."""
     prefill, groups = BatchStepper.prefill, []
@@ -244,7 +252,9 @@ async def test_a_burst_of_arrivals_is_prefilled_together_and_joins_in_one_step(t
     monkeypatch.setattr(BatchStepper, "prefill", recorded)
     eng = make_engine(tiny_model_dir, tmp_path)
     try:
-        handles = open_together(eng, [eng.make_request(t, s) for t, s in zip(TEXTS[:6], SPEAKERS, strict=False)])
+        handles = open_together(eng,
+                                [eng.make_request(t, s)
+                                 for t, s in zip(TEXTS[:6], SPEAKERS, strict=False)])
         results = []
         for h in handles:
             pcm = np.concatenate([p.pcm async for p in h])
@@ -253,7 +263,8 @@ async def test_a_burst_of_arrivals_is_prefilled_together_and_joins_in_one_step(t
         assert eng.admission.admission_costs().keys() == {6}  # the gate's plan for a group of 6
         for pcm, m in results:
             assert m.stop_reason == "eos" and m.batch_max == 6
-            offline = eng.model.decode(load_codes(eng.config.resolved_code_dump_dir / f"{m.request_id}.npy"))
+            offline = eng.model.decode(load_codes(eng.config.resolved_code_dump_dir
+                                                  / f"{m.request_id}.npy"))
             assert np.abs(pcm - offline).max() <= 1e-5
     finally:
         eng.close()
@@ -265,7 +276,8 @@ def test_staged_prefill_shapes_write_the_same_kv_as_a_prefill_of_each_prompt_alo
     eng = make_engine(tiny_model_dir, row_positions=64)
     try:
         st = eng.stepper
-        st.prefill_shapes = [(g, n) for g, n in st.prefill_shapes if g * n <= 128]  # 16 newcomers must split
+        # 16 newcomers must split
+        st.prefill_shapes = [(g, n) for g, n in st.prefill_shapes if g * n <= 128]
         texts = [" ".join(TEXTS[: 1 + i % 4])[: 40 + 9 * i] for i in range(16)]
         newcomers = [RowStart(eng.model.prompt(eng.make_request(t, SPEAKERS[i % 8])), False, 0, 0)
                      for i, t in enumerate(texts)]
@@ -273,8 +285,8 @@ def test_staged_prefill_shapes_write_the_same_kv_as_a_prefill_of_each_prompt_alo
         st.prefill(0, newcomers)
         rows = eng.pool.view(0, 16)
         for i, n in enumerate(newcomers):
-            alone = KVCache.allocate(eng.model.codegen.config.talker.geometry, 1, 64, eng.model.device,
-                                     eng.model.codegen.dtype)
+            alone = KVCache.allocate(eng.model.codegen.config.talker.geometry, 1, 64,
+                                     eng.model.device, eng.model.codegen.dtype)
             eng.model.codegen.talker.model(n.prompt.embeds[:, : n.start_position], alone)
             p = n.start_position
             assert torch.allclose(rows.k[:, i, :, :p], alone.k[:, 0, :, :p], atol=1e-5)
@@ -295,7 +307,8 @@ def test_a_consumer_whose_event_loop_has_closed_does_not_stop_the_engine(batched
 
     asyncio.run(leave_without_cancelling())
     time.sleep(0.5)  # the abandoned stream's last packets and its end meet a closed loop
-    pcm, m = asyncio.run(asyncio.wait_for(batched.synthesize_pcm(batched.make_request(TEXTS[0], "ryan")), 60))
+    pcm, m = asyncio.run(asyncio.wait_for(
+        batched.synthesize_pcm(batched.make_request(TEXTS[0], "ryan")), 60))
     assert m.stop_reason == "eos" and len(pcm) == m.frames * 1920
 
 
@@ -357,7 +370,9 @@ async def test_a_stream_ended_by_silence_while_its_next_step_runs_loses_only_tha
         eng.close()
 
 
-async def test_a_stream_whose_packet_fails_while_its_next_step_runs_ends_alone(batched, monkeypatch):
+async def test_a_stream_whose_packet_fails_while_its_next_step_runs_ends_alone(
+    batched, monkeypatch
+):
     """An error while sending a packet (the next step already on the device) ends that
     stream only: its packets so far arrived, then the error; its in-flight frame is dropped
     and its row freed; the others stay exact."""
@@ -383,7 +398,8 @@ async def test_a_stream_whose_packet_fails_while_its_next_step_runs_ends_alone(b
         assert_exact(batched, pcm, m)
     metrics = await victim.closed()
     assert metrics.stop_reason == "error" and "injected packet failure" in metrics.error
-    assert len(victim.session.codes) == 3 and victim.session.row is None  # frames 0-2; frame 3 dropped
+    # frames 0-2; frame 3 dropped
+    assert len(victim.session.codes) == 3 and victim.session.row is None
     assert batched.active_sessions == 0
 
 

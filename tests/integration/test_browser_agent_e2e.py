@@ -168,8 +168,8 @@ async def test_the_page_says_when_the_agent_is_reconnected_and_back(
                                 LIVEKIT_AGENT_NAME=name)
 
     result, _ = await asyncio.gather(
-        run_web_driver(browser_env, tmp_path, timeout_s=120, url=f"{token_server.base_url}/", room=room,
-                       fakeAudioWav=str(mic_wav), untilNotice="The agent is back."),
+        run_web_driver(browser_env, tmp_path, timeout_s=120, url=f"{token_server.base_url}/",
+                       room=room, fakeAudioWav=str(mic_wav), untilNotice="The agent is back."),
         worker_once_the_page_waits(),
     )
     notices = (result.get("snapshot") or {}).get("notices", [])

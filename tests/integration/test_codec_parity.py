@@ -82,7 +82,8 @@ def test_offline_decode_matches_official(official_run: tuple[Path, dict, Path]) 
             ours = model(torch.from_numpy(codes.T[None]))[0].numpy()
         assert ours.shape == theirs.shape == (codes.shape[0] * 1920,), name
         assert np.abs(theirs).max() > 0.05, f"{name}: official output is near silent"
-        assert np.abs(ours - theirs).max() <= PARITY, f"{name}: max abs diff {np.abs(ours - theirs).max():.2e}"
+        assert np.abs(ours - theirs).max() <= PARITY, (f"{name}: max abs diff "
+                                                       f"{np.abs(ours - theirs).max():.2e}")
 
 
 def test_incremental_decode_matches_official(official_run: tuple[Path, dict, Path]) -> None:
@@ -92,4 +93,5 @@ def test_incremental_decode_matches_official(official_run: tuple[Path, dict, Pat
         codes = torch.from_numpy(cases[name].T[None])
         ours = decode_in_packets(stream, codes, 2)[0].numpy()
         theirs = np.load(out / f"{name}.npy")
-        assert np.abs(ours - theirs).max() <= PARITY, f"{name}: max abs diff {np.abs(ours - theirs).max():.2e}"
+        assert np.abs(ours - theirs).max() <= PARITY, (f"{name}: max abs diff "
+                                                       f"{np.abs(ours - theirs).max():.2e}")

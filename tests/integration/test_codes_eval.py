@@ -25,8 +25,9 @@ pytestmark = pytest.mark.timeout(600)
 def dumps(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("codes")
     for name, text in TEXTS.items():
-        subprocess.run([sys.executable, "-m", "tts_engine", "synthesize", "--model-dir", str(tiny_model_dir),
-                        "--text", text, "--speaker", "serena", "--language", "english", "--device", "cpu",
+        subprocess.run([sys.executable, "-m", "tts_engine", "synthesize",
+                        "--model-dir", str(tiny_model_dir), "--text", text, "--speaker", "serena",
+                        "--language", "english", "--device", "cpu",
                         "--out", str(folder / "wav" / f"{name}.wav"), "--dump-codes", str(folder)],
                        check=True, capture_output=True, timeout=300, cwd=REPO_ROOT)
     return folder
@@ -47,8 +48,8 @@ def altered(src: Path, dst: Path, change) -> Path:  # noqa: ANN001
 
 
 def test_codebook_stats_and_runs_by_hand() -> None:
-    assert codebook_stats(np.array([7, 7, 9, 9])) == {"unique": 2, "entropy_bits": 1.0, "top_code": 7,
-                                                      "top_share": 0.5}
+    assert codebook_stats(np.array([7, 7, 9, 9])) == {"unique": 2, "entropy_bits": 1.0,
+                                                      "top_code": 7, "top_share": 0.5}
     assert codebook_stats(np.array([4, 4, 4]))["entropy_bits"] == 0.0
     frames = np.array([[1] * 16, [1] * 16, [1] * 16, [2] * 16, [2] * 16, [3] * 16])
     assert frame_runs(frames, 2) == [{"start": 0, "length": 3}, {"start": 3, "length": 2}]
@@ -65,7 +66,8 @@ def test_stats_of_real_dumps(dumps: Path, tmp_path: Path) -> None:
         assert d["text"] == TEXTS[name] and d["frames"] == len(codes) == meta["frames"] > 0
         assert meta["text_tokens"] > 0
         assert d["frames_per_text_token"] == round(len(codes) / meta["text_tokens"], 2)
-        # the tiny checkpoint stops at EOS for these texts; the EOS frame is the one after the last stored
+        # the tiny checkpoint stops at EOS for these texts; the EOS frame is the one after the
+        # last stored
         assert d["stop_reason"] == "eos" and d["eos_frame"] == len(codes)
         assert len(d["codebooks"]) == 16
         for k, cb in enumerate(d["codebooks"]):
@@ -105,19 +107,22 @@ def test_diff_finds_the_first_altered_frame_and_codebook(dumps: Path, tmp_path: 
 
     b = altered(a, tmp_path / "talker.npy", bump(2, 0))
     _, report = codes_eval(tmp_path, "diff", str(a), str(b))
-    assert (report["first_frame"], report["codebooks"], report["first_codebook_source"]) == (2, [0], "talker")
+    assert (report["first_frame"], report["codebooks"],
+            report["first_codebook_source"]) == (2, [0], "talker")
 
     frames = len(read_codes(a))
     b = altered(a, tmp_path / "short.npy", lambda codes: codes[: frames - 4])
     proc, report = codes_eval(tmp_path, "diff", str(a), str(b))
-    assert proc.returncode == 1 and report["first_frame"] == frames - 4 and report["codebooks"] == []
+    assert proc.returncode == 1 and report["first_frame"] == frames - 4 \
+        and report["codebooks"] == []
 
     proc, report = codes_eval(tmp_path, "diff", str(a), str(a))
     assert proc.returncode == 0 and report["identical"] and report["differing_frames"] == 0
 
 
 def test_two_texts_differ_from_the_first_frame_on(dumps: Path, tmp_path: Path) -> None:
-    proc, report = codes_eval(tmp_path, "diff", str(dumps / "hello.npy"), str(dumps / "weather.npy"))
+    proc, report = codes_eval(tmp_path, "diff", str(dumps / "hello.npy"),
+                              str(dumps / "weather.npy"))
     assert proc.returncode == 1 and not report["identical"] and report["first_frame"] is not None
     assert "first divergence" in proc.stdout
 

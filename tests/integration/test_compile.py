@@ -32,13 +32,15 @@ GRAPHS = 4 * len(DYNAMIC_DIMS)
 
 
 def start(model_dir: Path, home: Path, out: Path, compile_on: bool) -> dict:
-    """One engine start in a fresh process (tests/support/engine_probe.py): what it wrote, and its log."""
+    """One engine start in a fresh process (tests/support/engine_probe.py): what it wrote,
+    and its log."""
     out.mkdir(parents=True)
     env = {**os.environ, "STREAMTALK_HOME": str(home), "TTS_COMPILE": str(int(compile_on)),
            "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     for variable in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
         env.pop(variable, None)
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "support" / "engine_probe.py"), str(model_dir), str(out)],
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "support" / "engine_probe.py"),
+                           str(model_dir), str(out)],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     streams = np.load(out / "streams.npz")
@@ -61,7 +63,8 @@ def eager(tiny_model_dir, tmp_path_factory):
 def cold(tiny_model_dir, tmp_path_factory):
     """The first compiled start in an empty cache root."""
     tmp = tmp_path_factory.mktemp("cold")
-    return {**start(tiny_model_dir, tmp / "home", tmp / "out", compile_on=True), "home": tmp / "home"}
+    return {**start(tiny_model_dir, tmp / "home", tmp / "out", compile_on=True),
+            "home": tmp / "home"}
 
 
 def test_compiled_engine_equals_eager(eager, cold):
@@ -125,7 +128,8 @@ def test_corrupt_artefacts_are_replaced_with_a_warning(tiny_model_dir, cold, eag
     fresh._verified_payload(artefacts.read_bytes())  # rewritten whole after the warm-up
 
 
-def test_a_compile_that_fails_stops_the_start_with_the_way_out(tiny_model_dir, tmp_path, monkeypatch):
+def test_a_compile_that_fails_stops_the_start_with_the_way_out(tiny_model_dir, tmp_path,
+                                                               monkeypatch):
     for variable in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
         monkeypatch.delenv(variable, raising=False)  # restored afterwards: the engine points them
     monkeypatch.setenv("STREAMTALK_HOME", str(tmp_path))
@@ -134,6 +138,8 @@ def test_a_compile_that_fails_stops_the_start_with_the_way_out(tiny_model_dir, t
         raise RuntimeError("no working C++ compiler found")
 
     monkeypatch.setattr("tts_engine.runtime.engine.precompile", no_compiler)
-    config = EngineConfig.from_env({}, model_dir=str(tiny_model_dir), device="cpu", max_batch=1, compile_steps="1")
-    with pytest.raises(EngineStartError, match="no working C\\+\\+ compiler found.*TTS_COMPILE=0 starts the engine"):
+    config = EngineConfig.from_env({}, model_dir=str(tiny_model_dir), device="cpu", max_batch=1,
+                                   compile_steps="1")
+    with pytest.raises(EngineStartError,
+                       match="no working C\\+\\+ compiler found.*TTS_COMPILE=0 starts the engine"):
         TTSEngine(config)

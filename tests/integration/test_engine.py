@@ -1,4 +1,5 @@
-"""TTSEngine in process: streaming == offline, cancellation, debug aids (batching: test_batching.py)."""
+"""TTSEngine in process: streaming == offline, cancellation, debug aids
+(batching: test_batching.py)."""
 
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ async def test_stream_equals_offline_decode(engine):
 
 
 async def test_cancel_stops_within_one_packet(engine):
-    req = engine.make_request(" ".join(["A long answer nobody will hear to the end."] * 6), "serena")
+    req = engine.make_request(" ".join(["A long answer nobody will hear to the end."] * 6),
+                              "serena")
     handle = engine.open_stream(req, packet_tokens=2)
     received = await read_then_cancel(handle, 2)
     assert handle.metrics.stop_reason == "cancelled"
@@ -69,8 +71,9 @@ async def test_code_dump_replays_to_the_same_audio(engine, tmp_path, tiny_model_
     assert meta["stop_reason"] == metrics.stop_reason and meta["text"] == "Dump my codes please."
     assert meta["text_tokens"] > 0 and meta["frames"] == metrics.frames
     out = tmp_path / "replay.wav"
-    subprocess.run([sys.executable, "-m", "tts_engine", "decode-codes", str(dump), "--model-dir", str(tiny_model_dir),
-                    "--out", str(out), "--device", "cpu"], check=True, capture_output=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "tts_engine", "decode-codes", str(dump),
+                    "--model-dir", str(tiny_model_dir), "--out", str(out), "--device", "cpu"],
+                   check=True, capture_output=True, timeout=120)
     replay = from_pcm16(read_wav(out)[0])
     assert replay.shape == pcm.shape and np.abs(replay - pcm).max() <= 1.5 / 32767
 
@@ -83,7 +86,8 @@ def test_golden_config_is_enforced():
     with pytest.raises(ConfigValueError, match="not an integer"):
         EngineConfig.from_env({"TTS_DEEP_STREAM_PACKET_TOKENS": "two"})
     cfg = EngineConfig.from_env({})
-    assert (cfg.packet_tokens, cfg.left_context, cfg.decode_mode, cfg.seed) == (2, 72, "incremental", 42)
+    assert (cfg.packet_tokens, cfg.left_context, cfg.decode_mode,
+            cfg.seed) == (2, 72, "incremental", 42)
 
 
 async def test_seeded_sampling_is_reproducible_and_differs_from_greedy(engine):
@@ -98,12 +102,14 @@ async def test_seeded_sampling_is_reproducible_and_differs_from_greedy(engine):
 
 async def test_silence_early_stop(tiny_model_dir, monkeypatch):
     """TTS_DEEP_STREAM_SILENCE_PACKETS=N stops a stream after N silent packets, not before."""
-    eng = TTSEngine(EngineConfig.from_env({}, model_dir=str(tiny_model_dir), device="cpu", silence_packets=2),
+    eng = TTSEngine(EngineConfig.from_env({}, model_dir=str(tiny_model_dir), device="cpu",
+                                          silence_packets=2),
                     warmup=False)
     try:
         text = "Loud and clear, for a good while longer than two packets."
         _, audible = await eng.synthesize_pcm(eng.make_request(text, "serena"))
-        assert audible.stop_reason == "eos" and audible.packets > 2  # the tiny voice is never silent
+        # the tiny voice is never silent
+        assert audible.stop_reason == "eos" and audible.packets > 2
         # Count every packet as silent: the stream must end after exactly two.
         monkeypatch.setattr(session_module, "SILENCE_RMS", float("inf"))
         _, silent = await eng.synthesize_pcm(eng.make_request(text, "serena"))

@@ -19,17 +19,20 @@ def test_bench_memory_accounts_for_each_level_in_a_fresh_engine(tiny_model_dir, 
     [row] = json.loads(out.read_text())["rows"]
     assert (row["max_batch"], row["rows"], row["positions"], row["device"]) == (2, 2, 1024, "cpu")
     assert row["rows_x_positions"] == "2 x 1024" and row["error"] is None and row["capacity"] >= 1
-    measured = ("weights", "rows", "graphs", "workspace", "reserved", "peak_reserved", "outside_torch")
+    measured = ("weights", "rows", "graphs", "workspace", "reserved", "peak_reserved",
+                "outside_torch")
     assert {row[f"{part}_mib"] for part in measured} == {0}
     model = TTSModel(tiny_model_dir)
-    assert row["row_pool_mib"] * MIB == 2 * row_bytes(model.codegen, CodecStreamDecoder(model.decoder), 1024)
+    assert row["row_pool_mib"] * MIB == 2 * row_bytes(model.codegen,
+                                                      CodecStreamDecoder(model.decoder), 1024)
     assert "engine memory at start-up per maximum batch" in capsys.readouterr().out
 
 
 def test_bench_metrics_gives_both_variants_and_their_difference(tiny_model_dir, tmp_path):
     out = tmp_path / "metrics.json"
-    assert main(["bench", "metrics", "--model-dir", str(tiny_model_dir), "--device", "cpu", "--concurrency", "1",
-                 "--length", "short", "--repeats", "1", "--out", str(out)]) == 0
+    assert main(["bench", "metrics", "--model-dir", str(tiny_model_dir), "--device", "cpu",
+                 "--concurrency", "1", "--length", "short", "--repeats", "1",
+                 "--out", str(out)]) == 0
     on, off, diff = json.loads(out.read_text())["rows"]
     assert [r["packet_metrics"] for r in (on, off, diff)] == ["on", "off", "on - off"]
     # short replies: 50 frames, a first packet of 1 frame, then packets of 2

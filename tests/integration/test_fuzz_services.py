@@ -60,7 +60,8 @@ def test_the_token_server_survives_fuzzing(livekit_server: LiveKitServer) -> Non
 
 
 def test_the_dev_omni_backend_survives_fuzzing() -> None:
-    server = start_omni_dev_process(OMNI_DEV_FIRST_TOKEN_DELAY_S="0.01", OMNI_DEV_TOKENS_PER_S="1000")
+    server = start_omni_dev_process(OMNI_DEV_FIRST_TOKEN_DELAY_S="0.01",
+                                    OMNI_DEV_TOKENS_PER_S="1000")
     base = server.base_url.removesuffix("/v1")
     try:
         report = fuzz(base, seconds=FUZZ_SECONDS, probe="omni", pid=server.process.proc.pid)

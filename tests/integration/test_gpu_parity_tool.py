@@ -16,7 +16,8 @@ from tts_engine.runtime import TTSEngine
 
 
 def test_float32_rows_match_official_on_cpu(parity_python, tmp_path):
-    argv = ["--out", str(tmp_path), "--presets", "tiny", "--device", "cpu", "--official-python", str(parity_python)]
+    argv = ["--out", str(tmp_path), "--presets", "tiny", "--device", "cpu",
+            "--official-python", str(parity_python)]
     assert gpu_parity.main(argv) == 0
     result = json.loads((tmp_path / "gpu_parity.json").read_text())
     rows = [r for r in result["rows"] if r["comparison"] == gpu_parity.FLOAT32_COMPARISON]
@@ -24,19 +25,22 @@ def test_float32_rows_match_official_on_cpu(parity_python, tmp_path):
     assert all(r["first_frame"] is None and r["frames_a"] == r["frames_b"] > 0 for r in rows), rows
     assert result["float32_identical"] is True
     assert result["rope_as_on_cpu"] == {"tiny": True}
-    assert [s["comparison"] for s in result["skipped"]] == [name for name, *_ in gpu_parity.COMPARISONS[1:]]
+    assert [s["comparison"] for s in result["skipped"]] == [
+        name for name, *_ in gpu_parity.COMPARISONS[1:]]
     assert result["environment"]["official"]["transformers"] == "4.57.3"
     assert result["environment"]["official"]["qwen_tts"]
 
 
-@pytest.mark.parametrize("make_set, lengths", [(boundary_set, [1, 8, 300]), (eos_at_min_set, [2, 2])])
+@pytest.mark.parametrize("make_set, lengths",
+                         [(boundary_set, [1, 8, 300]), (eos_at_min_set, [2, 2])])
 def test_engine_driver_equals_official_float32_on_cpu(parity_python, tmp_path, make_set, lengths):
     """The engine stepped row by row, as the tool drives it on a GPU, stops where the
     official generate stops: its frame cap, EOS only from min_new_tokens on."""
     parity_set = make_set()
     parity_set.write_checkpoint(tmp_path)
-    engine = TTSEngine(EngineConfig(model_dir=str(gpu_parity.engine_model_dir(parity_set, tmp_path)),
-                                    device="cpu", max_batch=1))
+    engine = TTSEngine(EngineConfig(
+        model_dir=str(gpu_parity.engine_model_dir(parity_set, tmp_path)), device="cpu",
+        max_batch=1))
     try:
         ours = gpu_parity.engine_codes(engine, parity_set.cases)
     finally:
@@ -58,7 +62,8 @@ def test_gap_explains_where_bfloat16_parts_from_float32(tmp_path):
     assert parted, "bfloat16 matched float32 everywhere: nothing to explain"
     assert all(isinstance(r["gap"], float) and 0 <= r["gap"] < 0.05 for r in parted), parted
     # the tape holds one call per frame tried: the frames plus the EOS frame (or none at the cap)
-    assert all(len(tape[0]) >= len(codes) and len(tape[1]) == len(codes) for tape, codes in zip(logits, bf16))
+    assert all(len(tape[0]) >= len(codes) and len(tape[1]) == len(codes)
+               for tape, codes in zip(logits, bf16))
 
 
 def test_presets_parse_with_the_custom_geometry_commas():
@@ -71,7 +76,8 @@ def test_presets_parse_with_the_custom_geometry_commas():
 def test_bad_arguments_exit_2(tmp_path, capsys):
     assert gpu_parity.main(["--out", str(tmp_path), "--presets", "small"]) == 2
     assert "unknown preset 'small'" in capsys.readouterr().err
-    assert gpu_parity.main(["--out", str(tmp_path), "--official-python", str(tmp_path / "none")]) == 2
+    assert gpu_parity.main(["--out", str(tmp_path),
+                            "--official-python", str(tmp_path / "none")]) == 2
     assert "--official-python" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert gpu_parity.main(["--out", str(tmp_path), "--device", "cuda"]) == 2

@@ -26,7 +26,9 @@ def bash(script: str, home: Path, repo: Path = REPO_ROOT) -> str:
 
 
 def pins() -> dict[str, str]:
-    out = subprocess.run(["bash", "-c", f'. "{REPO_ROOT}/scripts/pins.sh"; echo "$TORCH_VERSION $TORCHAUDIO_VERSION"'],
+    out = subprocess.run(["bash", "-c",
+                          f'. "{REPO_ROOT}/scripts/pins.sh"; '
+                          'echo "$TORCH_VERSION $TORCHAUDIO_VERSION"'],
                          capture_output=True, text=True, check=True).stdout.split()
     return {"torch": out[0], "torchaudio": out[1]}
 
@@ -46,7 +48,8 @@ def test_new_key_builds_beside_the_old_then_replaces_it(tmp_path):
     home = tmp_path / "home"
     (home / "thing").mkdir(parents=True)  # a real folder of the layout before keyed builds
     (home / "thing" / "stale").write_text("old layout")
-    build = 'd="$(begin_artefact thing {key})"; echo {key} >"$d/payload"; finish_artefact thing {key}'
+    build = ('d="$(begin_artefact thing {key})"; echo {key} >"$d/payload"; '
+             'finish_artefact thing {key}')
     bash(build.format(key="aaaa"), home)
     assert (home / "thing").is_symlink() and os.readlink(home / "thing") == "thing-aaaa"
     assert (home / "thing" / "payload").read_text().strip() == "aaaa"
@@ -85,15 +88,18 @@ def test_all_install_inputs_key_changes_with_a_pin(tmp_path):
     shutil.copy(REPO_ROOT / "pyproject.toml", repo / "pyproject.toml")
     before = bash("all_install_inputs_key", tmp_path, repo)
     pins_file = repo / "scripts" / "pins.sh"
-    pins_file.write_text(pins_file.read_text().replace("TORCHAUDIO_VERSION=", "TORCHAUDIO_VERSION=9"))
+    pins_file.write_text(pins_file.read_text().replace("TORCHAUDIO_VERSION=",
+                                                       "TORCHAUDIO_VERSION=9"))
     assert bash("all_install_inputs_key", tmp_path, repo) != before
 
 
-@pytest.mark.parametrize("venv, packages", [("venv", ["torch"]), ("parity-venv", ["torch", "torchaudio"])])
+@pytest.mark.parametrize("venv, packages",
+                         [("venv", ["torch"]), ("parity-venv", ["torch", "torchaudio"])])
 def test_installed_venvs_hold_the_pinned_torch_family(venv, packages):
     python = CACHE / venv / "bin" / "python"
     assert python.exists(), f"{python} missing: scripts/test.sh builds it"
-    code = "import importlib.metadata as m, sys; print(' '.join(m.version(p) for p in sys.argv[1:]))"
+    code = ("import importlib.metadata as m, sys; "
+            "print(' '.join(m.version(p) for p in sys.argv[1:]))")
     got = subprocess.run([str(python), "-c", code, *packages], capture_output=True, text=True,
                          check=True).stdout.split()
     assert dict(zip(packages, got)) == {p: pins()[p] for p in packages}

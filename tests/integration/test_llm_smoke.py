@@ -34,7 +34,8 @@ def test_text_and_audio_turns_pass_against_the_dev_backend(
     proc, report = smoke(tmp_path, "--base-url", omni_dev_server.base_url)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert report["ok"] and report["model"] == omni_dev_server.model
-    assert Path(report["audio"]).is_relative_to(tmp_path)  # rendered with espeak-ng, no --audio given
+    # rendered with espeak-ng, no --audio given
+    assert Path(report["audio"]).is_relative_to(tmp_path)
     text, audio = report["turns"]
     assert (text["turn"], audio["turn"]) == ("text", "audio")
     assert WEATHER_REPLY_WORD in text["reply"]
@@ -54,8 +55,10 @@ def test_unreachable_backend_fails_with_a_clear_error(tmp_path: Path) -> None:
     assert "FAIL" in proc.stdout
 
 
-def test_a_model_the_backend_does_not_serve_is_named(omni_dev_server: OmniDevServer, tmp_path: Path) -> None:
-    proc, report = smoke(tmp_path, "--base-url", omni_dev_server.base_url, "--model", "no-such-model")
+def test_a_model_the_backend_does_not_serve_is_named(omni_dev_server: OmniDevServer,
+                                                     tmp_path: Path) -> None:
+    proc, report = smoke(tmp_path, "--base-url", omni_dev_server.base_url, "--model",
+                         "no-such-model")
     assert proc.returncode == 1
     assert "'no-such-model' is not served" in proc.stderr
     assert omni_dev_server.model in proc.stderr  # what is valid
@@ -65,9 +68,11 @@ def test_a_model_the_backend_does_not_serve_is_named(omni_dev_server: OmniDevSer
 def test_an_empty_reply_fails(tmp_path: Path) -> None:
     responses = tmp_path / "silent.json"
     responses.write_text(json.dumps({"default": "", "empty": ""}))
-    server = start_omni_dev_process(OMNI_DEV_RESPONSES=str(responses), OMNI_DEV_FIRST_TOKEN_DELAY_S="0.05")
+    server = start_omni_dev_process(OMNI_DEV_RESPONSES=str(responses),
+                                    OMNI_DEV_FIRST_TOKEN_DELAY_S="0.05")
     try:
-        proc, report = smoke(tmp_path, "--base-url", server.base_url, "--text", "Tell me something.")
+        proc, report = smoke(tmp_path, "--base-url", server.base_url, "--text",
+                             "Tell me something.")
     finally:
         server.process.stop()
     assert proc.returncode == 1

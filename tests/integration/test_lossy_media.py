@@ -79,8 +79,8 @@ def lossy_stack(tmp_path_factory: pytest.TempPathFactory, omni_dev_server: OmniD
     lk = start_livekit_server(tmp, "livekit-lossy", node_ip=RELAY_IP, config=ice_lite_config(tmp))
     name = f"streamtalk-lossy-{os.urandom(3).hex()}"
     tokens = start_token_server_process(lk, LIVEKIT_AGENT_NAME=name, TOKEN_RECONCILE_GRACE_S="2")
-    agent = start_agent_worker_process(lk, omni_dev_server.base_url, omni_dev_server.model, tiny_model_dir,
-                                       tmp / "agent-out", LIVEKIT_AGENT_NAME=name)
+    agent = start_agent_worker_process(lk, omni_dev_server.base_url, omni_dev_server.model,
+                                       tiny_model_dir, tmp / "agent-out", LIVEKIT_AGENT_NAME=name)
     try:
         yield LossyStack(lk, agent)
     finally:
@@ -122,7 +122,8 @@ async def test_a_turn_over_the_lossy_path_is_heard_with_few_gaps(
               f"{dict(relay.forwarded)} dropped {dict(relay.dropped)} from {relay.clients} clients")
         # the call's media crossed the relay: about 50 datagrams a second each way per
         # track (a path around it left a few dozen in a whole turn)
-        assert min(relay.forwarded.values()) > MEDIA_THROUGH_RELAY, f"media went around the relay: {relay.forwarded}"
+        assert min(relay.forwarded.values()) > MEDIA_THROUGH_RELAY, ("media went around the relay: "
+                                                                     f"{relay.forwarded}")
         assert relay.dropped["down"] > 0 and relay.dropped["up"] > 0
         assert rate < GAP_RATE_GATE, f"gap rate {rate:.3f}"
         assert not (watch.done() and watch.result()), "the room held two agents"

@@ -179,7 +179,9 @@ async def test_text_chat_streaming_matches_non_streaming(omni_dev_server: OmniDe
     assert content.startswith("Once upon a time")
 
 
-async def test_the_previous_user_turn_of_the_request_is_quoted(omni_dev_server: OmniDevServer) -> None:
+async def test_the_previous_user_turn_of_the_request_is_quoted(
+    omni_dev_server: OmniDevServer,
+) -> None:
     """How a test sees that a conversation's history reached the model."""
     question = {"role": "user", "content": "What did I ask you before?"}
     history = [{"role": "system", "content": "Be brief."},
@@ -292,7 +294,8 @@ async def test_official_openai_client_works(
         assert [m.id for m in models.data] == ["qwen3-omni-dev"]
         stream = await client.chat.completions.create(
             model="qwen3-omni-dev",
-            messages=[{"role": "user", "content": [audio_part(weather_wav)]}],  # type: ignore[list-item]
+            messages=[{"role": "user",  # type: ignore[list-item]
+                       "content": [audio_part(weather_wav)]}],
             stream=True,
         )
         parts = [c.choices[0].delta.content or "" async for c in stream if c.choices]
@@ -317,7 +320,8 @@ async def test_first_token_delay_and_rate_are_configurable() -> None:
             async with s.get(server.base_url + "/models") as r:
                 assert r.status == 401
                 error = (await r.json())["error"]
-                assert error["code"] == "invalid_api_key" and error["type"] == "authentication_error"
+                assert error["code"] == "invalid_api_key" \
+                    and error["type"] == "authentication_error"
             async with s.get(server.base_url.removesuffix("/v1") + "/openapi.json") as r:
                 assert r.status == 200  # the document needs no key, and says which routes do
                 doc = await r.json()
@@ -351,29 +355,92 @@ BAD_REQUESTS: list[tuple[str, Any, int, str | None]] = [
     ("not json", b"{nope", 400, None),
     ("array body", [], 400, None),
     ("missing model", {"messages": [{"role": "user", "content": "hi"}]}, 400, "model"),
-    ("unknown model", {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
+    ("unknown model",
+     {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
+     404, "model"),
     ("missing messages", {"model": "qwen3-omni-dev"}, 400, "messages"),
     ("empty messages", {"model": "qwen3-omni-dev", "messages": []}, 400, "messages"),
-    ("no user message", {"model": "qwen3-omni-dev", "messages": [{"role": "system", "content": "x"}]}, 400, "messages"),
-    ("bad role", {"model": "qwen3-omni-dev", "messages": [{"role": "robot", "content": "hi"}]}, 400, "messages.0.role"),
-    ("content not list", {"model": "qwen3-omni-dev", "messages": [{"role": "user", "content": 5}]}, 400, "messages.0.content"),
-    ("unknown part", {"model": "qwen3-omni-dev", "messages": [{"role": "user", "content": [{"type": "smell"}]}]}, 400, "messages.0.content.parts.0.type"),
-    ("image part", {"model": "qwen3-omni-dev", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}, 400, "messages.0.content.parts.0.type"),
-    ("part without its field", {"model": "qwen3-omni-dev", "messages": [{"role": "user", "content": [{"type": "audio_url"}]}]}, 400, "messages.0.content.parts.0"),
-    ("remote audio url", {"model": "qwen3-omni-dev", "messages": [{"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": "http://127.0.0.1/a.wav"}}]}]}, 400, "messages.0.content.parts.0.audio_url.url"),
-    ("bad base64", {"model": "qwen3-omni-dev", "messages": [{"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": "data:audio/wav;base64,@@@"}}]}]}, 400, "messages.0.content.parts.0.audio_url.url"),
-    ("bad base64 in an earlier turn", {"model": "qwen3-omni-dev", "messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "@@@"}}]}, {"role": "user", "content": "hi"}]}, 400, "messages.0.content.parts.0.input_audio.data"),
-    ("not audio", {"model": "qwen3-omni-dev", "messages": [{"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": "data:audio/wav;base64," + base64.b64encode(b"hello, not a wav file" * 10).decode()}}]}]}, 400, "messages.0.content.parts.0"),
-    ("n=2", {"model": "qwen3-omni-dev", "n": 2, "messages": [{"role": "user", "content": "hi"}]}, 400, "n"),
-    ("n=true", {"model": "qwen3-omni-dev", "n": True, "messages": [{"role": "user", "content": "hi"}]}, 400, "n"),
-    ("max_tokens 0", {"model": "qwen3-omni-dev", "max_tokens": 0, "messages": [{"role": "user", "content": "hi"}]}, 400, "max_tokens"),
-    ("max_tokens past the model", {"model": "qwen3-omni-dev", "max_tokens": MAX_TOKENS_LIMIT + 1, "messages": [{"role": "user", "content": "hi"}]}, 400, "max_tokens"),
-    ("max_tokens beyond 64 bits", {"model": "qwen3-omni-dev", "max_tokens": 2**64, "messages": [{"role": "user", "content": "hi"}]}, 400, "max_tokens"),
-    ("max_tokens 1.0", {"model": "qwen3-omni-dev", "max_tokens": 1.0, "messages": [{"role": "user", "content": "hi"}]}, 400, "max_tokens"),
-    ("stream not bool", {"model": "qwen3-omni-dev", "stream": "yes", "messages": [{"role": "user", "content": "hi"}]}, 400, "stream"),
-    ("temperature", {"model": "qwen3-omni-dev", "temperature": 9, "messages": [{"role": "user", "content": "hi"}]}, 400, "temperature"),
-    ("unpaired surrogate", b'{"model": "qwen3-omni-dev", "messages": [{"role": "user", "content": "a\\ud800b"}]}', 400, None),
-    ("not UTF-8", b'{"model": "qwen3-omni-dev", "messages": [{"role": "user", "content": "\xff"}]}', 400, None),
+    ("no user message",
+     {"model": "qwen3-omni-dev", "messages": [{"role": "system", "content": "x"}]},
+     400, "messages"),
+    ("bad role",
+     {"model": "qwen3-omni-dev", "messages": [{"role": "robot", "content": "hi"}]},
+     400, "messages.0.role"),
+    ("content not list",
+     {"model": "qwen3-omni-dev", "messages": [{"role": "user", "content": 5}]},
+     400, "messages.0.content"),
+    ("unknown part",
+     {"model": "qwen3-omni-dev", "messages": [{"role": "user", "content": [{"type": "smell"}]}]},
+     400, "messages.0.content.parts.0.type"),
+    ("image part",
+     {"model": "qwen3-omni-dev",
+      "messages": [{"role": "user",
+                    "content": [{"type": "image_url",
+                                 "image_url": {"url": "data:image/png;base64,AAAA"}}]}]},
+     400, "messages.0.content.parts.0.type"),
+    ("part without its field",
+     {"model": "qwen3-omni-dev",
+      "messages": [{"role": "user", "content": [{"type": "audio_url"}]}]},
+     400, "messages.0.content.parts.0"),
+    ("remote audio url",
+     {"model": "qwen3-omni-dev",
+      "messages": [{"role": "user",
+                    "content": [{"type": "audio_url",
+                                 "audio_url": {"url": "http://127.0.0.1/a.wav"}}]}]},
+     400, "messages.0.content.parts.0.audio_url.url"),
+    ("bad base64",
+     {"model": "qwen3-omni-dev",
+      "messages": [{"role": "user",
+                    "content": [{"type": "audio_url",
+                                 "audio_url": {"url": "data:audio/wav;base64,@@@"}}]}]},
+     400, "messages.0.content.parts.0.audio_url.url"),
+    ("bad base64 in an earlier turn",
+     {"model": "qwen3-omni-dev",
+      "messages": [{"role": "user",
+                    "content": [{"type": "input_audio", "input_audio": {"data": "@@@"}}]},
+                   {"role": "user", "content": "hi"}]},
+     400, "messages.0.content.parts.0.input_audio.data"),
+    ("not audio",
+     {"model": "qwen3-omni-dev",
+      "messages": [{"role": "user",
+                    "content": [{"type": "audio_url",
+                                 "audio_url": {"url": "data:audio/wav;base64,"
+                                               + base64.b64encode(b"hello, not a wav file" * 10)
+                                               .decode()}}]}]},
+     400, "messages.0.content.parts.0"),
+    ("n=2",
+     {"model": "qwen3-omni-dev", "n": 2, "messages": [{"role": "user", "content": "hi"}]},
+     400, "n"),
+    ("n=true",
+     {"model": "qwen3-omni-dev", "n": True, "messages": [{"role": "user", "content": "hi"}]},
+     400, "n"),
+    ("max_tokens 0",
+     {"model": "qwen3-omni-dev", "max_tokens": 0, "messages": [{"role": "user", "content": "hi"}]},
+     400, "max_tokens"),
+    ("max_tokens past the model",
+     {"model": "qwen3-omni-dev", "max_tokens": MAX_TOKENS_LIMIT + 1,
+      "messages": [{"role": "user", "content": "hi"}]},
+     400, "max_tokens"),
+    ("max_tokens beyond 64 bits",
+     {"model": "qwen3-omni-dev", "max_tokens": 2**64,
+      "messages": [{"role": "user", "content": "hi"}]},
+     400, "max_tokens"),
+    ("max_tokens 1.0",
+     {"model": "qwen3-omni-dev", "max_tokens": 1.0,
+      "messages": [{"role": "user", "content": "hi"}]},
+     400, "max_tokens"),
+    ("stream not bool",
+     {"model": "qwen3-omni-dev", "stream": "yes", "messages": [{"role": "user", "content": "hi"}]},
+     400, "stream"),
+    ("temperature",
+     {"model": "qwen3-omni-dev", "temperature": 9, "messages": [{"role": "user", "content": "hi"}]},
+     400, "temperature"),
+    ("unpaired surrogate",
+     b'{"model": "qwen3-omni-dev", "messages": [{"role": "user", "content": "a\\ud800b"}]}',
+     400, None),
+    ("not UTF-8",
+     b'{"model": "qwen3-omni-dev", "messages": [{"role": "user", "content": "\xff"}]}',
+     400, None),
 ]  # fmt: skip
 
 
@@ -407,7 +474,8 @@ async def test_malformed_transcription_requests(
             ({"model": "qwen3-omni-dev"}, None, 400, "file"),
             ({}, weather_wav, 400, "model"),
             ({"model": "gpt-4o"}, weather_wav, 404, "model"),
-            ({"model": "qwen3-omni-dev", "response_format": "srt"}, weather_wav, 400, "response_format"),
+            ({"model": "qwen3-omni-dev", "response_format": "srt"}, weather_wav, 400,
+             "response_format"),
             ({"model": "qwen3-omni-dev", "language": "de"}, weather_wav, 400, "language"),
             ({"model": "qwen3-omni-dev"}, b"garbage bytes" * 10, 400, "file"),
             ({"model": "qwen3-omni-dev"}, b"", 400, "file"),
@@ -427,7 +495,8 @@ async def test_malformed_transcription_requests(
         for raw, content_type in [
             (b"garbage", "multipart/form-data"),  # no boundary
             (b"garbage", "multipart/form-data; boundary=zz"),
-            (b'--zz\r\nContent-Disposition: form-data; name="file"\r\n\r\nabc', "multipart/form-data; boundary=zz"),
+            (b'--zz\r\nContent-Disposition: form-data; name="file"\r\n\r\nabc',
+             "multipart/form-data; boundary=zz"),
         ]:  # fmt: skip
             async with s.post(url, data=raw, headers={"Content-Type": content_type}) as r:
                 body = await r.json()
@@ -522,7 +591,8 @@ async def test_body_size_and_json_nesting_are_bounded(local_backend: Any) -> Non
     huge = audio_chat(b"x" * (MAX_BODY_BYTES * 3 // 4 + 1024))  # over the bound as base64
     status, body = await call(client, "/v1/chat/completions", huge)
     assert status == 413 and f"larger than {MAX_BODY_BYTES} bytes" in body["error"]["message"]
-    async with client.post("/v1/audio/transcriptions", data=upload(b"x" * (MAX_BODY_BYTES + 1))) as r:
+    async with client.post("/v1/audio/transcriptions",
+                           data=upload(b"x" * (MAX_BODY_BYTES + 1))) as r:
         assert r.status == 413 and r.content_type == "application/json"
     nested = {"model": "qwen3-omni-dev", "messages": [{"role": "user", "content": "hi"}],
               "extra": json.loads("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH)}
@@ -538,7 +608,8 @@ async def test_audio_duration_is_bounded_per_request(local_backend: Any) -> None
     client = backend.client
     too_long = quiet_wav(MAX_AUDIO_S + 1)
     for stream in (False, True):
-        status, body = await call(client, "/v1/chat/completions", audio_chat(too_long, stream=stream))
+        status, body = await call(client, "/v1/chat/completions",
+                                  audio_chat(too_long, stream=stream))
         assert status == 413, body
         assert body["error"]["code"] == "audio_too_long"
         assert f"at most {MAX_AUDIO_S:g} s of audio" in body["error"]["message"]

@@ -40,8 +40,8 @@ def user_in_a_room(lk: LiveKitServer, name: str, prefix: str) -> tuple[str, Call
 
 
 def question(make_speech_wav):
-    return make_speech_wav("What is the weather like today?", lead_silence_s=0.2, tail_silence_s=1.0,
-                           sample_rate=48000)
+    return make_speech_wav("What is the weather like today?", lead_silence_s=0.2,
+                           tail_silence_s=1.0, sample_rate=48000)
 
 
 def reconciler_status(bot: CallBot) -> dict:
@@ -77,7 +77,8 @@ async def first_turn(bot: CallBot, wav) -> None:
 
 
 async def test_an_agent_that_could_not_be_dispatched_is_brought_in_later(
-    livekit_server: LiveKitServer, start_token_server, omni_dev_server, start_agent_worker, make_speech_wav
+    livekit_server: LiveKitServer, start_token_server, omni_dev_server, start_agent_worker,
+    make_speech_wav
 ) -> None:
     """LiveKit dispatched the agent while no worker was registered (as right after LiveKit
     restarted): the job is lost for good unless the reconciler dispatches it again."""
@@ -87,10 +88,11 @@ async def test_an_agent_that_could_not_be_dispatched_is_brought_in_later(
     try:
         await user.start()
         await asyncio.sleep(1.0)  # the dispatch found no worker of this name
-        await user.wait_for(lambda: reconciler_status(user).get("state") == "reconnecting", GRACE_S + 10,
-                            "the page told that the agent is being reconnected")
+        await user.wait_for(lambda: reconciler_status(user).get("state") == "reconnecting",
+                            GRACE_S + 10, "the page told that the agent is being reconnected")
         start_agent_worker(omni_dev_server.base_url, omni_dev_server.model, LIVEKIT_AGENT_NAME=name)
-        await user.wait_for(lambda: user.agent_identity is not None, 4 * GRACE_S + 20, "the agent's audio")
+        await user.wait_for(lambda: user.agent_identity is not None, 4 * GRACE_S + 20,
+                            "the agent's audio")
         await user.wait_for(lambda: reconciler_status(user).get("state") == "back", 10,
                             "the page told that the agent is back")
         await answered(user, question(make_speech_wav), 60)
@@ -107,16 +109,19 @@ async def kill_the_serving_worker(user: CallBot, workers: list, room: str) -> fl
     first_agent = user.agent_identity
     serving.process.proc.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
-    await user.wait_for(lambda: user.agent_identity not in (None, first_agent), 60, "another agent in the room")
+    await user.wait_for(lambda: user.agent_identity not in (None, first_agent), 60,
+                        "another agent in the room")
     return killed_at
 
 
 async def test_a_killed_worker_is_replaced_by_another_in_the_same_room(
-    livekit_server: LiveKitServer, start_token_server, omni_dev_server, start_agent_worker, make_speech_wav
+    livekit_server: LiveKitServer, start_token_server, omni_dev_server, start_agent_worker,
+    make_speech_wav
 ) -> None:
     name = agent_name()
     start_token_server(LIVEKIT_AGENT_NAME=name, TOKEN_RECONCILE_GRACE_S=str(GRACE_S))
-    workers = [start_agent_worker(omni_dev_server.base_url, omni_dev_server.model, LIVEKIT_AGENT_NAME=name)
+    workers = [start_agent_worker(omni_dev_server.base_url, omni_dev_server.model,
+                                  LIVEKIT_AGENT_NAME=name)
                for _ in range(2)]
     room, user = user_in_a_room(livekit_server, name, "rc-kill")
     wav = question(make_speech_wav)
@@ -132,17 +137,20 @@ async def test_a_killed_worker_is_replaced_by_another_in_the_same_room(
 
 
 async def test_a_draining_worker_finishes_its_reply_and_another_takes_the_next_turn(
-    livekit_server: LiveKitServer, start_token_server, omni_dev_server, start_agent_worker, make_speech_wav
+    livekit_server: LiveKitServer, start_token_server, omni_dev_server, start_agent_worker,
+    make_speech_wav
 ) -> None:
     """The worker serving a room gets SIGTERM mid-reply (a deploy, a scale-in): the reply is
     heard to its end, the agent leaves, the worker exits, and the reconciler brings in the
     other worker's agent for the next turn. The two agents never meet."""
     name = agent_name()
     start_token_server(LIVEKIT_AGENT_NAME=name, TOKEN_RECONCILE_GRACE_S=str(GRACE_S))
-    workers = [start_agent_worker(omni_dev_server.base_url, omni_dev_server.model, LIVEKIT_AGENT_NAME=name)
+    workers = [start_agent_worker(omni_dev_server.base_url, omni_dev_server.model,
+                                  LIVEKIT_AGENT_NAME=name)
                for _ in range(2)]
     room, user = user_in_a_room(livekit_server, name, "rc-drain")
-    story = make_speech_wav("Please tell me a story.", lead_silence_s=0.2, tail_silence_s=1.0, sample_rate=48000)
+    story = make_speech_wav("Please tell me a story.", lead_silence_s=0.2, tail_silence_s=1.0,
+                            sample_rate=48000)
     watched = asyncio.Event()
     try:
         await user.start()
@@ -150,9 +158,11 @@ async def test_a_draining_worker_finishes_its_reply_and_another_takes_the_next_t
         first_agent = user.agent_identity
         serving = next(w for w in workers if room in w.log_text())
         _, asked = await user.say(story)
-        await user.wait_for(lambda: len(user.loud_times(since=asked)) > 100, 60, "a second of the story")
+        await user.wait_for(lambda: len(user.loud_times(since=asked)) > 100, 60,
+                            "a second of the story")
         serving.process.proc.send_signal(signal.SIGTERM)
-        watch = asyncio.create_task(two_agents_seen(livekit_server, room, 120.0, tolerance_s=0.0, until=watched))
+        watch = asyncio.create_task(two_agents_seen(livekit_server, room, 120.0, tolerance_s=0.0,
+                                                    until=watched))
 
         # the reply is heard to its last word, then the agent goes and its worker exits
         await user.wait_for(lambda: any("very polite agent" in r for r in agent_replies(user)), 60,
@@ -163,7 +173,8 @@ async def test_a_draining_worker_finishes_its_reply_and_another_takes_the_next_t
                             "the draining agent to leave")
         await user.wait_for(lambda: not serving.alive(), 30, "the draining worker to exit")
         assert serving.process.proc.returncode == 0, serving.process.log_tail()
-        assert "draining; leaving once the turn under way ends (the agent is speaking)" in serving.log_text()
+        assert "draining; leaving once the turn under way ends (the agent is speaking)" \
+            in serving.log_text()
 
         await user.wait_for(lambda: user.agent_identity not in (None, first_agent), 60,
                             "the other worker's agent")
@@ -189,20 +200,23 @@ def room_history(bot: CallBot) -> list[dict]:
 
 
 async def test_the_agent_that_replaces_a_killed_one_picks_up_the_conversation(
-    livekit_server: LiveKitServer, start_token_server, omni_dev_server, start_agent_worker, make_speech_wav
+    livekit_server: LiveKitServer, start_token_server, omni_dev_server, start_agent_worker,
+    make_speech_wav
 ) -> None:
     """The first turn is kept in the room metadata; the worker dies; the new agent's next
     LLM request carries that turn (the dev backend's reply quotes the user's previous turn)."""
     name = agent_name()
     start_token_server(LIVEKIT_AGENT_NAME=name, TOKEN_RECONCILE_GRACE_S=str(GRACE_S))
-    workers = [start_agent_worker(omni_dev_server.base_url, omni_dev_server.model, LIVEKIT_AGENT_NAME=name,
+    workers = [start_agent_worker(omni_dev_server.base_url, omni_dev_server.model,
+                                  LIVEKIT_AGENT_NAME=name,
                                   AGENT_GREETING="Hello, I am new here.") for _ in range(2)]
     room, user = user_in_a_room(livekit_server, name, "rc-history")
     try:
         await user.start()
         await user.wait_for(lambda: agent_replies(user), 60, "the first agent's greeting")
         await answered(user, question(make_speech_wav), 60)
-        await user.wait_for(lambda: len(room_history(user)) == 3, 10, "the first turn in the room's history")
+        await user.wait_for(lambda: len(room_history(user)) == 3, 10,
+                            "the first turn in the room's history")
         greeting, asked, answer = room_history(user)
         assert greeting == {"role": "assistant", "text": "Hello, I am new here."}
         assert asked["role"] == "user" and "weather" in asked["text"].lower()
@@ -211,19 +225,23 @@ async def test_the_agent_that_replaces_a_killed_one_picks_up_the_conversation(
         await asyncio.sleep(1.0)  # it subscribes to the user's microphone
         replies = len(agent_replies(user))
         asked_at = time.monotonic()
-        await user.say(make_speech_wav("What did I ask you before?", lead_silence_s=0.2, tail_silence_s=1.0,
-                                       sample_rate=48000))
-        await user.wait_for(lambda: any(r.startswith("Before this you said") for r in agent_replies(user)[replies:]),
+        await user.say(make_speech_wav("What did I ask you before?", lead_silence_s=0.2,
+                                       tail_silence_s=1.0, sample_rate=48000))
+        await user.wait_for(lambda: any(r.startswith("Before this you said")
+                                        for r in agent_replies(user)[replies:]),
                             60, "the answer to the second turn")
         since_back = agent_replies(user)[replies:]
         assert len(since_back) == 1, f"the new agent greeted: {since_back}"
         assert "weather" in since_back[0].lower(), since_back  # its LLM request held the first turn
-        print(f"the answer that quotes the first turn: whole reply {time.monotonic() - asked_at:.1f} s after "
-              f"the question, {time.monotonic() - killed_at:.1f} s after SIGKILL")
-        await user.wait_for(lambda: len(room_history(user)) == 5, 10, "the second turn in the room's history")
+        print("the answer that quotes the first turn: whole reply "
+              f"{time.monotonic() - asked_at:.1f} s after the question, "
+              f"{time.monotonic() - killed_at:.1f} s after SIGKILL")
+        await user.wait_for(lambda: len(room_history(user)) == 5, 10,
+                            "the second turn in the room's history")
         assert room_history(user)[:3] == [greeting, asked, answer]  # picked up, not repeated
         assert "weather" in room_history(user)[4]["text"].lower()
-        print(f"history in the room metadata: {len(json.dumps({'messages': room_history(user)}))} bytes")
+        print("history in the room metadata: "
+              f"{len(json.dumps({'messages': room_history(user)}))} bytes")
     finally:
         await user.aclose()
 
@@ -235,9 +253,11 @@ async def test_livekit_killed_and_restarted_mid_session(
     rejoins, the worker registers again, and the reconciler brings the agent back."""
     lk = start_livekit_server(tmp_path, "livekit-restart")
     name = agent_name()
-    tokens = start_token_server_process(lk, LIVEKIT_AGENT_NAME=name, TOKEN_RECONCILE_GRACE_S=str(GRACE_S))
-    worker = start_agent_worker_process(lk, omni_dev_server.base_url, omni_dev_server.model, tiny_model_dir,
-                                        tmp_path / "agent-out", LIVEKIT_AGENT_NAME=name)
+    tokens = start_token_server_process(lk, LIVEKIT_AGENT_NAME=name,
+                                        TOKEN_RECONCILE_GRACE_S=str(GRACE_S))
+    worker = start_agent_worker_process(lk, omni_dev_server.base_url, omni_dev_server.model,
+                                        tiny_model_dir, tmp_path / "agent-out",
+                                        LIVEKIT_AGENT_NAME=name)
     room, user = user_in_a_room(lk, name, "rc-restart")
     wav = question(make_speech_wav)
     try:
@@ -247,12 +267,13 @@ async def test_livekit_killed_and_restarted_mid_session(
         watch = asyncio.create_task(two_agents_seen(lk, room, 45.0))
         # the old agent finds its session gone and leaves; a fresh one is dispatched
         first_agent = user.agent_identity
-        await user.wait_for(lambda: user.agent_identity not in (None, first_agent), 60, "a fresh agent's audio")
+        await user.wait_for(lambda: user.agent_identity not in (None, first_agent), 60,
+                            "a fresh agent's audio")
         fresh_s = time.monotonic() - back_at
         await asyncio.sleep(1.0)  # it subscribes to the user's microphone
         await answered(user, wav, 60)
-        print(f"a fresh agent's audio {fresh_s:.1f} s after LiveKit was back; the next turn's whole "
-              f"reply heard after {time.monotonic() - back_at:.1f} s")
+        print(f"a fresh agent's audio {fresh_s:.1f} s after LiveKit was back; "
+              f"the next turn's whole reply heard after {time.monotonic() - back_at:.1f} s")
         assert not await watch
     finally:
         await user.aclose()

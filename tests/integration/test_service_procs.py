@@ -14,7 +14,8 @@ from streamtalk_common.service_procs import TAG_VAR, members, stop
 # prints its pid; the parent waits
 PARENT = """
 import subprocess, sys, time
-subprocess.Popen([sys.executable, "-c", "import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+subprocess.Popen([sys.executable, "-c", "import os, signal, time; "
+                  "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                   "print(os.getpid(), flush=True); time.sleep(600)"], start_new_session=True)
 time.sleep(600)
 """
@@ -48,7 +49,8 @@ def test_stop_finds_a_child_that_left_the_group_and_kills_it(tmp_path) -> None:
         assert not _alive(child)
         assert said[0].startswith("stopping 2 process(es)")
         assert said[1].startswith(f"still alive after 1 s, SIGKILL: {child} (python")
-        assert f"left alone, not started by this stack ({TAG_VAR} is not {tag}): {stray.pid} (" in said[2]
+        assert (f"left alone, not started by this stack ({TAG_VAR} is not {tag}): {stray.pid} ("
+                in said[2])
         assert _alive(stray.pid) and members(tag, parent.pid) == []
     finally:
         for proc in (parent, stray):

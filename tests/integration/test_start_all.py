@@ -118,7 +118,8 @@ async def test_start_status_stop(stack_env: dict[str, str], tmp_path: Path) -> N
     # OK, the probe says no agent comes
     stranger = run_script({**env, "LIVEKIT_AGENT_NAME": "nobody-registered"}, "status", timeout=40)
     assert stranger.returncode == 1, stranger.stdout + stranger.stderr
-    assert "NOT serving rooms: no nobody-registered agent joined" in stranger.stdout, stranger.stdout
+    assert "NOT serving rooms: no nobody-registered agent joined" in stranger.stdout, \
+        stranger.stdout
 
     run_dir = Path(env["STREAMTALK_OUTPUT"]) / "run"
     said = started.stdout + started.stderr + status.stdout + status.stderr
@@ -191,28 +192,31 @@ async def test_given_keys_win_and_status_reports_dead_and_draining_services(
     finally:
         await lk.aclose()
 
-    pids = {name: int((run_dir / f"{name}.pid").read_text()) for name in ("livekit", "token_server")}
+    pids = {name: int((run_dir / f"{name}.pid").read_text())
+            for name in ("livekit", "token_server")}
     pid = pids["token_server"]
     os.killpg(pid, signal.SIGKILL)
     await wait_gone(pid, 5)
     status = run_script(env, "status", timeout=30)
     assert status.returncode == 1
     assert "token_server  dead (stale pid file" in status.stdout
-    assert f"livekit       running (pid {pids['livekit']}), healthy at" in status.stdout, status.stdout
+    assert f"livekit       running (pid {pids['livekit']}), healthy at" in status.stdout, \
+        status.stdout
 
     # one SIGTERM with a participant connected: LiveKit drains (its health route still says
     # OK) until the participant leaves, then exits
     livekit = pids["livekit"]
     room = rtc.Room()
-    token = (api.AccessToken(*given).with_identity("stays").with_grants(api.VideoGrants(room_join=True, room="drain"))
-             .to_jwt())
+    token = (api.AccessToken(*given).with_identity("stays")
+             .with_grants(api.VideoGrants(room_join=True, room="drain")).to_jwt())
     await asyncio.wait_for(room.connect(f"ws://127.0.0.1:{env['LIVEKIT_PORT']}", token), 20)
     try:
         os.kill(livekit, signal.SIGTERM)
         await asyncio.sleep(1.0)
         status = run_script(env, "status", timeout=30)
         assert status.returncode == 1
-        assert f"livekit       running (pid {livekit}), answering at" in status.stdout, status.stdout
+        assert f"livekit       running (pid {livekit}), answering at" in status.stdout, \
+            status.stdout
         assert "but DRAINING: it exits once its participants leave" in status.stdout, status.stdout
     finally:
         await room.disconnect()
@@ -225,7 +229,8 @@ async def test_given_keys_win_and_status_reports_dead_and_draining_services(
 
 
 def free_port_pair(step: int, kind: int = socket.SOCK_STREAM) -> int:
-    """A port P with P + step free too (node 2 listens 10 above node 1, worker 2 one above worker 1)."""
+    """A port P with P + step free too
+    (node 2 listens 10 above node 1, worker 2 one above worker 1)."""
     while True:
         port = free_port(kind)
         with socket.socket(socket.AF_INET, kind) as s:
@@ -236,22 +241,27 @@ def free_port_pair(step: int, kind: int = socket.SOCK_STREAM) -> int:
         return port
 
 
-async def test_two_livekit_nodes_with_redis_and_a_worker_per_gpu(stack_env: dict[str, str], tmp_path: Path) -> None:
+async def test_two_livekit_nodes_with_redis_and_a_worker_per_gpu(
+    stack_env: dict[str, str], tmp_path: Path
+) -> None:
     """LIVEKIT_NODES=2 AGENT_WORKERS=2 on a box whose nvidia-smi lists two GPUs: Redis on
     loopback with a password no command line shows, a node each on its own ports, a worker
     each on its own GPU and node, all under one agent name; the token server names the nodes
     in turn; stop leaves nothing."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "nvidia-smi").write_text('#!/bin/sh\n[ "$1" = --query-gpu=index ] || exit 2\necho 0\necho 1\n')
+    (bin_dir / "nvidia-smi").write_text('#!/bin/sh\n[ "$1" = --query-gpu=index ] || exit 2\n'
+                                        'echo 0\necho 1\n')
     (bin_dir / "nvidia-smi").chmod(0o755)
     env = {**stack_env, "LIVEKIT_NODES": "2", "AGENT_WORKERS": "2", "REDIS_PORT": str(free_port()),
-           "LIVEKIT_PORT": str(free_port_pair(10)), "LIVEKIT_UDP_PORT": str(free_port_pair(10, socket.SOCK_DGRAM)),
+           "LIVEKIT_PORT": str(free_port_pair(10)),
+           "LIVEKIT_UDP_PORT": str(free_port_pair(10, socket.SOCK_DGRAM)),
            "AGENT_HTTP_PORT": str(free_port_pair(1)), "AGENT_METRICS_PORT": str(free_port_pair(1)),
            "PATH": f"{bin_dir}:{stack_env['PATH']}"}
     nodes = [f"ws://127.0.0.1:{int(env['LIVEKIT_PORT']) + step}" for step in (0, 10)]
     refused = run_script({**env, "AGENT_WORKERS": "0"}, "start", timeout=30)
-    assert refused.returncode == 1 and "AGENT_WORKERS=0; valid: 1..64 (one per GPU)" in refused.stderr
+    assert refused.returncode == 1 \
+        and "AGENT_WORKERS=0; valid: 1..64 (one per GPU)" in refused.stderr
 
     started = run_script(env, "start")
     assert started.returncode == 0, started.stderr[-3000:]
@@ -259,12 +269,12 @@ async def test_two_livekit_nodes_with_redis_and_a_worker_per_gpu(stack_env: dict
     status = run_script(env, "status", timeout=40)
     assert status.returncode == 0, status.stdout + status.stderr
     lines = {line.split()[0]: line for line in status.stdout.splitlines()}
-    assert list(lines) == ["redis", "livekit-1", "livekit-2", "omni_dev", "token_server", "agent-1", "agent-2",
-                           "agents"], status.stdout
+    assert list(lines) == ["redis", "livekit-1", "livekit-2", "omni_dev", "token_server", "agent-1",
+                           "agent-2", "agents"], status.stdout
     assert all("healthy" in lines[n] for n in lines if n != "agents"), status.stdout
     for i, gpu in ((1, "0"), (2, "1")):
-        assert "load 0.00 (0 of 8 rooms, 0 of " in lines[f"agent-{i}"] and f"GPU {gpu}" in lines[f"agent-{i}"], \
-            status.stdout
+        assert "load 0.00 (0 of 8 rooms, 0 of " in lines[f"agent-{i}"] \
+            and f"GPU {gpu}" in lines[f"agent-{i}"], status.stdout
         said = (run_dir / f"agent-{i}.log").read_text()
         assert f"agent-{i}: LiveKit {nodes[i - 1]}, GPU {gpu}" in said, said[:2000]
     assert "2 workers; agent streamtalk joined a probe room" in lines["agents"], status.stdout
@@ -275,8 +285,9 @@ async def test_two_livekit_nodes_with_redis_and_a_worker_per_gpu(stack_env: dict
     assert private_file(run_dir / "redis.conf") and len(bytes.fromhex(password)) == 32
     assert not [c for c in command_lines() if password.encode() in c]
     def redis(password: str, *args: str) -> str:
-        return subprocess.run(["redis-cli", "-p", env["REDIS_PORT"], *args], capture_output=True, text=True,
-                              timeout=10, env={**env, "REDISCLI_AUTH": password}).stdout.split()
+        return subprocess.run(
+            ["redis-cli", "-p", env["REDIS_PORT"], *args], capture_output=True, text=True,
+            timeout=10, env={**env, "REDISCLI_AUTH": password}).stdout.split()
 
     assert "NOAUTH" in redis("", "ping")
     assert redis(password, "config", "get", "bind") == ["bind", "127.0.0.1"]
@@ -312,7 +323,8 @@ def tagged(tag: str) -> list[int]:
     found = []
     for f in Path("/proc").glob("[0-9]*/environ"):
         try:
-            if f"STREAMTALK_SERVICE={tag}".encode() in f.read_bytes().split(b"\0") and alive(int(f.parent.name)):
+            if f"STREAMTALK_SERVICE={tag}".encode() in f.read_bytes().split(b"\0") \
+                    and alive(int(f.parent.name)):
                 found.append(int(f.parent.name))
         except OSError:
             pass
@@ -321,8 +333,9 @@ def tagged(tag: str) -> list[int]:
 
 @pytest.fixture
 def vllm_env(stack_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
-    """The stack with OMNI_BACKEND=vllm, where `vllm` is tests/support/vllm_standin.py (the dev backend
-    behind vLLM's command line) and nvidia-smi reports an H200 with NVIDIA_SMI_FREE_MIB free."""
+    """The stack with OMNI_BACKEND=vllm, where `vllm` is tests/support/vllm_standin.py (the dev
+    backend behind vLLM's command line) and nvidia-smi reports an H200 with
+    NVIDIA_SMI_FREE_MIB free."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "vllm").write_text(f'#!/bin/sh\nexec "{sys.executable}" "{STANDIN}" "$@"\n')
@@ -348,14 +361,16 @@ def vllm_env(stack_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
 
 
 async def test_vllm_and_the_tts_server_run_under_the_stack(vllm_env: dict[str, str]) -> None:
-    env = {**vllm_env, "VLLM_STANDIN": "orphan", "STREAMTALK_TTS_SERVER": "1", "TTS_PORT": str(free_port())}
+    env = {**vllm_env, "VLLM_STANDIN": "orphan", "STREAMTALK_TTS_SERVER": "1",
+           "TTS_PORT": str(free_port())}
     run_dir = Path(env["STREAMTALK_OUTPUT"]) / "run"
     vllm_url = f"http://127.0.0.1:{env['VLLM_PORT']}/v1"
     stray = None
     try:
         started = run_script(env, "start")
         assert started.returncode == 0, started.stderr[-3000:]
-        assert f"has {GPU_TOTAL_MIB - 1000} MiB free; vLLM takes {VLLM_NEEDS_MIB} MiB" in started.stderr
+        assert f"has {GPU_TOTAL_MIB - 1000} MiB free; vLLM takes {VLLM_NEEDS_MIB} MiB" \
+            in started.stderr
         assert f"vllm healthy at {vllm_url}/models" in started.stderr
         assert f"Omni backend: {vllm_url}   (vllm)" in started.stdout
         assert f"TTS server:   http://127.0.0.1:{env['TTS_PORT']}/" in started.stdout
@@ -369,7 +384,8 @@ async def test_vllm_and_the_tts_server_run_under_the_stack(vllm_env: dict[str, s
 
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
             async with s.get(f"{vllm_url}/models") as r:
-                assert r.status == 200 and [m["id"] for m in (await r.json())["data"]] == ["qwen3-omni"]
+                assert r.status == 200 \
+                    and [m["id"] for m in (await r.json())["data"]] == ["qwen3-omni"]
             speech = {"text": "Hello there.", "speaker": "serena"}
             async with s.post(f"http://127.0.0.1:{env['TTS_PORT']}/synthesize", json=speech) as r:
                 assert r.status == 200 and r.content_type == "audio/wav"
@@ -380,13 +396,17 @@ async def test_vllm_and_the_tts_server_run_under_the_stack(vllm_env: dict[str, s
         (core,) = [pid for pid in tagged(str(run_dir / "vllm")) if os.getpgid(pid) != vllm_pid]
         assert Path(f"/proc/{core}/comm").read_text().strip() == "VLLM::EngineCor"
         # a vLLM process this stack did not start is reported, never signalled
-        stray = subprocess.Popen([sys.executable, str(STANDIN), "VLLM::EngineCore"], start_new_session=True)
+        stray = subprocess.Popen([sys.executable, str(STANDIN), "VLLM::EngineCore"],
+                                 start_new_session=True)
 
         stopped = run_script(env, "stop", timeout=60)
         assert stopped.returncode == 0, stopped.stderr
-        assert f"vllm: still alive after 3 s, SIGKILL: {core} (VLLM::EngineCor" in stopped.stderr, stopped.stderr
-        assert "vllm: left alone, not started by this stack" in stopped.stderr and f"{stray.pid} (" in stopped.stderr
-        assert not alive(core) and not tagged(str(run_dir / "vllm")) and not tagged(str(run_dir / "tts_server"))
+        assert f"vllm: still alive after 3 s, SIGKILL: {core} (VLLM::EngineCor" in stopped.stderr, \
+            stopped.stderr
+        assert "vllm: left alone, not started by this stack" in stopped.stderr \
+            and f"{stray.pid} (" in stopped.stderr
+        assert not alive(core) and not tagged(str(run_dir / "vllm")) \
+            and not tagged(str(run_dir / "tts_server"))
         assert alive(stray.pid)
         assert not list(run_dir.glob("*.pid"))
     finally:
@@ -400,7 +420,8 @@ def test_vllm_that_never_answers_is_stopped_with_a_clear_error(vllm_env: dict[st
     started = run_script(env, "start", timeout=120)
     assert started.returncode == 1, started.stderr[-3000:]
     url = f"http://127.0.0.1:{env['VLLM_PORT']}/v1/models"
-    assert f"vllm: waiting for {url}, 1" in started.stderr, started.stderr  # progress while it loads
+    # progress while it loads
+    assert f"vllm: waiting for {url}, 1" in started.stderr, started.stderr
     assert "of 12 s; its log says: Loading safetensors checkpoint shards" in started.stderr
     assert f"vllm not healthy at {url} after 12s, stopped it" in started.stderr
     assert "raise VLLM_START_TIMEOUT_S" in started.stderr
@@ -413,26 +434,31 @@ def test_vllm_is_refused_when_the_gpu_lacks_memory(vllm_env: dict[str, str]) -> 
     started = run_script({**vllm_env, "NVIDIA_SMI_FREE_MIB": "20000"}, "start", timeout=120)
     assert started.returncode == 1
     assert (
-        f"vllm needs {VLLM_NEEDS_MIB} MiB free on GPU 0 (NVIDIA H200): VLLM_GPU_MEMORY_UTILIZATION=0.6 of "
-        f"its {GPU_TOTAL_MIB} MiB, but only 20000 MiB are free; in use by:\n4242, python3, 60000 MiB"
+        f"vllm needs {VLLM_NEEDS_MIB} MiB free on GPU 0 (NVIDIA H200): "
+        f"VLLM_GPU_MEMORY_UTILIZATION=0.6 of its {GPU_TOTAL_MIB} MiB, but only 20000 MiB are free; "
+        "in use by:\n4242, python3, 60000 MiB"
     ) in started.stderr, started.stderr
     assert "lower VLLM_GPU_MEMORY_UTILIZATION" in started.stderr
     assert not (Path(vllm_env["STREAMTALK_OUTPUT"]) / "run" / "vllm.pid").exists()
 
 
 @pytest.mark.parametrize(("given", "error"), [
-    ({"OMNI_BACKEND": "gpu"}, "OMNI_BACKEND=gpu; valid: dev (the local dev backend, the default), vllm"),
+    ({"OMNI_BACKEND": "gpu"},
+     "OMNI_BACKEND=gpu; valid: dev (the local dev backend, the default), vllm"),
     ({"OMNI_BACKEND": "external"}, "OMNI_BACKEND=external needs OMNI_BASE_URL"),
     ({"OMNI_BACKEND": "vllm", "OMNI_BASE_URL": "http://10.0.0.9:8000/v1"},
-     "OMNI_BACKEND=vllm serves at http://127.0.0.1:8000/v1, but OMNI_BASE_URL=http://10.0.0.9:8000/v1"),
+     "OMNI_BACKEND=vllm serves at http://127.0.0.1:8000/v1, but "
+     "OMNI_BASE_URL=http://10.0.0.9:8000/v1"),
     ({"OMNI_BACKEND": "vllm", "VLLM_GPU_MEMORY_UTILIZATION": "1.5"},
      "VLLM_GPU_MEMORY_UTILIZATION=1.5; valid: a fraction in (0, 1]"),
-    ({"OMNI_BACKEND": "vllm", "VLLM_START_TIMEOUT_S": "soon"}, "VLLM_START_TIMEOUT_S=soon; valid: whole seconds > 0"),
+    ({"OMNI_BACKEND": "vllm", "VLLM_START_TIMEOUT_S": "soon"},
+     "VLLM_START_TIMEOUT_S=soon; valid: whole seconds > 0"),
 ])  # fmt: skip
 def test_backend_settings_that_cannot_work_are_refused(
     tmp_path: Path, given: dict[str, str], error: str
 ) -> None:
-    env = service_env(STREAMTALK_OUTPUT=str(tmp_path / "output"), STREAMTALK_SKIP_INSTALL="1", **given)
+    env = service_env(STREAMTALK_OUTPUT=str(tmp_path / "output"), STREAMTALK_SKIP_INSTALL="1",
+                      **given)
     for command in ("start", "status"):
         said = run_script(env, command, timeout=30)
         assert said.returncode == 1 and error in said.stderr, said.stderr
@@ -443,7 +469,8 @@ def test_an_engine_start_timeout_that_cannot_work_is_refused(tmp_path: Path) -> 
     env = service_env(STREAMTALK_OUTPUT=str(tmp_path / "output"), STREAMTALK_SKIP_INSTALL="1",
                       TTS_START_TIMEOUT_S="2m")
     said = run_script(env, "start", timeout=30)
-    assert said.returncode == 1 and "TTS_START_TIMEOUT_S=2m; valid: whole seconds > 0" in said.stderr, said.stderr
+    assert said.returncode == 1 \
+        and "TTS_START_TIMEOUT_S=2m; valid: whole seconds > 0" in said.stderr, said.stderr
     assert not (tmp_path / "output" / "run").exists()
 
 
@@ -461,7 +488,8 @@ def keys_seen(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def keys_env(tmp_path: Path) -> dict[str, str]:
-    return service_env(STREAMTALK_HOME=str(tmp_path / "home"), STREAMTALK_OUTPUT=str(tmp_path / "out"))
+    return service_env(STREAMTALK_HOME=str(tmp_path / "home"),
+                       STREAMTALK_OUTPUT=str(tmp_path / "out"))
 
 
 def test_keys_are_generated_once_into_the_cache_root(keys_env: dict[str, str]) -> None:
@@ -492,7 +520,8 @@ def test_given_keys_reach_livekit_through_a_file_of_the_run(keys_env: dict[str, 
 
 @pytest.mark.parametrize(("given", "content", "mode", "error"), [
     ({"LIVEKIT_API_KEY": "mine"}, None, None, "set both LIVEKIT_API_KEY and LIVEKIT_API_SECRET"),
-    ({"LIVEKIT_API_SECRET": "s" * 40}, None, None, "set both LIVEKIT_API_KEY and LIVEKIT_API_SECRET"),
+    ({"LIVEKIT_API_SECRET": "s" * 40}, None, None,
+     "set both LIVEKIT_API_KEY and LIVEKIT_API_SECRET"),
     ({"LIVEKIT_API_KEY": "mine", "LIVEKIT_API_SECRET": 'a"b'}, None, None, "no spaces, quotes"),
     ({}, 'k: "s"\n', 0o644, "may be read by others (mode 644)"),
     ({}, "k: s\nk2: s2\n", 0o600, 'must hold one line KEY: "SECRET"'),

@@ -30,7 +30,8 @@ from tts_engine.checkpoint import load_talker, write_talker_files
 from tts_engine.prompt import build_prompt
 
 
-def official_codes(parity_python: Path, model_dir: Path, cases: list[dict], tmp: Path) -> list[list[list[int]]]:
+def official_codes(parity_python: Path, model_dir: Path, cases: list[dict],
+                   tmp: Path) -> list[list[list[int]]]:
     return OfficialSide(parity_python).codes(model_dir, cases, tmp)
 
 
@@ -62,7 +63,8 @@ def test_tiny_greedy_codes_match_official(parity_python, tmp_path, seed):
 def test_mid_size_greedy_codes_match_official(parity_python, tmp_path):
     """A wider, deeper, unshaped geometry (hidden 256, 6 talker + 3 predictor layers)."""
     cases = checkpoint_and_cases(mid_size_set(), tmp_path)
-    assert_same_codes(our_codes(tmp_path, cases), official_codes(parity_python, tmp_path, cases, tmp_path), cases)
+    assert_same_codes(our_codes(tmp_path, cases),
+                      official_codes(parity_python, tmp_path, cases, tmp_path), cases)
 
 
 def test_boundary_cases_match_official(parity_python, tmp_path):
@@ -99,8 +101,10 @@ def test_official_saved_checkpoint_loads_in_ours(parity_python, tmp_path):
     # the official side of the comparison reads the original config.
     (out / "config.json").write_text(json.dumps(raw))
     rng = random.Random(11)
-    cases = [{"ids": prompt_ids(4, rng), "speaker": "serena", "language": "auto", "max_new_tokens": 6}]
-    assert_same_codes(our_codes(out, cases), official_codes(parity_python, out, cases, tmp_path), cases)
+    cases = [{"ids": prompt_ids(4, rng), "speaker": "serena", "language": "auto",
+              "max_new_tokens": 6}]
+    assert_same_codes(our_codes(out, cases), official_codes(parity_python, out, cases, tmp_path),
+                      cases)
 
 
 def test_prompt_length_follows_official_layout(tmp_path):

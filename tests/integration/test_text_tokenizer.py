@@ -38,7 +38,8 @@ PROMPT_SUFFIX = [151645, 198, 151644, 77091, 198]  # <|im_end|> \n <|im_start|> 
 CORPUS = [
     # English, contractions in both cases
     "Hello, world! This is a streaming voice agent.",
-    "I'm sure you're right; it's what they've said we'll do, and he'd agree. DON'T SHOUT, We'Re fine.",
+    "I'm sure you're right; it's what they've said we'll do, and he'd agree. DON'T SHOUT, "
+    "We'Re fine.",
     "The quick brown fox jumps over the lazy dog.",
     "HelloWorld iPhone HTTPServer McDonald's camelCaseIdentifier XMLHttpRequest",
     # Chinese, Japanese, Korean
@@ -87,7 +88,8 @@ def _random_texts(n: int, seed: int = 1234) -> list[str]:
         "a", "Z", "é", "ß", "İ", "ı", "中", "文", "の", "カ", "한", "ف", "я", "Ω", "क", "ि", "ก",
         "ั", "0", "7", "٣", "½", " ", "  ", "\t", "\n", "\r\n", "'s", "'T", "'ll", ".", ",", "!",
         "?", "-", "_", "/", "\\", "(", "]", "{", "\"", "`", "👍", "🏽", "\u200d", "🇺", "️", "…",
-        "—", "Hello", "world", "streaming", "TTS", "qwen", "ing", "tion", "    ", "\u00a0", "\u3000",
+        "—", "Hello", "world", "streaming", "TTS", "qwen", "ing", "tion", "    ", "\u00a0",
+        "\u3000",
     ]  # fmt: skip
     rng = random.Random(seed)
     return ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 40))) for _ in range(n)]

@@ -526,7 +526,8 @@ def test_a_non_loopback_bind_starts_when_told_how(env: dict[str, str], open_warn
     port = free_port()
     argv = [sys.executable, "-m", "token_server", "--host", "0.0.0.0", "--port", str(port)]
     proc = ServiceProcess(
-        "token-server-open", argv, service_env(**SOME_KEYS, **env), LOG_DIR / f"token-server-{port}.log"
+        "token-server-open", argv, service_env(**SOME_KEYS, **env),
+        LOG_DIR / f"token-server-{port}.log"
     )
     try:
         proc.wait_http(f"http://127.0.0.1:{port}/healthz")

@@ -26,8 +26,10 @@ def _env(tmp_path: Path) -> dict:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the gpu profile runs")
 def test_gpu_profile_without_cuda_says_why(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "tools.tts_regression", "--profile", "gpu", "--out", str(tmp_path)],
-                          cwd=REPO_ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "tools.tts_regression", "--profile", "gpu",
+                           "--out", str(tmp_path)],
+                          cwd=REPO_ROOT, env=_env(tmp_path), capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "'cuda' requested but CUDA is not available" in proc.stderr
     assert "(the profile runs on cuda)" in proc.stderr
@@ -35,14 +37,16 @@ def test_gpu_profile_without_cuda_says_why(tmp_path):
 
 def test_fast_ci_run_passes_against_golden(tmp_path):
     assert (CPU_BASELINE / "baseline.json").is_file(), "golden/tts baseline missing"
-    proc = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "run_ci_regression.sh"), "--mode", "fast", "--profile", "ci"],
-                          cwd=REPO_ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "run_ci_regression.sh"),
+                           "--mode", "fast", "--profile", "ci"],
+                          cwd=REPO_ROOT, env=_env(tmp_path), capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     latest = tmp_path / "tts_regression" / "latest"
     brief = json.loads((latest / "summary_brief.json").read_text())
     assert brief["pass"] and brief["mode"] == "fast" and brief["profile"] == "ci"
-    assert set(brief["gates"]) == {"determinism", "abs_duration_diff_ms", "repeat", "SNR_vs_baseline", "TTFA",
-                                   "stream_bad_audio"}
+    assert set(brief["gates"]) == {"determinism", "abs_duration_diff_ms", "repeat",
+                                   "SNR_vs_baseline", "TTFA", "stream_bad_audio"}
     summary = json.loads((latest / "summary.json").read_text())
     assert summary["runs_per_case"] == 3 and len(summary["cases"]) >= 8
     # bit-exact (>= 100 dB) on the CPU kind that recorded the baseline; another kernel path
@@ -58,13 +62,15 @@ def test_fast_ci_run_passes_against_golden(tmp_path):
 
 def test_changed_checkpoint_fails_snr_gate(tmp_path):
     other = ensure_checkpoint(cache_root() / "checkpoints" / "tiny-seed1", "tiny", seed=1)
-    proc = subprocess.run([sys.executable, "-m", "tools.tts_regression", "--mode", "fast", "--profile", "ci",
-                           "--model-dir", str(other), "--cases", "en_short_serena,zh_short_vivian",
-                           "--out", str(tmp_path)],
-                          cwd=REPO_ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "tools.tts_regression", "--mode", "fast",
+                           "--profile", "ci", "--model-dir", str(other),
+                           "--cases", "en_short_serena,zh_short_vivian", "--out", str(tmp_path)],
+                          cwd=REPO_ROOT, env=_env(tmp_path), capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "[FAIL] SNR_vs_baseline" in proc.stdout
     assert "SNR vs golden baseline" in proc.stdout
     brief = json.loads((tmp_path / "latest" / "summary_brief.json").read_text())
     assert not brief["pass"] and not brief["gates"]["SNR_vs_baseline"]["pass"]
-    assert brief["gates"]["determinism"]["pass"]  # only the audio changed, not the engine's determinism
+    # only the audio changed, not the engine's determinism
+    assert brief["gates"]["determinism"]["pass"]

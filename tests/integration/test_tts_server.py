@@ -49,11 +49,13 @@ async def finished_metrics(server, request_id: str, headers: dict[str, str] | No
 async def prometheus(server) -> dict[str, float]:
     async with aiohttp.ClientSession() as s, s.get(server.url + "/metrics") as r:
         lines = (await r.text()).splitlines()
-    return {name: float(value) for name, value in (line.rsplit(" ", 1) for line in lines if not line.startswith("#"))}
+    return {name: float(value)
+            for name, value in (line.rsplit(" ", 1) for line in lines if not line.startswith("#"))}
 
 
 def logged_errors(server) -> list[str]:
-    return [line for line in server.log_path.read_text().splitlines() if " ERROR " in line or "Traceback" in line]
+    return [line for line in server.log_path.read_text().splitlines()
+            if " ERROR " in line or "Traceback" in line]
 
 
 def pcm_of(body: bytes) -> np.ndarray:
@@ -61,9 +63,11 @@ def pcm_of(body: bytes) -> np.ndarray:
 
 
 async def test_stream_headers_audio_and_metrics(tts_server):
-    status, headers, body = await post(tts_server, "/tts/stream", {"text": TEXT, "speaker": "serena"})
+    status, headers, body = await post(tts_server, "/tts/stream",
+                                       {"text": TEXT, "speaker": "serena"})
     assert status == 200
-    assert headers["X-Sample-Rate"] == "24000" and headers["X-Audio-Format"] == "s16le" and headers["X-Channels"] == "1"
+    assert headers["X-Sample-Rate"] == "24000" and headers["X-Audio-Format"] == "s16le" \
+        and headers["X-Channels"] == "1"
     assert len(body) > 0 and len(body) % (1920 * 2) == 0  # whole 80 ms frames
     pcm = pcm_of(body)
     assert 0.02 < float(np.sqrt(np.mean(pcm**2))) < 0.5
@@ -115,7 +119,8 @@ async def test_first_bytes_arrive_before_generation_ends(tts_server):
     arrivals = []
     async with aiohttp.ClientSession() as s:
         start = time.perf_counter()
-        async with s.post(tts_server.url + "/tts/stream", json={"text": long_text, "speaker": "ryan"}) as r:
+        async with s.post(tts_server.url + "/tts/stream",
+                          json={"text": long_text, "speaker": "ryan"}) as r:
             assert r.status == 200
             async for chunk in r.content.iter_any():
                 arrivals.append((time.perf_counter() - start, len(chunk)))
@@ -142,7 +147,8 @@ async def test_stream_equals_synthesize_and_is_deterministic(tts_server, tiny_mo
 @pytest.mark.parametrize("packet_tokens", [1, 4])
 async def test_packet_sizes_give_the_same_audio(tts_server, packet_tokens):
     base = await post(tts_server, "/tts/stream", {"text": TEXT, "speaker": "serena"})
-    other = await post(tts_server, "/tts/stream", {"text": TEXT, "speaker": "serena", "packet_tokens": packet_tokens})
+    other = await post(tts_server, "/tts/stream",
+                       {"text": TEXT, "speaker": "serena", "packet_tokens": packet_tokens})
     diff = np.abs(pcm_of(base[2]) - pcm_of(other[2])).max()
     assert diff <= 1.5 / 32767
     metrics = await finished_metrics(tts_server, other[1]["X-Request-Id"])
@@ -152,7 +158,8 @@ async def test_packet_sizes_give_the_same_audio(tts_server, packet_tokens):
 async def test_concurrent_streams_match_solo_runs(tts_server):
     texts = [f"Concurrent request number {i} says hello." for i in range(4)]
     solo = [await post(tts_server, "/tts/stream", {"text": t, "speaker": "aiden"}) for t in texts]
-    together = await asyncio.gather(*[post(tts_server, "/tts/stream", {"text": t, "speaker": "aiden"}) for t in texts])
+    together = await asyncio.gather(*[post(tts_server, "/tts/stream",
+                                           {"text": t, "speaker": "aiden"}) for t in texts])
     for (s1, _, b1), (s2, _, b2) in zip(solo, together, strict=True):
         assert s1 == s2 == 200
         assert b1 == b2
@@ -161,7 +168,8 @@ async def test_concurrent_streams_match_solo_runs(tts_server):
 async def test_disconnect_cancels_generation_and_frees_the_row_quietly(tts_server):
     long_text = " ".join(["A long reply that the listener abandons halfway."] * 8)
     async with aiohttp.ClientSession() as s:
-        r = await s.post(tts_server.url + "/tts/stream", json={"text": long_text, "speaker": "serena"})
+        r = await s.post(tts_server.url + "/tts/stream",
+                         json={"text": long_text, "speaker": "serena"})
         rid = r.headers["X-Request-Id"]
         await r.content.readexactly(1920 * 2)
         r.close()  # drop the connection mid-stream
@@ -176,15 +184,18 @@ async def test_disconnect_cancels_generation_and_frees_the_row_quietly(tts_serve
 
 
 async def test_a_client_that_leaves_a_whole_file_request_cancels_it(tts_server):
-    before = (await prometheus(tts_server)).get('tts_requests_total{outcome="cancelled",route="synthesize"}', 0)
+    before = (await prometheus(tts_server)).get(
+        'tts_requests_total{outcome="cancelled",route="synthesize"}', 0)
     long_text = " ".join(["A long reply that nobody waits for."] * 8)
     async with aiohttp.ClientSession() as s:
         with pytest.raises(asyncio.TimeoutError):
-            await s.post(tts_server.url + "/synthesize", json={"text": long_text, "speaker": "serena"},
+            await s.post(tts_server.url + "/synthesize",
+                         json={"text": long_text, "speaker": "serena"},
                          timeout=aiohttp.ClientTimeout(total=1))
     for _ in range(100):
         gauges = await prometheus(tts_server)
-        if gauges.get('tts_requests_total{outcome="cancelled",route="synthesize"}', 0) == before + 1:
+        if gauges.get('tts_requests_total{outcome="cancelled",route="synthesize"}',
+                      0) == before + 1:
             break
         await asyncio.sleep(0.1)
     else:
@@ -194,14 +205,17 @@ async def test_a_client_that_leaves_a_whole_file_request_cancels_it(tts_server):
 
 
 async def test_openai_speech(tts_server):
-    status, headers, body = await post(tts_server, "/v1/audio/speech", {"input": TEXT, "voice": "serena"})
+    status, headers, body = await post(tts_server, "/v1/audio/speech",
+                                       {"input": TEXT, "voice": "serena"})
     assert status == 200 and body[:4] == b"RIFF"
     stream_status, _, pcm_body = await post(
-        tts_server, "/v1/audio/speech", {"input": TEXT, "voice": "serena", "response_format": "pcm", "stream": True}
+        tts_server, "/v1/audio/speech",
+        {"input": TEXT, "voice": "serena", "response_format": "pcm", "stream": True}
     )
     assert stream_status == 200
     assert read_wav(io.BytesIO(body))[0].astype("<i2").tobytes() == pcm_body
-    status, _, wav_stream = await post(tts_server, "/v1/audio/speech", {"input": TEXT, "voice": "serena", "stream": True})
+    status, _, wav_stream = await post(tts_server, "/v1/audio/speech",
+                                       {"input": TEXT, "voice": "serena", "stream": True})
     assert status == 200 and wav_stream[:4] == b"RIFF" and wav_stream[44:] == pcm_body
 
 
@@ -212,7 +226,8 @@ async def test_speakers_health_ready(tts_server):
     status, body = await get_json(tts_server, "/readyz")
     assert status == 200 and body["ready"] is True
     startup = body["startup"]  # seconds per phase; no compile (TTS_COMPILE=0), no graphs on a CPU
-    assert startup["load_s"] > 0 and startup["warmup_s"] > 0 and startup["compile_s"] == startup["capture_s"] == 0
+    assert startup["load_s"] > 0 and startup["warmup_s"] > 0 \
+        and startup["compile_s"] == startup["capture_s"] == 0
     phases = ("load_s", "compile_s", "warmup_s", "capture_s", "calibrate_s")
     assert startup["total_s"] == pytest.approx(sum(startup[k] for k in phases), abs=0.05)
     assert startup["compile"] is None
@@ -225,8 +240,10 @@ async def test_ready_and_metrics_carry_the_start_up_memory(tts_server):
     """On a CPU nothing is measured: the parts are 0, the row pool's size is known."""
     _, body = await get_json(tts_server, "/readyz")
     memory = body["memory"]
-    assert memory["device"] == "cpu" and memory["rows"] == body["rows"] and memory["positions"] == 1024
-    parts = ("weights", "rows", "graphs", "workspace", "reserved", "peak_reserved", "device_total", "device_free")
+    assert memory["device"] == "cpu" and memory["rows"] == body["rows"] \
+        and memory["positions"] == 1024
+    parts = ("weights", "rows", "graphs", "workspace", "reserved", "peak_reserved", "device_total",
+             "device_free")
     assert {memory[f"{p}_mib"] for p in parts} == {0}
     assert memory["row_pool_mib"] > 0
     gauges = await prometheus(tts_server)
@@ -237,45 +254,63 @@ async def test_ready_and_metrics_carry_the_start_up_memory(tts_server):
 SURROGATE = b'"a\\ud800b"'  # an unpaired surrogate, as a JSON escape
 BAD_REQUESTS = [  # path, body, status, code, field
     ("/tts/stream", b"{not json", 400, "invalid_json", None),
-    ("/tts/stream", b'{"text": ' + SURROGATE + b', "speaker": "serena"}', 400, "invalid_json", None),
-    ("/synthesize", b'{"text": ' + SURROGATE + b', "speaker": "serena"}', 400, "invalid_json", None),
-    ("/v1/audio/speech", b'{"input": ' + SURROGATE + b', "voice": "serena"}', 400, "invalid_json", None),
+    ("/tts/stream", b'{"text": ' + SURROGATE + b', "speaker": "serena"}', 400, "invalid_json",
+     None),
+    ("/synthesize", b'{"text": ' + SURROGATE + b', "speaker": "serena"}', 400, "invalid_json",
+     None),
+    ("/v1/audio/speech", b'{"input": ' + SURROGATE + b', "voice": "serena"}', 400, "invalid_json",
+     None),
     ("/tts/stream", b'{"text": "Hi", "speaker": "serena", "x": ' + b"[" * 40 + b"]" * 40 + b"}",
      400, "invalid_json", None),
-    ("/tts/stream", {"text": "Hi", "speaker": "serena", "pad": "x" * 300_000}, 413, "body_too_large", None),
+    ("/tts/stream", {"text": "Hi", "speaker": "serena", "pad": "x" * 300_000}, 413,
+     "body_too_large", None),
     ("/tts/stream", [1, 2], 400, "invalid_field", None),
     ("/tts/stream", {"speaker": "serena"}, 400, "missing_field", "text"),
     ("/tts/stream", {"text": 5, "speaker": "serena"}, 400, "invalid_field", "text"),
     ("/tts/stream", {"text": "", "speaker": "serena"}, 400, "invalid_field", "text"),
     ("/tts/stream", {"text": "   ", "speaker": "serena"}, 400, "invalid_text", None),
     ("/tts/stream", {"text": "x" * 2001, "speaker": "serena"}, 400, "invalid_field", "text"),
-    ("/tts/stream", {"text": "0" * 2000, "speaker": "serena"}, 400, "text_too_long", None),  # 2000 tokens
+    # 2000 tokens
+    ("/tts/stream", {"text": "0" * 2000, "speaker": "serena"}, 400, "text_too_long", None),
     ("/tts/stream", {"text": "Hi", "speaker": "nobody"}, 400, "unknown_speaker", None),
     ("/tts/stream", {"text": "Hi", "speaker": "s" * 65}, 400, "invalid_field", "speaker"),
-    ("/tts/stream", {"text": "Hi", "speaker": "serena", "language": "klingon"}, 400, "unknown_language", None),
-    ("/tts/stream", {"text": "Hi", "speaker": "serena", "voice": "ryan"}, 400, "invalid_field", "voice"),
-    ("/tts/stream", {"text": "Hi", "speaker": "serena", "seed": 2**64}, 400, "invalid_field", "seed"),
-    ("/tts/stream", {"text": "Hi", "speaker": "serena", "seed": 2**70}, 400, "invalid_field", "seed"),
+    ("/tts/stream", {"text": "Hi", "speaker": "serena", "language": "klingon"}, 400,
+     "unknown_language", None),
+    ("/tts/stream", {"text": "Hi", "speaker": "serena", "voice": "ryan"}, 400, "invalid_field",
+     "voice"),
+    ("/tts/stream", {"text": "Hi", "speaker": "serena", "seed": 2**64}, 400, "invalid_field",
+     "seed"),
+    ("/tts/stream", {"text": "Hi", "speaker": "serena", "seed": 2**70}, 400, "invalid_field",
+     "seed"),
     ("/tts/stream", {"text": "Hi", "speaker": "serena", "seed": -1}, 400, "invalid_field", "seed"),
     ("/tts/stream", {"text": "Hi", "speaker": "serena", "seed": 1.5}, 400, "invalid_field", "seed"),
-    ("/tts/stream", {"text": "Hi", "speaker": "serena", "packet_tokens": 0}, 400, "invalid_field", "packet_tokens"),
-    ("/tts/stream", {"text": "Hi", "speaker": "serena", "packet_tokens": 65}, 400, "invalid_field", "packet_tokens"),
-    ("/tts/stream", {"text": "Hi", "speaker": "serena", "packet_tokens": "4"}, 400, "invalid_field", "packet_tokens"),
-    ("/tts/stream", {"text": "Hi", "speaker": "serena", "sample": 1}, 400, "invalid_field", "sample"),
+    ("/tts/stream", {"text": "Hi", "speaker": "serena", "packet_tokens": 0}, 400, "invalid_field",
+     "packet_tokens"),
+    ("/tts/stream", {"text": "Hi", "speaker": "serena", "packet_tokens": 65}, 400, "invalid_field",
+     "packet_tokens"),
+    ("/tts/stream", {"text": "Hi", "speaker": "serena", "packet_tokens": "4"}, 400, "invalid_field",
+     "packet_tokens"),
+    ("/tts/stream", {"text": "Hi", "speaker": "serena", "sample": 1}, 400, "invalid_field",
+     "sample"),
     ("/synthesize", {"text": "Hi"}, 400, "missing_field", "speaker"),
-    ("/synthesize", {"text": "Hi", "speaker": "serena", "seed": 2**64}, 400, "invalid_field", "seed"),
-    ("/v1/audio/speech", {"input": "Hi", "voice": "serena", "response_format": "mp3"}, 400, "invalid_field",
-     "response_format"),
-    ("/v1/audio/speech", {"input": "Hi", "voice": "serena", "speed": 1.5}, 400, "invalid_field", "speed"),
-    ("/v1/audio/speech", b'{"input": "Hi", "voice": "serena", "speed": NaN}', 400, "invalid_field", "speed"),
-    ("/v1/audio/speech", {"input": "Hi", "voice": "serena", "stream": "yes"}, 400, "invalid_field", "stream"),
-    ("/v1/audio/speech", {"input": "Hi", "voice": "serena", "seed": 2**64, "stream": True}, 400, "invalid_field",
+    ("/synthesize", {"text": "Hi", "speaker": "serena", "seed": 2**64}, 400, "invalid_field",
      "seed"),
+    ("/v1/audio/speech", {"input": "Hi", "voice": "serena", "response_format": "mp3"}, 400,
+     "invalid_field", "response_format"),
+    ("/v1/audio/speech", {"input": "Hi", "voice": "serena", "speed": 1.5}, 400, "invalid_field",
+     "speed"),
+    ("/v1/audio/speech", b'{"input": "Hi", "voice": "serena", "speed": NaN}', 400, "invalid_field",
+     "speed"),
+    ("/v1/audio/speech", {"input": "Hi", "voice": "serena", "stream": "yes"}, 400, "invalid_field",
+     "stream"),
+    ("/v1/audio/speech", {"input": "Hi", "voice": "serena", "seed": 2**64, "stream": True}, 400,
+     "invalid_field", "seed"),
 ]
 
 
 @pytest.mark.parametrize("path,body,status,code,field", BAD_REQUESTS)
-async def test_bad_input_gets_a_json_error_before_any_audio(tts_server, path, body, status, code, field):
+async def test_bad_input_gets_a_json_error_before_any_audio(tts_server, path, body, status, code,
+                                                            field):
     got_status, headers, raw = await post(tts_server, path, body)
     assert got_status == status, raw[:200]
     assert headers["Content-Type"].startswith("application/json")
@@ -298,7 +333,8 @@ HOSTILE_BUT_VALID_TEXTS = [
 
 @pytest.mark.parametrize("text", HOSTILE_BUT_VALID_TEXTS)
 async def test_odd_but_valid_text_streams_to_the_end(tts_server, text):
-    status, headers, body = await post(tts_server, "/tts/stream", {"text": text, "speaker": "serena", "seed": 2**64 - 1})
+    status, headers, body = await post(tts_server, "/tts/stream",
+                                       {"text": text, "speaker": "serena", "seed": 2**64 - 1})
     assert status == 200 and len(body) > 0 and len(body) % (1920 * 2) == 0
     metrics = await finished_metrics(tts_server, headers["X-Request-Id"])
     assert metrics["stop_reason"] in ("eos", "max_frames") and metrics["error"] is None
@@ -312,7 +348,8 @@ async def test_openai_fields_the_server_does_not_use_are_accepted(tts_server):
 
 
 async def test_wrong_content_type_method_and_route(tts_server):
-    status, _, raw = await post(tts_server, "/tts/stream", "text=hi", headers={"Content-Type": "text/plain"})
+    status, _, raw = await post(tts_server, "/tts/stream", "text=hi",
+                                headers={"Content-Type": "text/plain"})
     assert status == 415 and json.loads(raw)["error"]["code"] == "unsupported_media_type"
     status, body = await get_json(tts_server, "/nope")
     assert status == 404 and body["error"]["code"] == "not_found"
@@ -320,23 +357,28 @@ async def test_wrong_content_type_method_and_route(tts_server):
         assert r.status == 405 and r.headers["Allow"] == "POST"
         assert (await r.json())["error"]["valid"] == ["POST"]
     # and the server keeps serving
-    assert (await post(tts_server, "/tts/stream", {"text": "Still here.", "speaker": "serena"}))[0] == 200
+    assert (await post(tts_server, "/tts/stream",
+                       {"text": "Still here.", "speaker": "serena"}))[0] == 200
 
 
 async def test_openapi_document_lists_every_route_and_the_models_constraints(tts_server):
     status, doc = await get_json(tts_server, "/openapi.json")
     assert status == 200 and doc["openapi"] == "3.1.0"
     loaded = schemathesis.openapi.from_dict(doc)
-    documented = {(op.method.upper(), op.path) for op in (result.ok() for result in loaded.get_all_operations())}
-    served = {(r.method, r.resource.canonical) for r in create_app(EngineConfig()).router.routes() if r.method != "HEAD"}
+    documented = {(op.method.upper(), op.path)
+                  for op in (result.ok() for result in loaded.get_all_operations())}
+    served = {(r.method, r.resource.canonical) for r in create_app(EngineConfig()).router.routes()
+              if r.method != "HEAD"}
     assert documented == served
 
-    tts, speech = doc["components"]["schemas"]["TTSRequest"], doc["components"]["schemas"]["SpeechRequest"]
+    tts, speech = (doc["components"]["schemas"]["TTSRequest"],
+                   doc["components"]["schemas"]["SpeechRequest"])
     assert tts["additionalProperties"] is False and speech["additionalProperties"] is True
     assert tts["required"] == ["text", "speaker"] and speech["required"] == ["input", "voice"]
     fields = tts["properties"]
     assert (fields["text"]["minLength"], fields["text"]["maxLength"]) == (1, 2000)
-    assert "serena" in fields["speaker"]["enum"] and "english" in fields["language"]["anyOf"][0]["enum"]
+    assert "serena" in fields["speaker"]["enum"] \
+        and "english" in fields["language"]["anyOf"][0]["enum"]
     seed, packet_tokens = fields["seed"]["anyOf"][0], fields["packet_tokens"]["anyOf"][0]
     assert (seed["type"], seed["minimum"], seed["maximum"]) == ("integer", 0, 2**64 - 1)
     assert (packet_tokens["minimum"], packet_tokens["maximum"]) == (1, 64)
@@ -346,7 +388,8 @@ async def test_openapi_document_lists_every_route_and_the_models_constraints(tts
     stream = doc["paths"]["/tts/stream"]["post"]["responses"]
     assert set(stream) == {"200", "400", "401", "413", "415", "503"}
     assert list(stream["200"]["content"]) == ["application/octet-stream"]
-    assert stream["400"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+    assert stream["400"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Error"}
     speech_ok = doc["paths"]["/v1/audio/speech"]["post"]["responses"]["200"]["content"]
     assert set(speech_ok) == {"audio/wav", "application/octet-stream"}
     assert "404" in doc["paths"]["/tts/requests/{request_id}"]["get"]["responses"]
@@ -380,12 +423,14 @@ def keyed_server(tiny_model_dir, tmp_path_factory):
 async def test_bearer_key_guards_every_route_but_health_and_the_document(keyed_server):
     for path in ("/healthz", "/readyz", "/openapi.json"):
         assert (await get_json(keyed_server, path))[0] == 200, path
-    for headers in ({"Content-Type": "application/json"}, {**AUTHORIZED, "Authorization": "Bearer wrong"}):
-        status, got, raw = await post(keyed_server, "/tts/stream", {"text": "Hi", "speaker": "serena"},
-                                      headers=headers)
+    for headers in ({"Content-Type": "application/json"},
+                    {**AUTHORIZED, "Authorization": "Bearer wrong"}):
+        status, got, raw = await post(keyed_server, "/tts/stream",
+                                      {"text": "Hi", "speaker": "serena"}, headers=headers)
         assert status == 401 and json.loads(raw)["error"]["code"] == "unauthorized"
         assert got["WWW-Authenticate"] == "Bearer"
-    status, _, body = await post(keyed_server, "/tts/stream", {"text": "Hi", "speaker": "serena"}, headers=AUTHORIZED)
+    status, _, body = await post(keyed_server, "/tts/stream", {"text": "Hi", "speaker": "serena"},
+                                 headers=AUTHORIZED)
     assert status == 200 and len(body) > 0
     _, doc = await get_json(keyed_server, "/openapi.json")
     assert doc["components"]["securitySchemes"] == {"bearer": {"type": "http", "scheme": "bearer"}}
@@ -394,13 +439,13 @@ async def test_bearer_key_guards_every_route_but_health_and_the_document(keyed_s
 
 
 async def test_a_reply_that_fills_its_row_ends_there_cleanly(keyed_server):
-    status, headers, body = await post(keyed_server, "/tts/stream", {"text": TEXT, "speaker": "serena"},
-                                       headers=AUTHORIZED)
+    status, headers, body = await post(keyed_server, "/tts/stream",
+                                       {"text": TEXT, "speaker": "serena"}, headers=AUTHORIZED)
     assert status == 200 and len(body) > 0 and len(body) % (1920 * 2) == 0
     metrics = await finished_metrics(keyed_server, headers["X-Request-Id"], AUTHORIZED)
     assert metrics["stop_reason"] == "row_full" and metrics["frames"] * 1920 * 2 == len(body)
-    status, headers, wav_bytes = await post(keyed_server, "/synthesize", {"text": TEXT, "speaker": "serena"},
-                                            headers=AUTHORIZED)
+    status, headers, wav_bytes = await post(keyed_server, "/synthesize",
+                                            {"text": TEXT, "speaker": "serena"}, headers=AUTHORIZED)
     assert status == 200 and headers["Content-Type"] == "audio/wav"
     assert read_wav(io.BytesIO(wav_bytes))[0].astype("<i2").tobytes() == body
     assert "all its row holds" in keyed_server.log_path.read_text()
@@ -411,11 +456,13 @@ async def test_over_capacity_is_a_503_with_retry_after_before_any_audio(tiny_mod
     from support.tts_server import TTSServer
 
     server = TTSServer(tiny_model_dir, tmp_path / "server.log",
-                       {"TTS_MAX_ACTIVE_STREAMS": "2", "TTS_QUEUE_TIMEOUT_S": "0.5", "TTS_ADMISSION": "rows"})
+                       {"TTS_MAX_ACTIVE_STREAMS": "2", "TTS_QUEUE_TIMEOUT_S": "0.5",
+                        "TTS_ADMISSION": "rows"})
     try:
         server.wait_ready()
         long_text = " ".join(["A long reply keeps its row busy for a good while."] * 6)
-        results = await asyncio.gather(*[post(server, "/tts/stream", {"text": long_text, "speaker": "serena"})
+        results = await asyncio.gather(*[post(server, "/tts/stream",
+                                              {"text": long_text, "speaker": "serena"})
                                          for _ in range(4)])
         statuses = sorted(status for status, _, _ in results)
         assert statuses == [200, 200, 503, 503]

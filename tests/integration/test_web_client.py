@@ -77,8 +77,9 @@ async def run_until_error(browser_env: BrowserEnv, tmp_path: Path, base_url: str
                           **opts: Any) -> dict[str, Any]:
     """Open the page, join a fresh room and stop at the first error the page shows
     (its text in result["errorText"]); the screenshot goes to ARTIFACTS."""
-    result = await run_web_driver(browser_env, tmp_path, timeout_s=60, url=f"{base_url}/", room=_room(),
-                                  untilError=True, screenshot=str(ARTIFACTS / screenshot), **opts)
+    result = await run_web_driver(browser_env, tmp_path, timeout_s=60, url=f"{base_url}/",
+                                  room=_room(), untilError=True,
+                                  screenshot=str(ARTIFACTS / screenshot), **opts)
     assert result["ok"], result
     return result
 
@@ -284,8 +285,9 @@ async def test_wrong_access_key_shows_clear_message(
 ) -> None:
     server = start_token_server(TOKEN_ACCESS_KEY="open-sesame")
     hello = str(make_speech_wav("hello", sample_rate=48000))
-    result = await run_until_error(browser_env, tmp_path, server.base_url, "web-error-access-key.png",
-                                   accessKey="wrong-key", fakeAudioWav=hello)
+    result = await run_until_error(browser_env, tmp_path, server.base_url,
+                                   "web-error-access-key.png", accessKey="wrong-key",
+                                   fakeAudioWav=hello)
     assert "token server refused" in result["errorText"]
     assert "X-Access-Key header is wrong" in result["errorText"]
     assert result["snapshot"]["connection"] == "failed"
@@ -296,7 +298,8 @@ async def test_unreachable_livekit_shows_clear_message(
 ) -> None:
     dead_url = f"ws://127.0.0.1:{free_port()}"  # nothing listens there
     server = start_token_server(LIVEKIT_URL=dead_url)
-    result = await run_until_error(browser_env, tmp_path, server.base_url, "web-error-livekit-down.png",
+    result = await run_until_error(browser_env, tmp_path, server.base_url,
+                                   "web-error-livekit-down.png",
                                    fakeAudioWav=str(make_speech_wav("hello", sample_rate=48000)))
     assert f"Cannot reach the LiveKit server at {dead_url}" in result["errorText"]
 
@@ -306,7 +309,8 @@ async def test_token_refused_by_livekit_shows_clear_message(
 ) -> None:
     # signed with a secret the LiveKit server does not know
     server = start_token_server(LIVEKIT_API_SECRET="not-the-server-secret-" + "x" * 20)
-    result = await run_until_error(browser_env, tmp_path, server.base_url, "web-error-token-refused.png",
+    result = await run_until_error(browser_env, tmp_path, server.base_url,
+                                   "web-error-token-refused.png",
                                    fakeAudioWav=str(make_speech_wav("hello", sample_rate=48000)))
     assert "refused the token" in result["errorText"]
     assert "eyJ" not in result["errorText"]  # the token itself is not echoed

@@ -172,7 +172,8 @@ async def two_agents_seen(lk: LiveKitServer, room: str, seconds: float,
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and not (until is not None and until.is_set()):
             try:
-                people = (await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))).participants
+                people = (await lkapi.room.list_participants(
+                    api.ListParticipantsRequest(room=room))).participants
             except api.TwirpError:  # the room is not there (yet)
                 people = []
             now = time.monotonic()

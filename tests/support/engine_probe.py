@@ -31,7 +31,8 @@ FRAMES = 12
 def rows_run(engine: TTSEngine, batch: int) -> tuple[np.ndarray, np.ndarray]:
     """Streams of TEXTS[:batch] on rows 0..batch-1, prefilled and stepped together, greedy
     and never ending: (codes [FRAMES, batch, 16], pcm [FRAMES, batch, 1920])."""
-    starts = [RowStart(engine.model.prompt(engine.make_request(text, "serena", "english", sample=False)),
+    starts = [RowStart(engine.model.prompt(engine.make_request(text, "serena", "english",
+                                                               sample=False)),
                        sampled=False, seed=0, min_new_tokens=10**9) for text in TEXTS[:batch]]
     engine.stepper.prefill(0, starts)
     positions = [s.start_position for s in starts]
@@ -47,12 +48,14 @@ def rows_run(engine: TTSEngine, batch: int) -> tuple[np.ndarray, np.ndarray]:
 def main(model_dir: str, out_dir: str) -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
     out = Path(out_dir)
-    engine = TTSEngine(EngineConfig.from_env(model_dir=model_dir, device="cpu", max_batch=2, row_positions=64))
+    engine = TTSEngine(EngineConfig.from_env(model_dir=model_dir, device="cpu", max_batch=2,
+                                             row_positions=64))
     try:
         (codes_b1, pcm_b1), (codes_b2, pcm_b2) = rows_run(engine, 1), rows_run(engine, 2)
     finally:
         engine.close()
-    np.savez(out / "streams.npz", codes_b1=codes_b1, pcm_b1=pcm_b1, codes_b2=codes_b2, pcm_b2=pcm_b2)
+    np.savez(out / "streams.npz", codes_b1=codes_b1, pcm_b1=pcm_b1, codes_b2=codes_b2,
+             pcm_b2=pcm_b2)
     (out / "startup.json").write_text(json.dumps(engine.startup_report(), indent=2))
 
 

@@ -72,11 +72,13 @@ class FakeEngine:
             raise InvalidText("text is empty; send at least one non-space character")
         name = (speaker or "").strip().lower()
         if name not in self.speakers:
-            raise UnknownSpeaker(f"unknown speaker {speaker!r}; valid speakers: {', '.join(self.speakers)}",
+            raise UnknownSpeaker(f"unknown speaker {speaker!r}; valid speakers: "
+                                 f"{', '.join(self.speakers)}",
                                  self.speakers)
         lang = (language or "auto").strip().lower()
         if lang not in self.languages:
-            raise UnknownLanguage(f"unknown language {language!r}; valid languages: {', '.join(self.languages)}",
+            raise UnknownLanguage(f"unknown language {language!r}; valid languages: "
+                                  f"{', '.join(self.languages)}",
                                   self.languages)
         params = SamplingParams.sampled() if sample else SamplingParams()
         return Request(text=text, speaker=name, language=lang, params=params, seed=seed)
@@ -86,13 +88,14 @@ class FakeEngine:
         if self.active_sessions >= self._capacity:
             raise OverCapacity(f"{self.active_sessions} streams already run; retry in 1 s", 1.0)
         items: asyncio.Queue = asyncio.Queue()
-        session = StreamSession(request, packet_tokens or self.packet_tokens, self.first_packet_tokens,
-                                items.put_nowait, request_id)
+        session = StreamSession(request, packet_tokens or self.packet_tokens,
+                                self.first_packet_tokens, items.put_nowait, request_id)
         handle = StreamHandle(self, session, items)  # type: ignore[arg-type]
         self.requests.append(request)
         self.handles.append(handle)
         self._wakeups[session] = asyncio.Event()
-        asyncio.get_running_loop().create_task(self._generate(session), name=f"fake_engine_{session.id}")
+        asyncio.get_running_loop().create_task(self._generate(session),
+                                               name=f"fake_engine_{session.id}")
         return handle
 
     def wake(self) -> None:
@@ -124,8 +127,8 @@ class FakeEngine:
         wakeup = self._wakeups[s]
         while done < total and not s.cancelled.is_set():
             for _ in range(min(s.next_packet_frames, total - done)):
-                s.add_frame(np.zeros(16, dtype=np.int64), pcm[done * FRAME_SAMPLES:(done + 1) * FRAME_SAMPLES],
-                            0.0, 0.0)
+                s.add_frame(np.zeros(16, dtype=np.int64),
+                            pcm[done * FRAME_SAMPLES:(done + 1) * FRAME_SAMPLES], 0.0, 0.0)
                 done += 1
             s.emit(s.take_packet(packet_metrics=False))
             if self.packet_interval_s:

@@ -44,8 +44,8 @@ class FakeOmniClient:
         idle_timeout_s: float,
         extra_body: dict[str, Any] | None = None,
     ) -> AsyncIterator[ChatDelta]:
-        self.chats.append({"messages": messages, "max_tokens": max_tokens, "temperature": temperature,
-                           "extra_body": extra_body})
+        self.chats.append({"messages": messages, "max_tokens": max_tokens,
+                           "temperature": temperature, "extra_body": extra_body})
         if self.error is not None:
             raise self.error
         tokens = split_tokens(self.reply)
@@ -53,10 +53,11 @@ class FakeOmniClient:
             await asyncio.sleep(self.token_delay_s)
             yield ChatDelta(content=token)
         sent = min(len(tokens), max_tokens)
-        yield ChatDelta(finish_reason="length" if sent < len(tokens) else "stop", completion_tokens=sent)
+        yield ChatDelta(finish_reason="length" if sent < len(tokens) else "stop",
+                        completion_tokens=sent)
 
-    async def complete_chat(self, messages: list[dict[str, Any]], *, max_tokens: int, temperature: float,
-                            timeout_s: float) -> str:
+    async def complete_chat(self, messages: list[dict[str, Any]], *, max_tokens: int,
+                            temperature: float, timeout_s: float) -> str:
         self.recognitions.append({"via": "chat", "messages": messages, "max_tokens": max_tokens})
         if self.error is not None:
             raise self.error

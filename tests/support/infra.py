@@ -48,8 +48,8 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 
 # Variables of a user's own deployment that must not leak into test services.
-_SCRUBBED_ENV_PREFIXES = ("LIVEKIT_", "TOKEN_", "OMNI_", "VLLM_", "STREAMTALK_TTS_SERVER", "NODE_IP", "UDP_PORT",
-                          "REDIS_", "AGENT_WORKERS")
+_SCRUBBED_ENV_PREFIXES = ("LIVEKIT_", "TOKEN_", "OMNI_", "VLLM_", "STREAMTALK_TTS_SERVER",
+                          "NODE_IP", "UDP_PORT", "REDIS_", "AGENT_WORKERS")
 
 
 def require(condition: bool, message: str) -> None:
@@ -175,7 +175,8 @@ class LiveKitServer:
 
     def node_id(self) -> str:
         """The node's id (`ND_...`), as Redis's `room_node_map` names the node a room lives on."""
-        found = re.search(r'"nodeID": "(ND_[A-Za-z0-9]+)"', self.process.log_path.read_text(errors="replace"))
+        found = re.search(r'"nodeID": "(ND_[A-Za-z0-9]+)"',
+                          self.process.log_path.read_text(errors="replace"))
         assert found, f"no node id in {self.process.log_path}"
         return found.group(1)
 
@@ -197,7 +198,8 @@ class LiveKitServer:
             .with_identity(identity)
             .with_name(name or identity)
             .with_ttl(ttl)
-            .with_grants(api.VideoGrants(room_join=True, room=room, **grants))  # type: ignore[arg-type]
+            .with_grants(api.VideoGrants(room_join=True, room=room,
+                                         **grants))  # type: ignore[arg-type]
         )
         if kind is not None:
             at = at.with_kind(kind)  # type: ignore[arg-type]
@@ -212,8 +214,9 @@ class RedisServer:
 
     def cli(self, *args: str) -> str:
         """A redis-cli command's answer (the password through the environment)."""
-        return subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True,
-                              timeout=10, env={**os.environ, "REDISCLI_AUTH": self.password}).stdout.strip()
+        return subprocess.run(
+            ["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True, timeout=10,
+            env={**os.environ, "REDISCLI_AUTH": self.password}).stdout.strip()
 
 
 def start_redis(conf_dir: Path) -> RedisServer:
@@ -228,7 +231,8 @@ def start_redis(conf_dir: Path) -> RedisServer:
     conf.write_text(f"requirepass {password}\n")
     argv = ["redis-server", str(conf), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
             "--appendonly", "no", "--dir", str(conf_dir)]
-    redis = RedisServer(port, password, ServiceProcess("redis", argv, service_env(), LOG_DIR / f"redis-{port}.log"))
+    redis = RedisServer(port, password,
+                        ServiceProcess("redis", argv, service_env(), LOG_DIR / f"redis-{port}.log"))
     deadline = time.monotonic() + START_TIMEOUT_S
     while redis.cli("ping") != "PONG":
         if redis.process.proc.poll() is not None or time.monotonic() > deadline:

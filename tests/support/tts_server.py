@@ -15,13 +15,15 @@ from streamtalk_common.paths import REPO_ROOT
 
 
 class TTSServer:
-    def __init__(self, model_dir: Path, log_path: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, model_dir: Path, log_path: Path,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "TTS_DEEP_STREAM_DEVICE": "cpu", **(extra_env or {})}
         self.log_path = log_path
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tts_engine", "serve", "--model-dir", str(model_dir), "--port", str(self.port)],
+            [sys.executable, "-m", "tts_engine", "serve", "--model-dir", str(model_dir),
+             "--port", str(self.port)],
             cwd=REPO_ROOT, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
         )
 

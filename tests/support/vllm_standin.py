@@ -45,8 +45,8 @@ def main() -> None:
             time.sleep(1)
     if mode == "orphan":
         subprocess.Popen([sys.executable, __file__, ENGINE_CORE], start_new_session=True)
-    os.execv(sys.executable, [sys.executable, "-m", "tools.omni_dev", "--host", args.host, "--port", args.port,
-                              "--model", args.served_model_name])
+    os.execv(sys.executable, [sys.executable, "-m", "tools.omni_dev", "--host", args.host,
+                              "--port", args.port, "--model", args.served_model_name])
 
 
 if __name__ == "__main__":

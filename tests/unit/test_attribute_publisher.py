@@ -15,7 +15,8 @@ from agent import attribute_publisher
 from agent.attribute_publisher import AttributePublisher
 
 
-def publisher(what: str, lost: Iterable[int] = ()) -> tuple[AttributePublisher, FakeLocalParticipant]:
+def publisher(what: str,
+              lost: Iterable[int] = ()) -> tuple[AttributePublisher, FakeLocalParticipant]:
     """The publisher as the agent builds it, on a room that loses the answers to the
     `set_attributes` calls numbered in `lost`."""
     me = FakeRoom().local_participant

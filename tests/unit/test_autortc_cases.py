@@ -41,7 +41,8 @@ def test_recipes_have_the_promised_shape() -> None:
 
 
 def test_rendering_is_deterministic_and_knows_its_eot(tmp_path: Path) -> None:
-    require(shutil.which("espeak-ng") is not None, "espeak-ng missing: run scripts/install_system_deps.sh")
+    require(shutil.which("espeak-ng") is not None,
+            "espeak-ng missing: run scripts/install_system_deps.sh")
     case = {"id": "t", "text": "Hello there.", "lead_s": 0.3, "tail_s": 1.0,
             "noise": {"kind": "pink", "rms": 0.004, "seed": 1},
             "spikes": {"count": 2, "amplitude": 0.95, "seed": 2}}
@@ -58,7 +59,8 @@ def test_rendering_is_deterministic_and_knows_its_eot(tmp_path: Path) -> None:
 
 
 def test_a_pause_case_knows_where_its_pause_lies(tmp_path: Path) -> None:
-    require(shutil.which("espeak-ng") is not None, "espeak-ng missing: run scripts/install_system_deps.sh")
+    require(shutil.which("espeak-ng") is not None,
+            "espeak-ng missing: run scripts/install_system_deps.sh")
     case = {"id": "p", "text": "five five five,", "then": [{"pause_s": 1.0, "text": "one two."}],
             "lead_s": 0.3, "tail_s": 1.0}
     wav = make_case(case, tmp_path)["wav"]
@@ -90,4 +92,5 @@ def test_bad_turn_taking_recipes_are_refused_with_what_is_valid() -> None:
     with pytest.raises(SystemExit, match="needs 'then' parts"):
         check_case({"id": "x", "text": "hi", "turn_taking": "pause"})
     with pytest.raises(ValueError, match="pause_s"):
-        make_case({"id": "x", "text": "hi", "then": [{"pause_s": 0, "text": "yo"}]}, Path("/nonexistent"))
+        make_case({"id": "x", "text": "hi", "then": [{"pause_s": 0, "text": "yo"}]},
+                  Path("/nonexistent"))

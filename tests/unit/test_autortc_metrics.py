@@ -177,7 +177,8 @@ def test_ci_profile_is_never_looser_on_quality_gates() -> None:
     assert "calibration" in gates.load_profile("ci")  # the data behind the ci numbers
 
 
-def _run_dir(tmp: Path, name: str, e2a: list[float], verdict_rows: list[dict] | None = None) -> Path:
+def _run_dir(tmp: Path, name: str, e2a: list[float],
+             verdict_rows: list[dict] | None = None) -> Path:
     d = tmp / name
     rows = verdict_rows or [_row(eot_to_first_audio_ms=v, case_id=f"c{i}", case_dir=f"cases/c{i}")
                             for i, v in enumerate(e2a)]
@@ -221,7 +222,8 @@ def test_bots_take_only_this_cases_agent_events() -> None:
     from tools.autortc.common import TOPIC_AGENT, TOPIC_PROBE, agent_event
 
     args = argparse.Namespace(trace_id="t1", case_id="c1")
-    ok = json.dumps({"type": "reply_start", "trace_id": "t1", "case_id": "c1", "reply_seq": 1}).encode()
+    ok = json.dumps({"type": "reply_start", "trace_id": "t1",
+                     "case_id": "c1", "reply_seq": 1}).encode()
     msg = agent_event(TOPIC_AGENT, ok, args)
     assert msg is not None and msg["type"] == "reply_start" and msg["t_recv_wall_ms"] > 0
     assert agent_event(TOPIC_PROBE, ok, args) is None  # another topic
@@ -339,7 +341,8 @@ def test_barge_in_stop_latency_is_onset_to_the_first_quiet_run() -> None:
 def test_the_resume_hole_is_no_transport_gap(tmp_path: Path) -> None:
     d = _case_dir(tmp_path)
     # the probe's reply: 1.8 s of audio, a 2 s hole (the pause for the interjection), 2.2 s more
-    post = np.concatenate([speechlike(1.8), np.zeros(2 * RATE, np.float32), speechlike(2.2, seed=4)])
+    post = np.concatenate([speechlike(1.8), np.zeros(2 * RATE, np.float32),
+                           speechlike(2.2, seed=4)])
     write_wav(d / "post_rtc_reply.wav", post, RATE)
     probe = _probe([(3000, 4800), (6800, 9000)], ("reply_start", 1, 3000, False),
                    ("reply_end", 1, 9000, False))

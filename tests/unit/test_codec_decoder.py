@@ -52,7 +52,8 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def random_codes(batch: int, frames: int, seed: int) -> torch.Tensor:
-    return torch.randint(0, 2048, (batch, 16, frames), generator=torch.Generator().manual_seed(seed))
+    return torch.randint(0, 2048, (batch, 16, frames),
+                         generator=torch.Generator().manual_seed(seed))
 
 
 # --- geometry -------------------------------------------------------------------------
@@ -194,14 +195,17 @@ def test_tiny_random_weights_give_audible_unclipped_audio(seed: int, kind: str) 
 def test_written_checkpoint_has_the_official_layout(tiny_dir: Path) -> None:
     assert tiny_dir.name == "speech_tokenizer"
     names = {p.name for p in tiny_dir.iterdir()}
-    assert names == {"config.json", "configuration.json", "model.safetensors", "preprocessor_config.json"}
+    assert names == {"config.json", "configuration.json", "model.safetensors",
+                     "preprocessor_config.json"}
     config = json.loads((tiny_dir / "config.json").read_text())
     assert config == speech_tokenizer_config("tiny")
     pre = json.loads((tiny_dir / "preprocessor_config.json").read_text())
-    assert pre["feature_extractor_type"] == "EncodecFeatureExtractor" and pre["sampling_rate"] == 24000
+    assert pre["feature_extractor_type"] == "EncodecFeatureExtractor" \
+        and pre["sampling_rate"] == 24000
 
     tensors = load_file(tiny_dir / "model.safetensors")
-    encoder = {k[len("encoder.") :]: tuple(v.shape) for k, v in tensors.items() if k.startswith("encoder.")}
+    encoder = {k[len("encoder.") :]: tuple(v.shape) for k, v in tensors.items()
+               if k.startswith("encoder.")}
     assert encoder == encoder_tensor_shapes(config["encoder_config"])
     assert "quantizer.acoustic_residual_vector_quantizer.layers.30.codebook.embed_sum" in encoder
     decoder = {k[len("decoder.") :] for k in tensors if k.startswith("decoder.")}
@@ -287,7 +291,9 @@ def test_model_directory_instead_of_speech_tokenizer_gets_a_hint(broken: Path) -
 
 def test_missing_decoder_tensor_is_named(broken: Path) -> None:
     rewrite_tensors(broken, lambda t: t.pop("decoder.pre_transformer.layers.1.mlp.up_proj.weight"))
-    with pytest.raises(CodecCheckpointError, match=r"missing tensors: decoder\.pre_transformer\.layers\.1\.mlp\.up_proj\.weight"):
+    with pytest.raises(CodecCheckpointError,
+                       match=r"missing tensors: "
+                             r"decoder\.pre_transformer\.layers\.1\.mlp\.up_proj\.weight"):
         load_codec_decoder(broken)
 
 
@@ -297,13 +303,16 @@ def test_unexpected_decoder_tensor_is_named(broken: Path) -> None:
         t["speaker_encoder.fc.weight"] = torch.zeros(2, 2)
 
     rewrite_tensors(broken, edit)
-    with pytest.raises(CodecCheckpointError, match=r"unexpected tensors: .*layers\.2\.mlp\.up_proj.*speaker_encoder\.fc\.weight"):
+    with pytest.raises(CodecCheckpointError,
+                       match=r"unexpected tensors: "
+                             r".*layers\.2\.mlp\.up_proj.*speaker_encoder\.fc\.weight"):
         load_codec_decoder(broken)
 
 
 def test_wrong_shape_is_named(broken: Path) -> None:
     rewrite_tensors(broken, lambda t: t.update({"decoder.pre_conv.conv.bias": torch.zeros(5)}))
-    with pytest.raises(CodecCheckpointError, match=r"decoder\.pre_conv\.conv\.bias: file \(5,\) vs config \(48,\)"):
+    with pytest.raises(CodecCheckpointError,
+                       match=r"decoder\.pre_conv\.conv\.bias: file \(5,\) vs config \(48,\)"):
         load_codec_decoder(broken)
 
 

@@ -48,7 +48,8 @@ def stream(tiny: CodecDecoder) -> CodecStreamDecoder:
 
 
 def random_codes(batch: int, frames: int, seed: int) -> torch.Tensor:
-    return torch.randint(0, 2048, (batch, 16, frames), generator=torch.Generator().manual_seed(seed))
+    return torch.randint(0, 2048, (batch, 16, frames),
+                         generator=torch.Generator().manual_seed(seed))
 
 
 def offline(model: CodecDecoder, codes: torch.Tensor) -> torch.Tensor:
@@ -63,13 +64,15 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("frames", [1, 13, 100])  # one frame, ~1 s, past the window
 @pytest.mark.parametrize("packet", [1, 2, 4])
-def test_incremental_equals_offline(tiny: CodecDecoder, stream: CodecStreamDecoder, frames: int, packet: int) -> None:
+def test_incremental_equals_offline(tiny: CodecDecoder, stream: CodecStreamDecoder,
+                                    frames: int, packet: int) -> None:
     codes = random_codes(1, frames, seed=frames)
     state = stream.new_state()
     pieces = []
     for start in range(0, frames, packet):
         pcm = stream.step(state, codes[:, :, start : start + packet])
-        assert pcm.shape == (1, min(packet, frames - start) * SPF)  # exactly the new frames' samples
+        # exactly the new frames' samples
+        assert pcm.shape == (1, min(packet, frames - start) * SPF)
         pieces.append(pcm)
     assert state.frames.tolist() == [frames]
     assert max_diff(torch.cat(pieces, -1), offline(tiny, codes)) <= EXACT
@@ -80,7 +83,8 @@ def test_long_utterance_over_60_s(tiny: CodecDecoder, stream: CodecStreamDecoder
     codes = random_codes(1, frames, seed=800)
     ref = offline(tiny, codes)
     schedule = list(itertools.islice(itertools.cycle([1, 2, 3, 5, 8, 4, 1, 7]), 400))
-    irregular = schedule[: next(i for i in range(len(schedule)) if sum(schedule[: i + 1]) >= frames)]
+    irregular = schedule[: next(i for i in range(len(schedule))
+                                if sum(schedule[: i + 1]) >= frames)]
     irregular.append(frames - sum(irregular))
     for packets in (2, irregular):  # the irregular schedule mixes sizes 1 to 8
         assert max_diff(decode_in_packets(stream, codes, packets), ref) <= EXACT, packets
@@ -111,7 +115,8 @@ def test_the_carried_state_matters(tiny: CodecDecoder, stream: CodecStreamDecode
     assert max_diff(windowed, ref) > 1e-3
 
 
-def test_batch_of_streams_at_different_positions(tiny: CodecDecoder, stream: CodecStreamDecoder) -> None:
+def test_batch_of_streams_at_different_positions(tiny: CodecDecoder,
+                                                 stream: CodecStreamDecoder) -> None:
     """Three streams, started at different times (0, 30 and 90 frames in), step together
     as one batch for a while, then continue alone; each equals its own offline decode."""
     codes = [random_codes(1, 110, seed=s) for s in (11, 12, 13)]
@@ -162,16 +167,19 @@ def test_step_rejects_mismatched_batches_and_bad_codes(stream: CodecStreamDecode
 def test_grouped_query_attention_incremental_equals_offline() -> None:
     """Two query heads per KV head (as the `mid` preset has): the KV window is kept
     per KV head and expanded for the attention."""
-    gqa = build_random_codec_decoder(dataclasses.replace(decoder_config("tiny"), num_key_value_heads=1), seed=5)
+    gqa = build_random_codec_decoder(dataclasses.replace(decoder_config("tiny"),
+                                                         num_key_value_heads=1), seed=5)
     codes = random_codes(1, 90, seed=90)
-    assert max_diff(decode_in_packets(CodecStreamDecoder(gqa), codes, 4), offline(gqa, codes)) <= EXACT
+    assert max_diff(decode_in_packets(CodecStreamDecoder(gqa), codes, 4),
+                    offline(gqa, codes)) <= EXACT
 
 
 # --- capture safety -----------------------------------------------------------------------
 
 # Ops that read a value back to the host or whose output shape depends on data: none may
 # run inside a CUDA graph capture.
-HOST_READS = ("_local_scalar_dense", "nonzero", "unique", "masked_select", "repeat_interleave", "item")
+HOST_READS = ("_local_scalar_dense", "nonzero", "unique", "masked_select", "repeat_interleave",
+              "item")
 
 
 class _OpRecorder(TorchDispatchMode):
@@ -184,7 +192,8 @@ class _OpRecorder(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         out = func(*args, **(kwargs or {}))
         leaves = tree_flatten(out)[0]
-        self.ops.append((str(func), tuple(tuple(t.shape) for t in leaves if isinstance(t, torch.Tensor))))
+        self.ops.append((str(func),
+                         tuple(tuple(t.shape) for t in leaves if isinstance(t, torch.Tensor))))
         return out
 
 
@@ -200,7 +209,8 @@ def test_step_updates_state_in_place(stream: CodecStreamDecoder) -> None:
 def test_step_reads_nothing_back_and_its_shapes_do_not_depend_on_data() -> None:
     """The same ops on the same shapes at frame 0 and at frame 97 (attention window
     full, other codes), with no host read: what a CUDA graph replay needs."""
-    gqa = build_random_codec_decoder(dataclasses.replace(decoder_config("tiny"), num_key_value_heads=1), seed=5)
+    gqa = build_random_codec_decoder(dataclasses.replace(decoder_config("tiny"),
+                                                         num_key_value_heads=1), seed=5)
     dec = CodecStreamDecoder(gqa)
     state = dec.new_state(1)
     traces = []
@@ -227,7 +237,8 @@ def test_zeroed_state_is_a_fresh_stream(tiny: CodecDecoder, stream: CodecStreamD
     assert max_diff(got, offline(tiny, codes)) <= EXACT
 
 
-def test_step_and_offline_decode_run_strict_float32(tiny: CodecDecoder, stream: CodecStreamDecoder) -> None:
+def test_step_and_offline_decode_run_strict_float32(tiny: CodecDecoder,
+                                                    stream: CodecStreamDecoder) -> None:
     """Both paths run with TF32 off and deterministic cuDNN, and restore the caller's
     flags after."""
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
@@ -262,7 +273,8 @@ def test_windowed_is_exact_while_the_stream_fits_the_context(tiny: CodecDecoder)
 def test_windowed_is_approximate_beyond_the_context(tiny: CodecDecoder) -> None:
     codes = random_codes(1, 100, seed=41)
     ref = offline(tiny, codes)
-    err = {lc: max_diff(decode_in_packets(WindowedCodecDecoder(tiny, lc), codes, 2), ref) for lc in (0, 8, 72)}
+    err = {lc: max_diff(decode_in_packets(WindowedCodecDecoder(tiny, lc), codes, 2), ref)
+           for lc in (0, 8, 72)}
     assert err[0] > 1e-2 and err[8] > 1e-3  # too little context: clearly wrong
     assert err[72] < err[8]  # more context, smaller error
 

@@ -25,14 +25,18 @@ def write_artefacts(cache: CompileCache, payload: bytes, key: str | None = None)
 
     header = {"key": key or cache.key, "parts": cache.parts, "bytes": len(payload),
               "sha256": hashlib.sha256(payload).hexdigest()}
-    cache.artefacts_path.write_bytes(compile_cache.MAGIC + json.dumps(header).encode() + b"\n" + payload)
+    cache.artefacts_path.write_bytes(compile_cache.MAGIC + json.dumps(header).encode() + b"\n"
+                                     + payload)
 
 
 @pytest.mark.parametrize("damage, problem", [
     (lambda c: c.artefacts_path.write_bytes(b"\x00\x01garbage"), "not a streamtalk artefacts file"),
-    (lambda c: c.artefacts_path.write_bytes(compile_cache.MAGIC + b"{half a header"), "unreadable header"),
-    (lambda c: write_artefacts(c, b"payload", key="fedcba9876543210"), "written for key 'fedcba9876543210'"),
-    (lambda c: c.artefacts_path.write_bytes(c.artefacts_path.read_bytes()[:-3]), "truncated or altered"),
+    (lambda c: c.artefacts_path.write_bytes(compile_cache.MAGIC + b"{half a header"),
+     "unreadable header"),
+    (lambda c: write_artefacts(c, b"payload", key="fedcba9876543210"),
+     "written for key 'fedcba9876543210'"),
+    (lambda c: c.artefacts_path.write_bytes(c.artefacts_path.read_bytes()[:-3]),
+     "truncated or altered"),
     (lambda c: None, "torch could not read them"),  # a well-formed file of bytes torch cannot read
 ])
 def test_an_unusable_artefacts_file_is_removed_with_a_warning(cache, caplog, damage, problem):

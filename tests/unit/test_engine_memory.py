@@ -29,12 +29,15 @@ def test_the_parts_come_from_the_samples_and_add_up_to_the_peak():
     assert (a.weights_mib, a.rows_mib, a.graphs_mib) == (1900, 7500, 1800)
     assert a.workspace_mib == 13000 - 2 - 1900 - 7500 - 1800
     assert a.weights_mib + a.rows_mib + a.graphs_mib + a.workspace_mib + 2 == a.peak_reserved_mib
-    assert (a.reserved_mib, a.device_total_mib, a.device_free_mib, a.row_pool_mib) == (12000, 143771, 130000, 7400)
-    assert "weights 1900 MiB, rows 7500 MiB (64 rows x 1024 positions), graphs 1800 MiB" in a.summary()
+    assert (a.reserved_mib, a.device_total_mib, a.device_free_mib,
+            a.row_pool_mib) == (12000, 143771, 130000, 7400)
+    assert "weights 1900 MiB, rows 7500 MiB (64 rows x 1024 positions), graphs 1800 MiB" \
+        in a.summary()
 
 
 def test_a_peak_the_parts_explain_leaves_no_workspace():
-    a = account_of("cuda:0", 64, 1024, 0, SAMPLES, peak_reserved=11000 * MIB, device_total=1, device_free=1)
+    a = account_of("cuda:0", 64, 1024, 0, SAMPLES, peak_reserved=11000 * MIB, device_total=1,
+                   device_free=1)
     assert a.workspace_mib == 0
 
 
@@ -49,6 +52,8 @@ def test_a_cpu_probe_measures_nothing():
     for point in POINTS[1:]:
         probe.mark(point, settle=True)
     a = probe.account(2, 256, 5 * MIB)
-    assert a.device == "cpu" and (a.weights_mib, a.rows_mib, a.graphs_mib, a.workspace_mib) == (0, 0, 0, 0)
-    assert a.summary() == "engine memory on cpu: not measured (the row pool holds 5 MiB, 2 rows x 256 positions)"
+    assert a.device == "cpu" \
+        and (a.weights_mib, a.rows_mib, a.graphs_mib, a.workspace_mib) == (0, 0, 0, 0)
+    assert a.summary() == ("engine memory on cpu: not measured (the row pool holds 5 MiB, "
+                           "2 rows x 256 positions)")
 

@@ -28,27 +28,29 @@ def test_the_visible_gpus_are_those_cuda_visible_devices_allows() -> None:
     listed = ["0", "1", "2", "3"]
     assert visible_gpus(None, listed) == listed  # unset: all that nvidia-smi lists
     assert visible_gpus("2,3", listed) == ["2", "3"]
-    assert visible_gpus(" GPU-5e1a , GPU-77b0", listed) == ["GPU-5e1a", "GPU-77b0"]  # UUIDs kept as given
+    # UUIDs kept as given
+    assert visible_gpus(" GPU-5e1a , GPU-77b0", listed) == ["GPU-5e1a", "GPU-77b0"]
     assert visible_gpus("", listed) == []  # set but empty: no GPU
     assert visible_gpus(None, []) == []
 
 
-def run_cli(tmp_path: Path, gpus: int | None, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def run_cli(tmp_path: Path, gpus: int | None, *args: str,
+            **env: str) -> subprocess.CompletedProcess[str]:
     """The CLI start_all.sh calls, with an nvidia-smi that lists `gpus` GPUs (None: it finds
     no driver, as on a box without GPUs)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     smi = bin_dir / "nvidia-smi"
     if gpus is None:
-        smi.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate with the "
-                       "NVIDIA driver.'\nexit 9\n")
+        smi.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate "
+                       "with the NVIDIA driver.'\nexit 9\n")
     else:
         smi.write_text("#!/bin/sh\n[ \"$1\" = --query-gpu=index ] || exit 2\n"
                        + "".join(f"echo {i}\n" for i in range(gpus)))
     smi.chmod(0o755)
     base = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
-    return subprocess.run([sys.executable, "-m", "streamtalk_common.gpu_assignment", *args], cwd=REPO_ROOT,
-                          env={**base, "PATH": f"{bin_dir}:/usr/bin:/bin", **env},
+    return subprocess.run([sys.executable, "-m", "streamtalk_common.gpu_assignment", *args],
+                          cwd=REPO_ROOT, env={**base, "PATH": f"{bin_dir}:/usr/bin:/bin", **env},
                           capture_output=True, text=True, timeout=30)
 
 

@@ -88,7 +88,8 @@ async def test_nesting_beyond_the_bound_is_refused_and_within_it_reaches_the_mod
     deep = b'{"text": "hi", "x": ' + b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH + b"}"
     status, body, _ = await call(client, "POST", "/echo", deep)
     assert status == 400 and f"deeper than {MAX_JSON_DEPTH}" in body["error"]["message"]
-    shallow = b'{"text": "hi", "x": ' + b"[" * (MAX_JSON_DEPTH - 2) + b"]" * (MAX_JSON_DEPTH - 2) + b"}"
+    shallow = (b'{"text": "hi", "x": ' + b"[" * (MAX_JSON_DEPTH - 2) + b"]" * (MAX_JSON_DEPTH - 2)
+               + b"}")
     status, body, _ = await call(client, "POST", "/echo", shallow)
     assert status == 400 and body["error"]["field"] == "x"  # refused by the model, not the bound
 
@@ -99,7 +100,8 @@ def test_brackets_inside_strings_do_not_count() -> None:
 
 
 async def test_a_good_body_passes(client) -> None:
-    status, body, _ = await call(client, "POST", "/echo", json.dumps({"text": "hi", "seed": 2**63 - 1}).encode())
+    status, body, _ = await call(client, "POST", "/echo",
+                                 json.dumps({"text": "hi", "seed": 2**63 - 1}).encode())
     assert status == 200 and body == {"text": "hi", "seed": 2**63 - 1}
 
 
@@ -120,17 +122,21 @@ async def test_a_bug_is_a_json_500_and_a_refusal_keeps_its_headers(client, caplo
     assert status == 500 and body["error"]["code"] == "internal_error"
     assert "a bug" in caplog.text and "a bug" not in json.dumps(body)
     status, body, headers = await call(client, "GET", "/refused")
-    assert status == 503 and headers["Retry-After"] == "2" and body["error"]["code"] == "over_capacity"
+    assert status == 503 and headers["Retry-After"] == "2" \
+        and body["error"]["code"] == "over_capacity"
 
 
 def test_the_openapi_document_carries_the_models_constraints() -> None:
-    doc = openapi_document("echo", "1", [Operation("POST", "/echo", "echo", Echo, {200: "ok", 400: "bad"})])
+    doc = openapi_document("echo", "1",
+                           [Operation("POST", "/echo", "echo", Echo, {200: "ok", 400: "bad"})])
     schema = doc["components"]["schemas"]["Echo"]
     assert schema["properties"]["text"]["maxLength"] == 20
     assert schema["required"] == ["text"] and schema["additionalProperties"] is False
     op = doc["paths"]["/echo"]["post"]
-    assert op["requestBody"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/Echo"
-    assert op["responses"]["400"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/Error"
+    assert (op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+            == "#/components/schemas/Echo")
+    assert (op["responses"]["400"]["content"]["application/json"]["schema"]["$ref"]
+            == "#/components/schemas/Error")
 
 
 async def test_a_client_that_goes_away_is_an_info_line(caplog) -> None:
@@ -170,7 +176,8 @@ async def test_a_request_that_is_not_http_is_an_info_line(client, caplog) -> Non
     writer.close()
     assert status_line.split()[1] == b"400", status_line
     server = [r for r in caplog.records if r.name == "aiohttp.server"]
-    assert server and all(r.levelno == logging.INFO and r.exc_info is None for r in server), caplog.text
+    assert server and all(r.levelno == logging.INFO and r.exc_info is None
+                          for r in server), caplog.text
     assert "malformed HTTP" in server[0].getMessage()
 
 
@@ -181,5 +188,6 @@ def test_a_security_scheme_guards_every_operation_but_the_open_ones() -> None:
     assert doc["paths"]["/echo"]["post"]["security"] == [{"bearer": []}]
     assert doc["paths"]["/healthz"]["get"]["security"] == []
     doc = openapi_document("echo", "1", ops, security=api_key_header("X-Key"))
-    assert doc["components"]["securitySchemes"]["key"] == {"type": "apiKey", "in": "header", "name": "X-Key"}
+    assert doc["components"]["securitySchemes"]["key"] == {"type": "apiKey", "in": "header",
+                                                           "name": "X-Key"}
     assert "security" not in openapi_document("echo", "1", ops)["paths"]["/echo"]["post"]

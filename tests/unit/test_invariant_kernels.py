@@ -33,7 +33,8 @@ cases = pytest.mark.skipif(not INTERPRETED, reason="run under the interpreter by
 @pytest.mark.skipif(INTERPRETED, reason="this process is the interpreted run")
 def test_the_kernels_under_the_triton_interpreter():
     here = Path(__file__)
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--noconftest", str(here)],
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "--noconftest", str(here)],
                          cwd=here.parents[2], env={**os.environ, "TRITON_INTERPRET": "1"},
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
@@ -71,18 +72,21 @@ def test_the_kernels_compile_for_the_h200():
         cfg = k.gemm_config(n, kk, dtype)
         name = {torch.bfloat16: "*bf16", torch.float32: "*fp32"}[dtype]
         return compile_asm(k._gemm_kernel, dict.fromkeys(("x", "w", "bias", "out"), name),
-                           {"N": n, "K": kk, "TAPS": taps, "DILATION": 3, "HAS_BIAS": has_bias, "PRECISION": precision,
-                            "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k}, unit,
+                           {"N": n, "K": kk, "TAPS": taps, "DILATION": 3, "HAS_BIAS": has_bias,
+                            "PRECISION": precision, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
+                            "BLOCK_K": cfg.block_k}, unit,
                            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
     linear = gemm(torch.bfloat16, 3072, 1024, 1, "tf32", False, unit=("s_xc", "s_wk", "s_on"))
     assert "wgmma" in linear["ptx"] and "async_copy_global_to_local" in linear["ttgir"]
     for precision in ("tf32", "ieee"):  # the decoder's convs: time steps contiguous
         gemm(torch.float32, 96, 672, 7, precision, True, unit=("s_xl", "s_wk", "s_ol"))
-    compile_asm(k._row_sum_kernel, {"x": "*fp32", "out": "*fp32"}, {"N": 1024, "BLOCK": 1024}, num_warps=4)
+    compile_asm(k._row_sum_kernel, {"x": "*fp32", "out": "*fp32"}, {"N": 1024, "BLOCK": 1024},
+                num_warps=4)
     for dtype, dim, precision in (("bf16", 128, "tf32"), ("fp32", 64, "ieee")):
         for mode in (k.MASK_NONE, k.MASK_CAUSAL, k.MASK_TENSOR):
-            compile_asm(k._attention_kernel, {**dict.fromkeys(("q", "k", "v", "out"), f"*{dtype}"), "mask": "*i1"},
+            compile_asm(k._attention_kernel,
+                        {**dict.fromkeys(("q", "k", "v", "out"), f"*{dtype}"), "mask": "*i1"},
                         {"H": 16, "GROUPS": 2, "D": dim, "MASK_MODE": mode, "PRECISION": precision,
                          "BLOCK_M": k.ATTENTION_BLOCK_M, "BLOCK_N": k.ATTENTION_BLOCK_N},
                         scalars={"scale": "fp32"}, num_warps=4)
@@ -114,13 +118,15 @@ def close(a: torch.Tensor, b: torch.Tensor, tol: float) -> None:
 
 def row_groups(total: int) -> list[tuple[int, int]]:
     """(start, stop) of calls of each size in BATCHES, at different offsets."""
-    return [(start, start + size) for size in BATCHES for start in {0, (total - size) // 2, total - size}]
+    return [(start, start + size) for size in BATCHES
+            for start in {0, (total - size) // 2, total - size}]
 
 
 @cases
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.float16, 2e-2)])
 def test_linear_matches_torch_and_a_row_is_the_same_in_any_batch(kernels, dtype, tol):
-    x, w, b = rand(64, 48, dtype=dtype), rand(80, 48, dtype=dtype, seed=1), rand(80, dtype=dtype, seed=2)
+    x, w, b = (rand(64, 48, dtype=dtype), rand(80, 48, dtype=dtype, seed=1),
+               rand(80, dtype=dtype, seed=2))
     full = kernels.linear(x, w, b)
     close(full, F.linear(x.float(), w.float(), b.float()), tol)
     close(kernels.linear(x, w, None), F.linear(x.float(), w.float()), tol)
@@ -140,7 +146,8 @@ def test_linear_keeps_leading_dimensions(kernels):
 def test_gemm_tiles_depend_on_the_weight_shape_only(kernels):
     config = kernels.gemm_config(3072, 1024, torch.bfloat16)
     assert (config.block_m, config.block_n, config.block_k) == (64, 32, 64)
-    assert [kernels.gemm_config(n, 1024, torch.bfloat16).block_n for n in (64, 1024, 2048, 8192)] == [16, 16, 32, 64]
+    assert [kernels.gemm_config(n, 1024, torch.bfloat16).block_n
+            for n in (64, 1024, 2048, 8192)] == [16, 16, 32, 64]
     assert kernels.gemm_config(16, 1024, torch.float32).block_n == 16
     assert kernels.gemm_config(64, 16, torch.float32).block_k == 16
 
@@ -154,7 +161,8 @@ def test_conv1d_matches_torch_and_a_stream_is_the_same_in_any_batch(kernels):
         assert torch.equal(kernels.conv1d(x[start:stop], w, b, dilation=3), full[start:stop])
     # an input that is a view (the decoder's tail + new columns) reads the same values
     wide = rand(4, 12, 30, seed=3)
-    assert torch.equal(kernels.conv1d(wide[..., 5:25], w, b, 3), kernels.conv1d(wide[..., 5:25].contiguous(), w, b, 3))
+    assert torch.equal(kernels.conv1d(wide[..., 5:25], w, b, 3),
+                       kernels.conv1d(wide[..., 5:25].contiguous(), w, b, 3))
 
 
 @cases
@@ -163,7 +171,8 @@ def test_transposed_conv_matches_torch_and_a_stream_is_the_same_in_any_batch(mod
     x, w, b = rand(64, 12, 5), rand(12, 10, taps, seed=1), rand(10, seed=2)
     with mode:
         full = F.conv_transpose1d(x, w, b, stride=4)
-        parts = {(start, stop): F.conv_transpose1d(x[start:stop], w, b, stride=4) for start, stop in row_groups(64)}
+        parts = {(start, stop): F.conv_transpose1d(x[start:stop], w, b, stride=4)
+                 for start, stop in row_groups(64)}
         unbiased = F.conv_transpose1d(x, w, None, 4)
     close(full, F.conv_transpose1d(x, w, b, stride=4), 1e-4)
     close(unbiased, F.conv_transpose1d(x, w, None, 4), 1e-4)
@@ -202,14 +211,16 @@ def test_decode_attention_matches_torch_and_ignores_the_span_and_the_batch(kerne
     q, k, v = rand(b, 4, 1, 16), rand(b, 2, 256, 16, seed=1), rand(b, 2, 256, 16, seed=2)
     at_256 = kernels.attention(q, k, v, decode_mask(positions, 256), causal=False)
     reference = F.scaled_dot_product_attention(q, k[:, :, :130], v[:, :, :130],
-                                               attn_mask=decode_mask(positions, 130), enable_gqa=True)
+                                               attn_mask=decode_mask(positions, 130),
+                                               enable_gqa=True)
     close(at_256, reference, 1e-5)
     # a shorter span (another batch's longest row) leaves every row's keys and result alone
-    at_130 = kernels.attention(q, k[:, :, :130], v[:, :, :130], decode_mask(positions, 130), causal=False)
+    at_130 = kernels.attention(q, k[:, :, :130], v[:, :, :130], decode_mask(positions, 130),
+                               causal=False)
     assert torch.equal(at_130, at_256)
     for i in range(b):
-        alone = kernels.attention(q[i : i + 1], k[i : i + 1], v[i : i + 1], decode_mask(positions[i : i + 1], 256),
-                                  causal=False)
+        alone = kernels.attention(q[i : i + 1], k[i : i + 1], v[i : i + 1],
+                                  decode_mask(positions[i : i + 1], 256), causal=False)
         assert torch.equal(alone, at_256[i : i + 1])
 
 
@@ -228,16 +239,20 @@ def test_windowed_attention_with_a_per_query_mask_and_all_visible(kernels):
     q, k, v = rand(3, 2, 2, 16), rand(3, 2, 73, 16, seed=1), rand(3, 2, 73, 16, seed=2)
     slots = torch.arange(73)
     first = torch.tensor([0, 30, 71])  # the oldest visible slot of each stream
-    mask = ((slots[None, None, :] >= first[:, None, None]) & (slots[None, None, :] <= 71 + torch.arange(2)[None, :, None]))
+    mask = ((slots[None, None, :] >= first[:, None, None])
+            & (slots[None, None, :] <= 71 + torch.arange(2)[None, :, None]))
     mask = mask[:, None]  # [B, 1, 2, 73]
-    close(kernels.attention(q, k, v, mask, causal=False), F.scaled_dot_product_attention(q, k, v, attn_mask=mask), 1e-5)
-    close(kernels.attention(q, k, v, None, causal=False), F.scaled_dot_product_attention(q, k, v), 1e-5)
+    close(kernels.attention(q, k, v, mask, causal=False),
+          F.scaled_dot_product_attention(q, k, v, attn_mask=mask), 1e-5)
+    close(kernels.attention(q, k, v, None, causal=False), F.scaled_dot_product_attention(q, k, v),
+          1e-5)
 
 
 @cases
 def test_attention_refuses_shapes_it_cannot_tile(kernels):
     with pytest.raises(ValueError, match="power of two"):
-        kernels.attention(rand(1, 2, 1, 24), rand(1, 2, 4, 24), rand(1, 2, 4, 24), None, causal=False)
+        kernels.attention(rand(1, 2, 1, 24), rand(1, 2, 4, 24), rand(1, 2, 4, 24), None,
+                          causal=False)
 
 
 @cases
@@ -278,9 +293,11 @@ def test_the_mode_routes_the_models_layers_to_the_kernels(kernels, mode):
     q, k, v = rand(2, 4, 1, 16), rand(2, 2, 64, 16, seed=1), rand(2, 2, 64, 16, seed=2)
     mask = decode_mask([10, 50], 64)
     with mode, torch.no_grad():
-        routed = linear(x), conv(xc), F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        routed = (linear(x), conv(xc),
+                  F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True))
     with torch.no_grad():
-        direct = (kernels.linear(x, linear.weight, linear.bias), kernels.conv1d(xc, conv.weight, conv.bias, 3),
+        direct = (kernels.linear(x, linear.weight, linear.bias),
+                  kernels.conv1d(xc, conv.weight, conv.bias, 3),
                   kernels.attention(q, k, v, mask, causal=False))
     for a, b in zip(routed, direct, strict=True):
         assert torch.equal(a, b)

@@ -46,9 +46,11 @@ def test_values_are_parsed_by_kind_and_blank_is_unset() -> None:
     assert demo({}) == Demo()
     d = demo({"DEMO_RATE": " 0.5 ", "DEMO_COUNT": "7", "DEMO_MODE": "SLOW", "DEMO_ON": "yes",
               "DEMO_PATH": "/tmp/x", "DEMO_NAME": "  "})
-    assert (d.rate, d.count, d.mode, d.on, d.path, d.name) == (0.5, 7, "slow", True, Path("/tmp/x"), "x")
+    assert (d.rate, d.count, d.mode, d.on, d.path,
+            d.name) == (0.5, 7, "slow", True, Path("/tmp/x"), "x")
     assert demo({"DEMO_ON": "off"}).on is False
-    assert demo({"OTHER_NAME": "b"}).name == "b" and demo({"OTHER_NAME": "b", "DEMO_NAME": "a"}).name == "a"
+    assert demo({"OTHER_NAME": "b"}).name == "b" \
+        and demo({"OTHER_NAME": "b", "DEMO_NAME": "a"}).name == "a"
     assert demo({"DEMO_COUNT": "7"}, count=9, mode=None) == Demo(count=9)  # None: no override
 
 
@@ -61,18 +63,23 @@ def test_values_are_parsed_by_kind_and_blank_is_unset() -> None:
     ({"DEMO_RATE": "0"}, {}, "DEMO_RATE=0.0 is out of range (0, 10] (the flag --rate sets it too)"),
     ({}, {"rate": 11.0}, "DEMO_RATE=11.0 is out of range (0, 10]"),  # an override is checked too
     ({"DEMO_FIXED": "1"}, {}, "DEMO_FIXED='1'; valid: only 0 (one value only)"),
-    ({"OLD_RATE": "1", "OLDER_RATE": "2"}, {}, "OLD_RATE=1 and OLDER_RATE=2 disagree; they are old names of DEMO_RATE"),
+    ({"OLD_RATE": "1", "OLDER_RATE": "2"}, {},
+     "OLD_RATE=1 and OLDER_RATE=2 disagree; they are old names of DEMO_RATE"),
 ])
-def test_bad_values_name_the_variable_and_what_is_valid(env: dict[str, str], overrides: dict[str, object],
+def test_bad_values_name_the_variable_and_what_is_valid(env: dict[str, str],
+                                                        overrides: dict[str, object],
                                                           said: str) -> None:
     with pytest.raises(DemoError) as caught:
         demo(env, **overrides)
     assert str(caught.value).startswith(said)
 
 
-def test_old_names_are_read_as_the_new_one_and_removed_names_ignored(caplog: pytest.LogCaptureFixture) -> None:
+def test_old_names_are_read_as_the_new_one_and_removed_names_ignored(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     with caplog.at_level(logging.WARNING, logger="test_knobs"):
-        assert demo({"OLD_RATE": "4", "OLDER_RATE": "4.0", "DEMO_GONE": "1", "DEMO_FIXED": "0"}).rate == 4.0
+        assert demo({"OLD_RATE": "4", "OLDER_RATE": "4.0",
+                     "DEMO_GONE": "1", "DEMO_FIXED": "0"}).rate == 4.0
     assert caplog.messages == [
         "DEMO_GONE does nothing and was removed (nothing reads it); ignored",
         "OLD_RATE is deprecated: it is read as DEMO_RATE, set that instead",
@@ -108,7 +115,8 @@ def test_the_markdown_table_has_a_row_per_name() -> None:
     assert "| `DEMO_ON` | `0` | `1`, `0` | switch |" in rows
     assert "| `DEMO_NAME`, else `OTHER_NAME` | `x` |  | a name |" in rows
     assert "| `DEMO_PATH` | unset |  | a folder |" in rows
-    assert "| `DEMO_FIXED` | `0` | only `0` | a constant, kept for its name: one value only |" in rows
+    assert "| `DEMO_FIXED` | `0` | only `0` | a constant, kept for its name: one value only |" \
+        in rows
     assert "| `OLD_RATE` | | | old name of `DEMO_RATE` (a deprecation warning) |" in rows
     assert "| `DEMO_GONE` | | | removed, ignored with a warning: nothing reads it |" in rows
 
@@ -122,7 +130,9 @@ def test_the_docs_hold_every_package_table_as_generated() -> None:
 # --------------------------------------------------------------------------- the packages' tables
 
 
-def test_the_engine_refuses_its_constants_and_ignores_removed_knobs(caplog: pytest.LogCaptureFixture) -> None:
+def test_the_engine_refuses_its_constants_and_ignores_removed_knobs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     from tts_engine.config import ConfigValueError, EngineConfig
 
     for name in ("TTS_DEEP_STREAM_PROCESS", "TTS_CODEGEN_GROUP_PARALLEL"):
@@ -145,10 +155,14 @@ def test_the_old_cuda_graph_switches_set_tts_cuda_graphs(caplog: pytest.LogCaptu
     assert EngineConfig.from_env({"TTS_CUDA_GRAPHS": "0"}).cuda_graphs is False
     with caplog.at_level(logging.WARNING, logger="tts_engine.config"):
         assert EngineConfig.from_env({"TTS_CODEGEN_CUDAGRAPH_TALKER": "0"}).cuda_graphs is False
-        assert EngineConfig.from_env({"TTS_CODEGEN_CUDAGRAPH_CP": "1", "TTS_DECODER_CUDAGRAPH": "1"}).cuda_graphs
-    assert caplog.messages == [f"{old} is deprecated: it is read as TTS_CUDA_GRAPHS, set that instead" for old in
-                               ("TTS_CODEGEN_CUDAGRAPH_TALKER", "TTS_CODEGEN_CUDAGRAPH_CP", "TTS_DECODER_CUDAGRAPH")]
-    with pytest.raises(ConfigValueError, match="TTS_CODEGEN_CUDAGRAPH_TALKER=0 and TTS_DECODER_CUDAGRAPH=1 disagree"):
+        assert EngineConfig.from_env({"TTS_CODEGEN_CUDAGRAPH_CP": "1",
+                                      "TTS_DECODER_CUDAGRAPH": "1"}).cuda_graphs
+    assert caplog.messages == [
+        f"{old} is deprecated: it is read as TTS_CUDA_GRAPHS, set that instead"
+        for old in ("TTS_CODEGEN_CUDAGRAPH_TALKER", "TTS_CODEGEN_CUDAGRAPH_CP",
+                    "TTS_DECODER_CUDAGRAPH")]
+    with pytest.raises(ConfigValueError,
+                       match="TTS_CODEGEN_CUDAGRAPH_TALKER=0 and TTS_DECODER_CUDAGRAPH=1 disagree"):
         EngineConfig.from_env({"TTS_CODEGEN_CUDAGRAPH_TALKER": "0", "TTS_DECODER_CUDAGRAPH": "1"})
     with pytest.raises(ConfigValueError, match="TTS_CUDA_GRAPHS='2' is not a boolean"):
         EngineConfig.from_env({"TTS_CUDA_GRAPHS": "2"})

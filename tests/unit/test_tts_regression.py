@@ -43,7 +43,8 @@ def test_snr_penalises_length_mismatch():
     x = _noise(24000, 2)
     truncated = M.snr_db(x, x[:12000])
     assert truncated == pytest.approx(10 * np.log10(np.sum(x.astype(np.float64) ** 2)
-                                                    / np.sum(x[12000:].astype(np.float64) ** 2)), abs=1e-6)
+                                                    / np.sum(x[12000:].astype(np.float64) ** 2)),
+                                      abs=1e-6)
     assert truncated < 15.0
 
 
@@ -87,7 +88,8 @@ def test_a_loop_the_baseline_had_is_known_and_any_other_is_new():
     loops = M.code_repeats(_random_codes(5, 22) + block * 3 + _random_codes(30, 23) + block * 3)
     assert len(loops) == 2
     assert new_code_repeats(loops, {"code_repeats": loops[:1]}) == (loops[1:], loops[:1])
-    assert new_code_repeats(loops, {"code_repeats": [dict(loops[0], start=loops[0]["start"] + 1)]}) == (loops, [])
+    assert new_code_repeats(
+        loops, {"code_repeats": [dict(loops[0], start=loops[0]["start"] + 1)]}) == (loops, [])
     assert new_code_repeats(loops, None) == (loops, [])  # no baseline: every loop is new
 
 
@@ -98,7 +100,8 @@ def test_code_repeat_clean_random_sequence():
 def test_audio_repeat_detects_duplicated_second():
     frames = M.AUDIO_REPEAT_MIN_FRAMES * M.SAMPLES_PER_FRAME
     chunk = _noise(frames, 21)
-    pcm = np.concatenate([_noise(3 * M.SAMPLES_PER_FRAME, 22), chunk, chunk, _noise(2 * M.SAMPLES_PER_FRAME, 23)])
+    pcm = np.concatenate([_noise(3 * M.SAMPLES_PER_FRAME, 22), chunk, chunk,
+                          _noise(2 * M.SAMPLES_PER_FRAME, 23)])
     assert M.audio_repeats(pcm) == [{"start": 3, "length": M.AUDIO_REPEAT_MIN_FRAMES, "count": 2}]
 
 
@@ -125,7 +128,8 @@ def test_bad_audio_counts_problems():
     assert bad["clipped_fraction"] == pytest.approx(10 / (4 * spf - 1))
     assert bad["packet_samples_mismatch"] == 0
     clean = M.bad_audio(_noise(4 * spf, 27), [1, 1, 2])
-    assert (clean["silent_packets"], clean["nonfinite_samples"], clean["empty"], clean["all_zero"]) == (0, 0, False, False)
+    assert (clean["silent_packets"], clean["nonfinite_samples"], clean["empty"],
+            clean["all_zero"]) == (0, 0, False, False)
     assert M.bad_audio(np.zeros(0, dtype=np.float32), [])["empty"]
 
 
@@ -136,7 +140,8 @@ def _planted(case_id: str, pcm: np.ndarray, hashes: list[str]) -> CaseResult:
     return CaseResult(case={"id": case_id, "text": "x", "speaker": "serena", "language": "english"},
                       hashes=hashes, ttfa_ms=[10.0] * len(hashes), wall_ms=[1.0] * len(hashes),
                       stream_pcm=pcm, offline_pcm=pcm.copy(), codes0=_random_codes(frames, 30),
-                      packet_frames=[1] * frames, frames=frames, stop_reason="eos", offline_stop_reason="eos")
+                      packet_frames=[1] * frames, frames=frames, stop_reason="eos",
+                      offline_stop_reason="eos")
 
 
 def test_evaluate_missing_baseline_and_nondeterminism(tmp_path):
@@ -153,7 +158,8 @@ def test_evaluate_missing_baseline_and_nondeterminism(tmp_path):
 def test_evaluate_duration_drift_fails(tmp_path):
     pcm = _noise(20 * M.SAMPLES_PER_FRAME, 32)
     r = _planted("a", pcm, ["h"])
-    r.offline_pcm = np.concatenate([pcm, _noise(8 * M.SAMPLES_PER_FRAME, 33)])  # 640 ms longer offline
+    # 640 ms longer offline
+    r.offline_pcm = np.concatenate([pcm, _noise(8 * M.SAMPLES_PER_FRAME, 33)])
     _, gates = evaluate([r], thresholds_for("gpu"), tmp_path)
     assert not gates["abs_duration_diff_ms"]["pass"]
     assert "diff 640 > 500 ms" in gates["abs_duration_diff_ms"]["reasons"][0]
@@ -161,7 +167,8 @@ def test_evaluate_duration_drift_fails(tmp_path):
 
 def test_ci_profile_is_calibrated():
     th = thresholds_for("ci")
-    calib = json.loads((REPO_ROOT / "tools" / "tts_regression" / "profiles.json").read_text())["profiles"]["ci"]["calibration"]
+    calib = json.loads((REPO_ROOT / "tools" / "tts_regression" / "profiles.json").read_text())[
+        "profiles"]["ci"]["calibration"]
     assert isinstance(th["ttfa_p95_ms_max"], int) and th["ttfa_p95_ms_max"] > 0
     assert th["ttfa_p95_ms_max"] >= max(r["p95_ms"] for r in calib["rounds"])
     assert thresholds_for("gpu")["ttfa_p95_ms_max"] == 350
@@ -172,4 +179,5 @@ def test_profiles_name_their_device_and_baselines_are_per_device():
     assert "device" not in thresholds_for("gpu")
     assert baseline_dir_for({"device": "cpu", "card": "x86_64"}) == GOLDEN
     assert baseline_dir_for({"device": "cuda", "card": "NVIDIA H200"}) == GOLDEN / "gpu-h200"
-    assert baseline_dir_for({"device": "cuda", "card": "NVIDIA H100 80GB HBM3"}) == GOLDEN / "gpu-h100-80gb-hbm3"
+    assert (baseline_dir_for({"device": "cuda", "card": "NVIDIA H100 80GB HBM3"})
+            == GOLDEN / "gpu-h100-80gb-hbm3")

@@ -55,7 +55,8 @@ def analyse(run_dirs: list[Path]) -> dict[str, Any]:
     out: dict[str, Any] = {"runs": names, "n_runs": len(runs),
                            "samples": sum(len(r["rows"]) for r in runs), "metrics": {}}
     for name, (key, how, p0_only) in METRICS.items():
-        stats = [(n, run_stat(r["rows"], key, how, p0_only)) for n, r in zip(names, runs, strict=True)]
+        stats = [(n, run_stat(r["rows"], key, how, p0_only))
+                 for n, r in zip(names, runs, strict=True)]
         stats = [(n, x) for n, x in stats if x is not None]  # a run without data has no say
         vals = [x for _, x in stats]
         per_case = [v for r in runs for v in gated_values(r["rows"], key, p0_only)]

@@ -79,7 +79,8 @@ async def run_bounded(bot: Bot, args: argparse.Namespace, name: str) -> dict[str
         return await asyncio.wait_for(bot.run(), args.timeout_s)
     except TimeoutError:
         return {"trace_id": args.trace_id, "case_id": args.case_id, "ok": False,
-                "error": f"{name} timed out after {args.timeout_s:.0f} s", "agent_events": bot.events}
+                "error": f"{name} timed out after {args.timeout_s:.0f} s",
+                "agent_events": bot.events}
     finally:
         await bot.close()
 

@@ -52,7 +52,8 @@ def converse(stack: Stack, url: str, case: dict[str, Any], wav_dir: Path, out: P
     """One conversation in a room made through node `url`: its AutoRTC metrics row."""
     wavs = make_case(case, wav_dir)
     run_id = "load" + uuid.uuid4().hex[:8]
-    cdir, info = run_attempt(dataclasses.replace(stack, livekit_url=url), case, wavs, run_id, 1, 1, out, args)
+    cdir, info = run_attempt(dataclasses.replace(stack, livekit_url=url), case, wavs, run_id, 1, 1,
+                             out, args)
     row = audio_metrics.case_metrics(cdir, case, wavs["wav"])
     probe = cdir / "probe_result.json"
     row.update({"room": info["room"], "node": url, "retries": 0,
@@ -87,8 +88,10 @@ def run_k(stack: Stack, k: int, cases: list[dict[str, Any]], wav_dir: Path, out:
     return rows
 
 
-def summary(k: int, rows: list[dict[str, Any]], profile: dict[str, Any], wall_s: float) -> dict[str, Any]:
-    latencies = [r["eot_to_first_audio_ms"] for r in rows if r.get("eot_to_first_audio_ms") is not None]
+def summary(k: int, rows: list[dict[str, Any]], profile: dict[str, Any],
+            wall_s: float) -> dict[str, Any]:
+    latencies = [r["eot_to_first_audio_ms"] for r in rows
+                 if r.get("eot_to_first_audio_ms") is not None]
     result = gates.evaluate(rows, profile, None)
     return {
         "k": k, "conversations": len(rows), "wall_s": round(wall_s, 1),
@@ -108,9 +111,10 @@ def run(args: argparse.Namespace) -> int:
     profile = gates.load_profile(args.profile)
     cases = list(itertools.islice(itertools.cycle(load_cases(args.cases)), args.per_k))
     t0 = time.monotonic()
-    print(f"[load] starting {args.nodes} LiveKit node(s) and {args.workers} worker(s) (logs in {out / 'logs'})",
-          flush=True)
-    stack = start_stack(out / "logs", (out / "agent-output").resolve(), nodes=args.nodes, workers=args.workers)
+    print(f"[load] starting {args.nodes} LiveKit node(s) and {args.workers} worker(s) "
+          f"(logs in {out / 'logs'})", flush=True)
+    stack = start_stack(out / "logs", (out / "agent-output").resolve(), nodes=args.nodes,
+                        workers=args.workers)
     per_k: list[dict[str, Any]] = []
     rows_by_k: dict[str, list[dict[str, Any]]] = {}
     try:
@@ -133,12 +137,12 @@ def run(args: argparse.Namespace) -> int:
               "max ms": s["eot_to_first_audio_max_ms"],
               "rooms per worker": " ".join(f"{w}:{n}" for w, n in s["rooms_per_worker"].items()),
               "gates": s["verdict"]} for s in per_k]
-    print_table(f"load tier: {args.nodes} node(s), {args.workers} worker(s), profile {args.profile} "
-                f"(gate P95 {limit} ms)", table)
+    print_table(f"load tier: {args.nodes} node(s), {args.workers} worker(s), "
+                f"profile {args.profile} (gate P95 {limit} ms)", table)
     png = load_png(out / "load.png", per_k, limit) if per_k else None
-    write_json(out / "load.json", {"nodes": args.nodes, "workers": args.workers, "profile": args.profile,
-                                   "gate_p95_ms": limit, "per_k": per_k, "rows": rows_by_k,
-                                   "wall_s": round(time.monotonic() - t0, 1)})
+    write_json(out / "load.json", {"nodes": args.nodes, "workers": args.workers,
+                                   "profile": args.profile, "gate_p95_ms": limit, "per_k": per_k,
+                                   "rows": rows_by_k, "wall_s": round(time.monotonic() - t0, 1)})
     print(f"[load] {out / 'load.json'}" + (f", {png}" if png else ""), flush=True)
     return 0 if per_k and all(s["verdict"] == "PASS" for s in per_k) else 1
 
@@ -146,11 +150,13 @@ def run(args: argparse.Namespace) -> int:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=output_root() / "autortc" / "load")
-    p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4], help="concurrent conversations to try")
+    p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4],
+                   help="concurrent conversations to try")
     p.add_argument("--nodes", type=int, default=2, help="LiveKit nodes (2 and more share a Redis)")
     p.add_argument("--workers", type=int, default=2, help="agent workers")
     p.add_argument("--per-k", type=int, default=4, help="conversations per K")
-    p.add_argument("--cases", type=Path, default=Path(__file__).parent / "cases" / "mini_cases.json")
+    p.add_argument("--cases", type=Path,
+                   default=Path(__file__).parent / "cases" / "mini_cases.json")
     p.add_argument("--profile", default="ci", help="gate profile in profiles.json (gpu|ci)")
     p.add_argument("--pad-s", type=float, default=20.0, help="recording pad per conversation")
     p.add_argument("--ready-timeout-s", type=float, default=30.0)

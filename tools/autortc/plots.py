@@ -6,8 +6,8 @@
 - `load.png` (the load tier, load_tier.py): P95 and P50 of EoT -> first audio against the
   concurrent conversations, with the gate and the Ks that failed their gates;
 - `<case dir>/waveform.png`: what the probe recorded, with the user's speech (user_bot's
-  playback, start to end of turn), the reply window (reply_start..reply_end), the first audio and every gap inside the
-  reply (runs of 20 ms frames below the gap level) marked.
+  playback, start to end of turn), the reply window (reply_start..reply_end), the first
+  audio and every gap inside the reply (runs of 20 ms frames below the gap level) marked.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def latency_png(out: Path, rows: list[dict[str, Any]], limit_ms: float | None,
     return "latency.png"
 
 
-def window_gaps(x: np.ndarray, rate: int, start_s: float, end_s: float) -> list[tuple[float, float]]:
+def window_gaps(x: np.ndarray, rate: int, start_s: float,
+                end_s: float) -> list[tuple[float, float]]:
     """Gaps (start_s, end_s) inside the reply window worth marking: audio_metrics.reply_gaps
     of the window, at least MIN_MARKED_GAP_FRAMES long."""
     a = int(start_s / FRAME_S)
@@ -129,13 +130,15 @@ def load_png(path: Path, per_k: list[dict[str, Any]], limit_ms: float) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     ks = [s["k"] for s in per_k]
-    for key, label, style in (("eot_to_first_audio_p95_ms", "P95", "o-"), ("eot_to_first_audio_p50_ms", "P50", "s--")):
-        ax.plot(ks, [s[key] if s[key] is not None else float("nan") for s in per_k], style, label=label)
+    for key, label, style in (("eot_to_first_audio_p95_ms", "P95", "o-"),
+                              ("eot_to_first_audio_p50_ms", "P50", "s--")):
+        ax.plot(ks, [s[key] if s[key] is not None else float("nan") for s in per_k], style,
+                label=label)
     ax.axhline(limit_ms, color="tab:red", ls=":", label=f"gate {limit_ms:.0f} ms")
     for s in per_k:
         if s["verdict"] != "PASS":
-            ax.annotate("gate failed", (s["k"], s["eot_to_first_audio_p95_ms"] or limit_ms), color="tab:red",
-                        textcoords="offset points", xytext=(4, 6), fontsize=8)
+            ax.annotate("gate failed", (s["k"], s["eot_to_first_audio_p95_ms"] or limit_ms),
+                        color="tab:red", textcoords="offset points", xytext=(4, 6), fontsize=8)
     ax.set_xlabel("concurrent conversations (rooms)")
     ax.set_ylabel("EoT -> first audio at the probe (ms)")
     ax.set_xticks(ks)

@@ -138,7 +138,8 @@ class ProbeBot:
         a = self.args
         out = Path(a.out_dir)
         times = np.array([t for t, _ in self.frames], dtype=np.float64)
-        full = np.concatenate([x for _, x in self.frames]) if self.frames else np.zeros(0, np.float32)
+        full = (np.concatenate([x for _, x in self.frames]) if self.frames
+                else np.zeros(0, np.float32))
         write_wav(out / "post_rtc_full.wav", full, RATE)
         offsets = np.cumsum([0] + [len(x) for _, x in self.frames])
         frame_rms = [rms(x) for _, x in self.frames]
@@ -148,7 +149,8 @@ class ProbeBot:
         res["full_seconds"] = round(len(full) / RATE, 3)
         res["frames"] = [[round(t, 2), round(r, 5)] for (t, _), r in zip(self.frames, frame_rms)]
         # None when a frame of another size came: sample positions cannot be told from indices
-        res["frame_samples"] = (FRAME_SAMPLES if all(len(x) == FRAME_SAMPLES for _, x in self.frames)
+        res["frame_samples"] = (FRAME_SAMPLES
+                                if all(len(x) == FRAME_SAMPLES for _, x in self.frames)
                                 else None)
         start, end = self.event("reply_start", a.reply_seq), self.event("reply_end", a.reply_seq)
         res["reply_start"], res["reply_end"] = start, end

@@ -80,7 +80,8 @@ def delete_room(stack: Stack, room: str, settle_s: float = 3.0) -> None:
     async def agent_publishing() -> bool:
         found = await _room_service(stack, "list_participants",
                                     api.ListParticipantsRequest(room=room))
-        return any(p.kind == api.ParticipantInfo.Kind.AGENT and p.tracks for p in found.participants)
+        return any(p.kind == api.ParticipantInfo.Kind.AGENT and p.tracks
+                   for p in found.participants)
 
     deadline = time.monotonic() + settle_s
     with contextlib.suppress(Exception):  # the room may already be gone
@@ -241,7 +242,8 @@ def run_suite(args: argparse.Namespace) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cases", type=Path, default=Path(__file__).parent / "cases" / "mini_cases.json")
+    p.add_argument("--cases", type=Path,
+                   default=Path(__file__).parent / "cases" / "mini_cases.json")
     p.add_argument("--only", nargs="*", help="case ids to run")
     p.add_argument("--out", type=Path, default=output_root() / "autortc" / "run")
     p.add_argument("--wav-cache", type=Path, default=None)

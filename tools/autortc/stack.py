@@ -1,6 +1,6 @@
 """Start the real stack for AutoRTC on loopback ports: LiveKit server (or several nodes
-sharing a Redis), dev Omni backend, agent worker(s) (tiny checkpoint on CPU). Each service runs in its own process group and
-is stopped (SIGTERM, then SIGKILL) by `Stack.stop()`."""
+sharing a Redis), dev Omni backend, agent worker(s) (tiny checkpoint on CPU). Each service
+runs in its own process group and is stopped (SIGTERM, then SIGKILL) by `Stack.stop()`."""
 
 from __future__ import annotations
 
@@ -115,17 +115,20 @@ def start_redis(log_dir: Path) -> tuple[Service, int, str]:
     """redis-server on a free loopback port for several LiveKit nodes: its service, port
     and password (from a mode-600 config file, as scripts/redis_server.sh runs it)."""
     if shutil.which("redis-server") is None:
-        raise RuntimeError("redis-server missing (several LiveKit nodes share it): run scripts/install_system_deps.sh")
+        raise RuntimeError("redis-server missing (several LiveKit nodes share it): "
+                           "run scripts/install_system_deps.sh")
     port, password = free_port(), secrets.token_hex(32)
     conf = log_dir / f"redis-{port}.conf"
     conf.touch(mode=0o600)
     conf.write_text(f"requirepass {password}\n")
-    redis = Service("redis", ["redis-server", str(conf), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                              "--appendonly", "no", "--dir", str(log_dir)], clean_env(), log_dir / "redis.log")
+    redis = Service("redis", ["redis-server", str(conf), "--bind", "127.0.0.1", "--port", str(port),
+                              "--save", "", "--appendonly", "no", "--dir", str(log_dir)],
+                    clean_env(), log_dir / "redis.log")
 
     def pong() -> bool:
-        return subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True, timeout=5,
-                              env={**os.environ, "REDISCLI_AUTH": password}).stdout.strip() == "PONG"
+        return subprocess.run(
+            ["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True, timeout=5,
+            env={**os.environ, "REDISCLI_AUTH": password}).stdout.strip() == "PONG"
 
     redis.wait_until(pong, 30, "PONG")
     return redis, port, password
@@ -159,9 +162,11 @@ def start_stack(log_dir: Path, agent_output: Path, agent_env: dict[str, str] | N
             port, udp = free_port(), free_port(socket.SOCK_DGRAM)
             key_file = write_key_file(log_dir / f"livekit-keys-{port}.yaml", key, secret)
             name = "livekit" if nodes == 1 else f"livekit-{n}"
-            lk = Service(name, [str(lk_bin), "--config", str(REPO_ROOT / "scripts" / "livekit-dev.yaml"),
-                                "--bind", "127.0.0.1", "--node-ip", "127.0.0.1", "--port", str(port),
-                                "--udp-port", str(udp), "--key-file", str(key_file), *redis_args],
+            lk = Service(name, [str(lk_bin),
+                                "--config", str(REPO_ROOT / "scripts" / "livekit-dev.yaml"),
+                                "--bind", "127.0.0.1", "--node-ip", "127.0.0.1",
+                                "--port", str(port), "--udp-port", str(udp),
+                                "--key-file", str(key_file), *redis_args],
                          lk_env, log_dir / f"{name}.log")
             services.append(lk)
             lk.wait_until(lambda p=port: http_ok(f"http://127.0.0.1:{p}/"), 60, "HTTP answer")
@@ -186,7 +191,8 @@ def start_stack(log_dir: Path, agent_output: Path, agent_env: dict[str, str] | N
                 LIVEKIT_URL=urls[i % nodes], LIVEKIT_API_KEY=key, LIVEKIT_API_SECRET=secret,
                 LIVEKIT_AGENT_NAME=agent_name, OMNI_BASE_URL=f"http://127.0.0.1:{oport}/v1",
                 OMNI_MODEL="qwen3-omni-dev", TTS_DEEP_STREAM_MODEL_DIR=str(model_dir),
-                TTS_DEEP_STREAM_DEVICE=device, **({"CUDA_VISIBLE_DEVICES": gpus[i]} if gpus[i] else {}),
+                TTS_DEEP_STREAM_DEVICE=device,
+                **({"CUDA_VISIBLE_DEVICES": gpus[i]} if gpus[i] else {}),
                 STREAMTALK_OUTPUT=str(agent_output), AGENT_HTTP_PORT=str(free_port()),
                 AGENT_METRICS_PORT=str(free_port()), AGENT_WORKER_NAME=name,
                 AGENT_TORCH_THREADS="1", AGENT_EMPTY_ROOM_GRACE_S="3", OMP_NUM_THREADS="1",
@@ -196,7 +202,8 @@ def start_stack(log_dir: Path, agent_output: Path, agent_env: dict[str, str] | N
             services.append(agent)
             agents.append(agent)
         for agent in agents:  # loading side by side
-            agent.wait_until(lambda a=agent: "registered worker" in a.tail(400), 180, "registration")
+            agent.wait_until(lambda a=agent: "registered worker" in a.tail(400), 180,
+                             "registration")
         return Stack(urls[0], key, secret, agent_name, agent_output, services, urls)
     except BaseException:
         for s in reversed(services):

@@ -17,8 +17,8 @@ A recipe names what it tests with `"turn_taking"`:
   through).
 - `barge_in`: a real interruption. `stop_latency_ms` = the barge-in's speech onset -> the
   start of the first QUIET_RUN_MS of frames below QUIET_RMS at the probe (the definition of
-  tests/integration/test_agent_e2e.py and docs/AGENT.md); `barge_in_answered` = reply 1 was interrupted
-  and a reply 2 started.
+  tests/integration/test_agent_e2e.py and docs/AGENT.md); `barge_in_answered` = reply 1 was
+  interrupted and a reply 2 started.
 An interjection or barge-in that came after reply 1 had already ended tests nothing: its
 metrics stay None and `turn_taking_void` says why.
 

@@ -69,7 +69,8 @@ async def bearer_key(request: web.Request, handler: Handler) -> web.StreamRespon
     if key is not None and request.path not in OPEN_PATHS:
         given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         if not hmac.compare_digest(given, f"Bearer {key}".encode()):
-            raise ApiError(401, "invalid_api_key", "send the API key as 'Authorization: Bearer <key>'")
+            raise ApiError(401, "invalid_api_key",
+                           "send the API key as 'Authorization: Bearer <key>'")
     return await handler(request)
 
 
@@ -130,13 +131,15 @@ async def _transcribe(services: Services, clip: bytes, field: str, max_s: float,
         raise ApiError(400, "invalid_audio", str(exc), field=field) from None
     except AudioTooLongError:
         raise ApiError(413, "audio_too_long",
-                       f"a request may carry at most {MAX_AUDIO_S:g} s of audio", field=field) from None
+                       f"a request may carry at most {MAX_AUDIO_S:g} s of audio",
+                       field=field) from None
 
 
 async def _heard_and_reply(services: Services, req: ChatCompletionRequest) -> tuple[str, str]:
     """What the user said (transcripts, else text) and the scripted answer to it."""
     i, turn = req.last_user_message()
-    earlier = [text for m in req.messages[:i] if m.role == "user" and (text := " ".join(m.texts()).strip())]
+    earlier = [text for m in req.messages[:i]
+               if m.role == "user" and (text := " ".join(m.texts()).strip())]
     clips = [(f"messages.{i}.content.parts.{j}", audio) for j, part in enumerate(turn.parts())
              if (audio := part.audio()) is not None]
     if not clips:
@@ -244,15 +247,18 @@ async def transcriptions(request: web.Request) -> web.Response:
     services = request.app[SERVICES_KEY]
     if request.content_type != "multipart/form-data":
         raise ApiError(415, "unsupported_media_type",
-                       "send multipart/form-data with a 'file' field (the audio) and a 'model' field",
+                       "send multipart/form-data with a 'file' field (the audio) "
+                       "and a 'model' field",
                        valid=["multipart/form-data"])
     try:
         form = await request.post()  # over client_max_size: 413, mapped by json_errors
     except (ValueError, HttpProcessingError) as exc:  # a malformed multipart body
-        raise ApiError(400, "invalid_multipart", f"the multipart body cannot be read: {exc}") from None
+        raise ApiError(400, "invalid_multipart",
+                       f"the multipart body cannot be read: {exc}") from None
     upload = form.get("file")
     if not isinstance(upload, web.FileField):
-        raise ApiError(400, "missing_field", "'file' (an audio file upload) is required", field="file")
+        raise ApiError(400, "missing_field", "'file' (an audio file upload) is required",
+                       field="file")
     # the text fields get the same checks, and errors, as a JSON body; empty ones are unset
     fields = {k: v for k, v in form.items() if isinstance(v, str) and v}
     params = validate_json(json.dumps(fields).encode(), TranscriptionForm)

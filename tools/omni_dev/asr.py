@@ -53,7 +53,8 @@ class Transcriber:
         """Transcribe one second of quiet noise, so the first user's request does not pay for
         the runtime's first-call set-up (a few hundred ms on a small CPU). Returns seconds."""
         start = time.monotonic()
-        self._transcribe_samples(np.random.default_rng(0).normal(0.0, 0.01, SAMPLE_RATE).astype(np.float32))
+        self._transcribe_samples(np.random.default_rng(0).normal(0.0, 0.01, SAMPLE_RATE)
+                                 .astype(np.float32))
         return time.monotonic() - start
 
     @staticmethod

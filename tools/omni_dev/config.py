@@ -37,15 +37,25 @@ class OmniDevConfig:
     host: str = knob("OMNI_DEV_HOST", "127.0.0.1", "bind address", flag="--host")
     port: int = knob("OMNI_DEV_PORT", 8000, "port", flag="--port", **PORT_RANGE)
     # the agent's OMNI_MODEL is the name it asks for; serve that name by default
-    model: str = knob("OMNI_DEV_MODEL", "qwen3-omni-dev", "served model name", flag="--model", fallback=("OMNI_MODEL",))
-    responses_path: Path = knob("OMNI_DEV_RESPONSES", DEFAULT_RESPONSES, "the rules file (its format: docs/INFRA.md)", flag="--responses")
-    first_token_delay_s: float = knob("OMNI_DEV_FIRST_TOKEN_DELAY_S", 0.078, "seconds before a reply's first token (after speech recognition)",
+    model: str = knob("OMNI_DEV_MODEL", "qwen3-omni-dev", "served model name", flag="--model",
+                      fallback=("OMNI_MODEL",))
+    responses_path: Path = knob("OMNI_DEV_RESPONSES", DEFAULT_RESPONSES,
+                                "the rules file (its format: docs/INFRA.md)", flag="--responses")
+    first_token_delay_s: float = knob("OMNI_DEV_FIRST_TOKEN_DELAY_S", 0.078,
+                                      "seconds before a reply's first token "
+                                      "(after speech recognition)",
                                       flag="--first-token-delay", lo=0)
-    tokens_per_s: float = knob("OMNI_DEV_TOKENS_PER_S", 171.0, "token rate after the first", flag="--token-rate", lo=0, lo_open=True)
-    whisper_model_dir: Path | None = knob("OMNI_DEV_WHISPER_MODEL_DIR", None, "a faster-whisper model directory", kind=Path,
-                                          flag="--whisper-model-dir", shown_default="the bundled tiny.en")
+    tokens_per_s: float = knob("OMNI_DEV_TOKENS_PER_S", 171.0, "token rate after the first",
+                               flag="--token-rate", lo=0, lo_open=True)
+    whisper_model_dir: Path | None = knob("OMNI_DEV_WHISPER_MODEL_DIR", None,
+                                          "a faster-whisper model directory", kind=Path,
+                                          flag="--whisper-model-dir",
+                                          shown_default="the bundled tiny.en")
     asr_threads: int = knob("OMNI_DEV_ASR_THREADS", 2, "speech recognition threads", lo=1)
-    api_key: str | None = knob("OMNI_DEV_API_KEY", None, "when set, every route but health and `/openapi.json` needs `Authorization: Bearer <key>`", kind=str, repr=False)
+    api_key: str | None = knob("OMNI_DEV_API_KEY", None,
+                               "when set, every route but health and `/openapi.json` needs "
+                               "`Authorization: Bearer <key>`",
+                               kind=str, repr=False)
 
     def __post_init__(self) -> None:
         KNOBS.check(self)

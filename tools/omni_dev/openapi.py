@@ -12,10 +12,12 @@ OPEN_PATHS = frozenset({"/health", "/healthz", "/openapi.json"})  # no API key n
 
 _UNAUTHORIZED = "missing or wrong bearer key (only with OMNI_DEV_API_KEY set)"
 _AUDIO_ERRORS = {
-    400: "the request is not valid, or its audio cannot be decoded (what is wrong and what is valid)",
+    400: "the request is not valid, or its audio cannot be decoded "
+         "(what is wrong and what is valid)",
     401: _UNAUTHORIZED,
     404: "no such model (the one served is named)",
-    413: f"the body is larger than {MAX_BODY_BYTES} bytes, or its audio lasts more than {MAX_AUDIO_S:g} s",
+    413: f"the body is larger than {MAX_BODY_BYTES} bytes, or its audio lasts more than "
+         f"{MAX_AUDIO_S:g} s",
     503: "speech recognition is full: retry after Retry-After",
 }
 OPERATIONS = (
@@ -27,7 +29,8 @@ OPERATIONS = (
     Operation("GET", "/v1/models/{model}", "One model", None,
               {200: "the model", 401: _UNAUTHORIZED, 404: "no such model"}),
     Operation("POST", "/v1/chat/completions",
-              "A scripted chat completion; audio in the last user message is transcribed and answered",
+              "A scripted chat completion; "
+              "audio in the last user message is transcribed and answered",
               ChatCompletionRequest,
               {200: "the completion (JSON), or server-sent events with stream=true",
                **_AUDIO_ERRORS, 415: "the body is not application/json"}),

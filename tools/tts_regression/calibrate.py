@@ -30,7 +30,8 @@ HEADROOM = 1.5
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.tts_regression.calibrate")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--write", action="store_true", help="write the result into profiles.json (ci profile)")
+    ap.add_argument("--write", action="store_true",
+                    help="write the result into profiles.json (ci profile)")
     args = ap.parse_args(argv)
     cases = load_cases()
     engine = open_engine(None)

@@ -123,7 +123,8 @@ def bad_audio(pcm: np.ndarray, packet_frames: list[int]) -> dict:
         "silent_packets": int(sum(1 for r in rms if r < SILENT_RMS)),
         "empty_packets": int(sum(1 for f in packet_frames if f <= 0)),
         "packet_samples_mismatch": int(len(x) - expected),
-        "clipped_fraction": float(np.mean(np.abs(x[finite]) >= CLIP_LEVEL)) if finite.any() else 0.0,
+        "clipped_fraction": (float(np.mean(np.abs(x[finite]) >= CLIP_LEVEL)) if finite.any()
+                             else 0.0),
         "peak": float(np.max(np.abs(x[finite]))) if finite.any() else 0.0,
     }
 

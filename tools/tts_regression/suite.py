@@ -25,7 +25,8 @@ PROFILES_PATH = HERE / "profiles.json"
 CPU_BASELINE = REPO_ROOT / "golden" / "tts"
 RUNS_PER_MODE = {"fast": 3, "full": 10}
 TTFA_PERCENTILE = "nearest_rank"  # a measured TTFA, never one between two requests
-GATES = ["determinism", "abs_duration_diff_ms", "repeat", "SNR_vs_baseline", "TTFA", "stream_bad_audio"]
+GATES = ["determinism", "abs_duration_diff_ms", "repeat", "SNR_vs_baseline", "TTFA",
+         "stream_bad_audio"]
 
 
 class RegressionError(RuntimeError):
@@ -109,7 +110,8 @@ def open_engine(model_dir: str | None, device: str = "cpu"):
     if not Path(model_dir).is_dir():
         raise RegressionError(f"model directory {model_dir} does not exist")
     try:
-        return TTSEngine(EngineConfig.from_env(model_dir=str(model_dir), device=device, packet_metrics=1))
+        return TTSEngine(EngineConfig.from_env(model_dir=str(model_dir), device=device,
+                                               packet_metrics=1))
     except ConfigValueError as exc:  # a device this machine lacks, a bad TTS_* value
         raise RegressionError(f"{exc} (the profile runs on {device})") from None
 
@@ -120,8 +122,10 @@ def engine_info(engine) -> dict:
 
     cfg = engine.config
     device = cfg.torch_device
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {"device": device.type, "card": card, "dtype": str(cfg.torch_dtype).removeprefix("torch."),
+    card = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else platform.processor() or platform.machine())
+    return {"device": device.type, "card": card,
+            "dtype": str(cfg.torch_dtype).removeprefix("torch."),
             "decoder_dtype": cfg.decoder_dtype, "cuda_graphs": bool(engine.stepper.use_graphs),
             "compile_steps": int(cfg.compiled), "batch_invariant": cfg.batch_invariant,
             "decode_mode": cfg.decode_mode, "torch_threads": _torch_threads()}
@@ -161,8 +165,8 @@ def run_cases(engine, cases: list[dict], runs: int, log=print) -> list[CaseResul
 def load_baseline(baseline_dir: Path) -> dict:
     meta_path = baseline_dir / "baseline.json"
     if not meta_path.is_file():
-        raise FileNotFoundError(f"baseline missing: {meta_path} not found; create it with --mode full --update-baseline "
-                                "and the same --profile")
+        raise FileNotFoundError(f"baseline missing: {meta_path} not found; create it with "
+                                "--mode full --update-baseline and the same --profile")
     return json.loads(meta_path.read_text(encoding="utf-8"))
 
 
@@ -171,7 +175,8 @@ def write_baseline(baseline_dir: Path, results: list[CaseResult], info: dict) ->
     entries = {}
     for r in results:
         if r.stream_pcm is None:
-            raise RegressionError(f"cannot write a baseline: case {r.case['id']} produced no audio ({r.error})")
+            raise RegressionError(f"cannot write a baseline: case {r.case['id']} produced no audio "
+                                  f"({r.error})")
         pcm16 = to_pcm16(r.stream_pcm)
         name = f"{r.case['id']}.wav"
         write_wav(baseline_dir / name, pcm16, SAMPLE_RATE)
@@ -183,17 +188,20 @@ def write_baseline(baseline_dir: Path, results: list[CaseResult], info: dict) ->
         }
     meta = dict(info)
     meta["cases"] = entries
-    (baseline_dir / "baseline.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (baseline_dir / "baseline.json").write_text(
+        json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def write_baseline_readme(baseline_dir: Path, info: dict, gates: dict, overall: bool) -> None:
     lines = [
         "# TTS regression golden baseline",
         "",
-        f"Produced by `{info['produced_by']}` on {info['created_utc']} (UTC), {describe_engine(info['engine'])},",
+        f"Produced by `{info['produced_by']}` on {info['created_utc']} (UTC), "
+        f"{describe_engine(info['engine'])},",
         f"checkpoint `{info['checkpoint']}`",
         f"(fingerprint `{info['checkpoint_fingerprint']}`), {info['runs_per_case']} runs per case.",
-        "One 16-bit 24 kHz mono WAV per case of tools/tts_regression/cases.json (the first streamed run);",
+        "One 16-bit 24 kHz mono WAV per case of tools/tts_regression/cases.json (the first "
+        "streamed run);",
         "baseline.json holds each case's float32 PCM sha256, length and text.",
         "",
         f"Gates of the producing run (overall {'PASS' if overall else 'FAIL'}):",
@@ -204,20 +212,26 @@ def write_baseline_readme(baseline_dir: Path, info: dict, gates: dict, overall: 
     value = {
         "determinism": lambda g: f"max unique hashes {g['max_unique_pcm_sha256']}",
         "abs_duration_diff_ms": lambda g: f"max {g['max_ms']} ms",
-        "repeat": lambda g: f"{g['total']} repeats ({g['known']} codebook-0 loops of the checkpoint itself)",
-        "SNR_vs_baseline": lambda g: f"vs baseline min {g['min_vs_baseline_db']} dB (cap {g['snr_cap_db']}), "
-                                     f"stream vs offline min {g['min_stream_vs_offline_db']:.1f} dB",
-        "TTFA": lambda g: f"P95 {g.get('p95_ms', float('nan')):.1f} ms over {g['samples']} requests (this machine)",
-        "stream_bad_audio": lambda g: f"{g['silent_packets']} silent packets, {g['nonfinite_samples']} NaN/inf",
+        "repeat": lambda g: f"{g['total']} repeats ({g['known']} codebook-0 loops of the "
+                            "checkpoint itself)",
+        "SNR_vs_baseline": lambda g: f"vs baseline min {g['min_vs_baseline_db']} dB (cap "
+                                     f"{g['snr_cap_db']}), stream vs offline min "
+                                     f"{g['min_stream_vs_offline_db']:.1f} dB",
+        "TTFA": lambda g: f"P95 {g.get('p95_ms', float('nan')):.1f} ms over {g['samples']} "
+                          "requests (this machine)",
+        "stream_bad_audio": lambda g: f"{g['silent_packets']} silent packets, "
+                                      f"{g['nonfinite_samples']} NaN/inf",
     }
     for name in GATES:
-        lines.append(f"| {name} | {'yes' if gates[name]['pass'] else 'NO'} | {value[name](gates[name])} |")
+        lines.append(f"| {name} | {'yes' if gates[name]['pass'] else 'NO'} | "
+                     f"{value[name](gates[name])} |")
     lines += ["", "Regenerate (only after an intended change of the engine's output):",
               f"`{info['produced_by']}`", ""]
     (baseline_dir / "README.md").write_text("\n".join(lines), encoding="utf-8")
 
 
-def new_code_repeats(loops: list[dict], baseline_entry: dict | None) -> tuple[list[dict], list[dict]]:
+def new_code_repeats(loops: list[dict],
+                     baseline_entry: dict | None) -> tuple[list[dict], list[dict]]:
     """(new, known): a codebook-0 loop the golden baseline's own run already had, at the same
     frames, belongs to the checkpoint (random weights can loop in bf16), not to a regression."""
     held = baseline_entry.get("code_repeats", []) if baseline_entry else []
@@ -236,8 +250,8 @@ def evaluate(results: list[CaseResult], th: dict, baseline_dir: Path) -> tuple[d
     all_ttfa: list[float] = []
     for r in results:
         cid = r.case["id"]
-        c: dict = {"text": r.case["text"], "speaker": r.case["speaker"], "language": r.case["language"],
-                   "runs": len(r.hashes), "error": r.error}
+        c: dict = {"text": r.case["text"], "speaker": r.case["speaker"],
+                   "language": r.case["language"], "runs": len(r.hashes), "error": r.error}
         per_case[cid] = c
         if r.error or r.stream_pcm is None or r.offline_pcm is None:
             for g in GATES:
@@ -247,7 +261,8 @@ def evaluate(results: list[CaseResult], th: dict, baseline_dir: Path) -> tuple[d
         unique = len(set(r.hashes))
         c["determinism"] = {"unique_pcm_sha256": unique, "sha256": sorted(set(r.hashes))}
         if unique > th["determinism_unique_max"]:
-            reasons["determinism"].append(f"{cid}: {unique} different PCM hashes over {len(r.hashes)} runs")
+            reasons["determinism"].append(f"{cid}: {unique} different PCM hashes over "
+                                          f"{len(r.hashes)} runs")
 
         dur_diff = abs(len(r.stream_pcm) - len(r.offline_pcm)) / SAMPLE_RATE * 1000
         n = min(len(r.stream_pcm), len(r.offline_pcm))
@@ -258,8 +273,9 @@ def evaluate(results: list[CaseResult], th: dict, baseline_dir: Path) -> tuple[d
                          "offline_stop_reason": r.offline_stop_reason}
         if dur_diff > th["abs_duration_diff_ms_max"]:
             reasons["abs_duration_diff_ms"].append(
-                f"{cid}: stream {c['duration']['stream_ms']:.0f} ms vs offline {c['duration']['offline_ms']:.0f} ms "
-                f"(diff {dur_diff:.0f} > {th['abs_duration_diff_ms_max']} ms; stream stop={r.stop_reason})")
+                f"{cid}: stream {c['duration']['stream_ms']:.0f} ms vs offline "
+                f"{c['duration']['offline_ms']:.0f} ms (diff {dur_diff:.0f} > "
+                f"{th['abs_duration_diff_ms_max']} ms; stream stop={r.stop_reason})")
 
         entry = baseline["cases"].get(cid) if baseline is not None else None
         crep, known = new_code_repeats(M.code_repeats(r.codes0), entry)
@@ -273,7 +289,8 @@ def evaluate(results: list[CaseResult], th: dict, baseline_dir: Path) -> tuple[d
         snr: dict = {"stream_vs_offline_db": stream_vs_offline}
         if stream_vs_offline < th["snr_db_min"]:
             reasons["SNR_vs_baseline"].append(
-                f"{cid}: stream vs offline decode SNR {stream_vs_offline:.1f} dB < {th['snr_db_min']} dB")
+                f"{cid}: stream vs offline decode SNR {stream_vs_offline:.1f} dB < "
+                f"{th['snr_db_min']} dB")
         if baseline is not None:
             wav = baseline_dir / entry["wav"] if entry else None
             if entry is None or not wav.is_file():
@@ -310,9 +327,11 @@ def evaluate(results: list[CaseResult], th: dict, baseline_dir: Path) -> tuple[d
         if bad["empty_packets"]:
             problems.append(f"{bad['empty_packets']} empty packet(s)")
         if bad["packet_samples_mismatch"]:
-            problems.append(f"joined PCM differs from the packets' frames by {bad['packet_samples_mismatch']} samples")
+            problems.append("joined PCM differs from the packets' frames by "
+                            f"{bad['packet_samples_mismatch']} samples")
         if bad["clipped_fraction"] > th["clipped_fraction_max"]:
-            problems.append(f"clipped fraction {bad['clipped_fraction']:.4f} > {th['clipped_fraction_max']}")
+            problems.append(f"clipped fraction {bad['clipped_fraction']:.4f} > "
+                            f"{th['clipped_fraction_max']}")
         if problems:
             reasons["stream_bad_audio"].append(f"{cid}: " + "; ".join(problems))
 
@@ -328,22 +347,29 @@ def evaluate(results: list[CaseResult], th: dict, baseline_dir: Path) -> tuple[d
         reasons["TTFA"].append("no TTFA measured (no request produced a packet)")
 
     def values(key, sub):
-        return [per_case[k][key][sub] for k in per_case if key in per_case[k] and sub in per_case[k][key]]
+        return [per_case[k][key][sub] for k in per_case
+                if key in per_case[k] and sub in per_case[k][key]]
 
     summaries = {
-        "determinism": {"max_unique_pcm_sha256": max(values("determinism", "unique_pcm_sha256"), default=None),
+        "determinism": {"max_unique_pcm_sha256": max(values("determinism", "unique_pcm_sha256"),
+                                                     default=None),
                         "threshold": th["determinism_unique_max"]},
-        "abs_duration_diff_ms": {"max_ms": max(values("duration", "abs_duration_diff_ms"), default=None),
+        "abs_duration_diff_ms": {"max_ms": max(values("duration", "abs_duration_diff_ms"),
+                                               default=None),
                                  "threshold_ms": th["abs_duration_diff_ms_max"]},
         "repeat": {"total": sum(values("repeat", "count")), "threshold": th["repeat_max"],
                    "known": sum(map(len, values("repeat", "known_code_repeats")))},
-        "SNR_vs_baseline": {"min_vs_baseline_db": min(values("snr", "vs_baseline_db"), default=None),
-                            "min_stream_vs_offline_db": min(values("snr", "stream_vs_offline_db"), default=None),
+        "SNR_vs_baseline": {"min_vs_baseline_db": min(values("snr", "vs_baseline_db"),
+                                                      default=None),
+                            "min_stream_vs_offline_db": min(values("snr", "stream_vs_offline_db"),
+                                                            default=None),
                             "threshold_db": th["snr_db_min"], "snr_cap_db": M.SNR_CAP_DB},
         "TTFA": ttfa,
         "stream_bad_audio": {"silent_packets": sum(values("stream_bad_audio", "silent_packets")),
-                             "nonfinite_samples": sum(values("stream_bad_audio", "nonfinite_samples")),
-                             "max_clipped_fraction": max(values("stream_bad_audio", "clipped_fraction"), default=None),
+                             "nonfinite_samples": sum(values("stream_bad_audio",
+                                                             "nonfinite_samples")),
+                             "max_clipped_fraction": max(values("stream_bad_audio",
+                                                                "clipped_fraction"), default=None),
                              "threshold_clipped_fraction": th["clipped_fraction_max"]},
     }
     gates = {g: {"pass": not reasons[g], "reasons": reasons[g], **summaries[g]} for g in GATES}
@@ -353,8 +379,10 @@ def evaluate(results: list[CaseResult], th: dict, baseline_dir: Path) -> tuple[d
 def describe_engine(info: dict) -> str:
     """One line: where and how the engine ran."""
     graphs = "CUDA graphs" if info["cuda_graphs"] else "eager"
-    return (f"{info['device'].upper()} ({info['card']}), {info['dtype']}, decoder {info['decoder_dtype']}, {graphs}"
-            + (", torch.compile" if info["compile_steps"] else "") + (", batch-invariant" if info["batch_invariant"] else ""))
+    return (f"{info['device'].upper()} ({info['card']}), {info['dtype']}, "
+            f"decoder {info['decoder_dtype']}, {graphs}"
+            + (", torch.compile" if info["compile_steps"] else "")
+            + (", batch-invariant" if info["batch_invariant"] else ""))
 
 
 def _update_latest(root: Path, run_id: str) -> None:
@@ -369,8 +397,8 @@ def _update_latest(root: Path, run_id: str) -> None:
 
 
 def run_suite(mode: str, profile: str, model_dir: str | None = None, out: str | None = None,
-              baseline: str | None = None, update_baseline: bool = False, only: list[str] | None = None,
-              runs: int | None = None, log=print) -> dict:
+              baseline: str | None = None, update_baseline: bool = False,
+              only: list[str] | None = None, runs: int | None = None, log=print) -> dict:
     from tts_engine.checkpoint import checkpoint_stamp
 
     if mode not in RUNS_PER_MODE:
@@ -391,13 +419,15 @@ def run_suite(mode: str, profile: str, model_dir: str | None = None, out: str | 
     engine_cfg = engine_info(engine)
     baseline_dir = Path(baseline) if baseline else baseline_dir_for(engine_cfg)
     log(f"tts_regression {run_id}: {len(cases)} cases x {runs} runs, profile {profile}, "
-        f"{describe_engine(engine_cfg)}, engine load {load_s:.1f} s, baseline {_display(baseline_dir)}")
+        f"{describe_engine(engine_cfg)}, engine load {load_s:.1f} s, baseline "
+        f"{_display(baseline_dir)}")
     try:
         results = run_cases(engine, cases, runs, log)
     finally:
         engine.close()
     info = {
-        "produced_by": f"python -m tools.tts_regression --mode {mode} --profile {profile} --update-baseline",
+        "produced_by": f"python -m tools.tts_regression --mode {mode} --profile {profile} "
+                       "--update-baseline",
         "created_utc": started.isoformat(timespec="seconds"),
         "checkpoint": model_path.name,
         "checkpoint_fingerprint": checkpoint_stamp(model_path),
@@ -418,16 +448,19 @@ def run_suite(mode: str, profile: str, model_dir: str | None = None, out: str | 
     run_fp = checkpoint_stamp(model_path)
     if base_fp and run_fp != base_fp and not gates["SNR_vs_baseline"]["pass"]:
         gates["SNR_vs_baseline"]["reasons"].append(
-            f"note: the model's checkpoint fingerprint {run_fp} differs from the baseline's {base_fp}")
+            f"note: the model's checkpoint fingerprint {run_fp} differs from the baseline's "
+            f"{base_fp}")
     wav_dir = None
     if mode == "full":
         wav_dir = run_dir / "wav"
         wav_dir.mkdir(exist_ok=True)
         for r in results:
             if r.stream_pcm is not None:
-                write_wav(wav_dir / f"{r.case['id']}.stream.wav", to_pcm16(r.stream_pcm), SAMPLE_RATE)
+                write_wav(wav_dir / f"{r.case['id']}.stream.wav", to_pcm16(r.stream_pcm),
+                          SAMPLE_RATE)
             if r.offline_pcm is not None:
-                write_wav(wav_dir / f"{r.case['id']}.offline.wav", to_pcm16(r.offline_pcm), SAMPLE_RATE)
+                write_wav(wav_dir / f"{r.case['id']}.offline.wav", to_pcm16(r.offline_pcm),
+                          SAMPLE_RATE)
     overall = all(g["pass"] for g in gates.values())
     if update_baseline:
         write_baseline_readme(baseline_dir, info, gates, overall)
@@ -436,19 +469,23 @@ def run_suite(mode: str, profile: str, model_dir: str | None = None, out: str | 
         "run_id": run_id, "mode": mode, "profile": profile, "runs_per_case": runs,
         "started_utc": started.isoformat(timespec="seconds"), "wall_s": round(wall_s, 2),
         "engine_load_s": round(load_s, 2), "engine": engine_cfg, "thresholds": th,
-        "model": {"dir_name": model_path.name, "checkpoint_fingerprint": checkpoint_stamp(model_path)},
+        "model": {"dir_name": model_path.name,
+                  "checkpoint_fingerprint": checkpoint_stamp(model_path)},
         "baseline": {"dir": _display(baseline_dir), "updated_this_run": update_baseline,
-                     "checkpoint_fingerprint": base_meta.get("checkpoint_fingerprint") if base_meta else None,
+                     "checkpoint_fingerprint": (base_meta.get("checkpoint_fingerprint")
+                                                if base_meta else None),
                      "created_utc": base_meta.get("created_utc") if base_meta else None},
         "gates": gates, "cases": per_case, "wav_dir": wav_dir.name if wav_dir else None,
         "pass": overall,
         "failed_gates": [g for g in GATES if not gates[g]["pass"]],
     }
     brief = {"run_id": run_id, "mode": mode, "profile": profile, "pass": overall,
-             "gates": {g: {"pass": gates[g]["pass"], "reasons": gates[g]["reasons"]} for g in GATES}}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (run_dir / "summary_brief.json").write_text(json.dumps(brief, indent=2, ensure_ascii=False) + "\n",
-                                                encoding="utf-8")
+             "gates": {g: {"pass": gates[g]["pass"], "reasons": gates[g]["reasons"]}
+                       for g in GATES}}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n",
+                                          encoding="utf-8")
+    (run_dir / "summary_brief.json").write_text(
+        json.dumps(brief, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     _update_latest(out_root, run_id)
     summary["run_dir"] = str(run_dir)
     return summary

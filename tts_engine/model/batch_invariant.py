@@ -34,11 +34,12 @@ from . import invariant_kernels as kernels
 
 # batch-dependent reductions no handler covers: refused rather than run
 _REFUSED = {
-    torch.matmul, Tensor.matmul, Tensor.__matmul__, Tensor.__rmatmul__, torch.mm, Tensor.mm, torch.bmm, Tensor.bmm, torch.addmm,
-    torch.baddbmm, torch.einsum, F.bilinear, F.softmax, torch.softmax, Tensor.softmax, F.log_softmax,
-    torch.log_softmax, Tensor.log_softmax, torch.cumsum, Tensor.cumsum, torch.var, Tensor.var, torch.std,
-    Tensor.std, torch.norm, Tensor.norm, torch.logsumexp, Tensor.logsumexp, F.conv2d, F.conv3d, F.group_norm,
-    F.batch_norm, F.rms_norm, F.normalize,
+    torch.matmul, Tensor.matmul, Tensor.__matmul__, Tensor.__rmatmul__, torch.mm, Tensor.mm,
+    torch.bmm, Tensor.bmm, torch.addmm, torch.baddbmm, torch.einsum, F.bilinear, F.softmax,
+    torch.softmax, Tensor.softmax, F.log_softmax, torch.log_softmax, Tensor.log_softmax,
+    torch.cumsum, Tensor.cumsum, torch.var, Tensor.var, torch.std, Tensor.std, torch.norm,
+    Tensor.norm, torch.logsumexp, Tensor.logsumexp, F.conv2d, F.conv3d, F.group_norm, F.batch_norm,
+    F.rms_norm, F.normalize,
 }
 
 
@@ -58,8 +59,9 @@ def _conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, pad
             groups: int = 1) -> Tensor:
     stride, padding, dilation = _single(stride), _single(padding), _single(dilation)
     if stride != 1 or padding != 0 or x.dim() != 3:
-        raise NotImplementedError(f"batch-invariant conv1d: stride 1 and no padding on [B, C, L] input only "
-                                  f"(got stride {stride}, padding {padding}, input {tuple(x.shape)})")
+        raise NotImplementedError("batch-invariant conv1d: stride 1 and no padding on [B, C, L] "
+                                  f"input only (got stride {stride}, padding {padding}, input "
+                                  f"{tuple(x.shape)})")
     c_in, taps = x.shape[1], weight.shape[2]
     if groups == 1:
         return kernels.conv1d(x, weight, bias, dilation, tf32=_conv_tf32())
@@ -69,23 +71,26 @@ def _conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, pad
         for j in range(1, taps):
             out = out + x[..., j * dilation : j * dilation + length] * weight[:, 0, j, None]
         return out if bias is None else out + bias[:, None]
-    raise NotImplementedError(f"batch-invariant conv1d: groups 1 or depthwise only (got groups {groups})")
+    raise NotImplementedError("batch-invariant conv1d: groups 1 or depthwise only (got groups "
+                              f"{groups})")
 
 
 def _conv_transpose1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
                       output_padding=0, groups: int = 1, dilation=1) -> Tensor:
     stride = _single(stride)
     taps = weight.shape[2]
-    if (_single(padding), _single(output_padding), groups, _single(dilation)) != (0, 0, 1, 1) or x.dim() != 3 \
-            or not stride <= taps <= 2 * stride:
-        raise NotImplementedError("batch-invariant conv_transpose1d: no padding, groups 1, dilation 1 and "
-                                  f"stride <= kernel <= 2 * stride only (got stride {stride}, kernel {taps})")
+    if (_single(padding), _single(output_padding), groups, _single(dilation)) != (0, 0, 1, 1) \
+            or x.dim() != 3 or not stride <= taps <= 2 * stride:
+        raise NotImplementedError("batch-invariant conv_transpose1d: no padding, groups 1, "
+                                  "dilation 1 and stride <= kernel <= 2 * stride only (got stride "
+                                  f"{stride}, kernel {taps})")
     batch, length = x.shape[0], x.shape[2]
     c_out, overlap = weight.shape[1], taps - stride
     steps = kernels.transposed_conv1d_taps(x, weight, tf32=_conv_tf32())  # [B, L, C_out, taps]
     # step t writes its first `stride` taps at t*stride.., its last `overlap` at (t+1)*stride..
     full = x.new_zeros(batch, c_out, (length + 1) * stride)
-    full[..., : length * stride] = steps[..., :stride].permute(0, 2, 1, 3).reshape(batch, c_out, length * stride)
+    full[..., : length * stride] = steps[..., :stride].permute(0, 2, 1, 3).reshape(batch, c_out,
+                                                                                   length * stride)
     if overlap:
         spill = x.new_zeros(batch, c_out, length, stride)
         spill[..., :overlap] = steps[..., stride:].permute(0, 2, 1, 3)
@@ -94,15 +99,19 @@ def _conv_transpose1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, str
     return out if bias is None else out + bias[:, None]
 
 
-def _attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0,
-               is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False) -> Tensor:
-    if dropout_p or scale is not None or (attn_mask is not None and (attn_mask.dtype != torch.bool or is_causal)):
-        raise NotImplementedError("batch-invariant attention: a bool mask or is_causal, the default scale and "
-                                  "no dropout only")
+def _attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None,
+               dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+               enable_gqa: bool = False) -> Tensor:
+    if dropout_p or scale is not None or (attn_mask is not None
+                                          and (attn_mask.dtype != torch.bool or is_causal)):
+        raise NotImplementedError("batch-invariant attention: a bool mask or is_causal, "
+                                  "the default scale and no dropout only")
     if query.shape[1] != key.shape[1] and not enable_gqa:
-        raise ValueError(f"attention with {query.shape[1]} query and {key.shape[1]} key heads needs enable_gqa")
+        raise ValueError(f"attention with {query.shape[1]} query and {key.shape[1]} key heads "
+                         "needs enable_gqa")
     if is_causal and query.shape[2] != key.shape[2]:
-        raise NotImplementedError("batch-invariant attention: is_causal with as many queries as keys only")
+        raise NotImplementedError("batch-invariant attention: "
+                                  "is_causal with as many queries as keys only")
     tf32 = _matmul_tf32()
     return kernels.attention(query, key, value, attn_mask, is_causal, tf32=tf32)
 
@@ -112,10 +121,12 @@ def _reduce(x: Tensor, dim, keepdim: bool, mean: bool, dtype: torch.dtype | None
         x = x.to(dtype)
     if isinstance(dim, (tuple, list)):
         if len(dim) != 1:
-            raise NotImplementedError(f"batch-invariant {'mean' if mean else 'sum'}: one dimension only, got {dim}")
+            raise NotImplementedError(f"batch-invariant {'mean' if mean else 'sum'}: "
+                                      f"one dimension only, got {dim}")
         dim = dim[0]
     if dim is None:
-        raise NotImplementedError(f"batch-invariant {'mean' if mean else 'sum'}: over one dimension only")
+        raise NotImplementedError(f"batch-invariant {'mean' if mean else 'sum'}: "
+                                  "over one dimension only")
     dim = dim % x.dim()
     out = kernels.row_sum(x.movedim(dim, -1))
     if mean:
@@ -125,16 +136,18 @@ def _reduce(x: Tensor, dim, keepdim: bool, mean: bool, dtype: torch.dtype | None
 
 def _sum(x: Tensor, dim=None, keepdim: bool = False, *, dtype: torch.dtype | None = None) -> Tensor:
     if not x.is_floating_point() and dtype is None:
-        return torch.sum(x, dim, keepdim) if dim is not None else torch.sum(x)  # integer sums are exact
+        # integer sums are exact
+        return torch.sum(x, dim, keepdim) if dim is not None else torch.sum(x)
     return _reduce(x, dim, keepdim, mean=False, dtype=dtype)
 
 
-def _mean(x: Tensor, dim=None, keepdim: bool = False, *, dtype: torch.dtype | None = None) -> Tensor:
+def _mean(x: Tensor, dim=None, keepdim: bool = False, *,
+          dtype: torch.dtype | None = None) -> Tensor:
     return _reduce(x, dim, keepdim, mean=True, dtype=dtype)
 
 
-def _layer_norm(x: Tensor, normalized_shape, weight: Tensor | None = None, bias: Tensor | None = None,
-                eps: float = 1e-5) -> Tensor:
+def _layer_norm(x: Tensor, normalized_shape, weight: Tensor | None = None,
+                bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     if len(normalized_shape) != 1:
         raise NotImplementedError("batch-invariant layer_norm: over the last dimension only")
     x32 = x.float()
@@ -181,5 +194,6 @@ class BatchInvariantMode(TorchFunctionMode):
             return handler(*args, **kwargs)
         if func in _REFUSED:
             raise RuntimeError(f"{getattr(func, '__name__', func)} has no batch-invariant kernel "
-                               "(tts_engine/model/batch_invariant.py): its sums would depend on the batch")
+                               "(tts_engine/model/batch_invariant.py): "
+                               "its sums would depend on the batch")
         return func(*args, **kwargs)

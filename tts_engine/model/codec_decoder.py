@@ -75,7 +75,8 @@ class CodecDecoderConfig:
         if self.hidden_act != "silu":
             problems.append(f"hidden_act={self.hidden_act!r} (only 'silu' is implemented)")
         if self.num_quantizers < 2:
-            problems.append(f"num_quantizers={self.num_quantizers} (needs 1 semantic + >=1 acoustic)")
+            problems.append(f"num_quantizers={self.num_quantizers} "
+                            "(needs 1 semantic + >=1 acoustic)")
         if self.codebook_dim % 2:
             problems.append(f"codebook_dim={self.codebook_dim} must be even")
         if self.num_attention_heads % self.num_key_value_heads:
@@ -150,7 +151,8 @@ class CausalTransConv1d(nn.Module):
     def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int) -> None:
         super().__init__()
         if not stride <= kernel_size <= 2 * stride:
-            raise ValueError(f"need stride <= kernel_size <= 2*stride, got k={kernel_size} s={stride}")
+            raise ValueError(f"need stride <= kernel_size <= 2*stride, got k={kernel_size} "
+                             f"s={stride}")
         self.conv = nn.ConvTranspose1d(c_in, c_out, kernel_size, stride=stride)
         self.stride = stride
         self.overlap = kernel_size - stride  # samples one input step spills into the next block
@@ -483,7 +485,8 @@ class CodecDecoder(nn.Module):
         self.pre_conv = CausalConv1d(cfg.codebook_dim, cfg.latent_dim, kernel_size=3)
         self.pre_transformer = PreTransformer(cfg)
         self.upsample = nn.ModuleList(
-            nn.ModuleList([CausalTransConv1d(cfg.latent_dim, cfg.latent_dim, r, r), ConvNeXtBlock(cfg.latent_dim)])
+            nn.ModuleList([CausalTransConv1d(cfg.latent_dim, cfg.latent_dim, r, r),
+                           ConvNeXtBlock(cfg.latent_dim)])
             for r in cfg.upsampling_ratios
         )
         dims = [cfg.decoder_dim // 2**i for i in range(len(cfg.upsample_rates) + 1)]

@@ -201,15 +201,19 @@ def _stack(hidden, layers, heads, kv_heads, head_dim, inter, vocab, theta, max_p
 def preset_config(preset: str) -> dict[str, Any]:
     """A config.json dict for a named geometry: 'tiny', '0.6b' or '1.7b'."""
     if preset == "tiny":
-        size, talker_dims, cp_dims, text_hidden = "0b6", (64, 3, 4, 2, 16, 128), (64, 2, 4, 2, 16, 128), 64
+        size, talker_dims, cp_dims, text_hidden = ("0b6", (64, 3, 4, 2, 16, 128),
+                                                   (64, 2, 4, 2, 16, 128), 64)
     elif preset == "0.6b":
-        size, talker_dims, cp_dims, text_hidden = "0b6", (1024, 28, 16, 8, 128, 3072), (1024, 5, 16, 8, 128, 3072), 2048
+        size, talker_dims, cp_dims, text_hidden = ("0b6", (1024, 28, 16, 8, 128, 3072),
+                                                   (1024, 5, 16, 8, 128, 3072), 2048)
     elif preset == "1.7b":
-        size, talker_dims, cp_dims, text_hidden = "1b7", (2048, 28, 16, 8, 128, 6144), (1024, 5, 16, 8, 128, 3072), 2048
+        size, talker_dims, cp_dims, text_hidden = ("1b7", (2048, 28, 16, 8, 128, 6144),
+                                                   (1024, 5, 16, 8, 128, 3072), 2048)
     elif preset.startswith("custom:"):
         # custom:H,L,CP_H,CP_L — mid-size geometries for tests ("custom:256,4,128,2")
         h, n, cph, cpn = (int(x) for x in preset.split(":", 1)[1].split(","))
-        size, talker_dims, cp_dims, text_hidden = "0b6", (h, n, 4, 2, h // 4, 2 * h), (cph, cpn, 4, 2, cph // 4, 2 * cph), h
+        size, talker_dims, cp_dims, text_hidden = ("0b6", (h, n, 4, 2, h // 4, 2 * h),
+                                                   (cph, cpn, 4, 2, cph // 4, 2 * cph), h)
     else:
         raise ValueError(f"unknown preset {preset!r}; valid: tiny, 0.6b, 1.7b")
     code_predictor = _stack(
@@ -224,8 +228,9 @@ def preset_config(preset: str) -> dict[str, Any]:
         text_vocab_size=151936, text_hidden_size=text_hidden, num_code_groups=16,
         position_id_per_seconds=13, use_sliding_window=False,
         codec_pad_id=2148, codec_bos_id=2149, codec_eos_token_id=2150,
-        codec_think_id=2154, codec_nothink_id=2155, codec_think_bos_id=2156, codec_think_eos_id=2157,
-        spk_id=dict(SPEAKERS), spk_is_dialect=dict(SPEAKER_DIALECTS), codec_language_id=dict(LANGUAGES),
+        codec_think_id=2154, codec_nothink_id=2155, codec_think_bos_id=2156,
+        codec_think_eos_id=2157, spk_id=dict(SPEAKERS), spk_is_dialect=dict(SPEAKER_DIALECTS),
+        codec_language_id=dict(LANGUAGES),
     )
     return {
         "architectures": ["Qwen3TTSForConditionalGeneration"],

@@ -31,7 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-ATTENTION_BLOCK_M = 16  # queries per program: tl.dot's smallest tile, so one decode query wastes least
+# queries per program: tl.dot's smallest tile, so one decode query wastes least
+ATTENTION_BLOCK_M = 16
 ATTENTION_BLOCK_N = 64  # keys per block: fixes where each block of a row's keys starts
 
 
@@ -52,13 +53,13 @@ def gemm_config(n: int, k: int, dtype: torch.dtype) -> GemmConfig:
     """The one tile configuration of a weight of shape (N, K): a function of N, K and
     the dtype only, never of M (16 is tl.dot's smallest tile side)."""
     if dtype == torch.float32:  # the codec decoder: many rows (streams x time steps), wide tiles
-        return GemmConfig(block_m=64, block_n=_pow2_between(n, 16, 64), block_k=_pow2_between(k, 16, 32),
-                          num_warps=4, num_stages=3)
+        return GemmConfig(block_m=64, block_n=_pow2_between(n, 16, 64),
+                          block_k=_pow2_between(k, 16, 32), num_warps=4, num_stages=3)
     # the talker and predictor: a decode step's few rows read each weight once, so narrow
     # tiles spread that read over more programs (64 or more for N >= 1024)
     narrow = 1 << (max(n // 64, 1).bit_length() - 1)
-    return GemmConfig(block_m=64, block_n=_pow2_between(narrow, 16, 64), block_k=_pow2_between(k, 16, 64),
-                      num_warps=4, num_stages=4)
+    return GemmConfig(block_m=64, block_n=_pow2_between(narrow, 16, 64),
+                      block_k=_pow2_between(k, 16, 64), num_warps=4, num_stages=4)
 
 
 def dot_precision(dtype: torch.dtype, tf32: bool) -> str:
@@ -82,7 +83,8 @@ def _gemm_kernel(x, w, bias, out, M, L,
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         c, j = rk // TAPS, rk % TAPS
-        a_ptr = x + b[:, None] * s_xb + c[None, :] * s_xc + (t[:, None] + j[None, :] * DILATION) * s_xl
+        a_ptr = (x + b[:, None] * s_xb + c[None, :] * s_xc
+                 + (t[:, None] + j[None, :] * DILATION) * s_xl)
         a_tile = tl.load(a_ptr, mask=row_ok[:, None] & (rk[None, :] < K), other=0.0)
         w_tile = tl.load(w + rk[:, None] * s_wk + rn[None, :] * s_wn,
                          mask=(rk[:, None] < K) & (rn[None, :] < N), other=0.0)
@@ -93,21 +95,24 @@ def _gemm_kernel(x, w, bias, out, M, L,
     tl.store(o_ptr, acc.to(out.dtype.element_ty), mask=row_ok[:, None] & (rn[None, :] < N))
 
 
-def gemm(x: torch.Tensor, x_strides: tuple[int, int, int], w: torch.Tensor, w_strides: tuple[int, int],
-         bias: torch.Tensor | None, out: torch.Tensor, out_strides: tuple[int, int, int],
-         m: int, length: int, n: int, k: int, taps: int = 1, dilation: int = 1, tf32: bool = False) -> torch.Tensor:
+def gemm(x: torch.Tensor, x_strides: tuple[int, int, int], w: torch.Tensor,
+         w_strides: tuple[int, int], bias: torch.Tensor | None, out: torch.Tensor,
+         out_strides: tuple[int, int, int], m: int, length: int, n: int, k: int, taps: int = 1,
+         dilation: int = 1, tf32: bool = False) -> torch.Tensor:
     """out(m, n) = sum_k a(m, k) w(n, k) + bias(n), M = m rows: see _gemm_kernel for the
     addressing; strides in elements, (b, c, l) for x and out, (n, k) for w."""
     cfg = gemm_config(n, k, x.dtype)
     grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n))
-    _gemm_kernel[grid](x, w, bias if bias is not None else w, out, m, length, *x_strides, *w_strides, *out_strides,
-                       N=n, K=k, TAPS=taps, DILATION=dilation, HAS_BIAS=bias is not None,
-                       PRECISION=dot_precision(x.dtype, tf32), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                       BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    _gemm_kernel[grid](x, w, bias if bias is not None else w, out, m, length, *x_strides,
+                       *w_strides, *out_strides, N=n, K=k, TAPS=taps, DILATION=dilation,
+                       HAS_BIAS=bias is not None, PRECISION=dot_precision(x.dtype, tf32),
+                       BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+                       num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tf32: bool = False) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+           tf32: bool = False) -> torch.Tensor:
     """x [..., K] @ weight[N, K].T + bias: rows of x are independent of each other."""
     k = x.shape[-1]
     n = weight.shape[0]
@@ -115,8 +120,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tf3
     m = rows.shape[0]
     out = torch.empty(m, n, device=x.device, dtype=x.dtype)
     if m:
-        gemm(rows, (rows.stride(0), rows.stride(1), 0), weight, (weight.stride(0), weight.stride(1)), bias,
-             out, (out.stride(0), out.stride(1), 0), m, 1, n, k, tf32=tf32)
+        gemm(rows, (rows.stride(0), rows.stride(1), 0), weight,
+             (weight.stride(0), weight.stride(1)), bias, out, (out.stride(0), out.stride(1), 0),
+             m, 1, n, k, tf32=tf32)
     return out.view(*x.shape[:-1], n)
 
 
@@ -131,12 +137,13 @@ def conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dil
     if batch and length > 0:
         w = weight.reshape(c_out, c_in * taps)  # (c, j) -> c * taps + j, as the kernel's k
         gemm(x, (x.stride(0), x.stride(1), x.stride(2)), w, (w.stride(0), w.stride(1)), bias,
-             out, (out.stride(0), out.stride(1), out.stride(2)), batch * length, length, c_out, c_in * taps,
-             taps=taps, dilation=dilation, tf32=tf32)
+             out, (out.stride(0), out.stride(1), out.stride(2)), batch * length, length, c_out,
+             c_in * taps, taps=taps, dilation=dilation, tf32=tf32)
     return out
 
 
-def transposed_conv1d_taps(x: torch.Tensor, weight: torch.Tensor, tf32: bool = False) -> torch.Tensor:
+def transposed_conv1d_taps(x: torch.Tensor, weight: torch.Tensor,
+                           tf32: bool = False) -> torch.Tensor:
     """Each input step's contribution to a transposed conv, before overlap-add and bias:
     x [B, C_in, L], weight [C_in, C_out, taps] -> [B, L, C_out, taps]."""
     batch, c_in, length = x.shape
@@ -146,8 +153,8 @@ def transposed_conv1d_taps(x: torch.Tensor, weight: torch.Tensor, tf32: bool = F
         w = weight.reshape(c_in, c_out * taps)  # w(n, k) = weight[k, n // taps, n % taps]
         flat = out.view(batch, length, c_out * taps)
         gemm(x, (x.stride(0), x.stride(1), x.stride(2)), w, (w.stride(1), w.stride(0)), None,
-             flat, (flat.stride(0), flat.stride(2), flat.stride(1)), batch * length, length, c_out * taps, c_in,
-             tf32=tf32)
+             flat, (flat.stride(0), flat.stride(2), flat.stride(1)), batch * length, length,
+             c_out * taps, c_in, tf32=tf32)
     return out
 
 
@@ -167,8 +174,8 @@ def row_sum(x: torch.Tensor) -> torch.Tensor:
     rows = x.reshape(-1, n).contiguous()
     out = torch.empty(rows.shape[0], device=x.device, dtype=x.dtype)
     if rows.shape[0]:
-        _row_sum_kernel[(rows.shape[0],)](rows, out, rows.shape[0], N=n, BLOCK=_pow2_between(n, 16, 1024),
-                                          num_warps=4)
+        _row_sum_kernel[(rows.shape[0],)](rows, out, rows.shape[0], N=n,
+                                          BLOCK=_pow2_between(n, 16, 1024), num_warps=4)
     return out.view(x.shape[:-1])
 
 
@@ -179,15 +186,17 @@ MASK_NONE, MASK_CAUSAL, MASK_TENSOR = 0, 1, 2
 def _attention_kernel(q, k, v, mask, out, S, T, scale,
                       s_qb, s_qh, s_qs, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt,
                       s_mb, s_mh, s_ms, s_mt, s_ob, s_oh, s_os,
-                      H: tl.constexpr, GROUPS: tl.constexpr, D: tl.constexpr, MASK_MODE: tl.constexpr,
-                      PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                      H: tl.constexpr, GROUPS: tl.constexpr, D: tl.constexpr,
+                      MASK_MODE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr):
     bh = tl.program_id(0)
     b, h = bh // H, bh % H
     hk = h // GROUPS  # the key/value head of query head h (grouped-query attention)
     rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     rd = tl.arange(0, D)
     q_ok = rm < S
-    q_tile = tl.load(q + b * s_qb + h * s_qh + rm[:, None] * s_qs + rd[None, :], mask=q_ok[:, None], other=0.0)
+    q_tile = tl.load(q + b * s_qb + h * s_qh + rm[:, None] * s_qs + rd[None, :], mask=q_ok[:, None],
+                     other=0.0)
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, D), dtype=tl.float32)
@@ -221,23 +230,25 @@ def _attention_kernel(q, k, v, mask, out, S, T, scale,
             m_i = tl.where(row_sees, m_new, m_i)
         start += BLOCK_N
     o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-    tl.store(out + b * s_ob + h * s_oh + rm[:, None] * s_os + rd[None, :], o.to(out.dtype.element_ty),
-             mask=q_ok[:, None])
+    tl.store(out + b * s_ob + h * s_oh + rm[:, None] * s_os + rd[None, :],
+             o.to(out.dtype.element_ty), mask=q_ok[:, None])
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
-              tf32: bool = False) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+              causal: bool, tf32: bool = False) -> torch.Tensor:
     """softmax(q k^T / sqrt(D) where visible) v: q [B, H, S, D], k and v [B, Hkv, T, D] (H a
     multiple of Hkv), mask bool broadcastable to [B, H, S, T] (True = visible) or causal
     (query i sees keys 0..i) or neither (all keys) -> [B, H, S, D]. A query that sees no
     key gets zeros."""
     batch, heads, queries, dim = q.shape
     kv_heads, keys = k.shape[1], k.shape[2]
-    if heads % kv_heads or v.shape[1] != kv_heads or v.shape[2] != keys or dim not in (k.shape[3], v.shape[3]) \
-            or k.shape[3] != v.shape[3]:
-        raise ValueError(f"attention: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not fit")
+    if heads % kv_heads or v.shape[1] != kv_heads or v.shape[2] != keys \
+            or dim not in (k.shape[3], v.shape[3]) or k.shape[3] != v.shape[3]:
+        raise ValueError(f"attention: q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)} do not fit")
     if dim & (dim - 1) or dim < 16:
-        raise ValueError(f"attention: head_dim {dim} must be a power of two >= 16 (tl.dot's smallest tile)")
+        raise ValueError(f"attention: head_dim {dim} must be a power of two >= 16 (tl.dot's "
+                         "smallest tile)")
     if q.stride(3) != 1 or k.stride(3) != 1 or v.stride(3) != 1:
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out = torch.empty(batch, heads, queries, dim, device=q.device, dtype=q.dtype)
@@ -251,8 +262,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     grid = (batch * heads, triton.cdiv(queries, ATTENTION_BLOCK_M))
     if batch and queries:
         _attention_kernel[grid](q, k, v, mask, out, queries, keys, 1.0 / math.sqrt(dim),
-                                q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                                v.stride(0), v.stride(1), v.stride(2), *mask_strides,
+                                q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
+                                k.stride(2), v.stride(0), v.stride(1), v.stride(2), *mask_strides,
                                 out.stride(0), out.stride(1), out.stride(2),
                                 H=heads, GROUPS=heads // kv_heads, D=dim, MASK_MODE=mode,
                                 PRECISION=dot_precision(q.dtype, tf32), BLOCK_M=ATTENTION_BLOCK_M,

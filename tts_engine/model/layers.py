@@ -40,14 +40,16 @@ class RotaryTable(nn.Module):
         self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
 
     def _inv_freq(self, device: torch.device | str | None = None) -> torch.Tensor:
-        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device).to(torch.float32)
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.int64,
+                                 device=device).to(torch.float32)
         return 1.0 / (self.theta ** (exponents / self.head_dim))
 
     def materialize(self, device: torch.device | str) -> None:
         """Recompute the table on `device` (after building the model on the meta device)."""
         self.inv_freq = self._inv_freq(device)
 
-    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, positions: torch.Tensor,
+                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         # positions [B, S] -> cos, sin [B, S, D]
         freqs = positions.to(torch.float32)[..., None] * self.inv_freq.to(positions.device)
         emb = torch.cat((freqs, freqs), dim=-1)
@@ -80,16 +82,21 @@ class KVCache:
 
     @classmethod
     def allocate(
-        cls, geometry: TransformerGeometry, batch: int, capacity: int, device: torch.device, dtype: torch.dtype,
+        cls, geometry: TransformerGeometry, batch: int, capacity: int, device: torch.device,
+        dtype: torch.dtype,
     ) -> KVCache:
-        shape = (geometry.num_hidden_layers, batch, geometry.num_key_value_heads, capacity, geometry.head_dim)
-        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+        shape = (geometry.num_hidden_layers, batch, geometry.num_key_value_heads, capacity,
+                 geometry.head_dim)
+        return cls(torch.zeros(shape, device=device, dtype=dtype),
+                   torch.zeros(shape, device=device, dtype=dtype))
 
     def positions(self, batch: int, s: int, device: torch.device) -> torch.Tensor:
         if s > 1 and self.length != 0:
-            raise RuntimeError("multi-position steps are only supported as the first (prefill) step")
+            raise RuntimeError("multi-position steps are only "
+                               "supported as the first (prefill) step")
         if self.length + s > self.capacity:
-            raise RuntimeError(f"KV cache overflow: {self.length + s} positions > capacity {self.capacity}")
+            raise RuntimeError(f"KV cache overflow: {self.length + s} positions > capacity "
+                               f"{self.capacity}")
         return torch.arange(self.length, self.length + s, device=device).expand(batch, s)
 
     def layer(self, i: int) -> AppendedKV:
@@ -149,10 +156,13 @@ class ScatteredKV:
     """One layer's part of a StaticKVCache: each row's keys/values go to its own position;
     attention reads the mask's span of positions (its last dimension)."""
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> None:
-        self.k, self.v, self.pos, self.mask = k, v, pos, mask  # k/v [B, Hkv, capacity, D]; mask [B, 1, 1, span]
+    def __init__(self, k: torch.Tensor, v: torch.Tensor,
+                 pos: torch.Tensor, mask: torch.Tensor) -> None:
+        # k/v [B, Hkv, capacity, D]; mask [B, 1, 1, span]
+        self.k, self.v, self.pos, self.mask = k, v, pos, mask
 
-    def write(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def write(self, k: torch.Tensor,
+              v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         index = self.pos.view(-1, 1, 1, 1).expand(-1, k.shape[1], 1, k.shape[3])
         self.k.scatter_(2, index, k)
         self.v.scatter_(2, index, v)
@@ -163,7 +173,8 @@ class ScatteredKV:
 class Attention(nn.Module):
     def __init__(self, g: TransformerGeometry) -> None:
         super().__init__()
-        self.n_heads, self.n_kv, self.head_dim = g.num_attention_heads, g.num_key_value_heads, g.head_dim
+        self.n_heads, self.n_kv, self.head_dim = (g.num_attention_heads, g.num_key_value_heads,
+                                                  g.head_dim)
         self.q_proj = nn.Linear(g.hidden_size, g.num_attention_heads * g.head_dim, bias=False)
         self.k_proj = nn.Linear(g.hidden_size, g.num_key_value_heads * g.head_dim, bias=False)
         self.v_proj = nn.Linear(g.hidden_size, g.num_key_value_heads * g.head_dim, bias=False)
@@ -171,7 +182,8 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(g.head_dim, g.rms_norm_eps)  # per head, before RoPE
         self.k_norm = RMSNorm(g.head_dim, g.rms_norm_eps)
 
-    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def project(self, x: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Normed x [B, S, C] -> q [B, H, S, D], k and v [B, Hkv, S, D], RoPE applied."""
         b, s, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(b, s, self.n_heads, self.head_dim)).transpose(1, 2)
@@ -179,11 +191,13 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(b, s, self.n_kv, self.head_dim).transpose(1, 2)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: AppendedKV | ScatteredKV) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               kv: AppendedKV | ScatteredKV) -> torch.Tensor:
         """Write k/v into the cache, attend over it: [B, H, S, D]."""
         k_all, v_all, mask = kv.write(k, v)  # [B, Hkv, T, D]
         # a multi-position (causal) step is always the prefill of an empty cache
-        return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, is_causal=q.shape[2] > 1 and mask is None,
+        return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask,
+                                              is_causal=q.shape[2] > 1 and mask is None,
                                               enable_gqa=self.n_heads != self.n_kv)
 
     def output(self, out: torch.Tensor) -> torch.Tensor:
@@ -216,11 +230,13 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(g.hidden_size, g.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(g.hidden_size, g.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv: AppendedKV | ScatteredKV) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                kv: AppendedKV | ScatteredKV) -> torch.Tensor:
         q, k, v = self.project(x, cos, sin)
         return self.finish(x, self.self_attn.attend(q, k, v, kv))
 
-    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def project(self, x: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.self_attn.project(self.input_layernorm(x), cos, sin)
 
     def finish(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
@@ -239,7 +255,8 @@ class DecoderStack(nn.Module):
         self.rotary = RotaryTable(g.head_dim, g.rope_theta)
 
     def forward(self, x: torch.Tensor, cache: KVCache | StaticKVCache) -> torch.Tensor:
-        """x [B, S, C] at the cache's next positions -> normed hidden [B, S, C]; advances the cache."""
+        """x [B, S, C] at the cache's next positions -> normed hidden [B, S, C];
+        advances the cache."""
         b, s, _ = x.shape
         cos, sin = self.rotary(cache.positions(b, s, x.device), x.dtype)
         for i, layer in enumerate(self.layers):

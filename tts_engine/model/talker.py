@@ -50,7 +50,8 @@ class CodePredictorModel(DecoderStack):
         # Codebook i+1's embedding lives in the talker's width: the sum of all
         # 16 embeddings is the talker's next input.
         self.codec_embedding = nn.ModuleList(
-            nn.Embedding(cfg.geometry.vocab_size, talker_hidden) for _ in range(cfg.num_code_groups - 1)
+            nn.Embedding(cfg.geometry.vocab_size, talker_hidden)
+            for _ in range(cfg.num_code_groups - 1)
         )
 
 
@@ -98,7 +99,8 @@ class Talker(nn.Module):
     def frame_embedding(self, codes: torch.Tensor) -> torch.Tensor:
         """A frame's 16 codes [B, 16] -> the sum of their embeddings [B, C]."""
         parts = [self.model.codec_embedding(codes[:, 0])]
-        parts += [emb(codes[:, i + 1]) for i, emb in enumerate(self.code_predictor.model.codec_embedding)]
+        parts += [emb(codes[:, i + 1])
+                  for i, emb in enumerate(self.code_predictor.model.codec_embedding)]
         # One reduction over the stacked parts, as upstream: the float32 sum
         # order then matches bit for bit.
         return torch.stack(parts, dim=1).sum(1)

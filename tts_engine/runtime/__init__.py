@@ -7,4 +7,5 @@ from .code_dump import load_codes
 from .engine import TTSEngine, check_device_memory
 from .session import PCMPacket, RequestMetrics, StreamHandle
 
-__all__ = ["PCMPacket", "RequestMetrics", "StreamHandle", "TTSEngine", "check_device_memory", "load_codes"]
+__all__ = ["PCMPacket", "RequestMetrics", "StreamHandle", "TTSEngine", "check_device_memory",
+           "load_codes"]

@@ -20,8 +20,8 @@ import torch
 CODEBOOKS = 16
 
 
-def dump_codes(folder: Path, request_id: str, codes: np.ndarray, *, text: str, speaker: str, language: str,
-               model_dir: str, stop_reason: str, text_tokens: int) -> Path:
+def dump_codes(folder: Path, request_id: str, codes: np.ndarray, *, text: str, speaker: str,
+               language: str, model_dir: str, stop_reason: str, text_tokens: int) -> Path:
     """Write `<folder>/<request_id>.npy` and its `.json`; returns the .npy path."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{request_id}.npy"

@@ -55,7 +55,8 @@ class CompileCache:
         self._counts_at_open = _cache_counts()
 
     @classmethod
-    def open(cls, root: Path, config: TTSModelConfig, dtype: torch.dtype, device: torch.device) -> CompileCache:
+    def open(cls, root: Path, config: TTSModelConfig, dtype: torch.dtype,
+             device: torch.device) -> CompileCache:
         """The key's folder under `root`/compile-cache, made current: the cache variables
         point into it and its artefacts are loaded."""
         parts = key_parts(config, dtype, device)
@@ -63,7 +64,8 @@ class CompileCache:
         cache = cls(root / "compile-cache" / key, parts)
         cache.dir.mkdir(parents=True, exist_ok=True)
         (cache.dir / "key.json").write_text(json.dumps(parts, indent=2, sort_keys=True) + "\n")
-        for variable, sub in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton")):
+        for variable, sub in (("TORCHINDUCTOR_CACHE_DIR", "inductor"),
+                              ("TRITON_CACHE_DIR", "triton")):
             _point(variable, cache.dir / sub)
         cache.load()
         return cache
@@ -82,7 +84,8 @@ class CompileCache:
                 raise InvalidArtefacts("torch could not read them")
         except Exception as exc:  # noqa: BLE001 - a bad cache costs a compile, never the start
             self.artefacts_problem = f"{type(exc).__name__}: {exc}"
-            log.warning("compile cache: ignoring and removing %s (%s); compiling afresh", path, self.artefacts_problem)
+            log.warning("compile cache: ignoring and removing %s (%s); compiling afresh", path,
+                        self.artefacts_problem)
             path.unlink(missing_ok=True)
             return
         self.artefacts_loaded = True
@@ -99,10 +102,12 @@ class CompileCache:
         if not isinstance(header, dict):
             raise InvalidArtefacts("unreadable header")
         if header.get("key") != self.key:
-            raise InvalidArtefacts(f"written for key {header.get('key')!r} ({header.get('parts')}), "
-                                   f"this engine's is {self.key!r} ({self.parts})")
+            raise InvalidArtefacts(f"written for key {header.get('key')!r} "
+                                   f"({header.get('parts')}), this engine's is {self.key!r} "
+                                   f"({self.parts})")
         if len(payload) != header.get("bytes"):
-            raise InvalidArtefacts(f"truncated or altered: {len(payload)} bytes, the header says {header.get('bytes')}")
+            raise InvalidArtefacts(f"truncated or altered: {len(payload)} bytes, "
+                                   f"the header says {header.get('bytes')}")
         if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
             raise InvalidArtefacts("truncated or altered: the checksum differs from the header's")
         return payload
@@ -116,8 +121,8 @@ class CompileCache:
         except Exception as exc:
             if not had_entries:
                 raise
-            log.warning("compile cache: compiling with %s failed (%s: %s); clearing it and compiling afresh",
-                        self.dir, type(exc).__name__, exc)
+            log.warning("compile cache: compiling with %s failed (%s: %s); clearing it and "
+                        "compiling afresh", self.dir, type(exc).__name__, exc)
             self.retried = True
             self.clear()
             torch._dynamo.reset()
@@ -171,8 +176,9 @@ def key_parts(config: TTSModelConfig, dtype: torch.dtype, device: torch.device) 
         device_name = torch.cuda.get_device_name(device)
     else:
         device_name = f"{device.type} {platform.machine()}"
-    return {"talker": repr(config.talker.geometry), "predictor": repr(config.talker.code_predictor.geometry),
-            "dtype": str(dtype), "torch": torch.__version__, "triton": triton_version,
+    return {"talker": repr(config.talker.geometry),
+            "predictor": repr(config.talker.code_predictor.geometry), "dtype": str(dtype),
+            "torch": torch.__version__, "triton": triton_version,
             "python": platform.python_version(), "device": device_name}
 
 
@@ -181,7 +187,8 @@ def _point(variable: str, path: Path) -> None:
 
     current = os.environ.get(variable)
     # torch sets the variables to its own defaults (in the temp folder) when it first needs them
-    torch_default = current is not None and Path(default_cache_dir()) in (Path(current), *Path(current).parents)
+    torch_default = current is not None and Path(default_cache_dir()) in (Path(current),
+                                                                          *Path(current).parents)
     if current is not None and _POINTED.get(variable) != current and not torch_default:
         log.info("compile cache: %s=%s (set by the user) stays", variable, current)
         return

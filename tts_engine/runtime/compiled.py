@@ -43,14 +43,16 @@ RECOMPILE_LIMIT = 32
 def compile_layers(talker: Talker) -> None:
     """Route every decoder layer's `project` and `finish` through torch.compile (lazily:
     the first call of each variant compiles it; `precompile` makes those calls)."""
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit,
+                                               RECOMPILE_LIMIT)
     for stack in (talker.model, talker.code_predictor.model):
         for layer in stack.layers:
             for part, dims in DYNAMIC_DIMS.items():
                 setattr(layer, part, _compiled(getattr(layer, part), dims))
 
 
-def _compiled(part: Callable[..., Tensor], dims: tuple[tuple[int, ...], ...]) -> Callable[..., Tensor]:
+def _compiled(part: Callable[..., Tensor],
+              dims: tuple[tuple[int, ...], ...]) -> Callable[..., Tensor]:
     compiled = torch.compile(part, dynamic=False)  # dynamic: only the dimensions marked below
 
     def call(*tensors: Tensor) -> Tensor:

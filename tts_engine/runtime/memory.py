@@ -59,29 +59,34 @@ class MemoryAccount:
     def summary(self) -> str:
         shape = f"{self.rows} rows x {self.positions} positions"
         if not self.device.startswith("cuda"):
-            return f"engine memory on {self.device}: not measured (the row pool holds {self.row_pool_mib:.0f} MiB, {shape})"
-        return (f"engine memory on {self.device}: weights {self.weights_mib:.0f} MiB, rows {self.rows_mib:.0f} MiB "
-                f"({shape}), graphs {self.graphs_mib:.0f} MiB, workspace {self.workspace_mib:.0f} MiB, total reserved "
-                f"{self.reserved_mib:.0f} MiB (peak {self.peak_reserved_mib:.0f} MiB); the card has "
+            return (f"engine memory on {self.device}: not measured (the row pool holds "
+                    f"{self.row_pool_mib:.0f} MiB, {shape})")
+        return (f"engine memory on {self.device}: weights {self.weights_mib:.0f} MiB, "
+                f"rows {self.rows_mib:.0f} MiB ({shape}), graphs {self.graphs_mib:.0f} MiB, "
+                f"workspace {self.workspace_mib:.0f} MiB, total reserved {self.reserved_mib:.0f} "
+                f"MiB (peak {self.peak_reserved_mib:.0f} MiB); the card has "
                 f"{self.device_free_mib:.0f} of {self.device_total_mib:.0f} MiB free")
 
 
-def account_of(device: str, rows: int, positions: int, row_pool_bytes: int, samples: dict[str, MemorySample],
-               peak_reserved: int, device_total: int, device_free: int) -> MemoryAccount:
+def account_of(device: str, rows: int, positions: int, row_pool_bytes: int,
+               samples: dict[str, MemorySample], peak_reserved: int, device_total: int,
+               device_free: int) -> MemoryAccount:
     """The parts from the samples at every point of POINTS (bytes in, MiB out)."""
     missing = [p for p in POINTS if p not in samples]
     if missing:
-        raise ValueError(f"memory samples missing at {', '.join(missing)}; needed at {', '.join(POINTS)}")
+        raise ValueError(f"memory samples missing at {', '.join(missing)}; "
+                         f"needed at {', '.join(POINTS)}")
     s = samples
     weights = s["loaded"].allocated - s["start"].allocated
     row_part = s["rows"].allocated - s["loaded"].allocated
     graphs = s["captured"].reserved - s["before_capture"].reserved
     workspace = max(0, peak_reserved - s["start"].reserved - weights - row_part - graphs)
     return MemoryAccount(
-        device=device, rows=rows, positions=positions, weights_mib=weights / MIB, rows_mib=row_part / MIB,
-        graphs_mib=graphs / MIB, workspace_mib=workspace / MIB, reserved_mib=s["ready"].reserved / MIB,
-        peak_reserved_mib=peak_reserved / MIB, device_total_mib=device_total / MIB,
-        device_free_mib=device_free / MIB, row_pool_mib=row_pool_bytes / MIB)
+        device=device, rows=rows, positions=positions, weights_mib=weights / MIB,
+        rows_mib=row_part / MIB, graphs_mib=graphs / MIB, workspace_mib=workspace / MIB,
+        reserved_mib=s["ready"].reserved / MIB, peak_reserved_mib=peak_reserved / MIB,
+        device_total_mib=device_total / MIB, device_free_mib=device_free / MIB,
+        row_pool_mib=row_pool_bytes / MIB)
 
 
 class MemoryProbe:
@@ -114,4 +119,5 @@ class MemoryProbe:
         if self.cuda:
             peak = torch.cuda.max_memory_reserved(self.device)
             free, total = torch.cuda.mem_get_info(self.device)
-        return account_of(str(self.device), rows, positions, row_pool_bytes, self.samples, peak, total, free)
+        return account_of(str(self.device), rows, positions, row_pool_bytes, self.samples, peak,
+                          total, free)

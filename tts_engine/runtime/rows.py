@@ -48,14 +48,16 @@ class RowView:
 
 
 class RowPool:
-    def __init__(self, codegen: CodeGenerator, decoder: CodecStreamDecoder, rows: int, positions: int) -> None:
+    def __init__(self, codegen: CodeGenerator, decoder: CodecStreamDecoder,
+                 rows: int, positions: int) -> None:
         if rows < 1:
             raise ValueError(f"a row pool needs at least one row, got {rows}")
         cfg = codegen.config.talker
         device, dtype = codegen.device, codegen.dtype
         self.rows, self.positions = rows, positions
         talker = KVCache.allocate(cfg.geometry, rows, positions, device, dtype)
-        predictor = KVCache.allocate(cfg.code_predictor.geometry, rows, cfg.num_code_groups, device, dtype)
+        predictor = KVCache.allocate(cfg.code_predictor.geometry, rows, cfg.num_code_groups, device,
+                                     dtype)
         self._k, self._v = talker.k, talker.v
         self._pk, self._pv = predictor.k, predictor.v
         self._buffers = {name: torch.zeros(rows, *shape, dtype=kind, device=device)
@@ -65,7 +67,8 @@ class RowPool:
     def view(self, start: int, stop: int) -> RowView:
         sl = slice(start, stop)
         return RowView(self._k[:, sl], self._v[:, sl], self._pk[:, sl], self._pv[:, sl],
-                       **{name: t[sl] for name, t in self._buffers.items()}, codec=self._codec.rows(start, stop))
+                       **{name: t[sl] for name, t in self._buffers.items()},
+                       codec=self._codec.rows(start, stop))
 
     def row(self, index: int) -> RowView:
         return self.view(index, index + 1)
@@ -86,7 +89,8 @@ class RowPool:
     @property
     def nbytes(self) -> int:
         """Bytes of every pool tensor (what row_bytes predicts for `rows` rows)."""
-        tensors = (self._k, self._v, self._pk, self._pv, *self._buffers.values(), *self._codec.tensors())
+        tensors = (self._k, self._v, self._pk, self._pv, *self._buffers.values(),
+                   *self._codec.tensors())
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -95,9 +99,10 @@ def _buffer_specs(codegen: CodeGenerator) -> dict[str, tuple[tuple[int, ...], to
     cfg = codegen.config.talker
     g, dtype = cfg.geometry, codegen.dtype
     return {
-        "pos": ((), torch.long), "seen": ((g.vocab_size,), torch.bool), "frames_done": ((), torch.long),
-        "min_new_tokens": ((), torch.long), "sampled": ((), torch.bool), "seed": ((), torch.long),
-        "x": ((1, g.hidden_size), dtype), "tts_pad": ((g.hidden_size,), dtype), "hidden": ((g.hidden_size,), dtype),
+        "pos": ((), torch.long), "seen": ((g.vocab_size,), torch.bool),
+        "frames_done": ((), torch.long), "min_new_tokens": ((), torch.long),
+        "sampled": ((), torch.bool), "seed": ((), torch.long), "x": ((1, g.hidden_size), dtype),
+        "tts_pad": ((g.hidden_size,), dtype), "hidden": ((g.hidden_size,), dtype),
         "logits": ((g.vocab_size,), dtype), "codes": ((cfg.num_code_groups,), torch.long),
     }
 
@@ -110,16 +115,19 @@ class PrefillStage:
     def __init__(self, codegen: CodeGenerator, tokens: int) -> None:
         g = codegen.config.talker.geometry
         self.tokens, self._geometry = tokens, g
-        self._embeds = torch.zeros(tokens * g.hidden_size, device=codegen.device, dtype=codegen.dtype)
+        self._embeds = torch.zeros(tokens * g.hidden_size, device=codegen.device,
+                                   dtype=codegen.dtype)
         per_layer = g.num_key_value_heads * tokens * g.head_dim
-        self._k, self._v = (torch.zeros(g.num_hidden_layers, per_layer, device=codegen.device, dtype=codegen.dtype)
+        self._k, self._v = (torch.zeros(g.num_hidden_layers, per_layer, device=codegen.device,
+                                        dtype=codegen.dtype)
                             for _ in range(2))
 
     def shape(self, group: int, length: int) -> tuple[Tensor, KVCache]:
         """Embeddings [group, length, C] and an empty cache [layers, group, Hkv, length, D]."""
         g = self._geometry
         if group * length > self.tokens:
-            raise ValueError(f"a prefill of {group} x {length} positions exceeds the stage's {self.tokens}")
+            raise ValueError(f"a prefill of {group} x {length} positions exceeds the stage's "
+                             f"{self.tokens}")
         kv_shape = (g.num_hidden_layers, group, g.num_key_value_heads, length, g.head_dim)
         size = group * g.num_key_value_heads * length * g.head_dim
         embeds = self._embeds[: group * length * g.hidden_size].view(group, length, g.hidden_size)
@@ -129,7 +137,8 @@ class PrefillStage:
     def nbytes(codegen: CodeGenerator, tokens: int) -> int:
         g = codegen.config.talker.geometry
         itemsize = torch.empty(0, dtype=codegen.dtype).element_size()
-        return tokens * (g.hidden_size + 2 * g.num_hidden_layers * g.num_key_value_heads * g.head_dim) * itemsize
+        return tokens * (g.hidden_size
+                         + 2 * g.num_hidden_layers * g.num_key_value_heads * g.head_dim) * itemsize
 
 
 def row_bytes(codegen: CodeGenerator, decoder: CodecStreamDecoder, positions: int) -> int:
@@ -138,7 +147,8 @@ def row_bytes(codegen: CodeGenerator, decoder: CodecStreamDecoder, positions: in
     g, pg = cfg.geometry, cfg.code_predictor.geometry
     itemsize = torch.empty(0, dtype=codegen.dtype).element_size()
     talker = 2 * g.num_hidden_layers * g.num_key_value_heads * positions * g.head_dim * itemsize
-    predictor = 2 * pg.num_hidden_layers * pg.num_key_value_heads * cfg.num_code_groups * pg.head_dim * itemsize
+    predictor = (2 * pg.num_hidden_layers * pg.num_key_value_heads * cfg.num_code_groups
+                 * pg.head_dim * itemsize)
     codec = sum(t.numel() * t.element_size() for t in decoder.new_state(1).tensors())
     buffers = sum(math.prod(shape) * torch.empty(0, dtype=kind).element_size()
                   for shape, kind in _buffer_specs(codegen).values())

@@ -1,6 +1,7 @@
 """The official qwen-tts implementation, driven for parity tests (parity venv only).
 
-    python official_talker.py generate MODEL_DIR CASES_JSON OUT_JSON [--device cpu|cuda] [--dtype float32|bfloat16]
+    python official_talker.py generate MODEL_DIR CASES_JSON OUT_JSON [--device cpu|cuda]
+            [--dtype float32|bfloat16]
         CASES_JSON: [{"ids": [...], "speaker", "language", "max_new_tokens"}, ...]
         -> [{"codes": [[16 ints] per frame]}, ...] from Qwen3TTSForConditionalGeneration.generate
            (default float32 on CPU; float32 on CUDA runs with TF32 off)
@@ -38,7 +39,8 @@ GREEDY = {"do_sample": False, "subtalker_dosample": False}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def generate(model_dir: str, cases_path: str, out_path: str, device: str = "cpu", dtype: str = "float32") -> None:
+def generate(model_dir: str, cases_path: str, out_path: str, device: str = "cpu",
+             dtype: str = "float32") -> None:
     if device == "cuda":
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda: torch sees no CUDA device on this side")
@@ -53,16 +55,19 @@ def generate(model_dir: str, cases_path: str, out_path: str, device: str = "cpu"
         model = Qwen3TTSForConditionalGeneration(Qwen3TTSConfig.from_pretrained(model_dir))
     finally:
         torch.set_default_dtype(torch.float32)
-    missing, unexpected = model.load_state_dict(load_file(f"{model_dir}/model.safetensors"), strict=False)
+    missing, unexpected = model.load_state_dict(load_file(f"{model_dir}/model.safetensors"),
+                                                strict=False)
     if missing or unexpected:
-        raise SystemExit(f"official model refuses the checkpoint: missing={missing[:5]} unexpected={unexpected[:5]}")
+        raise SystemExit(f"official model refuses the checkpoint: missing={missing[:5]} "
+                         f"unexpected={unexpected[:5]}")
     model = model.to(device).eval()
     results = []
     for case in json.loads(Path(cases_path).read_text()):
         with torch.no_grad():
             codes, _ = model.generate(
-                input_ids=[torch.tensor([case["ids"]], device=device)], instruct_ids=[None], languages=[case["language"]],
-                speakers=[case["speaker"]], non_streaming_mode=True, max_new_tokens=case["max_new_tokens"], **GREEDY,
+                input_ids=[torch.tensor([case["ids"]], device=device)], instruct_ids=[None],
+                languages=[case["language"]], speakers=[case["speaker"]], non_streaming_mode=True,
+                max_new_tokens=case["max_new_tokens"], **GREEDY,
             )
         results.append({"codes": codes[0].cpu().tolist()})
     Path(out_path).write_text(json.dumps(results))
@@ -86,7 +91,8 @@ def e2e(model_dir: str, cases_path: str, out_dir: str) -> None:
             max_new_tokens=case["max_new_tokens"], **GREEDY,
         )
         assert sr == 24000, sr
-        np.savez(out / f"case_{i}.npz", wav=np.asarray(wavs[0], dtype=np.float32), codes=captured[-1].numpy())
+        np.savez(out / f"case_{i}.npz", wav=np.asarray(wavs[0], dtype=np.float32),
+                 codes=captured[-1].numpy())
 
 
 def save_random(config_path: str, out_dir: str, seed: str) -> None:
@@ -100,14 +106,16 @@ def save_random(config_path: str, out_dir: str, seed: str) -> None:
 def env(out_path: str) -> None:
     cuda = torch.cuda.is_available()
     Path(out_path).write_text(json.dumps({
-        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-        "qwen_tts": version("qwen-tts"), "qwen_tts_path": str(Path(qwen_tts.__file__).parent),
+        "python": platform.python_version(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "qwen_tts": version("qwen-tts"),
+        "qwen_tts_path": str(Path(qwen_tts.__file__).parent),
         "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
     }))
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("generate")
     p.add_argument("model_dir")
