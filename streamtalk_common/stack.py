@@ -247,7 +247,8 @@ class Layout:
             raise ValueError(
                 f"AGENT_WORKERS={self.agent_workers} workers need health ports "
                 f"{self.agent_http_port}..{http_last} and metrics ports "
-                f"{self.agent_metrics_port}..{metrics_last}, which overlap: move AGENT_METRICS_PORT")
+                f"{self.agent_metrics_port}..{metrics_last}, which overlap: "
+                "move AGENT_METRICS_PORT")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Layout:
@@ -312,14 +313,15 @@ def deployed(kind: str, index: int, env: Mapping[str, str] = os.environ) -> Serv
     if kind == "livekit":
         key_file = env.get("LIVEKIT_SERVER_KEY_FILE")
         if not key_file:
-            raise ValueError("LIVEKIT_SERVER_KEY_FILE is not set: run through scripts/livekit_keys.sh")
+            raise ValueError("LIVEKIT_SERVER_KEY_FILE is not set: "
+                             "run through scripts/livekit_keys.sh")
         port, udp = layout.livekit_ports(index)
         redis_port, password = None, ""
         if layout.livekit_nodes > 1:
             redis_port, password = layout.redis_port, redis_password(run_dir / "redis.conf")
             if not password:
-                raise ValueError(f"no Redis password in {run_dir / 'redis.conf'}: start Redis first "
-                                 "(scripts/redis_server.sh)")
+                raise ValueError(f"no Redis password in {run_dir / 'redis.conf'}: "
+                                 "start Redis first (scripts/redis_server.sh)")
         return livekit_node(layout.livekit_service(index), port=port, udp_port=udp,
                             key_file=Path(key_file), redis_port=redis_port, redis_password=password,
                             node_ip=env.get("LIVEKIT_NODE_IP") or "127.0.0.1",
@@ -393,9 +395,10 @@ class ServiceProcess:
                            f"log {self.log_path}:\n{self.log_tail(60)}")
 
     def wait_healthy(self, timeout_s: float | None = None) -> ServiceProcess:
-        checks = " and ".join(c for c in (self.service.health_url,
-                                          self.service.ready_line and repr(self.service.ready_line)) if c)
-        self.wait_until(lambda: self.service.healthy(self.log_text), f"health ({checks})", timeout_s)
+        service = self.service
+        checks = " and ".join(c for c in (service.health_url,
+                                          service.ready_line and repr(service.ready_line)) if c)
+        self.wait_until(lambda: service.healthy(self.log_text), f"health ({checks})", timeout_s)
         return self
 
     def _signal(self, sig: int) -> None:
