@@ -96,14 +96,16 @@ def start_agent_worker_process(
     agent_name = env_extra.pop("LIVEKIT_AGENT_NAME", f"streamtalk-test-{secrets.token_hex(3)}")
     http_port = free_port()
     name = env_extra.pop("AGENT_WORKER_NAME", f"agent-{http_port}")
-    service = stack.agent_worker(
-        name, http_port=http_port, metrics_port=free_port(), livekit_url=livekit.url,
-        command=command, log_level="INFO",
-        LIVEKIT_API_KEY=livekit.api_key, LIVEKIT_API_SECRET=livekit.api_secret,
-        LIVEKIT_AGENT_NAME=agent_name, OMNI_BASE_URL=omni_base_url, OMNI_MODEL=omni_model,
-        TTS_DEEP_STREAM_MODEL_DIR=str(model_dir), TTS_DEEP_STREAM_DEVICE="cpu",
-        STREAMTALK_OUTPUT=str(output_dir), AGENT_TORCH_THREADS="1",
-        AGENT_EMPTY_ROOM_GRACE_S="3", OMP_NUM_THREADS="1", **env_extra)
+    settings = {
+        "LIVEKIT_API_KEY": livekit.api_key, "LIVEKIT_API_SECRET": livekit.api_secret,
+        "LIVEKIT_AGENT_NAME": agent_name, "OMNI_BASE_URL": omni_base_url, "OMNI_MODEL": omni_model,
+        "TTS_DEEP_STREAM_MODEL_DIR": str(model_dir), "TTS_DEEP_STREAM_DEVICE": "cpu",
+        "STREAMTALK_OUTPUT": str(output_dir), "AGENT_TORCH_THREADS": "1",
+        "AGENT_EMPTY_ROOM_GRACE_S": "3", "OMP_NUM_THREADS": "1", **env_extra,
+    }
+    service = stack.agent_worker(name, http_port=http_port, metrics_port=free_port(),
+                                 livekit_url=livekit.url, command=command, log_level="INFO",
+                                 **settings)
     proc = ServiceProcess(service, LOG_DIR / f"agent-{agent_name}-{http_port}.log").wait_healthy()
     return AgentWorker(agent_name, output_dir, http_port, proc, proc.env)
 

@@ -174,9 +174,9 @@ class TokenServer:
 
 def start_token_server_process(livekit: LiveKitServer, **env_extra: str) -> TokenServer:
     port = free_port()
-    service = stack.token_server(port, LIVEKIT_URL=livekit.url, LIVEKIT_API_KEY=livekit.api_key,
-                                 LIVEKIT_API_SECRET=livekit.api_secret,
-                                 STREAMTALK_HOME=str(CACHE_ROOT), **env_extra)
+    settings = {"LIVEKIT_URL": livekit.url, "LIVEKIT_API_KEY": livekit.api_key,
+                "LIVEKIT_API_SECRET": livekit.api_secret, "STREAMTALK_HOME": str(CACHE_ROOT)}
+    service = stack.token_server(port, **{**settings, **env_extra})
     proc = start_service(service, f"token-server-{port}")
     return TokenServer(base_url=f"http://127.0.0.1:{port}", port=port, env=proc.env, process=proc)
 

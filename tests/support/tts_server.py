@@ -18,8 +18,8 @@ class TTSServer:
                  extra_env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        service = stack.tts_server(self.port, model_dir, TTS_DEEP_STREAM_DEVICE="cpu",
-                                   **(extra_env or {}))
+        settings = {"TTS_DEEP_STREAM_DEVICE": "cpu", **(extra_env or {})}
+        service = stack.tts_server(self.port, model_dir, **settings)
         self.log_path = log_path
         self.process = stack.ServiceProcess(service, log_path, base_env=os.environ)
 

@@ -85,7 +85,7 @@ def start_stack(log_dir: Path, agent_output: Path, agent_env: dict[str, str] | N
             start(node, log_dir, services).wait_healthy()
             urls.append(f"ws://127.0.0.1:{port}")
         oport = free_port()
-        omni = stack.omni_dev(oport, OMNI_DEV_MODEL="qwen3-omni-dev", **(omni_env or {}))
+        omni = stack.omni_dev(oport, **{"OMNI_DEV_MODEL": "qwen3-omni-dev", **(omni_env or {})})
         start(omni, log_dir, services).wait_healthy(120)
         model_dir = ensure_checkpoint(cache_root() / "checkpoints" / "tiny-test", "tiny", seed=0)
         agent_name = "streamtalk-autortc-" + secrets.token_hex(3)
@@ -94,16 +94,18 @@ def start_stack(log_dir: Path, agent_output: Path, agent_env: dict[str, str] | N
         gpus = assign(workers, [] if device == "cpu" else
                       visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), nvidia_smi_indices()))
         agents = []
+        settings = {
+            "LIVEKIT_API_KEY": key, "LIVEKIT_API_SECRET": secret, "LIVEKIT_AGENT_NAME": agent_name,
+            "OMNI_BASE_URL": f"http://127.0.0.1:{oport}/v1", "OMNI_MODEL": "qwen3-omni-dev",
+            "TTS_DEEP_STREAM_MODEL_DIR": str(model_dir), "TTS_DEEP_STREAM_DEVICE": device,
+            "STREAMTALK_OUTPUT": str(agent_output), "AGENT_TORCH_THREADS": "1",
+            "AGENT_EMPTY_ROOM_GRACE_S": "3", "OMP_NUM_THREADS": "1", **(agent_env or {}),
+        }
         for i in range(workers):
             worker = stack.agent_worker(
                 "agent" if workers == 1 else f"agent-{i + 1}", http_port=free_port(),
                 metrics_port=free_port(), livekit_url=urls[i % nodes], gpu=gpus[i],
-                log_level="INFO", LIVEKIT_API_KEY=key, LIVEKIT_API_SECRET=secret,
-                LIVEKIT_AGENT_NAME=agent_name, OMNI_BASE_URL=f"http://127.0.0.1:{oport}/v1",
-                OMNI_MODEL="qwen3-omni-dev", TTS_DEEP_STREAM_MODEL_DIR=str(model_dir),
-                TTS_DEEP_STREAM_DEVICE=device, STREAMTALK_OUTPUT=str(agent_output),
-                AGENT_TORCH_THREADS="1", AGENT_EMPTY_ROOM_GRACE_S="3", OMP_NUM_THREADS="1",
-                **(agent_env or {}))
+                log_level="INFO", **settings)
             agents.append(start(worker, log_dir, services))
         for agent in agents:  # loading side by side
             agent.wait_healthy()
