@@ -446,7 +446,8 @@ def main(argv: list[str]) -> int:
     action, kind = argv[0], argv[1]
     try:
         if (kind in INDEXED) != (len(argv) == 3) or (len(argv) == 3 and not argv[2].isdigit()):
-            raise ValueError(f"got {' '.join(argv[1:])!r}")
+            raise ValueError(f"{kind} takes {'an INDEX' if kind in INDEXED else 'no INDEX'}; "
+                             f"got {' '.join(argv[1:])!r}")
         index = int(argv[2]) if len(argv) == 3 else 1
         if action == "exec" and kind == "redis":
             if shutil.which("redis-server") is None:
