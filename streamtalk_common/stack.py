@@ -466,11 +466,12 @@ def main(argv: list[str]) -> int:
         for k, v in service.env.items():
             print(f"{k}={'(secret)' if k in SECRET_SETTINGS else v}")
         return 0
-    if kind == "agent":
-        s = service.env
-        print(f"{service.name}: LiveKit {s.get('LIVEKIT_URL') or os.environ.get('LIVEKIT_URL')}, "
-              f"{'GPU ' + s['CUDA_VISIBLE_DEVICES'] if 'CUDA_VISIBLE_DEVICES' in s else 'no GPU'}"
-              f", health :{s['AGENT_HTTP_PORT']}, metrics :{s['AGENT_METRICS_PORT']}",
+    if kind == "agent":  # its log says where it runs
+        s = {"LIVEKIT_URL": "ws://127.0.0.1:7880", **os.environ, **service.env}
+        gpu = service.env.get("CUDA_VISIBLE_DEVICES")
+        print(f"[streamtalk {time.strftime('%H:%M:%S')}] {service.name}: LiveKit "
+              f"{s['LIVEKIT_URL']}, {f'GPU {gpu}' if gpu else 'no GPU (CPU)'}, "
+              f"health :{s['AGENT_HTTP_PORT']}, metrics :{s['AGENT_METRICS_PORT']}",
               file=sys.stderr, flush=True)
     os.chdir(REPO_ROOT)
     os.execvpe(service.argv[0], service.argv, {**os.environ, **service.env})
