@@ -2,24 +2,9 @@
 # One LiveKit node of the stack: scripts/livekit_node.sh INDEX (1..LIVEKIT_NODES).
 #
 # Node INDEX listens on LIVEKIT_PORT+10(INDEX-1) for signalling and LIVEKIT_UDP_PORT+10(INDEX-1)
-# for media (scripts/stack_layout.sh); with LIVEKIT_NODES > 1 every node joins the Redis of
-# scripts/redis_server.sh, so they share rooms and agent workers. The keys come from the
-# key file LIVEKIT_SERVER_KEY_FILE (scripts/livekit_keys.sh), the same for every node.
+# for media; with LIVEKIT_NODES > 1 every node joins the Redis of scripts/redis_server.sh, so
+# they share rooms and agent workers. The keys come from the key file LIVEKIT_SERVER_KEY_FILE
+# (scripts/livekit_keys.sh), the same for every node. What it runs, with which arguments:
+# streamtalk_common/stack.py (`livekit_node`, `deployed`).
 . "$(dirname "$0")/common.sh"
-. "$REPO_ROOT/scripts/stack_layout.sh"
-cd "$REPO_ROOT"
-
-check_layout
-index="$(layout_index "$0" "${1:-}" LIVEKIT_NODES "$LIVEKIT_NODES")" || exit 1
-[[ -n "${LIVEKIT_SERVER_KEY_FILE:-}" ]] || die "LIVEKIT_SERVER_KEY_FILE is not set: run through scripts/livekit_keys.sh"
-redis=()
-if ((LIVEKIT_NODES > 1)); then
-    REDIS_PASSWORD="$(redis_password)"
-    [[ -n "$REDIS_PASSWORD" ]] || die "no Redis password in $REDIS_CONF: start Redis first (scripts/redis_server.sh)"
-    export REDIS_PASSWORD  # LiveKit reads it from its environment
-    redis=(--redis-host "127.0.0.1:$REDIS_PORT")
-fi
-exec "${LIVEKIT_SERVER_BIN:-$STREAMTALK_HOME/bin/server}" --config "${LIVEKIT_CONFIG_FILE:-$REPO_ROOT/scripts/livekit-dev.yaml}" \
-    --bind "${LIVEKIT_BIND:-127.0.0.1}" --node-ip "${LIVEKIT_NODE_IP:-127.0.0.1}" \
-    --port "$(livekit_port "$index")" --udp-port "$(livekit_udp_port "$index")" \
-    --key-file "$LIVEKIT_SERVER_KEY_FILE" "${redis[@]}"
+exec "$PY" -m streamtalk_common.stack exec livekit "${1:-}"

@@ -1,15 +1,15 @@
-# The stack's repeated services, their names and ports; sourced by start_all.sh and the
-# scripts that start one of them (agent_worker.sh, livekit_node.sh, redis_server.sh), so
-# start_all.sh and supervisord lay the stack out alike.
+# The stack's repeated services, their names and ports, for start_all.sh's port and health
+# checks: a shell copy (start_all.sh checks the layout before the venv is there) of the
+# `Layout` of streamtalk_common/stack.py, which describes the services and launches them
+# (scripts/agent_worker.sh, livekit_node.sh, redis_server.sh); tests/unit/test_stack.py
+# compares the two, so they cannot drift.
 #
 #   AGENT_WORKERS=N  agent workers: `agent` when N is 1, else agent-1 .. agent-N; worker i
 #                    answers health on AGENT_HTTP_PORT+i-1 and metrics on
-#                    AGENT_METRICS_PORT+i-1, and gets the i-th GPU (round-robin,
-#                    streamtalk_common/gpu_assignment.py)
+#                    AGENT_METRICS_PORT+i-1
 #   LIVEKIT_NODES=M  LiveKit nodes: `livekit` when M is 1, else livekit-1 .. livekit-M and
 #                    `redis` (REDIS_PORT, loopback) that they share; node i listens on
-#                    LIVEKIT_PORT+10(i-1) (signalling) and LIVEKIT_UDP_PORT+10(i-1) (media);
-#                    worker i registers with node ((i-1) mod M)+1
+#                    LIVEKIT_PORT+10(i-1) (signalling) and LIVEKIT_UDP_PORT+10(i-1) (media)
 declare -F die >/dev/null || . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 AGENT_WORKERS="${AGENT_WORKERS:-1}"
@@ -37,7 +37,6 @@ check_layout() {
 agent_service() { ((AGENT_WORKERS == 1)) && echo agent || echo "agent-$1"; }  # INDEX (1-based)
 agent_http_port() { echo $((AGENT_HTTP_PORT + $1 - 1)); }
 agent_metrics_port() { ((AGENT_METRICS_PORT == 0)) && echo 0 || echo $((AGENT_METRICS_PORT + $1 - 1)); }
-agent_node() { echo $((($1 - 1) % LIVEKIT_NODES + 1)); }  # worker INDEX -> the node it registers with
 
 livekit_service() { ((LIVEKIT_NODES == 1)) && echo livekit || echo "livekit-$1"; }
 livekit_port() { echo $((LIVEKIT_PORT + NODE_PORT_STEP * ($1 - 1))); }
@@ -55,11 +54,3 @@ index_of() {  # SERVICE -> its 1-based index (agent-3 -> 3; agent, livekit -> 1)
 # LiveKit gets it through REDIS_PASSWORD): it shows on no command line.
 REDIS_CONF="$RUN_DIR/redis.conf"
 redis_password() { sed -n 's/^requirepass //p' "$REDIS_CONF" 2>/dev/null; }
-
-# layout_index SCRIPT ARG COUNT_NAME COUNT: ARG when it is a service index 1..COUNT, else dies
-# with the script's usage
-layout_index() {
-    [[ "$2" =~ ^[1-9][0-9]*$ ]] && (($2 <= $4)) \
-        || die "usage: $1 INDEX, with INDEX 1..$3 ($4); got '$2'"
-    echo "$2"
-}

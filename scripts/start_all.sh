@@ -18,7 +18,9 @@
 #   token_server  token API + web client    http://127.0.0.1:${TOKEN_SERVER_PORT:-3000}
 #   agent         the agent worker (AGENT_WORKERS=N: agent-1 .. agent-N, one per GPU;
 #                 scripts/agent_worker.sh, scripts/stack_layout.sh)
-# each in its own process group, with pid files and logs in $STREAMTALK_OUTPUT/run/.
+# each in its own process group, with pid files and logs in $STREAMTALK_OUTPUT/run/; what each
+# runs, with which arguments: streamtalk_common/stack.py (`python -m streamtalk_common.stack
+# show SERVICE [INDEX]` prints it; vLLM: scripts/run_llm_server.sh).
 # stop: SIGTERM each service, SIGKILL after a grace period, and verify nothing of it is left
 # (children that left the group included: streamtalk_common/service_procs.py).
 #
@@ -341,8 +343,8 @@ cmd_start() {
             export OMNI_BASE_URL="$OMNI_DEV_URL"
             export OMNI_MODEL="${OMNI_MODEL:-qwen3-omni-dev}"  # the name the dev backend serves
             is_running omni_dev || require_port omni_dev tcp 127.0.0.1 "$OMNI_DEV_PORT" OMNI_DEV_PORT
-            start_service omni_dev "$(health_url omni_dev)" 180 \
-                "$PY" -m tools.omni_dev --host 127.0.0.1 --port "$OMNI_DEV_PORT"
+            OMNI_DEV_PORT="$OMNI_DEV_PORT" start_service omni_dev "$(health_url omni_dev)" 180 \
+                "$PY" -m streamtalk_common.stack exec omni_dev
             ;;
         vllm)
             export OMNI_BASE_URL="$VLLM_URL" OMNI_MODEL="$VLLM_SERVED_MODEL"
@@ -362,14 +364,15 @@ cmd_start() {
 
     if enabled tts_server; then
         is_running tts_server || require_port tts_server tcp "$TTS_HOST" "$TTS_PORT" TTS_PORT
-        start_service tts_server "$(health_url tts_server)" "$TTS_START_TIMEOUT_S" \
-            "$PY" -m tts_engine serve --model-dir "$TTS_CHECKPOINT" --host "$TTS_HOST" --port "$TTS_PORT"
+        TTS_DEEP_STREAM_MODEL_DIR="$TTS_CHECKPOINT" TTS_HOST="$TTS_HOST" TTS_PORT="$TTS_PORT" \
+            start_service tts_server "$(health_url tts_server)" "$TTS_START_TIMEOUT_S" \
+            "$PY" -m streamtalk_common.stack exec tts_server
     fi
 
     is_running token_server \
         || require_port token_server tcp "$TOKEN_SERVER_HOST" "$TOKEN_SERVER_PORT" TOKEN_SERVER_PORT
     start_service token_server "$(health_url token_server)" 30 \
-        "$PY" -m token_server --host "$TOKEN_SERVER_HOST" --port "$TOKEN_SERVER_PORT"
+        "$PY" -m streamtalk_common.stack exec token_server
 
     # ---------------------------------------------------------------- AGENT WORKERS
     # Each registers as $LIVEKIT_AGENT_NAME with LiveKit and talks to $OMNI_BASE_URL, on its

@@ -43,7 +43,7 @@ def test_the_tts_server_survives_fuzzing(tiny_model_dir, tmp_path) -> None:
     server = TTSServer(tiny_model_dir, tmp_path / "tts.log", {"TTS_MAX_NEW_TOKENS": "16"})
     try:
         server.wait_ready()
-        report = fuzz(server.url, seconds=FUZZ_SECONDS, probe="tts", pid=server.proc.pid)
+        report = fuzz(server.url, seconds=FUZZ_SECONDS, probe="tts", pid=server.process.proc.pid)
         _assert_clean("tts", report, server.log_path.read_text(errors="replace"))
     finally:
         server.stop()

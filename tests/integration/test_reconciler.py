@@ -262,7 +262,7 @@ async def test_livekit_killed_and_restarted_mid_session(
     wav = question(make_speech_wav)
     try:
         await first_turn(user, wav)
-        lk.process = lk.process.killed_and_restarted(f"{lk.http_url}/")
+        lk.process = lk.process.killed_and_restarted()
         back_at = time.monotonic()
         watch = asyncio.create_task(two_agents_seen(lk, room, 45.0))
         # the old agent finds its session gone and leaves; a fresh one is dispatched

@@ -33,6 +33,7 @@ from support.infra import (
 )
 from yarl import URL
 
+from streamtalk_common import stack
 from token_server.config import ConfigError, TokenServerConfig
 
 pytestmark = pytest.mark.timeout(120)
@@ -524,13 +525,10 @@ def test_a_non_loopback_bind_without_a_key_refuses_to_start(host: str) -> None:
 )
 def test_a_non_loopback_bind_starts_when_told_how(env: dict[str, str], open_warning: bool) -> None:
     port = free_port()
-    argv = [sys.executable, "-m", "token_server", "--host", "0.0.0.0", "--port", str(port)]
-    proc = ServiceProcess(
-        "token-server-open", argv, service_env(**SOME_KEYS, **env),
-        LOG_DIR / f"token-server-{port}.log"
-    )
+    service = stack.token_server(port, "0.0.0.0", **SOME_KEYS, **env)
+    proc = ServiceProcess(service, LOG_DIR / f"token-server-{port}.log")
     try:
-        proc.wait_http(f"http://127.0.0.1:{port}/healthz")
+        proc.wait_healthy()
     finally:
         proc.stop()
     assert ("open token server on 0.0.0.0" in proc.log_path.read_text()) == open_warning

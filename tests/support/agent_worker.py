@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import secrets
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -33,12 +32,13 @@ from typing import Any
 import numpy as np
 from livekit import api, rtc
 
+from streamtalk_common import stack
 from streamtalk_common.audio import read_wav
 from streamtalk_common.net import free_port
 from streamtalk_common.room_protocol import HEARTBEAT_ATTRIBUTE, STALE_AFTER_S, dispatch_attribute
-from support.infra import LOG_DIR, LiveKitServer, ServiceProcess, service_env
+from streamtalk_common.stack import ServiceProcess
+from support.infra import LOG_DIR, LiveKitServer
 
-AGENT_READY_TIMEOUT_S = 180.0
 FRAME_MS = 10
 TWIN_TOLERANCE_S = 1.5  # the agent's twin check runs every 0.5 s, then the later agent leaves
 
@@ -55,10 +55,7 @@ class AgentWorker:
     env: dict[str, str]
 
     def log_text(self) -> str:
-        try:
-            return self.process.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+        return self.process.log_text()
 
     def trace(self, room: str) -> list[dict[str, Any]]:
         path = self.output_dir / "traces" / f"{room}.jsonl"
@@ -83,7 +80,7 @@ class AgentWorker:
             await asyncio.sleep(0.2)
 
     def alive(self) -> bool:
-        return self.process.proc.poll() is None
+        return self.process.alive()
 
 
 def start_agent_worker_process(
@@ -98,38 +95,19 @@ def start_agent_worker_process(
     """`python -m agent <command>` (start or dev) with the test stack's settings and `env_extra`."""
     agent_name = env_extra.pop("LIVEKIT_AGENT_NAME", f"streamtalk-test-{secrets.token_hex(3)}")
     http_port = free_port()
+    name = env_extra.pop("AGENT_WORKER_NAME", f"agent-{http_port}")
     settings = {
-        "LIVEKIT_URL": livekit.url,
-        "LIVEKIT_API_KEY": livekit.api_key,
-        "LIVEKIT_API_SECRET": livekit.api_secret,
-        "LIVEKIT_AGENT_NAME": agent_name,
-        "OMNI_BASE_URL": omni_base_url,
-        "OMNI_MODEL": omni_model,
-        "TTS_DEEP_STREAM_MODEL_DIR": str(model_dir),
-        "TTS_DEEP_STREAM_DEVICE": "cpu",
-        "STREAMTALK_OUTPUT": str(output_dir),
-        "AGENT_HTTP_PORT": str(http_port),
-        "AGENT_METRICS_PORT": str(free_port()),
-        "AGENT_TORCH_THREADS": "1",
-        "AGENT_EMPTY_ROOM_GRACE_S": "3",
-        "OMP_NUM_THREADS": "1",
-        **env_extra,
+        "LIVEKIT_API_KEY": livekit.api_key, "LIVEKIT_API_SECRET": livekit.api_secret,
+        "LIVEKIT_AGENT_NAME": agent_name, "OMNI_BASE_URL": omni_base_url, "OMNI_MODEL": omni_model,
+        "TTS_DEEP_STREAM_MODEL_DIR": str(model_dir), "TTS_DEEP_STREAM_DEVICE": "cpu",
+        "STREAMTALK_OUTPUT": str(output_dir), "AGENT_TORCH_THREADS": "1",
+        "AGENT_EMPTY_ROOM_GRACE_S": "3", "OMP_NUM_THREADS": "1", **env_extra,
     }
-    env = service_env(**settings)
-    argv = [sys.executable, "-m", "agent", command, "--log-level", "INFO"]
-    proc = ServiceProcess("agent", argv, env, LOG_DIR / f"agent-{agent_name}-{http_port}.log")
-    worker = AgentWorker(agent_name, output_dir, http_port, proc, env)
-    deadline = time.monotonic() + AGENT_READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.proc.poll() is not None:
-            raise RuntimeError(f"agent worker exited with {proc.proc.returncode}; log "
-                               f"{proc.log_path}:\n{proc.log_tail(60)}")
-        if "registered worker" in worker.log_text():
-            return worker
-        time.sleep(0.2)
-    proc.stop()
-    raise RuntimeError(f"agent worker did not register in {AGENT_READY_TIMEOUT_S:.0f}s; log "
-                       f"{proc.log_path}:\n{proc.log_tail(60)}")
+    service = stack.agent_worker(name, http_port=http_port, metrics_port=free_port(),
+                                 livekit_url=livekit.url, command=command, log_level="INFO",
+                                 **settings)
+    proc = ServiceProcess(service, LOG_DIR / f"agent-{agent_name}-{http_port}.log").wait_healthy()
+    return AgentWorker(agent_name, output_dir, http_port, proc, proc.env)
 
 
 def dispatch_token(livekit: LiveKitServer, room: str, identity: str, agent_name: str,

@@ -1,6 +1,8 @@
 """The real services on free loopback ports, for the integration tests; the fixtures built
 on them are in tests/integration/conftest.py.
 
+The services and the process class are those of streamtalk_common/stack.py, on free ports:
+
 - `start_livekit_server(..., redis=, keys=)`: the LiveKit server binary with fresh keys (from
   a key file); `start_redis`: a Redis that LiveKit nodes share (with their keys), so they
   share rooms and agent workers.
@@ -20,36 +22,29 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from streamtalk_common import stack
 from streamtalk_common.audio import read_wav, write_wav
 from streamtalk_common.livekit_keys import write_key_file
 from streamtalk_common.net import free_port
 from streamtalk_common.paths import REPO_ROOT, cache_root, output_root
+from streamtalk_common.stack import ServiceProcess, service_env
 
 CACHE_ROOT = cache_root()
 OUTPUT_ROOT = output_root()
 LOG_DIR = OUTPUT_ROOT / "test-logs"
-LIVEKIT_BIN = Path(os.environ.get("LIVEKIT_SERVER_BIN") or CACHE_ROOT / "bin" / "server")
-LIVEKIT_CONFIG = REPO_ROOT / "scripts" / "livekit-dev.yaml"
+LIVEKIT_BIN = stack.livekit_bin()
+LIVEKIT_CONFIG = stack.livekit_config()
 NODE_MODULES = CACHE_ROOT / "node" / "node_modules"
-START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 10.0
 
-# Variables of a user's own deployment that must not leak into test services.
-_SCRUBBED_ENV_PREFIXES = ("LIVEKIT_", "TOKEN_", "OMNI_", "VLLM_", "STREAMTALK_TTS_SERVER",
-                          "NODE_IP", "UDP_PORT", "REDIS_", "AGENT_WORKERS")
+__all__ = ["REPO_ROOT", "ServiceProcess", "free_port", "service_env"]  # re-exported to tests
 
 
 def require(condition: bool, message: str) -> None:
@@ -64,100 +59,9 @@ def require(condition: bool, message: str) -> None:
     pytest.skip(message)
 
 
-def service_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_ENV_PREFIXES)}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-class ServiceProcess:
-    """A child process in its own process group, logging to a file."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.name = name
-        self.argv = argv
-        self.env = env
-        self.log_path = log_path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(log_path, "wb")  # closed in stop()
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(lines[-n:])
-
-    def wait_http(self, url: str, timeout_s: float = START_TIMEOUT_S) -> None:
-        """Poll `url` until it answers 200; fail fast if the process dies."""
-        deadline = time.monotonic() + timeout_s
-        last_error = "no answer"
-        while time.monotonic() < deadline:
-            code = self.proc.poll()
-            if code is not None:
-                raise RuntimeError(
-                    f"{self.name} exited with {code} during start-up; log {self.log_path}:\n"
-                    + self.log_tail()
-                )
-            try:
-                with urllib.request.urlopen(url, timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-                    last_error = f"HTTP {resp.status}"
-            except (urllib.error.URLError, OSError) as exc:
-                last_error = str(exc)
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(
-            f"{self.name} not ready at {url} after {timeout_s:.0f}s ({last_error}); "
-            f"log {self.log_path}:\n{self.log_tail()}"
-        )
-
-    def killed_and_restarted(self, url: str) -> ServiceProcess:
-        """SIGKILL the process group, then the same command again (a crash and a
-        supervisor's restart); returns the new process once `url` answers."""
-        self._signal(signal.SIGKILL)
-        self.proc.wait(timeout=STOP_TIMEOUT_S)
-        self._log.close()
-        restarted = ServiceProcess(self.name, self.argv, self.env,
-                                   self.log_path.with_name(f"{self.log_path.stem}-restarted.log"))
-        restarted.wait_http(url)
-        return restarted
-
-    def _signal(self, sig: int) -> None:
-        try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
-
-    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        """SIGTERM the process group, again after 2 s (LiveKit then stops draining
-        participants), SIGKILL what is left after `timeout_s`."""
-        if self.proc.poll() is None:
-            self._signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                self._signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(timeout=timeout_s)
-        self._log.close()
+def start_service(service: stack.Service, log_stem: str) -> ServiceProcess:
+    """`service`, logging to LOG_DIR/<log_stem>.log, once healthy."""
+    return ServiceProcess(service, LOG_DIR / f"{log_stem}.log").wait_healthy()
 
 
 # --------------------------------------------------------------------------- LiveKit
@@ -175,8 +79,7 @@ class LiveKitServer:
 
     def node_id(self) -> str:
         """The node's id (`ND_...`), as Redis's `room_node_map` names the node a room lives on."""
-        found = re.search(r'"nodeID": "(ND_[A-Za-z0-9]+)"',
-                          self.process.log_path.read_text(errors="replace"))
+        found = re.search(r'"nodeID": "(ND_[A-Za-z0-9]+)"', self.process.log_text())
         assert found, f"no node id in {self.process.log_path}"
         return found.group(1)
 
@@ -214,33 +117,18 @@ class RedisServer:
 
     def cli(self, *args: str) -> str:
         """A redis-cli command's answer (the password through the environment)."""
-        return subprocess.run(
-            ["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True, timeout=10,
-            env={**os.environ, "REDISCLI_AUTH": self.password}).stdout.strip()
+        return stack.redis_cli(self.port, self.password, *args)
 
 
 def start_redis(conf_dir: Path) -> RedisServer:
-    """redis-server on a free loopback port, nothing on disk, a password from a mode-600 file
-    (as scripts/redis_server.sh runs it)."""
+    """The stack's Redis (streamtalk_common/stack.py) on a free loopback port."""
     require(shutil.which("redis-server") is not None and shutil.which("redis-cli") is not None,
             "redis-server missing: run scripts/install_system_deps.sh")
     port = free_port()
-    password = secrets.token_hex(32)
     conf = conf_dir / f"redis-{port}.conf"
-    conf.touch(mode=0o600)
-    conf.write_text(f"requirepass {password}\n")
-    argv = ["redis-server", str(conf), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-            "--appendonly", "no", "--dir", str(conf_dir)]
-    redis = RedisServer(port, password,
-                        ServiceProcess("redis", argv, service_env(), LOG_DIR / f"redis-{port}.log"))
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while redis.cli("ping") != "PONG":
-        if redis.process.proc.poll() is not None or time.monotonic() > deadline:
-            redis.process.stop()
-            raise RuntimeError(f"redis-server did not answer; log {redis.process.log_path}:\n"
-                               + redis.process.log_tail())
-        time.sleep(0.1)
-    return redis
+    password = stack.write_redis_conf(conf)
+    process = start_service(stack.redis(port, conf, conf_dir), f"redis-{port}")
+    return RedisServer(port, password, process)
 
 
 def start_livekit_server(key_dir: Path, log_name: str = "livekit-server", *,
@@ -260,21 +148,9 @@ def start_livekit_server(key_dir: Path, log_name: str = "livekit-server", *,
     udp_port = free_port(socket.SOCK_DGRAM)
     api_key, api_secret = keys or ("test" + secrets.token_hex(4), secrets.token_urlsafe(32))
     key_file = write_key_file(key_dir / f"livekit-keys-{port}.yaml", api_key, api_secret)
-    argv = [
-        str(LIVEKIT_BIN),
-        "--config", str(config),
-        "--bind", "127.0.0.1",
-        "--node-ip", node_ip,
-        "--port", str(port),
-        "--udp-port", str(udp_port),
-        "--key-file", str(key_file),
-    ]  # fmt: skip
-    env = service_env()
-    if redis is not None:
-        argv += ["--redis-host", f"127.0.0.1:{redis.port}"]
-        env["REDIS_PASSWORD"] = redis.password
-    proc = ServiceProcess(log_name, argv, env, LOG_DIR / f"{log_name}-{port}.log")
-    proc.wait_http(f"http://127.0.0.1:{port}/")
+    shared = {} if redis is None else {"redis_port": redis.port, "redis_password": redis.password}
+    service = stack.livekit_node(log_name, port=port, udp_port=udp_port, key_file=key_file,
+                                 node_ip=node_ip, config=config, **shared)
     return LiveKitServer(
         url=f"ws://127.0.0.1:{port}",
         http_url=f"http://127.0.0.1:{port}",
@@ -282,7 +158,7 @@ def start_livekit_server(key_dir: Path, log_name: str = "livekit-server", *,
         api_secret=api_secret,
         port=port,
         udp_port=udp_port,
-        process=proc,
+        process=start_service(service, f"{log_name}-{port}"),
     )
 
 
@@ -299,18 +175,11 @@ class TokenServer:
 
 def start_token_server_process(livekit: LiveKitServer, **env_extra: str) -> TokenServer:
     port = free_port()
-    settings = {
-        "LIVEKIT_URL": livekit.url,
-        "LIVEKIT_API_KEY": livekit.api_key,
-        "LIVEKIT_API_SECRET": livekit.api_secret,
-        "STREAMTALK_HOME": str(CACHE_ROOT),
-        **env_extra,
-    }
-    env = service_env(**settings)
-    argv = [sys.executable, "-m", "token_server", "--host", "127.0.0.1", "--port", str(port)]
-    proc = ServiceProcess("token-server", argv, env, LOG_DIR / f"token-server-{port}.log")
-    proc.wait_http(f"http://127.0.0.1:{port}/healthz")
-    return TokenServer(base_url=f"http://127.0.0.1:{port}", port=port, env=env, process=proc)
+    settings = {"LIVEKIT_URL": livekit.url, "LIVEKIT_API_KEY": livekit.api_key,
+                "LIVEKIT_API_SECRET": livekit.api_secret, "STREAMTALK_HOME": str(CACHE_ROOT)}
+    service = stack.token_server(port, **{**settings, **env_extra})
+    proc = start_service(service, f"token-server-{port}")
+    return TokenServer(base_url=f"http://127.0.0.1:{port}", port=port, env=proc.env, process=proc)
 
 
 # --------------------------------------------------------------------------- Omni dev backend
@@ -327,10 +196,8 @@ class OmniDevServer:
 def start_omni_dev_process(**env_extra: str) -> OmniDevServer:
     port = free_port()
     model = env_extra.pop("OMNI_DEV_MODEL", "qwen3-omni-dev")
-    env = service_env(OMNI_DEV_MODEL=model, **env_extra)
-    argv = [sys.executable, "-m", "tools.omni_dev", "--host", "127.0.0.1", "--port", str(port)]
-    proc = ServiceProcess("omni-dev", argv, env, LOG_DIR / f"omni-dev-{port}.log")
-    proc.wait_http(f"http://127.0.0.1:{port}/health", timeout_s=120)
+    service = stack.omni_dev(port, OMNI_DEV_MODEL=model, **env_extra)
+    proc = start_service(service, f"omni-dev-{port}")
     return OmniDevServer(
         base_url=f"http://127.0.0.1:{port}/v1", model=model, port=port, process=proc
     )

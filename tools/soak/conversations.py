@@ -31,7 +31,6 @@ import argparse
 import itertools
 import json
 import math
-import sys
 import threading
 import time
 import urllib.request
@@ -39,11 +38,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from streamtalk_common import stack as services
 from streamtalk_common.net import free_port
+from streamtalk_common.stack import ServiceProcess
 from tools.autortc.common import read_json
 from tools.autortc.make_cases import load_cases, make_case
 from tools.autortc.run_suite import probe_silent, run_attempt
-from tools.autortc.stack import Service, Stack, clean_env, http_ok, start_stack
+from tools.autortc.stack import Stack, start, start_stack
 from tools.omni_dev.config import DEFAULT_RESPONSES
 from tools.omni_dev.protocol import MAX_TOKENS_LIMIT
 
@@ -102,20 +103,18 @@ def start_soak_stack(out: Path, reply_chars: int, progress) -> tuple[Stack, str]
                         omni_env={"OMNI_DEV_RESPONSES": str(responses)})
     try:
         port = free_port()
-        token = Service("token-server", [sys.executable, "-m", "token_server", "--host", "127.0.0.1", "--port", str(port)],
-                        clean_env(LIVEKIT_URL=stack.livekit_url, LIVEKIT_API_KEY=stack.api_key,
-                                  LIVEKIT_API_SECRET=stack.api_secret, LIVEKIT_AGENT_NAME=stack.agent_name,
-                                  TOKEN_RATE_LIMIT_PER_MIN="0"),
-                        out / "logs" / "token-server.log")
-        stack.services.append(token)
-        token.wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), 60, "health")
+        token = services.token_server(
+            port, LIVEKIT_URL=stack.livekit_url, LIVEKIT_API_KEY=stack.api_key,
+            LIVEKIT_API_SECRET=stack.api_secret, LIVEKIT_AGENT_NAME=stack.agent_name,
+            TOKEN_RATE_LIMIT_PER_MIN="0")
+        start(token, out / "logs", stack.services).wait_healthy()
     except BaseException:
         stack.stop()
         raise
     return stack, f"http://127.0.0.1:{port}/api/token"
 
 
-def _service(stack: Stack, name: str) -> Service:
+def _service(stack: Stack, name: str) -> ServiceProcess:
     return next(s for s in stack.services if s.name == name)
 
 
