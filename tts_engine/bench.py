@@ -18,7 +18,8 @@
                  server TTFA P50/P95/P99, RTF, underruns, 503 refusals, the engine's mean step
                  period, device ms, hand-over ms and batch, its mean admission and group, its
                  capacity (lowest during the level, and at its end; from /metrics), peak GPU memory
-    cancel       1000 cancel rounds at concurrency 16: cancel latency P95, leaked sessions, GPU memory
+    cancel       1000 cancel rounds at concurrency 16: cancel latency P95, leaked sessions,
+                 GPU memory
     divergence   default mode: share of streams whose codes differ from their solo run, and from
                  which frame, at concurrency 16 and 64
     invariance   batch-invariant mode's proof: 32 requests (greedy and seeded sampling) solo, then
@@ -63,8 +64,8 @@ PCM_BYTES_PER_S = SAMPLE_RATE * PCM16_BYTES  # the /tts/stream body: mono int16
 LENGTHS = {"short": 50, "medium": 210, "long": 670}
 TEXTS = {
     "short": "Hello, how can I help you today?",
-    "medium": "The streaming engine turns text into speech packet by packet, so the listener hears the "
-              "first words while the rest of the sentence is still being generated.",
+    "medium": "The streaming engine turns text into speech packet by packet, so the listener "
+              "hears the first words while the rest of the sentence is still being generated.",
     "long": "Real-time voice agents live or die by latency. " * 6,
 }
 # Benchmarks of something other than admission start all their streams at once: no
@@ -85,8 +86,8 @@ def pct(values: list[float], q: float) -> float:
 
 
 def environment() -> dict:
-    env = {"python": platform.python_version(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-           "host_cpus": os.cpu_count()}
+    env = {"python": platform.python_version(), "torch": torch.__version__,
+           "date": time.strftime("%Y-%m-%d"), "host_cpus": os.cpu_count()}
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
     return env
@@ -111,11 +112,14 @@ def sync() -> None:
 def make_engine(args: argparse.Namespace, **overrides):
     from .runtime import TTSEngine
 
-    cfg = EngineConfig.from_env(model_dir=args.model_dir, device=args.device, dtype=args.dtype, **overrides)
-    progress(f"loading {cfg.resolved_model_dir} on {cfg.torch_device} ({cfg.torch_dtype}) {overrides or ''}")
+    cfg = EngineConfig.from_env(model_dir=args.model_dir, device=args.device, dtype=args.dtype,
+                                **overrides)
+    progress(f"loading {cfg.resolved_model_dir} on {cfg.torch_device} ({cfg.torch_dtype}) "
+             f"{overrides or ''}")
     engine = TTSEngine(cfg)
     phases = engine.startup_report()
-    progress("engine ready: " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items() if k != "compile"))
+    progress("engine ready: " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()
+                                          if k != "compile"))
     return engine
 
 
@@ -142,7 +146,8 @@ def cmd_prepare(args: argparse.Namespace) -> list[dict]:
     weights["talker.codec_head.weight"][eos] = 0
     save_file(weights, str(weights_path))
     (root / CHECKPOINT_STAMP).unlink(missing_ok=True)  # no longer the pristine preset
-    rows = [{"dir": str(root), "preset": args.preset, "eos_row_zeroed": True, "seconds": time.perf_counter() - start}]
+    rows = [{"dir": str(root), "preset": args.preset, "eos_row_zeroed": True,
+             "seconds": time.perf_counter() - start}]
     print_table("prepared benchmark checkpoint", rows)
     return rows
 
@@ -157,11 +162,13 @@ def cmd_step(args: argparse.Namespace) -> list[dict]:
     on a CPU the launch computes the step), the codegen and decode parts (device time), and
     the real-time streams it implies."""
     rows = []
-    graph_modes = [("graph", True), ("eager", False)] if torch.cuda.is_available() else [("eager", False)]
+    graph_modes = ([("graph", True), ("eager", False)] if torch.cuda.is_available()
+                   else [("eager", False)])
     graph_modes = [m for m in graph_modes if m[0] in args.variants]
     for name, graphs in graph_modes:
         for decoder_dtype in args.decoder_dtypes:
-            engine = make_engine(args, cuda_graphs=graphs, max_batch=max(args.batch), decoder_dtype=decoder_dtype)
+            engine = make_engine(args, cuda_graphs=graphs, max_batch=max(args.batch),
+                                 decoder_dtype=decoder_dtype)
             for b in args.batch:
                 times, launch, codegen, decode = [], [], [], []
                 for rep in range(args.repeats + 2):
@@ -176,13 +183,16 @@ def cmd_step(args: argparse.Namespace) -> list[dict]:
                         codegen.append(result.codegen_ms)
                         decode.append(result.decode_ms)
                 ms = statistics.median(times)
-                rows.append({"variant": name, "decoder": decoder_dtype, "batch": b, "ms_per_step_p50": ms,
-                             "ms_per_step_p95": pct(times, 95), "launch_ms_p50": statistics.median(launch),
+                rows.append({"variant": name, "decoder": decoder_dtype, "batch": b,
+                             "ms_per_step_p50": ms, "ms_per_step_p95": pct(times, 95),
+                             "launch_ms_p50": statistics.median(launch),
                              "codegen_ms_p50": statistics.median(codegen),
                              "decode_ms_p50": statistics.median(decode),
-                             "audio_s_per_s": b * FRAME_S * 1000 / ms, "per_stream_rtf": ms / 1000 / FRAME_S})
+                             "audio_s_per_s": b * FRAME_S * 1000 / ms,
+                             "per_stream_rtf": ms / 1000 / FRAME_S})
                 progress(f"step {name} decoder {decoder_dtype} batch {b}: {ms:.2f} ms (launch "
-                         f"{rows[-1]['launch_ms_p50']:.2f}, codegen {rows[-1]['codegen_ms_p50']:.2f}, "
+                         f"{rows[-1]['launch_ms_p50']:.2f}, "
+                         f"codegen {rows[-1]['codegen_ms_p50']:.2f}, "
                          f"decode {rows[-1]['decode_ms_p50']:.2f})")
             engine.close()
     print_table("batch step (one 80 ms frame for each stream: talker + predictor + decoder)", rows)
@@ -204,9 +214,11 @@ def cmd_decoder(args: argparse.Namespace) -> list[dict]:
     ref_model = load_codec_decoder(st_dir, device, torch.float32)
     gen = torch.Generator().manual_seed(0)
     codes = torch.randint(0, 2048, (max(args.batch), 16, args.frames), generator=gen).to(device)
-    with torch.no_grad():  # strict float32: one stream's whole codes, then every stream's first frames
+    # strict float32: one stream's whole codes, then every stream's first frames
+    with torch.no_grad():
         reference = ref_model(codes[:1])
-        batched_reference = torch.cat([ref_model(part) for part in codes[:, :, :BATCHED_FRAMES].split(16)])
+        batched_reference = torch.cat([ref_model(part)
+                                       for part in codes[:, :, :BATCHED_FRAMES].split(16)])
     rows = []
     for name in args.dtypes:
         model = load_codec_decoder(st_dir, device, resolve_dtype(name, device))
@@ -224,7 +236,8 @@ def _snr_db(pcm: torch.Tensor, reference: torch.Tensor) -> float:
     return float((10 * torch.log10(reference.pow(2).sum(-1) / err)).min())
 
 
-def _decode_in_steps(decoder, codes: torch.Tensor, packet: int, repeats: int) -> tuple[torch.Tensor, list[float]]:
+def _decode_in_steps(decoder, codes: torch.Tensor, packet: int,
+                     repeats: int) -> tuple[torch.Tensor, list[float]]:
     """Decode codes [B, 16, T] `packet` frames per step, `repeats` + 1 times (the first
     untimed): the PCM and the ms of every timed step."""
     times: list[float] = []
@@ -290,18 +303,22 @@ def cmd_e2e(args: argparse.Namespace) -> tuple[list[dict], dict]:
             if rep > 0:
                 ttfa.append(m.ttfa_ms)
                 rtf.append(m.rtf)
-            progress(f"e2e {length} run {rep}: TTFA {m.ttfa_ms:.1f} ms RTF {m.rtf:.3f} graphs {m.graph_stats}")
+            progress(f"e2e {length} run {rep}: TTFA {m.ttfa_ms:.1f} ms RTF {m.rtf:.3f} "
+                     f"graphs {m.graph_stats}")
         rows.append({"length": length, "frames": LENGTHS[length], "compiled": bool(args.compile),
-                     "ttfa_ms_p50": pct(ttfa, 50), "ttfa_ms_p95": pct(ttfa, 95), "rtf_p50": pct(rtf, 50),
-                     "rtf_p95": pct(rtf, 95), "runs": len(ttfa)})
+                     "ttfa_ms_p50": pct(ttfa, 50), "ttfa_ms_p95": pct(ttfa, 95),
+                     "rtf_p50": pct(rtf, 50), "rtf_p95": pct(rtf, 95), "runs": len(ttfa)})
     engine.close()
     phases = {k: v for k, v in startup.items() if k != "compile"}
     cache = startup["compile"] or {}
     print_table("engine start-up, seconds per phase", [{
-        "compiled": bool(args.compile), "rows": engine.pool.rows, "buckets": len(engine.stepper.buckets), **phases,
-        **{k: cache[k] for k in ("graphs", "fx_graph_cache_hits", "fx_graph_cache_misses", "artefacts_loaded")
+        "compiled": bool(args.compile), "rows": engine.pool.rows,
+        "buckets": len(engine.stepper.buckets), **phases,
+        **{k: cache[k] for k in ("graphs", "fx_graph_cache_hits", "fx_graph_cache_misses",
+                                 "artefacts_loaded")
            if k in cache}}])
-    print_table("end to end in process (server-side TTFA = request accepted -> first PCM packet)", rows)
+    print_table("end to end in process (server-side TTFA = request accepted -> first PCM packet)",
+                rows)
     return rows, {"startup": startup}
 
 
@@ -323,7 +340,8 @@ async def _streams_at_once(engine, concurrency: int, length: str) -> tuple[list,
     return metrics, time.perf_counter() - t0
 
 
-def _metrics_row(concurrency: int, variant: str, rounds: list[tuple[list, float]], frames: int) -> dict:
+def _metrics_row(concurrency: int, variant: str, rounds: list[tuple[list, float]],
+                 frames: int) -> dict:
     streams = [m for metrics, _ in rounds for m in metrics]
     ttfa = [m.ttfa_ms for m in streams]
     return {"concurrency": concurrency, "packet_metrics": variant, "ttfa_ms_p50": pct(ttfa, 50),
@@ -352,8 +370,10 @@ def cmd_metrics(args: argparse.Namespace) -> list[dict]:
                          f"{wall * 1000 / frames:.2f} ms per frame")
                 if rep > 0:
                     rounds[on].append((metrics, wall))
-        on, off = _metrics_row(c, "on", rounds[True], frames), _metrics_row(c, "off", rounds[False], frames)
-        diff = {k: on[k] - off[k] for k in ("ttfa_ms_p50", "ttfa_ms_p95", "rtf_p50", "ms_per_frame_p50")}
+        on, off = (_metrics_row(c, "on", rounds[True], frames),
+                   _metrics_row(c, "off", rounds[False], frames))
+        diff = {k: on[k] - off[k]
+                for k in ("ttfa_ms_p50", "ttfa_ms_p95", "rtf_p50", "ms_per_frame_p50")}
         rows += [on, off, {"concurrency": c, "packet_metrics": "on - off", **diff,
                            "packets_logged_per_stream": None, "rounds": None}]
     engine.close()
@@ -364,9 +384,9 @@ def cmd_metrics(args: argparse.Namespace) -> list[dict]:
 
 # -- memory ----------------------------------------------------------------------
 
-MEMORY_COLUMNS = ("max_batch", "rows_x_positions", "weights_mib", "rows_mib", "row_pool_mib", "graphs_mib",
-                  "workspace_mib", "reserved_mib", "peak_reserved_mib", "outside_torch_mib", "capacity",
-                  "start_s", "error")
+MEMORY_COLUMNS = ("max_batch", "rows_x_positions", "weights_mib", "rows_mib", "row_pool_mib",
+                  "graphs_mib", "workspace_mib", "reserved_mib", "peak_reserved_mib",
+                  "outside_torch_mib", "capacity", "start_s", "error")
 
 
 def _engine_memory(model_dir: str, device: str | None, dtype: str | None, max_batch: int) -> dict:
@@ -375,7 +395,8 @@ def _engine_memory(model_dir: str, device: str | None, dtype: str | None, max_ba
     from .runtime import TTSEngine
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = EngineConfig.from_env(model_dir=model_dir, device=device, dtype=dtype, max_batch=max_batch)
+    cfg = EngineConfig.from_env(model_dir=model_dir, device=device, dtype=dtype,
+                                max_batch=max_batch)
     try:
         engine = TTSEngine(cfg)
     except EngineStartError as exc:  # too many rows for this card: the table says so
@@ -403,9 +424,11 @@ def cmd_memory(args: argparse.Namespace) -> list[dict]:
         rows.append({"max_batch": n, "rows_x_positions": f"{m['rows']} x {m['positions']}", **m,
                      "outside_torch_mib": used - m["reserved_mib"],
                      "start_s": m["load_s"] + m["warmup_s"], "error": None})
-        progress(f"memory {n} rows: " + ", ".join(f"{k} {rows[-1][k]:.0f}" for k in MEMORY_COLUMNS[2:10]))
-    print_table("engine memory at start-up per maximum batch (MiB; peak_reserved = weights + rows + graphs + "
-                "workspace)", [{k: r.get(k) for k in MEMORY_COLUMNS} for r in rows])
+        progress(f"memory {n} rows: "
+                 + ", ".join(f"{k} {rows[-1][k]:.0f}" for k in MEMORY_COLUMNS[2:10]))
+    print_table("engine memory at start-up per maximum batch (MiB; peak_reserved = weights + "
+                "rows + graphs + workspace)",
+                [{k: r.get(k) for k in MEMORY_COLUMNS} for r in rows])
     return rows
 
 
@@ -442,9 +465,9 @@ async def _one_request(session, url: str, body: dict, frames: int) -> dict:
                 break
     wall = time.perf_counter() - t0
     server = await _server_metrics(session, url, request_id)
-    return {"ttfb_ms": ((first or t0 + wall) - t0) * 1000, "wall_s": wall, "audio_s": size / PCM_BYTES_PER_S,
-            "underruns": underruns, "server_ttfa_ms": server.get("ttfa_ms"),
-            "queue_wait_ms": server.get("queue_wait_ms")}
+    return {"ttfb_ms": ((first or t0 + wall) - t0) * 1000, "wall_s": wall,
+            "audio_s": size / PCM_BYTES_PER_S, "underruns": underruns,
+            "server_ttfa_ms": server.get("ttfa_ms"), "queue_wait_ms": server.get("queue_wait_ms")}
 
 
 async def _server_metrics(session, url: str, request_id: str) -> dict:
@@ -535,7 +558,8 @@ async def _measured(url: str, duration: float, load, results: list[dict]) -> dic
     import aiohttp
 
     timeout = aiohttp.ClientTimeout(total=duration + 300)
-    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+    async with aiohttp.ClientSession(timeout=timeout,
+                                     connector=aiohttp.TCPConnector(limit=0)) as session:
         before = await _engine_gauges(session, url)
         t0 = time.perf_counter()
         running = asyncio.ensure_future(load(session))
@@ -553,8 +577,9 @@ async def _measured(url: str, duration: float, load, results: list[dict]) -> dic
     rtf = [r["wall_s"] / r["audio_s"] for r in ok if r["audio_s"]]
     return {"requests": len(ok), "rejected": len(results) - len(ok),
             "audio_s_per_s": sum(r["audio_s"] for r in ok) / wall, "ttfb_ms_p50": pct(ttfb, 50),
-            "ttfb_ms_p95": pct(ttfb, 95), "ttfb_ms_p99": pct(ttfb, 99), "server_ttfa_ms_p50": pct(ttfa, 50),
-            "server_ttfa_ms_p95": pct(ttfa, 95), "server_ttfa_ms_p99": pct(ttfa, 99),
+            "ttfb_ms_p95": pct(ttfb, 95), "ttfb_ms_p99": pct(ttfb, 99),
+            "server_ttfa_ms_p50": pct(ttfa, 50), "server_ttfa_ms_p95": pct(ttfa, 95),
+            "server_ttfa_ms_p99": pct(ttfa, 99),
             "queue_wait_ms_p95": pct(wait, 95), "rtf_p50": pct(rtf, 50), "rtf_p95": pct(rtf, 95),
             "underruns": sum(r["underruns"] for r in ok),
             "streams_with_underruns": sum(1 for r in ok if r["underruns"]),
@@ -571,18 +596,20 @@ def cmd_throughput(args: argparse.Namespace) -> list[dict]:
     rows = []
     if args.rate:
         for rate in args.rate:
-            progress(f"throughput: Poisson arrivals at {rate}/s for {args.duration} s against {args.url}")
+            progress(f"throughput: Poisson arrivals at {rate}/s for {args.duration} s "
+                     f"against {args.url}")
             rows.append(asyncio.run(_open_loop(args.url, rate, args.duration, args.seed)))
             progress(str(rows[-1]))
         mix = ", ".join(f"{k} {v:.0%}" for k, v in REPLY_MIX.items())
-        print_table(f"open loop against {args.url} (texts: {mix}; client TTFB = request sent -> first byte)",
-                    rows)
+        print_table(f"open loop against {args.url} (texts: {mix}; "
+                    f"client TTFB = request sent -> first byte)", rows)
         return rows
     for c in args.concurrency:
         progress(f"throughput: concurrency {c} for {args.duration} s against {args.url}")
         rows.append(asyncio.run(_throughput(args.url, c, args.duration, args.length)))
         progress(str(rows[-1]))
-    print_table(f"throughput against {args.url} ({args.length} text; client TTFB = request sent -> first byte)", rows)
+    print_table(f"throughput against {args.url} ({args.length} text; "
+                f"client TTFB = request sent -> first byte)", rows)
     return rows
 
 
@@ -641,15 +668,18 @@ def cmd_cancel(args: argparse.Namespace) -> list[dict]:
         if n % 200 == 0:
             progress(f"cancel round {n}: {ms:.2f} ms")
 
-    asyncio.run(cancel_rounds(engine, 2 * args.concurrency, args.concurrency))  # warm-up of the same path
+    # warm-up of the same path
+    asyncio.run(cancel_rounds(engine, 2 * args.concurrency, args.concurrency))
     sync()
     mem_before = torch.cuda.memory_allocated() if cuda else 0
-    latencies = asyncio.run(cancel_rounds(engine, args.rounds, args.concurrency, on_round=report))["latencies_ms"]
+    latencies = asyncio.run(cancel_rounds(engine, args.rounds, args.concurrency,
+                                          on_round=report))["latencies_ms"]
     sync()
     mem_after = torch.cuda.memory_allocated() if cuda else 0
-    rows = [{"rounds": len(latencies), "concurrency": args.concurrency, "cancel_ms_p50": pct(latencies, 50),
-             "cancel_ms_p95": pct(latencies, 95), "cancel_ms_max": max(latencies),
-             "leaked_sessions": engine.active_sessions, "gpu_mem_delta_mib": (mem_after - mem_before) / 2**20}]
+    rows = [{"rounds": len(latencies), "concurrency": args.concurrency,
+             "cancel_ms_p50": pct(latencies, 50), "cancel_ms_p95": pct(latencies, 95),
+             "cancel_ms_max": max(latencies), "leaked_sessions": engine.active_sessions,
+             "gpu_mem_delta_mib": (mem_after - mem_before) / 2**20}]
     engine.close()
     print_table("cancel stress (cancel() -> row freed)", rows)
     return rows
@@ -678,7 +708,8 @@ def cmd_divergence(args: argparse.Namespace) -> list[dict]:
     lengths, speakers = list(TEXTS), engine.speakers
     rows = []
     for c in args.concurrency:
-        requests = [fixed_request(engine, lengths[i % len(lengths)], args.frames, speakers[i % len(speakers)])
+        requests = [fixed_request(engine, lengths[i % len(lengths)], args.frames,
+                                  speakers[i % len(speakers)])
                     for i in range(c)]
         solo = [asyncio.run(codes_of([r]))[0] for r in requests]
         together = asyncio.run(codes_of(requests))
@@ -688,12 +719,14 @@ def cmd_divergence(args: argparse.Namespace) -> list[dict]:
             if differs.size:
                 first.append(int(differs[0]))
         rows.append({"concurrency": c, "frames": args.frames, "streams_diverged": len(first),
-                     "share_diverged": len(first) / c, "first_diverging_frame_min": min(first, default=None),
+                     "share_diverged": len(first) / c,
+                     "first_diverging_frame_min": min(first, default=None),
                      "first_diverging_frame_p50": float(np.median(first)) if first else None,
                      "invariant_mode": bool(engine.config.batch_invariant)})
         progress(str(rows[-1]))
     engine.close()
-    print_table("divergence from solo runs (greedy codes, default mode unless TTS_BATCH_INVARIANT=1)", rows)
+    print_table("divergence from solo runs (greedy codes, default mode unless "
+                "TTS_BATCH_INVARIANT=1)", rows)
     return rows
 
 
@@ -722,7 +755,8 @@ def proof_request(engine, i: int, frames: int, long_frames: int):
     speakers = engine.speakers
     long = i % LONG_EVERY == LONG_EVERY - 1
     text = TEXTS["long"] if long else PROOF_TEXTS[i % len(PROOF_TEXTS)]
-    req = engine.make_request(text, speakers[(i * 3) % len(speakers)], "english", sample=bool(i % 2), seed=1000 + i)
+    req = engine.make_request(text, speakers[(i * 3) % len(speakers)], "english",
+                              sample=bool(i % 2), seed=1000 + i)
     params = dataclasses.replace(req.params, min_new_tokens=10**9)
     return dataclasses.replace(req, params=params, max_frames=long_frames if long else frames)
 
@@ -741,8 +775,10 @@ def _mixes(rng: random.Random, count: int, size: int) -> list[list[int]]:
     return [order[i : i + size] for i in range(0, count - count % size, size)]
 
 
-def _compare(check: str, solo: list[np.ndarray], mixes: list[list[int]], outputs: list[list[np.ndarray]]) -> dict:
-    """Each stream of each mix (request indices; odd ones sampled) against its request's solo PCM."""
+def _compare(check: str, solo: list[np.ndarray], mixes: list[list[int]],
+             outputs: list[list[np.ndarray]]) -> dict:
+    """Each stream of each mix (request indices; odd ones sampled) against its request's
+    solo PCM."""
     identical, differing, first_sample = 0, set(), []
     for mix, pcms in zip(mixes, outputs, strict=True):
         for i, pcm in zip(mix, pcms, strict=True):
@@ -753,7 +789,8 @@ def _compare(check: str, solo: list[np.ndarray], mixes: list[list[int]], outputs
             diff = np.flatnonzero(pcm[: len(solo[i])] != solo[i][: len(pcm)])
             first_sample.append(int(diff[0]) if diff.size else min(len(pcm), len(solo[i])))
     return {"check": check, "batches": len(mixes), "streams": sum(len(m) for m in mixes),
-            "requests": len({i for m in mixes for i in m}), "sampled_streams": sum(i % 2 for m in mixes for i in m),
+            "requests": len({i for m in mixes for i in m}),
+            "sampled_streams": sum(i % 2 for m in mixes for i in m),
             "identical_streams": identical, "requests_differing": sorted(differing),
             "first_differing_sample_min": min(first_sample, default=None)}
 
@@ -770,26 +807,31 @@ def cmd_invariance(args: argparse.Namespace) -> tuple[list[dict], dict]:
         write_result(args.out, "invariance", rows, {"passed": None})  # partial results as they come
 
     engine = make_engine(args, batch_invariant=1, max_batch=max(args.batches), **UNGATED)
-    requests = [proof_request(engine, i, args.frames, args.long_frames) for i in range(args.requests)]
+    requests = [proof_request(engine, i, args.frames, args.long_frames)
+                for i in range(args.requests)]
     solo = [asyncio.run(_pcm_together(engine, [r]))[0] for r in requests]
     progress(f"invariance: {len(solo)} solo runs, graphs {engine.stepper.graphed}")
     for size in args.batches:
         mixes = _mixes(rng, len(requests), size)
         outputs = [asyncio.run(_pcm_together(engine, [requests[i] for i in mix])) for mix in mixes]
-        record({**_compare(f"batch {size} vs solo", solo, mixes, outputs), "graphs": engine.stepper.graphed})
+        record({**_compare(f"batch {size} vs solo", solo, mixes, outputs),
+                "graphs": engine.stepper.graphed})
     engine.close()
     engine = make_engine(args, batch_invariant=1, max_batch=args.eager_batch, cuda_graphs=False,
                          **UNGATED)
-    short = [i for i, r in enumerate(requests) if r.max_frames == args.frames]  # eager steps are slow
+    # eager steps are slow
+    short = [i for i, r in enumerate(requests) if r.max_frames == args.frames]
     mix = [rng.choice(short) for _ in range(args.eager_batch)]
     outputs = [asyncio.run(_pcm_together(engine, [requests[i] for i in mix]))]
     record({**_compare(f"eager batch {args.eager_batch} vs graph solo", solo, [mix], outputs),
             "graphs": engine.stepper.graphed})
     engine.close()
     passed = all(not r["requests_differing"] for r in rows)
-    print_table(f"batch-invariant mode: PCM of {args.requests} requests ({args.frames} frames, every "
-                f"{LONG_EVERY}th {args.long_frames}; odd ones sampled) in batches against their solo runs", rows)
-    print(f"invariance: {'PASSED: every stream bit-identical to its solo run' if passed else 'FAILED'}")
+    print_table(f"batch-invariant mode: PCM of {args.requests} requests ({args.frames} frames, "
+                f"every {LONG_EVERY}th {args.long_frames}; odd ones sampled) in batches against "
+                f"their solo runs", rows)
+    print("invariance: "
+          f"{'PASSED: every stream bit-identical to its solo run' if passed else 'FAILED'}")
     return rows, {"passed": passed}
 
 
@@ -813,11 +855,13 @@ def cmd_launches(args: argparse.Namespace) -> list[dict]:
                 engine.stepper.step(1, [256], mixed=False)
             sync()
         events = prof.key_averages()
-        launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
+        launches = sum(e.count for e in events
+                       if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
         graph_launches = sum(e.count for e in events if e.key == "cudaGraphLaunch")
         kernels = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
         rows.append({"variant": name, "host_kernel_launches_per_frame": launches / n,
-                     "graph_launches_per_frame": graph_launches / n, "gpu_kernels_per_frame": kernels / n})
+                     "graph_launches_per_frame": graph_launches / n,
+                     "gpu_kernels_per_frame": kernels / n})
         engine.close()
     print_table("kernel launches per frame (batch 1, talker + predictor + decoder)", rows)
     return rows
@@ -826,7 +870,8 @@ def cmd_launches(args: argparse.Namespace) -> list[dict]:
 COMMANDS = {
     "prepare": cmd_prepare, "step": cmd_step, "decoder": cmd_decoder, "e2e": cmd_e2e,
     "throughput": cmd_throughput, "cancel": cmd_cancel, "divergence": cmd_divergence,
-    "launches": cmd_launches, "metrics": cmd_metrics, "memory": cmd_memory, "invariance": cmd_invariance,
+    "launches": cmd_launches, "metrics": cmd_metrics, "memory": cmd_memory,
+    "invariance": cmd_invariance,
 }
 
 
@@ -851,20 +896,25 @@ def add_parser(sub) -> None:
     common(q)
     q.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16, 64, 128, 256])
     q.add_argument("--variants", nargs="+", default=["graph", "eager"], choices=["graph", "eager"])
-    q.add_argument("--decoder-dtypes", nargs="+", default=[EngineConfig.decoder_dtype], choices=list(DECODER_DTYPES))
+    q.add_argument("--decoder-dtypes", nargs="+", default=[EngineConfig.decoder_dtype],
+                   choices=list(DECODER_DTYPES))
     q = bsub.add_parser("decoder")
     common(q)
     q.add_argument("--frames", type=int, default=200)
-    q.add_argument("--dtypes", nargs="+", default=list(DECODER_DTYPES), choices=list(DECODER_DTYPES))
-    q.add_argument("--batch", type=int, nargs="+", default=[1, 16, 64, 256], help="batched frame steps")
+    q.add_argument("--dtypes", nargs="+", default=list(DECODER_DTYPES),
+                   choices=list(DECODER_DTYPES))
+    q.add_argument("--batch", type=int, nargs="+", default=[1, 16, 64, 256],
+                   help="batched frame steps")
     q = bsub.add_parser("e2e")
     common(q)
     q.add_argument("--compile", action="store_true",
-                   help="TTS_COMPILE=1: torch.compile of the decoder layers (the compile cache in the cache root)")
+                   help="TTS_COMPILE=1: torch.compile of the decoder layers "
+                        "(the compile cache in the cache root)")
     q.add_argument("--lengths", nargs="+", default=list(LENGTHS), choices=list(LENGTHS))
     q = bsub.add_parser("metrics")
     common(q)
-    q.add_argument("--concurrency", type=int, nargs="+", default=[1, 64], help="streams at once per round")
+    q.add_argument("--concurrency", type=int, nargs="+", default=[1, 64],
+                   help="streams at once per round")
     q.add_argument("--length", default="medium", choices=list(LENGTHS))
     q = bsub.add_parser("memory")
     common(q)
@@ -877,7 +927,8 @@ def add_parser(sub) -> None:
     q.add_argument("--duration", type=float, default=30.0)
     q.add_argument("--length", default="medium", choices=list(LENGTHS))
     q.add_argument("--rate", type=float, nargs="+", default=None,
-                   help="open loop instead: Poisson arrivals at each rate (requests/s), texts from REPLY_MIX")
+                   help="open loop instead: Poisson arrivals at each rate (requests/s), "
+                        "texts from REPLY_MIX")
     q.add_argument("--seed", type=int, default=0, help="the open loop's arrival and length draws")
     q = bsub.add_parser("cancel")
     common(q)
@@ -890,11 +941,13 @@ def add_parser(sub) -> None:
     q = bsub.add_parser("invariance")
     common(q)
     q.add_argument("--requests", type=int, default=32)
-    q.add_argument("--batches", type=int, nargs="+", default=[2, 16, 64, 256], help="streams per batch (1..256)")
+    q.add_argument("--batches", type=int, nargs="+", default=[2, 16, 64, 256],
+                   help="streams per batch (1..256)")
     q.add_argument("--frames", type=int, default=32, help="frames per request")
     q.add_argument("--long-frames", type=int, default=200,
                    help=f"frames of every {LONG_EVERY}th request (past 256 positions)")
-    q.add_argument("--eager-batch", type=int, default=16, help="streams of the run without CUDA graphs")
+    q.add_argument("--eager-batch", type=int, default=16,
+                   help="streams of the run without CUDA graphs")
     q.add_argument("--seed", type=int, default=0, help="the random mixes")
     q = bsub.add_parser("launches")
     common(q)
@@ -903,6 +956,9 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     result = COMMANDS[args.bench](args)
-    rows, extra = result if isinstance(result, tuple) else (result, {})  # a command may add top-level keys
-    write_result(args.out, args.bench, rows, {"args": {k: v for k, v in vars(args).items() if k != "func"}, **extra})
-    return 0 if extra.get("passed", True) else 1  # a check that failed (invariance) fails the command
+    # a command may add top-level keys
+    rows, extra = result if isinstance(result, tuple) else (result, {})
+    write_result(args.out, args.bench, rows,
+                 {"args": {k: v for k, v in vars(args).items() if k != "func"}, **extra})
+    # a check that failed (invariance) fails the command
+    return 0 if extra.get("passed", True) else 1

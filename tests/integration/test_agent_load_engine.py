@@ -11,8 +11,9 @@ from tts_engine.runtime import TTSEngine
 async def test_a_busy_engine_fills_the_worker_with_few_rooms(tiny_model_dir) -> None:
     """The real engine's streams in use (active and queued) against its capacity: two
     streams of an engine that keeps two real time make a worker of one room full."""
-    engine = TTSEngine(EngineConfig.from_env({}, model_dir=str(tiny_model_dir), device="cpu", max_batch=4,
-                                             max_active_streams=2, admission="rows"), warmup=False)
+    engine = TTSEngine(EngineConfig.from_env({}, model_dir=str(tiny_model_dir), device="cpu",
+                                             max_batch=4, max_active_streams=2, admission="rows"),
+                       warmup=False)
     try:
         assert engine.capacity == 2
 
@@ -21,7 +22,8 @@ async def test_a_busy_engine_fills_the_worker_with_few_rooms(tiny_model_dir) -> 
                               engine_capacity=engine.capacity)
 
         assert now().load == 1 / 8
-        request = engine.make_request("A sentence long enough to keep the stream busy for a while.", "serena")
+        request = engine.make_request("A sentence long enough to keep the stream busy for a while.",
+                                      "serena")
         handles = [engine.open_stream(request) for _ in range(2)]
         assert now().load == 1.0 and now().load >= 0.9
         for handle in handles:

@@ -266,7 +266,8 @@ async def test_streaming_stt_segments_with_the_vad_and_transcribes(
     stream = stt.stream()
     try:
         feeder = asyncio.create_task(feed(stream, pcm, rate))
-        got = await events_until(stream, {"START_OF_SPEECH", "END_OF_SPEECH", "FINAL_TRANSCRIPT"}, 30)
+        got = await events_until(stream, {"START_OF_SPEECH", "END_OF_SPEECH", "FINAL_TRANSCRIPT"},
+                                 30)
         await feeder
     finally:
         await stream.aclose()

@@ -32,14 +32,18 @@ async def _end_of_turn_probability(wav_path: object) -> float:
     return event.end_of_turn_probability
 
 
-async def test_the_local_model_tells_a_finished_turn_from_an_unfinished_one(make_speech_wav) -> None:  # noqa: ANN001
+async def test_the_local_model_tells_a_finished_turn_from_an_unfinished_one(
+    make_speech_wav,  # noqa: ANN001
+) -> None:
     # espeak-ng's flat voice gives the model little prosody: this pair stays on its side of the
     # threshold for any silence of 180-320 ms after it (0.42-0.73 against 0.19-0.28), while
     # many other sentences land near the threshold and flip with 10 ms more or less silence
     assert load_turn_model() is not None
     threshold = await TurnDetector(version="v1-mini").unlikely_threshold(LanguageCode("en"))
     assert threshold is not None
-    done = await _end_of_turn_probability(make_speech_wav("Thank you.", tail_silence_s=0.2, sample_rate=16000))
-    mid = await _end_of_turn_probability(make_speech_wav("Thank you, and", tail_silence_s=0.2, sample_rate=16000))
+    done = await _end_of_turn_probability(make_speech_wav("Thank you.", tail_silence_s=0.2,
+                                                          sample_rate=16000))
+    mid = await _end_of_turn_probability(make_speech_wav("Thank you, and", tail_silence_s=0.2,
+                                                         sample_rate=16000))
     # at or above the threshold the agent answers after MIN_ENDPOINTING; below, it waits
     assert done >= threshold > mid, (done, threshold, mid)

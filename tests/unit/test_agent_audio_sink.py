@@ -26,7 +26,8 @@ def tone(seconds: float, n_frames: int = 1) -> list[rtc.AudioFrame]:
     n = int(seconds * RATE)
     x = (np.sin(np.arange(n) * 2 * np.pi * 440 / RATE) * 8000).astype(np.int16)
     cuts = np.linspace(0, n, n_frames + 1).astype(int)
-    return [rtc.AudioFrame(x[a:b].tobytes(), RATE, 1, b - a) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    return [rtc.AudioFrame(x[a:b].tobytes(), RATE, 1, b - a)
+            for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
 
 
 class Harness:

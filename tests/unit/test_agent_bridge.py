@@ -157,7 +157,8 @@ def test_decimal_point_at_the_end_of_a_token_waits_for_the_next_one() -> None:
 def test_ellipsis_and_closing_quotes_stay_with_their_sentence() -> None:
     segs = run(words('Hi. He said "stop." Then... nothing.'))
     assert texts(segs)[1:] == ['He said "stop."', "Then...", "nothing."]
-    assert texts(run(list("好。他说：「走吧。」然后呢？"))) == ["好。他说：", "「走吧。」", "然后呢？"]
+    assert (texts(run(list("好。他说：「走吧。」然后呢？")))
+            == ["好。他说：", "「走吧。」", "然后呢？"])
 
 
 def test_punctuation_only_remainder_is_not_speakable() -> None:

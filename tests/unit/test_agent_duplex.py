@@ -46,7 +46,8 @@ def test_a_full_turn_goes_round() -> None:
     assert [(t.source, t.target) for t in seen] == [
         (S.LISTENING, S.THINKING), (S.THINKING, S.SPEAKING), (S.SPEAKING, S.LISTENING)]
     assert [t.seq for t in seen] == [1, 2, 3]
-    assert seen[0].to_dict()["from"] == "LISTENING" and seen[0].to_dict()["event"] == "turn_committed"
+    assert (seen[0].to_dict()["from"] == "LISTENING"
+            and seen[0].to_dict()["event"] == "turn_committed")
     assert seen[1].t_wall_ms > seen[0].t_wall_ms
 
 

@@ -40,7 +40,7 @@ def test_the_metrics_show_the_load_and_its_parts() -> None:
     registry = CollectorRegistry()
     registry.register(LoadCollector(lambda: now, 0.9))
     text = generate_latest(registry).decode()
-    for line in ("streamtalk_agent_load 0.5", "streamtalk_agent_load_threshold 0.9", "streamtalk_agent_rooms 3.0",
-                 "streamtalk_agent_max_rooms 8.0", "streamtalk_agent_engine_streams 2.0",
-                 "streamtalk_agent_engine_capacity 4.0"):
+    for line in ("streamtalk_agent_load 0.5", "streamtalk_agent_load_threshold 0.9",
+                 "streamtalk_agent_rooms 3.0", "streamtalk_agent_max_rooms 8.0",
+                 "streamtalk_agent_engine_streams 2.0", "streamtalk_agent_engine_capacity 4.0"):
         assert line in text.splitlines(), text

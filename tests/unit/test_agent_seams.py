@@ -50,9 +50,12 @@ def call_shape(fn: Callable[..., Any]) -> tuple[str, list[tuple[str, Any]]]:
 SURFACES = {  # fake: (the real class, its calls and attributes the agent uses, a fake to look at)
     "engine": (TTSEngine, ["make_request", "open_stream", "wake"],
                ["speakers", "languages", "capacity", "active_sessions"], FakeEngine),
-    "omni client": (OmniClient, ["stream_chat", "complete_chat", "transcribe", "aclose"], [], FakeOmniClient),
-    "room": (rtc.Room, ["on", "off"], ["name", "local_participant", "remote_participants"], FakeRoom),
-    "local participant": (rtc.LocalParticipant, ["set_attributes", "publish_track", "unpublish_track"],
+    "omni client": (OmniClient, ["stream_chat", "complete_chat", "transcribe", "aclose"], [],
+                    FakeOmniClient),
+    "room": (rtc.Room, ["on", "off"], ["name", "local_participant", "remote_participants"],
+             FakeRoom),
+    "local participant": (rtc.LocalParticipant,
+                          ["set_attributes", "publish_track", "unpublish_track"],
                           ["attributes"], FakeLocalParticipant),
     "track publication": (rtc.LocalTrackPublication, ["wait_for_subscription"], ["sid"],
                           lambda: FakeTrackPublication("TR_x")),
@@ -71,7 +74,7 @@ def test_each_fake_is_called_as_the_real_thing_is(seam: str) -> None:
         assert hasattr(real, name) and hasattr(fake, name), name
 
 
-# --------------------------------------------------------------------------- the engine under the TTS
+# ------------------------------------------------------------------------- the engine under the TTS
 
 
 def recorder() -> tuple[EventBus, list[AgentEvent]]:
@@ -83,7 +86,8 @@ def recorder() -> tuple[EventBus, list[AgentEvent]]:
 async def test_the_tts_sends_the_engines_packets_whole_and_in_order() -> None:
     engine = FakeEngine()
     tts = StreamtalkTTS(engine, speaker="Ryan", language="english", frame_ms=20)
-    async with tts.synthesize("Good morning. The weather is fine today, so let us go out.") as reply:
+    async with tts.synthesize("Good morning. The weather is fine today, "
+                              "so let us go out.") as reply:
         frames = [ev.frame async for ev in reply]
     assert len(engine.requests) >= 2  # the starter first, then the rest
     assert {(r.speaker, r.language) for r in engine.requests} == {("ryan", "english")}
@@ -194,7 +198,7 @@ async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-# --------------------------------------------------------------------------- the Omni client under the LLM and STT
+# ------------------------------------------------------ the Omni client under the LLM and STT
 
 
 def user_asks(text: str) -> lk_llm.ChatContext:
@@ -204,7 +208,8 @@ def user_asks(text: str) -> lk_llm.ChatContext:
 
 
 async def test_a_reply_cut_at_the_first_cap_is_continued_without_repeating_its_start() -> None:
-    client = FakeOmniClient()  # answers a continuation with the whole reply, as the dev backend does
+    # answers a continuation with the whole reply, as the dev backend does
+    client = FakeOmniClient()
     llm = OmniLLM(client, first_max_tokens=3)
     async with llm.chat(chat_ctx=user_asks("How is the weather?")) as stream:
         text = "".join([chunk.delta.content async for chunk in stream if chunk.delta])
@@ -217,7 +222,9 @@ async def test_a_reply_cut_at_the_first_cap_is_continued_without_repeating_its_s
 
 
 @pytest.mark.parametrize("mode", ["chat", "transcriptions"])
-async def test_an_utterance_goes_to_recognition_as_a_wav_and_its_words_come_back_tidy(mode: str) -> None:
+async def test_an_utterance_goes_to_recognition_as_a_wav_and_its_words_come_back_tidy(
+    mode: str
+) -> None:
     client = FakeOmniClient(transcript="  What is the   weather like today? ")
     stt = OmniSTT(client, mode=mode, language="en")
     pcm = (np.sin(np.arange(16000) / 5) * 8000).astype(np.int16)

@@ -67,7 +67,8 @@ def test_each_turn_gets_its_points_once_in_the_documented_format(tmp_path: Path)
     events = read(collector.path)
     assert all(set(e) == {"trace_id", "room", "turn", "point", "t_wall_ms", "t_mono_ms"}
                for e in events)
-    assert {e["trace_id"] for e in events} == {"trace-1"} and {e["room"] for e in events} == {"room/1"}
+    assert ({e["trace_id"] for e in events} == {"trace-1"}
+            and {e["room"] for e in events} == {"room/1"})
     turn1 = [e["point"] for e in events if e["turn"] == 1]
     turn2 = [e["point"] for e in events if e["turn"] == 2]
     assert turn1 == [p for p in TRACE_POINTS if p is not Event.INTERRUPTED]  # in turn order
@@ -119,7 +120,8 @@ def test_summary_reports_p50_p95(tmp_path: Path) -> None:
     summary = summarize(load_points([collector.path]))
     assert summary["turns"] == 10
     stt = summary["intervals"]["stt"]
-    assert stt["n"] == 10 and stt["p50_ms"] == pytest.approx(100) and stt["p95_ms"] == pytest.approx(100)
+    assert (stt["n"] == 10 and stt["p50_ms"] == pytest.approx(100)
+            and stt["p95_ms"] == pytest.approx(100))
     e2e = summary["intervals"]["eot_to_first_audio"]
     assert e2e["p50_ms"] == pytest.approx(3 * 100 + 4 * 50)
     assert summary["intervals"]["interrupt_to_reply_end"]["n"] == 0

@@ -32,7 +32,8 @@ def test_model_is_the_default_and_vad_alone_keeps_its_quicker_vad() -> None:
     assert (model.turn_detection, model.vad_silence_ms) == ("model", 250)
     vad = AgentConfig.from_env({"AGENT_TURN_DETECTION": "VAD"})
     assert (vad.turn_detection, vad.vad_silence_ms) == ("vad", 200)
-    assert AgentConfig.from_env({"AGENT_TURN_DETECTION": "vad", "VAD_SILENCE_MS": "100"}).vad_silence_ms == 100
+    assert AgentConfig.from_env({"AGENT_TURN_DETECTION": "vad",
+                                 "VAD_SILENCE_MS": "100"}).vad_silence_ms == 100
 
 
 @pytest.mark.parametrize("env,words", [
@@ -66,7 +67,8 @@ def test_auto_language_uses_the_model() -> None:
 
 
 def test_the_knob_and_a_missing_model_fall_back_to_vad_alone() -> None:
-    assert room_turn_detection("vad", "english", model_ready=True) == TurnChoice("vad", "AGENT_TURN_DETECTION=vad")
+    assert (room_turn_detection("vad", "english", model_ready=True)
+            == TurnChoice("vad", "AGENT_TURN_DETECTION=vad"))
     missing = room_turn_detection("model", "english", model_ready=False)
     assert missing.mode == "vad" and "not loaded" in missing.reason
 

@@ -108,10 +108,11 @@ class StepTotals:
     admission_ms: float = 0.0  # their prompts and prefills, the batch waiting
 
     def report(self) -> dict[str, float]:
-        return {"steps": self.steps, "step_rows_sum": self.rows, "step_period_ms_sum": self.period_ms,
-                "step_device_ms_sum": self.device_ms, "step_hand_over_ms_sum": self.hand_over_ms,
-                "step_settle_ms_sum": self.settle_ms, "admissions": self.admissions,
-                "admitted_sum": self.admitted, "admission_ms_sum": self.admission_ms}
+        return {"steps": self.steps, "step_rows_sum": self.rows,
+                "step_period_ms_sum": self.period_ms, "step_device_ms_sum": self.device_ms,
+                "step_hand_over_ms_sum": self.hand_over_ms, "step_settle_ms_sum": self.settle_ms,
+                "admissions": self.admissions, "admitted_sum": self.admitted,
+                "admission_ms_sum": self.admission_ms}
 
 
 @dataclass
@@ -146,15 +147,17 @@ class TTSEngine:
         device = config.torch_device
         invariance = invariance_for(bool(config.batch_invariant), device)
         if invariance == "kernels" and config.compile_steps == "1":
-            raise EngineStartError("TTS_COMPILE=1 does not combine with TTS_BATCH_INVARIANT=1 on a GPU: the compiled "
-                                   "layers bring their own kernels, whose sums depend on the batch; set TTS_COMPILE=0 "
-                                   "(auto leaves compile off in batch-invariant mode)")
+            raise EngineStartError("TTS_COMPILE=1 does not combine with TTS_BATCH_INVARIANT=1 on a "
+                                   "GPU: the compiled layers bring their own kernels, whose sums "
+                                   "depend on the batch; set TTS_COMPILE=0 (auto leaves compile "
+                                   "off in batch-invariant mode)")
         check_device_memory(device, config.min_free_gpu_mib)
         self._probe = MemoryProbe(device)
         self.memory: MemoryAccount | None = None  # measured by warmup()
         self.startup = StartupPhases()
         with self.startup.timed("load"):
-            self.model = TTSModel(config.resolved_model_dir, device, config.torch_dtype, config.max_text_chars,
+            self.model = TTSModel(config.resolved_model_dir, device, config.torch_dtype,
+                                  config.max_text_chars,
                                   resolve_dtype(config.decoder_dtype, device))
             decoder = CodecStreamDecoder(self.model.decoder, tf32=config.decoder_dtype == "tf32")
             self._probe.mark("loaded")
@@ -163,19 +166,21 @@ class TTSEngine:
         self.compile_cache: CompileCache | None = None
         if config.compiled and invariance != "kernels":
             with self.startup.timed("compile"):
-                self.compile_cache = CompileCache.open(cache_root(), self.model.config, self.model.codegen.dtype,
-                                                       self.model.device)
+                self.compile_cache = CompileCache.open(cache_root(), self.model.config,
+                                                       self.model.codegen.dtype, self.model.device)
                 compile_layers(self.model.codegen.talker)
         try:
-            self.stepper = BatchStepper(self.model.codegen, decoder, self.pool, config.cuda_graphs, invariance)
+            self.stepper = BatchStepper(self.model.codegen, decoder, self.pool, config.cuda_graphs,
+                                        invariance)
         except ImportError as exc:
-            raise EngineStartError(f"TTS_BATCH_INVARIANT=1 on a GPU runs Triton kernels, and Triton does not import "
-                                   f"({exc}); install the triton that matches torch, or set TTS_BATCH_INVARIANT=0") from exc
+            raise EngineStartError(f"TTS_BATCH_INVARIANT=1 on a GPU runs Triton kernels, and "
+                                   f"Triton does not import ({exc}); install the triton that "
+                                   f"matches torch, or set TTS_BATCH_INVARIANT=0") from exc
         self._probe.mark("rows")
         self.windowed = (WindowedCodecDecoder(self.model.decoder, config.left_context)
                          if config.decode_mode == "windowed" else None)
-        self.admission = Admission(self.stepper.buckets, config.max_active_streams, config.queue_timeout_s,
-                                   realtime=config.admission == "realtime")
+        self.admission = Admission(self.stepper.buckets, config.max_active_streams,
+                                   config.queue_timeout_s, realtime=config.admission == "realtime")
         self._queued: deque[StreamSession] = deque()
         self._active: list[StreamSession] = []  # index = row
         self._admitting = 0  # taken from the queue, not yet in a row: the prefill runs unlocked
@@ -281,8 +286,8 @@ class TTSEngine:
         phases = self.startup
         try:
             if self.compile_cache is not None:
-                log.info("start-up: compiling the decoder layers (cache %s; an empty one takes a minute or more)",
-                         self.compile_cache.dir)
+                log.info("start-up: compiling the decoder layers (cache %s; an empty one takes a "
+                         "minute or more)", self.compile_cache.dir)
                 with phases.timed("compile"):
                     self._compile()
                 graphs = compiled_graphs()
@@ -296,35 +301,41 @@ class TTSEngine:
             log.info("start-up: timing the batch buckets")
             with phases.timed("calibrate"):
                 self._calibrate()
-            self.admission.forget_admission_cost()  # the first, cold admission would gate for minutes
+            # the first, cold admission would gate for minutes
+            self.admission.forget_admission_cost()
             with phases.timed("warmup"):
                 self.synthesize_blocking(warm)  # the graphed path once, before real requests
         except (torch.OutOfMemoryError, EngineOutOfMemory) as exc:
             self.close()
             raise EngineStartError(
-                f"the GPU ran out of memory while warming up {self.pool.rows} rows of {self.pool.positions} "
-                f"positions (their graphs and activations grow with the rows): set TTS_MAX_BATCH to fewer "
-                f"rows (for example {max(1, self.pool.rows // 2)}) or free GPU memory ({exc})") from exc
+                f"the GPU ran out of memory while warming up {self.pool.rows} rows of "
+                f"{self.pool.positions} positions (their graphs and activations grow with the "
+                f"rows): set TTS_MAX_BATCH to fewer rows (for example "
+                f"{max(1, self.pool.rows // 2)}) or free GPU memory ({exc})") from exc
         if self.compile_cache is not None:
             self.compile_cache.save()
             if (late := compiled_graphs() - graphs) > 0:
-                log.warning("%d graphs were compiled after the compile phase: the engine runs a variant "
-                            "that runtime/compiled.py's precompile does not cover", late)
+                log.warning("%d graphs were compiled after the compile phase: the engine runs a "
+                            "variant that runtime/compiled.py's precompile does not cover", late)
         self._probe.mark("ready")
         self.memory = self._probe.account(self.pool.rows, self.pool.positions, self.pool.nbytes)
         self.ready = True
-        log.info("engine ready: %d rows of %d positions, capacity %d streams; start-up %.1f s: %s%s",
+        log.info("engine ready: %d rows of %d positions, capacity %d streams; "
+                 "start-up %.1f s: %s%s",
                  self.pool.rows, self.pool.positions, self.capacity, phases.total_s,
-                 ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in phases.report().items() if k != "total_s"),
+                 ", ".join(f"{k.removesuffix('_s')} {v:.1f} s"
+                           for k, v in phases.report().items() if k != "total_s"),
                  f"; compile cache {self.compile_cache.report()}" if self.compile_cache else "")
         log.info("%s", self.memory.summary())
 
     def _compile(self) -> None:
         try:
-            self.compile_cache.compile(lambda: precompile(self.model.codegen.talker, self.stepper.spans[0]))
+            self.compile_cache.compile(lambda: precompile(self.model.codegen.talker,
+                                                          self.stepper.spans[0]))
         except Exception as exc:
             self.close()
-            raise EngineStartError(f"torch.compile of the decoder layers failed ({type(exc).__name__}: {exc}); "
+            raise EngineStartError(f"torch.compile of the decoder layers failed "
+                                   f"({type(exc).__name__}: {exc}); "
                                    "TTS_COMPILE=0 starts the engine without it") from exc
 
     def startup_report(self) -> dict:
@@ -352,11 +363,13 @@ class TTSEngine:
         cuda = device.type == "cuda"
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else 0.0
         reserved = torch.cuda.memory_reserved(device) / 2**20 if cuda else 0.0
-        return {"active": len(self._active), "queued": self.queued_sessions, "rejected": self.admission.rejected,
-                "rows": self.pool.rows, "batch": self.last_batch, "step_ms": self.last_step_ms,
+        return {"active": len(self._active), "queued": self.queued_sessions,
+                "rejected": self.admission.rejected, "rows": self.pool.rows,
+                "batch": self.last_batch, "step_ms": self.last_step_ms,
                 "capacity": self.capacity, "capacity_left": self.capacity_left,
                 "step_slowdown": self.admission.slowdown, "underruns": self.underruns,
-                "gpu_memory_peak_mib": peak, "gpu_memory_reserved_mib": reserved, **self.step_totals.report()}
+                "gpu_memory_peak_mib": peak, "gpu_memory_reserved_mib": reserved,
+                **self.step_totals.report()}
 
     # -- submission -----------------------------------------------------------
 
@@ -374,7 +387,8 @@ class TTSEngine:
             if len(self._queued) >= self.pool.rows:
                 self.admission.rejected += 1
                 raise OverCapacity(f"{len(self._queued)} requests already wait for the engine; "
-                                   f"retry in {self.admission.retry_after_s} s", self.admission.retry_after_s)
+                                   f"retry in {self.admission.retry_after_s} s",
+                                   self.admission.retry_after_s)
             self._queued.append(session)
             self._lock.notify()
 
@@ -416,9 +430,10 @@ class TTSEngine:
                     self._queued.remove(s)
                     self.admission.rejected += 1
                     self._finish(s, "over_capacity", OverCapacity(
-                        f"no capacity for {self.admission.queue_timeout_s:g} s (TTS_QUEUE_TIMEOUT_S): "
-                        f"{len(self._active)} streams are active, capacity {self.capacity}; "
-                        f"retry in {self.admission.retry_after_s} s", self.admission.retry_after_s))
+                        f"no capacity for {self.admission.queue_timeout_s:g} s "
+                        f"(TTS_QUEUE_TIMEOUT_S): {len(self._active)} streams are active, "
+                        f"capacity {self.capacity}; retry in {self.admission.retry_after_s} s",
+                        self.admission.retry_after_s))
             group: list[StreamSession] = []
             while self._queued and len(group) < PREFILL_GROUPS[-1]:
                 batch = len(self._active) + len(group)
@@ -437,8 +452,10 @@ class TTSEngine:
         step_s = self.admission.predicted_ms(batch) / 1000
         return min((s.margin_s(now, step_s) for s in self._active), default=math.inf)
 
-    def _guarded(self, sessions: list[StreamSession], work: Callable, *args: object) -> object | None:
-        """`work(*args)` for `sessions`; an error ends those sessions, not the worker (None then)."""
+    def _guarded(self, sessions: list[StreamSession], work: Callable,
+                 *args: object) -> object | None:
+        """`work(*args)` for `sessions`; an error ends those sessions, not the worker (None
+        then)."""
         try:
             return work(*args)
         except Exception as exc:  # noqa: BLE001 - delivered to the consumers
@@ -498,7 +515,8 @@ class TTSEngine:
         s.frame_limit, s.row_limited = min(limit, row_frames), row_frames < limit
         if self.windowed is not None:
             s.windowed_state = self.windowed.new_state(1)
-        return RowStart(prompt, s.sampled, seed_as_int64(s.request.seed or 0), s.request.params.min_new_tokens)
+        return RowStart(prompt, s.sampled, seed_as_int64(s.request.seed or 0),
+                        s.request.params.min_new_tokens)
 
     def _launch(self, sessions: list[StreamSession]) -> None:
         """Start the next step of `sessions` (rows 0..n-1) on the device."""
@@ -513,7 +531,8 @@ class TTSEngine:
     def _land(self) -> list[StreamSession]:
         """Wait for the step in flight and decide who leaves the batch (step 1 of the loop).
         The streams that go on have their frame; their packets are for _send_packets."""
-        flight, self._flight = self._flight, None  # from here a stream that ends frees its row at once
+        # from here a stream that ends frees its row at once
+        flight, self._flight = self._flight, None
         result = self.stepper.collect()
         flight.device_ms = result.codegen_ms + result.decode_ms
         eos = result.codes[:, 0] == self.model.codegen.eos_id
@@ -527,7 +546,8 @@ class TTSEngine:
                 if eos[i]:
                     self._end(s, "eos")
                     continue
-                self._take_frame(s, result.codes[i], result.pcm[i], result.codegen_ms, result.decode_ms)
+                self._take_frame(s, result.codes[i], result.pcm[i], result.codegen_ms,
+                                 result.decode_ms)
                 if len(s.codes) >= s.frame_limit:
                     self._end_at_frame_limit(s)
                     continue
@@ -584,7 +604,8 @@ class TTSEngine:
         """Give s its frame (in windowed mode its PCM is decoded here, no step being in flight)."""
         if s.windowed_state is not None:
             frame = torch.from_numpy(codes).to(self.model.device)[None, :, None]
-            pcm = self.windowed.step(s.windowed_state, frame, check_codes=False)[0].float().cpu().numpy()
+            pcm = self.windowed.step(s.windowed_state, frame,
+                                     check_codes=False)[0].float().cpu().numpy()
         s.add_frame(codes, pcm, codegen_ms, decode_ms)
 
     def _send_if_complete(self, s: StreamSession) -> None:
@@ -609,7 +630,8 @@ class TTSEngine:
         packet = s.take_packet(bool(self.config.packet_metrics))
         if self.config.packet_trace:
             log.info("request %s packet %d frames %d ready %.1f ms codegen %.1f decode %.1f",
-                     s.id, packet.index, packet.frames, packet.t_ready_ms, packet.codegen_ms, packet.decode_ms)
+                     s.id, packet.index, packet.frames, packet.t_ready_ms, packet.codegen_ms,
+                     packet.decode_ms)
         s.emit(packet)
 
     def _end(self, s: StreamSession, reason: str, error: TTSError | None = None) -> None:
@@ -629,10 +651,10 @@ class TTSEngine:
         s.close_metrics(reason)
         self.underruns += s.metrics.underruns
         if self.config.code_dump and s.codes:
-            dump_codes(self.config.resolved_code_dump_dir, s.id, np.stack(s.codes), text=s.request.text,
-                       speaker=s.request.speaker, language=s.request.language,
-                       model_dir=str(self.model.model_dir), stop_reason=s.metrics.stop_reason,
-                       text_tokens=s.text_tokens)
+            dump_codes(self.config.resolved_code_dump_dir, s.id, np.stack(s.codes),
+                       text=s.request.text, speaker=s.request.speaker,
+                       language=s.request.language, model_dir=str(self.model.model_dir),
+                       stop_reason=s.metrics.stop_reason, text_tokens=s.text_tokens)
         if self._flight is None:
             self._release(s)
         s.on_admitted(error)  # a stream that ends before its admission stops waiting too
@@ -685,13 +707,15 @@ def batch_rows(config: EngineConfig, model: TTSModel, decoder: CodecStreamDecode
         if need > usable:
             raise EngineStartError(
                 f"TTS_MAX_BATCH={config.max_batch} rows of {config.row_positions} positions need "
-                f"{need / 2**20:.0f} MiB (+{GRAPH_RESERVE_MIB} MiB for graphs); {device} has {free / 2**20:.0f} "
-                f"MiB free after loading the model. Lower TTS_MAX_BATCH or TTS_ROW_POSITIONS (0 = auto).")
+                f"{need / 2**20:.0f} MiB (+{GRAPH_RESERVE_MIB} MiB for graphs); {device} has "
+                f"{free / 2**20:.0f} MiB free after loading the model. Lower TTS_MAX_BATCH or "
+                f"TTS_ROW_POSITIONS (0 = auto).")
         return config.max_batch
     rows = min(MAX_ROWS, usable // per_row)
     if rows < 1:
-        raise EngineStartError(f"{device} has {free / 2**20:.0f} MiB free after loading the model; one "
-                               f"row needs {per_row / 2**20:.0f} MiB + {GRAPH_RESERVE_MIB} MiB for graphs")
+        raise EngineStartError(f"{device} has {free / 2**20:.0f} MiB free after loading the "
+                               f"model; one row needs {per_row / 2**20:.0f} MiB + "
+                               f"{GRAPH_RESERVE_MIB} MiB for graphs")
     return int(rows)
 
 

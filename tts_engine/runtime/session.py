@@ -140,7 +140,8 @@ class StreamSession:
     def cancel(self) -> None:
         self.cancelled.set()
 
-    def add_frame(self, codes: np.ndarray, pcm: np.ndarray, codegen_ms: float, decode_ms: float) -> None:
+    def add_frame(self, codes: np.ndarray, pcm: np.ndarray, codegen_ms: float,
+                  decode_ms: float) -> None:
         self.codes.append(codes)
         self.pending.append(pcm)
         self.pending_codegen_ms += codegen_ms
@@ -152,7 +153,8 @@ class StreamSession:
         pcm = np.concatenate(self.pending)
         m = self.metrics
         packet = PCMPacket(index=m.packets, pcm=pcm, frames=len(self.pending),
-                           t_ready_ms=(t0 - self.accepted_at) * 1000, codegen_ms=self.pending_codegen_ms,
+                           t_ready_ms=(t0 - self.accepted_at) * 1000,
+                           codegen_ms=self.pending_codegen_ms,
                            decode_ms=self.pending_decode_ms, glue_ms=0.0)
         self.pending, self.pending_codegen_ms, self.pending_decode_ms = [], 0.0, 0.0
         if self.first_packet_at is None:
@@ -160,7 +162,8 @@ class StreamSession:
             m.ttfa_ms = packet.t_ready_ms
         elif t0 > self.next_packet_due:
             m.underruns += 1
-        self.silent_packets = self.silent_packets + 1 if float(np.sqrt(np.mean(pcm**2))) < SILENCE_RMS else 0
+        self.silent_packets = (self.silent_packets + 1
+                               if float(np.sqrt(np.mean(pcm**2))) < SILENCE_RMS else 0)
         m.frames += packet.frames
         m.packets += 1
         m.audio_s += len(pcm) / SAMPLE_RATE

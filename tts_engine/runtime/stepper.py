@@ -71,7 +71,8 @@ log = logging.getLogger("tts_engine.runtime")
 
 BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 SPANS = (256, 512, 1024, 2048, 4096)
-PREFILL_GROUPS = (1, 2, 4, 8, 16)  # newcomers per prefill shape; the last is the most admitted at once
+# newcomers per prefill shape; the last is the most admitted at once
+PREFILL_GROUPS = (1, 2, 4, 8, 16)
 PREFILL_LENGTHS = (16, 32, 64, 128, 256, 512, 1024)  # prompt positions per prefill shape
 PREFILL_TOKENS = 4096  # the staging area: no prefill shape is larger
 SAMPLED = SamplingParams.sampled()  # the constants of sampled rows (requests cannot change them)
@@ -116,12 +117,14 @@ def tail_part(codegen: CodeGenerator, v: RowView, mixed: bool) -> None:
         if codebook == 0:
             t, k, p = SAMPLED.temperature, SAMPLED.top_k, SAMPLED.top_p
         else:
-            t, k, p = SAMPLED.subtalker_temperature, SAMPLED.subtalker_top_k, SAMPLED.subtalker_top_p
+            t, k, p = (SAMPLED.subtalker_temperature, SAMPLED.subtalker_top_k,
+                       SAMPLED.subtalker_top_p)
         drawn = sample_tokens(logits, t, k, p, NoiseKey(v.seed, v.frames_done, codebook))
         return torch.where(v.sampled, drawn, greedy)
 
     scores = codebook0_logits_masked(v.logits, v.seen, v.frames_done, v.min_new_tokens,
-                                     SAMPLED.repetition_penalty, codegen.suppress_mask, codegen.eos_id)
+                                     SAMPLED.repetition_penalty, codegen.suppress_mask,
+                                     codegen.eos_id)
     cb0 = pick(scores, 0)
     codes = codegen.predict_rest(v.hidden, cb0, KVCache(v.predictor_k, v.predictor_v), pick)
     v.seen.scatter_(1, cb0[:, None], True)
@@ -262,7 +265,8 @@ class BatchStepper:
         self.captured = True
         self.reset()
         log.info("captured %d graphs in %.1f s: buckets %s, talker spans %s, %d prefill shapes",
-                 len(self._graphs), time.perf_counter() - start, self.buckets, self.spans, len(self.prefill_shapes))
+                 len(self._graphs), time.perf_counter() - start, self.buckets, self.spans,
+                 len(self.prefill_shapes))
 
     def reset(self) -> None:
         """Every row back to position 0 and a fresh decoder (warm-up moved them)."""
@@ -313,7 +317,8 @@ class BatchStepper:
             return
         rows = self.pool.view(start, start + k)
         if shape is None:
-            embeds = newcomers[0].prompt.embeds.new_zeros(k, length, newcomers[0].prompt.embeds.shape[2])
+            embeds = newcomers[0].prompt.embeds.new_zeros(k, length,
+                                                          newcomers[0].prompt.embeds.shape[2])
             self._copy_prompts(embeds, newcomers)
             self.codegen.talker.model(embeds, KVCache(rows.k, rows.v))
             return
@@ -398,7 +403,8 @@ class BatchStepper:
             raise RuntimeError("no step in flight: launch() one first")
         launched.clock.wait()
         codegen_ms, decode_ms = launched.clock.intervals_ms()
-        return StepResult(launched.codes.numpy().copy(), launched.pcm.numpy().copy(), codegen_ms, decode_ms)
+        return StepResult(launched.codes.numpy().copy(), launched.pcm.numpy().copy(), codegen_ms,
+                          decode_ms)
 
 
 class _Clock:
