@@ -1,10 +1,11 @@
 """The event contracts (agent/events.py): one payload dataclass per event, emitted as such,
-dispatched by type, written to the trace as before."""
+dispatched by type, written to the trace as before, listed in docs/AGENT.md."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,7 @@ from agent.events import (
     VadStart,
 )
 from agent.trace import TraceCollector
+from streamtalk_common.paths import REPO_ROOT
 
 
 def test_every_event_has_one_frozen_payload_named_after_it() -> None:
@@ -222,3 +224,33 @@ def test_the_trace_writes_the_payloads_as_before(tmp_path: Path) -> None:
         (1, "first_audio_published", 100550.0), (1, "interrupted", 100950.0),
         (1, "reply_end", 101200.0), (2, "vad_end", 101250.0), (2, "llm_request", 101350.0),
         (2, "reply_end", 101750.0)]
+
+
+def _doc_rows() -> dict[str, list[tuple[str, list[str]]]]:
+    """The rows of the events section's tables in docs/AGENT.md, by each event their first
+    cell names, each with its table's first heading (`point` or `event`) and its cells."""
+    text = (REPO_ROOT / "docs" / "AGENT.md").read_text()
+    section = text.split("## A turn, point by point", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, list[tuple[str, list[str]]]] = {}
+    table = ""
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `"):
+            for name in re.findall(r"`(\w+)`", cells[0]):
+                rows.setdefault(name, []).append((table, cells))
+        elif line.startswith("| "):
+            table = cells[0]
+    return rows
+
+
+def test_docs_list_every_event_with_its_role_and_the_fields_of_its_payload() -> None:
+    rows = _doc_rows()
+    for event, cls in PAYLOADS.items():
+        assert len(rows.get(event.value, [])) == 1, f"docs/AGENT.md: one row for `{event}`"
+        ((table, cells),) = rows[event.value]
+        if event.role in (Role.USER_POINT, Role.REPLY_POINT):
+            assert table == "point", f"docs/AGENT.md: `{event}` belongs in the points' table"
+        else:
+            assert table == "event" and cells[1].startswith(event.role.value), cells
+        missing = [f.name for f in dataclasses.fields(cls) if f"`{f.name}`" not in cells[-1]]
+        assert not missing, f"docs/AGENT.md: the row of `{event}` lacks the fields {missing}"
