@@ -32,7 +32,14 @@ from livekit.agents.voice import io
 
 from streamtalk_common.audio import SAMPLE_RATE
 
-from .events import Event, EventBus
+from .events import (
+    AudioCleared,
+    AudioPaused,
+    AudioResumed,
+    EventBus,
+    FirstAudioPublished,
+    PlaybackFinished,
+)
 
 log = logging.getLogger("streamtalk.audio")
 
@@ -239,8 +246,8 @@ class RoomAudioSink(io.AudioOutput):
             self._interrupt.set()
             self._wake.set()
         if dropped or in_source:
-            self.bus.emit(Event.AUDIO_CLEARED, dropped_s=round(dropped + in_source, 3),
-                          clear_ms=round((time.perf_counter() - t0) * 1000, 3))
+            self.bus.emit(AudioCleared(dropped_s=round(dropped + in_source, 3),
+                                       clear_ms=round((time.perf_counter() - t0) * 1000, 3)))
         if self._capturing and end_segment:
             # interrupted before the framework flushed: finish this segment now
             self._capturing = False
@@ -266,7 +273,7 @@ class RoomAudioSink(io.AudioOutput):
         self._seg_sent_s = max(0.0, self._seg_sent_s - held)
         self._recent.clear()
         self._source.clear_queue()
-        self.bus.emit(Event.AUDIO_PAUSED, held_back_s=round(held, 3))
+        self.bus.emit(AudioPaused(held_back_s=round(held, 3)))
 
     def resume(self) -> None:
         super().resume()
@@ -274,7 +281,7 @@ class RoomAudioSink(io.AudioOutput):
             return
         self._paused = False
         self._wake.set()
-        self.bus.emit(Event.AUDIO_RESUMED, queued_s=round(self.queued_s, 3))
+        self.bus.emit(AudioResumed(queued_s=round(self.queued_s, 3)))
 
     # -- internals --------------------------------------------------------------------
 
@@ -308,7 +315,7 @@ class RoomAudioSink(io.AudioOutput):
                     self._source.clear_queue()  # the reply does not wait behind idle silence
                     silence_queued = False
                 self.on_playback_started(created_at=time.time())
-                self.bus.emit(Event.FIRST_AUDIO_PUBLISHED)
+                self.bus.emit(FirstAudioPublished())
             try:
                 await self._source.capture_frame(_silent_copy(item.frame) if self.mute_output
                                                  else item.frame)
@@ -362,5 +369,5 @@ class RoomAudioSink(io.AudioOutput):
         had_audio = self._seg_first_sent
         self.on_playback_finished(playback_position=position, interrupted=interrupted)
         if had_audio:
-            self.bus.emit(Event.PLAYBACK_FINISHED, interrupted=interrupted,
-                          position_s=round(position, 3))
+            self.bus.emit(PlaybackFinished(interrupted=interrupted,
+                                           position_s=round(position, 3)))

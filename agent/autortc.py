@@ -29,7 +29,7 @@ from typing import Any
 
 from livekit import rtc
 
-from .events import AgentEvent, Event, EventBus
+from .events import AgentEvent, EventBus, FirstAudioPublished, PlaybackFinished
 
 log = logging.getLogger("streamtalk.autortc")
 
@@ -54,7 +54,8 @@ class AutoRTCResponder:
         self.sent: list[dict[str, Any]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         room.on("data_received", self._on_data)
-        bus.subscribe(self._on_event)
+        bus.on(FirstAudioPublished, self._on_reply_start)
+        bus.on(PlaybackFinished, self._on_reply_end)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -107,15 +108,17 @@ class AutoRTCResponder:
                          trace_id=msg.get("trace_id") or self.trace_id,
                          case_id=msg.get("case_id") or self.case_id)
 
-    def _on_event(self, ev: AgentEvent) -> None:
-        if ev.name is Event.FIRST_AUDIO_PUBLISHED:
-            self.reply_seq += 1
-            self._open_reply = self.reply_seq
-            self._spawn(self._send("reply_start", reply_seq=self.reply_seq, t_wall_ms=ev.t_wall_ms))
-        elif ev.name is Event.PLAYBACK_FINISHED and self._open_reply is not None:
-            seq, self._open_reply = self._open_reply, None
-            self._spawn(self._send("reply_end", reply_seq=seq, t_wall_ms=ev.t_wall_ms,
-                                   interrupted=bool(ev.data.get("interrupted"))))
+    def _on_reply_start(self, ev: AgentEvent[FirstAudioPublished]) -> None:
+        self.reply_seq += 1
+        self._open_reply = self.reply_seq
+        self._spawn(self._send("reply_start", reply_seq=self.reply_seq, t_wall_ms=ev.t_wall_ms))
+
+    def _on_reply_end(self, ev: AgentEvent[PlaybackFinished]) -> None:
+        if self._open_reply is None:
+            return
+        seq, self._open_reply = self._open_reply, None
+        self._spawn(self._send("reply_end", reply_seq=seq, t_wall_ms=ev.t_wall_ms,
+                               interrupted=ev.payload.interrupted))
 
     async def _send(self, kind: str, *, reply_seq: int, t_wall_ms: float | None = None,
                     trace_id: str | None = None, case_id: str | None = None,

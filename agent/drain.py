@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from .duplex import DuplexState
-from .events import AgentEvent, Event
+from .events import AgentEvent, Duplex, SttEnd, SttStart, VadEnd, VadStart
 
 # Added to the endpointing delay: the time from the end of recognition to the framework's
 # commit of the turn (and so to THINKING) is that delay plus a few event-loop steps.
@@ -40,20 +41,20 @@ class TurnActivity:
         self._duplex = DuplexState.LISTENING
         self._last_change = -float("inf")
 
-    def __call__(self, ev: AgentEvent) -> None:
-        name = ev.name
-        if name is Event.VAD_START:
-            self._user_speaking = True
-        elif name is Event.VAD_END:
-            self._user_speaking = False
-        elif name is Event.STT_START:
-            self._recognizing += 1
-        elif name is Event.STT_END:
-            self._recognizing = max(0, self._recognizing - 1)
-        elif name is Event.DUPLEX:
-            self._duplex = DuplexState(ev.data["to"])
-        else:
-            return
+    def __call__(self, ev: AgentEvent[Any]) -> None:
+        match ev.payload:
+            case VadStart():
+                self._user_speaking = True
+            case VadEnd():
+                self._user_speaking = False
+            case SttStart():
+                self._recognizing += 1
+            case SttEnd():
+                self._recognizing = max(0, self._recognizing - 1)
+            case Duplex(transition=tr):
+                self._duplex = tr.target
+            case _:
+                return
         self._last_change = self._clock()
 
     def idle(self) -> bool:

@@ -41,7 +41,23 @@ from livekit.agents.voice.speech_handle import SpeechHandle
 from .attribute_publisher import AttributePublisher, Send
 from .audio_output import RoomAudioSink
 from .duplex import DuplexEvent, DuplexState, DuplexStateMachine, Transition
-from .events import AgentEvent, Event, EventBus
+from .events import (
+    AgentEvent,
+    AudioCleared,
+    AudioPaused,
+    AudioResumed,
+    BargeIn,
+    BargeInPaused,
+    CancelCascade,
+    Duplex,
+    EventBus,
+    FalseInterruption,
+    FirstAudioPublished,
+    Interrupted,
+    PlaybackFinished,
+    ReplyBegin,
+    ReplyEnd,
+)
 from .llm import OmniLLM
 from .tts import StreamtalkTTS
 
@@ -97,7 +113,11 @@ class DuplexController:
         s.on("user_state_changed", self._on_user_state)
         s.on("agent_false_interruption", self._on_false_interruption)
         s.on("speech_created", self._on_speech_created)
-        self.bus.subscribe(self._on_bus)
+        self.bus.on(FirstAudioPublished, self._on_first_audio)
+        self.bus.on(PlaybackFinished, self._on_playback_finished)
+        self.bus.on(AudioPaused, self._on_audio_paused)
+        self.bus.on(AudioResumed, self._on_audio_resumed)
+        self.bus.on(AudioCleared, self._on_audio_cleared)
         self._schedule_publish()
 
     def detach(self) -> None:
@@ -108,7 +128,9 @@ class DuplexController:
                          ("speech_created", self._on_speech_created)):
             with contextlib.suppress(Exception):
                 s.off(name, fn)
-        self.bus.unsubscribe(self._on_bus)
+        for handler in (self._on_first_audio, self._on_playback_finished, self._on_audio_paused,
+                        self._on_audio_resumed, self._on_audio_cleared):
+            self.bus.unsubscribe(handler)
         for t in list(self._tasks):
             t.cancel()
         if self._state_publisher is not None:
@@ -144,16 +166,16 @@ class DuplexController:
         if ev.new_state == "speaking" and state in (DuplexState.SPEAKING, DuplexState.THINKING):
             self._barge_in_at = time.perf_counter()
             self.machine.handle(DuplexEvent.USER_SPEECH, "user talks over the agent")
-            self.bus.emit(Event.BARGE_IN, during=state.value)
+            self.bus.emit(BargeIn(during=state.value))
         elif ev.new_state != "speaking" and state is DuplexState.INTERRUPTING:
             if not self.sink.paused and self._resumable():
                 # too short to pause anything: the reply never stopped
-                self.bus.emit(Event.FALSE_INTERRUPTION, paused=False)
+                self.bus.emit(FalseInterruption(paused=False))
                 self.machine.handle(DuplexEvent.RESUMED, "user speech too short to interrupt")
 
     def _on_false_interruption(self, ev: AgentFalseInterruptionEvent) -> None:
         if ev.resumed and self.machine.state in _DECIDING and self._resumable():
-            self.bus.emit(Event.FALSE_INTERRUPTION, paused=True)
+            self.bus.emit(FalseInterruption(paused=True))
             self.machine.handle(DuplexEvent.RESUMED, "false interruption: playback resumed")
 
     def _on_speech_created(self, ev: SpeechCreatedEvent) -> None:
@@ -162,8 +184,8 @@ class DuplexController:
         self.tts.release()
         self._reply_id = handle.id
         self._speech_audio[handle.id] = False
-        self.bus.emit(Event.REPLY_BEGIN, speech_id=handle.id, source=ev.source,
-                      user_initiated=ev.user_initiated)
+        self.bus.emit(ReplyBegin(speech_id=handle.id, source=ev.source,
+                                 user_initiated=ev.user_initiated))
         handle.add_done_callback(self._on_speech_done)
 
     def _on_speech_done(self, handle: SpeechHandle) -> None:
@@ -173,42 +195,44 @@ class DuplexController:
         if handle.interrupted:
             self._finish_interruption("speech interrupted", handle.id)
             if not had_audio:
-                self.bus.emit(Event.REPLY_END, speech_id=handle.id, audio=False, interrupted=True)
+                self.bus.emit(ReplyEnd(speech_id=handle.id, audio=False, interrupted=True))
         elif not had_audio:
-            self.bus.emit(Event.REPLY_END, speech_id=handle.id, audio=False, interrupted=False)
+            self.bus.emit(ReplyEnd(speech_id=handle.id, audio=False, interrupted=False))
             self.machine.handle(DuplexEvent.REPLY_FAILED, "reply without audio")
         elif self.machine.state is DuplexState.SPEAKING:
             self.machine.handle(DuplexEvent.REPLY_DONE, "reply finished")
 
-    def _on_bus(self, ev: AgentEvent) -> None:
-        name = ev.name
-        if name is Event.FIRST_AUDIO_PUBLISHED:
-            speech = self.session.current_speech
-            self._playing_id = speech.id if speech is not None else self._reply_id
-            if self._playing_id is not None:
-                self._speech_audio[self._playing_id] = True
-        elif name is Event.PLAYBACK_FINISHED:
-            self.bus.emit(Event.REPLY_END, speech_id=self._playing_id, audio=True,
-                          interrupted=bool(ev.data.get("interrupted")),
-                          position_s=ev.data.get("position_s"))
-            self._playing_id = None
-        elif name is Event.AUDIO_PAUSED:
-            if self.machine.state in (DuplexState.SPEAKING, DuplexState.INTERRUPTING):
-                if self._barge_in_at is None:
-                    self._barge_in_at = time.perf_counter()
-                self.machine.handle(DuplexEvent.PAUSED, "playback paused for a barge-in")
-                self.tts.hold()
-                self.bus.emit(Event.BARGE_IN_PAUSED,
-                              detect_to_pause_ms=round((time.perf_counter() - self._barge_in_at) * 1000, 3))
-        elif name is Event.AUDIO_RESUMED:
-            self.tts.release()
-            if self.machine.state in _DECIDING and self._resumable():
-                self.machine.handle(DuplexEvent.RESUMED, "playback resumed")
-        elif name is Event.AUDIO_CLEARED:
-            if self.machine.state in _DECIDING and self._cascade_at is None:
-                # the framework confirmed the barge-in and is cancelling: finish the cascade
-                begun = self._begin("barge-in confirmed")
-                self._spawn(self._cascade(begun, already_silent=True))
+    def _on_first_audio(self, ev: AgentEvent[FirstAudioPublished]) -> None:
+        speech = self.session.current_speech
+        self._playing_id = speech.id if speech is not None else self._reply_id
+        if self._playing_id is not None:
+            self._speech_audio[self._playing_id] = True
+
+    def _on_playback_finished(self, ev: AgentEvent[PlaybackFinished]) -> None:
+        self.bus.emit(ReplyEnd(speech_id=self._playing_id, audio=True,
+                               interrupted=ev.payload.interrupted,
+                               position_s=ev.payload.position_s))
+        self._playing_id = None
+
+    def _on_audio_paused(self, ev: AgentEvent[AudioPaused]) -> None:
+        if self.machine.state in (DuplexState.SPEAKING, DuplexState.INTERRUPTING):
+            if self._barge_in_at is None:
+                self._barge_in_at = time.perf_counter()
+            self.machine.handle(DuplexEvent.PAUSED, "playback paused for a barge-in")
+            self.tts.hold()
+            detect_to_pause_s = time.perf_counter() - self._barge_in_at
+            self.bus.emit(BargeInPaused(detect_to_pause_ms=round(detect_to_pause_s * 1000, 3)))
+
+    def _on_audio_resumed(self, ev: AgentEvent[AudioResumed]) -> None:
+        self.tts.release()
+        if self.machine.state in _DECIDING and self._resumable():
+            self.machine.handle(DuplexEvent.RESUMED, "playback resumed")
+
+    def _on_audio_cleared(self, ev: AgentEvent[AudioCleared]) -> None:
+        if self.machine.state in _DECIDING and self._cascade_at is None:
+            # the framework confirmed the barge-in and is cancelling: finish the cascade
+            begun = self._begin("barge-in confirmed")
+            self._spawn(self._cascade(begun, already_silent=True))
 
     # -- the cascade --------------------------------------------------------------------
 
@@ -251,7 +275,7 @@ class DuplexController:
         timings["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
         if self._barge_in_at is not None:
             timings["detect_to_cascade_ms"] = round((t0 - self._barge_in_at) * 1000, 3)
-        self.bus.emit(Event.CANCEL_CASCADE, speech_id=speech_id, **timings)
+        self.bus.emit(CancelCascade(speech_id=speech_id, **timings))
         self.interruptions.append(timings)
         log.info("reply cancelled (%s): audio %.1f ms, tts %d stream(s) %.1f ms, "
                  "llm %d stream(s) %.1f ms, total %.1f ms", reason, timings["audio_stop_ms"],
@@ -265,7 +289,7 @@ class DuplexController:
         key = speech_id or ""
         if key not in self._reported:
             self._reported.add(key)
-            self.bus.emit(Event.INTERRUPTED, speech_id=speech_id, reason=reason)
+            self.bus.emit(Interrupted(speech_id=speech_id, reason=reason))
 
     def _finish_interruption(self, reason: str, speech_id: str | None) -> None:
         self.tts.release()
@@ -278,7 +302,7 @@ class DuplexController:
     # -- outputs ------------------------------------------------------------------------
 
     def _on_transition(self, tr: Transition) -> None:
-        self.bus.emit(Event.DUPLEX, **tr.to_dict())
+        self.bus.emit(Duplex(transition=tr))
         self._schedule_publish()
 
     def _schedule_publish(self) -> None:

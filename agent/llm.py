@@ -36,7 +36,16 @@ from livekit.agents.types import (
 )
 
 from .bridge import ContinuationJoiner
-from .events import Event, EventBus
+from .events import (
+    BackendDown,
+    BackendOk,
+    EventBus,
+    LlmCancelled,
+    LlmContinuation,
+    LlmDone,
+    LlmFirstToken,
+    LlmRequest,
+)
 from .omni_client import BackendError, OmniClient
 
 log = logging.getLogger("streamtalk.llm")
@@ -150,7 +159,7 @@ class OmniLLMStream(llm.LLMStream):
         try:
             budget = owner.max_tokens
             first_cap = min(owner.first_max_tokens, budget) if owner.continuation else budget
-            bus.emit(Event.LLM_REQUEST, max_tokens=first_cap)
+            bus.emit(LlmRequest(max_tokens=first_cap))
             requests += 1
             used = 0
             async for d in owner._client.stream_chat(
@@ -161,7 +170,7 @@ class OmniLLMStream(llm.LLMStream):
                 if d.content:
                     if first_token_at is None:
                         first_token_at = time.monotonic()
-                        bus.emit(Event.LLM_FIRST_TOKEN)
+                        bus.emit(LlmFirstToken())
                     produced += d.content
                     used += 1
                     self._send(d.content)
@@ -172,28 +181,27 @@ class OmniLLMStream(llm.LLMStream):
             if owner.continuation and finish == "length" and used < budget and produced.strip():
                 finish = await self._continue(messages, produced, budget - used)
                 requests += 1
-            bus.emit(Event.BACKEND_OK, component="llm")
+            bus.emit(BackendOk(component="llm"))
         except BackendError as exc:
             log.error("LLM backend failed (%s); %s", exc,
                       "the reply is cut short" if produced else "speaking the backend notice")
-            bus.emit(Event.BACKEND_DOWN, component="llm", detail=str(exc))
+            bus.emit(BackendDown(component="llm", detail=str(exc)))
             if not produced and owner.backend_down_message:
                 self._send(owner.backend_down_message)
             finish = "error"
         except asyncio.CancelledError:
-            bus.emit(Event.LLM_CANCELLED, chars=len(produced))
+            bus.emit(LlmCancelled(chars=len(produced)))
             raise
         finally:
             self.done = True
             owner._streams.discard(self)  # the room keeps only its running completions
-            bus.emit(
-                Event.LLM_DONE,
+            bus.emit(LlmDone(
                 finish=finish,
                 requests=requests,
                 chars=len(produced),
                 ttft_ms=None if first_token_at is None else round((first_token_at - t0) * 1000, 1),
                 ms=round((time.monotonic() - t0) * 1000, 1),
-            )
+            ))
 
     async def _continue(self, messages: list[dict[str, Any]], produced: str, budget: int) -> str | None:
         """Second request: continue the assistant message `produced`; returns its finish reason."""
@@ -201,7 +209,7 @@ class OmniLLMStream(llm.LLMStream):
         joiner = ContinuationJoiner(produced)
         follow = [*messages, {"role": "assistant", "content": produced}]
         finish: str | None = None
-        owner.bus.emit(Event.LLM_CONTINUATION, max_tokens=budget)
+        owner.bus.emit(LlmContinuation(max_tokens=budget))
         async for d in owner._client.stream_chat(
             follow, max_tokens=budget, temperature=owner.temperature,
             first_token_timeout_s=owner.first_token_timeout_s,

@@ -43,7 +43,7 @@ from .drain import SETTLE_MARGIN_S, TurnActivity
 from .duplex import DUPLEX_ATTRIBUTE
 from .duplex_controller import DuplexController
 from .engine_service import SharedServices
-from .events import AgentEvent, Event, EventBus
+from .events import AgentEvent, BackendBusy, BackendDown, BackendOk, EventBus, PlaybackFinished
 from .history import RoomHistory, chat_context, history_in
 from .latency_publisher import LatencyPublisher
 from .llm import OmniLLM
@@ -76,20 +76,19 @@ class BackendStatus:
             lambda value: room.local_participant.set_attributes({BACKEND_ATTRIBUTE: value}),
             BACKEND_ATTRIBUTE)
 
-    def __call__(self, ev: AgentEvent) -> None:
-        component = str(ev.data.get("component", "?"))
-        detail = str(ev.data.get("detail", ""))[:200]
-        if ev.name is Event.BACKEND_OK:
-            self._problems.pop(component, None)
-        elif ev.name in (Event.BACKEND_DOWN, Event.BACKEND_BUSY):
-            self._problems.pop(component, None)
-            kind = "down" if ev.name is Event.BACKEND_DOWN else "busy"
-            self._problems[component] = f"{kind}: {component}: {detail}"
+    def __call__(self, ev: AgentEvent[Any]) -> None:
+        p = ev.payload
+        if isinstance(p, BackendOk):
+            self._problems.pop(p.component, None)
+        elif isinstance(p, BackendDown | BackendBusy):
+            self._problems.pop(p.component, None)
+            kind = "down" if isinstance(p, BackendDown) else "busy"
+            self._problems[p.component] = f"{kind}: {p.component}: {p.detail[:200]}"
         else:
             return
         self._set(list(self._problems.values())[-1] if self._problems else "ok")
         speaking = self._notice is not None and not self._notice.done()
-        if ev.name is Event.BACKEND_DOWN and component == "stt" and not speaking:
+        if isinstance(p, BackendDown) and p.component == "stt" and not speaking:
             with contextlib.suppress(RuntimeError):  # one notice at a time, never a queue of them
                 self._notice = self.session.say(self.stt_notice, add_to_chat_ctx=False)
 
@@ -265,11 +264,10 @@ class RoomAgent:
             recorder = self.recorder
             sink.add_frame_tap(recorder.on_frame)
 
-            def save_after_reply(ev: AgentEvent) -> None:
-                if ev.name is Event.PLAYBACK_FINISHED:
-                    asyncio.ensure_future(recorder.save())
+            def save_after_reply(ev: AgentEvent[PlaybackFinished]) -> None:
+                asyncio.ensure_future(recorder.save())
 
-            bus.subscribe(save_after_reply)
+            bus.on(PlaybackFinished, save_after_reply)
 
         stt = OmniSTT(self.client, vad=self.services.vad, mode=config.stt_mode,
                       timeout_s=config.stt_timeout_s, bus=bus,

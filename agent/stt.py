@@ -44,7 +44,17 @@ from livekit.agents.types import (
 from streamtalk_common.audio import wav_bytes
 
 from .backchannel import is_backchannel
-from .events import Event, EventBus
+from .events import (
+    Backchannel,
+    BackendDown,
+    BackendOk,
+    EventBus,
+    SttEnd,
+    SttResult,
+    SttStart,
+    VadEnd,
+    VadStart,
+)
 from .omni_client import TRANSCRIBE_PROMPT, BackendError, OmniClient, wav_data_uri
 
 log = logging.getLogger("streamtalk.stt")
@@ -195,13 +205,13 @@ class OmniRecognizeStream(stt.RecognizeStream):
             try:
                 async for ev in vad_stream:
                     if ev.type == vad.VADEventType.START_OF_SPEECH:
-                        bus.emit(Event.VAD_START, speech_s=round(ev.speech_duration, 3),
-                                 inference_ms=round(ev.inference_duration * 1000, 3))
+                        bus.emit(VadStart(speech_s=round(ev.speech_duration, 3),
+                                          inference_ms=round(ev.inference_duration * 1000, 3)))
                         self._event_ch.send_nowait(stt.SpeechEvent(stt.SpeechEventType.START_OF_SPEECH))
                     elif ev.type == vad.VADEventType.END_OF_SPEECH:
                         end_time = time.time() - ev.silence_duration - ev.inference_duration
-                        bus.emit(Event.VAD_END, speech_s=round(ev.speech_duration, 3),
-                                 silence_s=round(ev.silence_duration, 3))
+                        bus.emit(VadEnd(speech_s=round(ev.speech_duration, 3),
+                                        silence_s=round(ev.silence_duration, 3)))
                         self._event_ch.send_nowait(stt.SpeechEvent(
                             stt.SpeechEventType.END_OF_SPEECH, speech_end_time=end_time))
                         if ev.frames:
@@ -216,28 +226,28 @@ class OmniRecognizeStream(stt.RecognizeStream):
             duration = u.frame.samples_per_channel / max(u.frame.sample_rate, 1)
             if duration < omni.min_speech_s:
                 return ""
-            bus.emit(Event.STT_START, audio_s=round(duration, 3))
+            bus.emit(SttStart(audio_s=round(duration, 3)))
             t0 = time.monotonic()
             try:
                 text = await omni.transcribe_frame(u.frame)
             except BackendError as exc:
                 log.error("speech recognition failed, this turn has no transcript: %s", exc)
-                bus.emit(Event.STT_END, ok=False)
-                bus.emit(Event.BACKEND_DOWN, component="stt", detail=str(exc))
+                bus.emit(SttEnd(ok=False))
+                bus.emit(BackendDown(component="stt", detail=str(exc)))
                 return ""
             except Exception:
                 log.exception("speech recognition crashed; this turn has no transcript")
-                bus.emit(Event.STT_END, ok=False)
+                bus.emit(SttEnd(ok=False))
                 return ""
-            bus.emit(Event.STT_END, ok=True)
-            bus.emit(Event.STT_RESULT, text=text, ms=round((time.monotonic() - t0) * 1000, 1),
-                     audio_s=round(duration, 3))
-            bus.emit(Event.BACKEND_OK, component="stt")
+            bus.emit(SttEnd(ok=True))
+            bus.emit(SttResult(text=text, ms=round((time.monotonic() - t0) * 1000, 1),
+                               audio_s=round(duration, 3)))
+            bus.emit(BackendOk(component="stt"))
             if not text:
                 log.info("turn of %.2f s had no words", duration)
             elif omni.agent_has_floor() and is_backchannel(text):
                 log.info("backchannel %r while the agent speaks: not a turn", text)
-                bus.emit(Event.BACKCHANNEL, text=text)
+                bus.emit(Backchannel(text=text))
                 return ""
             return text
 

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from .events import METRIC_EVENTS, REPLY_POINTS, USER_POINTS, AgentEvent, Event
+from .events import METRIC_EVENTS, REPLY_POINTS, USER_POINTS, AgentEvent, Event, ReplyPayload
 
 log = logging.getLogger("streamtalk.trace")
 
@@ -57,7 +57,7 @@ class TraceCollector:
         self.reply_turn: int | None = None
         self._seen: set[tuple[int, str]] = set()
         self._reply_metrics: dict[int, dict[str, Any]] = {}
-        self._pending: dict[int, tuple[AgentEvent, asyncio.TimerHandle]] = {}
+        self._pending: dict[int, tuple[AgentEvent[Any], asyncio.TimerHandle]] = {}
         self._speech_turn: dict[str, int] = {}
         self.metrics_delay_s = 1.0
         self.points_written = 0
@@ -68,12 +68,12 @@ class TraceCollector:
 
     # -- observer --------------------------------------------------------------
 
-    def __call__(self, ev: AgentEvent) -> None:
+    def __call__(self, ev: AgentEvent[Any]) -> None:
         name = ev.name
         if name is Event.REPLY_BEGIN:
             self.reply_turn = self.user_turn
-            if ev.data.get("speech_id"):
-                self._speech_turn[str(ev.data["speech_id"])] = self.user_turn
+            if ev.payload.speech_id:
+                self._speech_turn[ev.payload.speech_id] = self.user_turn
             return
         if name is Event.VAD_END:
             self.user_turn += 1
@@ -92,18 +92,19 @@ class TraceCollector:
             # the recognition's result belongs to the user's turn, the rest to the reply's
             turn = self.user_turn if name is Event.STT_RESULT else self._turn_of(ev)
             m = self._reply_metrics.setdefault(turn, {})
-            m.setdefault(name, []).append({"t_mono_ms": round(ev.t_mono_ms, 3), **ev.data})
+            m.setdefault(name, []).append({"t_mono_ms": round(ev.t_mono_ms, 3),
+                                           **ev.payload.as_dict()})
 
-    def _turn_of(self, ev: AgentEvent) -> int:
+    def _turn_of(self, ev: AgentEvent[Any]) -> int:
         """A reply event's turn: by the speech it names, else the reply in progress."""
-        sid = ev.data.get("speech_id")
-        if sid and str(sid) in self._speech_turn:
-            return self._speech_turn[str(sid)]
+        sid = ev.payload.speech_id if isinstance(ev.payload, ReplyPayload) else None
+        if sid and sid in self._speech_turn:
+            return self._speech_turn[sid]
         return self.reply_turn if self.reply_turn is not None else self.user_turn
 
     # -- output ----------------------------------------------------------------
 
-    def _write(self, turn: int, point: str, ev: AgentEvent) -> None:
+    def _write(self, turn: int, point: str, ev: AgentEvent[Any]) -> None:
         key = (turn, point)
         if key in self._seen:
             return
@@ -124,7 +125,7 @@ class TraceCollector:
             except Exception:  # a broken listener must not stop the trace
                 log.exception("trace point listener failed on %s", point)
 
-    def _schedule_metrics(self, turn: int, ev: AgentEvent) -> None:
+    def _schedule_metrics(self, turn: int, ev: AgentEvent[Any]) -> None:
         """Write the reply's metrics a moment after it ended: the cancel cascade of an
         interrupted reply reports just after its audio stopped."""
         if turn in self._pending:
@@ -141,11 +142,12 @@ class TraceCollector:
             handle.cancel()
             self._flush_metrics(turn, ev)
 
-    def _flush_metrics(self, turn: int, end: AgentEvent | None) -> None:
+    def _flush_metrics(self, turn: int, end: AgentEvent[Any] | None) -> None:
         """The reply's metrics line; `end` is its reply_end (None: the reply never ended)."""
         self._pending.pop(turn, None)
         m = self._reply_metrics.pop(turn, {})
-        ended = {"t_wall_ms": round(end.t_wall_ms, 3), **end.data} if end else {"t_wall_ms": 0.0}
+        ended = ({"t_wall_ms": round(end.t_wall_ms, 3), **end.payload.as_dict()} if end
+                 else {"t_wall_ms": 0.0})
         line = {"trace_id": self.trace_id, "room": self.room, "turn": turn, **ended, **m}
         self._append(self._metrics_file, line)
 

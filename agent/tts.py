@@ -52,7 +52,19 @@ from tts_engine import (
 )
 
 from .bridge import BridgeOptions, Segment, TextBridge
-from .events import Event, EventBus
+from .events import (
+    BackendBusy,
+    BackendOk,
+    EventBus,
+    FirstSegment,
+    GpuLanes,
+    LaneWait,
+    TtsCancelled,
+    TtsError,
+    TtsFirstPacket,
+    TtsHeld,
+    TtsSegment,
+)
 from .gpu_scheduler import GpuScheduler, Lane
 from .text_clean import clean_for_speech
 
@@ -139,14 +151,14 @@ class StreamtalkTTS(tts.TTS):
             log.warning("the TTS engine has no room for this reply from segment %d on; the rest "
                         "is shown, not spoken: %s", segment, error)
         self._busy = True
-        self.bus.emit(Event.BACKEND_BUSY, component="tts", segment=segment, code=error.code,
-                      detail=str(error))
+        self.bus.emit(BackendBusy(component="tts", segment=segment, code=error.code,
+                                  detail=str(error)))
 
     def not_busy(self) -> None:
         if self._busy:
             self._busy = False
             log.info("the TTS engine has room again")
-            self.bus.emit(Event.BACKEND_OK, component="tts")
+            self.bus.emit(BackendOk(component="tts"))
 
     def hold(self) -> None:
         """Start no new segment (the reply is paused while a barge-in is decided): a paused
@@ -232,8 +244,8 @@ class _ReplyAudio:
             self.owner.busy(segment, error)
         else:
             log.warning("segment %d refused by the TTS engine (%s): %s", segment, error.code, error)
-            self.owner.bus.emit(Event.TTS_ERROR, segment=segment, code=error.code,
-                                detail=str(error))
+            self.owner.bus.emit(TtsError(segment=segment, code=error.code,
+                                         detail=str(error)))
 
     async def speak(self, seg: Segment, mark_started: object) -> None:
         owner = self.owner
@@ -250,8 +262,8 @@ class _ReplyAudio:
         if not first and owner.held:
             t_hold = time.monotonic()
             await owner._running.wait()
-            owner.bus.emit(Event.TTS_HELD, segment=seg.index,
-                           held_ms=round((time.monotonic() - t_hold) * 1000, 3))
+            owner.bus.emit(TtsHeld(segment=seg.index,
+                                   held_ms=round((time.monotonic() - t_hold) * 1000, 3)))
             if self.cancelled:
                 return
         slack = self.slack_s()
@@ -263,9 +275,9 @@ class _ReplyAudio:
         if self.cancelled:
             ticket.release()
             return
-        owner.bus.emit(Event.LANE_WAIT, lane=ticket.lane.value, requested=lane.value,
-                       wait_ms=round(ticket.wait_ms, 3), segment=seg.index,
-                       slack_s=round(slack, 3))
+        owner.bus.emit(LaneWait(lane=ticket.lane.value, requested=lane.value,
+                                wait_ms=round(ticket.wait_ms, 3), segment=seg.index,
+                                slack_s=round(slack, 3)))
         self._begin()
         self.segments += 1
         if callable(mark_started):
@@ -289,8 +301,8 @@ class _ReplyAudio:
                     ticket.release()
                 if not self.first_packet_seen:
                     self.first_packet_seen = True
-                    owner.bus.emit(Event.TTS_FIRST_PACKET, ttfa_ms=handle.metrics.ttfa_ms,
-                                   queue_wait_ms=handle.metrics.queue_wait_ms)
+                    owner.bus.emit(TtsFirstPacket(ttfa_ms=handle.metrics.ttfa_ms,
+                                                  queue_wait_ms=handle.metrics.queue_wait_ms))
                 self.emitter.push(pcm16_bytes(packet.pcm))
                 if self.t_first_push is None:
                     self.t_first_push = time.monotonic()
@@ -309,8 +321,8 @@ class _ReplyAudio:
                 handle.cancel()
                 cancelled_at = cancelled_at or time.perf_counter()
             m = handle.metrics
-            owner.bus.emit(Event.TTS_SEGMENT, segment=seg.index, chars=len(text),
-                           ttfa_ms=m.ttfa_ms, audio_s=round(m.audio_s, 3), packets=m.packets)
+            owner.bus.emit(TtsSegment(segment=seg.index, chars=len(text), ttfa_ms=m.ttfa_ms,
+                                      audio_s=round(m.audio_s, 3), packets=m.packets))
             if cancelled_at is not None:
                 _report_cancel(owner.bus, handle, cancelled_at)
 
@@ -336,8 +348,9 @@ def _report_cancel(bus: EventBus, handle: StreamHandle, cancelled_at: float) -> 
             loop.call_later(0.05, check)
             return
         stopped_at = s.accepted_at + s.metrics.wall_ms / 1000.0
-        bus.emit(Event.TTS_CANCELLED, engine_stop_ms=round(max(0.0, stopped_at - cancelled_at) * 1000, 3),
-                 stop_reason=s.metrics.stop_reason, audio_s=round(s.metrics.audio_s, 3))
+        bus.emit(TtsCancelled(
+            engine_stop_ms=round(max(0.0, stopped_at - cancelled_at) * 1000, 3),
+            stop_reason=s.metrics.stop_reason, audio_s=round(s.metrics.audio_s, 3)))
 
     try:
         loop = asyncio.get_running_loop()
@@ -360,7 +373,7 @@ class StreamtalkSynthesizeStream(tts.SynthesizeStream):
         def put(segs: list[Segment]) -> None:
             for s in segs:
                 if s.index == 0:
-                    owner.bus.emit(Event.FIRST_SEGMENT, chars=len(s.text), reason=s.reason)
+                    owner.bus.emit(FirstSegment(chars=len(s.text), reason=s.reason))
                 segments.put_nowait(s)
 
         async def read_input() -> None:
@@ -383,7 +396,7 @@ class StreamtalkSynthesizeStream(tts.SynthesizeStream):
                 await reader
         finally:
             owner._replies.discard(audio)
-            owner.bus.emit(Event.GPU_LANES, **owner.scheduler.stats())
+            owner.bus.emit(GpuLanes(**owner.scheduler.stats()))
             if not reader.done():
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -403,7 +416,7 @@ class StreamtalkChunkedStream(tts.ChunkedStream):
         audio = owner._segment_audio(output_emitter, streaming=False)
         segs = bridge.push(self._input_text) + bridge.flush()
         if segs:
-            owner.bus.emit(Event.FIRST_SEGMENT, chars=len(segs[0].text), reason=segs[0].reason)
+            owner.bus.emit(FirstSegment(chars=len(segs[0].text), reason=segs[0].reason))
         try:
             for seg in segs:
                 await audio.speak(seg, None)

@@ -52,7 +52,7 @@ def names(events: list[AgentEvent]) -> list[str]:
 def assert_strict_json(events: list[AgentEvent]) -> None:
     """The events' data is plain JSON (no numpy scalars, no NaN, no objects): the metrics
     file holds it as emitted, not its str() (agent/trace.py writes with default=str)."""
-    json.dumps([e.data for e in events], allow_nan=False)
+    json.dumps([e.payload.as_dict() for e in events], allow_nan=False)
 
 
 def dead_url() -> str:
@@ -118,9 +118,9 @@ async def test_llm_reply_is_whole_with_and_without_continuation(
         await client.aclose()
     assert text == STORY  # the dev backend restarts instead of continuing: no repetition
     done = [e for e in seen if e.name == "llm_done"][0]
-    assert done.data["requests"] == (2 if continuation else 1)
+    assert done.payload.requests == (2 if continuation else 1)
     assert names(seen)[:2] == ["llm_request", "llm_first_token"]
-    first_cap = [e for e in seen if e.name == "llm_request"][0].data["max_tokens"]
+    first_cap = [e for e in seen if e.name == "llm_request"][0].payload.max_tokens
     assert first_cap == (8 if continuation else 150)
 
 
@@ -150,8 +150,8 @@ async def test_llm_backend_down_speaks_a_notice_quickly() -> None:
     assert text == "Sorry, the model is down."
     assert time.monotonic() - t0 < 3
     down = [e for e in seen if e.name == "backend_down"]
-    assert down and down[0].data["component"] == "llm"
-    assert "Connect" in down[0].data["detail"] or "connect" in down[0].data["detail"]
+    assert down and down[0].payload.component == "llm"
+    assert "Connect" in down[0].payload.detail or "connect" in down[0].payload.detail
 
 
 @pytest.fixture
@@ -205,7 +205,7 @@ async def test_slow_backend_times_out_instead_of_hanging(silent_backend: str) ->
     assert text == "Too slow."
     assert 1.0 <= llm_s < 3.0  # two attempts of 0.5 s, then the notice
     assert 1.0 <= stt_s < 3.0
-    assert "for the first token" in [e for e in seen if e.name == "backend_down"][0].data["detail"]
+    assert "for the first token" in [e for e in seen if e.name == "backend_down"][0].payload.detail
 
 
 # --------------------------------------------------------------------------- STT
@@ -366,8 +366,8 @@ async def test_tts_streams_20ms_frames_from_llm_tokens(engine: TTSEngine) -> Non
     order = [n for n in names(seen) if n in ("first_segment", "tts_first_packet")]
     assert order == ["first_segment", "tts_first_packet"]
     segs = [e for e in seen if e.name == "tts_segment"]
-    assert len(segs) >= 2 and segs[0].data["chars"] <= 6  # the starter went first
-    lanes = [e.data["lane"] for e in seen if e.name == "lane_wait"]
+    assert len(segs) >= 2 and segs[0].payload.chars <= 6  # the starter went first
+    lanes = [e.payload.lane for e in seen if e.name == "lane_wait"]
     assert lanes[0] == "fast"
     assert {"lane_wait", "gpu_lanes", "tts_first_packet", "tts_segment"} <= set(names(seen))
     assert_strict_json(seen)
@@ -391,13 +391,13 @@ async def test_tts_cancel_stops_the_engine_mid_reply(engine: TTSEngine) -> None:
     while "tts_cancelled" not in names(seen) and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     cancelled = [e for e in seen if e.name == "tts_cancelled"]
-    assert cancelled and cancelled[0].data["stop_reason"] == "cancelled"
-    assert cancelled[0].data["engine_stop_ms"] < 500
+    assert cancelled and cancelled[0].payload.stop_reason == "cancelled"
+    assert cancelled[0].payload.engine_stop_ms < 500
     assert time.monotonic() - t0 < 5
     assert tts.active_handles == 0
     assert engine.active_sessions == 0
     # the story was far from done: the engine did not finish it in the background
-    assert sum(e.data["audio_s"] for e in seen if e.name == "tts_segment") < 10
+    assert sum(e.payload.audio_s for e in seen if e.name == "tts_segment") < 10
     assert_strict_json(seen)
 
 
@@ -420,8 +420,8 @@ async def test_tts_slow_lane_yields_to_another_rooms_first_packet(engine: TTSEng
         async for _ in stream:
             pass
     await releaser
-    lanes = [e.data for e in seen if e.name == "lane_wait"]
-    assert lanes[0]["lane"] == "fast" and lanes[0]["wait_ms"] < 50  # a first segment never waits
+    lanes = [e.payload for e in seen if e.name == "lane_wait"]
+    assert lanes[0].lane == "fast" and lanes[0].wait_ms < 50  # a first segment never waits
     assert scheduler.stats()["fast"]["acquired"] >= 2
 
 
@@ -480,9 +480,9 @@ async def test_tts_reply_the_engine_has_no_room_for_is_silent_and_the_next_one_s
         return np.concatenate([np.frombuffer(f.data, dtype=np.int16) for f in frames])
 
     assert not (await reply("Hello there. How are you?")).any()
-    busy = [e.data for e in seen if e.name == "backend_busy"]
-    assert [(b["segment"], b["code"]) for b in busy] == [(0, "over_capacity")]
-    assert "TTS_QUEUE_TIMEOUT_S" in busy[0]["detail"]
+    busy = [e.payload for e in seen if e.name == "backend_busy"]
+    assert [(b.segment, b.code) for b in busy] == [(0, "over_capacity")]
+    assert "TTS_QUEUE_TIMEOUT_S" in busy[0].detail
     other_room.cancel()
     await other_room.closed()
     assert np.abs(await reply("Hello there. How are you?")).max() > 100

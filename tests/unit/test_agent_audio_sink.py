@@ -99,7 +99,7 @@ async def test_pause_holds_the_audio_and_resume_loses_nothing() -> None:
         await asyncio.sleep(0.3)
         assert h.sent_samples() == paused_at  # nothing plays while paused
         assert h.finished == []
-        held = [e for e in h.events if e.name == "audio_paused"][0].data["held_back_s"]
+        held = [e for e in h.events if e.name == "audio_paused"][0].payload.held_back_s
         assert 0.0 < held <= 0.2  # what the source still held comes back, not lost
         h.sink.resume()
         await asyncio.wait_for(h.sink.wait_for_playout(), 5)
@@ -156,7 +156,7 @@ async def test_clear_buffer_stops_at_once_and_reports_the_heard_position() -> No
         # heard = sent minus what the 100 ms source queue still held
         assert 0.25 < h.finished[0].playback_position < 1.0
         cleared = [e for e in h.events if e.name == "audio_cleared"][0]
-        assert cleared.data["dropped_s"] > 1.0
+        assert cleared.payload.dropped_s > 1.0
         assert clear_ms < 20
     finally:
         await h.sink.aclose()

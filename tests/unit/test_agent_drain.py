@@ -7,7 +7,17 @@ import pytest
 
 from agent.drain import TurnActivity
 from agent.duplex import DuplexEvent, DuplexStateMachine
-from agent.events import Event, EventBus
+from agent.events import (
+    BackendOk,
+    Duplex,
+    EventBus,
+    Payload,
+    SttEnd,
+    SttStart,
+    TtsFirstPacket,
+    VadEnd,
+    VadStart,
+)
 
 SETTLE_S = 0.75  # exact in binary: the clock sums are exact
 
@@ -20,7 +30,7 @@ class Room:
         self.now = 100.0
         self.bus = EventBus(mono_clock=lambda: self.now)
         self.machine = DuplexStateMachine(mono_clock=lambda: self.now)
-        self.machine.subscribe(lambda tr: self.bus.emit(Event.DUPLEX, **tr.to_dict()))
+        self.machine.subscribe(lambda tr: self.bus.emit(Duplex(transition=tr)))
         self.turns = TurnActivity(SETTLE_S, clock=lambda: self.now)
         self.bus.subscribe(self.turns)
 
@@ -35,10 +45,10 @@ def test_a_room_where_nothing_happened_is_idle_at_once() -> None:
 def test_a_whole_turn_keeps_the_room_busy_until_the_reply_has_ended() -> None:
     room = Room()
     steps = [
-        (lambda: room.bus.emit(Event.VAD_START), "the user is speaking"),
-        (lambda: room.bus.emit(Event.VAD_END), "between turns"),  # within the settle time
-        (lambda: room.bus.emit(Event.STT_START), "the user's speech is being recognized"),
-        (lambda: room.bus.emit(Event.STT_END, ok=True), "between turns"),
+        (lambda: room.bus.emit(VadStart(speech_s=0.2, inference_ms=1.0)), "the user is speaking"),
+        (lambda: room.bus.emit(VadEnd(speech_s=1.0, silence_s=0.4)), "between turns"),  # within the settle time
+        (lambda: room.bus.emit(SttStart(audio_s=1.0)), "the user's speech is being recognized"),
+        (lambda: room.bus.emit(SttEnd(ok=True)), "between turns"),
         (lambda: room.machine.handle(DuplexEvent.TURN_COMMITTED), "the agent is thinking"),
         (lambda: room.machine.handle(DuplexEvent.AUDIO_STARTED), "the agent is speaking"),
     ]
@@ -57,8 +67,8 @@ def test_a_whole_turn_keeps_the_room_busy_until_the_reply_has_ended() -> None:
     assert room.turns.idle() and room.turns.describe() == "between turns"
 
 
-@pytest.mark.parametrize("event", [Event.VAD_END, Event.STT_END])
-def test_the_end_of_the_users_speech_leaves_time_for_the_turn_to_be_committed(event: Event) -> None:
+@pytest.mark.parametrize("event", [VadEnd(speech_s=1.0, silence_s=0.4), SttEnd(ok=True)])
+def test_the_end_of_the_users_speech_leaves_time_for_the_turn_to_be_committed(event: Payload) -> None:
     room = Room()
     room.bus.emit(event)
     room.wait(SETTLE_S / 2)
@@ -81,6 +91,6 @@ def test_an_interrupted_reply_is_busy_until_the_cascade_ends() -> None:
 def test_events_that_say_nothing_about_a_turn_do_not_delay_leaving() -> None:
     room = Room()
     room.wait(SETTLE_S)
-    room.bus.emit(Event.BACKEND_OK)
-    room.bus.emit(Event.TTS_FIRST_PACKET)
+    room.bus.emit(BackendOk(component="tts"))
+    room.bus.emit(TtsFirstPacket(ttfa_ms=90.0, queue_wait_ms=0.0))
     assert room.turns.idle()

@@ -24,7 +24,15 @@ from support.fake_omni import FakeOmniClient
 
 from agent.duplex import TRANSITIONS, DuplexEvent, DuplexState, DuplexStateMachine, Transition
 from agent.duplex_controller import DuplexController
-from agent.events import AgentEvent, Event, EventBus
+from agent.events import (
+    AgentEvent,
+    AudioCleared,
+    AudioPaused,
+    AudioResumed,
+    EventBus,
+    FirstAudioPublished,
+    PlaybackFinished,
+)
 from agent.llm import OmniLLM
 from agent.tts import StreamtalkTTS
 
@@ -235,23 +243,23 @@ async def test_controller_follows_a_normal_turn_and_publishes_each_state() -> No
     c, session, _, _, events, published = controller()
     session.agent("listening", "thinking")
     sp = session.speech("s1")
-    c.bus.emit(Event.FIRST_AUDIO_PUBLISHED)
+    c.bus.emit(FirstAudioPublished())
     session.agent("thinking", "speaking")
-    c.bus.emit(Event.PLAYBACK_FINISHED, interrupted=False, position_s=1.0)
+    c.bus.emit(PlaybackFinished(interrupted=False, position_s=1.0))
     sp.finish()
     assert c.state is S.LISTENING
     await asyncio.sleep(0.05)
     assert published[-1] == "LISTENING" and published[0] == "LISTENING"
     assert "reply_end" in names(events) and "interrupted" not in names(events)
-    assert [e.data["to"] for e in events if e.name == "duplex"] == ["THINKING", "SPEAKING",
-                                                                    "LISTENING"]
+    assert [e.payload.transition.target for e in events if e.name == "duplex"] == [
+        S.THINKING, S.SPEAKING, S.LISTENING]
 
 
 async def test_stop_runs_the_cascade_once_and_reports_it() -> None:
     c, session, sink, tts, events, _ = controller()
     session.agent("listening", "thinking")
     sp = session.speech("s1")
-    c.bus.emit(Event.FIRST_AUDIO_PUBLISHED)
+    c.bus.emit(FirstAudioPublished())
     session.agent("thinking", "speaking")
     replies = [tts.synthesize("A reply that goes on for a good while.") for _ in range(2)]
     c.llm.chat(chat_ctx=lk_llm.ChatContext.empty())
@@ -261,9 +269,9 @@ async def test_stop_runs_the_cascade_once_and_reports_it() -> None:
     assert sink.interrupted == 1 and session.interrupts == 1 and tts.engine.cancelled_streams == 2
     assert c.state is S.LISTENING
     interrupted = [e for e in events if e.name == "interrupted"]
-    assert len(interrupted) == 1 and interrupted[0].data["speech_id"] == "s1"
+    assert len(interrupted) == 1 and interrupted[0].payload.speech_id == "s1"
     cascade = [e for e in events if e.name == "cancel_cascade"]
-    assert cascade and cascade[0].data["total_ms"] >= cascade[0].data["audio_stop_ms"] >= 0
+    assert cascade and cascade[0].payload.total_ms >= cascade[0].payload.audio_stop_ms >= 0
     sp.interrupted = True
     sp.finish()  # the framework's speech ends interrupted: no second report
     assert len([e for e in events if e.name == "interrupted"]) == 1
@@ -276,22 +284,23 @@ async def test_barge_in_confirmed_by_the_framework_finishes_the_cascade() -> Non
     c, session, sink, tts, events, _ = controller()
     session.agent("listening", "thinking")
     sp = session.speech("s1")
-    c.bus.emit(Event.FIRST_AUDIO_PUBLISHED)
+    c.bus.emit(FirstAudioPublished())
     session.agent("thinking", "speaking")
     session.user("listening", "speaking")
     assert c.state is S.INTERRUPTING
     sink.paused = True
-    c.bus.emit(Event.AUDIO_PAUSED, held_back_s=0.2)
+    c.bus.emit(AudioPaused(held_back_s=0.2))
     assert tts.held  # no new segment while the barge-in is decided
     assert "barge_in_paused" in names(events)
     session.user("speaking", "listening")
     assert c.state is S.PAUSED  # waiting for the words
-    c.bus.emit(Event.AUDIO_CLEARED, dropped_s=3.0)
+    c.bus.emit(AudioCleared(dropped_s=3.0, clear_ms=0.5))
     await asyncio.sleep(0.05)
     assert c.state is S.LISTENING and not tts.held
     assert sink.interrupted == 0  # the framework already silenced the audio
     assert names(events).count("interrupted") == 1
-    moves = [(e.data["from"], e.data["to"]) for e in events if e.name == "duplex"]
+    moves = [(e.payload.transition.source, e.payload.transition.target) for e in events
+             if e.name == "duplex"]
     assert moves[-2:] == [("INTERRUPTING", "PAUSED"), ("PAUSED", "LISTENING")], moves
     sp.interrupted = True
     sp.finish()
@@ -301,17 +310,18 @@ async def test_the_stop_button_on_a_paused_reply_runs_the_cascade() -> None:
     c, session, sink, tts, events, published = controller()
     session.agent("listening", "thinking")
     session.speech("s1")
-    c.bus.emit(Event.FIRST_AUDIO_PUBLISHED)
+    c.bus.emit(FirstAudioPublished())
     session.agent("thinking", "speaking")
     sink.paused = True
-    c.bus.emit(Event.AUDIO_PAUSED, held_back_s=0.2)  # the pause may come before the VAD's start
+    c.bus.emit(AudioPaused(held_back_s=0.2))  # the pause may come before the VAD's start
     assert c.state is S.PAUSED
     await asyncio.sleep(0.01)
     assert published[-1] == "PAUSED"  # the room sees the pause, not an interruption
     result = await c.stop("stop_reply from user")
     assert result["stopped"] is True and c.state is S.LISTENING
     assert names(events).count("interrupted") == 1
-    moves = [(e.data["from"], e.data["to"]) for e in events if e.name == "duplex"]
+    moves = [(e.payload.transition.source, e.payload.transition.target) for e in events
+             if e.name == "duplex"]
     assert moves[-1] == ("PAUSED", "LISTENING"), moves
     await asyncio.sleep(0.01)
     assert published[-1] == "LISTENING"
@@ -336,13 +346,13 @@ async def test_paused_false_interruption_resumes_speaking() -> None:
     session.agent("thinking", "speaking")
     session.user("listening", "speaking")
     sink.paused = True
-    c.bus.emit(Event.AUDIO_PAUSED, held_back_s=0.2)
+    c.bus.emit(AudioPaused(held_back_s=0.2))
     session.user("speaking", "listening")
     assert c.state is S.PAUSED
     sink.paused = False
     session.emit("agent_false_interruption", AgentFalseInterruptionEvent(resumed=True))
     assert c.state is S.SPEAKING
-    c.bus.emit(Event.AUDIO_RESUMED, queued_s=2.0)
+    c.bus.emit(AudioResumed(queued_s=2.0))
     assert not tts.held and c.state is S.SPEAKING
     assert "interrupted" not in names(events)
 
@@ -353,8 +363,8 @@ async def test_resume_signals_during_a_cascade_are_ignored() -> None:
     sp = session.speech("s1")
     session.agent("thinking", "speaking")
     session.user("listening", "speaking")
-    c.bus.emit(Event.AUDIO_CLEARED, dropped_s=1.0)  # cascade begins (spawned)
-    c.bus.emit(Event.AUDIO_RESUMED, queued_s=0.0)  # the next speech's reconcile: not a resume
+    c.bus.emit(AudioCleared(dropped_s=1.0, clear_ms=0.5))  # cascade begins (spawned)
+    c.bus.emit(AudioResumed(queued_s=0.0))  # the next speech's reconcile: not a resume
     assert c.state is S.INTERRUPTING
     await asyncio.sleep(0.05)
     assert c.state is S.LISTENING
@@ -371,3 +381,13 @@ async def test_an_older_speech_ending_late_does_not_touch_the_new_reply() -> Non
     old.interrupted = True
     old.finish()
     assert c.state is S.THINKING
+
+
+async def test_a_detached_controller_no_longer_follows_the_bus() -> None:
+    c, session, sink, tts, _, _ = controller()
+    session.agent("listening", "thinking")
+    session.speech("s1")
+    session.agent("thinking", "speaking")
+    c.detach()
+    c.bus.emit(AudioPaused(held_back_s=0.2))  # attached, this would pause the reply
+    assert c.state is S.SPEAKING and not tts.held

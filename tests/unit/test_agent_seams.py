@@ -28,7 +28,7 @@ from support.fake_room import (
 )
 
 from agent.bridge import TextBridge
-from agent.events import AgentEvent, Event, EventBus
+from agent.events import AgentEvent, BackendBusy, BackendDown, BackendOk, EventBus, TtsSegment
 from agent.llm import CONTINUE_BODY, OmniLLM
 from agent.omni_client import TRANSCRIBE_PROMPT, OmniClient
 from agent.room_agent import BACKEND_ATTRIBUTE, BackendStatus, ConnectionRestartWatch, people_in
@@ -128,10 +128,9 @@ async def test_a_reply_the_engine_has_no_room_for_is_answered_silently_and_shown
         frames = await reply(tts, "Hello.")  # the framework's retries on: none is needed
     finally:
         other_room.cancel()
-    busy = [e.data for e in seen if e.name == "backend_busy"]
-    assert [(b["component"], b["segment"], b["code"]) for b in busy] == [
-        ("tts", 0, "over_capacity")]
-    assert "retry in 1 s" in busy[0]["detail"]  # the engine's own words
+    busy = [e.payload for e in seen if isinstance(e.payload, BackendBusy)]
+    assert [(b.component, b.segment, b.code) for b in busy] == [("tts", 0, "over_capacity")]
+    assert "retry in 1 s" in busy[0].detail  # the engine's own words
     assert frames and not heard(frames).any()
     assert engine.requests == [other_room.session.request]
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
@@ -143,11 +142,11 @@ async def test_a_reply_refused_midway_keeps_its_audio_and_tries_no_further() -> 
     bus, seen = recorder()
     others: list[StreamHandle] = []
 
-    def room_full_after_the_first_segment(ev: AgentEvent) -> None:
-        if ev.name == "tts_segment" and ev.data["segment"] == 0:
+    def room_full_after_the_first_segment(ev: AgentEvent[TtsSegment]) -> None:
+        if ev.payload.segment == 0:
             others.append(take_the_only_stream(engine))
 
-    bus.subscribe(room_full_after_the_first_segment)
+    bus.on(TtsSegment, room_full_after_the_first_segment)
     tts = StreamtalkTTS(engine, bus=bus)
     text = "Good morning. The weather is fine today. Let us go for a walk."
     bridge = TextBridge(tts.bridge_options)
@@ -162,7 +161,7 @@ async def test_a_reply_refused_midway_keeps_its_audio_and_tries_no_further() -> 
     assert np.array_equal(heard(frames)[:len(made)], made) and not heard(frames)[len(made):].any()
     order = [e.name for e in seen if e.name in ("tts_first_packet", "backend_busy")]
     assert order == ["tts_first_packet", "backend_busy"]
-    assert [e.data["segment"] for e in seen if e.name == "backend_busy"] == [1]
+    assert [e.payload.segment for e in seen if isinstance(e.payload, BackendBusy)] == [1]
 
 
 async def test_the_next_reply_is_spoken_once_the_engine_has_room_again(
@@ -184,7 +183,7 @@ async def test_the_next_reply_is_spoken_once_the_engine_has_room_again(
     frames = await reply(tts, "Yes.")
     made = to_pcm16(np.concatenate([engine.audio(r.text) for r in engine.requests[1:]]))
     assert np.array_equal(heard(frames)[:len(made)], made)
-    assert [(e.name, e.data["component"]) for e in seen if e.name.startswith("backend")] == [
+    assert [(e.name, e.payload.component) for e in seen if e.name.startswith("backend")] == [
         ("backend_busy", "tts"), ("backend_busy", "tts"), ("backend_ok", "tts")]
     await until(lambda: room.local_participant.attributes[BACKEND_ATTRIBUTE] == "ok")
     assert [r.levelname for r in caplog.records if r.name == "streamtalk.tts"] == [
@@ -281,15 +280,16 @@ async def test_the_backend_attribute_shows_a_components_problem_until_it_answers
     status = BackendStatus(room, AgentSession(), "unused")  # type: ignore[arg-type]
     bus.subscribe(status)
     shown: list[str] = []
-    for name, data in [
-        (Event.BACKEND_OK, {"component": "stt"}),
-        (Event.BACKEND_BUSY, {"component": "tts", "detail": "no capacity for 2 s"}),
-        (Event.BACKEND_OK, {"component": "llm"}),  # the LLM answering says nothing of the TTS
-        (Event.BACKEND_DOWN, {"component": "llm", "detail": "connection refused"}),
-        (Event.BACKEND_OK, {"component": "llm"}),
-        (Event.BACKEND_OK, {"component": "tts"}),
+    for payload in [
+        BackendOk(component="stt"),
+        BackendBusy(component="tts", segment=0, code="over_capacity",
+                    detail="no capacity for 2 s"),
+        BackendOk(component="llm"),  # the LLM answering says nothing of the TTS
+        BackendDown(component="llm", detail="connection refused"),
+        BackendOk(component="llm"),
+        BackendOk(component="tts"),
     ]:
-        bus.emit(name, **data)
+        bus.emit(payload)
         shown.append(status.state)
         await until(lambda: room.local_participant.attributes.get(BACKEND_ATTRIBUTE)
                     == status.state)

@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-from test_agent_trace import a_turn, read, setup
+from test_agent_trace import a_turn, read, reply_begin, setup
 
-from agent.events import TRACE_POINTS, Event
+from agent.events import TRACE_POINTS, FirstAudioPublished
 from agent.latency_publisher import LatencyPublisher
 from streamtalk_common.latency_breakdown import POINTS, SEGMENTS, LatencyBreakdown
 
@@ -46,10 +46,10 @@ async def test_the_publisher_sends_each_turn_once_as_the_trace_has_it(tmp_path: 
 
     publisher = LatencyPublisher(send)
     collector.subscribe_points(publisher)
-    bus.emit(Event.REPLY_BEGIN, speech_id="greeting")  # a greeting: no user turn, nothing to send
-    bus.emit(Event.FIRST_AUDIO_PUBLISHED)
+    bus.emit(reply_begin("greeting"))  # a greeting: no user turn, nothing to send
+    bus.emit(FirstAudioPublished())
     a_turn(bus, clock, "s1")
-    bus.emit(Event.FIRST_AUDIO_PUBLISHED)  # the same turn again: the trace keeps the first only
+    bus.emit(FirstAudioPublished())  # the same turn again: the trace keeps the first only
     a_turn(bus, clock, "s2", interrupt=True)
     await asyncio.sleep(0)
     collector.close()
