@@ -46,7 +46,8 @@ def test_a_whole_turn_keeps_the_room_busy_until_the_reply_has_ended() -> None:
     room = Room()
     steps = [
         (lambda: room.bus.emit(VadStart(speech_s=0.2, inference_ms=1.0)), "the user is speaking"),
-        (lambda: room.bus.emit(VadEnd(speech_s=1.0, silence_s=0.4)), "between turns"),  # within the settle time
+        # within the settle time
+        (lambda: room.bus.emit(VadEnd(speech_s=1.0, silence_s=0.4)), "between turns"),
         (lambda: room.bus.emit(SttStart(audio_s=1.0)), "the user's speech is being recognized"),
         (lambda: room.bus.emit(SttEnd(ok=True)), "between turns"),
         (lambda: room.machine.handle(DuplexEvent.TURN_COMMITTED), "the agent is thinking"),
@@ -68,7 +69,8 @@ def test_a_whole_turn_keeps_the_room_busy_until_the_reply_has_ended() -> None:
 
 
 @pytest.mark.parametrize("event", [VadEnd(speech_s=1.0, silence_s=0.4), SttEnd(ok=True)])
-def test_the_end_of_the_users_speech_leaves_time_for_the_turn_to_be_committed(event: Payload) -> None:
+def test_the_end_of_the_users_speech_leaves_time_for_the_turn_to_be_committed(
+        event: Payload) -> None:
     room = Room()
     room.bus.emit(event)
     room.wait(SETTLE_S / 2)
