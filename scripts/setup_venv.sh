@@ -6,7 +6,7 @@
 # Keyed on this script, pyproject.toml, the torch pin and the Python version.
 . "$(dirname "$0")/common.sh"
 
-EXTRAS=(agent omni-dev autortc dev)
+EXTRAS=(agent omni-dev autortc supervisor dev)
 key="$(install_key "$0" "$REPO_ROOT/pyproject.toml" "torch==$TORCH_VERSION" \
     "${EXTRAS[*]}" "$(python3 --version 2>&1)")"
 if artefact_ready venv "$key"; then

@@ -42,6 +42,7 @@ livekit_service() { ((LIVEKIT_NODES == 1)) && echo livekit || echo "livekit-$1";
 livekit_port() { echo $((LIVEKIT_PORT + NODE_PORT_STEP * ($1 - 1))); }
 livekit_udp_port() { echo $((LIVEKIT_UDP_PORT + NODE_PORT_STEP * ($1 - 1))); }
 livekit_node_url() { echo "ws://127.0.0.1:$(livekit_port "$1")"; }
+livekit_urls() { local i; for ((i = 1; i <= LIVEKIT_NODES; i++)); do livekit_node_url "$i"; done | paste -sd,; }  # every node, for the token server
 
 livekit_services() { local i; for ((i = 1; i <= LIVEKIT_NODES; i++)); do livekit_service "$i"; done; }
 agent_services() { local i; for ((i = 1; i <= AGENT_WORKERS; i++)); do agent_service "$i"; done; }
@@ -53,4 +54,6 @@ index_of() {  # SERVICE -> its 1-based index (agent-3 -> 3; agent, livekit -> 1)
 # Redis's password lives in a mode-600 config file of the run (redis-server reads it there,
 # LiveKit gets it through REDIS_PASSWORD): it shows on no command line.
 REDIS_CONF="$RUN_DIR/redis.conf"
-redis_password() { sed -n 's/^requirepass //p' "$REDIS_CONF" 2>/dev/null; }
+redis_password() { sed -n 's/^requirepass //p' "$REDIS_CONF" 2>/dev/null || true; }  # empty before Redis wrote it
+redis_answers() { [[ "$(REDISCLI_AUTH="$(redis_password)" redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" == PONG ]]; }
+

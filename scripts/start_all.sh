@@ -52,7 +52,7 @@ LIVEKIT_CONFIG="${LIVEKIT_CONFIG_FILE:-$REPO_ROOT/scripts/livekit-dev.yaml}"
 export LIVEKIT_NODES LIVEKIT_PORT LIVEKIT_UDP_PORT REDIS_PORT AGENT_WORKERS
 export LIVEKIT_URL="${LIVEKIT_URL:-ws://127.0.0.1:$LIVEKIT_PORT}"
 if ((LIVEKIT_NODES > 1)); then  # the token server hands out a live one of them
-    LIVEKIT_URLS="$(for ((i = 1; i <= LIVEKIT_NODES; i++)); do livekit_node_url "$i"; done | paste -sd,)"
+    LIVEKIT_URLS="$(livekit_urls)"
     export LIVEKIT_URLS
 fi
 export TOKEN_SERVER_HOST="${TOKEN_SERVER_HOST:-127.0.0.1}"
@@ -150,8 +150,8 @@ is_running() {  # service -> 0 when any process of it lives
 }
 
 answers() {  # service url -> 0 when the url answers; vLLM's /v1 routes want its API key
-    if [[ "$2" == redis://* ]]; then  # redis://127.0.0.1:PORT; its password through the environment
-        [[ "$(REDISCLI_AUTH="$(redis_password)" redis-cli -u "$2" ping 2>/dev/null)" == PONG ]]
+    if [[ "$2" == redis://* ]]; then  # redis://127.0.0.1:REDIS_PORT
+        redis_answers
     elif [[ "$1" == vllm && -n "${OMNI_API_KEY:-}" && "$OMNI_API_KEY" != EMPTY ]]; then
         # through curl's config on stdin: the key shows on no command line
         printf 'header = "Authorization: Bearer %s"\n' "$OMNI_API_KEY" | curl -fsS -m 2 -K - "$2" >/dev/null 2>&1

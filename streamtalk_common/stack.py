@@ -300,6 +300,24 @@ class Layout:
 DEPLOYED = ("livekit", "redis", "agent", "omni_dev", "token_server", "tts_server")
 INDEXED = ("livekit", "agent")  # one of several: exec livekit INDEX
 RUN_DIR_NAME = "run"  # $STREAMTALK_OUTPUT/run: the deployed stack's pid files, logs, redis.conf
+REDIS_WAIT_S = 15  # supervisord starts Redis beside the nodes, start_all.sh before them
+
+
+def wait_for_deployed_redis(env: Mapping[str, str] = os.environ) -> None:
+    """With several LiveKit nodes, wait until the deployed Redis answers with the password of
+    its conf (a node started first would exit); raises ValueError after REDIS_WAIT_S."""
+    layout = Layout.from_env(env)
+    if layout.livekit_nodes == 1:
+        return
+    conf = output_root(env) / RUN_DIR_NAME / "redis.conf"
+    deadline = time.monotonic() + REDIS_WAIT_S
+    while not ((password := redis_password(conf))
+               and redis_cli(layout.redis_port, password, "ping") == "PONG"):
+        if time.monotonic() > deadline:
+            raise ValueError(f"Redis does not answer on 127.0.0.1:{layout.redis_port} with the "
+                             f"password in {conf} after {REDIS_WAIT_S} s: start it first "
+                             "(scripts/redis_server.sh)")
+        time.sleep(0.2)
 
 
 def deployed(kind: str, index: int, env: Mapping[str, str] = os.environ) -> Service:
@@ -457,6 +475,8 @@ def main(argv: list[str]) -> int:
             run_dir = output_root() / RUN_DIR_NAME
             (run_dir / "redis").mkdir(parents=True, exist_ok=True)
             write_redis_conf(run_dir / "redis.conf")
+        if action == "exec" and kind == "livekit":
+            wait_for_deployed_redis()
         service = deployed(kind, index)
     except ValueError as exc:
         print(f"{usage}: {exc}", file=sys.stderr)

@@ -18,6 +18,8 @@ import pytest
 from livekit import api, rtc
 from support.infra import LIVEKIT_BIN, REPO_ROOT, free_port, require, service_env
 
+from streamtalk_common.net import free_port_pair
+
 SCRIPT = REPO_ROOT / "scripts" / "start_all.sh"
 KEYS_SCRIPT = REPO_ROOT / "scripts" / "livekit_keys.sh"
 pytestmark = pytest.mark.timeout(240)
@@ -226,19 +228,6 @@ async def test_given_keys_win_and_status_reports_dead_and_draining_services(
 
 
 # ------------------------------------------------------------------ several nodes and workers
-
-
-def free_port_pair(step: int, kind: int = socket.SOCK_STREAM) -> int:
-    """A port P with P + step free too
-    (node 2 listens 10 above node 1, worker 2 one above worker 1)."""
-    while True:
-        port = free_port(kind)
-        with socket.socket(socket.AF_INET, kind) as s:
-            try:
-                s.bind(("127.0.0.1", port + step))
-            except OSError:
-                continue
-        return port
 
 
 async def test_two_livekit_nodes_with_redis_and_a_worker_per_gpu(
