@@ -476,6 +476,7 @@ def main(argv: list[str]) -> int:
             (run_dir / "redis").mkdir(parents=True, exist_ok=True)
             write_redis_conf(run_dir / "redis.conf")
         if action == "exec" and kind == "livekit":
+            Layout.from_env().livekit_ports(index)  # a wrong index says so before any wait
             wait_for_deployed_redis()
         service = deployed(kind, index)
     except ValueError as exc:

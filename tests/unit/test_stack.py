@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from streamtalk_common import stack
+from streamtalk_common.net import free_port
 from streamtalk_common.paths import REPO_ROOT
 from streamtalk_common.stack import Layout, Service, ServiceProcess
 
@@ -136,12 +137,21 @@ def _recorder(tmp_path: Path) -> Path:
 
 
 def test_livekit_node_sh_execs_the_described_node(tmp_path: Path) -> None:
+    redis_port = free_port()
     env = {**stack.service_env(), "LIVEKIT_SERVER_BIN": str(_recorder(tmp_path)),
            "LIVEKIT_SERVER_KEY_FILE": "/keys.yaml", "STREAMTALK_OUTPUT": str(tmp_path),
-           "LIVEKIT_NODES": "2"}
-    password = stack.write_redis_conf(tmp_path / "run" / "redis.conf")
-    ran = subprocess.run(["bash", "scripts/livekit_node.sh", "2"], cwd=REPO_ROOT, env=env,
-                         capture_output=True, text=True, timeout=60)
+           "LIVEKIT_NODES": "2", "REDIS_PORT": str(redis_port)}
+    conf = tmp_path / "run" / "redis.conf"
+    password = stack.write_redis_conf(conf)
+    (tmp_path / "redis").mkdir()
+    # a node of several waits for the deployed Redis to answer before it starts
+    redis = ServiceProcess(stack.redis(redis_port, conf, tmp_path / "redis"),
+                           tmp_path / "redis.log").wait_healthy()
+    try:
+        ran = subprocess.run(["bash", "scripts/livekit_node.sh", "2"], cwd=REPO_ROOT, env=env,
+                             capture_output=True, text=True, timeout=60)
+    finally:
+        redis.stop()
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.splitlines() == [*stack.deployed("livekit", 2, env).argv[1:],
                                        f"REDIS_PASSWORD={password}"]
