@@ -153,6 +153,7 @@ class AgentConfig:
     drain_timeout_s: int = 60
     empty_room_grace_s: float = 10.0
     torch_threads: int = 0  # 0: leave torch's default
+    malloc_arena_max: int = 2  # glibc malloc arenas (agent/allocator.py); 0: glibc's default
     # outputs
     output_dir: Path = field(default_factory=output_root)
     save_pre_rtc: bool = False
@@ -221,6 +222,7 @@ class AgentConfig:
             "drain_timeout_s": _int(env, "AGENT_DRAIN_TIMEOUT_S", cls.drain_timeout_s, 0, 86400),
             "empty_room_grace_s": _float(env, "AGENT_EMPTY_ROOM_GRACE_S", cls.empty_room_grace_s, 0, 3600),
             "torch_threads": _int(env, "AGENT_TORCH_THREADS", 0, 0, 256),
+            "malloc_arena_max": _int(env, "AGENT_MALLOC_ARENA_MAX", cls.malloc_arena_max, 0, 1024),
             "output_dir": output_root(env),
             "save_pre_rtc": _bool(env, "AGENT_SAVE_PRE_RTC", False),
             "debug_mute_tts": _bool(env, "AGENT_DEBUG_MUTE_TTS", False),

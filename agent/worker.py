@@ -34,6 +34,7 @@ from prometheus_client import REGISTRY
 from streamtalk_common.room_protocol import WORKER_ATTRIBUTE
 
 from . import engine_service
+from .allocator import limit_arenas
 from .config import AgentConfig, AgentConfigError
 from .load import LoadCollector, WorkerLoad
 from .room_agent import RoomAgent
@@ -140,6 +141,9 @@ def main(argv: list[str] | None = None) -> Any:
     except AgentConfigError as exc:
         print(f"agent: configuration error: {exc}", file=sys.stderr)
         return 2
+    # before the engine, the VAD and the SDK start their threads (agent/allocator.py)
+    if limit_arenas(_config.malloc_arena_max):
+        log.info("malloc arenas capped at %d (AGENT_MALLOC_ARENA_MAX)", _config.malloc_arena_max)
     args = sys.argv[1:] if argv is None else argv
     command = next((a for a in args if not a.startswith("-")), "")
     if command in ("start", "dev", "connect") and not {"--help", "-h"} & set(args):

@@ -1,0 +1,74 @@
+"""The worker's malloc policy: few glibc arenas, so that what one thread frees the next one reuses.
+
+glibc gives threads their own malloc arenas, up to 8 per core. The worker starts
+threads all the time: each room is a job thread with its own event loop, whose
+default executor starts more threads for the VAD and the end-of-turn model, beside
+the LiveKit SDK's and torch's. Memory freed in one arena serves only the threads
+that later land on that arena, so every arena keeps the free chunks of its own peak
+and the process grows arena by arena (measured in the agent: 16 arenas, freed but
+retained memory 34 -> 85 MiB in 5 minutes of two conversations at a time, while
+Python's own heap stayed flat). Capping the arenas (`M_ARENA_MAX`, what
+MALLOC_ARENA_MAX sets) lets the free chunks serve every thread. It must be set
+before the process has 8 arenas: glibc fixes its limit then.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import re
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger("streamtalk.agent")
+
+M_ARENA_MAX = -8  # mallopt parameter (malloc.h)
+
+
+def _libc() -> ctypes.CDLL | None:
+    """glibc, or None where malloc is another (musl, macOS): the policy is then a no-op."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    libc = ctypes.CDLL(name)
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_info") else None
+
+
+def limit_arenas(count: int) -> bool:
+    """Cap this process's malloc arenas at `count` (0: leave glibc's default); whether
+    the cap is in force."""
+    if count < 0:
+        raise ValueError(f"arena count {count} is negative; valid: 0 (glibc's default) or more")
+    if count == 0:
+        return False
+    libc = _libc()
+    if libc is None:
+        log.info("malloc is not glibc's: the arena cap does not apply")
+        return False
+    if libc.mallopt(M_ARENA_MAX, count) != 1:
+        log.warning("mallopt(M_ARENA_MAX, %d) failed: malloc keeps its default arenas", count)
+        return False
+    return True
+
+
+def arena_count() -> int:
+    """The malloc arenas this process has now (glibc's malloc_info); 0 where malloc is
+    not glibc's."""
+    libc = _libc()
+    if libc is None:
+        return 0
+    libc.fopen.restype = ctypes.c_void_p
+    libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    libc.fclose.argtypes = [ctypes.c_void_p]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "malloc_info.xml"
+        stream = libc.fopen(str(path).encode(), b"w")
+        if not stream:
+            raise OSError(f"cannot open {path} for malloc_info")
+        try:
+            libc.malloc_info(0, stream)
+        finally:
+            libc.fclose(stream)
+        return len(re.findall(r'<heap nr="\d+">', path.read_text()))
