@@ -72,3 +72,21 @@ def arena_count() -> int:
         finally:
             libc.fclose(stream)
         return len(re.findall(r'<heap nr="\d+">', path.read_text()))
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                 "uordblks", "fordblks", "keepcost")]
+
+
+def malloc_totals() -> tuple[int, int]:
+    """Bytes malloc has handed out and not had back (mmapped blocks included), and bytes
+    freed but kept in its arenas (glibc's mallinfo2, all arenas); (0, 0) where malloc is
+    not glibc's."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return 0, 0
+    libc.mallinfo2.restype = _Mallinfo2
+    info = libc.mallinfo2()
+    return info.uordblks + info.hblkhd, info.fordblks

@@ -154,6 +154,9 @@ class AgentConfig:
     empty_room_grace_s: float = 10.0
     torch_threads: int = 0  # 0: leave torch's default
     malloc_arena_max: int = 2  # glibc malloc arenas (agent/allocator.py); 0: glibc's default
+    # diagnostics (agent/heap_report.py): a memory report every this many seconds; 0: off
+    heap_report_s: float = 0.0
+    tracemalloc_frames: int = 0  # > 0: the reports trace Python's allocations (slower)
     # outputs
     output_dir: Path = field(default_factory=output_root)
     save_pre_rtc: bool = False
@@ -223,6 +226,8 @@ class AgentConfig:
             "empty_room_grace_s": _float(env, "AGENT_EMPTY_ROOM_GRACE_S", cls.empty_room_grace_s, 0, 3600),
             "torch_threads": _int(env, "AGENT_TORCH_THREADS", 0, 0, 256),
             "malloc_arena_max": _int(env, "AGENT_MALLOC_ARENA_MAX", cls.malloc_arena_max, 0, 1024),
+            "heap_report_s": _float(env, "AGENT_HEAP_REPORT_S", cls.heap_report_s, 0.0, 86400),
+            "tracemalloc_frames": _int(env, "AGENT_TRACEMALLOC_FRAMES", cls.tracemalloc_frames, 0, 64),
             "output_dir": output_root(env),
             "save_pre_rtc": _bool(env, "AGENT_SAVE_PRE_RTC", False),
             "debug_mute_tts": _bool(env, "AGENT_DEBUG_MUTE_TTS", False),

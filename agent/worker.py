@@ -36,6 +36,7 @@ from streamtalk_common.room_protocol import WORKER_ATTRIBUTE
 from . import engine_service
 from .allocator import limit_arenas
 from .config import AgentConfig, AgentConfigError
+from .heap_report import HeapReport
 from .load import LoadCollector, WorkerLoad
 from .room_agent import RoomAgent
 
@@ -101,11 +102,14 @@ async def entrypoint(ctx: JobContext) -> None:
         raise
 
 
+def room_count() -> int:
+    with _rooms_lock:
+        return len(_rooms)
+
+
 def worker_load() -> WorkerLoad:
     services = engine_service.loaded()
-    with _rooms_lock:
-        rooms = len(_rooms)
-    return WorkerLoad(rooms=rooms, max_rooms=config().max_rooms,
+    return WorkerLoad(rooms=room_count(), max_rooms=config().max_rooms,
                       engine_streams=services.engine.active_sessions if services else 0,
                       engine_capacity=services.engine.capacity if services else 1)
 
@@ -163,5 +167,7 @@ def main(argv: list[str] | None = None) -> Any:
             root.removeHandler(handler)
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
+    if _config.heap_report_s:
+        HeapReport(room_count, _config.heap_report_s, _config.tracemalloc_frames).start()
     cli.run_app(build_server(_config))
     return 0
