@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import re
 import tempfile
@@ -26,13 +27,28 @@ log = logging.getLogger("streamtalk.agent")
 M_ARENA_MAX = -8  # mallopt parameter (malloc.h)
 
 
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                 "uordblks", "fordblks", "keepcost")]
+
+
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
-    """glibc, or None where malloc is another (musl, macOS): the policy is then a no-op."""
+    """glibc (2.33 or later: mallinfo2), or None where malloc is another (musl, macOS): the
+    policy is then a no-op."""
     name = ctypes.util.find_library("c")
     if name is None:
         return None
     libc = ctypes.CDLL(name)
-    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_info") else None
+    if not all(hasattr(libc, f) for f in ("mallopt", "malloc_info", "mallinfo2")):
+        return None
+    libc.fopen.restype = ctypes.c_void_p
+    libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    libc.fclose.argtypes = [ctypes.c_void_p]
+    libc.mallinfo2.restype = _Mallinfo2
+    return libc
 
 
 def limit_arenas(count: int) -> bool:
@@ -58,10 +74,6 @@ def arena_count() -> int:
     libc = _libc()
     if libc is None:
         return 0
-    libc.fopen.restype = ctypes.c_void_p
-    libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
-    libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
-    libc.fclose.argtypes = [ctypes.c_void_p]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "malloc_info.xml"
         stream = libc.fopen(str(path).encode(), b"w")
@@ -74,19 +86,12 @@ def arena_count() -> int:
         return len(re.findall(r'<heap nr="\d+">', path.read_text()))
 
 
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-                 "uordblks", "fordblks", "keepcost")]
-
-
 def malloc_totals() -> tuple[int, int]:
     """Bytes malloc has handed out and not had back (mmapped blocks included), and bytes
     freed but kept in its arenas (glibc's mallinfo2, all arenas); (0, 0) where malloc is
     not glibc's."""
     libc = _libc()
-    if libc is None or not hasattr(libc, "mallinfo2"):
+    if libc is None:
         return 0, 0
-    libc.mallinfo2.restype = _Mallinfo2
     info = libc.mallinfo2()
     return info.uordblks + info.hblkhd, info.fordblks
