@@ -10,6 +10,11 @@ retained memory 34 -> 85 MiB in 5 minutes of two conversations at a time, while
 Python's own heap stayed flat). Capping the arenas (`M_ARENA_MAX`, what
 MALLOC_ARENA_MAX sets) lets the free chunks serve every thread. It must be set
 before the process has 8 arenas: glibc fixes its limit then.
+
+Free chunks inside an arena stay resident too: glibc returns memory on its own only
+from the top of a heap. `release_free_memory` (malloc_trim) gives back every free page,
+wherever it lies; the worker calls it when a room ends (0.7 ms on a 640 MiB process in
+a bare reproduction, which it shrank by 13 MiB).
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import os
 import re
 import tempfile
+import time
 from pathlib import Path
 
 log = logging.getLogger("streamtalk.agent")
@@ -66,6 +73,23 @@ def limit_arenas(count: int) -> bool:
         log.warning("mallopt(M_ARENA_MAX, %d) failed: malloc keeps its default arenas", count)
         return False
     return True
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def release_free_memory() -> tuple[int, float]:
+    """Give the pages that malloc holds free back to the system (malloc_trim: every arena,
+    not only the top of the heap); the bytes of resident memory that went, and the
+    milliseconds it took. (0, 0.0) where malloc is not glibc's."""
+    libc = _libc()
+    if libc is None:
+        return 0, 0.0
+    before, t0 = rss_bytes(), time.perf_counter()
+    libc.malloc_trim(0)
+    return before - rss_bytes(), (time.perf_counter() - t0) * 1000
 
 
 def arena_count() -> int:

@@ -34,7 +34,7 @@ from prometheus_client import REGISTRY
 from streamtalk_common.room_protocol import WORKER_ATTRIBUTE
 
 from . import engine_service
-from .allocator import limit_arenas
+from .allocator import limit_arenas, release_free_memory
 from .config import AgentConfig, AgentConfigError
 from .heap_report import HeapReport
 from .load import LoadCollector, WorkerLoad
@@ -92,6 +92,9 @@ async def entrypoint(ctx: JobContext) -> None:
         finally:
             with _rooms_lock:
                 _rooms.discard(ctx.job.id)
+            released, ms = release_free_memory()
+            log.info("room %s: malloc gave %.1f MiB of freed memory back to the system (%.1f ms)",
+                     ctx.room.name, released / 2**20, ms)
 
     ctx.add_shutdown_callback(release)
     try:

@@ -78,3 +78,26 @@ def test_the_arena_knob_is_validated() -> None:
     with pytest.raises(ValueError, match="valid: 0"):
         limit_arenas(-1)
     assert limit_arenas(0) is False  # glibc's default stays
+
+
+FREED_BELOW_A_PINNED_TOP = """
+from agent.allocator import release_free_memory, rss_bytes
+chunks = [bytearray(1024) for _ in range(40_000)]  # 40 MiB of malloc'd, touched chunks
+pin = bytearray(1024)  # allocated last: free() alone cannot shrink the heap below it
+before = rss_bytes()
+del chunks
+kept = before - rss_bytes()
+released, ms = release_free_memory()
+print("KEPT", kept, "RELEASED", released)
+"""
+
+
+@pytest.mark.skipif(arena_count() == 0, reason="malloc is not glibc's")
+def test_freed_memory_inside_the_heap_goes_back_to_the_system() -> None:
+    out = subprocess.run([sys.executable, "-c", FREED_BELOW_A_PINNED_TOP], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    words = out.stdout.split()
+    kept, released = int(words[words.index("KEPT") + 1]), int(words[words.index("RELEASED") + 1])
+    assert kept < 4 * 2**20  # free() kept the pages resident
+    assert released > 30 * 2**20
