@@ -6,7 +6,7 @@ default executor starts more threads for the VAD and the end-of-turn model, besi
 the LiveKit SDK's and torch's. Memory freed in one arena serves only the threads
 that later land on that arena, so every arena keeps the free chunks of its own peak
 and the process grows arena by arena (measured in the agent: 16 arenas, freed but
-retained memory 34 -> 85 MiB in 5 minutes of two conversations at a time, while
+retained memory 34 -> 92 MiB in 5 minutes of two conversations at a time, while
 Python's own heap stayed flat). Capping the arenas (`M_ARENA_MAX`, what
 MALLOC_ARENA_MAX sets) lets the free chunks serve every thread. It must be set
 before the process has 8 arenas: glibc fixes its limit then.

@@ -15,6 +15,9 @@
 - The worker's health endpoint listens on 127.0.0.1:AGENT_HTTP_PORT, its Prometheus
   metrics (the load and its parts among them) on 127.0.0.1:AGENT_METRICS_PORT.
 - Its agents carry the attribute `streamtalk.worker` = AGENT_WORKER_NAME.
+- Memory: glibc's malloc arenas are capped (AGENT_MALLOC_ARENA_MAX) before any thread
+  starts, and malloc's free pages go back to the system when a room ends
+  (agent/allocator.py); AGENT_HEAP_REPORT_S logs where the memory is (agent/heap_report.py).
 - Drain: on SIGTERM the framework marks the worker full (LiveKit sends it no new
   job) and waits up to AGENT_DRAIN_TIMEOUT_S for its jobs to end; each room sees
   `draining()` and leaves between turns (agent/drain.py), so the process exits
