@@ -122,6 +122,12 @@ class AgentConfig:
                                 lo=0, hi=86400)
     empty_room_grace_s: float = knob("AGENT_EMPTY_ROOM_GRACE_S", 10.0, "end a job once only agents have been in the room this long (s)", lo=0, hi=3600)
     torch_threads: int = knob("AGENT_TORCH_THREADS", 0, "CPU threads for torch (1 on small CPU hosts); 0 = torch's default", lo=0, hi=256)
+    malloc_arena_max: int = knob("AGENT_MALLOC_ARENA_MAX", 2, "glibc malloc arenas the worker's threads share (set as the worker starts, `agent/allocator.py`); more arenas keep more freed memory each (docs/RELIABILITY.md, \"Stress and soak\"); `0` = glibc's default (8 per core, or `MALLOC_ARENA_MAX`)",
+                                 lo=0, hi=1024)
+    heap_report_s: float = knob("AGENT_HEAP_REPORT_S", 0.0, "diagnostics: log a memory report this often (`streamtalk.heap`, `agent/heap_report.py`): RSS, malloc in use / freed but kept / arenas, Python objects and the types that grew; 0 = off",
+                                lo=0, hi=86400)
+    tracemalloc_frames: int = knob("AGENT_TRACEMALLOC_FRAMES", 0, "with the report: trace Python's allocations (tracemalloc, this many frames; slower) and list the tracebacks that grew most",
+                                   lo=0, hi=64)
     # outputs
     output_dir: Path = knob("STREAMTALK_OUTPUT", None, "traces and pre_rtc files", kind=Path, factory=output_root,
                             shown_default="`output`")

@@ -15,6 +15,9 @@
 - The worker's health endpoint listens on 127.0.0.1:AGENT_HTTP_PORT, its Prometheus
   metrics (the load and its parts among them) on 127.0.0.1:AGENT_METRICS_PORT.
 - Its agents carry the attribute `streamtalk.worker` = AGENT_WORKER_NAME.
+- Memory: glibc's malloc arenas are capped (AGENT_MALLOC_ARENA_MAX) before any thread
+  starts, and malloc's free pages go back to the system when a room ends
+  (agent/allocator.py); AGENT_HEAP_REPORT_S logs where the memory is (agent/heap_report.py).
 - Drain: on SIGTERM the framework marks the worker full (LiveKit sends it no new
   job) and waits up to AGENT_DRAIN_TIMEOUT_S for its jobs to end; each room sees
   `draining()` and leaves between turns (agent/drain.py), so the process exits
@@ -34,7 +37,9 @@ from prometheus_client import REGISTRY
 from streamtalk_common.room_protocol import WORKER_ATTRIBUTE
 
 from . import engine_service
+from .allocator import limit_arenas, release_free_memory
 from .config import AgentConfig, AgentConfigError
+from .heap_report import HeapReport
 from .load import LoadCollector, WorkerLoad
 from .room_agent import RoomAgent
 
@@ -90,6 +95,9 @@ async def entrypoint(ctx: JobContext) -> None:
         finally:
             with _rooms_lock:
                 _rooms.discard(ctx.job.id)
+            released, ms = release_free_memory()
+            log.info("room %s: malloc gave %.1f MiB of freed memory back to the system (%.1f ms)",
+                     ctx.room.name, released / 2**20, ms)
 
     ctx.add_shutdown_callback(release)
     try:
@@ -100,11 +108,14 @@ async def entrypoint(ctx: JobContext) -> None:
         raise
 
 
+def room_count() -> int:
+    with _rooms_lock:
+        return len(_rooms)
+
+
 def worker_load() -> WorkerLoad:
     services = engine_service.loaded()
-    with _rooms_lock:
-        rooms = len(_rooms)
-    return WorkerLoad(rooms=rooms, max_rooms=config().max_rooms,
+    return WorkerLoad(rooms=room_count(), max_rooms=config().max_rooms,
                       engine_streams=services.engine.active_sessions if services else 0,
                       engine_capacity=services.engine.capacity if services else 1)
 
@@ -140,6 +151,9 @@ def main(argv: list[str] | None = None) -> Any:
     except AgentConfigError as exc:
         print(f"agent: configuration error: {exc}", file=sys.stderr)
         return 2
+    # before the engine, the VAD and the SDK start their threads (agent/allocator.py)
+    if limit_arenas(_config.malloc_arena_max):
+        log.info("malloc arenas capped at %d (AGENT_MALLOC_ARENA_MAX)", _config.malloc_arena_max)
     args = sys.argv[1:] if argv is None else argv
     command = next((a for a in args if not a.startswith("-")), "")
     if command in ("start", "dev", "connect") and not {"--help", "-h"} & set(args):
@@ -159,5 +173,7 @@ def main(argv: list[str] | None = None) -> Any:
             root.removeHandler(handler)
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
+    if _config.heap_report_s:
+        HeapReport(room_count, _config.heap_report_s, _config.tracemalloc_frames).start()
     cli.run_app(build_server(_config))
     return 0
