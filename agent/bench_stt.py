@@ -4,8 +4,8 @@ Each WAV (16-bit mono) is resampled to the agent's 16 kHz room input and recogni
 `OmniSTT.transcribe_frame`, the agent's own request path (chat with an audio_url WAV, or
 /audio/transcriptions). The first `--warmup` requests are not counted; then each WAV is
 recognised `--repeat` times in turn. Prints a table last, one row per WAV (P50, P95, min,
-max in ms); `--json` also writes the numbers. The time is the trace's `stt` interval (stt_start -> stt_end)
-without the VAD: WAV encoding, the HTTP round trip and the recognition.
+max in ms); `--json` also writes the numbers. The time is the trace's `stt` interval
+(stt_start -> stt_end) without the VAD: WAV encoding, the HTTP round trip and the recognition.
 """
 
 from __future__ import annotations
@@ -64,17 +64,20 @@ async def bench(base_url: str, paths: list[Path], *, mode: str, repeat: int, war
 
 def format_table(result: dict[str, Any]) -> str:
     lines = [("wav", "audio s", "n", "P50 ms", "P95 ms", "min ms", "max ms")]
-    lines += [(r["wav"], f"{r['audio_s']:.2f}", str(r["n"]), f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}",
-               f"{r['min_ms']:.1f}", f"{r['max_ms']:.1f}") for r in result["wavs"]]
+    lines += [(r["wav"], f"{r['audio_s']:.2f}", str(r["n"]), f"{r['p50_ms']:.1f}",
+               f"{r['p95_ms']:.1f}", f"{r['min_ms']:.1f}", f"{r['max_ms']:.1f}")
+              for r in result["wavs"]]
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     lines.insert(1, tuple("-" * w for w in widths))
     return f"mode {result['mode']}, {result['warmup']} warm-up\n" + "\n".join(
-        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True)))
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                  for i, (c, w) in enumerate(zip(line, widths, strict=True)))
         for line in lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m agent.bench_stt", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m agent.bench_stt",
+                                description=__doc__.splitlines()[0])
     p.add_argument("wavs", nargs="+", type=Path, help="16-bit mono WAVs of speech")
     p.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="the Omni backend")
     p.add_argument("--mode", choices=("chat", "transcriptions"), default="chat",

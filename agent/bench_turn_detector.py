@@ -1,4 +1,5 @@
-"""The end-of-turn model's cost per decision: `python -m agent.bench_turn_detector [--json out.json]`.
+"""The end-of-turn model's cost per decision:
+`python -m agent.bench_turn_detector [--json out.json]`.
 
 One decision is one prediction on the last 1.2 s of the user's audio (19,200
 samples at 16 kHz), made when the VAD has heard 200 ms of silence. Its compute
@@ -42,8 +43,9 @@ def speech_like_signal(seconds: float = 1.2, seed: int = 0) -> np.ndarray:
 
 
 def _row(path: str, walls: list[float], cpus: list[float]) -> dict:
-    return {"path": path, "n": len(walls), "wall_p50_ms": percentile(walls, 50), "wall_p95_ms": percentile(walls, 95),
-            "wall_max_ms": max(walls), "cpu_p50_ms": statistics.median(cpus)}
+    return {"path": path, "n": len(walls), "wall_p50_ms": percentile(walls, 50),
+            "wall_p95_ms": percentile(walls, 95), "wall_max_ms": max(walls),
+            "cpu_p50_ms": statistics.median(cpus)}
 
 
 def bench_native(pcm: np.ndarray, warmup: int, repeats: int) -> dict:
@@ -68,7 +70,8 @@ async def bench_session(pcm: np.ndarray, warmup: int, repeats: int) -> dict:
     stream = TurnDetector(version="v1-mini").stream()
     try:
         for i in range(0, len(pcm) - FRAME_SAMPLES + 1, FRAME_SAMPLES):
-            stream.push_audio(rtc.AudioFrame(pcm[i:i + FRAME_SAMPLES].tobytes(), INPUT_SAMPLE_RATE, 1, FRAME_SAMPLES))
+            stream.push_audio(rtc.AudioFrame(pcm[i:i + FRAME_SAMPLES].tobytes(), INPUT_SAMPLE_RATE,
+                                             1, FRAME_SAMPLES))
         await asyncio.sleep(0.1)  # the stream's task moves the frames into the model's buffer
         for _ in range(warmup):
             await stream.predict()
@@ -84,9 +87,11 @@ async def bench_session(pcm: np.ndarray, warmup: int, repeats: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m agent.bench_turn_detector", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m agent.bench_turn_detector",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("--warmup", type=int, default=10, help="decisions before timing (default 10)")
-    ap.add_argument("--repeats", type=int, default=100, help="timed decisions per path (default 100)")
+    ap.add_argument("--repeats", type=int, default=100,
+                    help="timed decisions per path (default 100)")
     ap.add_argument("--json", help="write the result here")
     args = ap.parse_args(argv)
     if args.warmup < 0 or args.repeats < 1:

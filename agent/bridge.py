@@ -27,7 +27,8 @@ CLAUSE_MARKS = frozenset("，、：")
 AMBIGUOUS_MARKS = frozenset(".,:")  # depend on what follows ("3.5", "1,000", "e.g.")
 CLOSERS = frozenset("\"'”’）)]」』】》〉")
 ABBREVIATIONS = frozenset(
-    {"mr", "mrs", "ms", "dr", "prof", "st", "vs", "etc", "e.g", "i.e", "jr", "sr", "no", "approx", "a.m", "p.m"}
+    {"mr", "mrs", "ms", "dr", "prof", "st", "vs", "etc", "e.g", "i.e", "jr", "sr", "no", "approx",
+     "a.m", "p.m"}
 )
 
 
@@ -217,7 +218,8 @@ def _classify(buf: str, i: int, final: bool) -> str | None:
         prev = buf[i - 1] if i > 0 else ""
         if i + 1 >= len(buf):
             # at the end of what arrived, "3." / "e." / ".." / "," may still continue
-            single = prev.isalpha() and (i < 2 or not _is_word_char(buf[i - 2]) or buf[i - 2] == ".")
+            single = prev.isalpha() and (i < 2 or not _is_word_char(buf[i - 2])
+                                         or buf[i - 2] == ".")
             if not final and (prev.isdigit() or prev == "." or c != "." or single):
                 return None
             nxt = ""

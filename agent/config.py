@@ -37,8 +37,12 @@ DEFAULT_SYSTEM_PROMPT = (
     "You are streamtalk, a friendly voice assistant. You are heard, not read: answer in "
     "short, natural spoken sentences, without markdown, lists, code or emoji."
 )
-DEFAULT_BACKEND_DOWN_MESSAGE = "Sorry, my language model is not reachable right now. Please try again in a moment."
-DEFAULT_STT_DOWN_MESSAGE = "Sorry, I could not reach the speech recognizer. Please try again in a moment."
+DEFAULT_BACKEND_DOWN_MESSAGE = (
+    "Sorry, my language model is not reachable right now. Please try again in a moment."
+)
+DEFAULT_STT_DOWN_MESSAGE = (
+    "Sorry, I could not reach the speech recognizer. Please try again in a moment."
+)
 # the VAD's end-of-speech hangover when VAD alone ends turns; with the end-of-turn model it
 # must be at least MODEL_MIN_VAD_SILENCE_MS (250), the default then
 VAD_SILENCE_MS_VAD_ONLY = 200
@@ -58,81 +62,152 @@ class AgentConfig:
 
     agent_name: str = knob("LIVEKIT_AGENT_NAME", AGENT_NAME_DEFAULT, "explicit-dispatch agent name")
     # Omni backend (OpenAI-compatible)
-    omni_base_url: str = knob("OMNI_BASE_URL", "http://127.0.0.1:8000/v1", "OpenAI-compatible backend",
-                              kind=_without_trailing_slash)
+    omni_base_url: str = knob("OMNI_BASE_URL", "http://127.0.0.1:8000/v1",
+                              "OpenAI-compatible backend", kind=_without_trailing_slash)
     omni_model: str = knob("OMNI_MODEL", "", "model name sent",
                            shown_default="first model of `GET /models`, else `qwen3-omni`")
     omni_api_key: str = knob("OMNI_API_KEY", "EMPTY", "bearer key", repr=False)
-    stt_mode: str = knob("OMNI_STT_MODE", "chat", "`chat`: `audio_url` data-URI WAV in chat completions (Qwen3-Omni); `transcriptions`: `/audio/transcriptions`",
+    stt_mode: str = knob("OMNI_STT_MODE", "chat",
+                         "`chat`: `audio_url` data-URI WAV in chat completions (Qwen3-Omni); "
+                         "`transcriptions`: `/audio/transcriptions`",
                          choices=("chat", "transcriptions"))
     connect_timeout_s: float = knob("OMNI_CONNECT_TIMEOUT_S", 3.0, "TCP connect (s)", lo=0.1, hi=60)
     stt_timeout_s: float = knob("OMNI_STT_TIMEOUT_S", 15.0, "one recognition (s)", lo=0.5, hi=300)
-    llm_first_token_timeout_s: float = knob("OMNI_LLM_FIRST_TOKEN_TIMEOUT_S", 10.0, "wait for a reply's first token (s)", lo=0.5, hi=300)
-    llm_idle_timeout_s: float = knob("OMNI_LLM_IDLE_TIMEOUT_S", 10.0, "gap between tokens (s)", lo=0.5, hi=300)
-    max_retries: int = knob("OMNI_MAX_RETRIES", 2, "retries (backoff 0.3 s × 2ⁿ) before any text was produced", lo=0, hi=10)
+    llm_first_token_timeout_s: float = knob("OMNI_LLM_FIRST_TOKEN_TIMEOUT_S", 10.0,
+                                            "wait for a reply's first token (s)", lo=0.5, hi=300)
+    llm_idle_timeout_s: float = knob("OMNI_LLM_IDLE_TIMEOUT_S", 10.0, "gap between tokens (s)",
+                                     lo=0.5, hi=300)
+    max_retries: int = knob("OMNI_MAX_RETRIES", 2,
+                            "retries (backoff 0.3 s × 2ⁿ) before any text was produced",
+                            lo=0, hi=10)
     # LLM
     llm_max_tokens: int = knob("LLM_MAX_TOKENS", 150, "tokens per reply", lo=1, hi=4096)
     llm_temperature: float = knob("LLM_TEMPERATURE", 0.3, "sampling temperature", lo=0.0, hi=2.0)
-    enable_continuation: bool = knob("ENABLE_CONTINUATION", True, "short answer first, then its continuation (below)")
-    llm_first_max_tokens: int = knob("LLM_FIRST_MAX_TOKENS", 32, "tokens of that short first answer", lo=1, hi=4096)
+    enable_continuation: bool = knob("ENABLE_CONTINUATION", True,
+                                     "short answer first, then its continuation (below)")
+    llm_first_max_tokens: int = knob("LLM_FIRST_MAX_TOKENS", 32,
+                                     "tokens of that short first answer", lo=1, hi=4096)
     system_prompt: str = knob("AGENT_SYSTEM_PROMPT", DEFAULT_SYSTEM_PROMPT, "system message",
                               shown_default="a short spoken-style prompt")
-    backend_down_message: str = knob("AGENT_BACKEND_DOWN_MESSAGE", DEFAULT_BACKEND_DOWN_MESSAGE, "spoken when the LLM backend fails",
+    backend_down_message: str = knob("AGENT_BACKEND_DOWN_MESSAGE", DEFAULT_BACKEND_DOWN_MESSAGE,
+                                     "spoken when the LLM backend fails",
                                      shown_default="a short apology")
-    stt_down_message: str = knob("AGENT_STT_DOWN_MESSAGE", DEFAULT_STT_DOWN_MESSAGE, "spoken when speech recognition fails",
+    stt_down_message: str = knob("AGENT_STT_DOWN_MESSAGE", DEFAULT_STT_DOWN_MESSAGE,
+                                 "spoken when speech recognition fails",
                                  shown_default="a short apology")
-    greeting: str = knob("AGENT_GREETING", "", "said when the agent joins (off by default: AutoRTC timing); not said by an agent that picks up a conversation (below)")
+    greeting: str = knob("AGENT_GREETING", "",
+                         "said when the agent joins (off by default: AutoRTC timing); "
+                         "not said by an agent that picks up a conversation (below)")
     # conversation history kept in the room metadata for a re-dispatched agent (agent/history.py)
-    history_turns: int = knob("AGENT_HISTORY_TURNS", 8, "user turns (with the replies to them) kept in the room metadata for a re-dispatched agent; 0 = none kept, none picked up",
+    history_turns: int = knob("AGENT_HISTORY_TURNS", 8,
+                              "user turns (with the replies to them) kept in the room metadata "
+                              "for a re-dispatched agent; 0 = none kept, none picked up",
                               lo=0, hi=100)
-    history_max_bytes: int = knob("AGENT_HISTORY_MAX_BYTES", 4096, "at most this much of that history in the room metadata (JSON; far below what livekit-server accepts); the oldest messages go first",
+    history_max_bytes: int = knob("AGENT_HISTORY_MAX_BYTES", 4096,
+                                  "at most this much of that history in the room metadata "
+                                  "(JSON; far below what livekit-server accepts); "
+                                  "the oldest messages go first",
                                   lo=256, hi=32768)
     # TTS
-    tts_speaker: str = knob("AGENT_SPEAKER", "serena", "voice; an invalid name falls back with a warning that lists the valid ones")
-    tts_language: str = knob("AGENT_LANGUAGE", "auto", "language; an invalid one falls back likewise")
-    tts_frame_ms: int = knob("AGENT_FRAME_MS", 20, "audio frame size into the room, a multiple of 10", lo=10, hi=100)
-    slow_lane_slack_s: float = knob("AGENT_SLOW_LANE_SLACK_S", 1.0, "playback slack above which a segment takes the slow lane (s)", lo=0.0, hi=60)
+    tts_speaker: str = knob("AGENT_SPEAKER", "serena",
+                            "voice; an invalid name falls back with a warning that lists "
+                            "the valid ones")
+    tts_language: str = knob("AGENT_LANGUAGE", "auto",
+                             "language; an invalid one falls back likewise")
+    tts_frame_ms: int = knob("AGENT_FRAME_MS", 20,
+                             "audio frame size into the room, a multiple of 10", lo=10, hi=100)
+    slow_lane_slack_s: float = knob("AGENT_SLOW_LANE_SLACK_S", 1.0,
+                                    "playback slack above which a segment takes the slow lane (s)",
+                                    lo=0.0, hi=60)
     # turn taking (local only; agent/turn_detection.py)
-    turn_detection: str = knob("AGENT_TURN_DETECTION", "model", "`model`: end of turn by the VAD and the local end-of-turn model; `vad`: by VAD silence alone (below)",
+    turn_detection: str = knob("AGENT_TURN_DETECTION", "model",
+                               "`model`: end of turn by the VAD and the local end-of-turn model; "
+                               "`vad`: by VAD silence alone (below)",
                                choices=TURN_DETECTION_MODES)
-    vad_silence_ms: int = knob("VAD_SILENCE_MS", MODEL_MIN_VAD_SILENCE_MS, f"Silero hangover; with `model` at least {MODEL_MIN_VAD_SILENCE_MS} (the framework refuses a quicker VAD)",
+    vad_silence_ms: int = knob("VAD_SILENCE_MS", MODEL_MIN_VAD_SILENCE_MS,
+                               "Silero hangover; with `model` at least "
+                               f"{MODEL_MIN_VAD_SILENCE_MS} (the framework refuses a quicker VAD)",
                                lo=32, hi=5000,
-                               shown_default=f"`{MODEL_MIN_VAD_SILENCE_MS}` (`model`), `{VAD_SILENCE_MS_VAD_ONLY}` (`vad`)")
+                               shown_default=f"`{MODEL_MIN_VAD_SILENCE_MS}` (`model`), "
+                                             f"`{VAD_SILENCE_MS_VAD_ONLY}` (`vad`)")
     vad_threshold: float = knob("VAD_THRESHOLD", 0.5, "Silero activation", lo=0.05, hi=0.95)
-    min_endpointing_s: float = knob("MIN_ENDPOINTING", 0.3, "end-of-turn delay after the user's last speech when the turn is over (s)", lo=0.0, hi=10)
-    max_endpointing_s: float = knob("MAX_ENDPOINTING", 1.2, "the delay when the model says the user is mid-thought (s); not below `MIN_ENDPOINTING`", lo=0.1, hi=30)
-    min_interruption_s: float = knob("AGENT_MIN_INTERRUPTION_S", 0.15, "speech over the agent needed to pause it (s)", lo=0.05, hi=5)
-    min_interruption_words: int = knob("AGENT_MIN_INTERRUPTION_WORDS", 0, "words the STT must have recognised before speech over the agent pauses or interrupts it; 0 = the VAD decides alone (why: below)",
-                                       lo=0, hi=10)
-    false_interruption_timeout_s: float = knob("AGENT_FALSE_INTERRUPTION_TIMEOUT_S", 1.5, "wait for words after a pause before resuming (s); keep it above the STT's P95",
-                                               lo=0.2, hi=30)
-    aec_warmup_s: float = knob("AGENT_AEC_WARMUP_S", 0.0, "the framework's echo warm-up (s); 0 = off (clients cancel their own echo)", lo=0.0, hi=30)
+    min_endpointing_s: float = knob("MIN_ENDPOINTING", 0.3,
+                                    "end-of-turn delay after the user's last speech when the turn "
+                                    "is over (s)", lo=0.0, hi=10)
+    max_endpointing_s: float = knob("MAX_ENDPOINTING", 1.2,
+                                    "the delay when the model says the user is mid-thought (s); "
+                                    "not below `MIN_ENDPOINTING`", lo=0.1, hi=30)
+    min_interruption_s: float = knob("AGENT_MIN_INTERRUPTION_S", 0.15,
+                                     "speech over the agent needed to pause it (s)", lo=0.05, hi=5)
+    min_interruption_words: int = knob("AGENT_MIN_INTERRUPTION_WORDS", 0,
+                                       "words the STT must have recognised before speech over "
+                                       "the agent pauses or interrupts it; 0 = the VAD decides "
+                                       "alone (why: below)", lo=0, hi=10)
+    false_interruption_timeout_s: float = knob("AGENT_FALSE_INTERRUPTION_TIMEOUT_S", 1.5,
+                                               "wait for words after a pause before resuming (s); "
+                                               "keep it above the STT's P95", lo=0.2, hi=30)
+    aec_warmup_s: float = knob("AGENT_AEC_WARMUP_S", 0.0,
+                               "the framework's echo warm-up (s); 0 = off "
+                               "(clients cancel their own echo)", lo=0.0, hi=30)
     # room audio
-    audio_queue_ms: int = knob("AGENT_AUDIO_QUEUE_MS", 200, "audio held inside the WebRTC source (the rest waits in the sink, where it can be dropped)", lo=20, hi=2000)
+    audio_queue_ms: int = knob("AGENT_AUDIO_QUEUE_MS", 200,
+                               "audio held inside the WebRTC source (the rest waits in the sink, "
+                               "where it can be dropped)", lo=20, hi=2000)
     # worker
-    max_rooms: int = knob("AGENT_MAX_ROOMS", 8, "rooms at which the rooms' share of the load is 1 (and past which a job is declined)", lo=1, hi=10_000)
-    load_threshold: float = knob("AGENT_LOAD_THRESHOLD", 0.9, "the worker takes no new room at this load (above); below the engine's reject point (agent/load.py)",
+    max_rooms: int = knob("AGENT_MAX_ROOMS", 8,
+                          "rooms at which the rooms' share of the load is 1 "
+                          "(and past which a job is declined)", lo=1, hi=10_000)
+    load_threshold: float = knob("AGENT_LOAD_THRESHOLD", 0.9,
+                                 "the worker takes no new room at this load (above); "
+                                 "below the engine's reject point (agent/load.py)",
                                  lo=0.05, hi=0.99)
     idle_jobs: int = knob("AGENT_IDLE_JOBS", 2, "pre-initialised job threads", lo=0, hi=64)
     http_port: int = knob("AGENT_HTTP_PORT", 8081, "health server (127.0.0.1)", **PORT_RANGE)
-    metrics_port: int = knob("AGENT_METRICS_PORT", 8091, "Prometheus `/metrics` (127.0.0.1): the load and its parts; 0 = off", **PORT_RANGE)
-    worker_name: str = knob("AGENT_WORKER_NAME", "", "the worker's name in its agents' `streamtalk.worker` attribute and in logs (`start_all.sh` names it `agent`, or `agent-1` .. `agent-N` with `AGENT_WORKERS=N`)",
+    metrics_port: int = knob("AGENT_METRICS_PORT", 8091,
+                             "Prometheus `/metrics` (127.0.0.1): the load and its parts; 0 = off",
+                             **PORT_RANGE)
+    worker_name: str = knob("AGENT_WORKER_NAME", "",
+                            "the worker's name in its agents' `streamtalk.worker` attribute and "
+                            "in logs (`start_all.sh` names it `agent`, or `agent-1` .. `agent-N` "
+                            "with `AGENT_WORKERS=N`)",
                             shown_default="`<host>:<pid>`")
-    drain_timeout_s: int = knob("AGENT_DRAIN_TIMEOUT_S", 60, "on SIGTERM the worker takes no new room and each room leaves once the turn under way has ended; the process exits when its rooms are gone, or after this many seconds at most (the rooms still held are then closed); `0` = no bound",
+    drain_timeout_s: int = knob("AGENT_DRAIN_TIMEOUT_S", 60,
+                                "on SIGTERM the worker takes no new room and each room leaves once "
+                                "the turn under way has ended; the process exits when its rooms "
+                                "are gone, or after this many seconds at most (the rooms still "
+                                "held are then closed); `0` = no bound",
                                 lo=0, hi=86400)
-    empty_room_grace_s: float = knob("AGENT_EMPTY_ROOM_GRACE_S", 10.0, "end a job once only agents have been in the room this long (s)", lo=0, hi=3600)
-    torch_threads: int = knob("AGENT_TORCH_THREADS", 0, "CPU threads for torch (1 on small CPU hosts); 0 = torch's default", lo=0, hi=256)
-    malloc_arena_max: int = knob("AGENT_MALLOC_ARENA_MAX", 2, "glibc malloc arenas the worker's threads share (set as the worker starts, `agent/allocator.py`); more arenas keep more freed memory each (docs/RELIABILITY.md, \"Stress and soak\"); `0` = glibc's default (8 per core, or `MALLOC_ARENA_MAX`)",
+    empty_room_grace_s: float = knob("AGENT_EMPTY_ROOM_GRACE_S", 10.0,
+                                     "end a job once only agents have been in the room "
+                                     "this long (s)",
+                                     lo=0, hi=3600)
+    torch_threads: int = knob("AGENT_TORCH_THREADS", 0,
+                              "CPU threads for torch (1 on small CPU hosts); 0 = torch's default",
+                              lo=0, hi=256)
+    malloc_arena_max: int = knob("AGENT_MALLOC_ARENA_MAX", 2,
+                                 "glibc malloc arenas the worker's threads share (set as the "
+                                 "worker starts, `agent/allocator.py`); more arenas keep more "
+                                 "freed memory each (docs/RELIABILITY.md, \"Stress and soak\"); "
+                                 "`0` = glibc's default (8 per core, or `MALLOC_ARENA_MAX`)",
                                  lo=0, hi=1024)
-    heap_report_s: float = knob("AGENT_HEAP_REPORT_S", 0.0, "diagnostics: log a memory report this often (`streamtalk.heap`, `agent/heap_report.py`): RSS, malloc in use / freed but kept / arenas, Python objects and the types that grew; 0 = off",
+    heap_report_s: float = knob("AGENT_HEAP_REPORT_S", 0.0,
+                                "diagnostics: log a memory report this often (`streamtalk.heap`, "
+                                "`agent/heap_report.py`): RSS, malloc in use / freed but kept / "
+                                "arenas, Python objects and the types that grew; 0 = off",
                                 lo=0, hi=86400)
-    tracemalloc_frames: int = knob("AGENT_TRACEMALLOC_FRAMES", 0, "with the report: trace Python's allocations (tracemalloc, this many frames; slower) and list the tracebacks that grew most",
+    tracemalloc_frames: int = knob("AGENT_TRACEMALLOC_FRAMES", 0,
+                                   "with the report: trace Python's allocations (tracemalloc, this "
+                                   "many frames; slower) and list the tracebacks that grew most",
                                    lo=0, hi=64)
     # outputs
-    output_dir: Path = knob("STREAMTALK_OUTPUT", None, "traces and pre_rtc files", kind=Path, factory=output_root,
-                            shown_default="`output`")
-    save_pre_rtc: bool = knob("AGENT_SAVE_PRE_RTC", False, "save pre_rtc.wav even without a trace_id")
-    debug_mute_tts: bool = knob("AGENT_DEBUG_MUTE_TTS", False, "debug only: the room hears silence of the same length instead of the reply, while pre_rtc.wav keeps the real audio (AutoRTC's broken-agent check); logged as a warning per room")
+    output_dir: Path = knob("STREAMTALK_OUTPUT", None, "traces and pre_rtc files",
+                            kind=Path, factory=output_root, shown_default="`output`")
+    save_pre_rtc: bool = knob("AGENT_SAVE_PRE_RTC", False,
+                              "save pre_rtc.wav even without a trace_id")
+    debug_mute_tts: bool = knob("AGENT_DEBUG_MUTE_TTS", False,
+                                "debug only: the room hears silence of the same length instead of "
+                                "the reply, while pre_rtc.wav keeps the real audio (AutoRTC's "
+                                "broken-agent check); logged as a warning per room")
 
     def __post_init__(self) -> None:
         KNOBS.check(self)
@@ -229,7 +304,8 @@ class RoomSettings:
             if value is None:
                 return default
             if not isinstance(value, str) or not value.strip() or len(value) > limit:
-                warnings.append(f"metadata {name}={value!r:.80} ignored (a non-empty string of at most {limit} chars)")
+                warnings.append(f"metadata {name}={value!r:.80} ignored (a non-empty string "
+                                f"of at most {limit} chars)")
                 return default
             return value.strip()
 
@@ -246,11 +322,13 @@ class RoomSettings:
         speaker = text("speaker", config.tts_speaker, 64).lower()
         if speakers and speaker not in speakers:
             fallback = config.tts_speaker if config.tts_speaker in speakers else speakers[0]
-            warnings.append(f"unknown speaker {speaker!r}; valid: {', '.join(speakers)}; using {fallback!r}")
+            warnings.append(f"unknown speaker {speaker!r}; valid: {', '.join(speakers)}; "
+                            f"using {fallback!r}")
             speaker = fallback
         language = text("language", config.tts_language, 32).lower()
         if languages and language not in languages:
-            warnings.append(f"unknown language {language!r}; valid: {', '.join(languages)}; using 'auto'")
+            warnings.append(f"unknown language {language!r}; valid: {', '.join(languages)}; "
+                            "using 'auto'")
             language = "auto" if "auto" in languages else languages[0]
 
         max_tokens = config.llm_max_tokens

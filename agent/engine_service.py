@@ -57,7 +57,8 @@ def load_vad(config: AgentConfig) -> lk_vad.VAD:
 
 
 def load_engine(engine_config: EngineConfig | None = None) -> TTSEngine:
-    """The engine of TTS_DEEP_STREAM_* settings; the default tiny checkpoint is written if missing."""
+    """The engine of TTS_DEEP_STREAM_* settings; the default tiny checkpoint is
+    written if missing."""
     cfg = engine_config or EngineConfig.from_env()
     if not cfg.model_dir and not (default_model_dir() / "config.json").is_file():
         from tts_engine.checkpoint import ensure_checkpoint
@@ -92,12 +93,13 @@ def get_services(config: AgentConfig | None = None) -> SharedServices:
         if turn_model_s is not None:
             end_of_turn = f"VAD + model (loaded in {turn_model_s:.1f} s)"
         else:
-            end_of_turn = "VAD alone" + (" (the model did not load)" if config.turn_detection == "model" else "")
+            end_of_turn = "VAD alone" + (" (the model did not load)"
+                                         if config.turn_detection == "model" else "")
         log.info(
-            "shared services ready in %.1f s: TTS engine on %s (model %s, load %.1f s, warm-up %.1f s, "
-            "speakers %s), Silero VAD, end of turn: %s", _services.load_s, engine_config.torch_device,
-            engine_config.resolved_model_dir, engine.load_s, engine.warmup_s, ", ".join(engine.speakers),
-            end_of_turn,
+            "shared services ready in %.1f s: TTS engine on %s (model %s, load %.1f s, "
+            "warm-up %.1f s, speakers %s), Silero VAD, end of turn: %s",
+            _services.load_s, engine_config.torch_device, engine_config.resolved_model_dir,
+            engine.load_s, engine.warmup_s, ", ".join(engine.speakers), end_of_turn,
         )
         return _services
 

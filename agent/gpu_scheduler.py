@@ -136,7 +136,8 @@ class GpuScheduler:
         while True:
             waiter = _Waiter(loop, loop.create_future())
             with self._lock:
-                ticket = self._try_locked(lane, lane, (self._clock() - t0) * 1000, label, waited=True)
+                ticket = self._try_locked(lane, lane, (self._clock() - t0) * 1000, label,
+                                          waited=True)
                 if ticket is not None:
                     return ticket
                 self._waiters.append(waiter)

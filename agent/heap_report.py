@@ -43,7 +43,8 @@ def type_counts() -> collections.Counter[str]:
 class HeapReport:
     """`report()` returns (and logs) one report; `start()` reports every `every_s` on a thread."""
 
-    def __init__(self, rooms: Callable[[], int], every_s: float, tracemalloc_frames: int = 0) -> None:
+    def __init__(self, rooms: Callable[[], int], every_s: float,
+                 tracemalloc_frames: int = 0) -> None:
         self.rooms = rooms
         self.every_s = every_s
         self.frames = tracemalloc_frames
@@ -72,7 +73,8 @@ class HeapReport:
         gc.collect()
         in_use, free = malloc_totals()
         types = type_counts()
-        lines = [f"heap report {self.count}: rss {rss_mib():.1f} MiB; malloc in use {in_use / MIB:.1f} MiB, "
+        lines = [f"heap report {self.count}: rss {rss_mib():.1f} MiB; "
+                 f"malloc in use {in_use / MIB:.1f} MiB, "
                  f"free but kept {free / MIB:.1f} MiB, {arena_count()} arenas; "
                  f"{sum(types.values())} Python objects tracked; {self.rooms()} rooms"]
         if self._first_types is None:
@@ -89,13 +91,15 @@ class HeapReport:
         return text
 
     def _traced_growth(self) -> list[str]:
-        snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+        snapshot = tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.Filter(False, tracemalloc.__file__)])
         if self._first_snapshot is None:
             self._first_snapshot = snapshot
-            return [f"  tracemalloc: {tracemalloc.get_traced_memory()[0] / MIB:.1f} MiB traced (the baseline)"]
+            return [f"  tracemalloc: {tracemalloc.get_traced_memory()[0] / MIB:.1f} MiB traced "
+                    "(the baseline)"]
         stats = snapshot.compare_to(self._first_snapshot, "traceback")
-        lines = [f"  tracemalloc: {sum(s.size_diff for s in stats) / MIB:+.2f} MiB since the first report; "
-                 "grown most:"]
+        lines = [f"  tracemalloc: {sum(s.size_diff for s in stats) / MIB:+.2f} MiB "
+                 "since the first report; grown most:"]
         for s in [s for s in stats if s.size_diff > 0][:TOP]:
             lines.append(f"    {s.size_diff / 1024:+.1f} KiB in {s.count_diff:+d} blocks")
             lines.extend("      " + ln for ln in s.traceback.format(limit=self.frames))

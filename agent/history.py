@@ -9,9 +9,9 @@ metadata's JSON object, under `streamtalk.history` (streamtalk_common/room_proto
 Each message the session adds to its chat context (what the user said, what the agent
 said, cut where it was interrupted) is appended, the whole bounded, and written. Bounds:
 the last AGENT_HISTORY_TURNS user turns with the replies to them, and at most
-AGENT_HISTORY_MAX_BYTES of JSON as it stands in the metadata; the oldest messages go first, and a single
-message longer than the budget is cut at its end. A new agent in the room seeds its chat
-context with what it finds there.
+AGENT_HISTORY_MAX_BYTES of JSON as it stands in the metadata; the oldest messages go first,
+and a single message longer than the budget is cut at its end. A new agent in the room seeds
+its chat context with what it finds there.
 
 The room metadata has another writer, the token server's reconciler (`streamtalk.agent`),
 and LiveKit offers no compare-and-swap: each write reads the metadata from the server
@@ -98,7 +98,8 @@ def decoded(value: Any) -> list[Turn]:
     for i, raw in enumerate(value["messages"]):
         if (not isinstance(raw, dict) or raw.get("role") not in ROLES
                 or not isinstance(raw.get("text"), str)):
-            raise HistoryFormatError(f'messages[{i}] is not {{"role": "user"|"assistant", "text": str}}')
+            raise HistoryFormatError(f'messages[{i}] is not '
+                                     '{"role": "user"|"assistant", "text": str}')
         messages.append(Turn(raw["role"], raw["text"]))
     return messages
 
@@ -138,7 +139,8 @@ class RoomHistory:
     def add(self, role: str, text: str) -> None:
         if role not in ROLES or not text.strip():
             return
-        self.messages = bounded([*self.messages, Turn(role, text.strip())], self.max_turns, self.max_bytes)
+        self.messages = bounded([*self.messages, Turn(role, text.strip())], self.max_turns,
+                                self.max_bytes)
         self._writer.set(json.dumps(as_value(self.messages)))  # the publisher compares strings
 
     def close(self) -> None:

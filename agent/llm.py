@@ -104,7 +104,8 @@ class OmniLLM(llm.LLM):
     def provider(self) -> str:
         return "omni"
 
-    def update_options(self, *, max_tokens: int | None = None, temperature: float | None = None) -> None:
+    def update_options(self, *, max_tokens: int | None = None,
+                       temperature: float | None = None) -> None:
         if max_tokens is not None:
             self.max_tokens = max_tokens
         if temperature is not None:
@@ -120,7 +121,8 @@ class OmniLLM(llm.LLM):
         tool_choice: NotGivenOr[llm.ToolChoice] = NOT_GIVEN,
         extra_kwargs: NotGivenOr[dict[str, Any]] = NOT_GIVEN,
     ) -> OmniLLMStream:
-        stream = OmniLLMStream(self, chat_ctx=chat_ctx, tools=tools or [], conn_options=conn_options)
+        stream = OmniLLMStream(self, chat_ctx=chat_ctx, tools=tools or [],
+                               conn_options=conn_options)
         self._streams.add(stream)
         return stream
 
@@ -129,7 +131,8 @@ class OmniLLM(llm.LLM):
         return sum(1 for s in self._streams if not s.done)
 
     async def cancel_active(self) -> int:
-        """Cancel every running completion of this room (the barge-in cascade); returns the count."""
+        """Cancel every running completion of this room (the barge-in cascade);
+        returns the count."""
         live = [s for s in self._streams if not s.done]
         await asyncio.gather(*(s.aclose() for s in live), return_exceptions=True)
         return len(live)
@@ -203,7 +206,8 @@ class OmniLLMStream(llm.LLMStream):
                 ms=round((time.monotonic() - t0) * 1000, 1),
             ))
 
-    async def _continue(self, messages: list[dict[str, Any]], produced: str, budget: int) -> str | None:
+    async def _continue(self, messages: list[dict[str, Any]], produced: str,
+                        budget: int) -> str | None:
         """Second request: continue the assistant message `produced`; returns its finish reason."""
         owner = self._owner
         joiner = ContinuationJoiner(produced)

@@ -54,11 +54,13 @@ class LoadCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         now = self.sample()
         gauges = (
-            ("streamtalk_agent_load", "load reported to LiveKit: max(rooms share, engine share)", now.load),
+            ("streamtalk_agent_load", "load reported to LiveKit: max(rooms share, engine share)",
+             now.load),
             ("streamtalk_agent_load_threshold", "load at which the worker takes no new room "
              "(AGENT_LOAD_THRESHOLD)", self.threshold),
             ("streamtalk_agent_rooms", "rooms this worker serves", now.rooms),
-            ("streamtalk_agent_max_rooms", "rooms this worker may serve (AGENT_MAX_ROOMS)", now.max_rooms),
+            ("streamtalk_agent_max_rooms", "rooms this worker may serve (AGENT_MAX_ROOMS)",
+             now.max_rooms),
             ("streamtalk_agent_engine_streams", "TTS engine streams in use (active and queued)",
              now.engine_streams),
             ("streamtalk_agent_engine_capacity", "TTS engine streams that stay real time "

@@ -51,7 +51,8 @@ class ChatDelta:
 
 def wav_data_uri(pcm: bytes, sample_rate: int, channels: int = 1) -> str:
     """WAV + base64 as a data URI (CPU work: call it off the event loop)."""
-    return "data:audio/wav;base64," + base64.b64encode(wav_bytes(pcm, sample_rate, channels)).decode()
+    return ("data:audio/wav;base64,"
+            + base64.b64encode(wav_bytes(pcm, sample_rate, channels)).decode())
 
 
 def _error_message(body: str) -> str:
@@ -101,7 +102,8 @@ class OmniClient:
         self._session = None
 
     async def list_models(self) -> list[str]:
-        """The model ids `GET /models` lists. Raises BackendError (unreachable, HTTP error, bad body)."""
+        """The model ids `GET /models` lists.
+        Raises BackendError (unreachable, HTTP error, bad body)."""
         try:
             async with self._http().get(
                 f"{self.base_url}/models",
@@ -111,11 +113,14 @@ class OmniClient:
                 if resp.status != 200:
                     raise self._classify(resp.status, text)
                 data = json.loads(text)
-                return [str(m["id"]) for m in data.get("data", []) if isinstance(m, dict) and m.get("id")]
+                return [str(m["id"]) for m in data.get("data", [])
+                        if isinstance(m, dict) and m.get("id")]
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise BackendError(f"{self.base_url} is unreachable ({type(exc).__name__}: {exc})") from None
+            raise BackendError(f"{self.base_url} is unreachable "
+                               f"({type(exc).__name__}: {exc})") from None
         except (json.JSONDecodeError, AttributeError, TypeError):
-            raise BackendError(f"{self.base_url}/models is not an OpenAI model list", retryable=False) from None
+            raise BackendError(f"{self.base_url}/models is not an OpenAI model list",
+                               retryable=False) from None
 
     async def model(self) -> str:
         """OMNI_MODEL, else the first model the backend lists (cached), else qwen3-omni."""
@@ -144,7 +149,8 @@ class OmniClient:
     @staticmethod
     def _classify(status: int, body: str) -> BackendError:
         retryable = status >= 500 or status in (408, 409, 429)
-        return BackendError(f"HTTP {status}: {_error_message(body)}", status=status, retryable=retryable)
+        return BackendError(f"HTTP {status}: {_error_message(body)}", status=status,
+                            retryable=retryable)
 
     # -- chat -------------------------------------------------------------------
 
@@ -195,7 +201,8 @@ class OmniClient:
                     except TimeoutError:
                         what = "between tokens" if produced else "for the first token"
                         raise BackendError(
-                            f"no data {what} within {timeout if produced else first_token_timeout_s:.1f} s",
+                            f"no data {what} within "
+                            f"{timeout if produced else first_token_timeout_s:.1f} s",
                             retryable=not produced,
                         ) from None
                     if not raw:
@@ -232,7 +239,8 @@ class OmniClient:
                     f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
                 if produced or not err.retryable or attempt >= self.max_retries:
                     raise err from None
-                log.warning("chat request failed (%s); retry %d/%d", err, attempt + 1, self.max_retries)
+                log.warning("chat request failed (%s); retry %d/%d", err, attempt + 1,
+                            self.max_retries)
                 await self._backoff(attempt)
                 attempt += 1
             finally:
@@ -263,7 +271,8 @@ class OmniClient:
                 data = json.loads(text)
                 return str(data["choices"][0]["message"].get("content") or "")
             except (json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
-                raise BackendError(f"unexpected chat response: {text[:200]}", retryable=False) from None
+                raise BackendError(f"unexpected chat response: {text[:200]}",
+                                   retryable=False) from None
 
         return await self._with_retries(call, "chat", timeout_s)
 
@@ -281,7 +290,8 @@ class OmniClient:
             try:
                 return str(json.loads(text).get("text") or "")
             except (json.JSONDecodeError, AttributeError):
-                raise BackendError(f"unexpected transcription response: {text[:200]}", retryable=False) from None
+                raise BackendError(f"unexpected transcription response: {text[:200]}",
+                                   retryable=False) from None
 
         return await self._with_retries(call, "transcription", timeout_s)
 

@@ -6,7 +6,8 @@ room audio sink, an `AgentSession` with local turn taking (VAD plus the local
 end-of-turn model, or VAD alone: agent/turn_detection.py; VAD interruption;
 nothing goes to LiveKit Cloud), the duplex controller, the
 AutoRTC responder, the `stop_reply` RPC, the backend status attribute, the
-per-turn latency breakdown (data topic `streamtalk.latency`), the pre_rtc recorder and the conversation history in the room metadata
+per-turn latency breakdown (data topic `streamtalk.latency`), the pre_rtc recorder and
+the conversation history in the room metadata
 (agent/history.py). An agent that finds a history there (dispatched again after
 its predecessor died) seeds its chat context with it and does not greet: the
 user goes on where they were, and the page says "The agent is back.". The job
@@ -191,7 +192,8 @@ class ParticipantLinker:
     def _has_mic(p: rtc.RemoteParticipant) -> bool:
         return any(pub.kind == rtc.TrackKind.KIND_AUDIO for pub in p.track_publications.values())
 
-    def _on_track_published(self, pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant) -> None:
+    def _on_track_published(self, pub: rtc.RemoteTrackPublication,
+                            p: rtc.RemoteParticipant) -> None:
         if self.fixed or pub.kind != rtc.TrackKind.KIND_AUDIO:
             return
         self.reconcile()
@@ -233,7 +235,8 @@ class RoomAgent:
         self.recorder = (PreRtcRecorder(config.output_dir, self.settings.trace_id, SAMPLE_RATE)
                          if self.settings.save_pre_rtc else None)
         self.client = OmniClient(config.omni_base_url, api_key=config.omni_api_key,
-                                 model=config.omni_model, connect_timeout_s=config.connect_timeout_s,
+                                 model=config.omni_model,
+                                 connect_timeout_s=config.connect_timeout_s,
                                  max_retries=config.max_retries)
         self.sink: RoomAudioSink | None = None
         self.session: AgentSession | None = None
@@ -253,7 +256,8 @@ class RoomAgent:
         log.info("room %s: %s", ctx.room.name, json.dumps(settings.public_dict()))
         await ctx.connect(auto_subscribe=AutoSubscribe.AUDIO_ONLY)
         room = ctx.room
-        sink = self.sink = RoomAudioSink(room, sample_rate=SAMPLE_RATE, frame_ms=config.tts_frame_ms,
+        sink = self.sink = RoomAudioSink(room, sample_rate=SAMPLE_RATE,
+                                         frame_ms=config.tts_frame_ms,
                                          queue_ms=config.audio_queue_ms, bus=bus,
                                          mute_output=config.debug_mute_tts)
         if config.debug_mute_tts:
@@ -286,7 +290,8 @@ class RoomAgent:
         turn_choice = room_turn_detection(config.turn_detection, settings.language,
                                           self.services.turn_model_ready)
         log.info("room %s: end of turn by %s (%s)", ctx.room.name,
-                 "VAD + end-of-turn model" if turn_choice.mode == "model" else "VAD alone", turn_choice.reason)
+                 "VAD + end-of-turn model" if turn_choice.mode == "model" else "VAD alone",
+                 turn_choice.reason)
         session = self.session = AgentSession(
             stt=stt, llm=llm, tts=tts, vad=self.services.vad,
             turn_handling=turn_handling(config, turn_choice),  # type: ignore[arg-type]
@@ -338,7 +343,8 @@ class RoomAgent:
             room.on(change, lambda *_: self._roster_changed.set())
 
         options: dict[str, Any] = {
-            "audio_input": room_io.AudioInputOptions(sample_rate=INPUT_SAMPLE_RATE, pre_connect_audio=False),
+            "audio_input": room_io.AudioInputOptions(sample_rate=INPUT_SAMPLE_RATE,
+                                                     pre_connect_audio=False),
             "audio_output": False,  # the sink above is the agent's voice
             "text_output": room_io.TextOutputOptions(sync_transcription=True),
             "close_on_disconnect": False,
@@ -349,12 +355,13 @@ class RoomAgent:
         if found:
             log.info("room %s: picking up the conversation (%d messages in the room's history)",
                      room.name, len(found))
-        await session.start(agent=ConversationAgent(omni_stt=stt, instructions=settings.system_prompt,
+        await session.start(agent=ConversationAgent(omni_stt=stt,
+                                                    instructions=settings.system_prompt,
                                                     chat_ctx=chat_context(found)),
                             room=room, room_options=room_io.RoomOptions(**options), record=False)
         if config.history_turns:
-            history = self.history = RoomHistory(self.ctx.api, room.name, found, config.history_turns,
-                                                 config.history_max_bytes)
+            history = self.history = RoomHistory(self.ctx.api, room.name, found,
+                                                 config.history_turns, config.history_max_bytes)
 
             def remember(ev: ConversationItemAddedEvent) -> None:
                 if ev.item.type == "message":
@@ -370,7 +377,8 @@ class RoomAgent:
     async def _watch_room(self) -> None:
         """Raise the heartbeat attribute every HEARTBEAT_S (the reconciler's sign of life).
         Withdraw the voice track while only agents are in the room (see
-        `RoomAudioSink.withdraw`) and publish it again when a person comes. End the job once only agents have been in the room for AGENT_EMPTY_ROOM_GRACE_S,
+        `RoomAudioSink.withdraw`) and publish it again when a person comes. End the job once
+        only agents have been in the room for AGENT_EMPTY_ROOM_GRACE_S,
         when another agent of ours serves it too (a re-dispatch that crossed a slow join, or
         an agent whose session LiveKit brought back after a node died: of two, the one that
         joined the room last leaves, the identity breaking a tie), or when the worker drains
@@ -379,7 +387,8 @@ class RoomAgent:
         grace = self.config.empty_room_grace_s
         empty_since: float | None = None
         heartbeat = AttributePublisher(
-            lambda value: room.local_participant.set_attributes({HEARTBEAT_ATTRIBUTE: value}), HEARTBEAT_ATTRIBUTE)
+            lambda value: room.local_participant.set_attributes({HEARTBEAT_ATTRIBUTE: value}),
+            HEARTBEAT_ATTRIBUTE)
         beats, next_beat = 0, time.monotonic()
         drain_seen = False
         try:
@@ -407,13 +416,15 @@ class RoomAgent:
                                if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
                                and DUPLEX_ATTRIBUTE in p.attributes and seniority(p) < me)
                 if older:
-                    log.warning("room %s: agent %s serves it already; leaving", room.name, older[0][1])
+                    log.warning("room %s: agent %s serves it already; leaving", room.name,
+                                older[0][1])
                     self.ctx.shutdown("another agent serves the room")
                     return
                 humans = people_in(room)
                 if humans:
                     if self.sink is not None and await self.sink.publish():
-                        log.info("room %s: a person is in the room; voice track published", room.name)
+                        log.info("room %s: a person is in the room; voice track published",
+                                 room.name)
                     empty_since = None
                 elif empty_since is None:
                     empty_since = time.monotonic()

@@ -113,7 +113,8 @@ class OmniSTT(stt.STT):
             )
         else:
             wav = await asyncio.to_thread(wav_bytes, pcm, frame.sample_rate, frame.num_channels)
-            text = await self._client.transcribe(wav, timeout_s=self.timeout_s, language=self.language)
+            text = await self._client.transcribe(wav, timeout_s=self.timeout_s,
+                                                 language=self.language)
         return " ".join(text.split())
 
     async def _recognize_impl(
@@ -171,7 +172,8 @@ class _Utterance:
 
 
 class OmniRecognizeStream(stt.RecognizeStream):
-    def __init__(self, omni: OmniSTT, vad_model: vad.VAD, *, conn_options: APIConnectOptions) -> None:
+    def __init__(self, omni: OmniSTT, vad_model: vad.VAD, *,
+                 conn_options: APIConnectOptions) -> None:
         super().__init__(stt=omni, conn_options=conn_options)
         self._omni = omni
         self._vad_model = vad_model

@@ -135,7 +135,8 @@ class TraceCollector:
         except RuntimeError:
             self._flush_metrics(turn, ev)
             return
-        self._pending[turn] = (ev, loop.call_later(self.metrics_delay_s, self._flush_metrics, turn, ev))
+        self._pending[turn] = (ev, loop.call_later(self.metrics_delay_s, self._flush_metrics,
+                                                   turn, ev))
 
     def _flush_pending(self) -> None:
         for turn, (ev, handle) in list(self._pending.items()):

@@ -73,7 +73,8 @@ def format_table(summary: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = [
         f"turns: {summary['turns']}  interrupted: {summary['interrupted_turns']}",
-        "  ".join(h.ljust(widths[i]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(rows[0])),
+        "  ".join(h.ljust(widths[i]) if i == 0 else h.rjust(widths[i])
+                  for i, h in enumerate(rows[0])),
     ]
     lines.append("  ".join("-" * w for w in widths))
     for r in rows[1:]:

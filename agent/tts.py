@@ -124,11 +124,13 @@ class StreamtalkTTS(tts.TTS):
         """Change the voice; raises ValueError (listing the valid names) on an unknown one."""
         if speaker is not None:
             if speaker.lower() not in self.engine.speakers:
-                raise ValueError(f"unknown speaker {speaker!r}; valid: {', '.join(self.engine.speakers)}")
+                raise ValueError(f"unknown speaker {speaker!r}; "
+                                 f"valid: {', '.join(self.engine.speakers)}")
             self.opts.speaker = speaker.lower()
         if language is not None:
             if language.lower() not in self.engine.languages:
-                raise ValueError(f"unknown language {language!r}; valid: {', '.join(self.engine.languages)}")
+                raise ValueError(f"unknown language {language!r}; "
+                                 f"valid: {', '.join(self.engine.languages)}")
             self.opts.language = language.lower()
 
     def synthesize(
@@ -193,7 +195,8 @@ class StreamtalkTTS(tts.TTS):
     # -- used by both stream kinds ---------------------------------------------
 
     def _init_emitter(self, output_emitter: tts.AudioEmitter, stream: bool) -> None:
-        """Every reply's emitter: 24 kHz mono PCM in AGENT_FRAME_MS frames (initialised even if silent)."""
+        """Every reply's emitter: 24 kHz mono PCM in AGENT_FRAME_MS frames (initialised
+        even if silent)."""
         output_emitter.initialize(
             request_id=uuid.uuid4().hex[:12],
             sample_rate=SAMPLE_RATE,
@@ -405,7 +408,8 @@ class StreamtalkSynthesizeStream(tts.SynthesizeStream):
 
 
 class StreamtalkChunkedStream(tts.ChunkedStream):
-    def __init__(self, *, tts: StreamtalkTTS, input_text: str, conn_options: APIConnectOptions) -> None:
+    def __init__(self, *, tts: StreamtalkTTS, input_text: str,
+                 conn_options: APIConnectOptions) -> None:
         super().__init__(tts=tts, input_text=input_text, conn_options=conn_options)
         self._owner = tts
 

@@ -82,7 +82,8 @@ async def on_request(req: JobRequest) -> None:
                     req.room.name, cfg.max_rooms)
         await req.reject(terminate=False)
         return
-    await req.accept(name="streamtalk", attributes={"streamtalk.agent": "1", WORKER_ATTRIBUTE: cfg.worker_name})
+    await req.accept(name="streamtalk",
+                     attributes={"streamtalk.agent": "1", WORKER_ATTRIBUTE: cfg.worker_name})
 
 
 async def entrypoint(ctx: JobContext) -> None:
