@@ -42,11 +42,14 @@ HIGH_WATER_THREADS = {"livekit"}
 def short_form(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
     require(os.access(LIVEKIT_BIN, os.X_OK), f"LiveKit server missing at {LIVEKIT_BIN}: "
             "run scripts/install_livekit_server.sh")
-    require(shutil.which("espeak-ng") is not None, "espeak-ng missing: run scripts/install_system_deps.sh")
+    require(shutil.which("espeak-ng") is not None,
+            "espeak-ng missing: run scripts/install_system_deps.sh")
     tmp = tmp_path_factory.mktemp("soak")
     out = tmp / "soak.json"
-    env = {**os.environ, "STREAMTALK_HOME": str(CACHE_ROOT), "STREAMTALK_OUTPUT": str(tmp / "output")}
-    proc = subprocess.run([sys.executable, "-m", "tools.soak", "all", *SHORT_FORM, "--out", str(out)],
+    env = {**os.environ, "STREAMTALK_HOME": str(CACHE_ROOT),
+           "STREAMTALK_OUTPUT": str(tmp / "output")}
+    proc = subprocess.run([sys.executable, "-m", "tools.soak", "all", *SHORT_FORM,
+                           "--out", str(out)],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=460)
     report = proc.stdout + proc.stderr[-3000:]
     assert out.exists(), report
@@ -56,8 +59,10 @@ def short_form(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any]
 def test_cancel_rounds_leave_no_session_row_or_thread(short_form) -> None:
     cancel = short_form[0]["cancel"]
     assert cancel["rounds"] == 250, short_form[1]
-    assert all(cancel["cancel_points"].values()), cancel  # queued, admitted and mid-stream cancels all ran
-    assert (cancel["leaked_sessions"], cancel["queued_after"], cancel["rows_in_use_after"]) == (0, 0, 0), cancel
+    # queued, admitted and mid-stream cancels all ran
+    assert all(cancel["cancel_points"].values()), cancel
+    assert (cancel["leaked_sessions"], cancel["queued_after"],
+            cancel["rows_in_use_after"]) == (0, 0, 0), cancel
     assert cancel["threads_after"] <= cancel["threads_before"], cancel
     assert cancel["ok"], cancel
 
@@ -78,8 +83,8 @@ def idle_counts_held(service: dict[str, Any], threads: bool = True) -> bool:
 
 def test_soak_conversations_answered_and_services_keep_their_fds_and_threads(short_form) -> None:
     soak = short_form[0]["soak"]
-    assert soak["conversations"] >= 2 and not soak["failed_conversations"], (soak["failed_conversations"],
-                                                                            short_form[1])
+    assert soak["conversations"] >= 2 and not soak["failed_conversations"], (
+        soak["failed_conversations"], short_form[1])
     assert set(soak["services"]) == {*SERVICES, "agent"}, soak["services"].keys()
     for name in SERVICES:
         service = {k: v for k, v in soak["services"][name].items() if k != "series"}

@@ -33,7 +33,8 @@ def positive(kind: type, least: float):  # noqa: ANN201
         try:
             value = kind(raw)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{raw!r} is not {'an integer' if kind is int else 'a number'}") from None
+            raise argparse.ArgumentTypeError(
+                f"{raw!r} is not {'an integer' if kind is int else 'a number'}") from None
         if value < least:
             raise argparse.ArgumentTypeError(f"{value} is below the least allowed, {least:g}")
         return value
@@ -51,17 +52,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         q.add_argument("--out", type=Path, default=None, help="result JSON path")
         if "cancel" in needs:
             q.add_argument("--rounds", type=positive(int, 1), default=1000)
-            q.add_argument("--concurrency", type=positive(int, 1), default=8, help="streams at once")
+            q.add_argument("--concurrency", type=positive(int, 1), default=8,
+                           help="streams at once")
             q.add_argument("--seed", type=int, default=0, help="the cancel points' draws")
-            q.add_argument("--model-dir", type=Path, default=None, help="default: the tiny checkpoint")
+            q.add_argument("--model-dir", type=Path, default=None,
+                           help="default: the tiny checkpoint")
         if "long-reply" in needs:
-            q.add_argument("--chars", type=positive(int, 1), default=10_000, help="length of the scripted reply")
+            q.add_argument("--chars", type=positive(int, 1), default=10_000,
+                           help="length of the scripted reply")
         if "soak" in needs:
             q.add_argument("--duration", type=positive(float, MIN_SOAK_S), default=1800.0,
                            help="seconds of conversations")
             q.add_argument("--conversations", type=positive(int, 1), default=2, help="at once")
-            q.add_argument("--sample-every", type=positive(float, MIN_SAMPLE_S), default=5.0, help="seconds")
-            q.add_argument("--rss-slope-max", type=positive(float, 0.0), default=1.0, help="MiB/min per service")
+            q.add_argument("--sample-every", type=positive(float, MIN_SAMPLE_S), default=5.0,
+                           help="seconds")
+            q.add_argument("--rss-slope-max", type=positive(float, 0.0), default=1.0,
+                           help="MiB/min per service")
         q.set_defaults(parts=needs)
     return p.parse_args(argv)
 
@@ -71,19 +77,23 @@ def rows_of(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     if "cancel" in results:
         c = results["cancel"]
         rows.append(("cancel", "PASS" if c["ok"] else "FAIL",
-                     f"{c['rounds']} rounds at {c['concurrency']}: leaked sessions {c['leaked_sessions']}, "
-                     f"rows in use {c['rows_in_use_after']}, threads {c['threads_before']} -> {c['threads_after']}, "
-                     f"cancel->freed P50 {c['cancel_to_freed_ms_p50']} ms P95 {c['cancel_to_freed_ms_p95']} ms"))
+                     f"{c['rounds']} rounds at {c['concurrency']}: "
+                     f"leaked sessions {c['leaked_sessions']}, "
+                     f"rows in use {c['rows_in_use_after']}, "
+                     f"threads {c['threads_before']} -> {c['threads_after']}, "
+                     f"cancel->freed P50 {c['cancel_to_freed_ms_p50']} ms "
+                     f"P95 {c['cancel_to_freed_ms_p95']} ms"))
     if "long_reply" in results:
         r = results["long_reply"]
         rows.append(("long-reply", "PASS" if r["ok"] else "FAIL",
                      f"{r['reply_chars']} chars in {r['segments']} segments; audio produced "
-                     f"{r['audio_produced_s']} s, received {r['audio_received_s']} s; reply_end {r['reply_end']}"))
+                     f"{r['audio_produced_s']} s, received {r['audio_received_s']} s; "
+                     f"reply_end {r['reply_end']}"))
     if "soak" in results:
         s = results["soak"]
         rows.append(("soak", "PASS" if s["ok"] else "FAIL",
-                     f"{s['conversations']} conversations ({s['at_once']} at once) in {s['duration_s']} s, "
-                     f"{len(s['failed_conversations'])} failed"))
+                     f"{s['conversations']} conversations ({s['at_once']} at once) "
+                     f"in {s['duration_s']} s, {len(s['failed_conversations'])} failed"))
         for name, v in s["services"].items():
             if v.get("exited"):
                 rows.append((f"  {name}", "FAIL", "exited during the soak"))
@@ -91,8 +101,9 @@ def rows_of(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             rows.append((f"  {name}", "PASS" if v["ok"] else "FAIL",
                          f"RSS {v['rss_mib_start']} -> {v['rss_mib_end']} MiB, slope "
                          f"{v['rss_slope_mib_per_min']} MiB/min; fds {v['fds_idle_before']} -> "
-                         f"{v['fds_idle_after']} (max {v['fds_max']}); threads {v['threads_idle_before']} -> "
-                         f"{v['threads_idle_after']} (max {v['threads_max']})"))
+                         f"{v['fds_idle_after']} (max {v['fds_max']}); "
+                         f"threads {v['threads_idle_before']} -> {v['threads_idle_after']} "
+                         f"(max {v['threads_max']})"))
     return rows
 
 
@@ -109,23 +120,28 @@ def main(argv: list[str] | None = None) -> int:
 
         from .cancel import run_cancel
 
-        model_dir = args.model_dir or ensure_checkpoint(cache_root() / "checkpoints" / "tiny-test", "tiny", seed=0)
-        results["cancel"] = run_cancel(model_dir, args.rounds, args.concurrency, args.seed, progress)
+        model_dir = args.model_dir or ensure_checkpoint(cache_root() / "checkpoints" / "tiny-test",
+                                                        "tiny", seed=0)
+        results["cancel"] = run_cancel(model_dir, args.rounds, args.concurrency, args.seed,
+                                       progress)
     if {"long-reply", "soak"} & set(args.parts):
         from .conversations import run_long_reply, run_soak, start_soak_stack
 
         stack, token_url = start_soak_stack(work, getattr(args, "chars", 1), progress)
         try:
             if "long-reply" in args.parts:
-                results["long_reply"] = run_long_reply(stack, token_url, args.chars, work / "long-reply", progress)
+                results["long_reply"] = run_long_reply(stack, token_url, args.chars,
+                                                       work / "long-reply", progress)
             if "soak" in args.parts:
-                results["soak"] = run_soak(stack, token_url, args.duration, args.conversations, args.sample_every,
-                                           args.rss_slope_max, work / "soak", progress)
+                results["soak"] = run_soak(stack, token_url, args.duration, args.conversations,
+                                           args.sample_every, args.rss_slope_max, work / "soak",
+                                           progress)
         finally:
             stack.stop()
     ok = all(r["ok"] for r in results.values())
     args_json = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    write_json(out_path, {"command": args.command, "args": args_json, "date": time.strftime("%Y-%m-%d"),
+    write_json(out_path, {"command": args.command, "args": args_json,
+                          "date": time.strftime("%Y-%m-%d"),
                           "wall_s": round(time.monotonic() - started, 1), "ok": ok, **results})
     progress(f"wrote {out_path}")
     rows = rows_of(results)

@@ -31,7 +31,8 @@ def run_cancel(model_dir: Path, rounds: int, concurrency: int, seed: int,
     from tts_engine.config import EngineConfig
     from tts_engine.runtime import TTSEngine
 
-    config = EngineConfig.from_env(model_dir=str(model_dir), device="cpu", max_batch=concurrency, **UNGATED)
+    config = EngineConfig.from_env(model_dir=str(model_dir), device="cpu", max_batch=concurrency,
+                                   **UNGATED)
     progress(f"cancel: loading {model_dir} on the CPU, {concurrency} rows")
     engine = TTSEngine(config)
     try:
@@ -51,14 +52,15 @@ def run_cancel(model_dir: Path, rounds: int, concurrency: int, seed: int,
         stats = engine.stats()
         latencies = result["latencies_ms"]
         threads_after = thread_count()
-        leaks = {"sessions": engine.active_sessions, "queued": stats["queued"], "rows_in_use": stats["active"],
+        leaks = {"sessions": engine.active_sessions, "queued": stats["queued"],
+                 "rows_in_use": stats["active"],
                  "threads": max(0, threads_after - threads_before)}
     finally:
         engine.close()
     summary = latency_summary(latencies, digits=2)
     return {
-        "rounds": len(latencies), "concurrency": concurrency, "seed": seed, "wall_s": round(wall_s, 1),
-        "cancel_points": result["points"],
+        "rounds": len(latencies), "concurrency": concurrency, "seed": seed,
+        "wall_s": round(wall_s, 1), "cancel_points": result["points"],
         "cancel_to_freed_ms_p50": summary["p50_ms"],
         "cancel_to_freed_ms_p95": summary["p95_ms"],
         "leaked_sessions": leaks["sessions"], "queued_after": leaks["queued"],

@@ -119,7 +119,8 @@ def _service(stack: Stack, name: str) -> ServiceProcess:
 
 
 def _token_ok(token_url: str) -> bool:
-    req = urllib.request.Request(token_url, data=b"{}", headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(token_url, data=b"{}",
+                                 headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status == 200 and "token" in json.loads(r.read())
@@ -127,7 +128,8 @@ def _token_ok(token_url: str) -> bool:
         return False
 
 
-def converse(stack: Stack, token_url: str, case: dict[str, Any], out: Path, pad_s: float) -> dict[str, Any]:
+def converse(stack: Stack, token_url: str, case: dict[str, Any], out: Path,
+             pad_s: float) -> dict[str, Any]:
     """One conversation; ok when both bots finished their part and the probe heard the agent.
     The bots' results decide, not their exit status: the SDK may abort a bot on its way out."""
     token_ok = _token_ok(token_url)
@@ -136,9 +138,10 @@ def converse(stack: Stack, token_url: str, case: dict[str, Any], out: Path, pad_
     run_id = "soak" + uuid.uuid4().hex[:8]
     cdir, info = run_attempt(stack, case, wavs, run_id, 1, 1, out, args)
     finished = [cdir / "user_result.json", cdir / "probe_result.json"]
-    ok = token_ok and all(p.exists() and read_json(p).get("ok") for p in finished) and not probe_silent(cdir)
-    return {"case_id": case["id"], "room": info["room"], "dir": str(cdir), "ok": ok, "token_ok": token_ok,
-            "rc_user": info["rc_user"], "rc_probe": info["rc_probe"]}
+    ok = (token_ok and all(p.exists() and read_json(p).get("ok") for p in finished)
+          and not probe_silent(cdir))
+    return {"case_id": case["id"], "room": info["room"], "dir": str(cdir), "ok": ok,
+            "token_ok": token_ok, "rc_user": info["rc_user"], "rc_probe": info["rc_probe"]}
 
 
 # -- long reply ------------------------------------------------------------------------------
@@ -158,12 +161,14 @@ def _reply_metrics(stack: Stack, room: str) -> dict[str, Any]:
     return {}
 
 
-def run_long_reply(stack: Stack, token_url: str, reply_chars: int, out: Path, progress) -> dict[str, Any]:  # noqa: ANN001
+def run_long_reply(stack: Stack, token_url: str, reply_chars: int, out: Path,
+                   progress) -> dict[str, Any]:  # noqa: ANN001
     text = reply_text(reply_chars)
     agent_log = _service(stack, "agent").log_path
     log_start = agent_log.stat().st_size
     pad_s = len(text) * SPOKEN_S_PER_CHAR * 1.5 + 60
-    progress(f"long-reply: {len(text)} characters (about {len(text) * SPOKEN_S_PER_CHAR:.0f} s of speech)")
+    progress(f"long-reply: {len(text)} characters "
+             f"(about {len(text) * SPOKEN_S_PER_CHAR:.0f} s of speech)")
     conv = converse(stack, token_url, LONG_REPLY_CASE, out, pad_s)
     cdir = Path(conv["dir"])
     trace = [json.loads(x) for x in (cdir / "agent_trace.jsonl").read_text().splitlines()] \
@@ -185,8 +190,8 @@ def run_long_reply(stack: Stack, token_url: str, reply_chars: int, out: Path, pr
         "reply_end": "reply_end" in points, "interrupted": "interrupted" in points,
         "problem_events": problems, "agent_errors": errors[:5], "conversation_ok": conv["ok"],
     }
-    result["ok"] = (conv["ok"] and result["reply_end"] and not result["interrupted"] and not problems
-                    and not errors and len(segments) > 1
+    result["ok"] = (conv["ok"] and result["reply_end"] and not result["interrupted"]
+                    and not problems and not errors and len(segments) > 1
                     and spoken_chars >= len("".join(text.split()))  # every word reached the TTS
                     and received_s >= produced_s > 0)
     return result
@@ -224,15 +229,16 @@ class Sampler(threading.Thread):
             self.stopped.wait(self.every_s)
 
 
-def _load(stack: Stack, token_url: str, cases: list[dict[str, Any]], conversations: int, until: float,
-          out: Path, each: int | None = None) -> list[dict[str, Any]]:
+def _load(stack: Stack, token_url: str, cases: list[dict[str, Any]], conversations: int,
+          until: float, out: Path, each: int | None = None) -> list[dict[str, Any]]:
     """`conversations` loops of conversations, each starting a new one until `until` (and
     at most `each` of them)."""
     results: list[dict[str, Any]] = []
     lock = threading.Lock()
 
     def loop(offset: int) -> None:
-        for case in itertools.islice(itertools.cycle(cases), offset, None if each is None else offset + each):
+        for case in itertools.islice(itertools.cycle(cases), offset,
+                                     None if each is None else offset + each):
             if time.monotonic() >= until:
                 return
             r = converse(stack, token_url, case, out, CONVERSATION_PAD_S)
@@ -262,8 +268,9 @@ def _settled(groups: dict[str, int], every_s: float, exited: set[str]) -> dict[s
         time.sleep(every_s)
 
 
-def run_soak(stack: Stack, token_url: str, duration_s: float, conversations: int, every_s: float, rss_slope_max: float,
-             out: Path, progress) -> dict[str, Any]:  # noqa: ANN001
+def run_soak(stack: Stack, token_url: str, duration_s: float, conversations: int,
+             every_s: float, rss_slope_max: float, out: Path,
+             progress) -> dict[str, Any]:  # noqa: ANN001
     cases = load_cases(MINI_CASES)
     groups = {s.name: s.proc.pid for s in stack.services}  # each service leads its own group
     progress(f"soak: warm-up, {conversations} conversations")
@@ -288,12 +295,15 @@ def run_soak(stack: Stack, token_url: str, duration_s: float, conversations: int
         times = [s.t - t0 for s in series]
         before, after = idle_before[name], idle_after[name]
         services[name] = {
-            "rss_mib_start": round(series[0].rss_mib, 1), "rss_mib_end": round(series[-1].rss_mib, 1),
+            "rss_mib_start": round(series[0].rss_mib, 1),
+            "rss_mib_end": round(series[-1].rss_mib, 1),
             "rss_slope_mib_per_min": round(slope_per_min(times, [s.rss_mib for s in series]), 3),
-            "fds_idle_before": before.fds, "fds_idle_after": after.fds, "fds_max": max(s.fds for s in series),
+            "fds_idle_before": before.fds, "fds_idle_after": after.fds,
+            "fds_max": max(s.fds for s in series),
             "threads_idle_before": before.threads, "threads_idle_after": after.threads,
             "threads_max": max(s.threads for s in series), "samples": len(series),
-            "series": [[round(t, 1), round(x.rss_mib, 2), x.fds, x.threads] for t, x in zip(times, series, strict=True)],
+            "series": [[round(t, 1), round(x.rss_mib, 2), x.fds, x.threads]
+                       for t, x in zip(times, series, strict=True)],
         }
         s = services[name]
         s["ok"] = (s["rss_slope_mib_per_min"] < rss_slope_max and after.fds <= before.fds
@@ -301,4 +311,5 @@ def run_soak(stack: Stack, token_url: str, duration_s: float, conversations: int
     failed = [r for r in warm + done if not r["ok"]]
     return {"duration_s": round(loaded_s, 1), "conversations": len(done), "at_once": conversations,
             "failed_conversations": failed[:10], "rss_slope_max_mib_per_min": rss_slope_max,
-            "services": services, "ok": bool(done) and not failed and all(s["ok"] for s in services.values())}
+            "services": services,
+            "ok": bool(done) and not failed and all(s["ok"] for s in services.values())}

@@ -62,7 +62,8 @@ def sample_group(pgid: int) -> Sample:
             n_threads = thread_count(pid)
         except OSError:
             continue
-        rss_pages, fds, threads, processes = rss_pages + pages, fds + n_fds, threads + n_threads, processes + 1
+        rss_pages, fds, threads, processes = (rss_pages + pages, fds + n_fds,
+                                              threads + n_threads, processes + 1)
     if processes == 0:
         raise ProcessLookupError(f"process group {pgid} has no processes left")
     return Sample(time.monotonic(), rss_pages * PAGE / MIB, fds, threads, processes)
@@ -71,5 +72,6 @@ def sample_group(pgid: int) -> Sample:
 def slope_per_min(times_s: list[float], values: list[float]) -> float:
     """Least-squares slope of values over time, per minute."""
     if len(times_s) < 2 or len(set(times_s)) < 2:
-        raise ValueError(f"a slope needs samples at two different times at least, got {len(times_s)}")
+        raise ValueError("a slope needs samples at two different times at least, "
+                         f"got {len(times_s)}")
     return 60.0 * float(np.polyfit(times_s, values, 1)[0])
