@@ -1,5 +1,6 @@
-"""The end-of-turn model's cost per decision:
-`python -m agent.bench_turn_detector [--json out.json]`.
+"""The end-of-turn model's cost per decision.
+
+Run: `python -m agent.bench_turn_detector [--json out.json]`.
 
 One decision is one prediction on the last 1.2 s of the user's audio (19,200
 samples at 16 kHz), made when the VAD has heard 200 ms of silence. Its compute
