@@ -327,6 +327,11 @@ def in_flight_when_finished(monkeypatch, text: str) -> list[bool]:
     return seen
 
 
+def overlapped(monkeypatch, engine: TTSEngine) -> None:
+    """Packets sent while the next step runs, as on a GPU (a CPU sends them before)."""
+    monkeypatch.setattr(engine.stepper, "launch_returns_early", True)
+
+
 async def test_a_stream_ended_by_silence_while_its_next_step_runs_loses_only_that_unsent_frame(
         tiny_model_dir, tmp_path, monkeypatch):
     """Packets go out while the next step runs, so the silence rule ends a stream whose next
@@ -345,6 +350,7 @@ async def test_a_stream_ended_by_silence_while_its_next_step_runs_loses_only_tha
     monkeypatch.setattr(session_module.StreamSession, "take_packet", silent_victim)
     in_flight = in_flight_when_finished(monkeypatch, victim_text)
     eng = make_engine(tiny_model_dir, tmp_path, silence_packets=2)
+    overlapped(monkeypatch, eng)
     try:
         limited = dataclasses.replace(eng.make_request(TEXTS[4], "eric"), max_frames=7)
         requests = [eng.make_request(t, s) for t, s in zip(TEXTS[:3], SPEAKERS, strict=False)]
@@ -386,6 +392,7 @@ async def test_a_stream_whose_packet_fails_while_its_next_step_runs_ends_alone(
 
     monkeypatch.setattr(session_module.StreamSession, "take_packet", failing_victim)
     in_flight = in_flight_when_finished(monkeypatch, victim_text)
+    overlapped(monkeypatch, batched)
     handles = [batched.open_stream(batched.make_request(t, "aiden")) for t in TEXTS[:3]]
     victim = batched.open_stream(batched.make_request(victim_text, "serena"))
     received = []

@@ -16,7 +16,9 @@ One worker thread owns every model call. Each turn of its loop:
    (runtime/stepper.py); on a GPU the launch returns while the device works;
 4. meanwhile, the landed step's packets are sent: a packet per stream whose
    frames are complete (packetising, silence detection, metrics, hand-off to
-   the consumer), so this host work overlaps the next step on the device.
+   the consumer), so this host work overlaps the next step on the device. On a
+   CPU, where a launch computes the whole step before it returns, they are sent
+   as soon as their step has landed instead.
 
 A stream that ends in 4 (silence, a failing hand-over) keeps its row while the
 step runs; that step's frame of it is dropped when the step lands, and the row
@@ -406,6 +408,11 @@ class TTSEngine:
             landed, flight = None, self._flight
             if flight is not None:  # 1: the rows of the next step are settled first
                 landed = self._guarded(flight.sessions, self._land)
+                if landed and not self.stepper.launch_returns_early:
+                    # nothing to overlap: sent after the launch, every packet would wait a
+                    # whole step (and any prefill), a hole after a reply's first packet
+                    self._send_packets(landed)
+                    landed = []
             self._settle_rows()
             if landed is not None:
                 self._observe_step(flight)
@@ -585,7 +592,8 @@ class TTSEngine:
 
     def _send_packets(self, sessions: list[StreamSession]) -> None:
         """The landed step's complete packets, while the device runs the next step (step 4
-        of the loop). A stream that ends here keeps its row until that step lands."""
+        of the loop; on a CPU, before the rows are settled). A stream that ends while a step
+        runs keeps its row until that step lands."""
         start = time.perf_counter()
         for s in sessions:
             if s.finished:  # cancelled, or the launch failed

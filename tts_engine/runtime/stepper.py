@@ -183,6 +183,8 @@ class BatchStepper:
         self.invariance = invariance
         self.rows_alone = invariance == "rows"
         self.use_graphs = use_graphs and self.device.type == "cuda"
+        # a launch returns while the device works; on a CPU it computes the whole step first
+        self.launch_returns_early = self.device.type == "cuda"
         self._invariant_mode = None
         if invariance == "kernels":
             from ..model.batch_invariant import BatchInvariantMode  # imports Triton
