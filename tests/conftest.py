@@ -22,12 +22,14 @@ run first, after the disk is flushed and the CPUs have gone idle.
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from streamtalk_common.paths import cache_root
 from tts_engine.checkpoint import ensure_checkpoint
+from tts_engine.model.codec_decoder import CodecDecoder, build_random_codec_decoder
 
 QUIET_IDLE_SHARE = 0.8  # of the CPUs' time over one second
 QUIET_WAIT_LIMIT_S = 90.0
@@ -65,6 +67,24 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if idle < QUIET_IDLE_SHARE:
         print(f"\n[quiet_machine] CPUs only {idle:.0%} idle after {QUIET_WAIT_LIMIT_S:.0f} s; "
               "running anyway")
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread() -> Iterator[None]:
+    """Torch on one thread for a module (`pytest.mark.usefixtures`): the tiny models' ops are
+    small, and one thread is faster than two fighting over a shared 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_codec() -> CodecDecoder:
+    """The tiny random codec decoder, built in memory."""
+    return build_random_codec_decoder("tiny", seed=0)
 
 
 @pytest.fixture(scope="session")

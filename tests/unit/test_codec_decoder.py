@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,19 +30,7 @@ from tts_engine.model.codec_decoder import (
 SPF = 1920  # samples per frame
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    # The tiny decoder's ops are small: one thread is faster than two fighting over a
-    # shared 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny() -> CodecDecoder:
-    return build_random_codec_decoder("tiny", seed=0)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -121,46 +108,46 @@ def test_invalid_configs_are_refused_with_the_reason() -> None:
 # --- forward --------------------------------------------------------------------------
 
 
-def test_forward_shape_range_and_batch_independence(tiny: CodecDecoder) -> None:
+def test_forward_shape_range_and_batch_independence(tiny_codec: CodecDecoder) -> None:
     codes = random_codes(3, 10, seed=2)
     with torch.no_grad():
-        pcm = tiny(codes)
-        alone = tiny(codes[1:2])
+        pcm = tiny_codec(codes)
+        alone = tiny_codec(codes[1:2])
     assert pcm.shape == (3, 10 * SPF) and pcm.dtype == torch.float32
     assert pcm.abs().max() <= 1.0
     assert (pcm[1:2] - alone).abs().max() <= 1e-6
 
 
-def test_decoding_is_causal(tiny: CodecDecoder) -> None:
+def test_decoding_is_causal(tiny_codec: CodecDecoder) -> None:
     codes = random_codes(1, 12, seed=3)
     changed = codes.clone()
     changed[:, :, 6] = (changed[:, :, 6] + 1000) % 2048
     with torch.no_grad():
-        a, b = tiny(codes), tiny(changed)
+        a, b = tiny_codec(codes), tiny_codec(changed)
     assert (a[:, : 6 * SPF] - b[:, : 6 * SPF]).abs().max() <= 1e-7  # the past is untouched
     assert (a[:, 6 * SPF : 7 * SPF] - b[:, 6 * SPF : 7 * SPF]).abs().max() > 1e-2  # frame 6 moves
 
 
-def test_bad_codes_get_clear_errors(tiny: CodecDecoder) -> None:
+def test_bad_codes_get_clear_errors(tiny_codec: CodecDecoder) -> None:
     with pytest.raises(ValueError, match=r"\[batch, 16, frames>=1\]"):
-        tiny(torch.zeros(1, 15, 4, dtype=torch.long))
+        tiny_codec(torch.zeros(1, 15, 4, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\[batch, 16, frames>=1\]"):
-        tiny(torch.zeros(1, 16, 0, dtype=torch.long))
+        tiny_codec(torch.zeros(1, 16, 0, dtype=torch.long))
     with pytest.raises(ValueError, match="integer"):
-        tiny(torch.zeros(1, 16, 4))
+        tiny_codec(torch.zeros(1, 16, 4))
     too_big = torch.zeros(1, 16, 4, dtype=torch.long)
     too_big[0, 3, 2] = 2150  # the talker's EOS id must never reach the decoder
     with pytest.raises(ValueError, match=r"\[0, 2048\).*2150"):
-        tiny(too_big)
+        tiny_codec(too_big)
     with pytest.raises(ValueError, match=r"\[-1, "):
-        tiny(torch.full((1, 16, 4), -1, dtype=torch.long))
+        tiny_codec(torch.full((1, 16, 4), -1, dtype=torch.long))
 
 
-def test_bfloat16_decode_runs_and_stays_close(tiny: CodecDecoder) -> None:
+def test_bfloat16_decode_runs_and_stays_close(tiny_codec: CodecDecoder) -> None:
     codes = random_codes(1, 25, seed=4)
     bf16 = build_random_codec_decoder("tiny", seed=0).to(torch.bfloat16)
     with torch.no_grad():
-        ref, low = tiny(codes), bf16(codes)
+        ref, low = tiny_codec(codes), bf16(codes)
     assert low.dtype == torch.bfloat16
     snr = 10 * torch.log10(ref.pow(2).sum() / (ref - low.float()).pow(2).sum())
     assert snr > 10.0, f"bf16 decode SNR {snr:.1f} dB vs float32"
@@ -241,7 +228,7 @@ def test_writing_is_deterministic_per_seed(tmp_path: Path) -> None:
 
 
 def test_unknown_preset_lists_the_valid_ones(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="tiny, mid, full"):
+    with pytest.raises(ValueError, match="tiny_codec, mid, full"):
         write_speech_tokenizer(tmp_path, "0.6b")
 
 

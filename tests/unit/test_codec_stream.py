@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -29,22 +28,12 @@ SPF = 1920
 EXACT = 1e-5  # float32 max abs difference allowed between incremental and offline
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # small ops: one thread beats two on a shared 2-core machine
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny() -> CodecDecoder:
-    return build_random_codec_decoder("tiny", seed=0)
-
-
-@pytest.fixture(scope="module")
-def stream(tiny: CodecDecoder) -> CodecStreamDecoder:
-    return CodecStreamDecoder(tiny)
+def stream(tiny_codec: CodecDecoder) -> CodecStreamDecoder:
+    return CodecStreamDecoder(tiny_codec)
 
 
 def random_codes(batch: int, frames: int, seed: int) -> torch.Tensor:
@@ -64,7 +53,7 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("frames", [1, 13, 100])  # one frame, ~1 s, past the window
 @pytest.mark.parametrize("packet", [1, 2, 4])
-def test_incremental_equals_offline(tiny: CodecDecoder, stream: CodecStreamDecoder,
+def test_incremental_equals_offline(tiny_codec: CodecDecoder, stream: CodecStreamDecoder,
                                     frames: int, packet: int) -> None:
     codes = random_codes(1, frames, seed=frames)
     state = stream.new_state()
@@ -75,13 +64,13 @@ def test_incremental_equals_offline(tiny: CodecDecoder, stream: CodecStreamDecod
         assert pcm.shape == (1, min(packet, frames - start) * SPF)
         pieces.append(pcm)
     assert state.frames.tolist() == [frames]
-    assert max_diff(torch.cat(pieces, -1), offline(tiny, codes)) <= EXACT
+    assert max_diff(torch.cat(pieces, -1), offline(tiny_codec, codes)) <= EXACT
 
 
-def test_long_utterance_over_60_s(tiny: CodecDecoder, stream: CodecStreamDecoder) -> None:
+def test_long_utterance_over_60_s(tiny_codec: CodecDecoder, stream: CodecStreamDecoder) -> None:
     frames = 800  # 64 s: past the 300-frame chunking of the official decode
     codes = random_codes(1, frames, seed=800)
-    ref = offline(tiny, codes)
+    ref = offline(tiny_codec, codes)
     schedule = list(itertools.islice(itertools.cycle([1, 2, 3, 5, 8, 4, 1, 7]), 400))
     irregular = schedule[: next(i for i in range(len(schedule))
                                 if sum(schedule[: i + 1]) >= frames)]
@@ -90,32 +79,33 @@ def test_long_utterance_over_60_s(tiny: CodecDecoder, stream: CodecStreamDecoder
         assert max_diff(decode_in_packets(stream, codes, packets), ref) <= EXACT, packets
 
 
-def test_packets_larger_than_the_window(tiny: CodecDecoder, stream: CodecStreamDecoder) -> None:
+def test_packets_larger_than_the_window(tiny_codec: CodecDecoder,
+                                        stream: CodecStreamDecoder) -> None:
     codes = random_codes(1, 250, seed=250)
     got = decode_in_packets(stream, codes, [100, 1, 149])
-    assert max_diff(got, offline(tiny, codes)) <= EXACT
+    assert max_diff(got, offline(tiny_codec, codes)) <= EXACT
 
 
-def test_repetitive_codes(tiny: CodecDecoder, stream: CodecStreamDecoder) -> None:
+def test_repetitive_codes(tiny_codec: CodecDecoder, stream: CodecStreamDecoder) -> None:
     codes = random_codes(1, 3, seed=3).repeat(1, 1, 40)  # a 3-frame loop, 120 frames
-    assert max_diff(decode_in_packets(stream, codes, 2), offline(tiny, codes)) <= EXACT
+    assert max_diff(decode_in_packets(stream, codes, 2), offline(tiny_codec, codes)) <= EXACT
 
 
-def test_the_carried_state_matters(tiny: CodecDecoder, stream: CodecStreamDecoder) -> None:
+def test_the_carried_state_matters(tiny_codec: CodecDecoder, stream: CodecStreamDecoder) -> None:
     """Sensitivity check: restarting the state mid-stream is far off (so the exactness
     tests above would notice a state that is carried wrongly)."""
     codes = random_codes(1, 120, seed=120)
-    ref = offline(tiny, codes)
+    ref = offline(tiny_codec, codes)
     first = decode_in_packets(stream, codes[:, :, :100], 4)
     restarted = decode_in_packets(stream, codes[:, :, 100:], 4)
     assert max_diff(torch.cat([first, restarted], -1), ref) > 1e-2
     # The attention alone reaches further than the convolutions: 40 frames of context
     # still leave a visible error.
-    windowed = decode_in_packets(WindowedCodecDecoder(tiny, left_context=40), codes, 4)
+    windowed = decode_in_packets(WindowedCodecDecoder(tiny_codec, left_context=40), codes, 4)
     assert max_diff(windowed, ref) > 1e-3
 
 
-def test_batch_of_streams_at_different_positions(tiny: CodecDecoder,
+def test_batch_of_streams_at_different_positions(tiny_codec: CodecDecoder,
                                                  stream: CodecStreamDecoder) -> None:
     """Three streams, started at different times (0, 30 and 90 frames in), step together
     as one batch for a while, then continue alone; each equals its own offline decode."""
@@ -143,7 +133,8 @@ def test_batch_of_streams_at_different_positions(tiny: CodecDecoder,
         for start in range(0, rest.shape[2], 3):
             outputs[i].append(stream.step(state, rest[:, :, start : start + 3]))
         assert state.frames.item() == 110
-        assert max_diff(torch.cat(outputs[i], -1), offline(tiny, codes[i])) <= EXACT, f"stream {i}"
+        got = torch.cat(outputs[i], -1)
+        assert max_diff(got, offline(tiny_codec, codes[i])) <= EXACT, f"stream {i}"
 
 
 def test_batched_step_equals_single_steps(stream: CodecStreamDecoder) -> None:
@@ -227,17 +218,18 @@ def test_step_reads_nothing_back_and_its_shapes_do_not_depend_on_data() -> None:
     assert [op for op, _ in rec.ops if "_local_scalar_dense" in op]
 
 
-def test_zeroed_state_is_a_fresh_stream(tiny: CodecDecoder, stream: CodecStreamDecoder) -> None:
+def test_zeroed_state_is_a_fresh_stream(tiny_codec: CodecDecoder,
+                                        stream: CodecStreamDecoder) -> None:
     state = stream.new_state()
     stream.step(state, random_codes(1, 30, seed=30))
     state.zero_()
     assert state.frames.tolist() == [0] and all(not t.any() for t in state.tensors())
     codes = random_codes(1, 20, seed=31)
     got = torch.cat([stream.step(state, codes[:, :, i : i + 2]) for i in range(0, 20, 2)], -1)
-    assert max_diff(got, offline(tiny, codes)) <= EXACT
+    assert max_diff(got, offline(tiny_codec, codes)) <= EXACT
 
 
-def test_step_and_offline_decode_run_strict_float32(tiny: CodecDecoder,
+def test_step_and_offline_decode_run_strict_float32(tiny_codec: CodecDecoder,
                                                     stream: CodecStreamDecoder) -> None:
     """Both paths run with TF32 off and deterministic cuDNN, and restore the caller's
     flags after."""
@@ -247,13 +239,13 @@ def test_step_and_offline_decode_run_strict_float32(tiny: CodecDecoder,
         return cudnn.allow_tf32, matmul.allow_tf32, cudnn.deterministic
 
     seen = []
-    hook = tiny.final_conv.conv.register_forward_pre_hook(lambda *_: seen.append(flags()))
+    hook = tiny_codec.final_conv.conv.register_forward_pre_hook(lambda *_: seen.append(flags()))
     saved = flags()
     try:
         cudnn.allow_tf32 = matmul.allow_tf32 = True
         cudnn.deterministic = False
         stream.step(stream.new_state(), random_codes(1, 1, seed=0))
-        offline(tiny, random_codes(1, 1, seed=0))
+        offline(tiny_codec, random_codes(1, 1, seed=0))
         assert flags() == (True, True, False)
     finally:
         hook.remove()
@@ -264,23 +256,23 @@ def test_step_and_offline_decode_run_strict_float32(tiny: CodecDecoder,
 # --- windowed mode ----------------------------------------------------------------------
 
 
-def test_windowed_is_exact_while_the_stream_fits_the_context(tiny: CodecDecoder) -> None:
+def test_windowed_is_exact_while_the_stream_fits_the_context(tiny_codec: CodecDecoder) -> None:
     codes = random_codes(1, 40, seed=40)
-    got = decode_in_packets(WindowedCodecDecoder(tiny, left_context=72), codes, 2)
-    assert max_diff(got, offline(tiny, codes)) <= EXACT
+    got = decode_in_packets(WindowedCodecDecoder(tiny_codec, left_context=72), codes, 2)
+    assert max_diff(got, offline(tiny_codec, codes)) <= EXACT
 
 
-def test_windowed_is_approximate_beyond_the_context(tiny: CodecDecoder) -> None:
+def test_windowed_is_approximate_beyond_the_context(tiny_codec: CodecDecoder) -> None:
     codes = random_codes(1, 100, seed=41)
-    ref = offline(tiny, codes)
-    err = {lc: max_diff(decode_in_packets(WindowedCodecDecoder(tiny, lc), codes, 2), ref)
+    ref = offline(tiny_codec, codes)
+    err = {lc: max_diff(decode_in_packets(WindowedCodecDecoder(tiny_codec, lc), codes, 2), ref)
            for lc in (0, 8, 72)}
     assert err[0] > 1e-2 and err[8] > 1e-3  # too little context: clearly wrong
     assert err[72] < err[8]  # more context, smaller error
 
 
-def test_windowed_batch_mixes_history_lengths(tiny: CodecDecoder) -> None:
-    windowed = WindowedCodecDecoder(tiny, left_context=6)
+def test_windowed_batch_mixes_history_lengths(tiny_codec: CodecDecoder) -> None:
+    windowed = WindowedCodecDecoder(tiny_codec, left_context=6)
     codes = random_codes(2, 14, seed=14)
     states = [windowed.new_state(), windowed.new_state()]
     first = windowed.step(states[0], codes[:1, :, :4])  # stream 0 is 4 frames ahead
