@@ -29,7 +29,8 @@ import pytest
 
 from streamtalk_common.paths import cache_root
 from tts_engine.checkpoint import ensure_checkpoint
-from tts_engine.model.codec_decoder import CodecDecoder, build_random_codec_decoder
+from tts_engine.codec_checkpoint import build_random_codec_decoder
+from tts_engine.model.codec_decoder import CodecDecoder
 
 QUIET_IDLE_SHARE = 0.8  # of the CPUs' time over one second
 QUIET_WAIT_LIMIT_S = 90.0
