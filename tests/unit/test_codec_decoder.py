@@ -228,7 +228,7 @@ def test_writing_is_deterministic_per_seed(tmp_path: Path) -> None:
 
 
 def test_unknown_preset_lists_the_valid_ones(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="tiny_codec, mid, full"):
+    with pytest.raises(ValueError, match="tiny, mid, full"):
         write_speech_tokenizer(tmp_path, "0.6b")
 
 
