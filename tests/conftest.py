@@ -7,7 +7,9 @@ The folders:
   the Omni client, the LiveKit room) are the fakes in support/.
 - integration/: the real things on loopback: the tiny checkpoint's engine, the LiveKit
   server, the token server, the dev Omni backend, the agent worker, the official
-  implementation in the parity venv; their fixtures are in integration/conftest.py.
+  implementation in the parity venv; their fixtures are in integration/conftest.py. Also
+  what needs a process of its own for seconds: the Triton interpreter over the
+  batch-invariant kernels, malloc's arenas across threads.
 - gpu/: CUDA only (skipped elsewhere); scripts/gpu_bench.sh runs them with the GPU host's
   own packages, so they and this file import nothing of the voice stack (no livekit).
 - support/: what the tests import (`from support.infra import ...`) or run.
