@@ -16,7 +16,7 @@ config dataclass, and everything else (parsing, checking, the docs' table) comes
   `__post_init__` calls it, so flags and direct construction are checked too).
 - `KNOBS.markdown()`: the table of the docs. A doc holds it between `<!-- knobs: MODULE -->`
   and `<!-- /knobs -->`; `python -m streamtalk_common.knobs` rewrites every such table from
-  MODULE's `KNOBS`, `--check` lists the stale ones (tests/test_knobs.py runs it).
+  MODULE's `KNOBS`, `--check` lists the stale ones (tests/unit/test_knobs.py runs it).
 
 Every error is the table's ConfigError subclass and names the variable and what is valid.
 """
