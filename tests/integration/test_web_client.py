@@ -13,6 +13,8 @@ import asyncio
 import json
 import re
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,25 @@ async def run_until_error(browser_env: BrowserEnv, tmp_path: Path, base_url: str
 
 def _room() -> str:
     return "web-" + uuid.uuid4().hex[:8]
+
+
+@asynccontextmanager
+async def stand_in_agent(
+    livekit_server: LiveKitServer, identity: str, room: str, attributes: dict[str, str]
+) -> AsyncIterator[tuple[rtc.Room, asyncio.Event]]:
+    """A participant of kind agent, named as the agent worker names itself, in `room` with
+    `attributes` set; yields it and an event set once it hears the page's microphone."""
+    bot = rtc.Room()
+    page_mic = asyncio.Event()
+    bot.on("track_subscribed", lambda *_: page_mic.set())
+    token = livekit_server.token(identity, room, kind="agent", name="streamtalk",
+                                 can_update_own_metadata=True)
+    await asyncio.wait_for(bot.connect(livekit_server.url, token), 20)
+    try:
+        await bot.local_participant.set_attributes(attributes)
+        yield bot, page_mic
+    finally:
+        await bot.disconnect()
 
 
 async def test_page_talks_to_a_bot_and_measures_latency(
@@ -181,18 +202,11 @@ async def test_page_shows_agent_name_paused_state_backend_and_turn_latency(
     the agent publishes: a paused reply, a backend that is down and two turns' latency
     breakdowns on their data topic (after two packets the page must ignore)."""
     room = _room()
-    bot = rtc.Room()
-    page_mic = asyncio.Event()
-    bot.on("track_subscribed", lambda *_: page_mic.set())
-    token = livekit_server.token("agent-AJ_web", room, kind="agent", name="streamtalk",
-                                 can_update_own_metadata=True)
-    await asyncio.wait_for(bot.connect(livekit_server.url, token), 20)
     turns = [LatencyBreakdown(turn=1, stt_ms=561.2, llm_ms=48.0, tts_ms=97.4, publish_ms=1.3),
              LatencyBreakdown(turn=2, stt_ms=402.0, llm_ms=55.5, tts_ms=80.0, publish_ms=2.0)]
-    try:
-        await bot.local_participant.set_attributes({
+    async with stand_in_agent(livekit_server, "agent-AJ_web", room, {
             "lk.agent.state": "speaking", "streamtalk.duplex": "PAUSED",
-            "streamtalk.backend": "down: stt: connection refused"})
+            "streamtalk.backend": "down: stt: connection refused"}) as (bot, page_mic):
         driver = asyncio.ensure_future(run_web_driver(
             browser_env, tmp_path, url=f"{token_server.base_url}/", room=room,
             fakeAudioWav=str(make_speech_wav("hello", sample_rate=48000)),
@@ -206,8 +220,6 @@ async def test_page_shows_agent_name_paused_state_backend_and_turn_latency(
         for payload in [*bad, *(t.to_json().encode() for t in turns)]:
             await bot.local_participant.publish_data(payload, reliable=True, topic=LATENCY_TOPIC)
         result = await driver
-    finally:
-        await bot.disconnect()
     snap, ui = result.get("snapshot") or {}, result.get("ui") or {}
     assert result["ok"], (result.get("reason"), ui, result.get("console"))
     assert snap["agentIdentity"] == "agent-AJ_web" and ui["agent-name"] == "streamtalk"
@@ -234,16 +246,10 @@ async def test_page_shows_a_busy_voice_until_the_agent_has_room_again(
     """The agent's TTS engine has no room (`busy: tts: ...`): the page says so in its notice,
     then the notice goes once the agent publishes `ok`."""
     room = _room()
-    bot = rtc.Room()
-    page_mic = asyncio.Event()
-    bot.on("track_subscribed", lambda *_: page_mic.set())
-    token = livekit_server.token("agent-AJ_busy", room, kind="agent", name="streamtalk",
-                                 can_update_own_metadata=True)
-    await asyncio.wait_for(bot.connect(livekit_server.url, token), 20)
-    try:
-        await bot.local_participant.set_attributes({
+    async with stand_in_agent(livekit_server, "agent-AJ_busy", room, {
             "streamtalk.duplex": "LISTENING",
-            "streamtalk.backend": "busy: tts: no capacity for 2 s (TTS_QUEUE_TIMEOUT_S)"})
+            "streamtalk.backend": "busy: tts: no capacity for 2 s (TTS_QUEUE_TIMEOUT_S)"}
+            ) as (bot, page_mic):
         driver = asyncio.ensure_future(run_web_driver(
             browser_env, tmp_path, url=f"{token_server.base_url}/", room=room,
             fakeAudioWav=str(make_speech_wav("hello", sample_rate=48000)),
@@ -252,8 +258,6 @@ async def test_page_shows_a_busy_voice_until_the_agent_has_room_again(
         await asyncio.sleep(1.0)
         await bot.local_participant.set_attributes({"streamtalk.backend": "ok"})
         result = await driver
-    finally:
-        await bot.disconnect()
     snap, ui = result.get("snapshot") or {}, result.get("ui") or {}
     assert result["ok"], (result.get("reason"), ui, result.get("console"))
     busy = [n for n in snap["notices"] if "busy" in n]
