@@ -137,7 +137,7 @@ class AgentConfig:
     max_endpointing_s: float = knob("MAX_ENDPOINTING", 1.2,
                                     "the delay when the model says the user is mid-thought (s); "
                                     "not below `MIN_ENDPOINTING`", lo=0.1, hi=30)
-    min_interruption_s: float = knob("AGENT_MIN_INTERRUPTION_S", 0.15,
+    min_interruption_s: float = knob("AGENT_MIN_INTERRUPTION_S", 0.06,
                                      "speech over the agent needed to pause it (s)", lo=0.05, hi=5)
     min_interruption_words: int = knob("AGENT_MIN_INTERRUPTION_WORDS", 0,
                                        "words the STT must have recognised before speech over "

@@ -64,7 +64,7 @@ def test_config_defaults_are_the_seed_values() -> None:
     assert (c.llm_max_tokens, c.llm_temperature, c.enable_continuation) == (150, 0.3, True)
     assert (c.tts_speaker, c.tts_language, c.tts_frame_ms) == ("serena", "auto", 20)
     assert (c.turn_detection, c.vad_silence_ms, c.min_endpointing_s) == ("model", 250, 0.3)
-    assert (c.min_interruption_s, c.min_interruption_words) == (0.15, 0)
+    assert (c.min_interruption_s, c.min_interruption_words) == (0.06, 0)
     assert c.aec_warmup_s == 0.0
 
 

@@ -99,7 +99,7 @@ def test_model_rooms_get_the_local_detector_and_dynamic_endpointing() -> None:
     assert options["endpointing"] == {"mode": "dynamic", "min_delay": 0.4, "max_delay": 2.5}
     interruption = options["interruption"]
     assert interruption["mode"] == "vad"  # "adaptive" would call LiveKit Cloud
-    assert (interruption["min_duration"], interruption["min_words"]) == (0.15, 1)
+    assert (interruption["min_duration"], interruption["min_words"]) == (0.06, 1)
     assert interruption["resume_false_interruption"] is True
     assert options["preemptive_generation"] == {"enabled": False}
 
