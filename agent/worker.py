@@ -18,6 +18,8 @@
 - Memory: glibc's malloc arenas are capped (AGENT_MALLOC_ARENA_MAX) before any thread
   starts, and malloc's free pages go back to the system when a room ends
   (agent/allocator.py); AGENT_HEAP_REPORT_S logs where the memory is (agent/heap_report.py).
+- The LiveKit SDK's native client is created on the main thread before the worker
+  registers (`create_livekit_client`), not by the first rooms' threads at once.
 - Drain: on SIGTERM the framework marks the worker full (LiveKit sends it no new
   job) and waits up to AGENT_DRAIN_TIMEOUT_S for its jobs to end; each room sees
   `draining()` and leaves between turns (agent/drain.py), so the process exits
@@ -56,6 +58,17 @@ def config() -> AgentConfig:
     if _config is None:
         _config = AgentConfig.from_env()
     return _config
+
+
+def create_livekit_client() -> None:
+    """Create the LiveKit SDK's process-wide native client now. The SDK creates it on first
+    use, without a lock; on the thread executor the first two rooms of a fresh worker, started
+    in the same moment, each created one. Events go to the last one made, so the room that had
+    subscribed to the other never got its connect callback: its connect hung, and 15 s later
+    the SDK's panic (SIGTERM) took the whole worker down (docs/RELIABILITY.md)."""
+    from livekit.rtc._ffi_client import FfiClient  # the SDK offers no public way to do this
+
+    FfiClient.instance  # noqa: B018  (the property creates the client)
 
 
 def prewarm(proc: JobProcess) -> None:
@@ -172,6 +185,7 @@ def main(argv: list[str] | None = None) -> Any:
             return 1
         finally:
             root.removeHandler(handler)
+        create_livekit_client()
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     if _config.heap_report_s:
