@@ -442,13 +442,15 @@ async def _client_loop(session, url: str, length: str, deadline: float, results:
 
 async def _one_request(session, url: str, body: dict, frames: int) -> dict:
     """One /tts/stream request: client TTFB, wall, audio and underruns (a chunk that arrives
-    after its playback time, playback starting 150 ms after the first chunk), plus the
+    after its playback time, playback starting 150 ms after the first chunk; the first late
+    chunk's place in the audio, s, tells a young stream's stall from a later one), plus the
     server's own metrics of it (TTFA, queue wait). The client hangs up after `frames` frames
     of audio: a benchmark checkpoint never ends a reply by itself, so this sets its length."""
     t0 = time.perf_counter()
     first = None
     size = 0
     underruns = 0
+    first_late_s = None
     async with session.post(url + "/tts/stream", json=body) as r:
         if r.status != 200:
             await r.read()
@@ -460,6 +462,8 @@ async def _one_request(session, url: str, body: dict, frames: int) -> dict:
                 first = now
             elif now > first + PLAYOUT_BUFFER_S + size / PCM_BYTES_PER_S:
                 underruns += 1
+                if first_late_s is None:
+                    first_late_s = size / PCM_BYTES_PER_S
             size += len(chunk)
             if size >= frames * SAMPLES_PER_FRAME * PCM16_BYTES:
                 break
@@ -467,7 +471,8 @@ async def _one_request(session, url: str, body: dict, frames: int) -> dict:
     server = await _server_metrics(session, url, request_id)
     return {"ttfb_ms": ((first or t0 + wall) - t0) * 1000, "wall_s": wall,
             "audio_s": size / PCM_BYTES_PER_S, "underruns": underruns,
-            "server_ttfa_ms": server.get("ttfa_ms"), "queue_wait_ms": server.get("queue_wait_ms")}
+            "first_underrun_at_s": first_late_s, "server_ttfa_ms": server.get("ttfa_ms"),
+            "queue_wait_ms": server.get("queue_wait_ms")}
 
 
 async def _server_metrics(session, url: str, request_id: str) -> dict:
@@ -575,6 +580,7 @@ async def _measured(url: str, duration: float, load, results: list[dict]) -> dic
     ttfa = [r["server_ttfa_ms"] for r in ok if r["server_ttfa_ms"] is not None]
     wait = [r["queue_wait_ms"] for r in ok if r["queue_wait_ms"] is not None]
     rtf = [r["wall_s"] / r["audio_s"] for r in ok if r["audio_s"]]
+    late = [r["first_underrun_at_s"] for r in ok if r["first_underrun_at_s"] is not None]
     return {"requests": len(ok), "rejected": len(results) - len(ok),
             "audio_s_per_s": sum(r["audio_s"] for r in ok) / wall, "ttfb_ms_p50": pct(ttfb, 50),
             "ttfb_ms_p95": pct(ttfb, 95), "ttfb_ms_p99": pct(ttfb, 99),
@@ -583,6 +589,8 @@ async def _measured(url: str, duration: float, load, results: list[dict]) -> dic
             "queue_wait_ms_p95": pct(wait, 95), "rtf_p50": pct(rtf, 50), "rtf_p95": pct(rtf, 95),
             "underruns": sum(r["underruns"] for r in ok),
             "streams_with_underruns": sum(1 for r in ok if r["underruns"]),
+            "first_underrun_at_s_p50": pct(late, 50),
+            "first_underrun_at_s_max": max(late, default=float("nan")),
             **engine_means(before, after),
             "capacity_min": min(capacities), "capacity_end": after["tts_engine_capacity_streams"],
             "gpu_memory_peak_mib": after["tts_engine_gpu_memory_peak_mib"]}

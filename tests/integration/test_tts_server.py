@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import io
 import json
+import math
 import time
 from typing import Any
 
@@ -111,6 +112,10 @@ async def test_a_throughput_level_records_the_engines_capacity(tts_server):
     assert row["requests"] >= 2 and row["rejected"] == 0
     assert row["capacity_min"] == row["capacity_end"] == ready["capacity"] == ready["rows"]
     assert row["mean_group"] >= 1 and row["step_period_ms"] > 0
+    # where in its audio a stream first ran late: only streams that did count
+    late = row["first_underrun_at_s_p50"]
+    assert math.isnan(late) == (row["streams_with_underruns"] == 0), row
+    assert math.isnan(late) or 0 <= late <= row["first_underrun_at_s_max"], row
 
 
 async def test_first_bytes_arrive_before_generation_ends(tts_server):
