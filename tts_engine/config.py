@@ -83,11 +83,14 @@ class EngineConfig:
     max_active_streams: int = knob("TTS_MAX_ACTIVE_STREAMS", 0,
                                    "hand cap on streams in the batch "
                                    "(0 = the measured real-time capacity)", lo=0)
-    admission: str = knob("TTS_ADMISSION", "realtime",
-                          "realtime (admit while every stream stays real time at the measured "
-                          "step times), rows (fill every row; streams may fall behind: offline "
-                          "batch work)",
-                          choices=("realtime", "rows"))
+    admission: str = knob("TTS_ADMISSION", "auto",
+                          "auto = realtime on CUDA, rows on a CPU; realtime (admit while every "
+                          "stream stays real time at the measured step times), rows (fill "
+                          "every row; streams may fall behind: offline batch work, and a CPU, "
+                          "whose steps slow down whenever the STT or LLM beside the engine "
+                          "runs, so that a capacity measured there refuses replies it could "
+                          "speak)",
+                          choices=("auto", "realtime", "rows"))
     queue_timeout_s: float = knob("TTS_QUEUE_TIMEOUT_S", 2.0,
                                   "how long a request waits for room before 503 over_capacity",
                                   lo=0, lo_open=True, hi=600)
@@ -150,6 +153,12 @@ class EngineConfig:
         compiler and the compile costs more than it saves)."""
         return self.compile_steps == "1" or (self.compile_steps == "auto"
                                              and self.torch_device.type == "cuda")
+
+    @property
+    def realtime_admission(self) -> bool:
+        """TTS_ADMISSION resolved: `auto` gates admissions by real time on CUDA only."""
+        return self.admission == "realtime" or (self.admission == "auto"
+                                                and self.torch_device.type == "cuda")
 
     @property
     def sample_by_default(self) -> bool:

@@ -49,7 +49,10 @@ no stream can spare the time, the batch steps first (deadlines before
 newcomers).
 
 TTS_ADMISSION=rows admits until the rows are full instead: streams may then
-fall behind real time (offline batch work, tests of large batches on a CPU).
+fall behind real time (offline batch work, tests of large batches on a CPU). It is
+what `auto` means on a CPU: there the engine shares the cores with the STT and the
+LLM, each step slows down while they run, and a reply starts right after the STT, so
+a capacity learned from those steps refused replies the CPU could have spoken.
 """
 
 from __future__ import annotations

@@ -182,7 +182,7 @@ class TTSEngine:
         self.windowed = (WindowedCodecDecoder(self.model.decoder, config.left_context)
                          if config.decode_mode == "windowed" else None)
         self.admission = Admission(self.stepper.buckets, config.max_active_streams,
-                                   config.queue_timeout_s, realtime=config.admission == "realtime")
+                                   config.queue_timeout_s, realtime=config.realtime_admission)
         self._queued: deque[StreamSession] = deque()
         self._active: list[StreamSession] = []  # index = row
         self._admitting = 0  # taken from the queue, not yet in a row: the prefill runs unlocked
