@@ -81,15 +81,14 @@ class EngineConfig:
                               "talker positions per row (prompt + frames): "
                               "1024 holds about 75 s of speech", lo=64, hi=16384)
     max_active_streams: int = knob("TTS_MAX_ACTIVE_STREAMS", 0,
-                                   "hand cap on streams in the batch "
-                                   "(0 = the measured real-time capacity)", lo=0)
+                                   "hand cap on streams in the batch (0 = the measured "
+                                   "real-time capacity, or every row with rows admission)",
+                                   lo=0)
     admission: str = knob("TTS_ADMISSION", "auto",
-                          "auto = realtime on CUDA, rows on a CPU; realtime (admit while every "
-                          "stream stays real time at the measured step times), rows (fill "
-                          "every row; streams may fall behind: offline batch work, and a CPU, "
-                          "whose steps slow down whenever the STT or LLM beside the engine "
-                          "runs, so that a capacity measured there refuses replies it could "
-                          "speak)",
+                          "auto = realtime on CUDA, rows on a CPU (whose steps slow down "
+                          "whenever the STT or LLM beside the engine runs); realtime (admit "
+                          "while every stream stays real time at the measured step times), "
+                          "rows (fill every row; streams may fall behind)",
                           choices=("auto", "realtime", "rows"))
     queue_timeout_s: float = knob("TTS_QUEUE_TIMEOUT_S", 2.0,
                                   "how long a request waits for room before 503 over_capacity",

@@ -52,7 +52,8 @@ TTS_ADMISSION=rows admits until the rows are full instead: streams may then
 fall behind real time (offline batch work, tests of large batches on a CPU). It is
 what `auto` means on a CPU: there the engine shares the cores with the STT and the
 LLM, each step slows down while they run, and a reply starts right after the STT, so
-a capacity learned from those steps refused replies the CPU could have spoken.
+the capacity learned from those steps fell to 1 and refused a reply that the suite's
+short soak then spoke in full in rows mode (2026-12-05).
 """
 
 from __future__ import annotations
