@@ -15,9 +15,10 @@
                  weights, rows, graphs, workspace, reserved and its peak
     throughput   against a running server: a concurrency ladder (closed loop), or with --rate
                  Poisson arrivals (open loop, mixed reply lengths); audio s/s, client TTFB and
-                 server TTFA P50/P95/P99, RTF, underruns, 503 refusals, the engine's mean step
-                 period, device ms, hand-over ms and batch, its mean admission and group, its
-                 capacity (lowest during the level, and at its end; from /metrics), peak GPU memory
+                 server TTFA P50/P95/P99, RTF, underruns (client and engine side), 503
+                 refusals, the engine's mean step period, device ms, hand-over ms and batch,
+                 its mean admission (and its prompts' part) and group, its capacity (lowest
+                 during the level, and at its end; from /metrics), peak GPU memory
     cancel       1000 cancel rounds at concurrency 16: cancel latency P95, leaked sessions,
                  GPU memory
     divergence   default mode: share of streams whose codes differ from their solo run, and from
@@ -444,8 +445,10 @@ async def _one_request(session, url: str, body: dict, frames: int) -> dict:
     """One /tts/stream request: client TTFB, wall, audio and underruns (a chunk that arrives
     after its playback time, playback starting 150 ms after the first chunk; the first late
     chunk's place in the audio, s, tells a young stream's stall from a later one), plus the
-    server's own metrics of it (TTFA, queue wait). The client hangs up after `frames` frames
-    of audio: a benchmark checkpoint never ends a reply by itself, so this sets its length."""
+    server's own metrics of it (TTFA, queue wait, and its underruns: packets the engine made
+    after their playback time, so the rest were late on the way to the client). The client
+    hangs up after `frames` frames of audio: a benchmark checkpoint never ends a reply by
+    itself, so this sets its length."""
     t0 = time.perf_counter()
     first = None
     size = 0
@@ -472,7 +475,8 @@ async def _one_request(session, url: str, body: dict, frames: int) -> dict:
     return {"ttfb_ms": ((first or t0 + wall) - t0) * 1000, "wall_s": wall,
             "audio_s": size / PCM_BYTES_PER_S, "underruns": underruns,
             "first_underrun_at_s": first_late_s, "server_ttfa_ms": server.get("ttfa_ms"),
-            "queue_wait_ms": server.get("queue_wait_ms")}
+            "queue_wait_ms": server.get("queue_wait_ms"),
+            "server_underruns": server.get("underruns", 0)}
 
 
 async def _server_metrics(session, url: str, request_id: str) -> dict:
@@ -501,7 +505,8 @@ ENGINE_SUMS = {
                          "settle_ms": "tts_engine_step_settle_ms_sum",
                          "mean_batch": "tts_engine_step_rows_sum"},
     "tts_engine_admissions": {"admission_ms": "tts_engine_admission_ms_sum",
-                              "mean_group": "tts_engine_admitted_sum"},
+                              "mean_group": "tts_engine_admitted_sum",
+                              "admission_prompt_ms": "tts_engine_admission_prompt_ms_sum"},
 }
 CAPACITY_POLL_S = 1.0  # how often a throughput level reads the engine's capacity
 
@@ -509,8 +514,8 @@ CAPACITY_POLL_S = 1.0  # how often a throughput level reads the engine's capacit
 def engine_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """The engine's steps and admissions between two readings of its gauges: per step the
     mean period (launch to landed, admissions and freed rows aside), device ms, hand-over
-    ms, ms freeing rows between steps and batch; per admission its ms and newcomers (NaN
-    without one)."""
+    ms, ms freeing rows between steps and batch; per admission its ms, of them the prompts'
+    ms, and newcomers (NaN without one)."""
     means = {}
     for count, sums in ENGINE_SUMS.items():
         n = after[count] - before[count]
@@ -589,6 +594,7 @@ async def _measured(url: str, duration: float, load, results: list[dict]) -> dic
             "queue_wait_ms_p95": pct(wait, 95), "rtf_p50": pct(rtf, 50), "rtf_p95": pct(rtf, 95),
             "underruns": sum(r["underruns"] for r in ok),
             "streams_with_underruns": sum(1 for r in ok if r["underruns"]),
+            "server_underruns": sum(r["server_underruns"] for r in ok),
             "first_underrun_at_s_p50": pct(late, 50),
             "first_underrun_at_s_max": pct(late, 100),
             **engine_means(before, after),

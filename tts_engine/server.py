@@ -101,6 +101,8 @@ ENGINE_GAUGES = (  # TTSEngine.stats() key, metric, help
      "streams admitted since start (over tts_engine_admissions: the mean group)"),
     ("admission_ms_sum", "tts_engine_admission_ms_sum",
      "time since start the batch waited for admissions (prompts and prefills)"),
+    ("admission_prompt_ms_sum", "tts_engine_admission_prompt_ms_sum",
+     "of tts_engine_admission_ms_sum, the time building the newcomers' prompts on the host"),
     ("step_slowdown", "tts_engine_step_slowdown",
      "real step periods over their start-up calibration (median of the recent steps); "
      "tts_engine_step_predicted_ms = calibration x this"),

@@ -108,13 +108,15 @@ class StepTotals:
     admissions: int = 0
     admitted: int = 0  # newcomers admitted (over admissions: the mean group)
     admission_ms: float = 0.0  # their prompts and prefills, the batch waiting
+    admission_prompt_ms: float = 0.0  # of which building the prompts on the host
 
     def report(self) -> dict[str, float]:
         return {"steps": self.steps, "step_rows_sum": self.rows,
                 "step_period_ms_sum": self.period_ms, "step_device_ms_sum": self.device_ms,
                 "step_hand_over_ms_sum": self.hand_over_ms, "step_settle_ms_sum": self.settle_ms,
                 "admissions": self.admissions, "admitted_sum": self.admitted,
-                "admission_ms_sum": self.admission_ms}
+                "admission_ms_sum": self.admission_ms,
+                "admission_prompt_ms_sum": self.admission_prompt_ms}
 
 
 @dataclass
@@ -492,6 +494,7 @@ class TTSEngine:
         if not joining:
             return
         first_row = len(self._active)
+        prompts_built = time.perf_counter()
         self.stepper.prefill(first_row, [start_ for _, start_ in joining])
         # the device's prefill is over here: it ends with copies from the host, which wait for it
         ms = (time.perf_counter() - start) * 1000
@@ -500,6 +503,7 @@ class TTSEngine:
         totals.admissions += 1
         totals.admitted += len(sessions)
         totals.admission_ms += ms
+        totals.admission_prompt_ms += (prompts_built - start) * 1000
         for i, (s, row_start) in enumerate(joining):
             s.row, s.position = first_row + i, row_start.start_position
             s.metrics.graph_stats = {"codegen_graph_used": self.stepper.graphed,
