@@ -190,6 +190,12 @@ class AgentConfig:
                                  "freed memory each (docs/RELIABILITY.md, \"Stress and soak\"); "
                                  "`0` = glibc's default (8 per core, or `MALLOC_ARENA_MAX`)",
                                  lo=0, hi=1024)
+    recycle_growth_mib: int = knob("AGENT_RECYCLE_GROWTH_MIB", 1024,
+                                   "once the worker's resident memory has grown this much since "
+                                   "it was ready, it exits at its first moment without rooms "
+                                   "and its supervisor starts a fresh one; at twice this it "
+                                   "drains as on SIGTERM (`agent/recycle.py`); `0` = never",
+                                   lo=0, hi=1_048_576)
     heap_report_s: float = knob("AGENT_HEAP_REPORT_S", 0.0,
                                 "diagnostics: log a memory report this often (`streamtalk.heap`, "
                                 "`agent/heap_report.py`): RSS, malloc in use / freed but kept / "

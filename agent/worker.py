@@ -24,11 +24,17 @@
   job) and waits up to AGENT_DRAIN_TIMEOUT_S for its jobs to end; each room sees
   `draining()` and leaves between turns (agent/drain.py), so the process exits
   once the replies being spoken are finished. A second SIGTERM exits at once.
+- Recycling: the worker notes its RSS once ready; after each room, once it has grown by
+  AGENT_RECYCLE_GROWTH_MIB, it takes no new room and, at its first moment without rooms,
+  exits with RECYCLE_EXIT_CODE through that same drain, for its supervisor to start a fresh
+  one; at twice that growth with rooms open it drains them (agent/recycle.py).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 import threading
 from typing import Any
@@ -39,10 +45,11 @@ from prometheus_client import REGISTRY
 from streamtalk_common.room_protocol import WORKER_ATTRIBUTE
 
 from . import engine_service
-from .allocator import limit_arenas, release_free_memory
+from .allocator import limit_arenas, release_free_memory, rss_bytes
 from .config import AgentConfig, AgentConfigError
 from .heap_report import HeapReport
 from .load import LoadCollector, WorkerLoad
+from .recycle import MIB, RecyclePolicy, Verdict
 from .room_agent import RoomAgent
 
 log = logging.getLogger("streamtalk.agent")
@@ -51,6 +58,11 @@ _config: AgentConfig | None = None
 _server: AgentServer | None = None
 _rooms_lock = threading.Lock()
 _rooms: set[str] = set()  # job ids accepted and not yet finished
+_rooms_served = 0
+_recycle: RecyclePolicy | None = None  # set once the worker is ready
+_recycling = False  # leaving service for a fresh worker: no new room
+# EX_TEMPFAIL: the supervisor starts a fresh worker (supervisord.conf counts it as expected)
+RECYCLE_EXIT_CODE = 75
 
 
 def config() -> AgentConfig:
@@ -85,14 +97,17 @@ def draining() -> bool:
 async def on_request(req: JobRequest) -> None:
     cfg = config()
     with _rooms_lock:
-        if len(_rooms) >= cfg.max_rooms:
+        if _recycling:
+            full = True
+        elif len(_rooms) >= cfg.max_rooms:
             full = True
         else:
             full = False
             _rooms.add(req.id)
     if full:
-        log.warning("declining room %s: this worker already serves %d rooms (AGENT_MAX_ROOMS)",
-                    req.room.name, cfg.max_rooms)
+        why = ("it is being recycled" if _recycling
+               else f"it already serves {cfg.max_rooms} rooms (AGENT_MAX_ROOMS)")
+        log.warning("declining room %s: %s", req.room.name, why)
         await req.reject(terminate=False)
         return
     await req.accept(name="streamtalk",
@@ -104,14 +119,17 @@ async def entrypoint(ctx: JobContext) -> None:
     room_agent = RoomAgent(ctx, services, config(), draining=draining)
 
     async def release(reason: str) -> None:
+        global _rooms_served
         try:
             await room_agent.cleanup(reason)
         finally:
             with _rooms_lock:
                 _rooms.discard(ctx.job.id)
+                _rooms_served += 1
             released, ms = release_free_memory()
             log.info("room %s: malloc gave %.1f MiB of freed memory back to the system (%.1f ms)",
                      ctx.room.name, released / 2**20, ms)
+            check_recycle()
 
     ctx.add_shutdown_callback(release)
     try:
@@ -120,6 +138,29 @@ async def entrypoint(ctx: JobContext) -> None:
         log.exception("room %s: the agent could not start", ctx.room.name)
         await release("start failed")
         raise
+
+
+def check_recycle() -> None:
+    """After a room ended: leave service once grown too much (agent/recycle.py). Leaving is
+    the SIGTERM drain, started by signalling this process: no new room, rooms leave between
+    turns (none open when idle), then the process exits."""
+    global _recycling
+    if _recycle is None or _recycling or draining():
+        return
+    rss = rss_bytes()
+    with _rooms_lock:  # decided with the rooms held, so that on_request adds none after
+        verdict = _recycle.verdict(rss, len(_rooms))
+        if verdict is Verdict.KEEP:
+            return
+        _recycling = True
+        rooms_open, served = len(_rooms), _rooms_served
+    what = ("no room open: exiting for a fresh worker" if verdict is Verdict.RECYCLE else
+            f"{rooms_open} rooms open at twice that growth: draining them, then exiting")
+    log.warning("recycling: RSS %.0f -> %.0f MiB since ready, grown %.0f MiB "
+                "(AGENT_RECYCLE_GROWTH_MIB=%d) after %d rooms served; %s",
+                _recycle.baseline_bytes / MIB, rss / MIB, _recycle.growth(rss),
+                _recycle.growth_mib, served, what)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def room_count() -> int:
@@ -178,17 +219,32 @@ def main(argv: list[str] | None = None) -> Any:
         root.addHandler(handler)
         root.setLevel(min(root.level, logging.INFO) if root.level else logging.INFO)
         try:
-            engine_service.get_services(_config)  # before registering: no room waits for a load
-        except Exception as exc:
-            log.exception("cannot load the TTS engine / VAD")
-            print(f"agent: cannot start: {exc}", file=sys.stderr)
-            return 1
+            try:
+                engine_service.get_services(_config)  # before registering: no room waits
+            except Exception as exc:
+                log.exception("cannot load the TTS engine / VAD")
+                print(f"agent: cannot start: {exc}", file=sys.stderr)
+                return 1
+            create_livekit_client()
+            if _config.recycle_growth_mib:  # ready: the engine is loaded and warm
+                arm_recycle(_config.recycle_growth_mib)
         finally:
             root.removeHandler(handler)
-        create_livekit_client()
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     if _config.heap_report_s:
         HeapReport(room_count, _config.heap_report_s, _config.tracemalloc_frames).start()
-    cli.run_app(build_server(_config))
-    return 0
+    try:
+        cli.run_app(build_server(_config))
+    except SystemExit as done:  # the CLI exits by itself once the worker has shut down
+        if done.code not in (None, 0) or not _recycling:
+            raise
+    return RECYCLE_EXIT_CODE if _recycling else 0
+
+
+def arm_recycle(growth_mib: int) -> None:
+    """Take the worker's RSS now, ready and warm, as the baseline of its growth."""
+    global _recycle
+    _recycle = RecyclePolicy(growth_mib, rss_bytes())
+    log.info("RSS %.0f MiB once ready; the worker is recycled after %d MiB more "
+             "(AGENT_RECYCLE_GROWTH_MIB)", _recycle.baseline_bytes / MIB, growth_mib)
