@@ -17,7 +17,9 @@
 #                 (only with STREAMTALK_TTS_SERVER=1)
 #   token_server  token API + web client    http://127.0.0.1:${TOKEN_SERVER_PORT:-3000}
 #   agent         the agent worker (AGENT_WORKERS=N: agent-1 .. agent-N, one per GPU;
-#                 scripts/agent_worker.sh, scripts/stack_layout.sh)
+#                 scripts/agent_worker.sh, scripts/stack_layout.sh); a worker that exits by
+#                 itself (recycled: AGENT_RECYCLE_GROWTH_MIB) is started again
+#                 (scripts/keep_running.sh), while status says it is not serving
 # each in its own process group, with pid files and logs in $STREAMTALK_OUTPUT/run/; what each
 # runs, with which arguments: streamtalk_common/stack.py (`python -m streamtalk_common.stack
 # show SERVICE [INDEX]` prints it; vLLM: scripts/run_llm_server.sh).
@@ -377,7 +379,8 @@ cmd_start() {
     # ---------------------------------------------------------------- AGENT WORKERS
     # Each registers as $LIVEKIT_AGENT_NAME with LiveKit and talks to $OMNI_BASE_URL, on its
     # own GPU where there are GPUs (scripts/agent_worker.sh). Its health endpoint answers
-    # once its TTS engine and VAD are loaded and warm.
+    # once its TTS engine and VAD are loaded and warm. keep_running.sh starts it again when
+    # it exits by itself (a recycle, or a crash after it served).
     export AGENT_WORKERS AGENT_HTTP_PORT AGENT_METRICS_PORT
     local i
     for ((i = 1; i <= AGENT_WORKERS; i++)); do
@@ -388,6 +391,7 @@ cmd_start() {
                 || require_port "$name" tcp 127.0.0.1 "$(agent_metrics_port "$i")" AGENT_METRICS_PORT
         fi
         start_service "$name" "$(health_url "$name")" "$TTS_START_TIMEOUT_S" \
+            bash "$REPO_ROOT/scripts/keep_running.sh" "$name" \
             bash "$REPO_ROOT/scripts/agent_worker.sh" "$i"
     done
 
@@ -443,9 +447,10 @@ livekit_drain_state() {  # service
     fi
 }
 
-# A worker's load and its parts (its /metrics) and its GPU (its environment), for status.
+# A worker's load and its parts (its /metrics) and its GPU (the environment of its worker
+# process: the pid is keep_running.sh's), for status.
 worker_note() {  # name pid
-    local port gpu note="" metrics
+    local port gpu="" note="" metrics member
     port="$(agent_metrics_port "$(index_of "$1")")"
     if ((port)) && metrics="$(curl -fsS -m 2 "http://127.0.0.1:$port/metrics" 2>/dev/null)"; then
         note="$(awk '/^streamtalk_agent_/ { v[$1] = $2 } END {
@@ -453,7 +458,10 @@ worker_note() {  # name pid
                 v["streamtalk_agent_rooms"], v["streamtalk_agent_max_rooms"],
                 v["streamtalk_agent_engine_streams"], v["streamtalk_agent_engine_capacity"] }' <<<"$metrics")"
     fi
-    gpu="$(tr '\0' '\n' <"/proc/$2/environ" 2>/dev/null | sed -n 's/^CUDA_VISIBLE_DEVICES=//p')"
+    for member in $("$PY" -m streamtalk_common.service_procs members "$(service_tag "$1")" "$2"); do
+        gpu="$(tr '\0' '\n' <"/proc/$member/environ" 2>/dev/null | sed -n 's/^CUDA_VISIBLE_DEVICES=//p')"
+        [[ -z "$gpu" ]] || break
+    done
     echo "${note}${gpu:+GPU $gpu}${gpu:-CPU}"
 }
 

@@ -38,7 +38,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from streamtalk_common.gpu_assignment import assign, nvidia_smi_indices, visible_gpus
@@ -200,6 +200,13 @@ def agent_worker(name: str, *, http_port: int, metrics_port: int, livekit_url: s
     # the SIGKILL comes after the drain: each room finishes its turn, then leaves
     return Service(name, argv, {**settings, **env}, f"http://127.0.0.1:{http_port}/",
                    ready_line=REGISTERED_LINE, start_timeout_s=180, stop_grace_s=20)
+
+
+def kept_running(service: Service) -> Service:
+    """`service` under scripts/keep_running.sh: started again when it exits by itself (a
+    recycled agent worker at once), as start_all.sh runs its workers."""
+    keeper = ["bash", str(REPO_ROOT / "scripts" / "keep_running.sh"), service.name]
+    return replace(service, argv=[*keeper, *service.argv])
 
 
 def _local(host: str) -> str:  # where a service bound to `host` answers on this machine
