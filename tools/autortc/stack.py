@@ -50,8 +50,11 @@ def start(service: stack.Service, log_dir: Path, started: list[ServiceProcess]) 
 
 
 def start_stack(log_dir: Path, agent_output: Path, agent_env: dict[str, str] | None = None,
-                omni_env: dict[str, str] | None = None, nodes: int = 1, workers: int = 1) -> Stack:
+                omni_env: dict[str, str] | None = None, nodes: int = 1, workers: int = 1,
+                restart_agents: bool = False) -> Stack:
     """LiveKit server(s) + dev backend + agent worker(s); raises with the log tail on failure.
+    With `restart_agents` a worker that exits by itself (recycled) is started again, as
+    start_all.sh does (`kept_running`).
     With `nodes` > 1 the nodes share rooms and workers through a Redis; worker i registers
     with node i mod `nodes` as `agent-<i+1>` (one worker: `agent`), all under one agent name
     and writing to one `agent_output`. With AUTORTC_TTS_DEVICE other than cpu, worker i runs
@@ -106,6 +109,8 @@ def start_stack(log_dir: Path, agent_output: Path, agent_env: dict[str, str] | N
                 "agent" if workers == 1 else f"agent-{i + 1}", http_port=free_port(),
                 metrics_port=free_port(), livekit_url=urls[i % nodes], gpu=gpus[i],
                 log_level="INFO", **settings)
+            if restart_agents:
+                worker = stack.kept_running(worker)
             agents.append(start(worker, log_dir, services))
         for agent in agents:  # loading side by side
             agent.wait_healthy()

@@ -98,9 +98,18 @@ def rows_of(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             if v.get("exited"):
                 rows.append((f"  {name}", "FAIL", "exited during the soak"))
                 continue
+            lives = v["lifetimes"]
+            restarted = (f"; {len(lives)} process lifetimes, RSS "
+                         + ", ".join(f"{r['rss_mib_start']} -> {r['rss_mib_end']}" for r in lives)
+                         + " MiB, steepest lifetime slope") if len(lives) > 1 else ", slope"
+            gaps = [r["registered_after_s"] for r in v.get("restarts", [])]
             rows.append((f"  {name}", "PASS" if v["ok"] else "FAIL",
-                         f"RSS {v['rss_mib_start']} -> {v['rss_mib_end']} MiB, slope "
-                         f"{v['rss_slope_mib_per_min']} MiB/min; fds {v['fds_idle_before']} -> "
+                         f"RSS {v['rss_mib_start']} -> {v['rss_mib_end']} MiB (peak "
+                         f"{v['rss_mib_peak']}){restarted} "
+                         f"{v['rss_slope_mib_per_min']} MiB/min; "
+                         + (f"{len(gaps)} restarts, exit -> next registered {gaps} s; "
+                            if gaps else "")
+                         + f"fds {v['fds_idle_before']} -> "
                          f"{v['fds_idle_after']} (max {v['fds_max']}); "
                          f"threads {v['threads_idle_before']} -> {v['threads_idle_after']} "
                          f"(max {v['threads_max']})"))

@@ -20,9 +20,13 @@ for a token, as a browser would.
   for `duration_s`, while every service's process group is sampled (procstat.py).
   Two rounds of the same load run first (warm-up: pools, caches and allocator
   arenas fill). The verdict: resident memory grows by less than `rss_slope_max`
-  MiB/min (least squares over the loaded samples), and once the conversations are
-  over and their rooms closed, no service holds more file descriptors or threads
-  than it did after the warm-up, when it was just as idle.
+  MiB/min (least squares over the loaded samples of each process lifetime:
+  lifetimes.py), and once the conversations are over and their rooms closed, no
+  service holds more file descriptors or threads than it did after the warm-up, when
+  it was just as idle. The agent worker runs under scripts/keep_running.sh, as
+  start_all.sh runs it: a worker recycled (AGENT_RECYCLE_GROWTH_MIB, from the
+  environment) is replaced, and the result lists each lifetime and each restart with
+  the seconds until the next worker registered.
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ from tools.autortc.stack import Stack, start, start_stack
 from tools.omni_dev.config import DEFAULT_RESPONSES
 from tools.omni_dev.protocol import MAX_TOKENS_LIMIT
 
-from .procstat import Sample, sample_group, slope_per_min
+from . import lifetimes
+from .procstat import Sample, sample_group
 
 LONG_REPLY_KEYWORD = "essay"
 LONG_REPLY_CASE = {"id": "long_reply", "priority": "P0", "text": "Please read me the whole essay.",
@@ -100,7 +105,7 @@ def start_soak_stack(out: Path, reply_chars: int, progress) -> tuple[Stack, str]
     progress(f"starting the stack (logs in {out / 'logs'})")
     stack = start_stack(out / "logs", (out / "agent-output").resolve(),
                         agent_env={"LLM_MAX_TOKENS": str(MAX_TOKENS_LIMIT)},
-                        omni_env={"OMNI_DEV_RESPONSES": str(responses)})
+                        omni_env={"OMNI_DEV_RESPONSES": str(responses)}, restart_agents=True)
     try:
         port = free_port()
         token = services.token_server(
@@ -294,10 +299,13 @@ def run_soak(stack: Stack, token_url: str, duration_s: float, conversations: int
             continue
         times = [s.t - t0 for s in series]
         before, after = idle_before[name], idle_after[name]
+        runs = [lifetimes.summary(run, t0) for run in lifetimes.split(series)]
         services[name] = {
             "rss_mib_start": round(series[0].rss_mib, 1),
             "rss_mib_end": round(series[-1].rss_mib, 1),
-            "rss_slope_mib_per_min": round(slope_per_min(times, [s.rss_mib for s in series]), 3),
+            "rss_mib_peak": round(max(s.rss_mib for s in series), 1),
+            "rss_slope_mib_per_min": lifetimes.process_slope(runs),
+            "lifetimes": runs,
             "fds_idle_before": before.fds, "fds_idle_after": after.fds,
             "fds_max": max(s.fds for s in series),
             "threads_idle_before": before.threads, "threads_idle_after": after.threads,
@@ -306,6 +314,8 @@ def run_soak(stack: Stack, token_url: str, duration_s: float, conversations: int
                        for t, x in zip(times, series, strict=True)],
         }
         s = services[name]
+        if name.startswith("agent"):
+            s["restarts"] = lifetimes.restarts(_service(stack, name).log_text())
         s["ok"] = (s["rss_slope_mib_per_min"] < rss_slope_max and after.fds <= before.fds
                    and after.threads <= before.threads)
     failed = [r for r in warm + done if not r["ok"]]

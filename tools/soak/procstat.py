@@ -6,7 +6,9 @@ Each service of the stack runs in its own process group (its own session), so a
 group is the whole service: the agent worker with any helper process it spawns,
 LiveKit, the token server, the dev backend. A process that exits between listing
 and reading is skipped, and an exited one that is not reaped yet (a zombie) is
-not a member.
+not a member. A sample names the group leader's children too: a service run under
+scripts/keep_running.sh (the leader) has its worker process there, a new one after each
+restart (tools/soak/lifetimes.py).
 """
 
 from __future__ import annotations
@@ -28,13 +30,15 @@ class Sample:
     fds: int
     threads: int
     processes: int
+    children: frozenset[int] = frozenset()  # members whose parent is the group's leader
 
 
 def thread_count(pid: int | str = "self") -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
-def _group_members(pgid: int) -> list[int]:
+def _group_members(pgid: int) -> list[tuple[int, int]]:
+    """(pid, parent pid) of each live process of the group."""
     members = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -47,14 +51,15 @@ def _group_members(pgid: int) -> list[int]:
         # fields: state, parent, process group; a zombie (Z) has exited, its parent not
         # having reaped it yet: it holds nothing and must not keep a dead service "alive"
         if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(name))
+            members.append((int(name), int(fields[1])))
     return members
 
 
 def sample_group(pgid: int) -> Sample:
     """The group's summed RSS, fds and threads now; a group without processes is an error."""
     rss_pages = fds = threads = processes = 0
-    for pid in _group_members(pgid):
+    children = set()
+    for pid, parent in _group_members(pgid):
         try:
             with open(f"/proc/{pid}/statm") as f:
                 pages = int(f.read().split()[1])
@@ -64,9 +69,12 @@ def sample_group(pgid: int) -> Sample:
             continue
         rss_pages, fds, threads, processes = (rss_pages + pages, fds + n_fds,
                                               threads + n_threads, processes + 1)
+        if parent == pgid:
+            children.add(pid)
     if processes == 0:
         raise ProcessLookupError(f"process group {pgid} has no processes left")
-    return Sample(time.monotonic(), rss_pages * PAGE / MIB, fds, threads, processes)
+    return Sample(time.monotonic(), rss_pages * PAGE / MIB, fds, threads, processes,
+                  frozenset(children))
 
 
 def slope_per_min(times_s: list[float], values: list[float]) -> float:

@@ -1,0 +1,68 @@
+"""A worker that grew by AGENT_RECYCLE_GROWTH_MIB leaves service and is replaced, for real.
+
+The soak's stack (tools/soak/conversations.py): LiveKit, the dev Omni backend, the token
+server and the agent worker under scripts/keep_running.sh, as start_all.sh runs it. With a
+threshold of 1 MiB the worker has grown past it once its first conversation is over: it
+must exit (status 75) with no room open, keep_running.sh must start a fresh worker, and a
+conversation in a new room afterwards must be answered by that fresh process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from support.infra import LIVEKIT_BIN, require
+
+from tools.autortc.make_cases import load_cases
+from tools.soak import lifetimes
+from tools.soak.conversations import CONVERSATION_PAD_S, MINI_CASES, converse, start_soak_stack
+
+pytestmark = pytest.mark.timeout(300)
+
+RESTART_WAIT_S = 150.0  # exit, a fresh engine loaded and warm on 2 CPU cores, registration
+
+
+def pids_in_room(log_text: str, room: str) -> set[int]:
+    """The pids of the agent processes whose log lines name `room`."""
+    pids = set()
+    for line in log_text.splitlines():
+        if room in line and line.startswith("{"):
+            pid = json.loads(line).get("pid")
+            if pid is not None:
+                pids.add(pid)
+    return pids
+
+
+def test_a_grown_worker_recycles_when_idle_and_its_replacement_answers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    require(os.access(LIVEKIT_BIN, os.X_OK), f"LiveKit server missing at {LIVEKIT_BIN}")
+    require(shutil.which("espeak-ng") is not None, "espeak-ng missing")
+    monkeypatch.setenv("AGENT_RECYCLE_GROWTH_MIB", "1")
+    case = load_cases(MINI_CASES)[0]
+    stack, token_url = start_soak_stack(tmp_path, 1, print)
+    try:
+        agent = next(s for s in stack.services if s.name == "agent")
+        first = converse(stack, token_url, case, tmp_path / "first", CONVERSATION_PAD_S)
+        assert first["ok"], first
+
+        deadline = time.monotonic() + RESTART_WAIT_S
+        while not ((done := lifetimes.restarts(agent.log_text()))
+                   and done[0]["registered_after_s"] is not None):
+            assert agent.alive() and time.monotonic() < deadline, agent.log_tail(60)
+            time.sleep(1)
+        log_text = agent.log_text()
+        assert "recycling: RSS" in log_text and "no room open" in log_text, agent.log_tail(60)
+        assert [(r["status"], r["recycled"]) for r in done] == [(75, True)], done
+
+        second = converse(stack, token_url, case, tmp_path / "second", CONVERSATION_PAD_S)
+        assert second["ok"], second
+        log_text = agent.log_text()
+        old, new = pids_in_room(log_text, first["room"]), pids_in_room(log_text, second["room"])
+        assert len(old) == 1 and len(new) == 1 and old != new, (old, new)
+    finally:
+        stack.stop()
