@@ -68,3 +68,10 @@ def test_each_exit_gets_the_seconds_until_the_next_worker_registered() -> None:
         {"at": "2026-12-05T10:09:00.000Z", "status": 1, "up_s": 228, "recycled": False,
          "registered_after_s": None},
     ]
+
+
+def test_a_fresh_workers_loading_belongs_to_no_lifetime() -> None:
+    runs = lifetimes.split(sawtooth())
+    # the first worker registered before the samples began; the fresh one 15 s after its start
+    served = lifetimes.serving(runs, registered=[-600.0, 150.0])
+    assert [(run[0].t, run[-1].t, len(run)) for run in served] == [(0, 120, 25), (150, 255, 22)]

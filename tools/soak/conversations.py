@@ -299,7 +299,12 @@ def run_soak(stack: Stack, token_url: str, duration_s: float, conversations: int
             continue
         times = [s.t - t0 for s in series]
         before, after = idle_before[name], idle_after[name]
-        runs = [lifetimes.summary(run, t0) for run in lifetimes.split(series)]
+        log_text = _service(stack, name).log_text() if name.startswith("agent") else ""
+        # the registrations on the samples' clock (monotonic)
+        to_monotonic = time.monotonic() - time.time()
+        registered = [r.timestamp() + to_monotonic for r in lifetimes.registrations(log_text)]
+        runs = [lifetimes.summary(run, t0)
+                for run in lifetimes.serving(lifetimes.split(series), registered)]
         services[name] = {
             "rss_mib_start": round(series[0].rss_mib, 1),
             "rss_mib_end": round(series[-1].rss_mib, 1),
@@ -314,8 +319,8 @@ def run_soak(stack: Stack, token_url: str, duration_s: float, conversations: int
                        for t, x in zip(times, series, strict=True)],
         }
         s = services[name]
-        if name.startswith("agent"):
-            s["restarts"] = lifetimes.restarts(_service(stack, name).log_text())
+        if log_text:
+            s["restarts"] = lifetimes.restarts(log_text)
         s["ok"] = (s["rss_slope_mib_per_min"] < rss_slope_max and after.fds <= before.fds
                    and after.threads <= before.threads)
     failed = [r for r in warm + done if not r["ok"]]

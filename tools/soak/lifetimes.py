@@ -3,10 +3,11 @@
 A service run under scripts/keep_running.sh (the agent worker: a recycled worker exits and
 a fresh one starts) keeps its process group, but its worker process changes: the samples
 (procstat.py) name the group leader's children, and a new child starts a new lifetime.
-Samples with no child (after an exit, before the next start) belong to no lifetime. A
-service that runs all the soak in one process has one lifetime. Resident memory grows
-within a lifetime and falls at a restart, so the slope is taken per lifetime: the slope
-of a process, whatever the restarts bound.
+Samples with no child (after an exit, before the next start) belong to no lifetime, nor do
+a fresh worker's samples before it registered with LiveKit (it was loading its engine,
+not serving). A service that runs all the soak in one process has one lifetime. Resident
+memory grows within a lifetime and falls at a restart, so the slope is taken per
+lifetime: the slope of a process, whatever the restarts bound.
 
 The gap a user would see: the worker's log holds keep_running.sh's line when a worker
 exited, and the livekit-agents line "registered worker" when the next one was accepted by
@@ -44,6 +45,19 @@ def split(series: list[Sample]) -> list[list[Sample]]:
     return with_child if with_child and len(runs) > 1 else runs
 
 
+def serving(runs: list[list[Sample]], registered: list[float]) -> list[list[Sample]]:
+    """Each run from its worker's registration on (`registered`: on the samples' clock),
+    where the worker registered after the run began: it started during the soak."""
+    out = []
+    for run in runs:
+        started = [t for t in registered if run[0].t < t <= run[-1].t]
+        if started:
+            run = [s for s in run if s.t >= started[0]]
+        if run:
+            out.append(run)
+    return out
+
+
 def summary(run: list[Sample], t0: float) -> dict[str, Any]:
     times = [s.t - t0 for s in run]
     rss = [s.rss_mib for s in run]
@@ -66,20 +80,25 @@ def _when(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
-def restarts(log_text: str) -> list[dict[str, Any]]:
-    """Each exit keep_running.sh logged, with the seconds until the next worker registered
-    (None: none registered after it)."""
-    exits: list[dict[str, Any]] = []
-    registered: list[datetime] = []
+def registrations(log_text: str) -> list[datetime]:
+    """When each worker of the log registered with LiveKit (its livekit-agents JSON line)."""
+    registered = []
     for line in log_text.splitlines():
-        if m := EXIT_LINE.match(line):
-            exits.append({"at": m["at"], "status": int(m["status"]), "up_s": int(m["up"]),
-                          "recycled": int(m["status"]) == RECYCLE_STATUS})
-        elif REGISTERED_LINE in line and line.startswith("{"):
+        if REGISTERED_LINE in line and line.startswith("{"):
             try:
                 registered.append(_when(json.loads(line)["timestamp"]))
             except (ValueError, KeyError):
                 continue
+    return registered
+
+
+def restarts(log_text: str) -> list[dict[str, Any]]:
+    """Each exit keep_running.sh logged, with the seconds until the next worker registered
+    (None: none registered after it)."""
+    exits = [{"at": m["at"], "status": int(m["status"]), "up_s": int(m["up"]),
+              "recycled": int(m["status"]) == RECYCLE_STATUS}
+             for m in map(EXIT_LINE.match, log_text.splitlines()) if m]
+    registered = registrations(log_text)
     for e in exits:
         exited = _when(e["at"])
         later = [r for r in registered if r > exited]
