@@ -193,8 +193,9 @@ class AgentConfig:
     recycle_growth_mib: int = knob("AGENT_RECYCLE_GROWTH_MIB", 1024,
                                    "once the worker's resident memory has grown this much since "
                                    "it was ready, it exits at its first moment without rooms "
-                                   "and its supervisor starts a fresh one; at twice this it "
-                                   "drains as on SIGTERM (`agent/recycle.py`); `0` = never",
+                                   "and its supervisor starts a fresh one; at twice this with "
+                                   "rooms open it drains them as on SIGTERM "
+                                   "(`agent/recycle.py`); `0` = never",
                                    lo=0, hi=1_048_576)
     heap_report_s: float = knob("AGENT_HEAP_REPORT_S", 0.0,
                                 "diagnostics: log a memory report this often (`streamtalk.heap`, "

@@ -24,10 +24,10 @@
   job) and waits up to AGENT_DRAIN_TIMEOUT_S for its jobs to end; each room sees
   `draining()` and leaves between turns (agent/drain.py), so the process exits
   once the replies being spoken are finished. A second SIGTERM exits at once.
-- Recycling: the worker notes its RSS once ready; after each room, once it has grown by
-  AGENT_RECYCLE_GROWTH_MIB, it takes no new room and, at its first moment without rooms,
-  exits with RECYCLE_EXIT_CODE through that same drain, for its supervisor to start a fresh
-  one; at twice that growth with rooms open it drains them (agent/recycle.py).
+- Recycling: the worker notes its RSS once ready and checks it after each room. Grown by
+  AGENT_RECYCLE_GROWTH_MIB and without rooms, it takes no new room and exits with
+  RECYCLE_EXIT_CODE through that same drain, for its supervisor to start a fresh one; at
+  twice that growth with rooms open it drains them (agent/recycle.py).
 """
 
 from __future__ import annotations
