@@ -72,6 +72,16 @@ class Prompt:
 
 
 @torch.no_grad()
+def on_device(device: torch.device, values: list) -> torch.Tensor:
+    """Token ids as a tensor on `device`, sent without waiting for the device (from pinned
+    host memory): the engine builds prompts while a step runs (runtime/engine.py), and a
+    plain copy would wait for that step."""
+    ids = torch.tensor(values)
+    if device.type != "cuda":
+        return ids.to(device)
+    return ids.pin_memory().to(device, non_blocking=True)
+
+
 def build_prompt(talker: Talker, cfg: TTSModelConfig, ids: list[int],
                  speaker: str, language: str) -> Prompt:
     """ids: the tokenized assistant_text(text); speaker/language already resolved."""
@@ -79,13 +89,13 @@ def build_prompt(talker: Talker, cfg: TTSModelConfig, ids: list[int],
         raise InvalidText("text is empty after tokenization")
     t = cfg.talker
     device = talker.codec_head.weight.device
-    input_ids = torch.tensor([ids], device=device)
+    input_ids = on_device(device, [ids])
 
     def codec(tokens: list[int]) -> torch.Tensor:
-        return talker.embed_codec(torch.tensor([tokens], device=device))
+        return talker.embed_codec(on_device(device, [tokens]))
 
-    special = torch.tensor([[cfg.tts_bos_token_id, cfg.tts_eos_token_id, cfg.tts_pad_token_id]],
-                           device=device)
+    special = on_device(device, [[cfg.tts_bos_token_id, cfg.tts_eos_token_id,
+                                  cfg.tts_pad_token_id]])
     tts_bos, tts_eos, tts_pad = talker.embed_text(special).chunk(3, dim=1)  # 3 x [1, 1, C]
 
     lang_id = codec_language_id(cfg, speaker, language)
@@ -95,7 +105,7 @@ def build_prompt(talker: Talker, cfg: TTSModelConfig, ids: list[int],
         prefix = [t.codec_think_id, t.codec_think_bos_id, lang_id, t.codec_think_eos_id]
     codec_part = torch.cat(
         [codec(prefix),
-         talker.embed_codec(torch.tensor(t.speaker_ids[speaker], device=device)).view(1, 1, -1),
+         talker.embed_codec(on_device(device, t.speaker_ids[speaker])).view(1, 1, -1),
          codec([t.codec_pad_id, t.codec_bos_id])],
         dim=1,
     )  # [1, n, C]; its last position (codec_bos) is held back for the end

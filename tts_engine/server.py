@@ -102,7 +102,10 @@ ENGINE_GAUGES = (  # TTSEngine.stats() key, metric, help
     ("admission_ms_sum", "tts_engine_admission_ms_sum",
      "time since start the batch waited for admissions (prompts and prefills)"),
     ("admission_prompt_ms_sum", "tts_engine_admission_prompt_ms_sum",
-     "of tts_engine_admission_ms_sum, the time building the newcomers' prompts on the host"),
+     "of tts_engine_admission_ms_sum, the time building the newcomers' prompts on the host "
+     "(those not built ahead)"),
+    ("prompts_built_ahead", "tts_engine_prompts_built_ahead",
+     "newcomers' prompts built while a step ran on the device, before their admission"),
     ("step_slowdown", "tts_engine_step_slowdown",
      "real step periods over their start-up calibration (median of the recent steps); "
      "tts_engine_step_predicted_ms = calibration x this"),

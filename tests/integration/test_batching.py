@@ -14,7 +14,7 @@ import torch
 
 import tts_engine.runtime.session as session_module
 from tts_engine.config import EngineConfig
-from tts_engine.errors import EngineStartError, OverCapacity
+from tts_engine.errors import EngineStartError, InvalidText, OverCapacity
 from tts_engine.model.layers import KVCache
 from tts_engine.runtime import TTSEngine, load_codes
 from tts_engine.runtime.stepper import BatchStepper, RowStart
@@ -164,6 +164,45 @@ async def test_queue_then_refusal_under_a_hand_cap(tiny_model_dir):
         waits = sorted(m.queue_wait_ms for _, m in results)
         assert all(m.stop_reason == "eos" for _, m in results)
         assert waits[-1] > 100 and max(m.batch_max for _, m in results) == 2
+    finally:
+        eng.close()
+
+
+async def test_waiters_prompts_are_built_while_a_step_runs_and_admitted_unchanged(
+        tiny_model_dir, tmp_path, monkeypatch):
+    """With steps that run on the device after their launch (as on a GPU), the worker builds
+    the next waiters' prompts meanwhile; their admission uses those prompts, equal to ones
+    built there, and every stream stays exact. A waiter whose prompt fails (injected) is
+    refused at its admission, as before."""
+    eng = make_engine(tiny_model_dir, tmp_path, max_active_streams=2, queue_timeout_s=60)
+    overlapped(monkeypatch, eng)
+    monkeypatch.setattr(eng.stepper, "running", lambda: True)
+    admitted_prompts = {}
+    row_start, prompt = eng._row_start, eng.model.prompt
+
+    def recorded(s):  # noqa: ANN001, ANN202
+        admitted_prompts[s.request.text] = s.prompt
+        return row_start(s)
+
+    def failing(request):  # noqa: ANN001, ANN202
+        if request.text == TEXTS[3]:
+            raise InvalidText("injected")
+        return prompt(request)
+
+    monkeypatch.setattr(eng, "_row_start", recorded)
+    monkeypatch.setattr(eng.model, "prompt", failing)
+    try:
+        requests = [eng.make_request(t, sp) for t, sp in zip(TEXTS[:5], SPEAKERS, strict=False)]
+        handles = open_together(eng, requests)
+        results = await asyncio.gather(*[read_all(h) for h in handles[:3] + handles[4:]])
+        assert (await handles[3].closed()).stop_reason == "error"
+        for pcm, m in results:
+            assert m.stop_reason == "eos" and m.batch_max <= 2
+            assert_exact(eng, pcm, m)
+        ahead = [r for r in requests[2:] if admitted_prompts.get(r.text) is not None]
+        assert eng.stats()["prompts_built_ahead"] == len(ahead) >= 1
+        for r in ahead:
+            assert torch.equal(admitted_prompts[r.text].embeds, eng.model.prompt(r).embeds)
     finally:
         eng.close()
 

@@ -18,7 +18,10 @@ One worker thread owns every model call. Each turn of its loop:
    frames are complete (packetising, silence detection, metrics, hand-off to
    the consumer), so this host work overlaps the next step on the device. On a
    CPU, where a launch computes the whole step before it returns, they are sent
-   as soon as their step has landed instead.
+   as soon as their step has landed instead;
+5. while the step still runs, the next waiters' prompts are built (tokens and
+   embeddings, host work that would otherwise hold the batch in their
+   admission); on a CPU there is no such time.
 
 A stream that ends in 4 (silence, a failing hand-over) keeps its row while the
 step runs; that step's frame of it is dropped when the step lands, and the row
@@ -108,7 +111,8 @@ class StepTotals:
     admissions: int = 0
     admitted: int = 0  # newcomers admitted (over admissions: the mean group)
     admission_ms: float = 0.0  # their prompts and prefills, the batch waiting
-    admission_prompt_ms: float = 0.0  # of which building the prompts on the host
+    admission_prompt_ms: float = 0.0  # of which building the prompts not built ahead
+    prompts_ahead: int = 0  # prompts built while a step ran (no admission waited for them)
 
     def report(self) -> dict[str, float]:
         return {"steps": self.steps, "step_rows_sum": self.rows,
@@ -116,7 +120,8 @@ class StepTotals:
                 "step_hand_over_ms_sum": self.hand_over_ms, "step_settle_ms_sum": self.settle_ms,
                 "admissions": self.admissions, "admitted_sum": self.admitted,
                 "admission_ms_sum": self.admission_ms,
-                "admission_prompt_ms_sum": self.admission_prompt_ms}
+                "admission_prompt_ms_sum": self.admission_prompt_ms,
+                "prompts_built_ahead": self.prompts_ahead}
 
 
 @dataclass
@@ -426,6 +431,22 @@ class TTSEngine:
                 self._guarded(batch, self._launch, batch)
             if landed:  # 4: while the device runs the step just launched
                 self._send_packets(landed)
+            self._build_prompts_ahead()  # 5: while it still runs
+
+    def _build_prompts_ahead(self) -> None:
+        """The next waiters' prompts, built while the device runs a step (their host work,
+        most of an admission's cost on a GPU, then keeps no stream waiting), until it lands.
+        A prompt that fails is left to the admission, which refuses its request."""
+        with self._lock:
+            waiters = [s for s in list(self._queued)[:PREFILL_GROUPS[-1]] if s.prompt is None]
+        for s in waiters:
+            if not self.stepper.running():
+                return
+            try:
+                s.prompt = self.model.prompt(s.request)
+            except RequestError:
+                continue
+            self.step_totals.prompts_ahead += 1
 
     def _next_admissions(self) -> list[StreamSession]:
         """Drop cancelled and expired waiters; the oldest waiters that may be admitted now."""
@@ -513,7 +534,7 @@ class TTSEngine:
 
     def _row_start(self, s: StreamSession) -> RowStart:
         """The newcomer's prompt and frame limit (raises TextTooLong when no row holds it)."""
-        prompt = self.model.prompt(s.request)
+        prompt = s.prompt or self.model.prompt(s.request)
         length = prompt.embeds.shape[1]
         row_frames = self.pool.positions - length + 1  # the prompt's last position gives frame 0
         if row_frames < 1:

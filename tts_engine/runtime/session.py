@@ -24,6 +24,7 @@ import numpy as np
 from ..synthesis import SAMPLE_RATE, Request
 
 if TYPE_CHECKING:
+    from ..prompt import Prompt
     from .engine import TTSEngine
 
 SILENCE_RMS = 1e-3  # a packet quieter than this counts as silent
@@ -99,6 +100,7 @@ class StreamSession:
         self.position = 0  # the talker position of its next step
         self.frame_limit = 0
         self.text_tokens = 0  # the prompt's text tokens (known once admitted to a row)
+        self.prompt: Prompt | None = None  # built while it waited, if a step left the time
         self.row_limited = False  # the frame limit comes from the row's size, not the request
         self.windowed_state: object | None = None  # decoder state in windowed mode
         self.pending: list[np.ndarray] = []  # PCM of frames not yet in a packet

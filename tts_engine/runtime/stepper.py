@@ -397,6 +397,11 @@ class BatchStepper:
         clock.mark()
         self._launched = _Launched(host_codes, host_pcm, clock)
 
+    def running(self) -> bool:
+        """Whether the launched step is still on the device (never on a CPU, where a launch
+        computes the step)."""
+        return self._launched is not None and not self._launched.clock.passed()
+
     def collect(self) -> StepResult:
         """Wait for the step in flight: its codes and PCM (copies, free of the buffers the
         next step fills) and its parts' device times."""
@@ -425,6 +430,10 @@ class _Clock:
             self.marks.append(event)
         else:
             self.marks.append(time.perf_counter())
+
+    def passed(self) -> bool:
+        """Whether the device has passed the last mark, without waiting."""
+        return not self.cuda or self.marks[-1].query()
 
     def wait(self) -> None:
         """Until the device has passed the last mark (on a CPU it has)."""
