@@ -121,6 +121,20 @@ def test_an_admission_waits_while_a_running_stream_cannot_spare_its_groups_cost(
     assert not a.may_admit(4, 1, math.inf)  # no capacity, however much time there is
 
 
+def test_each_frame_a_packet_needs_counts_the_rows_freed_before_its_step() -> None:
+    a = calibrated()
+    step_ms = a.predicted_ms(2)
+    assert a.frame_ms(2) == step_ms  # nothing freed yet
+    for _ in range(STEP_WINDOW):
+        a.observe_settle(0.0)
+    a.observe_settle(500.0)  # one slow turn does not move the plan
+    assert a.frame_ms(2) == step_ms
+    for _ in range(STEP_WINDOW // 2):
+        a.observe_settle(8.0)  # streams end every turn (a closed loop's waves)
+    assert a.frame_ms(2) == step_ms + 8.0
+    assert a.predicted_ms(2) == step_ms  # the capacity's step is not the gate's frame
+
+
 def test_a_streams_margin_counts_its_buffer_and_the_steps_its_next_packet_needs() -> None:
     request = Request("hi", "serena", "english", SamplingParams(), None)
     s = StreamSession(request, packet_tokens=2, first_packet_tokens=1, sink=lambda item: None)

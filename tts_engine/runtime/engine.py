@@ -479,8 +479,8 @@ class TTSEngine:
     def _least_margin_s(self, now: float, batch: int) -> float:
         """The smallest margin to a playback deadline among the running streams, were the
         batch to grow to `batch` streams (runtime/session.py)."""
-        step_s = self.admission.predicted_ms(batch) / 1000
-        return min((s.margin_s(now, step_s) for s in self._active), default=math.inf)
+        frame_s = self.admission.frame_ms(batch) / 1000
+        return min((s.margin_s(now, frame_s) for s in self._active), default=math.inf)
 
     def _guarded(self, sessions: list[StreamSession], work: Callable,
                  *args: object) -> object | None:
@@ -601,7 +601,9 @@ class TTSEngine:
             self._release(s)
         for s in [s for s in self._active if s.cancelled.is_set()]:
             self._finish(s, "cancelled")
-        self.step_totals.settle_ms += (time.perf_counter() - start) * 1000
+        ms = (time.perf_counter() - start) * 1000
+        self.step_totals.settle_ms += ms
+        self.admission.observe_settle(ms)
 
     def _observe_step(self, flight: Flight) -> None:
         """The landed step's period, launch to its frames taken (what streams wait between
