@@ -168,6 +168,25 @@ async def test_queue_then_refusal_under_a_hand_cap(tiny_model_dir):
         eng.close()
 
 
+async def test_a_waiter_the_worker_reaches_after_its_timeout_is_admitted_if_there_is_room(
+        tiny_model_dir):
+    """The timeout refuses a waiter that found no room, not one the worker was slow to look
+    at (a long turn on a busy CPU): with room for two, two are admitted, the third refused."""
+    eng = make_engine(tiny_model_dir, max_active_streams=2, queue_timeout_s=0.2)
+    try:
+        with eng._lock:  # the worker looks at the queue only once all three waited too long
+            handles = [eng.open_stream(eng.make_request(t, "ryan")) for t in TEXTS[:3]]
+            time.sleep(0.3)
+        await asyncio.gather(*[h.admitted() for h in handles[:2]])
+        with pytest.raises(OverCapacity):
+            await handles[2].admitted()
+        results = [await read_all(h) for h in handles[:2]]
+        assert [m.stop_reason for _, m in results] == ["eos", "eos"]
+        assert eng.stats()["rejected"] == 1
+    finally:
+        eng.close()
+
+
 async def test_waiters_prompts_are_built_while_a_step_runs_and_admitted_unchanged(
         tiny_model_dir, tmp_path, monkeypatch):
     """With steps that run on the device after their launch (as on a GPU), the worker builds

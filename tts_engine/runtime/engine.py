@@ -7,10 +7,10 @@ One worker thread owns every model call. Each turn of its loop:
    packet sent), the others take their frame, a newcomer's first packet leaves
    at once (first packets first); ended and cancelled streams free their rows,
    so the batch's rows are final;
-2. queued streams that waited past TTS_QUEUE_TIMEOUT_S are refused, and the
-   oldest are admitted while the capacity allows and every running stream can
-   spare the time (runtime/admission.py): all of them in one prefill, straight
-   into the rows after the batch, which they join;
+2. the oldest queued streams are admitted while the capacity allows and every
+   running stream can spare the time (runtime/admission.py): all of them in one
+   prefill, straight into the rows after the batch, which they join; those left
+   that waited past TTS_QUEUE_TIMEOUT_S are refused;
 3. the next step is launched: every active stream gets one frame, all in one
    batched talker step, one predictor loop and one decoder step
    (runtime/stepper.py); on a GPU the launch returns while the device works;
@@ -449,21 +449,14 @@ class TTSEngine:
             self.step_totals.prompts_ahead += 1
 
     def _next_admissions(self) -> list[StreamSession]:
-        """Drop cancelled and expired waiters; the oldest waiters that may be admitted now."""
+        """Drop cancelled waiters; take the oldest waiters that may be admitted now; refuse
+        the rest of those that waited past TTS_QUEUE_TIMEOUT_S. A waiter the worker reaches
+        late (a long turn on a busy CPU) is still admitted if there is room for it now."""
         with self._lock:
             now = time.perf_counter()
-            for s in list(self._queued):
-                if s.cancelled.is_set():
-                    self._queued.remove(s)
-                    self._finish(s, "cancelled")
-                elif now - s.accepted_at > self.admission.queue_timeout_s:
-                    self._queued.remove(s)
-                    self.admission.rejected += 1
-                    self._finish(s, "over_capacity", OverCapacity(
-                        f"no capacity for {self.admission.queue_timeout_s:g} s "
-                        f"(TTS_QUEUE_TIMEOUT_S): {len(self._active)} streams are active, "
-                        f"capacity {self.capacity}; retry in {self.admission.retry_after_s} s",
-                        self.admission.retry_after_s))
+            for s in [s for s in self._queued if s.cancelled.is_set()]:
+                self._queued.remove(s)
+                self._finish(s, "cancelled")
             group: list[StreamSession] = []
             while self._queued and len(group) < PREFILL_GROUPS[-1]:
                 batch = len(self._active) + len(group)
@@ -473,6 +466,15 @@ class TTSEngine:
                 if not self.admission.may_admit(batch, len(group) + 1, margin_s):
                     break
                 group.append(self._queued.popleft())
+            for s in [s for s in self._queued
+                      if now - s.accepted_at > self.admission.queue_timeout_s]:
+                self._queued.remove(s)
+                self.admission.rejected += 1
+                self._finish(s, "over_capacity", OverCapacity(
+                    f"no capacity for {self.admission.queue_timeout_s:g} s "
+                    f"(TTS_QUEUE_TIMEOUT_S): {len(self._active)} streams are active, "
+                    f"capacity {self.capacity}; retry in {self.admission.retry_after_s} s",
+                    self.admission.retry_after_s))
             self._admitting = len(group)
             return group
 
