@@ -41,6 +41,7 @@ from support.infra import LOG_DIR, LiveKitServer
 
 FRAME_MS = 10
 TWIN_TOLERANCE_S = 1.5  # the agent's twin check runs every 0.5 s, then the later agent leaves
+JOIN_CLOCK_SLACK_MS = 100  # LiveKit's join times (same host) against ours
 
 
 # --------------------------------------------------------------------------- worker
@@ -140,12 +141,14 @@ async def two_agents_seen(lk: LiveKitServer, room: str, seconds: float,
     participants for longer than `tolerance_s`? (Two can meet for a moment, when LiveKit's
     own dispatch and an old agent's rejoin cross after a restart; the later one sees the
     other and leaves.) With `live_only`, only live agents count: one that joined during the
-    watch, or whose heartbeat attribute moved within STALE_AFTER_S. After a node died,
-    LiveKit lists the dead session's agent, its heartbeat frozen, in the room it moved for
-    a few seconds; the reconciler does not count it either."""
+    watch (by LiveKit's join time: after a node died, the room may be listed only later,
+    with agents that joined before), or whose heartbeat attribute moved within
+    STALE_AFTER_S. After a node died, LiveKit lists the dead session's agent, its heartbeat
+    frozen, in the room it moved for a few seconds; the reconciler does not count it
+    either."""
     twins_since = None
     beats: dict[str, tuple[str | None, float, bool]] = {}  # identity: heartbeat, since, seen alive
-    first_look = True
+    watch_began_ms = time.time() * 1000 - JOIN_CLOCK_SLACK_MS
     async with api.LiveKitAPI(lk.url, lk.api_key, lk.api_secret) as lkapi:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and not (until is not None and until.is_set()):
@@ -161,14 +164,13 @@ async def two_agents_seen(lk: LiveKitServer, room: str, seconds: float,
                     continue
                 beat = p.attributes.get(HEARTBEAT_ATTRIBUTE)
                 known = beats.get(p.identity)
-                if known is None:
-                    beats[p.identity] = (beat, now, not first_look)  # a newcomer is alive
+                if known is None:  # a newcomer is alive
+                    beats[p.identity] = (beat, now, p.joined_at_ms >= watch_began_ms)
                 elif known[0] != beat:
                     beats[p.identity] = (beat, now, True)
                 _, since, seen_alive = beats[p.identity]
                 live = seen_alive and (beat is None or now - since <= STALE_AFTER_S)
                 agents += live or not live_only
-            first_look = False
             if agents < 2:
                 twins_since = None
             elif twins_since is None:
