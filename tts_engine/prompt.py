@@ -71,7 +71,6 @@ class Prompt:
     text_token_count: int  # N_text, the body tokens between role prefix and suffix
 
 
-@torch.no_grad()
 def on_device(device: torch.device, values: list) -> torch.Tensor:
     """Token ids as a tensor on `device`, sent without waiting for the device (from pinned
     host memory): the engine builds prompts while a step runs (runtime/engine.py), and a
@@ -82,6 +81,7 @@ def on_device(device: torch.device, values: list) -> torch.Tensor:
     return ids.pin_memory().to(device, non_blocking=True)
 
 
+@torch.no_grad()
 def build_prompt(talker: Talker, cfg: TTSModelConfig, ids: list[int],
                  speaker: str, language: str) -> Prompt:
     """ids: the tokenized assistant_text(text); speaker/language already resolved."""
