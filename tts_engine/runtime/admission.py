@@ -42,9 +42,9 @@ in the closed loop on an H100), must exceed the cost of admitting the group
 the waiter completes, plus the hand-over (a packet leaves during the hand-over
 after the step that completes it). A group's cost grows with its size (every
 newcomer is prefilled, and those whose prompts were not built while a step ran
-have them built first), so it is kept per group size: a high quantile of that size's recent
-admissions; a size not seen yet costs what the next larger one seen did, or,
-beyond the largest, that one's cost scaled up linearly. The hand-over is a
+have them built first), so it is kept per group size: a high quantile of that
+size's recent admissions; a size not seen yet costs what the next larger one
+seen did, or, beyond the largest, that one's cost scaled up linearly. The hand-over is a
 high quantile of recent ones too: the gate guards single deadlines, so it
 plans for the slow cases, where the capacity plans for the typical step. When
 no stream can spare the time, the batch steps first (deadlines before
