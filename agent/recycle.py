@@ -23,6 +23,9 @@ import enum
 from dataclasses import dataclass
 
 MIB = 2**20
+# EX_TEMPFAIL: the supervisor starts a fresh worker (scripts/keep_running.sh at once;
+# supervisord.conf counts it as an expected exit)
+RECYCLE_EXIT_CODE = 75
 HARD_LIMIT_FACTOR = 2  # the growth at which a worker never idle drains, in recycle thresholds
 
 

@@ -49,7 +49,7 @@ from .allocator import limit_arenas, release_free_memory, rss_bytes
 from .config import AgentConfig, AgentConfigError
 from .heap_report import HeapReport
 from .load import LoadCollector, WorkerLoad
-from .recycle import MIB, RecyclePolicy, Verdict
+from .recycle import MIB, RECYCLE_EXIT_CODE, RecyclePolicy, Verdict
 from .room_agent import RoomAgent
 
 log = logging.getLogger("streamtalk.agent")
@@ -61,8 +61,6 @@ _rooms: set[str] = set()  # job ids accepted and not yet finished
 _rooms_served = 0
 _recycle: RecyclePolicy | None = None  # set once the worker is ready
 _recycling = False  # leaving service for a fresh worker: no new room
-# EX_TEMPFAIL: the supervisor starts a fresh worker (supervisord.conf counts it as expected)
-RECYCLE_EXIT_CODE = 75
 
 
 def config() -> AgentConfig:

@@ -4,9 +4,10 @@
 #   scripts/keep_running.sh NAME CMD...
 #
 # start_all.sh and the soak run each agent worker through it; supervisord restarts its
-# programs itself. A worker that recycled (exit status 75, agent/recycle.py) is started again
-# at once. Any other exit of a run that lasted RESTART_MIN_UP_S (30) or more is started again
-# after RESTART_BACKOFF_S (5); one that ends sooner is a failed start, not retried: this
+# programs itself. A worker that recycled (exit status 75, RECYCLE_EXIT_CODE in
+# agent/recycle.py) is started again at once. Any other exit of a run that lasted
+# RESTART_MIN_UP_S (30) or more is started again after RESTART_BACKOFF_S (5); one that ends
+# sooner is a failed start, not retried: this
 # script then exits with its status (start_all.sh reports it, its status shows the service
 # dead). SIGTERM or SIGINT (stopping the service signals its whole process group, the command
 # included) ends the loop: the command is waited for, never started again. Each exit is one

@@ -22,6 +22,7 @@ import re
 from datetime import datetime
 from typing import Any
 
+from agent.recycle import RECYCLE_EXIT_CODE
 from streamtalk_common.stack import REGISTERED_LINE
 
 from .procstat import Sample, slope_per_min
@@ -29,7 +30,6 @@ from .procstat import Sample, slope_per_min
 MIN_SLOPE_SAMPLES = 12  # fewer samples give a noise slope (one minute at the default 5 s)
 EXIT_LINE = re.compile(r"^\[keep_running (?P<at>\S+)\] (?P<name>\S+) exited with status "
                        r"(?P<status>\d+) after (?P<up>\d+) s")
-RECYCLE_STATUS = 75  # agent/worker.py's RECYCLE_EXIT_CODE
 
 
 def split(series: list[Sample]) -> list[list[Sample]]:
@@ -96,7 +96,7 @@ def restarts(log_text: str) -> list[dict[str, Any]]:
     """Each exit keep_running.sh logged, with the seconds until the next worker registered
     (None: none registered after it)."""
     exits = [{"at": m["at"], "status": int(m["status"]), "up_s": int(m["up"]),
-              "recycled": int(m["status"]) == RECYCLE_STATUS}
+              "recycled": int(m["status"]) == RECYCLE_EXIT_CODE}
              for m in map(EXIT_LINE.match, log_text.splitlines()) if m]
     registered = registrations(log_text)
     for e in exits:
