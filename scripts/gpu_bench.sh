@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Run the GPU benchmark set on a CUDA machine; results as JSON + a log.
 # Usage: scripts/gpu_bench.sh OUT_DIR [sections...]
-#   sections: check parity step decoder e2e metrics memory launches cancel divergence invariant
-#             invariant_cost batch peer compiled regression (default: all)
+#   sections: check parity step decoder e2e metrics memory launches profile cancel divergence
+#             invariant invariant_cost batch peer compiled regression (default: all)
 #   parity: greedy codes of ours against the official qwen-tts (tools/gpu_parity.py), float32 and
 #          bfloat16, presets tiny, custom:256,6,256,3 and 0.6b; the official side runs with
 #          .whl/parity/ (transformers 4.57.3) installed in /tmp/parity-site ahead of the host's packages
@@ -14,6 +14,8 @@
 #   batch: the server under a concurrency ladder (BATCH_LADDER, default 1 4 16 64 128 256),
 #          then Poisson arrivals (BATCH_RATES requests/s, default 2 5 10), BATCH_DURATION s
 #          (default 30) each; fits one 10-minute call on its own
+#   profile: a graph-replayed frame's device time at PROFILE_BATCHES rows (default 1 64), by kernel
+#          family and the largest kernels one by one (the engine as configured: compiled on CUDA)
 #   step: STEP_VARIANTS (graph eager), STEP_DECODERS (tf32, the engine's default; also float32, bfloat16)
 #   invariant: batch-invariant mode's proof (TTS_BATCH_INVARIANT=1, bench invariance): 32 requests,
 #          greedy and seeded, solo and in random mixes of 2, 16, 64 and 256, and a mix without graphs:
@@ -32,7 +34,7 @@
 set -uo pipefail
 OUT_DIR="${1:?usage: scripts/gpu_bench.sh OUT_DIR [sections...]}"
 shift
-SECTIONS="${*:-check parity step decoder e2e metrics memory launches cancel divergence invariant invariant_cost batch peer compiled regression}"
+SECTIONS="${*:-check parity step decoder e2e metrics memory launches profile cancel divergence invariant invariant_cost batch peer compiled regression}"
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT_DIR"
 RES="$OUT_DIR/parts"
@@ -96,6 +98,8 @@ has metrics && { step "per-packet metrics on vs off"; $B metrics --model-dir "$C
 has memory && { step "start-up memory per maximum batch"; $B memory --model-dir "$CK" \
     --max-batch ${MEMORY_LEVELS:-16 64 256} --out "$RES/memory.json"; }
 has launches && { step launches; $B launches --model-dir "$CK" --out "$RES/launches.json"; }
+has profile && { step "kernel profile of a frame"; $B profile --model-dir "$CK" \
+    --batches ${PROFILE_BATCHES:-1 64} --out "$RES/profile.json"; }
 has divergence && { step divergence; $B divergence --model-dir "$CK" --out "$RES/divergence.json"; }
 has cancel && { step cancel; $B cancel --model-dir "$CK" --rounds 1000 --concurrency 16 --out "$RES/cancel.json"; }
 if has invariant; then

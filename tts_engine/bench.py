@@ -27,6 +27,9 @@
                  in random mixes of 2, 16, 64 and 256 streams, and a mix without graphs: PCM
                  bit-identical to the solo run in every case (exit status 1 if not)
     launches     CUDA kernel launches per frame, eager vs graph
+    profile      a graph-replayed frame's device time per batch size: kernels per frame and
+                 their time by family (GEMM, attention, inductor's fused kernels, ...) and the
+                 largest kernels one by one
 
 Timing: medians of repeated runs after warm-up; CUDA work is timed at natural
 sync points (codes read back each frame, PCM copied to the host each packet).
@@ -43,6 +46,7 @@ import multiprocessing
 import os
 import platform
 import random
+import re
 import statistics
 import sys
 import time
@@ -881,11 +885,81 @@ def cmd_launches(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+# -- profile ---------------------------------------------------------------------
+
+# Kernel families, by the first pattern a kernel's name matches (case-insensitive).
+KERNEL_FAMILIES = (
+    ("attention", r"flash|fmha|attention|sdpa"),
+    ("gemm", r"gemm|nvjet|xmma|cutlass|cublas|splitk|gemv"),
+    ("inductor fused", r"^triton_"),
+    ("scatter / gather / index", r"scatter|gather|index"),
+    ("copy / cat", r"copy|memcpy|memset|catarray|cat_"),
+    ("eager elementwise / reduce", r"elementwise|reduce|vectorized"),
+)
+
+
+def kernel_family(name: str) -> str:
+    return next((family for family, pattern in KERNEL_FAMILIES
+                 if re.search(pattern, name, re.IGNORECASE)), "other")
+
+
+def cmd_profile(args: argparse.Namespace) -> tuple[list[dict], dict]:
+    """Where a graph-replayed frame's device time goes: kernels per frame and their time, by
+    family and the largest one by one, per batch size (the engine as configured: compiled
+    layers on CUDA by default)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if not torch.cuda.is_available():
+        raise SystemExit("bench profile needs CUDA")
+    engine = make_engine(args, max_batch=max(args.batches))
+    families, top = [], []
+    for batch in args.batches:
+        positions = [args.position] * batch
+        for _ in range(5):
+            engine.stepper.step(batch, positions, mixed=False)
+        sync()
+        start = time.perf_counter()
+        for _ in range(args.frames):
+            engine.stepper.step(batch, positions, mixed=False)
+        sync()
+        wall_ms = 1000 * (time.perf_counter() - start) / args.frames
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(args.frames):
+                engine.stepper.step(batch, positions, mixed=False)
+            sync()
+        kernels = [e for e in prof.key_averages()
+                   if e.device_type == torch.autograd.DeviceType.CUDA and e.count]
+        busy_us = sum(e.self_device_time_total for e in kernels) / args.frames
+        by_family: dict[str, list[float]] = {}
+        for e in kernels:
+            count_time = by_family.setdefault(kernel_family(e.key), [0, 0.0])
+            count_time[0] += e.count / args.frames
+            count_time[1] += e.self_device_time_total / args.frames
+        for family, (count, us) in sorted(by_family.items(), key=lambda kv: -kv[1][1]):
+            families.append({"batch": batch, "family": family, "kernels_per_frame": count,
+                             "us_per_frame": us, "share_pct": 100 * us / busy_us,
+                             "wall_ms_per_frame": wall_ms})
+        families.append({"batch": batch, "family": "all (device busy)",
+                         "kernels_per_frame": sum(c for c, _ in by_family.values()),
+                         "us_per_frame": busy_us, "share_pct": 100.0,
+                         "wall_ms_per_frame": wall_ms})
+        for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[: args.top]:
+            top.append({"batch": batch, "kernel": e.key[:70], "family": kernel_family(e.key),
+                        "calls_per_frame": e.count / args.frames,
+                        "us_per_frame": e.self_device_time_total / args.frames,
+                        "share_pct": 100 * e.self_device_time_total / args.frames / busy_us})
+    engine.close()
+    print_table(f"largest kernels of a frame (talker position {args.position})", top)
+    print_table("a frame's device time by kernel family (graph replays; wall: step incl. "
+                "its host part)", families)
+    return families, {"top_kernels": top}
+
+
 COMMANDS = {
     "prepare": cmd_prepare, "step": cmd_step, "decoder": cmd_decoder, "e2e": cmd_e2e,
     "throughput": cmd_throughput, "cancel": cmd_cancel, "divergence": cmd_divergence,
     "launches": cmd_launches, "metrics": cmd_metrics, "memory": cmd_memory,
-    "invariance": cmd_invariance,
+    "invariance": cmd_invariance, "profile": cmd_profile,
 }
 
 
@@ -965,6 +1039,12 @@ def add_parser(sub) -> None:
     q.add_argument("--seed", type=int, default=0, help="the random mixes")
     q = bsub.add_parser("launches")
     common(q)
+    q = bsub.add_parser("profile")
+    common(q)
+    q.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    q.add_argument("--position", type=int, default=256, help="every row's talker position")
+    q.add_argument("--frames", type=int, default=20, help="frames timed and profiled")
+    q.add_argument("--top", type=int, default=15, help="kernels listed one by one per batch")
     p.set_defaults(func=run)
 
 
