@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from tts_engine.model.codec_decoder import (
@@ -46,6 +45,7 @@ from tts_engine.model.codec_decoder import (
     CodecDecoder,
     float32_numerics,
     sliding_window_mask,
+    transposed_conv1d,
 )
 
 DEFAULT_LEFT_CONTEXT = 72  # TTS_DEEP_STREAM_LEFT_CONTEXT's default (tts_engine/config.py)
@@ -235,7 +235,7 @@ class CodecStreamDecoder:
         if tc.overlap == 0:
             return tc(x)
         n_out = x.shape[-1] * tc.stride  # >= overlap: the two slices below are disjoint
-        y = F.conv_transpose1d(x, tc.conv.weight, None, stride=tc.stride)  # [B, C, n_out + ov]
+        y = transposed_conv1d(x, tc.conv.weight, tc.stride)  # [B, C, n_out + ov]
         carried = state.trans_convs[self._names[id(tc)]].y
         y[..., : tc.overlap] += carried
         carried.copy_(y[..., n_out:])

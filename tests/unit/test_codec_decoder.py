@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from tts_engine.codec_checkpoint import (
@@ -25,6 +26,7 @@ from tts_engine.model.codec_decoder import (
     CodecDecoder,
     CodecDecoderConfig,
     load_codec_decoder,
+    transposed_conv1d,
 )
 
 SPF = 1920  # samples per frame
@@ -310,3 +312,14 @@ def test_encoder_tensors_are_ignored(broken: Path) -> None:
 
     rewrite_tensors(broken, drop_encoder)
     assert load_codec_decoder(broken).config == decoder_config("tiny")
+
+
+@pytest.mark.parametrize("stride,taps", [(4, 4), (4, 6), (4, 8), (2, 2), (5, 10)])
+def test_transposed_conv_as_a_gemm_equals_torchs(stride: int, taps: int) -> None:
+    g = torch.Generator().manual_seed(taps)
+    x = torch.randn(3, 6, 9, generator=g, dtype=torch.float64)
+    weight = torch.randn(6, 5, taps, generator=g, dtype=torch.float64)
+    got = transposed_conv1d(x, weight, stride)
+    want = F.conv_transpose1d(x, weight, stride=stride)
+    assert got.shape == want.shape == (3, 5, 9 * stride + taps - stride)
+    assert (got - want).abs().max().item() < 1e-12

@@ -10,7 +10,6 @@ only), so the models keep their plain torch code and the default mode is untouch
     F.linear                  the GEMM, one tile configuration per weight shape
     F.conv1d                  the GEMM over an implicit im2col (groups 1), or per tap
                               in elementwise order (depthwise); stride 1, no padding
-    F.conv_transpose1d        the GEMM per input step, then overlap-add elementwise
     F.scaled_dot_product_attention   the attention kernel (bool mask, causal or none)
     mean, sum over one dim    row_sum (the means of RMSNorm; the frame's embedding sum)
     F.layer_norm              mean and variance by row_sum, the rest elementwise
@@ -39,7 +38,7 @@ _REFUSED = {
     torch.softmax, Tensor.softmax, F.log_softmax, torch.log_softmax, Tensor.log_softmax,
     torch.cumsum, Tensor.cumsum, torch.var, Tensor.var, torch.std, Tensor.std, torch.norm,
     Tensor.norm, torch.logsumexp, Tensor.logsumexp, F.conv2d, F.conv3d, F.group_norm, F.batch_norm,
-    F.rms_norm, F.normalize,
+    F.rms_norm, F.normalize, F.conv_transpose1d,  # the decoder's is a GEMM (codec_decoder.py)
 }
 
 
@@ -73,30 +72,6 @@ def _conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, pad
         return out if bias is None else out + bias[:, None]
     raise NotImplementedError("batch-invariant conv1d: groups 1 or depthwise only (got groups "
                               f"{groups})")
-
-
-def _conv_transpose1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
-                      output_padding=0, groups: int = 1, dilation=1) -> Tensor:
-    stride = _single(stride)
-    taps = weight.shape[2]
-    if (_single(padding), _single(output_padding), groups, _single(dilation)) != (0, 0, 1, 1) \
-            or x.dim() != 3 or not stride <= taps <= 2 * stride:
-        raise NotImplementedError("batch-invariant conv_transpose1d: no padding, groups 1, "
-                                  "dilation 1 and stride <= kernel <= 2 * stride only (got stride "
-                                  f"{stride}, kernel {taps})")
-    batch, length = x.shape[0], x.shape[2]
-    c_out, overlap = weight.shape[1], taps - stride
-    steps = kernels.transposed_conv1d_taps(x, weight, tf32=_conv_tf32())  # [B, L, C_out, taps]
-    # step t writes its first `stride` taps at t*stride.., its last `overlap` at (t+1)*stride..
-    full = x.new_zeros(batch, c_out, (length + 1) * stride)
-    full[..., : length * stride] = steps[..., :stride].permute(0, 2, 1, 3).reshape(batch, c_out,
-                                                                                   length * stride)
-    if overlap:
-        spill = x.new_zeros(batch, c_out, length, stride)
-        spill[..., :overlap] = steps[..., stride:].permute(0, 2, 1, 3)
-        full[..., stride:] += spill.reshape(batch, c_out, length * stride)
-    out = full[..., : length * stride + overlap]
-    return out if bias is None else out + bias[:, None]
 
 
 def _attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None,
@@ -169,7 +144,7 @@ def _single(value) -> int:
 
 
 _HANDLERS = {
-    F.linear: _linear, F.conv1d: _conv1d, F.conv_transpose1d: _conv_transpose1d,
+    F.linear: _linear, F.conv1d: _conv1d,
     F.scaled_dot_product_attention: _attention, F.layer_norm: _layer_norm,
     torch.sum: _sum, Tensor.sum: _sum, torch.mean: _mean, Tensor.mean: _mean,
 }

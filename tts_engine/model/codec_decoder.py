@@ -143,6 +143,26 @@ class CausalConv1d(nn.Module):
         return self.conv_valid(F.pad(x, (self.context, 0)))
 
 
+def transposed_conv1d(x: Tensor, weight: Tensor, stride: int) -> Tensor:
+    """`F.conv_transpose1d(x, weight, stride=stride)` for stride <= taps <= 2 * stride, as
+    one GEMM and an overlap-add: the GEMM gives every input step's taps, and output block t
+    is step t's first `stride` taps plus step t-1's last `taps - stride`. cuDNN's
+    deterministic algorithm for a transposed conv is slow in a batch (4.4 ms per packet at
+    64 rows on an H100; docs/PERFORMANCE.md, optimisation log); a GEMM is deterministic
+    as it is, and in batch-invariant mode it runs on the invariant linear kernel.
+    x [B, C_in, L], weight [C_in, C_out, taps] -> [B, C_out, L * stride + taps - stride]."""
+    batch, c_in, length = x.shape
+    c_out, taps = weight.shape[1], weight.shape[2]
+    overlap = taps - stride
+    steps = F.linear(x.transpose(1, 2), weight.reshape(c_in, c_out * taps).t())
+    steps = steps.view(batch, length, c_out, taps).permute(0, 2, 1, 3)  # [B, C_out, L, taps]
+    blocks = x.new_zeros(batch, c_out, length + 1, stride)
+    blocks[:, :, :length] = steps[..., :stride]
+    if overlap:
+        blocks[:, :, 1:, :overlap] += steps[..., stride:]
+    return blocks.view(batch, c_out, (length + 1) * stride)[..., : length * stride + overlap]
+
+
 class CausalTransConv1d(nn.Module):
     """Transposed conv (kernel k, stride s) trimmed by k - s samples on the right, so L
     input steps give exactly L*s outputs. Output block t depends on inputs t and t-1
@@ -158,8 +178,8 @@ class CausalTransConv1d(nn.Module):
         self.overlap = kernel_size - stride  # samples one input step spills into the next block
 
     def forward(self, x: Tensor) -> Tensor:  # [B, C_in, L] -> [B, C_out, L*s]
-        y = self.conv(x)  # [B, C_out, L*s + overlap]
-        return y[..., : y.shape[-1] - self.overlap]
+        y = transposed_conv1d(x, self.conv.weight, self.stride)  # [B, C_out, L*s + overlap]
+        return y[..., : y.shape[-1] - self.overlap] + self.conv.bias[None, :, None]
 
 
 class SnakeBeta(nn.Module):
@@ -456,8 +476,8 @@ def float32_numerics(tf32: bool = False) -> Iterator[None]:
     """The decoder's numerics inside the block: TF32 off (unless `tf32`, the decoder's
     opt-in for speed) for cuDNN convolutions and cuBLAS matmuls (cuDNN convs default to
     TF32, whose 10-bit mantissa is close to bf16's 8, and bf16 is only 33 dB from
-    float32), and deterministic cuDNN algorithms (the transposed convs' fastest
-    backward-data algorithm uses atomics), so equal codes give equal PCM, eager or
+    float32), and deterministic cuDNN algorithms (some convolution algorithms add with
+    atomics), so equal codes give equal PCM, eager or
     graphed, run after run. The three flags are process-wide: set on entry, restored
     on exit. They are read on the host when a kernel is chosen, so they matter for
     eager calls and for CUDA graph *capture*; a replay runs the captured kernels

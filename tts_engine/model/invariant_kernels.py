@@ -142,22 +142,6 @@ def conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dil
     return out
 
 
-def transposed_conv1d_taps(x: torch.Tensor, weight: torch.Tensor,
-                           tf32: bool = False) -> torch.Tensor:
-    """Each input step's contribution to a transposed conv, before overlap-add and bias:
-    x [B, C_in, L], weight [C_in, C_out, taps] -> [B, L, C_out, taps]."""
-    batch, c_in, length = x.shape
-    _, c_out, taps = weight.shape
-    out = torch.empty(batch, length, c_out, taps, device=x.device, dtype=x.dtype)
-    if batch and length:
-        w = weight.reshape(c_in, c_out * taps)  # w(n, k) = weight[k, n // taps, n % taps]
-        flat = out.view(batch, length, c_out * taps)
-        gemm(x, (x.stride(0), x.stride(1), x.stride(2)), w, (w.stride(1), w.stride(0)), None,
-             flat, (flat.stride(0), flat.stride(2), flat.stride(1)), batch * length, length,
-             c_out * taps, c_in, tf32=tf32)
-    return out
-
-
 @triton.jit(do_not_specialize=["rows"])
 def _row_sum_kernel(x, out, rows, N: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
