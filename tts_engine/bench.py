@@ -17,8 +17,9 @@
                  Poisson arrivals (open loop, mixed reply lengths); audio s/s, client TTFB and
                  server TTFA P50/P95/P99, RTF, underruns (client and engine side), 503
                  refusals, the engine's mean step period, device ms, hand-over ms and batch,
-                 its mean admission (and its prompts' part) and group, its capacity (lowest
-                 during the level, and at its end; from /metrics), peak GPU memory
+                 its mean admission (and its prompts' part), group and share of prompts
+                 built ahead, its capacity (lowest during the level, and at its end; from
+                 /metrics), peak GPU memory
     cancel       1000 cancel rounds at concurrency 16: cancel latency P95, leaked sessions,
                  GPU memory
     divergence   default mode: share of streams whose codes differ from their solo run, and from
@@ -511,6 +512,7 @@ ENGINE_SUMS = {
     "tts_engine_admissions": {"admission_ms": "tts_engine_admission_ms_sum",
                               "mean_group": "tts_engine_admitted_sum",
                               "admission_prompt_ms": "tts_engine_admission_prompt_ms_sum"},
+    "tts_engine_admitted_sum": {"prompts_ahead_share": "tts_engine_prompts_built_ahead"},
 }
 CAPACITY_POLL_S = 1.0  # how often a throughput level reads the engine's capacity
 
@@ -519,7 +521,8 @@ def engine_means(before: dict[str, float], after: dict[str, float]) -> dict[str,
     """The engine's steps and admissions between two readings of its gauges: per step the
     mean period (launch to landed, admissions and freed rows aside), device ms, hand-over
     ms, ms freeing rows between steps and batch; per admission its ms, of them the prompts'
-    ms, and newcomers (NaN without one)."""
+    ms, and newcomers (NaN without one); per newcomer the share of prompts built while a step
+    ran."""
     means = {}
     for count, sums in ENGINE_SUMS.items():
         n = after[count] - before[count]

@@ -95,6 +95,7 @@ async def test_metrics_carry_the_engine_steps_that_bench_throughput_averages(tts
     assert means["mean_batch"] == 1 and means["step_period_ms"] > means["step_device_ms"] > 0
     assert means["hand_over_ms"] > 0
     assert means["mean_group"] == 1 and means["admission_ms"] > means["admission_prompt_ms"] > 0
+    assert means["prompts_ahead_share"] == 0  # a CPU runs no step while a prompt is built
     prefix = 'tts_engine_step_predicted_ms{bucket="'
     predicted = sorted((int(k.removeprefix(prefix).split('"')[0]), v) for k, v in after.items()
                        if k.startswith(prefix))
