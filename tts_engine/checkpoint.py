@@ -7,7 +7,8 @@ A model directory holds:
     speech_tokenizer/{config.json, model.safetensors, preprocessor_config.json}
 
 `load_talker` reads config.json + model.safetensors into our modules; tensor
-names match upstream one to one (no renaming table is needed). A wrong or
+names match upstream one to one (no renaming table is needed; the layers stack
+q/k/v and gate/up into one weight each as they load, model/layers.py). A wrong or
 incomplete directory is refused with an error that names what is missing or
 unexpected. `write_checkpoint` writes random-init checkpoints of a preset
 geometry in the same layout, so loading always goes through the one real path.
@@ -97,12 +98,15 @@ def load_talker(
             if tuple(t.shape) != tuple(ref.shape):
                 raise CheckpointError(f"tensor {name} has shape {tuple(t.shape)}, "
                                       f"config.json implies {tuple(ref.shape)}")
-            tensors[name] = t.to(device=device, dtype=dtype)
+            tensors[name] = t.to(dtype=dtype)
+    # Loaded on the host, where loading stacks the projections of each layer
+    # (model/layers.py); the device then receives every weight once, in its final form.
     model.load_state_dict(tensors, strict=True, assign=True)
+    del tensors
     for module in model.modules():
         if isinstance(module, RotaryTable):
             module.materialize(device)
-    return model.eval().requires_grad_(False)
+    return model.to(device).eval().requires_grad_(False)
 
 
 # ---------------------------------------------------------------------------

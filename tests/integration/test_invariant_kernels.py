@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -303,6 +304,35 @@ def test_the_mode_routes_the_models_layers_to_the_kernels(kernels, mode):
                   kernels.attention(q, k, v, mask, causal=False))
     for a, b in zip(routed, direct, strict=True):
         assert torch.equal(a, b)
+
+
+@cases
+def test_a_decoder_stack_in_the_mode_gives_each_row_its_solo_result(mode):
+    """The talker's layers as the engine runs them: stacked q/k/v and gate/up GEMMs (one
+    tile configuration per stacked shape), RMSNorms, a causal prefill, then a masked decode
+    step; close to plain torch, and a row's result whatever rows share its batch."""
+    from tts_engine.model.configs import parse_model_config, preset_config
+    from tts_engine.model.layers import DecoderStack, KVCache, StaticKVCache
+
+    g = parse_model_config(preset_config("tiny")).talker.geometry
+    torch.manual_seed(0)
+    stack = DecoderStack(g).eval()
+    prompt, step = rand(3, 6, g.hidden_size), rand(3, 1, g.hidden_size, seed=1)
+
+    def run(rows: slice, invariant: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        b = len(range(3)[rows])
+        with torch.no_grad(), (mode if invariant else nullcontext()):
+            cache = KVCache.allocate(g, b, 8, torch.device("cpu"), torch.float32)
+            first = stack(prompt[rows], cache)
+            static = StaticKVCache(cache.k, cache.v, torch.full((b,), 6), span=8)
+            return first, stack(step[rows], static)
+
+    full = run(slice(0, 3), invariant=True)
+    for ours, torch_s in zip(full, run(slice(0, 3), invariant=False), strict=True):
+        close(ours, torch_s, 1e-4)
+    for rows in (slice(0, 1), slice(1, 3), slice(2, 3)):
+        for alone, together in zip(run(rows, invariant=True), full, strict=True):
+            assert torch.equal(alone, together[rows]), rows
 
 
 @cases

@@ -7,6 +7,10 @@ position is visible) so that float32 greedy decoding reproduces its codes.
 
 Shapes: B batch, S new positions, T cached positions, H query heads,
 Hkv key/value heads, D head_dim, C hidden size.
+
+Projections that read the same input run as one GEMM: q, k and v (`qkv_proj`), gate
+and up (`gate_up_proj`), their weights stacked along the output dimension. State
+dicts keep the official keys (`q_proj.weight`, ...): see `stack_projections`.
 """
 
 from __future__ import annotations
@@ -170,14 +174,46 @@ class ScatteredKV:
         return self.k[:, :, :span], self.v[:, :, :span], self.mask
 
 
+def stack_projections(module: nn.Module, name: str, in_features: int,
+                      parts: dict[str, int]) -> None:
+    """Give `module` a bias-free nn.Linear `name` whose weight is the weights of the official
+    projections `parts` (name: output rows) stacked in that order: one GEMM for all of them,
+    whose output the caller splits by `parts`' rows.
+
+    The module's state dict keeps the official keys: loading concatenates them into the
+    stacked weight (the parts are not kept: one copy of the weights), and `state_dict()`
+    gives them back, as views of it, where the stacked weight would be."""
+    setattr(module, name, nn.Linear(in_features, sum(parts.values()), bias=False))
+    stacked = f"{name}.weight"
+    official = [f"{part}.weight" for part in parts]
+    rows = list(parts.values())
+
+    def load(module: nn.Module, state_dict: dict, prefix: str, *_: object) -> None:
+        keys = [prefix + key for key in official]
+        if all(key in state_dict for key in keys):  # else strict loading names what is wrong
+            state_dict[prefix + stacked] = torch.cat([state_dict.pop(key) for key in keys])
+
+    def save(module: nn.Module, state_dict: dict, prefix: str, _metadata: object) -> None:
+        keys = list(state_dict)
+        after = keys[keys.index(prefix + stacked) + 1:]
+        later = {key: state_dict.pop(key) for key in after}
+        weight = state_dict.pop(prefix + stacked)
+        state_dict.update(zip((prefix + key for key in official), weight.split(rows)))
+        state_dict.update(later)
+
+    module.register_load_state_dict_pre_hook(load)
+    module.register_state_dict_post_hook(save)
+
+
 class Attention(nn.Module):
     def __init__(self, g: TransformerGeometry) -> None:
         super().__init__()
         self.n_heads, self.n_kv, self.head_dim = (g.num_attention_heads, g.num_key_value_heads,
                                                   g.head_dim)
-        self.q_proj = nn.Linear(g.hidden_size, g.num_attention_heads * g.head_dim, bias=False)
-        self.k_proj = nn.Linear(g.hidden_size, g.num_key_value_heads * g.head_dim, bias=False)
-        self.v_proj = nn.Linear(g.hidden_size, g.num_key_value_heads * g.head_dim, bias=False)
+        self.qkv_rows = (self.n_heads * self.head_dim, self.n_kv * self.head_dim,
+                         self.n_kv * self.head_dim)
+        stack_projections(self, "qkv_proj", g.hidden_size,
+                          dict(zip(("q_proj", "k_proj", "v_proj"), self.qkv_rows)))
         self.o_proj = nn.Linear(g.num_attention_heads * g.head_dim, g.hidden_size, bias=False)
         self.q_norm = RMSNorm(g.head_dim, g.rms_norm_eps)  # per head, before RoPE
         self.k_norm = RMSNorm(g.head_dim, g.rms_norm_eps)
@@ -186,9 +222,10 @@ class Attention(nn.Module):
                 sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Normed x [B, S, C] -> q [B, H, S, D], k and v [B, Hkv, S, D], RoPE applied."""
         b, s, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(b, s, self.n_heads, self.head_dim)).transpose(1, 2)
-        k = self.k_norm(self.k_proj(x).view(b, s, self.n_kv, self.head_dim)).transpose(1, 2)
-        v = self.v_proj(x).view(b, s, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k, v = self.qkv_proj(x).split(self.qkv_rows, dim=-1)
+        q = self.q_norm(q.view(b, s, self.n_heads, self.head_dim)).transpose(1, 2)
+        k = self.k_norm(k.view(b, s, self.n_kv, self.head_dim)).transpose(1, 2)
+        v = v.view(b, s, self.n_kv, self.head_dim).transpose(1, 2)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -209,12 +246,13 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, g: TransformerGeometry) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(g.hidden_size, g.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(g.hidden_size, g.intermediate_size, bias=False)
+        stack_projections(self, "gate_up_proj", g.hidden_size,
+                          {"gate_proj": g.intermediate_size, "up_proj": g.intermediate_size})
         self.down_proj = nn.Linear(g.intermediate_size, g.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
