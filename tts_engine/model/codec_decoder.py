@@ -182,18 +182,26 @@ class CausalTransConv1d(nn.Module):
         return y[..., : y.shape[-1] - self.overlap] + self.conv.bias[None, :, None]
 
 
+def snake_beta(x: Tensor, log_alpha: Tensor, log_beta: Tensor) -> Tensor:
+    """x [B, C, L] + sin^2(x * e^alpha) / e^beta, alpha and beta [C] per channel."""
+    alpha = torch.exp(log_alpha)[None, :, None]
+    beta = torch.exp(log_beta)[None, :, None]
+    return x + (1.0 / (beta + 1e-9)) * torch.sin(x * alpha).pow(2)
+
+
 class SnakeBeta(nn.Module):
-    """x + sin^2(x * e^alpha) / e^beta, per channel (alpha, beta stored as logs)."""
+    """`snake_beta` with this layer's alpha and beta (stored as logs). `activation` is the
+    function that computes it: runtime/compiled.py puts one compiled code there for all
+    layers (eager, its eight elementwise kernels each read and write the whole signal)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.alpha = nn.Parameter(torch.zeros(channels))
         self.beta = nn.Parameter(torch.zeros(channels))
+        self.activation = snake_beta
 
     def forward(self, x: Tensor) -> Tensor:  # [B, C, L]
-        alpha = torch.exp(self.alpha)[None, :, None]
-        beta = torch.exp(self.beta)[None, :, None]
-        return x + (1.0 / (beta + 1e-9)) * torch.sin(x * alpha).pow(2)
+        return self.activation(x, self.alpha, self.beta)
 
 
 class ConvNeXtBlock(nn.Module):

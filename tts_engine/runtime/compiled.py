@@ -13,6 +13,9 @@ each serves every layer of a geometry, every batch bucket and every span:
 which makes 4 compiled variants per part and geometry (8 graphs for the 0.6B,
 whose talker and predictor layers have one geometry; 16 for the 1.7B), and one
 more of `finish` wherever an attention kernel lays its output out differently.
+The codec decoder's SnakeBeta activation (`snake_beta`, 29 layers) is compiled the
+same way, batch, channels and length dynamic: 2 more graphs (batch 1, and more), one
+fused kernel per layer instead of eight over the whole signal.
 `precompile` compiles all of them at start-up, before the warm-up synthesis and
 the CUDA graphs, which then capture the compiled kernels per bucket as before.
 The mode is torch.compile's default: the engine captures its own graphs.
@@ -25,6 +28,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ..codec_stream import CodecStreamDecoder
+from ..model.codec_decoder import CodecDecoder, SnakeBeta, float32_numerics, snake_beta
 from ..model.configs import TransformerGeometry
 from ..model.layers import KVCache, StaticKVCache
 from ..model.talker import Talker
@@ -34,6 +39,8 @@ DYNAMIC_DIMS = {
     "project": ((0, 1), (0, 1), (0, 1)),  # x [B, S, C], cos and sin [B, S, D]
     "finish": ((0, 1), (0, 2)),  # x [B, S, C], attended [B, H, S, D]
 }
+# snake_beta's: x [B, C, L], the logs of alpha and beta [C]
+SNAKE_DYNAMIC_DIMS = ((0, 1, 2), (0,), (0,))
 # Compiled variants a part may hold before torch gives up and runs it eagerly: 4 per
 # geometry, more where attention kernels lay their output out differently per path;
 # torch's default (8) is too tight for the 1.7B's two geometries.
@@ -49,6 +56,14 @@ def compile_layers(talker: Talker) -> None:
         for layer in stack.layers:
             for part, dims in DYNAMIC_DIMS.items():
                 setattr(layer, part, _compiled(getattr(layer, part), dims))
+
+
+def compile_decoder_activations(decoder: CodecDecoder) -> None:
+    """Route every SnakeBeta of the codec decoder through one compiled `snake_beta`."""
+    activation = _compiled(snake_beta, SNAKE_DYNAMIC_DIMS)
+    for module in decoder.modules():
+        if isinstance(module, SnakeBeta):
+            module.activation = activation
 
 
 def _compiled(part: Callable[..., Tensor],
@@ -69,13 +84,15 @@ def _compiled(part: Callable[..., Tensor],
 
 
 @torch.no_grad()
-def precompile(talker: Talker, span: int) -> None:
+def precompile(talker: Talker, decoder: CodecStreamDecoder, span: int) -> None:
     """Compile every variant now, by running both stacks as the engine does, on scratch
     caches, at batch 1 and 2 (2 stands for any larger batch): the talker's prefill (two
     positions or more, causal) and its decode step (one position over a static cache of
     `span` positions, masked), the predictor's first step (two positions) and the steps
     after it (one, unmasked). The attention's output layout, on which `finish` is
-    specialised, may differ between these paths."""
+    specialised, may differ between these paths. Then the decoder's activation, under the
+    decoder's numerics (their flags are guarded), on sizes no real signal has (sizes that
+    happen to be equal would share a symbol)."""
     device, dtype = talker.codec_head.weight.device, talker.codec_head.weight.dtype
     talker_g, predictor_g = talker.model.geometry, talker.code_predictor.model.geometry
 
@@ -90,6 +107,12 @@ def precompile(talker: Talker, span: int) -> None:
         predictor = KVCache.allocate(predictor_g, batch, 3, device, dtype)
         for positions in (2, 1):
             talker.code_predictor.model(zeros(predictor_g, batch, positions), predictor)
+    snake = next(m for m in decoder.model.modules() if isinstance(m, SnakeBeta))
+    channels = torch.zeros(3, device=device, dtype=snake.alpha.dtype)
+    with float32_numerics(decoder.tf32):
+        for batch in (1, 2):
+            snake.activation(torch.zeros(batch, 3, 5, device=device, dtype=snake.alpha.dtype),
+                             channels, channels)
 
 
 def compiled_graphs() -> int:

@@ -73,7 +73,7 @@ from ..synthesis import Request, TTSModel
 from .admission import REALTIME_BUDGET_MS, Admission
 from .code_dump import dump_codes
 from .compile_cache import CompileCache
-from .compiled import compile_layers, compiled_graphs, precompile
+from .compiled import compile_decoder_activations, compile_layers, compiled_graphs, precompile
 from .memory import MemoryAccount, MemoryProbe
 from .rows import PrefillStage, RowPool, row_bytes
 from .session import _DONE, StreamHandle, StreamSession, call_in_loop
@@ -178,6 +178,7 @@ class TTSEngine:
                 self.compile_cache = CompileCache.open(cache_root(), self.model.config,
                                                        self.model.codegen.dtype, self.model.device)
                 compile_layers(self.model.codegen.talker)
+                compile_decoder_activations(self.model.decoder)
         try:
             self.stepper = BatchStepper(self.model.codegen, decoder, self.pool, config.cuda_graphs,
                                         invariance)
@@ -340,6 +341,7 @@ class TTSEngine:
     def _compile(self) -> None:
         try:
             self.compile_cache.compile(lambda: precompile(self.model.codegen.talker,
+                                                          self.stepper.decoder,
                                                           self.stepper.spans[0]))
         except Exception as exc:
             self.close()
