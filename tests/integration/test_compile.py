@@ -27,9 +27,9 @@ from tts_engine.runtime.compile_cache import ARTEFACTS, CompileCache
 from tts_engine.runtime.compiled import DYNAMIC_DIMS
 
 # 4 variants (batch 1 or more x one position or more) of each compiled part (the tiny
-# checkpoint's talker and predictor layers share one geometry), and 2 of the decoder's
-# activation (batch 1 or more)
-GRAPHS = 4 * len(DYNAMIC_DIMS) + 2
+# checkpoint's talker and predictor layers share one geometry), and the decoder's
+# activation for one row
+GRAPHS = 4 * len(DYNAMIC_DIMS) + 1
 
 
 def start(model_dir: Path, home: Path, out: Path, compile_on: bool) -> dict:

@@ -14,8 +14,8 @@ which makes 4 compiled variants per part and geometry (8 graphs for the 0.6B,
 whose talker and predictor layers have one geometry; 16 for the 1.7B), and one
 more of `finish` wherever an attention kernel lays its output out differently.
 The codec decoder's SnakeBeta activation (`snake_beta`, 29 layers) is compiled the
-same way, batch, channels and length dynamic: 2 more graphs (batch 1, and more), one
-fused kernel per layer instead of eight over the whole signal.
+same way for one row, channels and length dynamic: 1 more graph, one fused kernel per
+layer instead of eight over the whole signal.
 `precompile` compiles all of them at start-up, before the warm-up synthesis and
 the CUDA graphs, which then capture the compiled kernels per bucket as before.
 The mode is torch.compile's default: the engine captures its own graphs.
@@ -39,8 +39,8 @@ DYNAMIC_DIMS = {
     "project": ((0, 1), (0, 1), (0, 1)),  # x [B, S, C], cos and sin [B, S, D]
     "finish": ((0, 1), (0, 2)),  # x [B, S, C], attended [B, H, S, D]
 }
-# snake_beta's: x [B, C, L], the logs of alpha and beta [C]
-SNAKE_DYNAMIC_DIMS = ((0, 1, 2), (0,), (0,))
+# snake_beta's: x [1, C, L], the logs of alpha and beta [C]
+SNAKE_DYNAMIC_DIMS = ((1, 2), (0,), (0,))
 # Compiled variants a part may hold before torch gives up and runs it eagerly: 4 per
 # geometry, more where attention kernels lay their output out differently per path;
 # torch's default (8) is too tight for the 1.7B's two geometries.
@@ -59,8 +59,15 @@ def compile_layers(talker: Talker) -> None:
 
 
 def compile_decoder_activations(decoder: CodecDecoder) -> None:
-    """Route every SnakeBeta of the codec decoder through one compiled `snake_beta`."""
-    activation = _compiled(snake_beta, SNAKE_DYNAMIC_DIMS)
+    """Route every SnakeBeta of the codec decoder through one compiled `snake_beta` for a
+    batch of one row. Larger batches stay eager: on an H100 the fused kernel, its sizes
+    symbolic, took 0.14 ms a frame for one row against 0.41 ms of eager kernels, but 3.4
+    against 2.7 ms for 64 rows (docs/PERFORMANCE.md, optimisation log item 19)."""
+    compiled = _compiled(snake_beta, SNAKE_DYNAMIC_DIMS)
+
+    def activation(x: Tensor, log_alpha: Tensor, log_beta: Tensor) -> Tensor:
+        return (compiled if x.shape[0] == 1 else snake_beta)(x, log_alpha, log_beta)
+
     for module in decoder.modules():
         if isinstance(module, SnakeBeta):
             module.activation = activation
@@ -90,9 +97,9 @@ def precompile(talker: Talker, decoder: CodecStreamDecoder, span: int) -> None:
     positions or more, causal) and its decode step (one position over a static cache of
     `span` positions, masked), the predictor's first step (two positions) and the steps
     after it (one, unmasked). The attention's output layout, on which `finish` is
-    specialised, may differ between these paths. Then the decoder's activation, under the
-    decoder's numerics (their flags are guarded), on sizes no real signal has (sizes that
-    happen to be equal would share a symbol)."""
+    specialised, may differ between these paths. Then the decoder's activation for one
+    row, under the decoder's numerics (their flags are guarded), on sizes no real signal
+    has (sizes that happen to be equal would share a symbol)."""
     device, dtype = talker.codec_head.weight.device, talker.codec_head.weight.dtype
     talker_g, predictor_g = talker.model.geometry, talker.code_predictor.model.geometry
 
@@ -110,9 +117,8 @@ def precompile(talker: Talker, decoder: CodecStreamDecoder, span: int) -> None:
     snake = next(m for m in decoder.model.modules() if isinstance(m, SnakeBeta))
     channels = torch.zeros(3, device=device, dtype=snake.alpha.dtype)
     with float32_numerics(decoder.tf32):
-        for batch in (1, 2):
-            snake.activation(torch.zeros(batch, 3, 5, device=device, dtype=snake.alpha.dtype),
-                             channels, channels)
+        snake.activation(torch.zeros(1, 3, 5, device=device, dtype=snake.alpha.dtype),
+                         channels, channels)
 
 
 def compiled_graphs() -> int:
