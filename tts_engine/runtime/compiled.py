@@ -13,9 +13,12 @@ each serves every layer of a geometry, every batch bucket and every span:
 which makes 4 compiled variants per part and geometry (8 graphs for the 0.6B,
 whose talker and predictor layers have one geometry; 16 for the 1.7B), and one
 more of `finish` wherever an attention kernel lays its output out differently.
-The codec decoder's SnakeBeta activation (`snake_beta`, 29 layers) is compiled the
-same way for one row, channels and length dynamic: 1 more graph, one fused kernel per
-layer instead of eight over the whole signal.
+Each stack's RoPE table (cos and sin of its positions) and final norm, run once a
+step around the layers, are compiled the same way: 4 variants each, and one more of
+the RoPE table for the predictor's positions in a batch (one row broadcast to all; their
+eager kernels were some 190 of a frame's). The codec decoder's SnakeBeta activation
+(`snake_beta`, 29 layers) is compiled the same way for one row, channels and length
+dynamic: 1 more graph, one fused kernel per layer instead of eight over the signal.
 `precompile` compiles all of them at start-up, before the warm-up synthesis and
 the CUDA graphs, which then capture the compiled kernels per bucket as before.
 The mode is torch.compile's default: the engine captures its own graphs.
@@ -24,6 +27,7 @@ The mode is torch.compile's default: the engine captures its own graphs.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -34,10 +38,15 @@ from ..model.configs import TransformerGeometry
 from ..model.layers import KVCache, StaticKVCache
 from ..model.talker import Talker
 
-# The dynamic dimensions of each part's tensor arguments: batch and positions.
+# The dynamic dimensions of each part's arguments: batch and positions.
 DYNAMIC_DIMS = {
     "project": ((0, 1), (0, 1), (0, 1)),  # x [B, S, C], cos and sin [B, S, D]
     "finish": ((0, 1), (0, 2)),  # x [B, S, C], attended [B, H, S, D]
+}
+# The same for each stack's RoPE table and final norm, run once a step around the layers
+STACK_DYNAMIC_DIMS = {
+    "rotary": ((0, 1), ()),  # positions [B, S], the dtype
+    "norm": ((0, 1),),  # x [B, S, C]
 }
 # snake_beta's: x [1, C, L], the logs of alpha and beta [C]
 SNAKE_DYNAMIC_DIMS = ((1, 2), (0,), (0,))
@@ -56,6 +65,9 @@ def compile_layers(talker: Talker) -> None:
         for layer in stack.layers:
             for part, dims in DYNAMIC_DIMS.items():
                 setattr(layer, part, _compiled(getattr(layer, part), dims))
+        for name, dims in STACK_DYNAMIC_DIMS.items():
+            module = getattr(stack, name)
+            module.forward = _compiled(module.forward, dims)
 
 
 def compile_decoder_activations(decoder: CodecDecoder) -> None:
@@ -73,19 +85,19 @@ def compile_decoder_activations(decoder: CodecDecoder) -> None:
             module.activation = activation
 
 
-def _compiled(part: Callable[..., Tensor],
-              dims: tuple[tuple[int, ...], ...]) -> Callable[..., Tensor]:
+def _compiled(part: Callable[..., Any],
+              dims: tuple[tuple[int, ...], ...]) -> Callable[..., Any]:
     compiled = torch.compile(part, dynamic=False)  # dynamic: only the dimensions marked below
 
-    def call(*tensors: Tensor) -> Tensor:
+    def call(*args: Any) -> Any:
         # detach(): the same memory, but not a view. Dynamo guards a view's base, which
         # differs between a stack's input (a row of the pool) and a layer's output, and
         # would compile every variant twice.
-        tensors = tuple(t.detach() for t in tensors)
-        for t, marked in zip(tensors, dims):
+        args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
+        for a, marked in zip(args, dims):
             for dim in marked:
-                torch._dynamo.maybe_mark_dynamic(t, dim)
-        return compiled(*tensors)
+                torch._dynamo.maybe_mark_dynamic(a, dim)
+        return compiled(*args)
 
     return call
 
