@@ -140,12 +140,12 @@ async def two_agents_seen(lk: LiveKitServer, room: str, seconds: float,
     """Watch the room for `seconds` (or until `until` is set): did it hold two agent
     participants for longer than `tolerance_s`? (Two can meet for a moment, when LiveKit's
     own dispatch and an old agent's rejoin cross after a restart; the later one sees the
-    other and leaves.) With `live_only`, only live agents count: one that joined during the
-    watch (by LiveKit's join time: after a node died, the room may be listed only later,
-    with agents that joined before), or whose heartbeat attribute moved within
-    STALE_AFTER_S. After a node died, LiveKit lists the dead session's agent, its heartbeat
-    frozen, in the room it moved for a few seconds; the reconciler does not count it
-    either."""
+    other and leaves.) With `live_only`, only live agents count: one whose heartbeat
+    attribute moved within STALE_AFTER_S (a newcomer from its first move, HEARTBEAT_S after
+    it joined at most), or one without a heartbeat that joined during the watch (by
+    LiveKit's join time). After a node died, LiveKit lists the dead session's agent, its
+    heartbeat frozen, in the room it moved for a few seconds, and its join time may be
+    later than the watch's start; the reconciler does not count it either."""
     twins_since = None
     beats: dict[str, tuple[str | None, float, bool]] = {}  # identity: heartbeat, since, seen alive
     watch_began_ms = time.time() * 1000 - JOIN_CLOCK_SLACK_MS
@@ -164,8 +164,9 @@ async def two_agents_seen(lk: LiveKitServer, room: str, seconds: float,
                     continue
                 beat = p.attributes.get(HEARTBEAT_ATTRIBUTE)
                 known = beats.get(p.identity)
-                if known is None:  # a newcomer is alive
-                    beats[p.identity] = (beat, now, p.joined_at_ms >= watch_began_ms)
+                if known is None:  # alive once its heartbeat moves (none: if it is new)
+                    beats[p.identity] = (beat, now,
+                                         beat is None and p.joined_at_ms >= watch_began_ms)
                 elif known[0] != beat:
                     beats[p.identity] = (beat, now, True)
                 _, since, seen_alive = beats[p.identity]
