@@ -191,8 +191,9 @@ def snake_beta(x: Tensor, log_alpha: Tensor, log_beta: Tensor) -> Tensor:
 
 class SnakeBeta(nn.Module):
     """`snake_beta` with this layer's alpha and beta (stored as logs). `activation` is the
-    function that computes it: runtime/compiled.py puts one compiled code there for all
-    layers (eager, its eight elementwise kernels each read and write the whole signal)."""
+    function that computes it: with compile on, runtime/compiled.py puts there one compiled
+    code for batches of one row (eager, its eight elementwise kernels each read and write
+    the whole signal) and the eager function for larger batches."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
