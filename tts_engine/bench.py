@@ -514,6 +514,11 @@ ENGINE_SUMS = {
                               "admission_prompt_ms": "tts_engine_admission_prompt_ms_sum"},
     "tts_engine_admitted_sum": {"prompts_ahead_share": "tts_engine_prompts_built_ahead"},
 }
+# The engine's counters on /metrics, as their increase over a level: the worker's turns
+# longer than a frame (the server's log says what each spent its time on) and the garbage
+# collector's pauses (every thread stands still during one).
+LEVEL_COUNTS = {"slow_turns": "tts_engine_slow_turns", "gc_pauses": "tts_engine_gc_pauses",
+                "gc_pause_ms": "tts_engine_gc_pause_ms_sum"}
 CAPACITY_POLL_S = 1.0  # how often a throughput level reads the engine's capacity
 
 
@@ -606,6 +611,7 @@ async def _measured(url: str, duration: float, load, results: list[dict]) -> dic
             "first_underrun_at_s_max": pct(late, 100),
             **engine_means(before, after),
             "capacity_min": min(capacities), "capacity_end": after["tts_engine_capacity_streams"],
+            **{key: after[name] - before[name] for key, name in LEVEL_COUNTS.items()},
             "gpu_memory_peak_mib": after["tts_engine_gpu_memory_peak_mib"]}
 
 

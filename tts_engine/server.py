@@ -106,6 +106,14 @@ ENGINE_GAUGES = (  # TTSEngine.stats() key, metric, help
      "(those not built ahead)"),
     ("prompts_built_ahead", "tts_engine_prompts_built_ahead",
      "newcomers' prompts built while a step ran on the device, before their admission"),
+    ("slow_turns", "tts_engine_slow_turns",
+     "worker turns longer than a frame (80 ms) since start: each cost every stream real time; "
+     "the log says what each spent its time on"),
+    ("slow_turn_ms_max", "tts_engine_slow_turn_ms_max", "the longest worker turn since start"),
+    ("gc_pauses", "tts_engine_gc_pauses", "Python garbage collections since start"),
+    ("gc_pause_ms_sum", "tts_engine_gc_pause_ms_sum",
+     "time since start every Python thread stood still for the garbage collector"),
+    ("gc_pause_ms_max", "tts_engine_gc_pause_ms_max", "the longest garbage collection since start"),
     ("step_slowdown", "tts_engine_step_slowdown",
      "real step periods over their start-up calibration (median of the recent steps); "
      "tts_engine_step_predicted_ms = calibration x this"),

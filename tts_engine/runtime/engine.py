@@ -78,6 +78,7 @@ from .memory import MemoryAccount, MemoryProbe
 from .rows import PrefillStage, RowPool, row_bytes
 from .session import _DONE, StreamHandle, StreamSession, call_in_loop
 from .stepper import PREFILL_GROUPS, PREFILL_TOKENS, BatchStepper, RowStart, invariance_for
+from .turns import TurnClock
 
 log = logging.getLogger("tts_engine")
 
@@ -200,6 +201,7 @@ class TTSEngine:
         self.last_step_ms = 0.0  # the last step's period (as in StepTotals)
         self.last_batch = 0
         self.step_totals = StepTotals()
+        self.turns = TurnClock()
         self.underruns = 0
         self._worker = threading.Thread(target=self._run, name="tts-engine", daemon=True)
         self._worker.start()
@@ -363,6 +365,7 @@ class TTSEngine:
                 s.cancel()
             self._lock.notify()
         self._worker.join(timeout=10)
+        self.turns.close()
 
     def wake(self) -> None:
         with self._lock:
@@ -380,7 +383,7 @@ class TTSEngine:
                 "capacity": self.capacity, "capacity_left": self.capacity_left,
                 "step_slowdown": self.admission.slowdown, "underruns": self.underruns,
                 "gpu_memory_peak_mib": peak, "gpu_memory_reserved_mib": reserved,
-                **self.step_totals.report()}
+                **self.step_totals.report(), **self.turns.report()}
 
     # -- submission -----------------------------------------------------------
 
@@ -407,33 +410,45 @@ class TTSEngine:
 
     def _run(self) -> None:
         torch.set_grad_enabled(False)
+        turns = self.turns
         while True:
             with self._lock:
+                idle = False
                 while (self._flight is None and not self._queued and not self._active
                        and not self._closed):
                     self._lock.wait()
+                    idle = True
                 if self._closed and self._flight is None and not self._queued and not self._active:
                     return
+            if idle:  # waiting for work is no turn's time
+                turns.restart()
             landed, flight = None, self._flight
             if flight is not None:  # 1: the rows of the next step are settled first
-                landed = self._guarded(flight.sessions, self._land)
-                if landed and not self.stepper.launch_returns_early:
-                    # nothing to overlap: sent after the launch, every packet would wait a
-                    # whole step (and any prefill), a hole after a reply's first packet
-                    self._send_packets(landed)
-                    landed = []
-            self._settle_rows()
+                with turns.phase("land"):
+                    landed = self._guarded(flight.sessions, self._land)
+                    if landed and not self.stepper.launch_returns_early:
+                        # nothing to overlap: sent after the launch, every packet would wait a
+                        # whole step (and any prefill), a hole after a reply's first packet
+                        self._send_packets(landed)
+                        landed = []
+            with turns.phase("settle"):
+                self._settle_rows()
             if landed is not None:
                 self._observe_step(flight)
-            if newcomers := self._next_admissions():  # 2
-                self._guarded(newcomers, self._admit, newcomers)
-                with self._lock:
-                    self._admitting = 0
+            with turns.phase("admit"):  # 2
+                if newcomers := self._next_admissions():
+                    self._guarded(newcomers, self._admit, newcomers)
+                    with self._lock:
+                        self._admitting = 0
             if batch := list(self._active):  # 3
-                self._guarded(batch, self._launch, batch)
+                with turns.phase("launch"):
+                    self._guarded(batch, self._launch, batch)
             if landed:  # 4: while the device runs the step just launched
-                self._send_packets(landed)
-            self._build_prompts_ahead()  # 5: while it still runs
+                with turns.phase("hand_over"):
+                    self._send_packets(landed)
+            with turns.phase("prompts"):
+                self._build_prompts_ahead()  # 5: while it still runs
+            turns.end_turn(len(batch), len(newcomers))
 
     def _build_prompts_ahead(self) -> None:
         """The next waiters' prompts, built while the device runs a step (their host work,
