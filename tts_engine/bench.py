@@ -518,6 +518,7 @@ ENGINE_SUMS = {
 # longer than a frame (the server's log says what each spent its time on) and the garbage
 # collector's pauses (every thread stands still during one).
 LEVEL_COUNTS = {"slow_turns": "tts_engine_slow_turns", "gc_pauses": "tts_engine_gc_pauses",
+                "gc_full": "tts_engine_gc_full_collections",
                 "gc_pause_ms": "tts_engine_gc_pause_ms_sum"}
 CAPACITY_POLL_S = 1.0  # how often a throughput level reads the engine's capacity
 

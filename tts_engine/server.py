@@ -111,6 +111,8 @@ ENGINE_GAUGES = (  # TTSEngine.stats() key, metric, help
      "the log says what each spent its time on"),
     ("slow_turn_ms_max", "tts_engine_slow_turn_ms_max", "the longest worker turn since start"),
     ("gc_pauses", "tts_engine_gc_pauses", "Python garbage collections since start"),
+    ("gc_full_collections", "tts_engine_gc_full_collections",
+     "of tts_engine_gc_pauses, collections of the oldest generation (the long ones)"),
     ("gc_pause_ms_sum", "tts_engine_gc_pause_ms_sum",
      "time since start every Python thread stood still for the garbage collector"),
     ("gc_pause_ms_max", "tts_engine_gc_pause_ms_max", "the longest garbage collection since start"),

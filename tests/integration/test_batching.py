@@ -99,6 +99,25 @@ async def test_eight_streams_join_and_leave_mid_batch_and_stay_exact(batched):
     assert batched.active_sessions == 0
 
 
+async def test_streams_ending_in_the_same_step_free_their_rows_at_once_and_spare_the_rest(
+    batched,
+):
+    """Rows 1, 2, 4 and 6 of eight end at the same frame: the streams kept in rows 5 and 7
+    move into rows 1 and 2 in one move of the pool (their KV, buffers and decoder state),
+    and every stream stays exact."""
+    ending = {1, 2, 4, 6}
+    requests = [dataclasses.replace(batched.make_request(TEXTS[4], s),
+                                    max_frames=6 if i in ending else 14)
+                for i, s in enumerate(SPEAKERS)]
+    handles = open_together(batched, requests)
+    results = await asyncio.gather(*[read_all(h) for h in handles])
+    for i, (pcm, m) in enumerate(results):
+        assert m.stop_reason == "max_frames" and m.frames == (6 if i in ending else 14)
+        assert m.batch_max == 8
+        assert_exact(batched, pcm, m)
+    assert batched.active_sessions == 0
+
+
 async def test_cancel_in_the_middle_of_a_batch_frees_the_row_and_spares_the_rest(batched):
     requests = [batched.make_request(t, "serena") for t in TEXTS[:4]]
     handles = [batched.open_stream(r) for r in requests]

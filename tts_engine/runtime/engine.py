@@ -208,6 +208,7 @@ class TTSEngine:
         self.ready = False
         if warmup:
             self.warmup()
+        self.turns.arm()  # the warm-up's turns (eager, compiling) are no load's
 
     # -- public API ---------------------------------------------------------
 
@@ -582,14 +583,12 @@ class TTSEngine:
     def _land(self) -> list[StreamSession]:
         """Wait for the step in flight and decide who leaves the batch (step 1 of the loop).
         The streams that go on have their frame; their packets are for _send_packets."""
-        # from here a stream that ends frees its row at once
         flight, self._flight = self._flight, None
         result = self.stepper.collect()
         flight.device_ms = result.codegen_ms + result.decode_ms
         eos = result.codes[:, 0] == self.model.codegen.eos_id
         going_on = []
-        # sessions[i] was row i during the step; a stream that ends here frees its row at
-        # once (the last row moves into it), which leaves the rows still to visit unchanged
+        # sessions[i] is row i: a stream that ends here keeps its row until _settle_rows
         for i, s in enumerate(flight.sessions):
             if s.finished:  # ended while the step ran: its frame is dropped
                 continue
@@ -613,16 +612,34 @@ class TTSEngine:
         return going_on
 
     def _settle_rows(self) -> None:
-        """Free the rows of the streams that ended while the step ran, and end the cancelled
-        ones (timed apart from the step's period: their cost is per stream, not per step)."""
+        """End the cancelled streams, then free the rows of every stream that ended (at the
+        landing, while the step ran, or now), all at once (timed apart from the step's
+        period: their cost is per stream, not per step)."""
         start = time.perf_counter()
-        for s in [s for s in self._active if s.finished]:
-            self._release(s)
         for s in [s for s in self._active if s.cancelled.is_set()]:
             self._finish(s, "cancelled")
+        if any(s.finished for s in self._active):
+            self._compact_rows()
         ms = (time.perf_counter() - start) * 1000
         self.step_totals.settle_ms += ms
         self.admission.observe_settle(ms)
+
+    def _compact_rows(self) -> None:
+        """Drop the ended streams from the rows: the streams kept beyond the new end move
+        into the freed rows below it, in one move of the pool (rows stay compact, and row i
+        is self._active[i])."""
+        active = self._active
+        n = sum(not s.finished for s in active)
+        holes = [row for row in range(n) if active[row].finished]
+        movers = [s for s in active[n:] if not s.finished]
+        self.pool.move([(s.row, row, s.position) for s, row in zip(movers, holes, strict=True)])
+        for s in active:
+            if s.finished:
+                s.row = None
+        for s, row in zip(movers, holes, strict=True):
+            s.row = row
+            active[row] = s
+        del active[n:]
 
     def _observe_step(self, flight: Flight) -> None:
         """The landed step's period, launch to its frames taken (what streams wait between
@@ -694,8 +711,8 @@ class TTSEngine:
         self._finish(s, reason, error)
 
     def _finish(self, s: StreamSession, reason: str, error: BaseException | None = None) -> None:
-        """Close a session: its error (if any), metrics, dump, end of stream; free its row, or
-        while a step is in flight, leave that to the step's landing (rows move)."""
+        """Close a session: its error (if any), metrics, dump, end of stream. Its row, if it
+        has one, is freed by the next _settle_rows, before anything else uses the rows."""
         if s.finished:
             return
         s.finished = True
@@ -709,24 +726,9 @@ class TTSEngine:
                        text=s.request.text, speaker=s.request.speaker,
                        language=s.request.language, model_dir=str(self.model.model_dir),
                        stop_reason=s.metrics.stop_reason, text_tokens=s.text_tokens)
-        if self._flight is None:
-            self._release(s)
         s.on_admitted(error)  # a stream that ends before its admission stops waiting too
         s.on_closed()  # before the end of stream: a consumer that reads to the end finds it closed
         s.emit(_DONE)
-
-    def _release(self, s: StreamSession) -> None:
-        """Free s's row: the last active row moves into it, so rows stay compact."""
-        row, last = s.row, len(self._active) - 1
-        if row is None:
-            return
-        if row != last:
-            mover = self._active[last]
-            self.pool.move(last, row, mover.position)
-            mover.row = row
-            self._active[row] = mover
-        self._active.pop()
-        s.row = None
 
     def _calibrate(self) -> None:
         """Time the buckets' steps on idle rows (start-up only): one untimed step first (a

@@ -73,14 +73,22 @@ class RowPool:
     def row(self, index: int) -> RowView:
         return self.view(index, index + 1)
 
-    def move(self, src: int, dst: int, length: int) -> None:
-        """Copy row `src` (its first `length` KV positions, every buffer, its decoder
-        state) into row `dst`. Later positions of `dst` keep stale but finite values,
-        which the attention mask hides."""
-        self._k[:, dst, :, :length] = self._k[:, src, :, :length]
-        self._v[:, dst, :, :length] = self._v[:, src, :, :length]
+    def move(self, moves: list[tuple[int, int, int]]) -> None:
+        """For each (src, dst, length), copy row `src` (its first `length` KV positions,
+        every buffer, its decoder state) into row `dst`; no row is both a source and a
+        destination. Later positions of `dst` keep stale but finite values, which the
+        attention mask hides. The KV, most of the bytes, is copied row by row in its own
+        length; the ~70 small tensors each in one indexed copy for every row, so freeing
+        many rows at once (a wave of replies ending together) costs about what one does."""
+        if not moves:
+            return
+        for src, dst, length in moves:
+            self._k[:, dst, :, :length] = self._k[:, src, :, :length]
+            self._v[:, dst, :, :length] = self._v[:, src, :, :length]
+        sources, destinations, _ = zip(*moves, strict=True)
+        src, dst = (torch.tensor(rows, device=self._k.device) for rows in (sources, destinations))
         for t in (*self._buffers.values(), *self._codec.tensors()):
-            t[dst] = t[src]
+            t.index_copy_(0, dst, t.index_select(0, src))
 
     def park(self, start: int, stop: int) -> None:
         """Rows that only pad a bucket: position 0, so their writes stay in range."""

@@ -37,6 +37,7 @@ class GcPauses:
 
     def __init__(self) -> None:
         self.count = 0
+        self.full = 0  # of them, collections of the oldest generation (the long ones)
         self.total_ms = 0.0
         self.max_ms = 0.0
         self._started: float | None = None
@@ -49,6 +50,7 @@ class GcPauses:
             ms = (time.perf_counter() - self._started) * 1000
             self._started = None
             self.count += 1
+            self.full += info["generation"] == 2
             self.total_ms += ms
             self.max_ms = max(self.max_ms, ms)
 
@@ -62,6 +64,7 @@ class TurnClock:
 
     def __init__(self) -> None:
         self.gc = GcPauses()
+        self.armed = False  # slow turns count from arm() on
         self.slow_turns = 0
         self.slow_turn_ms_max = 0.0
         self._unlogged = 0
@@ -71,7 +74,7 @@ class TurnClock:
     def _begin(self) -> None:
         self._started = time.perf_counter()
         self._cpu_started = time.thread_time()
-        self._gc_started = self.gc.total_ms
+        self._gc_started = self.gc.total_ms, self.gc.full
         self.phases: dict[str, float] = defaultdict(float)
 
     @contextmanager
@@ -82,6 +85,10 @@ class TurnClock:
         finally:
             self.phases[name] += (time.perf_counter() - start) * 1000
 
+    def arm(self) -> None:
+        """Count and log slow turns from now on (the engine is ready)."""
+        self.armed = True
+
     def restart(self) -> None:
         """A turn starts after the worker waited, idle, for work: idle time is no turn's."""
         self._begin()
@@ -90,7 +97,7 @@ class TurnClock:
         """The turn is over (`batch` streams launched, `admitted` of them newcomers); the next
         starts now."""
         ms = (time.perf_counter() - self._started) * 1000
-        if ms > SLOW_TURN_MS:
+        if self.armed and ms > SLOW_TURN_MS:
             self.slow_turns += 1
             self.slow_turn_ms_max = max(self.slow_turn_ms_max, ms)
             self._unlogged += 1
@@ -99,15 +106,17 @@ class TurnClock:
                 cpu_ms = (time.thread_time() - self._cpu_started) * 1000
                 phases = ", ".join(f"{k} {v:.0f}" for k, v in self.phases.items() if v >= 0.5)
                 log.warning("slow worker turn: %.0f ms with %d streams (%d admitted): %s ms; "
-                            "worker CPU %.0f ms, GC pauses %.0f ms (%d slow turns since the "
-                            "last line)", ms, batch, admitted, phases or "no phase", cpu_ms,
-                            self.gc.total_ms - self._gc_started, self._unlogged)
+                            "worker CPU %.0f ms, GC pauses %.0f ms (%d full) (%d slow turns "
+                            "since the last line)", ms, batch, admitted, phases or "no phase",
+                            cpu_ms, self.gc.total_ms - self._gc_started[0],
+                            self.gc.full - self._gc_started[1], self._unlogged)
                 self._logged_at, self._unlogged = now, 0
         self._begin()
 
     def report(self) -> dict[str, float]:
         return {"slow_turns": self.slow_turns, "slow_turn_ms_max": self.slow_turn_ms_max,
-                "gc_pauses": self.gc.count, "gc_pause_ms_sum": self.gc.total_ms,
+                "gc_pauses": self.gc.count, "gc_full_collections": self.gc.full,
+                "gc_pause_ms_sum": self.gc.total_ms,
                 "gc_pause_ms_max": self.gc.max_ms}
 
     def close(self) -> None:
