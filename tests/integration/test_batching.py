@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sys
 import time
 
 import numpy as np
@@ -17,6 +18,7 @@ from tts_engine.config import EngineConfig
 from tts_engine.errors import EngineStartError, InvalidText, OverCapacity
 from tts_engine.model.layers import KVCache
 from tts_engine.runtime import TTSEngine, load_codes
+from tts_engine.runtime.engine import GIL_SWITCH_INTERVAL_S
 from tts_engine.runtime.stepper import BatchStepper, RowStart
 
 TEXTS = [
@@ -97,6 +99,12 @@ async def test_eight_streams_join_and_leave_mid_batch_and_stay_exact(batched):
         offline = batched.model.decode(codes)  # one offline decode of exactly its codes
         assert pcm.shape == offline.shape and np.abs(pcm - offline).max() <= 1e-5
     assert batched.active_sessions == 0
+
+
+def test_the_engine_bounds_how_long_its_worker_waits_for_the_gil(batched):
+    """The worker gets the GIL back within GIL_SWITCH_INTERVAL_S of asking, whatever the
+    consumers' threads do (the interpreter's default is 5 ms)."""
+    assert sys.getswitchinterval() <= GIL_SWITCH_INTERVAL_S == 0.0005
 
 
 async def test_streams_ending_in_the_same_step_free_their_rows_at_once_and_spare_the_rest(

@@ -43,6 +43,7 @@ import logging
 import math
 import queue
 import statistics
+import sys
 import threading
 import time
 from collections import deque
@@ -86,6 +87,13 @@ CPU_ROWS = 32  # batch rows on a CPU (TTS_MAX_BATCH=0)
 MAX_ROWS = 256
 GRAPH_RESERVE_MIB = 2048  # GPU memory kept for graphs and activations when sizing the rows
 CALIBRATION_STEPS = 3  # timed steps per bucket at start-up
+# The worker shares the GIL with its consumers' event loops (the HTTP server's, the
+# agent's). Each time it lets go (a CUDA call, a system call) while a loop's thread is
+# busy, it gets the GIL back only when that thread drops it: by default after up to 5 ms,
+# so a turn that lets go a hundred times can lose hundreds of ms. 0.5 ms bounds each wait.
+# Measured on an H100, 192 closed-loop streams: 122 late packets at 5 ms, none at 0.5 ms
+# (docs/PERFORMANCE.md, "Slow turns").
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass
@@ -203,6 +211,7 @@ class TTSEngine:
         self.step_totals = StepTotals()
         self.turns = TurnClock()
         self.underruns = 0
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
         self._worker = threading.Thread(target=self._run, name="tts-engine", daemon=True)
         self._worker.start()
         self.ready = False
@@ -633,13 +642,14 @@ class TTSEngine:
         holes = [row for row in range(n) if active[row].finished]
         movers = [s for s in active[n:] if not s.finished]
         self.pool.move([(s.row, row, s.position) for s, row in zip(movers, holes, strict=True)])
-        for s in active:
-            if s.finished:
-                s.row = None
+        ended = [s for s in active if s.finished]
         for s, row in zip(movers, holes, strict=True):
             s.row = row
             active[row] = s
         del active[n:]
+        for s in ended:
+            s.row = None
+            self._let_go(s)
 
     def _observe_step(self, flight: Flight) -> None:
         """The landed step's period, launch to its frames taken (what streams wait between
@@ -711,8 +721,9 @@ class TTSEngine:
         self._finish(s, reason, error)
 
     def _finish(self, s: StreamSession, reason: str, error: BaseException | None = None) -> None:
-        """Close a session: its error (if any), metrics, dump, end of stream. Its row, if it
-        has one, is freed by the next _settle_rows, before anything else uses the rows."""
+        """Close a session: its error (if any), metrics, dump, end of stream. A session that
+        holds a row keeps it until the next _settle_rows frees it, before anything else uses
+        the rows; its consumer learns it is closed then."""
         if s.finished:
             return
         s.finished = True
@@ -727,7 +738,14 @@ class TTSEngine:
                        language=s.request.language, model_dir=str(self.model.model_dir),
                        stop_reason=s.metrics.stop_reason, text_tokens=s.text_tokens)
         s.on_admitted(error)  # a stream that ends before its admission stops waiting too
-        s.on_closed()  # before the end of stream: a consumer that reads to the end finds it closed
+        if s.row is None:  # else once _compact_rows has freed its row
+            self._let_go(s)
+
+    @staticmethod
+    def _let_go(s: StreamSession) -> None:
+        """Tell s's consumer the engine has let s go: closed, then the end of stream (a
+        consumer that reads to the end finds it closed)."""
+        s.on_closed()
         s.emit(_DONE)
 
     def _calibrate(self) -> None:
