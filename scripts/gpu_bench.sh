@@ -13,7 +13,8 @@
 #          process that loads, captures its graphs and warms up, up to ~2 minutes at 256 rows)
 #   batch: the server under a concurrency ladder (BATCH_LADDER, default 1 4 16 64 128 256),
 #          then Poisson arrivals (BATCH_RATES requests/s, default 2 5 10), BATCH_DURATION s
-#          (default 30) each; fits one 10-minute call on its own
+#          (default 30) each; fits one 10-minute call on its own; the server's slow-turn lines
+#          go to OUT/slow_turns.txt
 #   profile: a graph-replayed frame's device time at PROFILE_BATCHES rows (default 1 64), by kernel
 #          family and the largest kernels one by one (the engine as configured: compiled on CUDA)
 #   step: STEP_VARIANTS (graph eager), STEP_DECODERS (tf32, the engine's default; also float32, bfloat16)
@@ -148,6 +149,8 @@ if has batch; then
             --duration "${BATCH_DURATION:-30}" --out "$RES/open_loop.json"
         curl -s http://127.0.0.1:9000/metrics | grep '^tts_engine' >"$OUT_DIR/engine_metrics.txt"
         stop_server
+        # the worker's turns longer than a frame, with where their time went
+        grep -h "slow worker turn" "$OUT_DIR/server.log" >"$OUT_DIR/slow_turns.txt" || true
     fi
 fi
 if has compiled; then
