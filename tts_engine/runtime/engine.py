@@ -26,7 +26,8 @@ One worker thread owns every model call. Each turn of its loop:
 A stream that ends in 4 (silence, a failing hand-over) keeps its row while the
 step runs; that step's frame of it is dropped when the step lands, and the row
 is freed then. Streams join and leave between steps; the graphs never change. A
-failure in one stream's hand-over ends that stream only.
+failure in one stream's hand-over ends that stream only. Each turn is timed by
+phase (runtime/turns.py): one longer than a frame is logged with where its time went.
 
     engine = TTSEngine(EngineConfig.from_env())      # loads, warms up, captures
     async with engine.open_stream(request) as stream:
