@@ -60,25 +60,3 @@ def test_a_closed_loop_swallows_calls():
     mailbox.call(print, "never")  # not stuck "scheduled" after the first
 
 
-
-async def test_a_loop_without_weak_references_still_gets_its_calls_in_order():
-    class Unreferenceable:  # __slots__ without __weakref__, as some loop types are
-        __slots__ = ("loop",)
-
-        def __init__(self, loop):
-            self.loop = loop
-
-        def call_soon_threadsafe(self, callback, *args):
-            return self.loop.call_soon_threadsafe(callback, *args)
-
-        def is_closed(self):
-            return self.loop.is_closed()
-
-    loop = Unreferenceable(asyncio.get_running_loop())
-    got = []
-    done = asyncio.Event()
-    for i in range(5):
-        call_in_loop(loop, got.append, i)
-    call_in_loop(loop, done.set)
-    await asyncio.wait_for(done.wait(), 5)
-    assert got == list(range(5))

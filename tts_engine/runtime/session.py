@@ -301,12 +301,9 @@ def call_in_loop(loop: asyncio.AbstractEventLoop, callback: Callable, *args: obj
     """Hand `callback` to a consumer's event loop from the worker thread, after every call
     handed to that loop before it (through the loop's LoopMailbox)."""
     with _mailboxes_lock:
-        try:
-            mailbox = _mailboxes.get(loop)
-            if mailbox is None:
-                mailbox = _mailboxes[loop] = LoopMailbox(loop)
-        except TypeError:  # a loop type without weak references: one mailbox per call
-            mailbox = LoopMailbox(loop)
+        mailbox = _mailboxes.get(loop)
+        if mailbox is None:
+            mailbox = _mailboxes[loop] = LoopMailbox(loop)
     mailbox.call(callback, *args)
 
 
