@@ -107,15 +107,18 @@ ENGINE_GAUGES = (  # TTSEngine.stats() key, metric, help
     ("prompts_built_ahead", "tts_engine_prompts_built_ahead",
      "newcomers' prompts built while a step ran on the device, before their admission"),
     ("slow_turns", "tts_engine_slow_turns",
-     "worker turns longer than a frame (80 ms) since start: each cost every stream real time; "
-     "the log says what each spent its time on"),
-    ("slow_turn_ms_max", "tts_engine_slow_turn_ms_max", "the longest worker turn since start"),
-    ("gc_pauses", "tts_engine_gc_pauses", "Python garbage collections since start"),
+     "worker turns longer than a frame (80 ms) since the engine was ready: each cost every "
+     "stream real time; the log says what each spent its time on"),
+    ("slow_turn_ms_max", "tts_engine_slow_turn_ms_max",
+     "the longest worker turn since the engine was ready"),
+    ("gc_pauses", "tts_engine_gc_pauses", "Python garbage collections since the engine was ready"),
     ("gc_full_collections", "tts_engine_gc_full_collections",
      "of tts_engine_gc_pauses, collections of the oldest generation (the long ones)"),
     ("gc_pause_ms_sum", "tts_engine_gc_pause_ms_sum",
-     "time since start every Python thread stood still for the garbage collector"),
-    ("gc_pause_ms_max", "tts_engine_gc_pause_ms_max", "the longest garbage collection since start"),
+     "time since the engine was ready that every Python thread stood still for the garbage "
+     "collector"),
+    ("gc_pause_ms_max", "tts_engine_gc_pause_ms_max",
+     "the longest garbage collection since the engine was ready"),
     ("step_slowdown", "tts_engine_step_slowdown",
      "real step periods over their start-up calibration (median of the recent steps); "
      "tts_engine_step_predicted_ms = calibration x this"),

@@ -41,6 +41,8 @@ class GcPauses:
         self.total_ms = 0.0
         self.max_ms = 0.0
         self._started: float | None = None
+
+    def start(self) -> None:
         gc.callbacks.append(self._callback)
 
     def _callback(self, phase: str, info: dict) -> None:
@@ -64,7 +66,7 @@ class TurnClock:
 
     def __init__(self) -> None:
         self.gc = GcPauses()
-        self.armed = False  # slow turns count from arm() on
+        self.armed = False  # slow turns and GC pauses count from arm() on
         self.slow_turns = 0
         self.slow_turn_ms_max = 0.0
         self._unlogged = 0
@@ -86,8 +88,10 @@ class TurnClock:
             self.phases[name] += (time.perf_counter() - start) * 1000
 
     def arm(self) -> None:
-        """Count and log slow turns from now on (the engine is ready)."""
+        """Count and log slow turns, and GC pauses, from now on (the engine is ready: the
+        start-up's compile makes long collections that are no load's)."""
         self.armed = True
+        self.gc.start()
 
     def restart(self) -> None:
         """A turn starts after the worker waited, idle, for work: idle time is no turn's."""
