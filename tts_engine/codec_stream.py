@@ -43,6 +43,7 @@ from tts_engine.model.codec_decoder import (
     CausalConv1d,
     CausalTransConv1d,
     CodecDecoder,
+    TransformerLayer,
     float32_numerics,
     sliding_window_mask,
     transposed_conv1d,
@@ -161,6 +162,8 @@ class CodecStreamDecoder:
         self.tf32 = tf32  # a float32 model's convs and matmuls in TF32 (TTS_DECODER_DTYPE=tf32)
         self.window = model.config.sliding_window
         self._names = {id(m): name for name, m in model.named_modules()}
+        # each pre_transformer layer's step; runtime/compiled.py swaps in its compiled code
+        self.window_layer = window_layer
 
     @property
     def samples_per_frame(self) -> int:
@@ -252,13 +255,22 @@ class CodecStreamDecoder:
         cos, sin = pt.rope.cos_sin(q_pos, x.dtype)
         h = pt.input_proj(x)
         for layer, cache in zip(pt.layers, state.attention, strict=True):
-            # k, v: [B, H_kv, past + n, D]
-            h, k, v = layer(h, cos, sin, mask, past=(cache.k, cache.v))
-            # Shift the window: keep the newest `past` frames (a slice of the new k/v, so
-            # copy_ never reads what it overwrites; `-past:` would keep all when past == 0).
-            cache.k.copy_(k[:, :, n:])
-            cache.v.copy_(v[:, :, n:])
+            h = self.window_layer(layer, h, cos, sin, mask, cache.k, cache.v)
         return pt.output_proj(pt.norm(h))
+
+
+def window_layer(layer: TransformerLayer, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor,
+                 k_window: Tensor, v_window: Tensor) -> Tensor:
+    """One pre_transformer layer over n new frames x [B, n, hidden] after the keys and
+    values of its window [B, H_kv, window-1, D], which then shifts in place to the newest
+    window-1 frames."""
+    n = x.shape[1]
+    h, k, v = layer(x, cos, sin, mask, past=(k_window, v_window))  # k, v: [B, H_kv, past + n, D]
+    # a slice of the new k/v, so copy_ never reads what it overwrites (`-past:` would keep
+    # all of them when past == 0)
+    k_window.copy_(k[:, :, n:])
+    v_window.copy_(v[:, :, n:])
+    return h
 
 
 @dataclass

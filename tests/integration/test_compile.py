@@ -29,8 +29,9 @@ from tts_engine.runtime.compiled import DYNAMIC_DIMS, STACK_DYNAMIC_DIMS
 # 4 variants (batch 1 or more x one position or more) of each compiled part of a layer or
 # a stack (the tiny checkpoint's talker and predictor share one geometry), one more of the
 # RoPE table (in a batch, the predictor's positions are one row broadcast, the talker's
-# one per row: two layouts), and the decoder's activation for one row
-GRAPHS = 4 * (len(DYNAMIC_DIMS) + len(STACK_DYNAMIC_DIMS)) + 1 + 1
+# one per row: two layouts), the decoder's activation for one row, and the decoder's layer
+# step (batch 1 or more)
+GRAPHS = 4 * (len(DYNAMIC_DIMS) + len(STACK_DYNAMIC_DIMS)) + 1 + 1 + 2
 
 
 def start(model_dir: Path, home: Path, out: Path, compile_on: bool) -> dict:

@@ -19,6 +19,9 @@ the RoPE table for the predictor's positions in a batch (one row broadcast to al
 eager kernels were some 190 of a frame's). The codec decoder's SnakeBeta activation
 (`snake_beta`, 29 layers) is compiled the same way for one row, channels and length
 dynamic: 1 more graph, one fused kernel per layer instead of eight over the signal.
+Its pre_transformer's layer step (`window_layer`: 8 float32 layers of one frame, their
+norms, RoPE, the window's shift, some 40 eager kernels each) is compiled for every batch,
+batch dynamic: 2 graphs, one code for the 8 layers.
 `precompile` compiles all of them at start-up, before the warm-up synthesis and
 the CUDA graphs, which then capture the compiled kernels per bucket as before.
 The mode is torch.compile's default: the engine captures its own graphs.
@@ -32,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..codec_stream import CodecStreamDecoder
+from ..codec_stream import CodecStreamDecoder, window_layer
 from ..model.codec_decoder import CodecDecoder, SnakeBeta, float32_numerics, snake_beta
 from ..model.configs import TransformerGeometry
 from ..model.layers import KVCache, StaticKVCache
@@ -50,6 +53,9 @@ STACK_DYNAMIC_DIMS = {
 }
 # snake_beta's: x [1, C, L], the logs of alpha and beta [C]
 SNAKE_DYNAMIC_DIMS = ((1, 2), (0,), (0,))
+# window_layer's: the layer, x [B, n, C], cos and sin [B, n, D], the mask [B, 1, n, window-1+n],
+# the window's keys and values [B, H_kv, window-1, D]
+WINDOW_DYNAMIC_DIMS = ((), (0,), (0,), (0,), (0,), (0,), (0,))
 # Compiled variants a part may hold before torch gives up and runs it eagerly: 4 per
 # geometry, more where attention kernels lay their output out differently per path;
 # torch's default (8) is too tight for the 1.7B's two geometries.
@@ -85,6 +91,12 @@ def compile_decoder_activations(decoder: CodecDecoder) -> None:
             module.activation = activation
 
 
+def compile_decoder_layers(decoder: CodecStreamDecoder) -> None:
+    """Route the stream decoder's pre_transformer layer steps through one compiled
+    `window_layer` (batch dynamic, one frame)."""
+    decoder.window_layer = _compiled(window_layer, WINDOW_DYNAMIC_DIMS)
+
+
 def _compiled(part: Callable[..., Any],
               dims: tuple[tuple[int, ...], ...]) -> Callable[..., Any]:
     compiled = torch.compile(part, dynamic=False)  # dynamic: only the dimensions marked below
@@ -111,7 +123,8 @@ def precompile(talker: Talker, decoder: CodecStreamDecoder, span: int) -> None:
     after it (one, unmasked). The attention's output layout, on which `finish` is
     specialised, may differ between these paths. Then the decoder's activation for one
     row, under the decoder's numerics (their flags are guarded), on sizes no real signal
-    has (sizes that happen to be equal would share a symbol)."""
+    has (sizes that happen to be equal would share a symbol); then a one-frame decoder step
+    at batch 1 and 2, which compiles its layer step."""
     device, dtype = talker.codec_head.weight.device, talker.codec_head.weight.dtype
     talker_g, predictor_g = talker.model.geometry, talker.code_predictor.model.geometry
 
@@ -131,6 +144,10 @@ def precompile(talker: Talker, decoder: CodecStreamDecoder, span: int) -> None:
     with float32_numerics(decoder.tf32):
         snake.activation(torch.zeros(1, 3, 5, device=device, dtype=snake.alpha.dtype),
                          channels, channels)
+    for batch in (1, 2):
+        codes = torch.zeros(batch, decoder.model.config.num_quantizers, 1, dtype=torch.long,
+                            device=device)
+        decoder.step(decoder.new_state(batch), codes, check_codes=False)
 
 
 def compiled_graphs() -> int:

@@ -75,7 +75,13 @@ from ..synthesis import Request, TTSModel
 from .admission import REALTIME_BUDGET_MS, Admission
 from .code_dump import dump_codes
 from .compile_cache import CompileCache
-from .compiled import compile_decoder_activations, compile_layers, compiled_graphs, precompile
+from .compiled import (
+    compile_decoder_activations,
+    compile_decoder_layers,
+    compile_layers,
+    compiled_graphs,
+    precompile,
+)
 from .memory import MemoryAccount, MemoryProbe
 from .rows import PrefillStage, RowPool, row_bytes
 from .session import _DONE, StreamHandle, StreamSession, call_in_loop
@@ -189,6 +195,7 @@ class TTSEngine:
                                                        self.model.codegen.dtype, self.model.device)
                 compile_layers(self.model.codegen.talker)
                 compile_decoder_activations(self.model.decoder)
+                compile_decoder_layers(decoder)
         try:
             self.stepper = BatchStepper(self.model.codegen, decoder, self.pool, config.cuda_graphs,
                                         invariance)
