@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import time
 
 import pytest
@@ -39,7 +40,8 @@ def test_a_slow_turn_is_logged_with_where_its_time_went(clock, caplog):
     assert report["gc_full_collections"] >= 1 and report["gc_pause_ms_sum"] > 0
     (line,) = [r.getMessage() for r in caplog.records]
     assert "with 7 streams (3 admitted)" in line and "admit 1" in line, line
-    assert "full) (1 slow turns since the last line)" in line, line
+    assert re.search(r"\(\d+ full: \d+ objects in the oldest generation, \d+ collected by the "
+                     r"last\) \(1 slow turns since the last line\)", line), line
 
 
 def test_slow_turns_are_logged_at_most_once_a_second_and_counted_all(clock, caplog):

@@ -40,6 +40,7 @@ class GcPauses:
         self.full = 0  # of them, collections of the oldest generation (the long ones)
         self.total_ms = 0.0
         self.max_ms = 0.0
+        self.last_full_collected = 0  # objects the last full collection freed
         self._started: float | None = None
 
     def start(self) -> None:
@@ -52,7 +53,9 @@ class GcPauses:
             ms = (time.perf_counter() - self._started) * 1000
             self._started = None
             self.count += 1
-            self.full += info["generation"] == 2
+            if info["generation"] == 2:
+                self.full += 1
+                self.last_full_collected = info["collected"]
             self.total_ms += ms
             self.max_ms = max(self.max_ms, ms)
 
@@ -109,13 +112,20 @@ class TurnClock:
             if now - self._logged_at >= LOG_INTERVAL_S:
                 cpu_ms = (time.thread_time() - self._cpu_started) * 1000
                 phases = ", ".join(f"{k} {v:.0f}" for k, v in self.phases.items() if v >= 0.5)
+                full = self.gc.full - self._gc_started[1]
                 log.warning("slow worker turn: %.0f ms with %d streams (%d admitted): %s ms; "
-                            "worker CPU %.0f ms, GC pauses %.0f ms (%d full) (%d slow turns "
+                            "worker CPU %.0f ms, GC pauses %.0f ms (%d full%s) (%d slow turns "
                             "since the last line)", ms, batch, admitted, phases or "no phase",
-                            cpu_ms, self.gc.total_ms - self._gc_started[0],
-                            self.gc.full - self._gc_started[1], self._unlogged)
+                            cpu_ms, self.gc.total_ms - self._gc_started[0], full,
+                            self._full_collection() if full else "", self._unlogged)
                 self._logged_at, self._unlogged = now, 0
         self._begin()
+
+    def _full_collection(self) -> str:
+        """What a full collection walks: the oldest generation's objects (counted when a
+        slow turn is logged, at most once a second: a walk of its own)."""
+        return (f": {len(gc.get_objects(2))} objects in the oldest generation, "
+                f"{self.gc.last_full_collected} collected by the last")
 
     def report(self) -> dict[str, float]:
         return {"slow_turns": self.slow_turns, "slow_turn_ms_max": self.slow_turn_ms_max,
