@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import sys
+import weakref
 
 import numpy as np
 import pytest
@@ -60,6 +62,25 @@ async def test_cancel_stops_within_one_packet(engine):
     # Work stops before the next frame: at most one packet beyond what was read is made.
     assert handle.metrics.packets <= received + 1
     assert engine.active_sessions == 0
+
+
+async def test_a_finished_or_cancelled_stream_dies_without_the_garbage_collector(engine):
+    """A request's objects form no cycle: once its consumer lets go, they are freed by
+    reference counting, not left for a full collection of the oldest generation."""
+    req = engine.make_request("Gone as soon as it is read.", "ryan", "english")
+    gc.disable()
+    try:
+        handles = [engine.open_stream(req), engine.open_stream(req)]
+        async for _ in handles[0]:
+            pass
+        await read_then_cancel(handles[1], 1)
+        await asyncio.wait_for(handles[0].closed(), 10)
+        await asyncio.sleep(0.2)  # the worker's turn that let them go is over
+        refs = [weakref.ref(x) for h in handles for x in (h, h.session)]
+        del handles
+        assert [ref() for ref in refs] == [None] * 4
+    finally:
+        gc.enable()
 
 
 async def test_code_dump_replays_to_the_same_audio(engine, tmp_path, tiny_model_dir):

@@ -428,7 +428,6 @@ class TTSEngine:
 
     def _run(self) -> None:
         torch.set_grad_enabled(False)
-        turns = self.turns
         while True:
             with self._lock:
                 idle = False
@@ -439,34 +438,40 @@ class TTSEngine:
                 if self._closed and self._flight is None and not self._queued and not self._active:
                     return
             if idle:  # waiting for work is no turn's time
-                turns.restart()
-            landed, flight = None, self._flight
-            if flight is not None:  # 1: the rows of the next step are settled first
-                with turns.phase("land"):
-                    landed = self._guarded(flight.sessions, self._land)
-                    if landed and not self.stepper.launch_returns_early:
-                        # nothing to overlap: sent after the launch, every packet would wait a
-                        # whole step (and any prefill), a hole after a reply's first packet
-                        self._send_packets(landed)
-                        landed = []
-            with turns.phase("settle"):
-                self._settle_rows()
-            if landed is not None:
-                self._observe_step(flight)
-            with turns.phase("admit"):  # 2
-                if newcomers := self._next_admissions():
-                    self._guarded(newcomers, self._admit, newcomers)
-                    with self._lock:
-                        self._admitting = 0
-            if batch := list(self._active):  # 3
-                with turns.phase("launch"):
-                    self._guarded(batch, self._launch, batch)
-            if landed:  # 4: while the device runs the step just launched
-                with turns.phase("hand_over"):
+                self.turns.restart()
+            self._turn()
+
+    def _turn(self) -> None:
+        """One turn of the loop (the module's docstring). Its streams are its locals only: an
+        idle worker holds none of them."""
+        turns = self.turns
+        landed, flight = None, self._flight
+        if flight is not None:  # 1: the rows of the next step are settled first
+            with turns.phase("land"):
+                landed = self._guarded(flight.sessions, self._land)
+                if landed and not self.stepper.launch_returns_early:
+                    # nothing to overlap: sent after the launch, every packet would wait a
+                    # whole step (and any prefill), a hole after a reply's first packet
                     self._send_packets(landed)
-            with turns.phase("prompts"):
-                self._build_prompts_ahead()  # 5: while it still runs
-            turns.end_turn(len(batch), len(newcomers))
+                    landed = []
+        with turns.phase("settle"):
+            self._settle_rows()
+        if landed is not None:
+            self._observe_step(flight)
+        with turns.phase("admit"):  # 2
+            if newcomers := self._next_admissions():
+                self._guarded(newcomers, self._admit, newcomers)
+                with self._lock:
+                    self._admitting = 0
+        if batch := list(self._active):  # 3
+            with turns.phase("launch"):
+                self._guarded(batch, self._launch, batch)
+        if landed:  # 4: while the device runs the step just launched
+            with turns.phase("hand_over"):
+                self._send_packets(landed)
+        with turns.phase("prompts"):
+            self._build_prompts_ahead()  # 5: while it still runs
+        turns.end_turn(len(batch), len(newcomers))
 
     def _build_prompts_ahead(self) -> None:
         """The next waiters' prompts, built while the device runs a step (their host work,
@@ -657,7 +662,7 @@ class TTSEngine:
         del active[n:]
         for s in ended:
             s.row = None
-            self._let_go(s)
+            s.let_go()
 
     def _observe_step(self, flight: Flight) -> None:
         """The landed step's period, launch to its frames taken (what streams wait between
@@ -747,14 +752,8 @@ class TTSEngine:
                        stop_reason=s.metrics.stop_reason, text_tokens=s.text_tokens)
         s.on_admitted(error)  # a stream that ends before its admission stops waiting too
         if s.row is None:  # else once _compact_rows has freed its row
-            self._let_go(s)
+            s.let_go()
 
-    @staticmethod
-    def _let_go(s: StreamSession) -> None:
-        """Tell s's consumer the engine has let s go: closed, then the end of stream (a
-        consumer that reads to the end finds it closed)."""
-        s.on_closed()
-        s.emit(_DONE)
 
     def _calibrate(self) -> None:
         """Time the buckets' steps on idle rows (start-up only): one untimed step first (a
