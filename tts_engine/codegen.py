@@ -98,7 +98,7 @@ class CodeGenerator:
                 self.config.talker.geometry, batch, capacity, self.device, self.dtype),
             predictor_cache=KVCache.allocate(
                 self.config.talker.code_predictor.geometry, batch, self.num_groups, self.device,
-                self.dtype
+                self.dtype, written_by_projection=True
             ),
             seed=torch.full((batch,), seed_as_int64(seed or 0), dtype=torch.long,
                             device=self.device),

@@ -112,9 +112,26 @@ def test_stacked_projections_equal_the_separate_ones_bit_for_bit(preset, batch, 
     with torch.no_grad():
         stacked = layer.project(x, cos, sin)
         separate = separate_project(layer, weights, x, cos, sin)
-        cache = KVCache.allocate(g, batch, positions, x.device, x.dtype)
-        attended = layer.self_attn.attend(*stacked, cache.layer(0))
+        attended = layer.self_attn.attend(*stacked, None)  # an empty cache's
         finished = (layer.finish(x, attended), separate_finish(layer, weights, x, attended))
     for a, b in (*zip(stacked, separate, strict=True), finished):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # the stacking is right
         assert torch.equal(a, b)  # and as exact as the official layer on a CPU
+
+
+@pytest.mark.parametrize("batch, positions, start", [(1, 2, 0), (3, 1, 5)])
+def test_projecting_into_an_appended_cache_writes_what_project_returns(batch, positions, start):
+    g = geometry("tiny")
+    layer = loaded_layer(g, official_state_dict(g, seed=3))
+    rotary = RotaryTable(g.head_dim, g.rope_theta)
+    x = torch.randn(batch, positions, g.hidden_size, generator=torch.Generator().manual_seed(4))
+    cos, sin = rotary(torch.arange(start, start + positions).expand(batch, positions), x.dtype)
+    cache = KVCache.allocate(g, batch, 8, x.device, x.dtype)
+    cache.advance(start)
+    with torch.no_grad():
+        q, k, v = layer.project(x, cos, sin)
+        q_into, k_all, v_all, mask = cache.layer(0).project(layer, x, cos, sin)
+    end = start + positions
+    assert torch.equal(q_into, q) and mask is None
+    assert torch.equal(k_all[:, :, start:], k) and torch.equal(v_all[:, :, start:], v)
+    assert k_all.shape[2] == v_all.shape[2] == end and not k_all[:, :, :start].any()

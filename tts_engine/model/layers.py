@@ -77,22 +77,31 @@ class KVCache:
     `length` (a Python int) is the number of valid positions; attention reads
     the first `length` rows, so no mask is needed while all rows share a length.
     The prefill and the exact float32 path use this cache.
+
+    `written_by_projection`: each layer's projection writes its new keys/values into
+    the cache itself (`DecoderLayer.project_into`). Compiled, the write is then part of
+    the kernel that makes them instead of two copies per layer and step: for the code
+    predictor's cache, whose 15 steps a frame made 150 such copies. Its compiled code
+    depends on the cache's strides, so only a cache of one capacity at every call (the
+    predictor's: one position per codebook) takes it.
     """
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
+    def __init__(self, k: torch.Tensor, v: torch.Tensor,
+                 written_by_projection: bool = False) -> None:
         self.k, self.v = k, v  # [layers, B, Hkv, capacity, D]
         self.capacity = k.shape[3]
         self.length = 0
+        self.written_by_projection = written_by_projection
 
     @classmethod
     def allocate(
         cls, geometry: TransformerGeometry, batch: int, capacity: int, device: torch.device,
-        dtype: torch.dtype,
+        dtype: torch.dtype, written_by_projection: bool = False,
     ) -> KVCache:
         shape = (geometry.num_hidden_layers, batch, geometry.num_key_value_heads, capacity,
                  geometry.head_dim)
         return cls(torch.zeros(shape, device=device, dtype=dtype),
-                   torch.zeros(shape, device=device, dtype=dtype))
+                   torch.zeros(shape, device=device, dtype=dtype), written_by_projection)
 
     def positions(self, batch: int, s: int, device: torch.device) -> torch.Tensor:
         if s > 1 and self.length != 0:
@@ -104,7 +113,7 @@ class KVCache:
         return torch.arange(self.length, self.length + s, device=device).expand(batch, s)
 
     def layer(self, i: int) -> AppendedKV:
-        return AppendedKV(self.k[i], self.v[i], self.length)
+        return AppendedKV(self.k[i], self.v[i], self.length, self.written_by_projection)
 
     def advance(self, n: int) -> None:
         self.length += n
@@ -116,15 +125,23 @@ class KVCache:
 class AppendedKV:
     """One layer's part of a KVCache: new keys/values go after the first `start` positions."""
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, start: int) -> None:
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, start: int,
+                 written_by_projection: bool) -> None:
         self.k, self.v, self.start = k, v, start  # [B, Hkv, capacity, D]
+        self.written_by_projection = written_by_projection
 
-    def write(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
-        """Append k/v [B, Hkv, S, D]; return all valid k/v (no mask)."""
-        end = self.start + k.shape[2]
-        self.k[:, :, self.start : end] = k
-        self.v[:, :, self.start : end] = v
-        return self.k[:, :, :end], self.v[:, :, :end], None
+    def project(self, layer: DecoderLayer, x: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """q [B, H, S, D] of x's S positions, their k/v appended; all valid k/v (no mask)."""
+        end = self.start + x.shape[1]
+        k_slots, v_slots = self.k[:, :, self.start : end], self.v[:, :, self.start : end]
+        if self.written_by_projection:
+            q = layer.project_into(x, cos, sin, k_slots, v_slots)
+        else:
+            q, k, v = layer.project(x, cos, sin)
+            k_slots.copy_(k)
+            v_slots.copy_(v)
+        return q, self.k[:, :, :end], self.v[:, :, :end], None
 
 
 class StaticKVCache:
@@ -165,13 +182,16 @@ class ScatteredKV:
         # k/v [B, Hkv, capacity, D]; mask [B, 1, 1, span]
         self.k, self.v, self.pos, self.mask = k, v, pos, mask
 
-    def write(self, k: torch.Tensor,
-              v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def project(self, layer: DecoderLayer, x: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """q [B, H, 1, D] of x's position, its k/v scattered to each row's position; the
+        span's k/v and its mask."""
+        q, k, v = layer.project(x, cos, sin)
         index = self.pos.view(-1, 1, 1, 1).expand(-1, k.shape[1], 1, k.shape[3])
         self.k.scatter_(2, index, k)
         self.v.scatter_(2, index, v)
         span = self.mask.shape[-1]
-        return self.k[:, :, :span], self.v[:, :, :span], self.mask
+        return q, self.k[:, :, :span], self.v[:, :, :span], self.mask
 
 
 def stack_projections(module: nn.Module, name: str, in_features: int,
@@ -229,11 +249,10 @@ class Attention(nn.Module):
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               kv: AppendedKV | ScatteredKV) -> torch.Tensor:
-        """Write k/v into the cache, attend over it: [B, H, S, D]."""
-        k_all, v_all, mask = kv.write(k, v)  # [B, Hkv, T, D]
+               mask: torch.Tensor | None) -> torch.Tensor:
+        """q [B, H, S, D] over the cache's k/v [B, Hkv, T, D] (under `mask`, if any)."""
         # a multi-position (causal) step is always the prefill of an empty cache
-        return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask,
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                               is_causal=q.shape[2] > 1 and mask is None,
                                               enable_gqa=self.n_heads != self.n_kv)
 
@@ -256,10 +275,11 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """One transformer layer, in three parts: `project` (norm, q/k/v, RoPE), the attention
-    over this layer's part of the cache (`kv`), and `finish` (output projection, MLP, the
-    residuals). `project` and `finish` see activations only, never the cache or the layer's
-    index, so one compiled code of each serves every layer (runtime/compiled.py)."""
+    """One transformer layer, in three parts: `project` (norm, q/k/v, RoPE; `project_into`
+    also writes k/v into the slices of an appended cache), the attention over this layer's
+    part of the cache (`kv`), and `finish` (output projection, MLP, the residuals). They see
+    activations only, never the cache or the layer's index, so one compiled code of each
+    serves every layer (runtime/compiled.py)."""
 
     def __init__(self, g: TransformerGeometry) -> None:
         super().__init__()
@@ -270,12 +290,20 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 kv: AppendedKV | ScatteredKV) -> torch.Tensor:
-        q, k, v = self.project(x, cos, sin)
-        return self.finish(x, self.self_attn.attend(q, k, v, kv))
+        q, k, v, mask = kv.project(self, x, cos, sin)
+        return self.finish(x, self.self_attn.attend(q, k, v, mask))
 
     def project(self, x: torch.Tensor, cos: torch.Tensor,
                 sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.self_attn.project(self.input_layernorm(x), cos, sin)
+
+    def project_into(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                     k_slots: torch.Tensor, v_slots: torch.Tensor) -> torch.Tensor:
+        """q, with k and v written into `k_slots` and `v_slots` [B, Hkv, S, D]."""
+        q, k, v = self.self_attn.project(self.input_layernorm(x), cos, sin)
+        k_slots.copy_(k)
+        v_slots.copy_(v)
+        return q
 
     def finish(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         x = x + self.self_attn.output(attended)

@@ -1,18 +1,23 @@
-"""Regional compilation (TTS_COMPILE=1): torch.compile of the decoder layers' two parts.
+"""Regional compilation (TTS_COMPILE=1): torch.compile of the decoder layers' parts.
 
-Every talker and code-predictor layer runs `DecoderLayer.project` (norm, q/k/v,
-RoPE) and `DecoderLayer.finish` (output projection, MLP, residuals); the cache
-write and the attention between them stay eager (model/layers.py). The two parts
-see activations only, never a cache or a layer index, so one compiled code of
-each serves every layer of a geometry, every batch bucket and every span:
+Every talker and code-predictor layer runs a projection (`DecoderLayer.project`:
+norm, q/k/v, RoPE) and `DecoderLayer.finish` (output projection, MLP, residuals);
+the cache write and the attention between them stay eager (model/layers.py), but
+for the code predictor's cache: there the projection is `project_into`, which
+writes the new keys and values into the cache's slices itself, so that compiled,
+the write is part of the kernel that makes them (150 copy kernels a frame fewer).
+The parts see activations and slices only, never a cache or a layer index, so one
+compiled code of each serves every layer of a geometry, every batch bucket and
+every span:
 
     batch      dynamic (a bucket of 1 is specialised: torch always does for size 1)
     positions  dynamic (one position, a decode step, is specialised; two or more
                are the predictor's first step and every prefill)
 
-which makes 4 compiled variants per part and geometry (8 graphs for the 0.6B,
-whose talker and predictor layers have one geometry; 16 for the 1.7B), and one
-more of `finish` wherever an attention kernel lays its output out differently.
+which makes 4 compiled variants per part and geometry that runs it (12 graphs for
+the 0.6B, whose talker and predictor layers have one geometry; 16 for the 1.7B,
+whose talker runs `project` and predictor `project_into`), and one more of
+`finish` wherever an attention kernel lays its output out differently.
 Each stack's RoPE table (cos and sin of its positions) and final norm, run once a
 step around the layers, are compiled the same way: 4 variants each, and one more of
 the RoPE table for the predictor's positions in a batch (one row broadcast to all; their
@@ -44,6 +49,8 @@ from ..model.talker import Talker
 # The dynamic dimensions of each part's arguments: batch and positions.
 DYNAMIC_DIMS = {
     "project": ((0, 1), (0, 1), (0, 1)),  # x [B, S, C], cos and sin [B, S, D]
+    # the same, and an appended cache's slices for the new k and v [B, Hkv, S, D]
+    "project_into": ((0, 1), (0, 1), (0, 1), (0, 2), (0, 2)),
     "finish": ((0, 1), (0, 2)),  # x [B, S, C], attended [B, H, S, D]
 }
 # The same for each stack's RoPE table and final norm, run once a step around the layers
@@ -120,7 +127,8 @@ def precompile(talker: Talker, decoder: CodecStreamDecoder, span: int) -> None:
     caches, at batch 1 and 2 (2 stands for any larger batch): the talker's prefill (two
     positions or more, causal) and its decode step (one position over a static cache of
     `span` positions, masked), the predictor's first step (two positions) and the steps
-    after it (one, unmasked). The attention's output layout, on which `finish` is
+    after it (one, unmasked) into a cache of its real capacity (the strides of its slices
+    are part of `project_into`'s compiled code). The attention's output layout, on which `finish` is
     specialised, may differ between these paths. Then the decoder's activation for one
     row, under the decoder's numerics (their flags are guarded), on sizes no real signal
     has (sizes that happen to be equal would share a symbol); then a one-frame decoder step
@@ -136,7 +144,8 @@ def precompile(talker: Talker, decoder: CodecStreamDecoder, span: int) -> None:
         rows = KVCache.allocate(talker_g, batch, span, device, dtype)
         pos = torch.zeros(batch, dtype=torch.long, device=device)
         talker.model(zeros(talker_g, batch, 1), StaticKVCache(rows.k, rows.v, pos, span))
-        predictor = KVCache.allocate(predictor_g, batch, 3, device, dtype)
+        predictor = KVCache.allocate(predictor_g, batch, talker.config.num_code_groups, device,
+                                     dtype, written_by_projection=True)
         for positions in (2, 1):
             talker.code_predictor.model(zeros(predictor_g, batch, positions), predictor)
     snake = next(m for m in decoder.model.modules() if isinstance(m, SnakeBeta))

@@ -126,7 +126,8 @@ def tail_part(codegen: CodeGenerator, v: RowView, mixed: bool) -> None:
                                      SAMPLED.repetition_penalty, codegen.suppress_mask,
                                      codegen.eos_id)
     cb0 = pick(scores, 0)
-    codes = codegen.predict_rest(v.hidden, cb0, KVCache(v.predictor_k, v.predictor_v), pick)
+    predictor_cache = KVCache(v.predictor_k, v.predictor_v, written_by_projection=True)
+    codes = codegen.predict_rest(v.hidden, cb0, predictor_cache, pick)
     v.seen.scatter_(1, cb0[:, None], True)
     v.frames_done.add_(1)
     v.x.copy_((codegen.talker.frame_embedding(codes) + v.tts_pad)[:, None])
