@@ -100,8 +100,11 @@ class EngineConfig:
                                 "docs/PERFORMANCE.md), on a CPU every stream steps alone (slower)")
     compile_steps: str = knob("TTS_COMPILE", "auto",
                               "auto = 1 on CUDA (not with TTS_BATCH_INVARIANT=1), 0 on a CPU; "
-                              "1 = torch.compile the decoder layers before graph capture (faster "
-                              "steps; on an H200 a cold start 73 s, warm 53 s); "
+                              "1 = torch.compile the decoder layers (the talker's, the "
+                              "predictor's, the codec decoder's) before graph capture (faster "
+                              "steps; on an H200 a cold start 73 s, warm 53 s on 2026-12-05; on "
+                              "an H100 88 s and 55 s with the codec decoder's layers, "
+                              "2026-12-06); "
                               "the first start compiles, later ones load the compile cache in "
                               "$STREAMTALK_HOME/compile-cache (docs/PERFORMANCE.md); 0 = off",
                               choices=("0", "1", "auto"))
