@@ -128,11 +128,11 @@ def precompile(talker: Talker, decoder: CodecStreamDecoder, span: int) -> None:
     positions or more, causal) and its decode step (one position over a static cache of
     `span` positions, masked), the predictor's first step (two positions) and the steps
     after it (one, unmasked) into a cache of its real capacity (the strides of its slices
-    are part of `project_into`'s compiled code). The attention's output layout, on which `finish` is
-    specialised, may differ between these paths. Then the decoder's activation for one
-    row, under the decoder's numerics (their flags are guarded), on sizes no real signal
-    has (sizes that happen to be equal would share a symbol); then a one-frame decoder step
-    at batch 1 and 2, which compiles its layer step."""
+    are part of `project_into`'s compiled code). The attention's output layout, on which
+    `finish` is specialised, may differ between these paths. Then the decoder's activation
+    for one row, under the decoder's numerics (their flags are guarded), on sizes no real
+    signal has (sizes that happen to be equal would share a symbol); then a one-frame
+    decoder step at batch 1 and 2, which compiles its layer step."""
     device, dtype = talker.codec_head.weight.device, talker.codec_head.weight.dtype
     talker_g, predictor_g = talker.model.geometry, talker.code_predictor.model.geometry
 

@@ -754,7 +754,6 @@ class TTSEngine:
         if s.row is None:  # else once _compact_rows has freed its row
             s.let_go()
 
-
     def _calibrate(self) -> None:
         """Time the buckets' steps on idle rows (start-up only): one untimed step first (a
         shape's first run sets up kernels and buffers), then the median of CALIBRATION_STEPS.

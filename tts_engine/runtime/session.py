@@ -87,12 +87,8 @@ class RequestMetrics:
 _DONE = object()
 
 
-def _ignore() -> None:
-    pass
-
-
-def _ignore_admission(error: BaseException | None) -> None:
-    pass
+def _ignore(*_: object) -> None:
+    """A consumer callback nobody listens to."""
 
 
 class StreamSession:
@@ -125,7 +121,7 @@ class StreamSession:
         self.pending_decode_ms = 0.0
         self.codes: list[np.ndarray] = []  # every frame's 16 codes
         self.silent_packets = 0
-        self.on_admitted: Callable[[BaseException | None], None] = _ignore_admission
+        self.on_admitted: Callable[[BaseException | None], None] = _ignore
         self.on_closed: Callable[[], None] = _ignore
         self.metrics = RequestMetrics(
             request_id=self.id, speaker=request.speaker, language=request.language,
@@ -203,7 +199,7 @@ class StreamSession:
         collection, which a loaded server pays for in one long pause."""
         self.on_closed()
         self.emit(_DONE)
-        self.on_admitted, self.on_closed = _ignore_admission, _ignore
+        self.on_admitted = self.on_closed = _ignore
 
     def close_metrics(self, reason: str) -> None:
         m = self.metrics
