@@ -50,6 +50,7 @@ from .latency_publisher import LatencyPublisher
 from .llm import OmniLLM
 from .omni_client import OmniClient
 from .pre_rtc import PreRtcRecorder
+from .room_rpc import RoomRpc
 from .stt import OmniSTT
 from .trace import TraceCollector
 from .tts import StreamtalkTTS
@@ -244,6 +245,7 @@ class RoomAgent:
         self.autortc: AutoRTCResponder | None = None
         self.latency: LatencyPublisher | None = None
         self.history: RoomHistory | None = None
+        self.rpc: RoomRpc | None = None
         self.done = asyncio.Event()
         self._roster_changed = asyncio.Event()  # wakes the room watch at once
         self._watch: asyncio.Task[None] | None = None
@@ -326,13 +328,15 @@ class RoomAgent:
             result = await controller.stop(f"stop_reply from {data.caller_identity}")
             return json.dumps(result)
 
-        room.local_participant.register_rpc_method(STOP_RPC, on_stop_rpc)
+        self.rpc = RoomRpc(room.local_participant)
+        self.rpc.register(STOP_RPC, on_stop_rpc)
 
         def on_error(ev: ErrorEvent) -> None:
             log.error("session error (%s): %s", type(ev.source).__name__, ev.error)
 
         def on_close(ev: CloseEvent) -> None:
             log.info("room %s: session closed (%s)", room.name, ev.reason)
+            self.withdraw_rpc()
             self.done.set()
 
         session.on("error", on_error)
@@ -404,6 +408,7 @@ class RoomAgent:
                         # leave now: the session's teardown after a shutdown waits up to 2 s
                         # for a user transcript (none is due between turns) before the job
                         # leaves the room, and the user waits for the next agent meanwhile
+                        self.withdraw_rpc()
                         await room.disconnect()
                         return
                     if not drain_seen:
@@ -442,6 +447,11 @@ class RoomAgent:
         finally:
             heartbeat.close()
 
+    def withdraw_rpc(self) -> None:
+        """Unregister the room's RPC methods, which must not outlive the room (room_rpc.py)."""
+        if self.rpc is not None:
+            self.rpc.withdraw()
+
     async def cleanup(self, reason: str = "") -> None:
         if self._cleaned:
             return
@@ -464,6 +474,7 @@ class RoomAgent:
             await self.client.aclose()
             if self.sink is not None:
                 await self.sink.aclose()
+            self.withdraw_rpc()
         except Exception:
             log.exception("room %s: cleanup failed", self.ctx.room.name)
         finally:
