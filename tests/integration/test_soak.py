@@ -31,7 +31,7 @@ from support.infra import CACHE_ROOT, LIVEKIT_BIN, REPO_ROOT, require
 
 pytestmark = pytest.mark.timeout(480)
 
-SHORT_FORM = ["--rounds", "250", "--chars", "1200", "--duration", "90"]
+SHORT_FORM = ["--rounds", "250", "--chars", "1200", "--duration", "90", "--warm-up", "0"]
 SERVICES = ("livekit", "omni-dev", "token-server")
 # LiveKit is a Go program: the Go runtime keeps the OS threads it once needed (8 -> 10 over
 # the 20-minute soak, none over 90 s), so its thread count is a high-water mark, not a leak

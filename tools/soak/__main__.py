@@ -64,6 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             q.add_argument("--duration", type=positive(float, MIN_SOAK_S), default=1800.0,
                            help="seconds of conversations")
             q.add_argument("--conversations", type=positive(int, 1), default=2, help="at once")
+            q.add_argument("--warm-up", type=positive(float, 0.0), default=600.0,
+                           help="seconds of the same load before the soak (at least two "
+                                "rounds): a fresh worker's memory pools fill in its first "
+                                "minutes")
             q.add_argument("--sample-every", type=positive(float, MIN_SAMPLE_S), default=5.0,
                            help="seconds")
             q.add_argument("--rss-slope-max", type=positive(float, 0.0), default=1.0,
@@ -93,7 +97,8 @@ def rows_of(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         s = results["soak"]
         rows.append(("soak", "PASS" if s["ok"] else "FAIL",
                      f"{s['conversations']} conversations ({s['at_once']} at once) "
-                     f"in {s['duration_s']} s, {len(s['failed_conversations'])} failed"))
+                     f"in {s['duration_s']} s after {s['warm_up_conversations']} of warm-up, "
+                     f"{len(s['failed_conversations'])} failed"))
         for name, v in s["services"].items():
             if v.get("exited"):
                 rows.append((f"  {name}", "FAIL", "exited during the soak"))
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             if "soak" in args.parts:
                 results["soak"] = run_soak(stack, token_url, args.duration, args.conversations,
                                            args.sample_every, args.rss_slope_max, work / "soak",
-                                           progress)
+                                           progress, warm_up_s=args.warm_up)
         finally:
             stack.stop()
     ok = all(r["ok"] for r in results.values())

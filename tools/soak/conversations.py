@@ -16,17 +16,19 @@ for a token, as a browser would.
   reply ended (trace point `reply_end`, no `interrupted`), was spoken in several TTS
   segments covering the text, no `tts_error`/`backend_down`/`backend_busy` was reported,
   the agent logged no ERROR, and the probe received at least the audio the engine produced.
-- `soak`: `conversations` conversations at a time, cycling the AutoRTC mini cases,
-  for `duration_s`, while every service's process group is sampled (procstat.py).
-  Two rounds of the same load run first (warm-up: pools, caches and allocator
-  arenas fill). The verdict: resident memory grows by less than `rss_slope_max`
-  MiB/min (least squares over the loaded samples of each process lifetime:
-  lifetimes.py), and once the conversations are over and their rooms closed, no
-  service holds more file descriptors or threads than it did after the warm-up, when
-  it was just as idle. The agent worker runs under scripts/keep_running.sh, as
-  start_all.sh runs it: a worker recycled (AGENT_RECYCLE_GROWTH_MIB, from the
-  environment) is replaced, and the result lists each lifetime and each restart with
-  the seconds until the next worker registered.
+- `soak`: `conversations` conversations at a time, cycling the AutoRTC mini cases, for
+  `duration_s`, while every service's process group is sampled (procstat.py). The same
+  load runs first for `warm_up_s` (and at least two rounds): a fresh agent worker's
+  pools, caches and allocator arenas fill in its first minutes (25-50 MiB, the
+  end-of-turn model's native pool in one step some 6 minutes in: docs/RELIABILITY.md),
+  growth that a slope over the soak must not count as a leak. The verdict: resident
+  memory grows by less than `rss_slope_max` MiB/min (least squares over the loaded
+  samples of each process lifetime: lifetimes.py), and once the conversations are over
+  and their rooms closed, no service holds more file descriptors or threads than it did
+  after the warm-up, when it was just as idle. The agent worker runs under
+  scripts/keep_running.sh, as start_all.sh runs it: a worker recycled
+  (AGENT_RECYCLE_GROWTH_MIB, from the environment) is replaced, and the result lists
+  each lifetime and each restart with the seconds until the next worker registered.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ MINI_CASES = Path(__file__).resolve().parents[1] / "autortc" / "cases" / "mini_c
 SPOKEN_S_PER_CHAR = 0.08
 READY_TIMEOUT_S = 30.0
 CONVERSATION_PAD_S = 40.0  # a mini case's reply, with STT and transport on a busy CPU
-WARMUP_PER_LOOP = 2  # conversations per loop before the idle baseline
+WARMUP_PER_LOOP = 2  # conversations per loop at least, before the idle baseline
 SETTLE_LIMIT_S = 60.0  # for the rooms of the last conversations to close
 SETTLE_STEADY_SAMPLES = 4
 SENTENCES = (
@@ -274,14 +276,18 @@ def _settled(groups: dict[str, int], every_s: float, exited: set[str]) -> dict[s
 
 
 def run_soak(stack: Stack, token_url: str, duration_s: float, conversations: int,
-             every_s: float, rss_slope_max: float, out: Path,
-             progress) -> dict[str, Any]:  # noqa: ANN001
+             every_s: float, rss_slope_max: float, out: Path, progress,  # noqa: ANN001
+             warm_up_s: float = 0.0) -> dict[str, Any]:
     cases = load_cases(MINI_CASES)
     groups = {s.name: s.proc.pid for s in stack.services}  # each service leads its own group
-    progress(f"soak: warm-up, {conversations} conversations")
+    exited: set[str] = set()  # services that died: a failed soak, not a crashed tool
+    progress(f"soak: warm-up, {conversations} conversations at a time for at least "
+             f"{WARMUP_PER_LOOP} rounds and {warm_up_s:.0f} s")
+    cold = _sample_all(groups, exited)
+    warm_until = time.monotonic() + warm_up_s
     warm = _load(stack, token_url, cases, conversations, math.inf, out / "warmup",
                  each=WARMUP_PER_LOOP)
-    exited: set[str] = set()  # services that died: a failed soak, not a crashed tool
+    warm += _load(stack, token_url, cases, conversations, warm_until, out / "warmup")
     idle_before = _settled(groups, every_s, exited)
     progress(f"soak: {conversations} conversations at a time for {duration_s:.0f} s, "
              f"sampling every {every_s:g} s")
@@ -306,6 +312,7 @@ def run_soak(stack: Stack, token_url: str, duration_s: float, conversations: int
         runs = [lifetimes.summary(run, t0)
                 for run in lifetimes.serving(lifetimes.split(series), registered)]
         services[name] = {
+            "rss_mib_before_warm_up": round(cold[name].rss_mib, 1) if name in cold else None,
             "rss_mib_start": round(series[0].rss_mib, 1),
             "rss_mib_end": round(series[-1].rss_mib, 1),
             "rss_mib_peak": round(max(s.rss_mib for s in series), 1),
@@ -325,6 +332,7 @@ def run_soak(stack: Stack, token_url: str, duration_s: float, conversations: int
                    and after.threads <= before.threads)
     failed = [r for r in warm + done if not r["ok"]]
     return {"duration_s": round(loaded_s, 1), "conversations": len(done), "at_once": conversations,
+            "warm_up_s": warm_up_s, "warm_up_conversations": len(warm),
             "failed_conversations": failed[:10], "rss_slope_max_mib_per_min": rss_slope_max,
             "services": services,
             "ok": bool(done) and not failed and all(s["ok"] for s in services.values())}
