@@ -2,9 +2,12 @@
 
 The soak's stack (tools/soak/conversations.py): LiveKit, the dev Omni backend, the token
 server and the agent worker under scripts/keep_running.sh, as start_all.sh runs it. With a
-threshold of 1 MiB the worker has grown past it once its first conversation or two are over:
-it must exit (status 75) with no room open, keep_running.sh must start a fresh worker, and a
-conversation in a new room afterwards must be answered by that fresh process.
+threshold of 1 MiB the worker has grown past it once its first conversations, two at a time,
+are over (a fresh worker's pools and arenas fill in its first rooms: docs/RELIABILITY.md): it
+must exit (status 75), at its first moment with no room open or, grown past twice the
+threshold while the other room is still open, after draining it; keep_running.sh must start a
+fresh worker, and a conversation in a new room afterwards must be answered by that fresh
+process. (The decision itself, for every case: tests/unit/test_recycle_policy.py.)
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -25,7 +29,7 @@ from tools.soak.conversations import CONVERSATION_PAD_S, MINI_CASES, converse, s
 pytestmark = pytest.mark.timeout(300)
 
 RESTART_WAIT_S = 150.0  # exit, a fresh engine loaded and warm on 2 CPU cores, registration
-FIRST_CONVERSATIONS_MAX = 3  # conversations before the worker must have grown past 1 MiB
+FIRST_ROUNDS_MAX = 3  # rounds of two conversations before the worker must have grown 1 MiB
 RECYCLE_LOG_WAIT_S = 5.0  # a room's end -> the worker's recycling line
 
 
@@ -50,7 +54,7 @@ def pids_in_room(log_text: str, room: str) -> set[int]:
     return pids
 
 
-def test_a_grown_worker_recycles_when_idle_and_its_replacement_answers(
+def test_a_grown_worker_recycles_and_its_replacement_answers(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     require(os.access(LIVEKIT_BIN, os.X_OK), f"LiveKit server missing at {LIVEKIT_BIN}")
     require(shutil.which("espeak-ng") is not None, "espeak-ng missing")
@@ -59,16 +63,20 @@ def test_a_grown_worker_recycles_when_idle_and_its_replacement_answers(
     stack, token_url = start_soak_stack(tmp_path, 1, print)
     try:
         agent = next(s for s in stack.services if s.name == "agent")
-        # A conversation grows the worker by about a MiB, sometimes less once malloc has
-        # given memory back at the room's end; the check runs at each room's end, so
-        # conversations go on until one ends past the threshold.
+        # Two conversations at a time grow a fresh worker by MiBs, one at a time sometimes by
+        # less than one (the growth is its pools filling, and malloc gives memory back at each
+        # room's end); the check runs at each room's end, so rounds go on until one ends past
+        # the threshold.
         first_rooms = []
-        for i in range(FIRST_CONVERSATIONS_MAX):
-            first = converse(stack, token_url, case, tmp_path / f"first-{i}", CONVERSATION_PAD_S)
-            assert first["ok"], first
-            first_rooms.append(first["room"])
-            if recycling_logged(agent):
-                break
+        with ThreadPoolExecutor(2) as pool:
+            for i in range(FIRST_ROUNDS_MAX):
+                firsts = list(pool.map(
+                    lambda j, i=i: converse(stack, token_url, case, tmp_path / f"first-{i}-{j}",
+                                            CONVERSATION_PAD_S), range(2)))
+                assert all(first["ok"] for first in firsts), firsts
+                first_rooms += [first["room"] for first in firsts]
+                if recycling_logged(agent):
+                    break
 
         deadline = time.monotonic() + RESTART_WAIT_S
         while not ((done := lifetimes.restarts(agent.log_text()))
@@ -76,7 +84,7 @@ def test_a_grown_worker_recycles_when_idle_and_its_replacement_answers(
             assert agent.alive() and time.monotonic() < deadline, agent.log_tail(60)
             time.sleep(1)
         log_text = agent.log_text()
-        assert "recycling: RSS" in log_text and "no room open" in log_text, agent.log_tail(60)
+        assert "recycling: RSS" in log_text, agent.log_tail(60)
         assert [(r["status"], r["recycled"]) for r in done] == [(75, True)], done
 
         second = converse(stack, token_url, case, tmp_path / "second", CONVERSATION_PAD_S)
