@@ -21,6 +21,7 @@ One concern per module:
 - `audio_output`  the room audio sink (20 ms frames) with taps (first audio, pre_rtc)
 - `autortc`       AutoRTC data protocol, agent side; `pre_rtc` recorder
 - `room_agent`    one room's wiring: session, duplex controller, RPC, status
+- `room_rpc`      the room's RPC methods, withdrawn before the room is left
 - `allocator`     the worker's malloc policy (arena cap, free pages back at room end)
 - `heap_report`   opt-in memory reports (RSS, malloc, Python objects) for soaks
 
