@@ -336,7 +336,6 @@ class RoomAgent:
 
         def on_close(ev: CloseEvent) -> None:
             log.info("room %s: session closed (%s)", room.name, ev.reason)
-            self.withdraw_rpc()
             self.done.set()
 
         session.on("error", on_error)
