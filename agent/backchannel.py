@@ -16,9 +16,11 @@ from __future__ import annotations
 import re
 
 # every word of the utterance must be one of these (after lower-casing and dropping
-# punctuation), so "yeah, but wait" is a turn and "uh-huh, yeah" is not
+# punctuation), so "yeah, but wait" is a turn and "uh-huh, yeah" is not. A hyphenated word
+# counts as its parts: the STT spells one murmur many ways (the same "uh-huh" came back as
+# "Uh uh", "Uh, yeah" and "Uh-uh"), so "mm-hmm" and "mm-hm" both pass as "mm" + "hm(m)".
 BACKCHANNEL_WORDS = frozenset({
-    "uh-huh", "uh", "huh", "mhm", "mm-hmm", "mm", "mmm", "hmm", "hm", "um-hum", "ah", "oh",
+    "uh", "huh", "um", "hum", "mhm", "mhmm", "mm", "mmm", "hmm", "hm", "ah", "aha", "oh",
     "yeah", "yes", "yep", "yup", "ya", "okay", "ok", "right", "sure", "alright", "cool",
     "i", "see", "got", "it",  # "I see", "got it"
 })
@@ -28,4 +30,5 @@ _WORD = re.compile(r"[a-z]+(?:-[a-z]+)*")
 def is_backchannel(text: str) -> bool:
     """Whether a transcript holds nothing but backchannel words (at most four of them)."""
     words = _WORD.findall(text.lower())
-    return 0 < len(words) <= 4 and all(w in BACKCHANNEL_WORDS for w in words)
+    return 0 < len(words) <= 4 and all(part in BACKCHANNEL_WORDS
+                                       for w in words for part in w.split("-"))
