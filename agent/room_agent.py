@@ -23,7 +23,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from livekit import rtc
@@ -112,12 +112,13 @@ class ConnectionRestartWatch:
     A short outage is resumed and nothing is lost. When the server lost the session
     (LiveKit restarted), the SDK joins afresh: every participant leaves and joins again,
     and the voice session stays linked to tracks that are gone, deaf to the user. The job
-    then ends; the token server's room reconciler dispatches a fresh agent into the room
-    (token_server/reconciler.py)."""
+    then ends and leaves the room; the token server's room reconciler dispatches a fresh
+    agent into it (token_server/reconciler.py)."""
 
-    def __init__(self, room: rtc.Room, ctx: JobContext) -> None:
+    def __init__(self, room: rtc.Room, leave: Callable[[str], Awaitable[None]]) -> None:
         self.room = room
-        self.ctx = ctx
+        self._leave = leave
+        self._leaving: asyncio.Task[None] | None = None
         self.reconnecting = False
         self.restarted = False
         room.on("reconnecting", self._on_reconnecting)
@@ -138,7 +139,7 @@ class ConnectionRestartWatch:
             return
         log.warning("room %s: reconnected as a new session; ending the job so that a fresh agent "
                     "serves the room", self.room.name)
-        self.ctx.shutdown("connection restarted")
+        self._leaving = asyncio.ensure_future(self._leave("connection restarted"))
 
 
 def seniority(p: rtc.Participant) -> tuple[int, str]:
@@ -340,7 +341,7 @@ class RoomAgent:
 
         session.on("error", on_error)
         session.on("close", on_close)
-        ConnectionRestartWatch(room, self.ctx)
+        ConnectionRestartWatch(room, self.leave_room)
         room.on("disconnected", lambda *_: self.done.set())
         for change in ("participant_connected", "participant_disconnected"):
             room.on(change, lambda *_: self._roster_changed.set())
@@ -403,12 +404,7 @@ class RoomAgent:
                     if self.turns.idle():
                         log.info("room %s: the worker is draining and the room is between turns: "
                                  "leaving it", room.name)
-                        self.ctx.shutdown("worker draining")
-                        # leave now: the session's teardown after a shutdown waits up to 2 s
-                        # for a user transcript (none is due between turns) before the job
-                        # leaves the room, and the user waits for the next agent meanwhile
-                        self.withdraw_rpc()
-                        await room.disconnect()
+                        await self.leave_room("worker draining")
                         return
                     if not drain_seen:
                         log.info("room %s: the worker is draining; leaving once the turn under way "
@@ -422,7 +418,7 @@ class RoomAgent:
                 if older:
                     log.warning("room %s: agent %s serves it already; leaving", room.name,
                                 older[0][1])
-                    self.ctx.shutdown("another agent serves the room")
+                    await self.leave_room("another agent serves the room")
                     return
                 humans = people_in(room)
                 if humans:
@@ -445,6 +441,15 @@ class RoomAgent:
                 self._roster_changed.clear()
         finally:
             heartbeat.close()
+
+    async def leave_room(self, reason: str) -> None:
+        """End the job and leave the room now. After a shutdown, the session's teardown waits
+        up to 2 s for a user transcript before the job leaves the room; meanwhile the room
+        would hold this agent beside the one that serves it next."""
+        self.ctx.shutdown(reason)
+        self.withdraw_rpc()
+        await self.ctx.room.disconnect()
+        log.info("room %s: left (%s)", self.ctx.room.name, reason)
 
     def withdraw_rpc(self) -> None:
         """Unregister the room's RPC methods, which must not outlive the room (room_rpc.py)."""

@@ -4,11 +4,9 @@ A method still registered when a room disconnects keeps the LiveKit SDK's native
 after the disconnect (livekit 1.1.21: the handler the native side keeps for the method holds
 the room's local participant). Each such room left about 0.5 MiB of native memory behind for
 good, the steady memory growth of a long-running worker (docs/RELIABILITY.md). So the room
-agent withdraws its methods before the drain's own disconnect, and in the cleanup, which the
-job runs just after its disconnect (withdrawn then, a room kept about 30 KiB in a test of 30
-rooms, against 1 KiB before it). Withdrawing at the session's close, before the job's
-disconnect, broke the return of an agent whose LiveKit node was killed
-(tests/integration/test_multinode.py), so it is not done there.
+agent withdraws its methods before it leaves a room itself (draining, a twin, a session
+restarted by the server), and in the cleanup, which the job runs just after its disconnect
+(withdrawn then, a room kept about 30 KiB in a test of 30 rooms, against 1 KiB before it).
 """
 
 from __future__ import annotations

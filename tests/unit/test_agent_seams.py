@@ -246,25 +246,23 @@ async def test_an_utterance_goes_to_recognition_as_a_wav_and_its_words_come_back
 # --------------------------------------------------------------------------- the room
 
 
-class Job:
-    def __init__(self) -> None:
-        self.ended: list[str] = []
+async def test_a_resumed_connection_keeps_the_job_and_a_new_session_leaves_the_room() -> None:
+    room, left = FakeRoom(), []
 
-    def shutdown(self, reason: str = "") -> None:
-        self.ended.append(reason)
+    async def leave(reason: str) -> None:
+        left.append(reason)
 
-
-def test_a_resumed_connection_keeps_the_job_and_a_new_session_ends_it() -> None:
-    room, job = FakeRoom(), Job()
-    ConnectionRestartWatch(room, job)  # type: ignore[arg-type]
+    ConnectionRestartWatch(room, leave)  # type: ignore[arg-type]
     room.join("user")
     room.emit("reconnecting")
     room.emit("reconnected")  # resumed: everyone stayed
-    assert job.ended == []
+    await asyncio.sleep(0)
+    assert left == []
     room.emit("reconnecting")
     room.leave("user")  # a new session: the server lost everyone
     room.emit("reconnected")
-    assert job.ended == ["connection restarted"]
+    await asyncio.sleep(0)
+    assert left == ["connection restarted"]
 
 
 def test_the_people_in_a_room_are_its_participants_that_are_not_agents() -> None:
