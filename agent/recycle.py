@@ -2,11 +2,11 @@
 
 A worker's memory must not grow without bound, whatever makes it grow. The one steady
 growth found, about 0.5 MiB of the LiveKit SDK's native memory kept for every room, came
-from an RPC method still registered when the room was left, and is gone (room_rpc.py;
-docs/RELIABILITY.md, "The agent's memory growth"); this is the bound for what may remain
-or come with another version. A worker notes its resident memory once it is ready (engine
-loaded and warm), and after every room it served compares: once it has grown by
-AGENT_RECYCLE_GROWTH_MIB it is due to be replaced.
+from an RPC method still registered when the room was left, and is gone but for about
+30 KiB a room (room_rpc.py; docs/RELIABILITY.md, "The agent's memory growth"); this is
+the bound for what may remain or come with another version. A worker notes its resident
+memory once it is ready (engine loaded and warm), and after every room it served
+compares: once it has grown by AGENT_RECYCLE_GROWTH_MIB it is due to be replaced.
 
 - At the first moment it has no room open it recycles: it takes no new room and exits,
   cutting nobody off; its supervisor (supervisord, scripts/start_all.sh) starts a fresh

@@ -5,7 +5,8 @@ registers a method as the room agent registers its stop RPC (`agent.room_rpc.Roo
 disconnects; malloc's bytes in use are read at each round's end. A method still registered at
 the disconnect keeps the SDK's native room alive (about 0.5 MiB a room with livekit 1.1.21):
 the control, which leaves it registered, shows that this measure sees it. The rounds withdraw
-before the disconnect, as the drain does; the job's usual cleanup withdraws just after it.
+before the disconnect, as an agent that leaves a room itself does (`RoomAgent.leave_room`);
+the job's usual cleanup withdraws just after it.
 """
 
 from __future__ import annotations
