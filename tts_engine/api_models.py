@@ -27,8 +27,8 @@ Seed = Annotated[int, Field(
 Sample = Annotated[bool, Field(description="seeded sampling instead of greedy decoding; "
                                            "absent or null: TTS_DEEP_STREAM_DETERMINISTIC_POLICY")]
 PacketTokens = Annotated[int, Field(ge=1, le=64, description=(
-    "frames (80 ms each) per packet after the first; absent or null: "
-    "TTS_DEEP_STREAM_PACKET_TOKENS"))]
+    "frames (80 ms each) per packet once the first packets have grown to it (each at most the "
+    "frames sent before it); absent or null: TTS_DEEP_STREAM_PACKET_TOKENS"))]
 
 
 @dataclass(frozen=True)

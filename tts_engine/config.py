@@ -56,8 +56,9 @@ class EngineConfig:
     packet_tokens: int = knob("TTS_DEEP_STREAM_PACKET_TOKENS", 2,
                               "codec frames per streamed packet (80 ms each)", lo=1, hi=64)
     first_packet_tokens: int = knob("TTS_DEEP_STREAM_FIRST_PACKET_TOKENS", 1,
-                                    "frames in a reply's first packet (then packet_tokens); "
-                                    "1 = audio after one frame", lo=1, hi=64)
+                                    "frames in a reply's first packet; 1 = audio after one "
+                                    "frame (the next packets grow to packet_tokens, each at "
+                                    "most the frames sent before it)", lo=1, hi=64)
     left_context: int = knob("TTS_DEEP_STREAM_LEFT_CONTEXT", 72,
                              "frames of left context in windowed decode mode", lo=1, hi=512)
     deterministic_policy: str = knob("TTS_DEEP_STREAM_DETERMINISTIC_POLICY", "greedy",

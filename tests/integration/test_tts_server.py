@@ -74,9 +74,10 @@ async def test_stream_headers_audio_and_metrics(tts_server):
     assert 0.02 < float(np.sqrt(np.mean(pcm**2))) < 0.5
     metrics = await finished_metrics(tts_server, headers["X-Request-Id"])
     assert metrics["frames"] * 1920 * 2 == len(body)
-    # A one-frame first packet (audio after 80 ms of codes), then packets of 2 frames.
-    assert metrics["packets"] == 1 + -(-(metrics["frames"] - 1) // 2)
-    assert [p["frames"] for p in metrics["packet_log"][:2]] == [1, 2]
+    # A one-frame first packet (audio after 80 ms of codes), one more of one frame (no longer
+    # than the audio before it), then packets of 2 frames.
+    assert metrics["packets"] == 2 + -(-(metrics["frames"] - 2) // 2)
+    assert [p["frames"] for p in metrics["packet_log"][:3]] == [1, 1, 2]
     assert metrics["stop_reason"] == "eos" and metrics["ttfa_ms"] > 0 and metrics["rtf"] > 0
     assert len(metrics["packet_log"]) == metrics["packets"]
 
@@ -159,7 +160,10 @@ async def test_packet_sizes_give_the_same_audio(tts_server, packet_tokens):
     diff = np.abs(pcm_of(base[2]) - pcm_of(other[2])).max()
     assert diff <= 1.5 / 32767
     metrics = await finished_metrics(tts_server, other[1]["X-Request-Id"])
-    assert metrics["packets"] == 1 + -(-(metrics["frames"] - 1) // packet_tokens)
+    # packets of 1, 1, 2, 4, 4 ... frames (each at most the frames sent before it)
+    ramp = [1] if packet_tokens == 1 else [1, 1, 2]
+    assert metrics["frames"] > sum(ramp)
+    assert metrics["packets"] == len(ramp) + -(-(metrics["frames"] - sum(ramp)) // packet_tokens)
 
 
 async def test_concurrent_streams_match_solo_runs(tts_server):

@@ -140,8 +140,12 @@ def test_a_streams_margin_counts_its_buffer_and_the_steps_its_next_packet_needs(
     s = StreamSession(request, packet_tokens=2, first_packet_tokens=1, sink=lambda item: None)
     assert s.margin_s(0.0, 0.05) == math.inf  # no packet yet: nothing to play
     s.first_packet_at = 10.0
-    s.metrics.packets, s.metrics.audio_s = 1, 0.08  # the first packet: one 80 ms frame
-    # due at 10.0 + 0.15 + 0.08; the next packet needs two steps of 50 ms
-    assert math.isclose(s.margin_s(10.0, 0.05), PLAYOUT_BUFFER_S + 0.08 - 0.10)
+    s.metrics.packets, s.metrics.frames, s.metrics.audio_s = 1, 1, 0.08  # one 80 ms frame
+    # due at 10.0 + 0.15 + 0.08; the next packet (one frame, no more than the first) needs
+    # one step of 50 ms
+    assert math.isclose(s.margin_s(10.0, 0.05), PLAYOUT_BUFFER_S + 0.08 - 0.05)
+    s.metrics.packets, s.metrics.frames, s.metrics.audio_s = 2, 2, 0.16
+    # the third packet has two frames: two steps
+    assert math.isclose(s.margin_s(10.0, 0.05), PLAYOUT_BUFFER_S + 0.16 - 0.10)
     s.pending.append(None)  # one of its two frames is done
-    assert math.isclose(s.margin_s(10.1, 0.05), PLAYOUT_BUFFER_S + 0.08 - 0.1 - 0.05)
+    assert math.isclose(s.margin_s(10.1, 0.05), PLAYOUT_BUFFER_S + 0.16 - 0.1 - 0.05)
