@@ -40,7 +40,7 @@ QUIET_WAIT_LIMIT_S = 90.0
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers",
-                            "quiet_machine: timing-gated; runs first, on an idle machine")
+                            "quiet_machine: measures latency; runs first, on an idle machine")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

