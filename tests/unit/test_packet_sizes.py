@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from streamtalk_common.audio import SAMPLES_PER_FRAME
 from tts_engine.runtime.session import StreamSession
 from tts_engine.sampling import SamplingParams
 from tts_engine.synthesis import Request
-
-FRAME_SAMPLES = 1920
 
 
 def packet_sizes(first_packet_tokens: int, packet_tokens: int, frames: int) -> list[int]:
@@ -20,7 +19,7 @@ def packet_sizes(first_packet_tokens: int, packet_tokens: int, frames: int) -> l
     s = StreamSession(request, packet_tokens, first_packet_tokens, sink=lambda item: None)
     sizes = []
     for _ in range(frames):
-        s.add_frame(np.zeros(16, np.int64), np.zeros(FRAME_SAMPLES, np.float32), 0.0, 0.0)
+        s.add_frame(np.zeros(16, np.int64), np.zeros(SAMPLES_PER_FRAME, np.float32), 0.0, 0.0)
         if len(s.pending) >= s.next_packet_frames:
             sizes.append(s.take_packet(packet_metrics=False).frames)
     if s.pending:
