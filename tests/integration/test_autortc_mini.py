@@ -2,14 +2,14 @@
 tiny checkpoint), run the way users run it: `scripts/run_autortc.sh --tier mini`, with the
 `ci` gate profile against the golden baseline in golden/autortc/.
 
-The gates that follow the machine's speed (TIMING_GATES: the latencies, the PRIMARY_KPI
-and the reply's continuity) are measured and reported here, not asserted: on the CI kind
-of machine (2 shared cores, the whole stack and the CPU TTS on them) the same code's run
-P95 went from 1606 to 2074 ms and its dropouts from 0 to 8 within half an hour, as the
-dev backend's same recognitions took 578 then 883 ms on average (docs/AUTORTC.md, "What
-a shared 2-core machine can judge"). `scripts/run_autortc.sh --tier mini` still fails on
-them, for a run on a calibrated machine; the slow-backend test below checks that a real
-regression fails the PRIMARY_KPI. Every other gate must pass here.
+The gates that follow the machine's speed (MACHINE_BOUND_GATES) are measured and reported
+here, not asserted: on the CI kind of machine (2 shared cores, the whole stack and the CPU
+TTS on them) the same code's run P95 went from 1606 to 2074 ms and its dropouts from 0 to 8
+within half an hour, as the dev backend's same recognitions took 579 then 884 ms on average
+per run (docs/AUTORTC.md, "What a shared 2-core machine can judge").
+`scripts/run_autortc.sh --tier mini` still fails on them, for a run on a calibrated
+machine; the slow-backend test below checks that a real regression fails the PRIMARY_KPI.
+Every other gate must pass here.
 
 The mini tier holds two turn-taking cases (a mid-sentence pause, a backchannel during the
 reply). An agent that ends the turn on VAD silence alone answers into the pause and stops
@@ -63,9 +63,12 @@ def run_tier(out: Path, *extra: str) -> tuple[int, dict, str]:
     return proc.returncode, summary, proc.stdout + proc.stderr
 
 
-TIMING_GATES = {"eot_to_first_audio_p95", "primary_kpi_regression", "audible_dropout", "max_gap",
-                "inter_arrival_p95", "fast_lane_ttft_p95", "tts_first_to_publish_p95",
-                "barge_in_stop_p50", "resume_gap_p95"}
+# the gates that the calibration sets on that machine failed or came within one sigma of
+# (docs/AUTORTC.md); the other timing gates kept wide margins there (tts -> publish P95
+# <= 8.6 ms of 120, inter-arrival P95 <= 12.6 ms of 30, max gap <= 100 ms of 350, barge-in
+# stop P50 <= 348 ms of 460)
+MACHINE_BOUND_GATES = {"eot_to_first_audio_p95", "primary_kpi_regression", "audible_dropout",
+                       "fast_lane_ttft_p95", "resume_gap_p95"}
 MINI_CASES = 6  # 4 classic + the mid-sentence pause and the backchannel (docs/AUTORTC.md)
 
 
@@ -74,13 +77,13 @@ def test_mini_tier_meets_every_gate_a_shared_machine_can_judge(tmp_path: Path) -
     out = tmp_path / "mini"
     rc, summary, log = run_tier(out)
     report = (out / "report.md").read_text() if summary else ""
-    failed = {g["gate"] for g in summary.get("gates", []) if g["status"] == "FAIL"}
-    assert summary and not failed - TIMING_GATES, report + "\n" + log[-3000:]
+    failed = [g for g in summary.get("gates", []) if g["status"] == "FAIL"]
+    assert summary and {g["gate"] for g in failed} <= MACHINE_BOUND_GATES, \
+        report + "\n" + log[-3000:]
     # the script's exit code still tells a calibrated machine's verdict
     assert (rc, summary["verdict"]) == ((1, "FAIL") if failed else (0, "PASS")), log[-3000:]
     if failed:  # in pytest's warnings summary, with the values
-        values = "; ".join(f"{g['gate']} {g['value']} (needs {g['threshold']})"
-                           for g in summary["gates"] if g["status"] == "FAIL")
+        values = "; ".join(f"{g['gate']} {g['value']} (needs {g['threshold']})" for g in failed)
         warnings.warn(f"AutoRTC mini, reported, not asserted: {values}", stacklevel=1)
     assert summary["counts"]["capture_status"] == {"OK": MINI_CASES}, report
     assert summary["counts"]["reply_wavs"] == MINI_CASES
